@@ -1,0 +1,73 @@
+// swift-tools-version:6.0
+//
+// Kestrel: a KVM hypervisor toolkit for Linux.
+// Targets follow shared/design/architecture.md; arrows point downwards only.
+
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    // The library does its own locking where threads meet (the vCPU watchdog);
+    // Swift 5 mode keeps raw-pointer owners free of Sendable ceremony.
+    .swiftLanguageMode(.v5),
+]
+
+let package = Package(
+    name: "Kestrel",
+    platforms: [.macOS(.v13)],
+    products: [
+        .library(name: "KVM", targets: ["KVM"]),
+        .library(name: "GuestMemory", targets: ["GuestMemory"]),
+        .library(name: "X86", targets: ["X86"]),
+        .library(name: "GuestKit", targets: ["GuestKit"]),
+        .library(name: "Conformance", targets: ["Conformance"]),
+        .executable(name: "kestrel", targets: ["Kestrel"]),
+        .executable(name: "kestrel-bench", targets: ["KestrelBench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        // Our own C definitions of the KVM ABI (the distribution headers are too old)
+        // plus the few things Swift cannot call directly (variadic ioctl, signal handlers).
+        .target(name: "CKVM"),
+        .target(
+            name: "KVM",
+            dependencies: ["CKVM", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swiftSettings),
+        .target(
+            name: "GuestMemory",
+            dependencies: ["CKVM", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swiftSettings),
+        .target(name: "X86", dependencies: ["KVM"], swiftSettings: swiftSettings),
+        .target(
+            name: "GuestKit",
+            dependencies: ["KVM", "GuestMemory", "X86"],
+            swiftSettings: swiftSettings),
+        .target(
+            name: "Conformance",
+            dependencies: ["KVM", "GuestMemory", "X86", "GuestKit"],
+            swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "Kestrel",
+            dependencies: [
+                "KVM", "X86", "Conformance",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings),
+        // The C baseline for the exit round-trip benchmark.
+        .target(name: "CBenchLoop", dependencies: ["CKVM"]),
+        .executableTarget(
+            name: "KestrelBench",
+            dependencies: ["KVM", "GuestMemory", "GuestKit", "CBenchLoop"],
+            swiftSettings: swiftSettings),
+        .testTarget(name: "KVMTests", dependencies: ["KVM"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "GuestMemoryTests", dependencies: ["GuestMemory"], swiftSettings: swiftSettings),
+        .testTarget(name: "X86Tests", dependencies: ["X86"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "GuestKitTests", dependencies: ["GuestKit"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ConformanceTests", dependencies: ["Conformance"], swiftSettings: swiftSettings),
+    ]
+)

@@ -1,0 +1,97 @@
+/*
+ * System-call shims Swift cannot express: variadic fcntl, signal handlers, and
+ * SIGBUS-guarded memory access (needs sigsetjmp/siglongjmp).
+ */
+#define _GNU_SOURCE
+#include "ckvm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <string.h>
+
+int ckvm_fcntl_value(int fd, int command, long argument) {
+    return fcntl(fd, command, argument);
+}
+
+static void ckvm_kick_handler(int signal_number) {
+    (void)signal_number; /* Only the interruption of KVM_RUN matters. */
+}
+
+int ckvm_install_kick_handler(int signal_number) {
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = ckvm_kick_handler;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = 0; /* no SA_RESTART: KVM_RUN must come back with EINTR */
+    return sigaction(signal_number, &action, NULL);
+}
+
+/* Per-thread state of the guarded access in progress, read by the handler. */
+static __thread sigjmp_buf guard_jump;
+static __thread volatile int guard_active;
+static __thread volatile uintptr_t guard_fault_address;
+
+/* Serialises the process-wide SIGBUS disposition between threads. */
+static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void ckvm_sigbus_handler(int signal_number, siginfo_t *info, void *context) {
+    (void)context;
+    if (!guard_active) {
+        /* Not ours: fall back to the default action and re-raise. */
+        signal(signal_number, SIG_DFL);
+        raise(signal_number);
+        return;
+    }
+    guard_fault_address = (uintptr_t)info->si_addr;
+    guard_active = 0;
+    siglongjmp(guard_jump, 1);
+}
+
+/* Runs `body` over [address, address+length) with SIGBUS turned into a return. */
+static long ckvm_guarded(volatile uint8_t *address, size_t length,
+                         void (*body)(volatile uint8_t *, size_t, void *), void *context) {
+    struct sigaction action, previous;
+    long result = -1;
+
+    pthread_mutex_lock(&guard_lock);
+    memset(&action, 0, sizeof(action));
+    action.sa_sigaction = ckvm_sigbus_handler;
+    action.sa_flags = SA_SIGINFO;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGBUS, &action, &previous);
+
+    if (sigsetjmp(guard_jump, 1) == 0) {
+        guard_active = 1;
+        body(address, length, context);
+        guard_active = 0;
+    } else {
+        result = (long)(guard_fault_address - (uintptr_t)address);
+    }
+
+    sigaction(SIGBUS, &previous, NULL);
+    pthread_mutex_unlock(&guard_lock);
+    return result;
+}
+
+static void fill_body(volatile uint8_t *address, size_t length, void *context) {
+    uint8_t value = *(uint8_t *)context;
+    for (size_t i = 0; i < length; i++)
+        address[i] = value;
+}
+
+static void read_body(volatile uint8_t *address, size_t length, void *context) {
+    uint8_t *destination = context;
+    for (size_t i = 0; i < length; i++)
+        destination[i] = address[i];
+}
+
+long ckvm_guarded_fill(void *address, uint8_t value, size_t length) {
+    return ckvm_guarded(address, length, fill_body, &value);
+}
+
+long ckvm_guarded_read(const void *address, void *destination, size_t length) {
+    return ckvm_guarded((volatile uint8_t *)address, length, read_body, destination);
+}

@@ -1,0 +1,319 @@
+/*
+ * Kestrel's own definitions of the KVM userspace ABI (x86-64, Linux 6.18 layout).
+ *
+ * The distribution's <linux/kvm.h> is older than the features Kestrel targets, so
+ * the layouts live here, written from the ABI facts in shared/reference/kvm-uapi.md.
+ * Every struct size is pinned by a unit test (Tests/KVMTests/ABILayoutTests.swift).
+ * Variable-length ioctl arguments (kvm_msrs, kvm_cpuid2, kvm_msr_list, kvm_reg_list)
+ * are described by their fixed headers only; Swift builds the full buffers.
+ */
+#ifndef CKVM_H
+#define CKVM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- general purpose and special registers ---- */
+
+struct ckvm_regs {
+    uint64_t rax, rbx, rcx, rdx;
+    uint64_t rsi, rdi, rsp, rbp;
+    uint64_t r8, r9, r10, r11;
+    uint64_t r12, r13, r14, r15;
+    uint64_t rip, rflags;
+};
+
+struct ckvm_segment {
+    uint64_t base;
+    uint32_t limit;
+    uint16_t selector;
+    uint8_t type;
+    uint8_t present, dpl, db, s, l, g, avl;
+    uint8_t unusable;
+    uint8_t padding;
+};
+
+struct ckvm_dtable {
+    uint64_t base;
+    uint16_t limit;
+    uint16_t padding[3];
+};
+
+struct ckvm_sregs {
+    struct ckvm_segment cs, ds, es, fs, gs, ss;
+    struct ckvm_segment tr, ldt;
+    struct ckvm_dtable gdt, idt;
+    uint64_t cr0, cr2, cr3, cr4, cr8;
+    uint64_t efer;
+    uint64_t apic_base;
+    uint64_t interrupt_bitmap[4];
+};
+
+struct ckvm_fpu {
+    uint8_t fpr[8][16];
+    uint16_t fcw;
+    uint16_t fsw;
+    uint8_t ftwx;
+    uint8_t pad1;
+    uint16_t last_opcode;
+    uint64_t last_ip;
+    uint64_t last_dp;
+    uint8_t xmm[16][16];
+    uint32_t mxcsr;
+    uint32_t pad2;
+};
+
+/* ---- MSRs, CPUID, register lists ---- */
+
+struct ckvm_msr_entry {
+    uint32_t index;
+    uint32_t reserved;
+    uint64_t data;
+};
+
+/* Header of struct kvm_msrs; `nmsrs` entries of ckvm_msr_entry follow. */
+struct ckvm_msrs_header {
+    uint32_t nmsrs;
+    uint32_t pad;
+};
+
+/* Header of struct kvm_msr_list; `nmsrs` uint32 indices follow. */
+struct ckvm_msr_list_header {
+    uint32_t nmsrs;
+};
+
+struct ckvm_cpuid_entry2 {
+    uint32_t function;
+    uint32_t index;
+    uint32_t flags;
+    uint32_t eax, ebx, ecx, edx;
+    uint32_t padding[3];
+};
+
+/* Header of struct kvm_cpuid2; `nent` ckvm_cpuid_entry2 follow. */
+struct ckvm_cpuid2_header {
+    uint32_t nent;
+    uint32_t padding;
+};
+
+/* Header of struct kvm_reg_list; `n` uint64 register ids follow. */
+struct ckvm_reg_list_header {
+    uint64_t n;
+};
+
+struct ckvm_one_reg {
+    uint64_t id;
+    uint64_t addr;
+};
+
+/* ---- vCPU events, MP state, XCRs ---- */
+
+struct ckvm_vcpu_events {
+    struct {
+        uint8_t injected, nr, has_error_code, pending;
+        uint32_t error_code;
+    } exception;
+    struct {
+        uint8_t injected, nr, soft, shadow;
+    } interrupt;
+    struct {
+        uint8_t injected, pending, masked, pad;
+    } nmi;
+    uint32_t sipi_vector;
+    uint32_t flags;
+    struct {
+        uint8_t smm, pending, smm_inside_nmi, latched_init;
+    } smi;
+    struct {
+        uint8_t pending;
+    } triple_fault;
+    uint8_t reserved[26];
+    uint8_t exception_has_payload;
+    uint64_t exception_payload;
+};
+
+struct ckvm_mp_state {
+    uint32_t mp_state;
+};
+
+struct ckvm_xcr {
+    uint32_t xcr;
+    uint32_t reserved;
+    uint64_t value;
+};
+
+struct ckvm_xcrs {
+    uint32_t nr_xcrs;
+    uint32_t flags;
+    struct ckvm_xcr xcrs[16];
+    uint64_t padding[16];
+};
+
+/* ---- memory ---- */
+
+struct ckvm_userspace_memory_region {
+    uint32_t slot;
+    uint32_t flags;
+    uint64_t guest_phys_addr;
+    uint64_t memory_size;
+    uint64_t userspace_addr;
+};
+
+struct ckvm_userspace_memory_region2 {
+    uint32_t slot;
+    uint32_t flags;
+    uint64_t guest_phys_addr;
+    uint64_t memory_size;
+    uint64_t userspace_addr;
+    uint64_t guest_memfd_offset;
+    uint32_t guest_memfd;
+    uint32_t pad1;
+    uint64_t pad2[14];
+};
+
+struct ckvm_create_guest_memfd {
+    uint64_t size;
+    uint64_t flags;
+    uint64_t reserved[6];
+};
+
+struct ckvm_memory_attributes {
+    uint64_t address;
+    uint64_t size;
+    uint64_t attributes;
+    uint64_t flags;
+};
+
+struct ckvm_device_attr {
+    uint32_t flags;
+    uint32_t group;
+    uint64_t attr;
+    uint64_t addr;
+};
+
+/* ---- the shared vCPU run structure (struct kvm_run) ---- */
+
+struct ckvm_exit_io {
+    uint8_t direction; /* 0 in, 1 out */
+    uint8_t size;
+    uint16_t port;
+    uint32_t count;
+    uint64_t data_offset; /* from the start of kvm_run */
+};
+
+struct ckvm_exit_mmio {
+    uint64_t phys_addr;
+    uint8_t data[8];
+    uint32_t len;
+    uint8_t is_write;
+};
+
+struct ckvm_exit_hypercall {
+    uint64_t nr;
+    uint64_t args[6];
+    uint64_t ret;
+    uint64_t flags; /* union with u32 longmode */
+};
+
+struct ckvm_exit_internal {
+    uint32_t suberror;
+    uint32_t ndata;
+    uint64_t data[16];
+};
+
+struct ckvm_exit_system_event {
+    uint32_t type;
+    uint32_t ndata;
+    uint64_t data[16];
+};
+
+struct ckvm_exit_memory_fault {
+    uint64_t flags;
+    uint64_t gpa;
+    uint64_t size;
+};
+
+struct ckvm_exit_snp_req_certs {
+    uint64_t gpa;
+    uint64_t npages;
+    uint64_t ret;
+};
+
+struct ckvm_exit_fail_entry {
+    uint64_t hardware_entry_failure_reason;
+    uint32_t cpu;
+};
+
+struct ckvm_exit_exception {
+    uint32_t exception;
+    uint32_t error_code;
+};
+
+union ckvm_exit_info {
+    uint64_t hardware_exit_reason;
+    struct ckvm_exit_fail_entry fail_entry;
+    struct ckvm_exit_exception ex;
+    struct ckvm_exit_io io;
+    struct ckvm_exit_mmio mmio;
+    struct ckvm_exit_hypercall hypercall;
+    struct ckvm_exit_internal internal;
+    struct ckvm_exit_system_event system_event;
+    struct ckvm_exit_memory_fault memory_fault;
+    struct ckvm_exit_snp_req_certs snp_req_certs;
+    uint8_t padding[256];
+};
+
+struct ckvm_run {
+    uint8_t request_interrupt_window;
+    uint8_t immediate_exit;
+    uint8_t padding1[6];
+    uint32_t exit_reason;
+    uint8_t ready_for_interrupt_injection;
+    uint8_t if_flag;
+    uint16_t flags;
+    uint64_t cr8;
+    uint64_t apic_base;
+    union ckvm_exit_info exit;
+    uint64_t kvm_valid_regs;
+    uint64_t kvm_dirty_regs;
+    uint8_t sync_regs[2048];
+};
+
+/* ---- system call shims ---- */
+
+/*
+ * ioctl(2) is variadic in glibc, which Swift cannot call. These two forms cover
+ * every KVM request: a pointer argument and an integer argument. They return the
+ * raw result; on -1 the caller reads errno.
+ */
+static inline int ckvm_ioctl_pointer(int fd, unsigned long request, void *argument) {
+    extern int ioctl(int, unsigned long, ...);
+    return ioctl(fd, request, argument);
+}
+
+static inline int ckvm_ioctl_value(int fd, unsigned long request, unsigned long argument) {
+    extern int ioctl(int, unsigned long, ...);
+    return ioctl(fd, request, argument);
+}
+
+/* fcntl(2) is variadic too; Kestrel needs only the integer-argument form. */
+int ckvm_fcntl_value(int fd, int command, long argument);
+
+/*
+ * Installs a do-nothing handler for `signal_number` without SA_RESTART, so that a
+ * signal sent with pthread_kill makes a blocked KVM_RUN return EINTR. Idempotent.
+ * Returns 0 or -1 with errno.
+ */
+int ckvm_install_kick_handler(int signal_number);
+
+/*
+ * Memory accesses that survive SIGBUS (guest_memfd faults beyond the file size or
+ * on private pages). Each call installs a SIGBUS handler for the calling thread's
+ * access only, runs one bulk access under sigsetjmp, and restores the previous
+ * disposition. Return value: -1 when every byte was accessed, otherwise the byte
+ * offset at which SIGBUS was raised.
+ */
+long ckvm_guarded_fill(void *address, uint8_t value, size_t length);
+long ckvm_guarded_read(const void *address, void *destination, size_t length);
+
+#endif /* CKVM_H */

@@ -1,0 +1,56 @@
+import CKVM
+import Dispatch
+import Foundation
+import KVM
+
+/// Stops a vCPU that runs past a deadline: sets `immediate_exit` and signals
+/// the vCPU's thread, so KVM_RUN returns EINTR whether the thread is inside it
+/// or about to enter it.
+final class VCPUWatchdog {
+    /// The signal used to kick vCPU threads; its handler does nothing.
+    static let kickSignal = SIGUSR1
+    private static let installHandler: Void = { _ = ckvm_install_kick_handler(kickSignal) }()
+
+    private let lock = NSLock()
+    private var generation = 0
+    private var armed = false
+    private var fired = false
+    private weak var vcpu: VCPU?
+
+    init(vcpu: VCPU) {
+        Self.installHandler
+        self.vcpu = vcpu
+    }
+
+    /// Arms the watchdog for the calling thread; it fires after `seconds`.
+    func arm(seconds: Double) {
+        let thread = pthread_self()
+        lock.lock()
+        generation += 1
+        let current = generation
+        armed = true
+        fired = false
+        lock.unlock()
+        DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [weak self] in
+            guard let self else { return }
+            self.lock.lock()
+            defer { self.lock.unlock() }
+            guard self.armed, self.generation == current, let vcpu = self.vcpu else { return }
+            self.fired = true
+            vcpu.immediateExit = true
+            pthread_kill(thread, Self.kickSignal)
+        }
+    }
+
+    /// Disarms; returns whether the watchdog fired (and clears immediate_exit).
+    @discardableResult
+    func disarm() -> Bool {
+        lock.lock()
+        armed = false
+        let didFire = fired
+        fired = false
+        lock.unlock()
+        if didFire { vcpu?.immediateExit = false }
+        return didFire
+    }
+}

@@ -1,0 +1,81 @@
+import CKVM
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A host mapping of memory (anonymous or file-backed), unmapped on deinit.
+public final class MemoryMapping {
+    /// Start of the mapping in this process.
+    public let baseAddress: UnsafeMutableRawPointer
+    /// Length in bytes.
+    public let size: Int
+
+    /// How the pages are shared with other mappings of the same object.
+    public enum Sharing: Sendable {
+        /// MAP_SHARED: writes reach the file (or other mappers); required for
+        /// guest_memfd and for memory that devices or other processes must see.
+        case shared
+        /// MAP_PRIVATE: copy-on-write.
+        case `private`
+    }
+
+    /// The page size of this host.
+    public static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+
+    /// Maps `size` bytes of zeroed anonymous memory (mmap MAP_ANONYMOUS).
+    public init(anonymousSize size: Int, sharing: Sharing = .private, noReserve: Bool = true) throws {
+        guard size > 0 else { throw GuestMemoryError.invalidSize(size) }
+        var flags = MAP_ANONYMOUS | (sharing == .shared ? MAP_SHARED : MAP_PRIVATE)
+        if noReserve { flags |= MAP_NORESERVE }
+        self.baseAddress = try Self.map(nil, size, PROT_READ | PROT_WRITE, flags, -1, 0)
+        self.size = size
+    }
+
+    /// Maps `size` bytes of a file (mmap), e.g. a guest_memfd.
+    public init(fileDescriptor: Int32, size: Int, offset: Int = 0, sharing: Sharing = .shared,
+                protection: Int32 = PROT_READ | PROT_WRITE) throws {
+        guard size > 0 else { throw GuestMemoryError.invalidSize(size) }
+        self.baseAddress = try Self.map(nil, size, protection, sharing == .shared ? MAP_SHARED : MAP_PRIVATE,
+                                        fileDescriptor, off_t(offset))
+        self.size = size
+    }
+
+    deinit { munmap(baseAddress, size) }
+
+    /// The mapping as a byte buffer.
+    public var bytes: UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: baseAddress, count: size)
+    }
+
+    /// Host virtual address, as KVM memory slots want it.
+    public var address: UInt64 { UInt64(UInt(bitPattern: baseAddress)) }
+
+    /// Calls madvise(2) on a page-aligned sub-range.
+    public func advise(offset: Int = 0, length: Int? = nil, _ advice: Int32) throws {
+        let length = length ?? size - offset
+        guard offset >= 0, length >= 0, offset + length <= size else {
+            throw GuestMemoryError.outOfBounds(address: UInt64(offset), length: length)
+        }
+        if madvise(baseAddress + offset, length, advice) != 0 {
+            throw MappingError(operation: "madvise", errno: Errno(rawValue: Glibc.errno))
+        }
+    }
+
+    private static func map(_ hint: UnsafeMutableRawPointer?, _ size: Int, _ protection: Int32, _ flags: Int32,
+                            _ fd: Int32, _ offset: off_t) throws -> UnsafeMutableRawPointer {
+        let address = mmap(hint, size, protection, flags, fd, offset)
+        guard let address, address != MAP_FAILED else {
+            throw MappingError(operation: "mmap", errno: Errno(rawValue: Glibc.errno))
+        }
+        return address
+    }
+}
+
+/// A failed mapping call (mmap, madvise) with its errno.
+public struct MappingError: Error, Equatable, CustomStringConvertible, Sendable {
+    public let operation: String
+    public let errno: Errno
+    public var description: String { "\(operation) failed: \(errno)" }
+}

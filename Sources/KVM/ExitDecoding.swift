@@ -1,0 +1,89 @@
+import CKVM
+
+extension VCPUExit {
+    /// Decodes the exit described by a `kvm_run` area of `areaSize` bytes.
+    ///
+    /// Used by `VCPU.run()` on the mmapped area, and by tests on synthetic
+    /// buffers. Offsets the kernel supplies (the I/O data offset) are checked
+    /// against `areaSize`; an out-of-range offset is reported as an internal
+    /// inconsistency rather than followed.
+    public static func decode(run: UnsafeMutablePointer<ckvm_run>, areaSize: Int) -> VCPUExit {
+        let reason = run.pointee.exit_reason
+        switch ExitReason(rawValue: reason) {
+        case .io:
+            let io = run.pointee.exit.io
+            let length = Int(io.size) * Int(io.count)
+            let offset = Int(clamping: io.data_offset)
+            guard offset >= MemoryLayout<ckvm_run>.offset(of: \ckvm_run.exit)!, length >= 0,
+                  offset <= areaSize, length <= areaSize - offset
+            else {
+                // Sound: never follow an offset outside the mapping.
+                return .internalError(InternalError(suberror: UInt32.max, data: [io.data_offset, UInt64(length)], instructionBytes: nil))
+            }
+            let base = UnsafeMutableRawPointer(run) + offset
+            return .io(IOExit(
+                direction: io.direction == 0 ? .in : .out, size: Int(io.size), port: io.port,
+                count: Int(io.count), data: UnsafeMutableRawBufferPointer(start: base, count: length)))
+        case .mmio:
+            let length = Int(min(run.pointee.exit.mmio.len, 8))
+            let dataOffset = MemoryLayout<ckvm_run>.offset(of: \ckvm_run.exit)! + MemoryLayout<ckvm_exit_mmio>.offset(of: \ckvm_exit_mmio.data)!
+            return .mmio(MMIOExit(
+                address: run.pointee.exit.mmio.phys_addr, isWrite: run.pointee.exit.mmio.is_write != 0,
+                data: UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(run) + dataOffset, count: length)))
+        case .halt:
+            return .halt
+        case .shutdown:
+            return .shutdown
+        case .failEntry:
+            return .failEntry(
+                hardwareReason: run.pointee.exit.fail_entry.hardware_entry_failure_reason,
+                cpu: run.pointee.exit.fail_entry.cpu)
+        case .internalError:
+            return .internalError(decodeInternalError(run))
+        case .systemEvent:
+            let event = run.pointee.exit.system_event
+            let count = Int(min(event.ndata, 16))
+            let words = withUnsafeBytes(of: event.data) { Array($0.bindMemory(to: UInt64.self).prefix(count)) }
+            return .systemEvent(SystemEvent(type: event.type, data: words))
+        case .memoryFault:
+            let fault = run.pointee.exit.memory_fault
+            return .memoryFault(MemoryFault(
+                flags: MemoryFaultFlags(rawValue: fault.flags), guestPhysicalAddress: fault.gpa, size: fault.size))
+        case .hypercall:
+            return .hypercall(HypercallExit(run: run))
+        case .snpRequestCertificates:
+            return .snpRequestCertificates(SNPCertificateRequest(run: run))
+        case .exception:
+            return .exception(vector: run.pointee.exit.ex.exception, errorCode: run.pointee.exit.ex.error_code)
+        case .debug:
+            // struct kvm_debug_exit_arch (x86): u32 exception; u32 pad; u64 pc; ...
+            let words = withUnsafeBytes(of: run.pointee.exit.padding) { ($0.load(as: UInt32.self), $0.load(fromByteOffset: 8, as: UInt64.self)) }
+            return .debug(exception: words.0, pc: words.1)
+        case .interruptWindowOpen:
+            return .interruptWindowOpen
+        case .interrupted:
+            return .interrupted
+        case .unknown:
+            return .unknown(hardwareReason: run.pointee.exit.hardware_exit_reason)
+        default:
+            return .unrecognized(ExitReason(rawValue: reason))
+        }
+    }
+
+    /// KVM_INTERNAL_ERROR_EMULATION with KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES
+    /// overlays `u64 flags; u8 insn_size; u8 insn_bytes[15]` on the first data words.
+    private static func decodeInternalError(_ run: UnsafeMutablePointer<ckvm_run>) -> InternalError {
+        let info = run.pointee.exit.`internal`
+        let count = Int(min(info.ndata, 16))
+        let words = withUnsafeBytes(of: info.data) { Array($0.bindMemory(to: UInt64.self).prefix(count)) }
+        var bytes: [UInt8]? = nil
+        let hasInstructionBytes = info.suberror == 1 && count >= 3 && words[0] & 1 != 0
+        if hasInstructionBytes {
+            withUnsafeBytes(of: info.data) { raw in
+                let size = Int(min(raw[8], 15))
+                bytes = Array(raw[9..<(9 + size)])
+            }
+        }
+        return InternalError(suberror: info.suberror, data: words, instructionBytes: bytes)
+    }
+}

@@ -1,0 +1,71 @@
+import CKVM
+
+/// The KVM ioctl requests Kestrel issues, encoded from our own ABI structs.
+public enum KVMRequest {
+    // System (/dev/kvm)
+    public static let getAPIVersion = IoctlRequest("KVM_GET_API_VERSION", .none, 0x00)
+    public static let createVM = IoctlRequest("KVM_CREATE_VM", .none, 0x01)
+    public static let getMSRIndexList = IoctlRequest(
+        "KVM_GET_MSR_INDEX_LIST", .readWrite, 0x02, size: MemoryLayout<ckvm_msr_list_header>.size)
+    public static let checkExtension = IoctlRequest("KVM_CHECK_EXTENSION", .none, 0x03)
+    public static let getVCPUMmapSize = IoctlRequest("KVM_GET_VCPU_MMAP_SIZE", .none, 0x04)
+    public static let getSupportedCPUID = IoctlRequest(
+        "KVM_GET_SUPPORTED_CPUID", .readWrite, 0x05, size: MemoryLayout<ckvm_cpuid2_header>.size)
+    public static let getMSRFeatureIndexList = IoctlRequest(
+        "KVM_GET_MSR_FEATURE_INDEX_LIST", .readWrite, 0x0A, size: MemoryLayout<ckvm_msr_list_header>.size)
+
+    // VM
+    public static let createVCPU = IoctlRequest("KVM_CREATE_VCPU", .none, 0x41)
+    public static let setUserMemoryRegion = IoctlRequest(
+        "KVM_SET_USER_MEMORY_REGION", .write, 0x46, size: MemoryLayout<ckvm_userspace_memory_region>.size)
+    public static let setTSSAddress = IoctlRequest("KVM_SET_TSS_ADDR", .none, 0x47)
+    public static let setIdentityMapAddress = IoctlRequest(
+        "KVM_SET_IDENTITY_MAP_ADDR", .write, 0x48, size: MemoryLayout<UInt64>.size)
+    public static let setUserMemoryRegion2 = IoctlRequest(
+        "KVM_SET_USER_MEMORY_REGION2", .write, 0x49, size: MemoryLayout<ckvm_userspace_memory_region2>.size)
+    public static let setMemoryAttributes = IoctlRequest(
+        "KVM_SET_MEMORY_ATTRIBUTES", .write, 0xD2, size: MemoryLayout<ckvm_memory_attributes>.size)
+    public static let createGuestMemfd = IoctlRequest(
+        "KVM_CREATE_GUEST_MEMFD", .readWrite, 0xD4, size: MemoryLayout<ckvm_create_guest_memfd>.size)
+    public static let memoryEncryptOperation = IoctlRequest(
+        "KVM_MEMORY_ENCRYPT_OP", .readWrite, 0xBA, size: MemoryLayout<UInt>.size)
+
+    // Device attributes (also valid on /dev/kvm for KVM_X86_GRP_* groups)
+    public static let setDeviceAttribute = IoctlRequest(
+        "KVM_SET_DEVICE_ATTR", .write, 0xE1, size: MemoryLayout<ckvm_device_attr>.size)
+    public static let getDeviceAttribute = IoctlRequest(
+        "KVM_GET_DEVICE_ATTR", .write, 0xE2, size: MemoryLayout<ckvm_device_attr>.size)
+    public static let hasDeviceAttribute = IoctlRequest(
+        "KVM_HAS_DEVICE_ATTR", .write, 0xE3, size: MemoryLayout<ckvm_device_attr>.size)
+
+    // vCPU
+    public static let run = IoctlRequest("KVM_RUN", .none, 0x80)
+    public static let getRegisters = IoctlRequest("KVM_GET_REGS", .read, 0x81, size: MemoryLayout<ckvm_regs>.size)
+    public static let setRegisters = IoctlRequest("KVM_SET_REGS", .write, 0x82, size: MemoryLayout<ckvm_regs>.size)
+    public static let getSpecialRegisters = IoctlRequest(
+        "KVM_GET_SREGS", .read, 0x83, size: MemoryLayout<ckvm_sregs>.size)
+    public static let setSpecialRegisters = IoctlRequest(
+        "KVM_SET_SREGS", .write, 0x84, size: MemoryLayout<ckvm_sregs>.size)
+    public static let getMSRs = IoctlRequest("KVM_GET_MSRS", .readWrite, 0x88, size: MemoryLayout<ckvm_msrs_header>.size)
+    public static let setMSRs = IoctlRequest("KVM_SET_MSRS", .write, 0x89, size: MemoryLayout<ckvm_msrs_header>.size)
+    public static let getFPU = IoctlRequest("KVM_GET_FPU", .read, 0x8C, size: MemoryLayout<ckvm_fpu>.size)
+    public static let setFPU = IoctlRequest("KVM_SET_FPU", .write, 0x8D, size: MemoryLayout<ckvm_fpu>.size)
+    public static let setCPUID2 = IoctlRequest(
+        "KVM_SET_CPUID2", .write, 0x90, size: MemoryLayout<ckvm_cpuid2_header>.size)
+    public static let getCPUID2 = IoctlRequest(
+        "KVM_GET_CPUID2", .readWrite, 0x91, size: MemoryLayout<ckvm_cpuid2_header>.size)
+    public static let getMPState = IoctlRequest("KVM_GET_MP_STATE", .read, 0x98, size: MemoryLayout<ckvm_mp_state>.size)
+    public static let setMPState = IoctlRequest("KVM_SET_MP_STATE", .write, 0x99, size: MemoryLayout<ckvm_mp_state>.size)
+    public static let getVCPUEvents = IoctlRequest(
+        "KVM_GET_VCPU_EVENTS", .read, 0x9F, size: MemoryLayout<ckvm_vcpu_events>.size)
+    public static let setVCPUEvents = IoctlRequest(
+        "KVM_SET_VCPU_EVENTS", .write, 0xA0, size: MemoryLayout<ckvm_vcpu_events>.size)
+    public static let getXCRs = IoctlRequest("KVM_GET_XCRS", .read, 0xA6, size: MemoryLayout<ckvm_xcrs>.size)
+    public static let setXCRs = IoctlRequest("KVM_SET_XCRS", .write, 0xA7, size: MemoryLayout<ckvm_xcrs>.size)
+    public static let getOneRegister = IoctlRequest(
+        "KVM_GET_ONE_REG", .write, 0xAB, size: MemoryLayout<ckvm_one_reg>.size)
+    public static let setOneRegister = IoctlRequest(
+        "KVM_SET_ONE_REG", .write, 0xAC, size: MemoryLayout<ckvm_one_reg>.size)
+    public static let getRegisterList = IoctlRequest(
+        "KVM_GET_REG_LIST", .readWrite, 0xB0, size: MemoryLayout<ckvm_reg_list_header>.size)
+}

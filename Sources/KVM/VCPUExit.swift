@@ -1,0 +1,283 @@
+import CKVM
+
+/// Why KVM_RUN returned, decoded from the vCPU's `kvm_run` area.
+///
+/// Payloads that carry data (`IOExit`, `MMIOExit`, `HypercallExit`,
+/// `SNPCertificateRequest`) point into the mmapped run area: they are valid until
+/// the next `run()` on the same vCPU, and answers written through them are what
+/// KVM reads when the vCPU is next run.
+public enum VCPUExit: CustomStringConvertible {
+    /// KVM_EXIT_IO: the guest executed IN/OUT (or INS/OUTS).
+    case io(IOExit)
+    /// KVM_EXIT_MMIO: the guest touched guest-physical memory with no slot.
+    case mmio(MMIOExit)
+    /// KVM_EXIT_HLT: the guest halted with no in-kernel local APIC to wake it.
+    case halt
+    /// KVM_EXIT_SHUTDOWN: the guest triple-faulted (or otherwise shut down).
+    case shutdown
+    /// KVM_EXIT_FAIL_ENTRY: the hardware refused to enter the guest.
+    case failEntry(hardwareReason: UInt64, cpu: UInt32)
+    /// KVM_EXIT_INTERNAL_ERROR: KVM could not go on (emulation failure and others).
+    case internalError(InternalError)
+    /// KVM_EXIT_SYSTEM_EVENT: shutdown, reset, crash and similar requests.
+    case systemEvent(SystemEvent)
+    /// KVM_EXIT_MEMORY_FAULT (KVM_RUN failed with EFAULT): the guest accessed
+    /// memory whose private/shared state the VMM must change.
+    case memoryFault(MemoryFault)
+    /// KVM_EXIT_HYPERCALL: a hypercall KVM forwards to userspace.
+    case hypercall(HypercallExit)
+    /// KVM_EXIT_SNP_REQ_CERTS: an SNP guest asked for attestation certificates.
+    case snpRequestCertificates(SNPCertificateRequest)
+    /// KVM_EXIT_EXCEPTION: an exception KVM reports to userspace.
+    case exception(vector: UInt32, errorCode: UInt32)
+    /// KVM_EXIT_DEBUG: a debug event (guest debugging enabled by the VMM).
+    case debug(exception: UInt32, pc: UInt64)
+    /// KVM_EXIT_IRQ_WINDOW_OPEN: the guest can take an interrupt now.
+    case interruptWindowOpen
+    /// KVM_RUN returned EINTR (a signal, or immediate_exit set): KVM_EXIT_INTR.
+    case interrupted
+    /// KVM_EXIT_UNKNOWN, with the hardware's exit reason.
+    case unknown(hardwareReason: UInt64)
+    /// An exit reason this version of Kestrel does not decode.
+    case unrecognized(ExitReason)
+
+    /// The KVM exit reason behind this exit.
+    public var reason: ExitReason {
+        switch self {
+        case .io: return .io
+        case .mmio: return .mmio
+        case .halt: return .halt
+        case .shutdown: return .shutdown
+        case .failEntry: return .failEntry
+        case .internalError: return .internalError
+        case .systemEvent: return .systemEvent
+        case .memoryFault: return .memoryFault
+        case .hypercall: return .hypercall
+        case .snpRequestCertificates: return .snpRequestCertificates
+        case .exception: return .exception
+        case .debug: return .debug
+        case .interruptWindowOpen: return .interruptWindowOpen
+        case .interrupted: return .interrupted
+        case .unknown: return .unknown
+        case .unrecognized(let reason): return reason
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .io(let io): return "\(ExitReason.io): \(io)"
+        case .mmio(let mmio): return "\(ExitReason.mmio): \(mmio)"
+        case .failEntry(let reason, let cpu):
+            return "\(ExitReason.failEntry): hardware entry failure reason 0x\(String(reason, radix: 16)) on cpu \(cpu)"
+        case .internalError(let error): return "\(ExitReason.internalError): \(error)"
+        case .systemEvent(let event): return "\(ExitReason.systemEvent): \(event)"
+        case .memoryFault(let fault): return "\(ExitReason.memoryFault): \(fault)"
+        case .hypercall(let call): return "\(ExitReason.hypercall): nr \(call.number)"
+        case .snpRequestCertificates(let request):
+            return "\(ExitReason.snpRequestCertificates): gpa 0x\(String(request.guestPhysicalAddress, radix: 16)), \(request.pageCount) pages"
+        case .exception(let vector, let errorCode):
+            return "\(ExitReason.exception): vector \(vector), error code 0x\(String(errorCode, radix: 16))"
+        case .debug(let exception, let pc):
+            return "\(ExitReason.debug): exception \(exception) at 0x\(String(pc, radix: 16))"
+        case .unknown(let hardwareReason):
+            return "\(ExitReason.unknown): hardware exit reason 0x\(String(hardwareReason, radix: 16))"
+        default: return reason.name
+        }
+    }
+}
+
+/// The data of a KVM_EXIT_IO exit.
+public struct IOExit: CustomStringConvertible {
+    public enum Direction: UInt8, Sendable { case `in` = 0, out = 1 }
+
+    public let direction: Direction
+    /// Access size in bytes (1, 2 or 4).
+    public let size: Int
+    public let port: UInt16
+    /// Repetitions (string I/O); `data` holds `size * count` bytes.
+    public let count: Int
+    /// The bytes written by the guest (out) or to be supplied to it (in), inside
+    /// the run area.
+    public let data: UnsafeMutableRawBufferPointer
+
+    /// The first item as a little-endian integer.
+    public var value: UInt32 {
+        var result: UInt32 = 0
+        for index in 0..<min(size, 4) { result |= UInt32(data[index]) << (8 * UInt32(index)) }
+        return result
+    }
+
+    /// Supplies the value an IN instruction reads (first item).
+    public func setValue(_ value: UInt32) {
+        for index in 0..<min(size, 4, data.count) { data[index] = UInt8(truncatingIfNeeded: value >> (8 * UInt32(index))) }
+    }
+
+    public var description: String {
+        "\(direction == .out ? "out" : "in") port 0x\(String(port, radix: 16)) size \(size) count \(count)"
+            + (direction == .out ? " value 0x\(String(value, radix: 16))" : "")
+    }
+}
+
+/// The data of a KVM_EXIT_MMIO exit.
+public struct MMIOExit: CustomStringConvertible {
+    public let address: UInt64
+    public let isWrite: Bool
+    /// The bytes written by the guest, or to be supplied for a read (1 to 8).
+    public let data: UnsafeMutableRawBufferPointer
+
+    public var description: String {
+        "\(isWrite ? "write" : "read") of \(data.count) bytes at 0x\(String(address, radix: 16))"
+    }
+}
+
+/// The data of a KVM_EXIT_INTERNAL_ERROR exit.
+public struct InternalError: CustomStringConvertible, Sendable {
+    /// KVM_INTERNAL_ERROR_* sub-errors.
+    public enum Kind: Equatable, Sendable {
+        case emulation
+        case simultaneousException
+        case deliveryEvent
+        case unexpectedExitReason
+        case other(UInt32)
+
+        init(_ raw: UInt32) {
+            switch raw {
+            case 1: self = .emulation
+            case 2: self = .simultaneousException
+            case 3: self = .deliveryEvent
+            case 4: self = .unexpectedExitReason
+            default: self = .other(raw)
+            }
+        }
+
+        public var name: String {
+            switch self {
+            case .emulation: return "emulation failure (KVM_INTERNAL_ERROR_EMULATION)"
+            case .simultaneousException: return "exception during exception delivery (KVM_INTERNAL_ERROR_SIMUL_EX)"
+            case .deliveryEvent: return "event delivery failed (KVM_INTERNAL_ERROR_DELIVERY_EV)"
+            case .unexpectedExitReason: return "unexpected exit reason (KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON)"
+            case .other(let raw): return "suberror \(raw)"
+            }
+        }
+    }
+
+    public let suberror: UInt32
+    /// The `data` words KVM filled in (`ndata`, at most 16).
+    public let data: [UInt64]
+    /// For emulation failures that carry them, the instruction bytes KVM fetched.
+    public let instructionBytes: [UInt8]?
+
+    public var kind: Kind { Kind(suberror) }
+
+    public init(suberror: UInt32, data: [UInt64], instructionBytes: [UInt8]?) {
+        self.suberror = suberror
+        self.data = data
+        self.instructionBytes = instructionBytes
+    }
+
+    public var description: String {
+        var text = kind.name
+        if let bytes = instructionBytes {
+            text += ", instruction bytes [" + bytes.map { hexByte($0) }.joined(separator: " ") + "]"
+        }
+        if !data.isEmpty {
+            text += ", data [" + data.map { "0x" + String($0, radix: 16) }.joined(separator: ", ") + "]"
+        }
+        return text
+    }
+}
+
+/// The data of a KVM_EXIT_SYSTEM_EVENT exit.
+public struct SystemEvent: CustomStringConvertible, Sendable {
+    public let type: UInt32
+    public let data: [UInt64]
+
+    public var typeName: String {
+        switch type {
+        case 1: return "KVM_SYSTEM_EVENT_SHUTDOWN"
+        case 2: return "KVM_SYSTEM_EVENT_RESET"
+        case 3: return "KVM_SYSTEM_EVENT_CRASH"
+        case 4: return "KVM_SYSTEM_EVENT_WAKEUP"
+        case 5: return "KVM_SYSTEM_EVENT_SUSPEND"
+        case 6: return "KVM_SYSTEM_EVENT_SEV_TERM"
+        case 7: return "KVM_SYSTEM_EVENT_TDX_FATAL"
+        default: return "system event \(type)"
+        }
+    }
+
+    public var description: String { typeName }
+}
+
+/// Flags of a KVM_EXIT_MEMORY_FAULT exit.
+public struct MemoryFaultFlags: OptionSet, Hashable, Sendable {
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    /// KVM_MEMORY_EXIT_FLAG_PRIVATE: the access wanted the range private.
+    public static let `private` = MemoryFaultFlags(rawValue: 1 << 3)
+}
+
+/// The data of a KVM_EXIT_MEMORY_FAULT exit.
+public struct MemoryFault: CustomStringConvertible, Sendable, Equatable {
+    public let flags: MemoryFaultFlags
+    public let guestPhysicalAddress: UInt64
+    public let size: UInt64
+
+    public var description: String {
+        "\(flags.contains(.private) ? "private" : "shared") access to 0x\(String(guestPhysicalAddress, radix: 16)), size 0x\(String(size, radix: 16))"
+    }
+}
+
+/// The data of a KVM_EXIT_HYPERCALL exit; `setReturnValue` answers it.
+public struct HypercallExit {
+    let run: UnsafeMutablePointer<ckvm_run>
+
+    public var number: UInt64 { run.pointee.exit.hypercall.nr }
+    public var arguments: [UInt64] {
+        withUnsafeBytes(of: run.pointee.exit.hypercall.args) { Array($0.bindMemory(to: UInt64.self)) }
+    }
+    /// The value the guest sees in RAX when it resumes.
+    public func setReturnValue(_ value: UInt64) { run.pointee.exit.hypercall.ret = value }
+}
+
+/// The data of a KVM_EXIT_SNP_REQ_CERTS exit; `respond` sets `ret` for KVM.
+public struct SNPCertificateRequest {
+    let run: UnsafeMutablePointer<ckvm_run>
+
+    /// Guest physical address of the certificate buffer (from the guest's RAX).
+    public var guestPhysicalAddress: UInt64 { run.pointee.exit.snp_req_certs.gpa }
+    /// Size of the buffer in 4 KiB pages (from the guest's RBX).
+    public var pageCount: UInt64 { run.pointee.exit.snp_req_certs.npages }
+
+    /// The answers KVM accepts in `ret`.
+    public enum Response: Equatable, Sendable {
+        /// Certificates written: KVM goes on to the firmware.
+        case certificatesWritten
+        /// The buffer is too small; the guest is told how many pages it needs.
+        case bufferTooSmall(pagesNeeded: UInt64)
+        /// Busy: the guest should retry (EAGAIN).
+        case busy
+        /// Generic failure (EIO).
+        case failure
+    }
+
+    /// Writes the response KVM reads on the next KVM_RUN.
+    public func respond(_ response: Response) {
+        switch response {
+        case .certificatesWritten: run.pointee.exit.snp_req_certs.ret = 0
+        case .bufferTooSmall(let pages):
+            run.pointee.exit.snp_req_certs.npages = pages
+            run.pointee.exit.snp_req_certs.ret = 28  // ENOSPC
+        case .busy: run.pointee.exit.snp_req_certs.ret = 11  // EAGAIN
+        case .failure: run.pointee.exit.snp_req_certs.ret = 5  // EIO
+        }
+    }
+
+    /// The raw `ret` field as last written.
+    public var returnCode: UInt64 { run.pointee.exit.snp_req_certs.ret }
+}
+
+@inline(__always)
+func hexByte(_ byte: UInt8) -> String {
+    let digits = String(byte, radix: 16)
+    return digits.count == 1 ? "0" + digits : digits
+}
