@@ -46,7 +46,7 @@ let package = Package(
             swiftSettings: swiftSettings),
         .target(
             name: "Conformance",
-            dependencies: ["KVM", "GuestMemory", "X86", "GuestKit"],
+            dependencies: ["CKVM", "KVM", "GuestMemory", "X86", "GuestKit"],
             swiftSettings: swiftSettings),
         .executableTarget(
             name: "Kestrel",

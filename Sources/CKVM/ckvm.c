@@ -12,6 +12,10 @@
 #include <signal.h>
 #include <string.h>
 
+int ckvm_fallocate(int fd, int mode, long offset, long length) {
+    return fallocate(fd, mode, (off_t)offset, (off_t)length);
+}
+
 int ckvm_fcntl_value(int fd, int command, long argument) {
     return fcntl(fd, command, argument);
 }

@@ -214,7 +214,9 @@ public final class GuestMachine {
         }
     }
 
-    static func mismatch(_ ucall: Ucall, expected: String) -> HarnessError {
+    /// The error for a ucall other than the one expected (a guest assertion
+    /// becomes `.guestAssertion`).
+    public static func mismatch(_ ucall: Ucall, expected: String) -> HarnessError {
         if case .assertFailed(let message, let values) = ucall { return .guestAssertion(message: message, values: values) }
         return .unexpectedUcall(got: ucall, expected: expected)
     }

@@ -104,8 +104,10 @@ public final class GuestProgram {
 
     /// Runs `body` with a resume address armed: if it raises an exception, the
     /// handler reports it to the host (as an expected exception) and resumes
-    /// after `body` instead of halting.
-    public func expectingException(_ body: () -> Void) {
+    /// after `body` instead of halting. Returns the resume label (the address
+    /// right after `body`).
+    @discardableResult
+    public func expectingException(_ body: () -> Void) -> Label {
         let a = assembler
         let resume = a.newLabel()
         a.push(.rax)
@@ -122,6 +124,7 @@ public final class GuestProgram {
         a.mov(.r11, layout.exceptionFixupAddress)
         a.mov(.at(.r11), immediate: 0)
         a.pop(.r11)
+        return resume
     }
 
     // MARK: Build

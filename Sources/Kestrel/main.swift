@@ -1,1 +1,3 @@
-print(1)
+import ArgumentParser
+
+Kestrel.main()

@@ -296,6 +296,9 @@ static inline int ckvm_ioctl_value(int fd, unsigned long request, unsigned long 
     return ioctl(fd, request, argument);
 }
 
+/* fallocate(2) is declared only under _GNU_SOURCE, which Swift's Glibc module lacks. */
+int ckvm_fallocate(int fd, int mode, long offset, long length);
+
 /* fcntl(2) is variadic too; Kestrel needs only the integer-argument form. */
 int ckvm_fcntl_value(int fd, int command, long argument);
 

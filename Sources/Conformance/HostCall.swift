@@ -1,0 +1,65 @@
+import CKVM
+import Foundation
+import GuestMemory
+import KVM
+import SystemPackage
+
+/// A failed host system call made by a test (read, fallocate, mmap...).
+public struct HostCallError: Error, CustomStringConvertible {
+    public let call: String
+    public let errno: Errno
+    public var description: String { "\(call) failed: \(errno.symbolicName)" }
+}
+
+/// Thin, errno-preserving wrappers over the file calls the guest_memfd tests make.
+public enum HostCall {
+    static func check(_ result: Int, _ call: String) throws {
+        if result < 0 { throw HostCallError(call: call, errno: Errno(rawValue: Glibc.errno)) }
+    }
+
+    /// read(2) of `count` bytes into a scratch buffer.
+    public static func read(_ fd: Int32, count: Int = 64) throws {
+        var buffer = [UInt8](repeating: 0, count: count)
+        try check(buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, count) }, "read")
+    }
+
+    /// write(2) of `count` zero bytes.
+    public static func write(_ fd: Int32, count: Int = 64) throws {
+        let buffer = [UInt8](repeating: 0, count: count)
+        try check(buffer.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, count) }, "write")
+    }
+
+    /// pread(2) at `offset`.
+    public static func pread(_ fd: Int32, count: Int = 64, offset: Int = 0) throws {
+        var buffer = [UInt8](repeating: 0, count: count)
+        try check(buffer.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress, count, off_t(offset)) }, "pread")
+    }
+
+    /// pwrite(2) at `offset`.
+    public static func pwrite(_ fd: Int32, count: Int = 64, offset: Int = 0) throws {
+        let buffer = [UInt8](repeating: 0, count: count)
+        try check(buffer.withUnsafeBytes { Glibc.pwrite(fd, $0.baseAddress, count, off_t(offset)) }, "pwrite")
+    }
+
+    /// fstat(2).
+    public static func fileStatus(_ fd: Int32) throws -> stat {
+        var status = stat()
+        try check(Int(fstat(fd, &status)), "fstat")
+        return status
+    }
+
+    public static let keepSize: Int32 = 0x01  // FALLOC_FL_KEEP_SIZE
+    public static let punchHole: Int32 = 0x02  // FALLOC_FL_PUNCH_HOLE
+
+    /// fallocate(2).
+    public static func fallocate(_ fd: Int32, mode: Int32, offset: Int, length: Int) throws {
+        try check(Int(ckvm_fallocate(fd, mode, offset, length)), "fallocate(mode \(mode), offset \(offset), length \(length))")
+    }
+
+    /// The transparent huge page size, or nil when THP is not configured.
+    public static func transparentHugePageSize() -> Int? {
+        guard let text = try? String(contentsOfFile: "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", encoding: .utf8)
+        else { return nil }
+        return Int(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+}

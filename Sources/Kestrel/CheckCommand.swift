@@ -1,0 +1,67 @@
+import ArgumentParser
+import Conformance
+
+/// `kestrel check`: the KVM conformance suites.
+struct CheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Run the KVM conformance suites against this host's /dev/kvm.",
+        discussion: """
+            Each test checks a promise KVM makes. It PASSes, FAILs with a diagnosis \
+            (a host defect is a failure), or SKIPs with the requirement this host lacks. \
+            Suites: \(ConformanceCatalog.suiteNames.joined(separator: ", ")). \
+            The exit status is 1 when any test fails.
+            """)
+
+    enum Format: String, ExpressibleByArgument, CaseIterable {
+        case human, tap, json
+    }
+
+    @Flag(name: .long, help: "Write kselftest-style TAP (same as --format tap).")
+    var tap = false
+
+    @Flag(name: .long, help: "Write one JSON document (same as --format json).")
+    var json = false
+
+    @Option(name: .long, help: "Output format: \(Format.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var format: Format = .human
+
+    @Option(name: [.customShort("f"), .long],
+            help: "Run only tests whose id contains this text (or matches it as a glob with * or ?). Repeatable.")
+    var filter: [String] = []
+
+    @Flag(name: .long, help: "List the tests with what each checks, without running them.")
+    var list = false
+
+    @Flag(name: [.short, .long], help: "Show what each test logged (guest PRINTs, values seen).")
+    var verbose = false
+
+    @Option(name: .long, help: "The KVM device to open.")
+    var device = "/dev/kvm"
+
+    func validate() throws {
+        if tap && json { throw ValidationError("--tap and --json cannot be combined") }
+    }
+
+    func run() throws {
+        let host = HostProbe(path: device)
+        let tests = ConformanceRunner.select(ConformanceCatalog.allTests(host: host), filters: filter)
+        if list {
+            let width = tests.map(\.id.count).max() ?? 0
+            for test in tests { print(test.id.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + test.summary) }
+            return
+        }
+        guard !tests.isEmpty else {
+            throw ValidationError("no test matches \(filter.map { "'\($0)'" }.joined(separator: ", ")); see `kestrel check --list`")
+        }
+        let chosen: Format = tap ? .tap : json ? .json : format
+        let reporter: ResultReporter
+        switch chosen {
+        case .human: reporter = HumanReporter(verbose: verbose)
+        case .tap: reporter = TAPReporter()
+        case .json: reporter = JSONReporter(metadata: ["kestrel": Kestrel.version, "device": device])
+        }
+        let summary = ConformanceRunner(host: host).run(tests, reporters: [reporter])
+        if summary.failed > 0 { throw ExitCode(1) }
+    }
+}

@@ -1,0 +1,13 @@
+import ArgumentParser
+
+/// The `kestrel` command.
+struct Kestrel: ParsableCommand {
+    static let version = "0.1.0"
+
+    static let configuration = CommandConfiguration(
+        commandName: "kestrel",
+        abstract: "A KVM toolkit: conformance checks and host capabilities for guest_memfd, CET, FRED, SEV-SNP and CCA.",
+        version: version,
+        subcommands: [CheckCommand.self, CapsCommand.self],
+        defaultSubcommand: nil)
+}
