@@ -33,6 +33,18 @@ int ckvm_install_kick_handler(int signal_number) {
     return sigaction(signal_number, &action, NULL);
 }
 
+int ckvm_set_signal_blocked(int signal_number, int blocked) {
+    sigset_t set, previous;
+    sigemptyset(&set);
+    sigaddset(&set, signal_number);
+    int error = pthread_sigmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, &previous);
+    if (error != 0) {
+        errno = error;
+        return -1;
+    }
+    return sigismember(&previous, signal_number) ? 1 : 0;
+}
+
 /* Per-thread state of the guarded access in progress, read by the handler. */
 static __thread sigjmp_buf guard_jump;
 static __thread volatile int guard_active;

@@ -16,6 +16,8 @@ final class VCPUWatchdog {
     private var armed = false
     private var fired = false
     private weak var vcpu: VCPU?
+    /// Whether the kick signal was blocked on the vCPU thread before `arm`.
+    private var signalWasBlocked = false
 
     init(vcpu: VCPU) {
         Self.installHandler
@@ -25,6 +27,8 @@ final class VCPUWatchdog {
     /// Arms the watchdog for the calling thread; it fires after `seconds`.
     func arm(seconds: Double) {
         let thread = pthread_self()
+        // The thread must accept the kick while it may be inside KVM_RUN.
+        signalWasBlocked = ckvm_set_signal_blocked(Self.kickSignal, 0) == 1
         lock.lock()
         generation += 1
         let current = generation
@@ -42,7 +46,8 @@ final class VCPUWatchdog {
         }
     }
 
-    /// Disarms; returns whether the watchdog fired (and clears immediate_exit).
+    /// Disarms (on the vCPU thread); returns whether the watchdog fired, clears
+    /// immediate_exit, and restores the thread's signal mask.
     @discardableResult
     func disarm() -> Bool {
         lock.lock()
@@ -51,6 +56,11 @@ final class VCPUWatchdog {
         fired = false
         lock.unlock()
         if didFire { vcpu?.immediateExit = false }
+        if signalWasBlocked {
+            // A kick sent just before disarming stays pending while blocked and
+            // is harmless: its handler does nothing.
+            _ = ckvm_set_signal_blocked(Self.kickSignal, 1)
+        }
         return didFire
     }
 }

@@ -310,6 +310,14 @@ int ckvm_fcntl_value(int fd, int command, long argument);
 int ckvm_install_kick_handler(int signal_number);
 
 /*
+ * Blocks or unblocks `signal_number` for the calling thread (pthread_sigmask).
+ * Returns the previous state (1 blocked, 0 unblocked) or -1 with errno.
+ * libdispatch worker threads, on which Swift concurrency runs, block most
+ * signals, so a vCPU thread must unblock the kick signal while it may be kicked.
+ */
+int ckvm_set_signal_blocked(int signal_number, int blocked);
+
+/*
  * Memory accesses that survive SIGBUS (guest_memfd faults beyond the file size or
  * on private pages). Each call installs a SIGBUS handler for the calling thread's
  * access only, runs one bulk access under sigsetjmp, and restores the previous

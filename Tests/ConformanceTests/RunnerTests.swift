@@ -1,0 +1,114 @@
+import Foundation
+import KVM
+import Testing
+@testable import Conformance
+
+final class Captured {
+    var text = ""
+    lazy var sink = OutputSink { [unowned self] in self.text += $0 }
+}
+
+@Suite struct RunnerTests {
+    static let tests: [ConformanceTest] = [
+        ConformanceTest(suite: "demo", name: "passes", summary: "") { _ in },
+        ConformanceTest(suite: "demo", name: "fails", summary: "") { context in
+            try context.expectEqual(1, 2, "one and two")
+        },
+        ConformanceTest(suite: "demo", name: "skips", summary: "") { context in try context.skip("not today") },
+        ConformanceTest(suite: "demo", name: "needs.cap", summary: "", requires: [.capability(Capability(9999, name: "KVM_CAP_IMAGINARY"))]) { _ in },
+    ]
+
+    @Test func filtersBySubstringAndGlob() {
+        #expect(ConformanceRunner.select(Self.tests, filters: ["fail"]).map(\.name) == ["fails"])
+        #expect(ConformanceRunner.select(Self.tests, filters: ["demo.*s"]).map(\.name) == ["passes", "fails", "skips"])
+        #expect(ConformanceRunner.select(Self.tests, filters: ["*.needs.*"]).map(\.name) == ["needs.cap"])
+        #expect(ConformanceRunner.select(Self.tests, filters: []).count == 4)
+    }
+
+    @Test func missingDeviceMakesEveryTestSkipWithTheReason() {
+        let host = HostProbe(path: "/nonexistent/kvm")
+        let captured = Captured()
+        let summary = ConformanceRunner(host: host).run(Self.tests, reporters: [TAPReporter(sink: captured.sink)])
+        #expect(summary.skipped == 4 && summary.failed == 0)
+        #expect(captured.text.contains("ok 1 demo.passes # SKIP cannot use /nonexistent/kvm"))
+    }
+
+    @Test(.enabled(if: FileManager.default.isReadableFile(atPath: "/dev/kvm"))) func outcomesAndFormats() throws {
+        let host = HostProbe()
+        let tap = Captured()
+        let human = Captured()
+        let json = Captured()
+        let summary = ConformanceRunner(host: host).run(Self.tests, reporters: [
+            TAPReporter(sink: tap.sink), HumanReporter(sink: human.sink), JSONReporter(sink: json.sink),
+        ])
+        #expect(summary == RunSummary(passed: 1, failed: 1, skipped: 2, seconds: summary.seconds))
+        #expect(tap.text.hasPrefix("TAP version 13\n1..4\n"))
+        #expect(tap.text.contains("ok 1 demo.passes\n"))
+        #expect(tap.text.contains("# one and two: got 1, expected 2\nnot ok 2 demo.fails\n"))
+        #expect(tap.text.contains("ok 3 demo.skips # SKIP not today\n"))
+        #expect(tap.text.contains("ok 4 demo.needs.cap # SKIP KVM_CAP_IMAGINARY is not supported by this host's KVM\n"))
+        #expect(tap.text.hasSuffix("# Totals: pass:1 fail:1 xfail:0 xpass:0 skip:2 error:0\n"))
+        #expect(human.text.contains("1 passed, 1 failed, 2 skipped in "))
+        #expect(human.text.contains("FAIL  demo.fails"))
+        let document = try JSONSerialization.jsonObject(with: Data(json.text.utf8)) as? [String: Any]
+        let results = document?["results"] as? [[String: Any]]
+        #expect(results?.count == 4)
+        #expect(results?[1]["outcome"] as? String == "fail")
+        #expect((document?["totals"] as? [String: Any])?["failed"] as? Int == 1)
+    }
+
+    @Test func caseListFollowsTheAllowedFlags() {
+        #expect(GuestMemfdSuite.flagSets(allowed: []) == [[]])
+        #expect(GuestMemfdSuite.flagSets(allowed: .mmap) == [[], .mmap])
+        #expect(GuestMemfdSuite.flagSets(allowed: [.mmap, .initShared]) == [[], .mmap, [.mmap, .initShared]])
+    }
+}
+
+/// The real suites on this host: what must hold whatever the host, and
+/// what this host's known limits look like when they show.
+@Suite(.enabled(if: FileManager.default.isReadableFile(atPath: "/dev/kvm"))) struct SuiteOnThisHostTests {
+    @Test func guestMemfdSuite() throws {
+        let host = HostProbe()
+        let tests = GuestMemfdSuite.tests(host: host)
+        #expect(tests.count >= 2)
+        let runner = ConformanceRunner(host: host)
+        for test in tests {
+            let result = runner.run(test)
+            if test.name.hasSuffix(".guest_access"), case .fail(let diagnosis) = result.outcome {
+                // This host's known defect: it must be diagnosed, not vague.
+                #expect(diagnosis.contains("diagnosis:"), "\(test.id): \(diagnosis)")
+                continue
+            }
+            if case .fail(let diagnosis) = result.outcome { Issue.record("\(test.id) failed: \(diagnosis)") }
+        }
+    }
+
+    @Test func basicsSuite() throws {
+        let host = HostProbe()
+        let runner = ConformanceRunner(host: host)
+        for test in BasicsSuite.tests() {
+            let result = runner.run(test)
+            if test.name.hasPrefix("software_"), case .fail(let diagnosis) = result.outcome {
+                // Hosts that cannot deliver software events must say so precisely.
+                #expect(diagnosis.contains("KVM_EXIT_INTERNAL_ERROR"), "\(test.id): \(diagnosis)")
+                #expect(diagnosis.contains("instruction bytes"), "\(test.id): \(diagnosis)")
+                continue
+            }
+            #expect(result.outcome == .pass, "\(test.id): \(result.outcome)")
+        }
+    }
+
+    @Test func hostReportRenders() throws {
+        let report = HostReport.probe()
+        #expect(report.unavailableReason == nil)
+        #expect(report.apiVersion == 12)
+        #expect(report.vmTypes.contains("KVM_X86_DEFAULT_VM"))
+        #expect(report.cpuidFeatures.map(\.name) == ["SHSTK", "IBT", "FRED", "LKGS"])
+        #expect(report.msrs.count == 17)
+        let text = report.renderText()
+        #expect(text.contains("API version"))
+        #expect(text.contains("IA32_U_CET 0x6a0"))
+        let json = try report.renderJSON()
+        #expect(try JSONSerialization.jsonObject(with: Data(json.utf8)) is [String: Any])
+    }
+}

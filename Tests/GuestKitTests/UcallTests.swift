@@ -1,0 +1,121 @@
+import Foundation
+import GuestMemory
+import KVM
+import Testing
+@testable import GuestKit
+
+@Suite struct UcallDecodingTests {
+    func memory() throws -> GuestAddressSpace {
+        let memory = GuestAddressSpace()
+        try memory.add(MemoryMapping(anonymousSize: 0x10000), at: 0)
+        return memory
+    }
+
+    func writeRecord(_ memory: GuestAddressSpace, kind: UInt64, values: [UInt64], message: UInt64 = 0) throws {
+        try memory.store(kind, at: 0x1000)
+        try memory.store(UInt64(values.count), at: 0x1008)
+        for (index, value) in values.enumerated() { try memory.store(value, at: 0x1010 + UInt64(8 * index)) }
+        try memory.store(message, at: 0x1040)
+    }
+
+    @Test func decodesEachKind() throws {
+        let memory = try memory()
+        try memory.write(Array("boom".utf8) + [0], at: 0x2000)
+        try writeRecord(memory, kind: 1, values: [3, 10, 20])
+        #expect(try UcallRecord.decode(at: 0x1000, in: memory) == .sync(stage: 3, values: [10, 20]))
+        try writeRecord(memory, kind: 2, values: [1, 2], message: 0x2000)
+        #expect(try UcallRecord.decode(at: 0x1000, in: memory) == .assertFailed(message: "boom", values: [1, 2]))
+        try writeRecord(memory, kind: 4, values: [])
+        #expect(try UcallRecord.decode(at: 0x1000, in: memory) == .done)
+        try writeRecord(memory, kind: 5, values: [14, 2, 0x10010, 0xdead000, 1])
+        #expect(try UcallRecord.decode(at: 0x1000, in: memory)
+                == .exception(GuestException(vector: 14, errorCode: 2, rip: 0x10010, cr2: 0xdead000, expected: true)))
+    }
+
+    @Test func malformedRecordsAreErrors() throws {
+        let memory = try memory()
+        try writeRecord(memory, kind: 99, values: [])
+        #expect(throws: HarnessError.self) { try UcallRecord.decode(at: 0x1000, in: memory) }
+        #expect(throws: GuestMemoryError.self) { try UcallRecord.decode(at: 0xFFF8, in: memory) }
+        try writeRecord(memory, kind: 3, values: [], message: 0x9999_0000)
+        #expect(try UcallRecord.decode(at: 0x1000, in: memory) == .print(message: "<message at 0x99990000 unreadable>", values: []))
+    }
+}
+
+let kvmAvailable = FileManager.default.isReadableFile(atPath: "/dev/kvm")
+
+/// The harness against this host's KVM.
+@Suite(.enabled(if: kvmAvailable, "needs /dev/kvm")) struct GuestMachineTests {
+    @Test func syncValuesAndRegistersSurviveUcalls() throws {
+        let program = GuestProgram()
+        let a = program.assembler
+        a.mov(.rax, 0xA1)
+        a.mov(.rdx, 0xD1)
+        a.mov(.r11, 0xB1)
+        program.sync(stage: 1, .reg(.rax), .reg(.rdx), .reg(.r11), 42)
+        program.sync(stage: 2, .reg(.rax), .reg(.rdx), .reg(.r11))
+        program.done()
+        let machine = try GuestMachine(kvm: KVMSystem())
+        try machine.loadLongMode(program)
+        #expect(try machine.expectSync(stage: 1) == [0xA1, 0xD1, 0xB1, 42])
+        #expect(try machine.expectSync(stage: 2) == [0xA1, 0xD1, 0xB1])
+        try machine.expectDone()
+    }
+
+    @Test func guestAssertionBecomesAnError() throws {
+        let program = GuestProgram()
+        program.assembler.mov(.rcx, 5)
+        program.assertEqual(.rcx, 6, "rcx holds six")
+        program.done()
+        let machine = try GuestMachine(kvm: KVMSystem())
+        try machine.loadLongMode(program)
+        do {
+            try machine.expectDone()
+            Issue.record("a failed guest assertion was not reported")
+        } catch let error as HarnessError {
+            guard case .guestAssertion(let message, let values) = error else { Issue.record("got \(error)"); return }
+            #expect(message.hasPrefix("rcx holds six ["))
+            #expect(values == [5, 6])
+            #expect(error.description.contains("got 0x5, expected 0x6"))
+        }
+    }
+
+    @Test func unexpectedExceptionIsReported() throws {
+        let program = GuestProgram()
+        program.assembler.ud2()
+        program.done()
+        let machine = try GuestMachine(kvm: KVMSystem())
+        try machine.loadLongMode(program)
+        let exception = try machine.expectException()
+        #expect(exception.vector == 6 && !exception.expected)
+        #expect(exception.rip == program.layout.codeAddress)
+    }
+
+    @Test func watchdogStopsAGuestThatMakesNoProgress() throws {
+        let program = GuestProgram()
+        let loop = program.assembler.here()
+        program.assembler.jmp(loop)
+        let machine = try GuestMachine(kvm: KVMSystem())
+        try machine.loadLongMode(program)
+        let start = Date()
+        do {
+            _ = try machine.runUntilUcall(timeout: 0.3)
+            Issue.record("an endless guest loop returned a ucall")
+        } catch let error as HarnessError {
+            guard case .timeout(_, let rip) = error else { Issue.record("got \(error)"); return }
+            #expect(rip == program.layout.codeAddress)
+        }
+        #expect(Date().timeIntervalSince(start) < 5)
+        // The vCPU is usable again after the watchdog fired.
+        #expect(!machine.vcpu.immediateExit)
+    }
+
+    @Test func unexpectedPortIsAnUnexpectedExit() throws {
+        let program = GuestProgram()
+        program.assembler.outb(port: 0x80)
+        program.done()
+        let machine = try GuestMachine(kvm: KVMSystem())
+        try machine.loadLongMode(program)
+        #expect(throws: HarnessError.self) { try machine.runUntilUcall() }
+    }
+}

@@ -1,0 +1,76 @@
+import Foundation
+import Testing
+@testable import GuestMemory
+
+@Suite struct GuestAddressSpaceTests {
+    func space() throws -> GuestAddressSpace {
+        let space = GuestAddressSpace()
+        try space.add(MemoryMapping(anonymousSize: 0x2000), at: 0x1000)
+        try space.add(MemoryMapping(anonymousSize: 0x1000), at: 0x10000)
+        return space
+    }
+
+    @Test func loadsAndStoresInsideARegion() throws {
+        let memory = try space()
+        try memory.store(UInt64(0x1122_3344_5566_7788), at: 0x1ff8)
+        #expect(try memory.load(UInt64.self, at: 0x1ff8) == 0x1122_3344_5566_7788)
+        #expect(try memory.read(at: 0x1ff8, length: 2) == [0x88, 0x77])
+        try memory.write([1, 2, 3], at: 0x10000)
+        #expect(try memory.load(UInt8.self, at: 0x10002) == 3)
+    }
+
+    @Test func refusesAccessesOutsideOrAcrossRegions() throws {
+        let memory = try space()
+        #expect(throws: GuestMemoryError.outOfBounds(address: 0x0, length: 1)) { try memory.read(at: 0, length: 1) }
+        #expect(throws: GuestMemoryError.outOfBounds(address: 0x2ffc, length: 8)) { try memory.load(UInt64.self, at: 0x2ffc) }
+        #expect(throws: GuestMemoryError.outOfBounds(address: 0x3000, length: 1)) { try memory.read(at: 0x3000, length: 1) }
+        #expect(throws: GuestMemoryError.self) { try memory.read(at: UInt64.max, length: 2) }
+        #expect(!memory.contains(0x2000, length: 0x1001))
+        #expect(memory.contains(0x2000, length: 0x1000))
+    }
+
+    @Test func refusesOverlapsAndWraparound() throws {
+        let memory = try space()
+        #expect(throws: GuestMemoryError.overlap(address: 0x2000, size: 0x1000)) {
+            try memory.add(MemoryMapping(anonymousSize: 0x1000), at: 0x2000)
+        }
+        #expect(throws: GuestMemoryError.self) {
+            try memory.add(MemoryMapping(anonymousSize: 0x2000), at: UInt64.max - 0xfff)
+        }
+        #expect(throws: GuestMemoryError.invalidSize(0)) { try MemoryMapping(anonymousSize: 0) }
+    }
+
+    @Test func stringsAreBounded() throws {
+        let memory = try space()
+        try memory.write(Array("hello".utf8) + [0], at: 0x1000)
+        #expect(try memory.string(at: 0x1000) == "hello")
+        // No terminator before the region ends: the string stops there.
+        try memory.write([UInt8](repeating: 0x41, count: 0x1000), at: 0x10000)
+        #expect(try memory.string(at: 0x10ff0).count == 16)
+        #expect(try memory.string(at: 0x10000, limit: 4) == "AAAA")
+    }
+}
+
+@Suite struct GuardedAccessTests {
+    @Test func ordinaryMemoryCompletes() throws {
+        let mapping = try MemoryMapping(anonymousSize: 8192)
+        #expect(GuardedAccess.fill(mapping.bytes, with: 0x5A) == .completed)
+        let (bytes, outcome) = GuardedAccess.read(UnsafeRawBufferPointer(mapping.bytes))
+        #expect(outcome == .completed)
+        #expect(bytes.allSatisfy { $0 == 0x5A })
+    }
+
+    @Test func sigbusBeyondEndOfFileIsReportedNotFatal() throws {
+        let path = NSTemporaryDirectory() + "kestrel-sigbus-\(getpid())"
+        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
+        #expect(fd >= 0)
+        defer { close(fd); unlink(path) }
+        let page = MemoryMapping.pageSize
+        #expect(ftruncate(fd, off_t(page)) == 0)
+        let mapping = try MemoryMapping(fileDescriptor: fd, size: 2 * page, sharing: .shared)
+        #expect(GuardedAccess.fill(mapping.bytes, with: 1) == .sigbus(offset: page))
+        let (bytes, outcome) = GuardedAccess.read(UnsafeRawBufferPointer(rebasing: mapping.bytes[(page - 2)...]))
+        #expect(outcome == .sigbus(offset: 2))
+        #expect(bytes == [1, 1])
+    }
+}

@@ -1,0 +1,103 @@
+import CKVM
+import Testing
+@testable import KVM
+
+/// Struct sizes and offsets pinned to the kernel's x86-64 ABI
+/// (shared/reference/kvm-uapi.md and include/uapi/linux/kvm.h).
+@Suite struct ABILayoutTests {
+    @Test func structSizesMatchTheKernelABI() {
+        #expect(MemoryLayout<ckvm_regs>.size == 144)
+        #expect(MemoryLayout<ckvm_segment>.size == 24)
+        #expect(MemoryLayout<ckvm_dtable>.size == 16)
+        #expect(MemoryLayout<ckvm_sregs>.size == 312)
+        #expect(MemoryLayout<ckvm_fpu>.size == 416)
+        #expect(MemoryLayout<ckvm_msr_entry>.size == 16)
+        #expect(MemoryLayout<ckvm_msrs_header>.size == 8)
+        #expect(MemoryLayout<ckvm_msr_list_header>.size == 4)
+        #expect(MemoryLayout<ckvm_cpuid_entry2>.size == 40)
+        #expect(MemoryLayout<ckvm_cpuid2_header>.size == 8)
+        #expect(MemoryLayout<ckvm_reg_list_header>.size == 8)
+        #expect(MemoryLayout<ckvm_one_reg>.size == 16)
+        #expect(MemoryLayout<ckvm_vcpu_events>.size == 64)
+        #expect(MemoryLayout<ckvm_mp_state>.size == 4)
+        #expect(MemoryLayout<ckvm_xcrs>.size == 392)
+        #expect(MemoryLayout<ckvm_userspace_memory_region>.size == 32)
+        #expect(MemoryLayout<ckvm_userspace_memory_region2>.size == 160)
+        #expect(MemoryLayout<ckvm_create_guest_memfd>.size == 64)
+        #expect(MemoryLayout<ckvm_memory_attributes>.size == 32)
+        #expect(MemoryLayout<ckvm_device_attr>.size == 24)
+        #expect(MemoryLayout<ckvm_exit_info>.size == 256)
+    }
+
+    @Test func runAreaLayout() {
+        #expect(MemoryLayout<ckvm_run>.offset(of: \ckvm_run.immediate_exit) == 1)
+        #expect(MemoryLayout<ckvm_run>.offset(of: \ckvm_run.exit_reason) == 8)
+        #expect(MemoryLayout<ckvm_run>.offset(of: \ckvm_run.cr8) == 16)
+        #expect(MemoryLayout<ckvm_run>.offset(of: \ckvm_run.exit) == 32)
+        #expect(MemoryLayout<ckvm_run>.offset(of: \ckvm_run.kvm_valid_regs) == 288)
+        #expect(MemoryLayout<ckvm_run>.offset(of: \ckvm_run.sync_regs) == 304)
+        #expect(MemoryLayout<ckvm_run>.size == 2352)
+    }
+
+    @Test func exitPayloadOffsets() {
+        #expect(MemoryLayout<ckvm_exit_io>.offset(of: \ckvm_exit_io.port) == 2)
+        #expect(MemoryLayout<ckvm_exit_io>.offset(of: \ckvm_exit_io.data_offset) == 8)
+        #expect(MemoryLayout<ckvm_exit_mmio>.offset(of: \ckvm_exit_mmio.len) == 16)
+        #expect(MemoryLayout<ckvm_exit_internal>.offset(of: \ckvm_exit_internal.data) == 8)
+        #expect(MemoryLayout<ckvm_exit_memory_fault>.size == 24)
+        #expect(MemoryLayout<ckvm_exit_snp_req_certs>.offset(of: \ckvm_exit_snp_req_certs.ret) == 16)
+        #expect(MemoryLayout<ckvm_exit_hypercall>.offset(of: \ckvm_exit_hypercall.ret) == 56)
+        #expect(MemoryLayout<ckvm_vcpu_events>.offset(of: \ckvm_vcpu_events.exception_payload) == 56)
+        #expect(MemoryLayout<ckvm_userspace_memory_region2>.offset(of: \ckvm_userspace_memory_region2.guest_memfd) == 40)
+    }
+}
+
+@Suite struct IoctlNumberTests {
+    static let expectedNumbers: [(IoctlRequest, UInt)] = [
+        (KVMRequest.setUserMemoryRegion2, 0x40A0_AE49),
+        (KVMRequest.createGuestMemfd, 0xC040_AED4),
+        (KVMRequest.setMemoryAttributes, 0x4020_AED2),
+        (KVMRequest.getOneRegister, 0x4010_AEAB),
+        (KVMRequest.setOneRegister, 0x4010_AEAC),
+        (KVMRequest.memoryEncryptOperation, 0xC008_AEBA),
+        (KVMRequest.getAPIVersion, 0xAE00),
+        (KVMRequest.createVM, 0xAE01),
+        (KVMRequest.checkExtension, 0xAE03),
+        (KVMRequest.run, 0xAE80),
+        (KVMRequest.getRegisters, 0x8090_AE81),
+        (KVMRequest.setSpecialRegisters, 0x4138_AE84),
+        (KVMRequest.getFPU, 0x81A0_AE8C),
+        (KVMRequest.getMSRs, 0xC008_AE88),
+        (KVMRequest.setMSRs, 0x4008_AE89),
+        (KVMRequest.setCPUID2, 0x4008_AE90),
+        (KVMRequest.getSupportedCPUID, 0xC008_AE05),
+        (KVMRequest.getVCPUEvents, 0x8040_AE9F),
+        (KVMRequest.getXCRs, 0x8188_AEA6),
+        (KVMRequest.setUserMemoryRegion, 0x4020_AE46),
+        (KVMRequest.getRegisterList, 0xC008_AEB0),
+        (KVMRequest.hasDeviceAttribute, 0x4018_AEE3),
+    ]
+
+    @Test(arguments: IoctlNumberTests.expectedNumbers)
+    func requestNumber(_ request: IoctlRequest, _ expected: UInt) {
+        #expect(request.number == expected, "\(request.name)")
+    }
+
+    @Test func oneRegisterIDs() {
+        #expect(OneRegisterID.msr(0x6A0).rawValue == 0x2030_0002_0000_06A0)
+        #expect(OneRegisterID.guestSSP.rawValue == 0x2030_0003_0000_0000)
+        #expect(OneRegisterID.msr(0x6A0).size == 8)
+    }
+
+    @Test func vmTypesFromMask() {
+        #expect(VMType.types(inMask: 0x1) == [.default])
+        #expect(VMType.types(inMask: 0x13).map(\.rawValue) == [0, 1, 4])
+        #expect(VMType.sevSNP.name == "KVM_X86_SNP_VM")
+    }
+
+    @Test func errorsNameTheCallAndErrno() {
+        let error = KVMError(operation: "KVM_CREATE_GUEST_MEMFD", errno: .invalidArgument)
+        #expect(error.description.hasPrefix("KVM_CREATE_GUEST_MEMFD failed: EINVAL"))
+        #expect(KVMError(operation: "x", errno: .init(rawValue: 25)).description.contains("ENOTTY"))
+    }
+}

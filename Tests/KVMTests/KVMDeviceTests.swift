@@ -1,0 +1,66 @@
+import Foundation
+import Testing
+@testable import KVM
+
+let kvmAvailable = FileManager.default.isReadableFile(atPath: "/dev/kvm")
+
+/// Calls against this host's /dev/kvm (skipped where there is none).
+@Suite(.enabled(if: kvmAvailable, "needs /dev/kvm")) struct KVMDeviceTests {
+    @Test func systemBasics() throws {
+        let kvm = try KVMSystem()
+        #expect(try kvm.apiVersion() == 12)
+        #expect(try kvm.vcpuMmapSize() >= 2352)  // sizeof(struct kvm_run)
+        #expect(try kvm.supportedVMTypes().contains(.default))
+        #expect(!(try kvm.supportedCPUID().entries.isEmpty))
+        #expect(!(try kvm.msrIndexList().isEmpty))
+    }
+
+    @Test func badDevicePathNamesTheCall() {
+        #expect(throws: KVMError.self) { try KVMSystem(path: "/nonexistent/kvm") }
+        do { _ = try KVMSystem(path: "/nonexistent/kvm") } catch {
+            #expect(String(describing: error).contains("open(/nonexistent/kvm) failed: ENOENT"))
+        }
+    }
+
+    @Test func failedIoctlCarriesNameAndErrno() throws {
+        let vm = try KVMSystem().createVirtualMachine()
+        do {
+            _ = try vm.createGuestMemfd(size: 1)
+            Issue.record("a 1-byte guest_memfd was accepted")
+        } catch let error as KVMError {
+            #expect(error.operation == "KVM_CREATE_GUEST_MEMFD")
+            #expect(error.errno == .invalidArgument)
+        }
+    }
+
+    @Test func vcpuStateRoundTrips() throws {
+        let vcpu = try KVMSystem().createVirtualMachine().createVCPU()
+        var registers = try vcpu.registers()
+        registers.rbx = 0x1234_5678_9ABC_DEF0
+        registers.rip = 0xFFF0
+        try vcpu.setRegisters(registers)
+        #expect(try vcpu.registers().rbx == 0x1234_5678_9ABC_DEF0)
+        var special = try vcpu.specialRegisters()
+        special.cr4 |= 1 << 5
+        try vcpu.setSpecialRegisters(special)
+        #expect(try vcpu.specialRegisters().cr4 & (1 << 5) != 0)
+        _ = try vcpu.fpu()
+        _ = try vcpu.events()
+        _ = try vcpu.extendedControlRegisters()
+        #expect(try vcpu.mpState() == .runnable)
+        // IA32_TSC_AUX (0xC0000103) is writable from the host.
+        #expect(try vcpu.setMSRs([MSREntry(index: 0xC000_0103, value: 7)]) == 1)
+        #expect(try vcpu.msr(0xC000_0103) == 7)
+        // KVM_GET_MSRS stops at an index it does not know.
+        #expect(try vcpu.msrs([0xC000_0103, 0xDEAD_BEEF]).count == 1)
+    }
+
+    @Test func immediateExitReturnsInterrupted() throws {
+        let vcpu = try KVMSystem().createVirtualMachine().createVCPU()
+        vcpu.immediateExit = true
+        guard case .interrupted = try vcpu.run() else { Issue.record("KVM_RUN with immediate_exit did not return EINTR"); return }
+        vcpu.immediateExit = false
+        #expect(!vcpu.immediateExit)
+    }
+}
+
