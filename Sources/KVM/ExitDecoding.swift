@@ -7,6 +7,7 @@ extension VCPUExit {
     /// buffers. Offsets the kernel supplies (the I/O data offset) are checked
     /// against `areaSize`; an out-of-range offset is reported as an internal
     /// inconsistency rather than followed.
+    @inline(__always)
     public static func decode(run: UnsafeMutablePointer<ckvm_run>, areaSize: Int) -> VCPUExit {
         let reason = run.pointee.exit_reason
         switch ExitReason(rawValue: reason) {
@@ -14,7 +15,7 @@ extension VCPUExit {
             let io = run.pointee.exit.io
             let length = Int(io.size) * Int(io.count)
             let offset = Int(clamping: io.data_offset)
-            guard offset >= MemoryLayout<ckvm_run>.offset(of: \ckvm_run.exit)!, length >= 0,
+            guard offset >= ckvm_run_exit_offset(), length >= 0,
                   offset <= areaSize, length <= areaSize - offset
             else {
                 // Sound: never follow an offset outside the mapping.
@@ -26,7 +27,7 @@ extension VCPUExit {
                 count: Int(io.count), data: UnsafeMutableRawBufferPointer(start: base, count: length)))
         case .mmio:
             let length = Int(min(run.pointee.exit.mmio.len, 8))
-            let dataOffset = MemoryLayout<ckvm_run>.offset(of: \ckvm_run.exit)! + MemoryLayout<ckvm_exit_mmio>.offset(of: \ckvm_exit_mmio.data)!
+            let dataOffset = ckvm_run_mmio_data_offset()
             return .mmio(MMIOExit(
                 address: run.pointee.exit.mmio.phys_addr, isWrite: run.pointee.exit.mmio.is_write != 0,
                 data: UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(run) + dataOffset, count: length)))

@@ -16,9 +16,9 @@ public final class KVMSystem {
     public init(path: String = "/dev/kvm") throws {
         self.path = path
         self.fileDescriptor = try SystemCall.open(path)
+        // From here on a throw runs deinit, which closes the descriptor.
         let version = try apiVersion()
         guard version == Self.expectedAPIVersion else {
-            SystemCall.close(fileDescriptor)
             throw KVMUsageError("\(path) reports KVM API version \(version); Kestrel needs \(Self.expectedAPIVersion)")
         }
     }

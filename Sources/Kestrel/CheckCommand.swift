@@ -10,7 +10,8 @@ struct CheckCommand: ParsableCommand {
             Each test checks a promise KVM makes. It PASSes, FAILs with a diagnosis \
             (a host defect is a failure), or SKIPs with the requirement this host lacks. \
             Suites: \(ConformanceCatalog.suiteNames.joined(separator: ", ")). \
-            The exit status is 1 when any test fails.
+            The exit status is 1 when any test fails, 2 when KVM cannot be used \
+            (every test skipped) or no test matches the filters.
             """)
 
     enum Format: String, ExpressibleByArgument, CaseIterable {
@@ -52,7 +53,11 @@ struct CheckCommand: ParsableCommand {
             return
         }
         guard !tests.isEmpty else {
-            throw ValidationError("no test matches \(filter.map { "'\($0)'" }.joined(separator: ", ")); see `kestrel check --list`")
+            printError("kestrel: no test matches \(filter.map { "'\($0)'" }.joined(separator: ", ")); see `kestrel check --list`")
+            throw ExitCode(2)
+        }
+        if let reason = host.unavailableReason {
+            printError("kestrel: \(reason); every test will be skipped")
         }
         let chosen: Format = tap ? .tap : json ? .json : format
         let reporter: ResultReporter
@@ -63,5 +68,7 @@ struct CheckCommand: ParsableCommand {
         }
         let summary = ConformanceRunner(host: host).run(tests, reporters: [reporter])
         if summary.failed > 0 { throw ExitCode(1) }
+        // Nothing was checked: a run without KVM must not look like a pass.
+        if host.unavailableReason != nil { throw ExitCode(2) }
     }
 }

@@ -101,3 +101,11 @@ import Testing
         #expect(KVMError(operation: "x", errno: .init(rawValue: 25)).description.contains("ENOTTY"))
     }
 }
+
+@Suite struct HotPathOffsetTests {
+    @Test func constantOffsetsMatchTheLayout() {
+        #expect(ckvm_run_exit_offset() == MemoryLayout<ckvm_run>.offset(of: \ckvm_run.exit))
+        #expect(ckvm_run_mmio_data_offset()
+                == MemoryLayout<ckvm_run>.offset(of: \ckvm_run.exit)! + MemoryLayout<ckvm_exit_mmio>.offset(of: \ckvm_exit_mmio.data)!)
+    }
+}

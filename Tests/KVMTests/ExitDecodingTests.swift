@@ -107,6 +107,18 @@ import Testing
         #expect(request.returnCode == 0)
     }
 
+    @Test func hypercallAnswer() {
+        let area = RunArea()
+        area.run.pointee.exit_reason = 3
+        area.run.pointee.exit.hypercall.nr = 12
+        area.run.pointee.exit.hypercall.args.1 = 0x55
+        guard case .hypercall(let call) = area.decode() else { Issue.record("not a hypercall"); return }
+        #expect(call.number == 12)
+        #expect(call.arguments == [0, 0x55, 0, 0, 0, 0])
+        call.setReturnValue(0xFFFF)
+        #expect(area.run.pointee.exit.hypercall.ret == 0xFFFF)
+    }
+
     @Test func otherReasons() {
         let area = RunArea()
         area.run.pointee.exit_reason = 5

@@ -62,5 +62,45 @@ let kvmAvailable = FileManager.default.isReadableFile(atPath: "/dev/kvm")
         vcpu.immediateExit = false
         #expect(!vcpu.immediateExit)
     }
-}
 
+    @Test func oneRegisterAndMSRsAgree() throws {
+        let vcpu = try KVMSystem().createVirtualMachine().createVCPU()
+        let tscAux = OneRegisterID.msr(0xC000_0103)
+        try vcpu.setOneRegister(tscAux, 9)
+        #expect(try vcpu.msr(0xC000_0103) == 9)
+        try vcpu.setMSRs([MSREntry(index: 0xC000_0103, value: 11)])
+        #expect(try vcpu.oneRegister(tscAux) == 11)
+        // The register list never lists an id that ONE_REG then refuses.
+        for id in try vcpu.registerList() where id.size <= 8 {
+            _ = try vcpu.oneRegister(id)
+        }
+    }
+
+    @Test func cpuidRoundTrips() throws {
+        let kvm = try KVMSystem()
+        let vcpu = try kvm.createVirtualMachine().createVCPU()
+        let supported = try kvm.supportedCPUID()
+        try vcpu.setCPUID(supported)
+        let readBack = try vcpu.cpuid()
+        #expect(readBack.entries.count == supported.entries.count)
+        #expect(readBack.entry(function: 0)?.ebx == supported.entry(function: 0)?.ebx)
+    }
+
+    @Test func memoryAttributesNeedAPrivateMemoryVMType() throws {
+        let kvm = try KVMSystem()
+        let vm = try kvm.createVirtualMachine()
+        guard try vm.checkExtension(.memoryAttributes) == 0 else { return }
+        do {
+            try vm.setMemoryAttributes(address: 0, size: 4096, attributes: .private)
+            Issue.record("KVM_SET_MEMORY_ATTRIBUTES succeeded on a VM without KVM_CAP_MEMORY_ATTRIBUTES")
+        } catch let error as KVMError {
+            #expect(error.operation == "KVM_SET_MEMORY_ATTRIBUTES")
+        }
+    }
+
+    @Test func featureMSRList() throws {
+        let kvm = try KVMSystem()
+        guard try kvm.checkExtension(.msrFeatures) != 0 else { return }
+        #expect(!(try kvm.featureMSRIndexList().isEmpty))
+    }
+}

@@ -279,6 +279,12 @@ struct ckvm_run {
     uint8_t sync_regs[2048];
 };
 
+/* Offsets used on the exit hot path, as compile-time constants. */
+static inline size_t ckvm_run_exit_offset(void) { return offsetof(struct ckvm_run, exit); }
+static inline size_t ckvm_run_mmio_data_offset(void) {
+    return offsetof(struct ckvm_run, exit) + offsetof(struct ckvm_exit_mmio, data);
+}
+
 /* ---- system call shims ---- */
 
 /*
