@@ -33,92 +33,87 @@ public struct MPState: Hashable, Sendable, CustomStringConvertible {
     public static let initReceived = MPState(rawValue: 2)
     public static let halted = MPState(rawValue: 3)
     public static let sipiReceived = MPState(rawValue: 4)
+    private static let names = [
+        "KVM_MP_STATE_RUNNABLE", "KVM_MP_STATE_UNINITIALIZED", "KVM_MP_STATE_INIT_RECEIVED",
+        "KVM_MP_STATE_HALTED", "KVM_MP_STATE_SIPI_RECEIVED",
+    ]
     public var description: String {
-        ["KVM_MP_STATE_RUNNABLE", "KVM_MP_STATE_UNINITIALIZED", "KVM_MP_STATE_INIT_RECEIVED",
-         "KVM_MP_STATE_HALTED", "KVM_MP_STATE_SIPI_RECEIVED"].indices.contains(Int(rawValue))
-            ? ["KVM_MP_STATE_RUNNABLE", "KVM_MP_STATE_UNINITIALIZED", "KVM_MP_STATE_INIT_RECEIVED",
-               "KVM_MP_STATE_HALTED", "KVM_MP_STATE_SIPI_RECEIVED"][Int(rawValue)]
-            : "mp state \(rawValue)"
+        Self.names.indices.contains(Int(rawValue)) ? Self.names[Int(rawValue)] : "mp state \(rawValue)"
     }
 }
 
 extension VCPU {
+    /// Reads a fixed-size vCPU state struct with a read request.
+    private func fetch<T>(_ request: IoctlRequest, _ initial: T) throws -> T {
+        var value = initial
+        _ = try SystemCall.ioctl(fileDescriptor, request, &value)
+        return value
+    }
+
+    /// Writes a fixed-size vCPU state struct with a write request.
+    private func store<T>(_ request: IoctlRequest, _ state: T) throws {
+        var value = state
+        _ = try SystemCall.ioctl(fileDescriptor, request, &value)
+    }
+
     /// The corresponding ioctl is KVM_GET_REGS.
     public func registers() throws -> Registers {
-        var value = Registers()
-        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.getRegisters, &value)
-        return value
+        try fetch(KVMRequest.getRegisters, Registers())
     }
 
     /// The corresponding ioctl is KVM_SET_REGS.
     public func setRegisters(_ registers: Registers) throws {
-        var value = registers
-        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.setRegisters, &value)
+        try store(KVMRequest.setRegisters, registers)
     }
 
     /// The corresponding ioctl is KVM_GET_SREGS.
     public func specialRegisters() throws -> SpecialRegisters {
-        var value = SpecialRegisters()
-        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.getSpecialRegisters, &value)
-        return value
+        try fetch(KVMRequest.getSpecialRegisters, SpecialRegisters())
     }
 
     /// The corresponding ioctl is KVM_SET_SREGS.
     public func setSpecialRegisters(_ registers: SpecialRegisters) throws {
-        var value = registers
-        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.setSpecialRegisters, &value)
+        try store(KVMRequest.setSpecialRegisters, registers)
     }
 
     /// The corresponding ioctl is KVM_GET_FPU.
     public func fpu() throws -> FPUState {
-        var value = FPUState()
-        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.getFPU, &value)
-        return value
+        try fetch(KVMRequest.getFPU, FPUState())
     }
 
     /// The corresponding ioctl is KVM_SET_FPU.
     public func setFPU(_ state: FPUState) throws {
-        var value = state
-        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.setFPU, &value)
+        try store(KVMRequest.setFPU, state)
     }
 
     /// The corresponding ioctl is KVM_GET_VCPU_EVENTS.
     public func events() throws -> VCPUEvents {
-        var value = VCPUEvents()
-        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.getVCPUEvents, &value)
-        return value
+        try fetch(KVMRequest.getVCPUEvents, VCPUEvents())
     }
 
     /// The corresponding ioctl is KVM_SET_VCPU_EVENTS.
     public func setEvents(_ events: VCPUEvents) throws {
-        var value = events
-        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.setVCPUEvents, &value)
+        try store(KVMRequest.setVCPUEvents, events)
     }
 
     /// The corresponding ioctl is KVM_GET_MP_STATE.
     public func mpState() throws -> MPState {
-        var value = ckvm_mp_state()
-        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.getMPState, &value)
-        return MPState(rawValue: value.mp_state)
+        MPState(rawValue: try fetch(KVMRequest.getMPState, ckvm_mp_state()).mp_state)
     }
 
     /// The corresponding ioctl is KVM_SET_MP_STATE.
     public func setMPState(_ state: MPState) throws {
-        var value = ckvm_mp_state(mp_state: state.rawValue)
-        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.setMPState, &value)
+        try store(KVMRequest.setMPState, ckvm_mp_state(mp_state: state.rawValue))
     }
 
     /// The corresponding ioctl is KVM_GET_XCRS.
     public func extendedControlRegisters() throws -> ExtendedControlRegisters {
-        var value = ExtendedControlRegisters()
-        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.getXCRs, &value)
-        return value
+        try fetch(KVMRequest.getXCRs, ExtendedControlRegisters())
     }
 
     /// The corresponding ioctl is KVM_SET_XCRS.
     public func setExtendedControlRegisters(_ registers: ExtendedControlRegisters) throws {
-        var value = registers
-        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.setXCRs, &value)
+        try store(KVMRequest.setXCRs, registers)
     }
 
     /// Sets the CPUID the guest sees. The corresponding ioctl is KVM_SET_CPUID2.
