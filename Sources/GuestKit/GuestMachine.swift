@@ -1,3 +1,4 @@
+import Dispatch
 import GuestMemory
 import KVM
 import X86
@@ -52,7 +53,9 @@ public final class GuestMachine {
     @discardableResult
     public func loadLongMode(_ program: GuestProgram, arguments: [UInt64] = []) throws -> AssembledGuest {
         let layout = program.layout
-        precondition(layout.memorySize == memorySize, "program layout and machine memory size differ")
+        guard layout.memorySize == memorySize else {
+            throw KVMUsageError("the program's layout is for \(layout.memorySize) bytes of memory; this machine has \(memorySize)")
+        }
         let built = try program.build()
         guard layout.codeAddress + UInt64(built.code.count) <= layout.scratchAddress else {
             throw KVMUsageError("guest code is \(built.code.count) bytes; it must end below 0x\(String(layout.scratchAddress, radix: 16))")
@@ -141,6 +144,9 @@ public final class GuestMachine {
     /// Runs until KVM returns an exit other than EINTR from an unrelated signal,
     /// under the watchdog. Throws `HarnessError.timeout` when the watchdog fired.
     public func runUntilExit(timeout: Double = GuestMachine.defaultTimeout) throws -> VCPUExit {
+        // One deadline for the whole call: EINTR from unrelated signals re-arms
+        // the watchdog with the time that is left, never with a fresh timeout.
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(timeout, 0) * 1e9)
         watchdog.arm(seconds: timeout)
         while true {
             let exit: VCPUExit
@@ -151,10 +157,11 @@ public final class GuestMachine {
                 throw error
             }
             if case .interrupted = exit {
-                if watchdog.disarm() {
+                let now = DispatchTime.now().uptimeNanoseconds
+                if watchdog.disarm() || now >= deadline {
                     throw HarnessError.timeout(seconds: timeout, rip: try? vcpu.registers().rip)
                 }
-                watchdog.arm(seconds: timeout)
+                watchdog.arm(seconds: Double(deadline - now) / 1e9)
                 continue
             }
             watchdog.disarm()

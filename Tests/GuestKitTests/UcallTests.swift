@@ -119,3 +119,12 @@ let kvmAvailable = FileManager.default.isReadableFile(atPath: "/dev/kvm")
         #expect(throws: HarnessError.self) { try machine.runUntilUcall() }
     }
 }
+
+@Suite(.enabled(if: kvmAvailable, "needs /dev/kvm")) struct GuestMachineLoadingTests {
+    @Test func layoutAndMachineSizesMustAgree() throws {
+        let machine = try GuestMachine(kvm: KVMSystem(), memorySize: 2 << 20)
+        let program = GuestProgram(layout: LongModeLayout(memorySize: 4 << 20))
+        program.done()
+        #expect(throws: KVMUsageError.self) { try machine.loadLongMode(program) }
+    }
+}
