@@ -45,4 +45,8 @@ public struct ModelSpecificRegister: Hashable, Sendable, CustomStringConvertible
     public static let fred: [ModelSpecificRegister] = [
         .fredRSP0, .fredRSP1, .fredRSP2, .fredRSP3, .fredStackLevels, .fredSSP1, .fredSSP2, .fredSSP3, .fredConfig,
     ]
+
+    /// Every catalogued MSR by index.
+    public static let catalogue: [UInt32: ModelSpecificRegister] = Dictionary(
+        uniqueKeysWithValues: ([efer, xss] + cet + fred).map { ($0.index, $0) })
 }
