@@ -32,7 +32,10 @@ public final class HumanReporter: ResultReporter {
         if !failures.isEmpty {
             sink.line("")
             sink.line("Failed:")
-            for result in failures { sink.line("  \(result.id): \(result.outcome.detail ?? "")") }
+            for result in failures {
+                let detail = (result.outcome.detail ?? "").replacingOccurrences(of: "\n", with: "\n      ")
+                sink.line("  \(result.id): \(detail)")
+            }
         }
         sink.line("")
         sink.line("\(summary.passed) passed, \(summary.failed) failed, \(summary.skipped) skipped in \(String(format2(summary.seconds))) s")

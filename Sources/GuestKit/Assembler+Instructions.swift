@@ -235,6 +235,10 @@ extension Assembler {
     public func icebp() { bytes.append(0xF1) }
     /// `int imm8` (CD ib): software interrupt.
     public func int(_ vector: UInt8) { bytes.append(contentsOf: [0xCD, vector]) }
+    /// `erets` (F2 0F 01 CA): FRED return to the same ring (supervisor).
+    public func erets() { bytes.append(contentsOf: [0xF2, 0x0F, 0x01, 0xCA]) }
+    /// `eretu` (F3 0F 01 CA): FRED return to user mode.
+    public func eretu() { bytes.append(contentsOf: [0xF3, 0x0F, 0x01, 0xCA]) }
     /// `rep stosb` (F3 AA): fill RCX bytes at RDI with AL.
     public func repStosb() { bytes.append(contentsOf: [0xF3, 0xAA]) }
 

@@ -98,6 +98,35 @@ final class Captured {
         }
     }
 
+    @Test func cetMSRSuite() throws {
+        let host = HostProbe()
+        let runner = ConformanceRunner(host: host)
+        for test in CETMSRSuite.tests() {
+            let result = runner.run(test)
+            if case .fail(let diagnosis) = result.outcome { Issue.record("\(test.id) failed: \(diagnosis)") }
+            // Paths whose feature this host lacks must say which one.
+            if case .skip(let reason) = result.outcome { #expect(reason.contains("CPUID"), "\(test.id): \(reason)") }
+        }
+        // The features-cleared rows always run.
+        let cleared = CETMSRSuite.tests().filter { $0.name.hasSuffix(".cleared") }
+        #expect(cleared.count == 9)
+        #expect(cleared.allSatisfy { runner.run($0).outcome == .pass })
+    }
+
+    @Test func fredSuite() throws {
+        let host = HostProbe()
+        let runner = ConformanceRunner(host: host)
+        for test in FREDSuite.tests() {
+            let result = runner.run(test)
+            if test.name == "absent.guest_cr4", case .fail(let diagnosis) = result.outcome {
+                // This host's known defect (no #GP for reserved CR4 bits) must be diagnosed.
+                #expect(diagnosis.contains("diagnosis:"), "\(diagnosis)")
+                continue
+            }
+            if case .fail(let diagnosis) = result.outcome { Issue.record("\(test.id) failed: \(diagnosis)") }
+        }
+    }
+
     @Test func hostReportRenders() throws {
         let report = HostReport.probe()
         #expect(report.unavailableReason == nil)
