@@ -32,4 +32,15 @@ import Testing
         #expect(ControlBits.cr4FRED == 1 << 32)
         #expect(ControlBits.cr4CET == 1 << 23)
     }
+
+    @Test func supportedXSSBitsComeFromLeafDSubleaf1() {
+        let table = CPUIDTable(entries: [
+            CPUIDEntry(function: 0xD, index: 1, flags: CPUIDEntry.significantIndexFlag, ecx: 0x1800, edx: 0x1),
+        ])
+        let supported = XSSBits.supported(in: table)
+        #expect(supported & XSSBits.cetUser != 0)
+        #expect(supported & XSSBits.cetSupervisor != 0)
+        #expect(supported >> 32 == 1)
+        #expect(XSSBits.supported(in: CPUIDTable(entries: [])) == 0)
+    }
 }
