@@ -50,6 +50,13 @@ public final class TestContext {
         }
     }
 
+    /// Fails unless the guest reported #GP(0).
+    public func expectGeneralProtection(_ exception: GuestException?, _ what: @autoclosure () -> String) throws {
+        guard exception?.matches(vector: 13, errorCode: 0) == true else {
+            throw TestFailure("\(what()): expected #GP(0), got \(exception.map { "\($0)" } ?? "no exception")")
+        }
+    }
+
     /// Raw helper: runs `body` and returns the errno it failed with, or nil if
     /// it succeeded. KVM and mapping errors carry their errno.
     public func errno(of body: () throws -> Void) throws -> Errno? {

@@ -195,6 +195,20 @@ public final class GuestMachine {
         throw Self.mismatch(ucall, expected: "SYNC(stage \(stage))")
     }
 
+    /// Runs to the next SYNC of `stage`, collecting the exception report the
+    /// guest's handler may make first (an instruction run under
+    /// `expectingException`). Any other ucall throws.
+    public func runToSync(stage: UInt64, timeout: Double = GuestMachine.defaultTimeout) throws -> (exception: GuestException?, values: [UInt64]) {
+        var ucall = try runUntilUcall(timeout: timeout)
+        var exception: GuestException? = nil
+        if case .exception(let reported) = ucall {
+            exception = reported
+            ucall = try runUntilUcall(timeout: timeout)
+        }
+        guard case .sync(stage, let values) = ucall else { throw Self.mismatch(ucall, expected: "SYNC(stage \(stage))") }
+        return (exception, values)
+    }
+
     /// Runs to the next ucall and requires DONE.
     public func expectDone(timeout: Double = GuestMachine.defaultTimeout) throws {
         let ucall = try runUntilUcall(timeout: timeout)

@@ -54,6 +54,11 @@ public struct GuestException: Equatable, CustomStringConvertible, Sendable {
             + (vector == 14 ? ", CR2 0x\(String(cr2, radix: 16))" : "")
     }
 
+    /// Whether this is the exception `vector` with `errorCode`.
+    public func matches(vector: UInt8, errorCode: UInt64) -> Bool {
+        self.vector == vector && self.errorCode == errorCode
+    }
+
     /// Vectors that push an error code.
     public static let vectorsWithErrorCode: Set<UInt8> = [8, 10, 11, 12, 13, 14, 17, 21, 29, 30]
 

@@ -46,6 +46,11 @@ public struct ModelSpecificRegister: Hashable, Sendable, CustomStringConvertible
         .fredRSP0, .fredRSP1, .fredRSP2, .fredRSP3, .fredStackLevels, .fredSSP1, .fredSSP2, .fredSSP3, .fredConfig,
     ]
 
+    /// The catalogued name of an MSR index, or `MSR 0x...` for others.
+    public static func name(ofIndex index: UInt32) -> String {
+        catalogue[index]?.name ?? "MSR 0x\(String(index, radix: 16))"
+    }
+
     /// Every catalogued MSR by index.
     public static let catalogue: [UInt32: ModelSpecificRegister] = Dictionary(
         uniqueKeysWithValues: ([efer, xss] + cet + fred).map { ($0.index, $0) })

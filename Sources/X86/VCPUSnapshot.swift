@@ -61,8 +61,7 @@ public struct VCPUSnapshot {
     public func validate(for features: CPUFeatureSet) -> RestoreError? {
         for entry in msrs {
             if case .invalid(let rule) = MSRRules.validate(msr: entry.index, value: entry.value, for: features) {
-                let name = ModelSpecificRegister.catalogue[entry.index]?.name ?? "MSR 0x\(String(entry.index, radix: 16))"
-                return .invalidValue(register: name, rule: rule)
+                return .invalidValue(register: ModelSpecificRegister.name(ofIndex: entry.index), rule: rule)
             }
         }
         if let ssp = guestSSP, case .invalid(let rule) = MSRRules.validateGuestSSP(ssp, for: features) {
@@ -93,7 +92,7 @@ public struct VCPUSnapshot {
             guard (try? vcpu.msrs([refused.index]).first?.value) == refused.value else {
                 throw RestoreError.msrRefused(
                     index: refused.index,
-                    name: ModelSpecificRegister.catalogue[refused.index]?.name ?? "MSR 0x\(String(refused.index, radix: 16))")
+                    name: ModelSpecificRegister.name(ofIndex: refused.index))
             }
             remaining = remaining.dropFirst()
         }

@@ -122,9 +122,7 @@ public enum CETMSRSuite {
         try machine.loadLongMode(program)
 
         func expectGP(_ outcome: GuestMSRProbe.Outcome, _ what: String) throws {
-            guard let exception = outcome.exception, exception.vector == 13, exception.errorCode == 0 else {
-                throw TestFailure("\(what): expected #GP(0), got \(GuestMSRProbe.describe(outcome.exception))")
-            }
+            try context.expectGeneralProtection(outcome.exception, what)
         }
         func expectNoException(_ outcome: GuestMSRProbe.Outcome, _ what: String) throws {
             if let exception = outcome.exception { throw TestFailure("\(what): unexpected \(exception)") }

@@ -53,9 +53,7 @@ public enum FREDSuite {
             case .read(let index): what = "guest RDMSR \(ModelSpecificRegister.catalogue[index]!)"
             case .write(let index, _): what = "guest WRMSR \(ModelSpecificRegister.catalogue[index]!)"
             }
-            guard let exception = outcome.exception, exception.vector == 13, exception.errorCode == 0 else {
-                throw TestFailure("\(what) without FRED: expected #GP(0), got \(GuestMSRProbe.describe(outcome.exception))")
-            }
+            try context.expectGeneralProtection(outcome.exception, "\(what) without FRED")
         }
         try machine.expectDone()
     }
@@ -91,19 +89,13 @@ public enum FREDSuite {
         program.done()
         let machine = try GuestMachine(kvm: context.kvm, cpuid: cpuidWithoutFRED(context))
         try machine.loadLongMode(program)
-        var ucall = try machine.runUntilUcall()
-        var exception: GuestException? = nil
-        if case .exception(let reported) = ucall {
-            exception = reported
-            ucall = try machine.runUntilUcall()
-        }
-        guard case .sync(1, let values) = ucall else { throw GuestMachine.mismatch(ucall, expected: "SYNC(stage 1)") }
+        let (exception, values) = try machine.runToSync(stage: 1)
         return (exception, values[0])
     }
 
     static func absentGuestCR4(_ context: TestContext) throws {
         let (exception, cr4) = try setCR4Bit(ControlBits.cr4FRED, context)
-        if let exception, exception.vector == 13, exception.errorCode == 0 {
+        if exception?.matches(vector: 13, errorCode: 0) == true {
             try context.expect(cr4 & ControlBits.cr4FRED == 0, "CR4.FRED is set after the refused write (CR4 0x\(String(cr4, radix: 16)))")
             return
         }

@@ -45,15 +45,8 @@ struct GuestMSRProbe {
 
     /// Runs the next step on the host side.
     static func next(_ machine: GuestMachine, stage: Int) throws -> Outcome {
-        var ucall = try machine.runUntilUcall()
-        var exception: GuestException? = nil
-        if case .exception(let reported) = ucall {
-            exception = reported
-            ucall = try machine.runUntilUcall()
-        }
-        guard case .sync(UInt64(stage), let values) = ucall, let value = values.first else {
-            throw GuestMachine.mismatch(ucall, expected: "SYNC(stage \(stage))")
-        }
+        let (exception, values) = try machine.runToSync(stage: UInt64(stage))
+        guard let value = values.first else { throw TestFailure("SYNC(stage \(stage)) carried no value") }
         return Outcome(exception: exception, value: value)
     }
 
