@@ -20,12 +20,16 @@ let package = Package(
         .library(name: "X86", targets: ["X86"]),
         .library(name: "GuestKit", targets: ["GuestKit"]),
         .library(name: "Conformance", targets: ["Conformance"]),
+        .library(name: "Confidential", targets: ["Confidential"]),
         .executable(name: "kestrel", targets: ["Kestrel"]),
         .executable(name: "kestrel-bench", targets: ["KestrelBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // Our own C definitions of the KVM ABI (the distribution headers are too old)
@@ -48,10 +52,24 @@ let package = Package(
             name: "Conformance",
             dependencies: ["CKVM", "KVM", "GuestMemory", "X86", "GuestKit"],
             swiftSettings: swiftSettings),
+        // Confidential guests: SNP certificate tables, the certificate service, SNP launch.
+        .target(
+            name: "Confidential",
+            dependencies: ["CKVM", "KVM", "GuestMemory", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swiftSettings),
+        // Operator tools around confidential guests (X.509 summaries of certificate blobs).
+        .target(
+            name: "ConfidentialTools",
+            dependencies: [
+                "Confidential",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ],
+            swiftSettings: swiftSettings),
         .executableTarget(
             name: "Kestrel",
             dependencies: [
-                "KVM", "X86", "Conformance",
+                "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings),
@@ -59,7 +77,7 @@ let package = Package(
         .target(name: "CBenchLoop", dependencies: ["CKVM"]),
         .executableTarget(
             name: "KestrelBench",
-            dependencies: ["KVM", "GuestMemory", "GuestKit", "CBenchLoop"],
+            dependencies: ["KVM", "GuestMemory", "GuestKit", "CBenchLoop", "Confidential"],
             swiftSettings: swiftSettings),
         .testTarget(name: "KVMTests", dependencies: ["KVM"], swiftSettings: swiftSettings),
         .testTarget(
@@ -69,5 +87,12 @@ let package = Package(
             name: "GuestKitTests", dependencies: ["GuestKit"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ConformanceTests", dependencies: ["Conformance"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ConfidentialTests",
+            dependencies: [
+                "Confidential", "ConfidentialTools", "KVM", "GuestMemory", "CKVM",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ], swiftSettings: swiftSettings),
     ]
 )

@@ -20,6 +20,29 @@ int ckvm_fcntl_value(int fd, int command, long argument) {
     return fcntl(fd, command, argument);
 }
 
+static short ckvm_lock_type(int kind) {
+    return kind == 0 ? F_RDLCK : kind == 1 ? F_WRLCK : F_UNLCK;
+}
+
+int ckvm_ofd_lock(int fd, int kind) {
+    struct flock lock;
+    memset(&lock, 0, sizeof(lock)); /* l_pid must be 0 for OFD locks */
+    lock.l_type = ckvm_lock_type(kind);
+    lock.l_whence = SEEK_SET;
+    lock.l_start = 0;
+    lock.l_len = 0; /* to the end of the file, however it grows */
+    return fcntl(fd, F_OFD_SETLK, &lock);
+}
+
+int ckvm_ofd_conflicting_lock(int fd, int kind) {
+    struct flock lock;
+    memset(&lock, 0, sizeof(lock));
+    lock.l_type = ckvm_lock_type(kind);
+    lock.l_whence = SEEK_SET;
+    if (fcntl(fd, F_OFD_GETLK, &lock) != 0) return -1;
+    return lock.l_type == F_UNLCK ? 0 : lock.l_type == F_RDLCK ? 1 : 2;
+}
+
 static void ckvm_kick_handler(int signal_number) {
     (void)signal_number; /* Only the interruption of KVM_RUN matters. */
 }

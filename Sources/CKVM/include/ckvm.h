@@ -191,6 +191,60 @@ struct ckvm_device_attr {
     uint64_t addr;
 };
 
+/* ---- SEV / SEV-SNP commands (KVM_MEMORY_ENCRYPT_OP) ---- */
+
+/* struct kvm_sev_cmd: the argument of KVM_MEMORY_ENCRYPT_OP. */
+struct ckvm_sev_cmd {
+    uint32_t id;
+    uint32_t pad0;
+    uint64_t data;          /* user address of the command's own structure */
+    uint32_t error;         /* firmware status on failure */
+    uint32_t sev_fd;        /* an open /dev/sev */
+};
+
+/* struct kvm_sev_init: the data of KVM_SEV_INIT2 (22). */
+struct ckvm_sev_init {
+    uint64_t vmsa_features;
+    uint32_t flags;
+    uint16_t ghcb_version;
+    uint16_t pad1;
+    uint32_t pad2[8];
+};
+
+/* struct kvm_sev_snp_launch_start: KVM_SEV_SNP_LAUNCH_START (100). */
+struct ckvm_sev_snp_launch_start {
+    uint64_t policy;
+    uint8_t gosvw[16];
+    uint16_t flags;
+    uint8_t pad0[6];
+    uint64_t pad1[4];
+};
+
+/* struct kvm_sev_snp_launch_update: KVM_SEV_SNP_LAUNCH_UPDATE (101). */
+struct ckvm_sev_snp_launch_update {
+    uint64_t gfn_start;
+    uint64_t uaddr;
+    uint64_t len;
+    uint8_t type;
+    uint8_t pad0;
+    uint16_t flags;
+    uint32_t pad1;
+    uint64_t pad2[4];
+};
+
+/* struct kvm_sev_snp_launch_finish: KVM_SEV_SNP_LAUNCH_FINISH (102). */
+struct ckvm_sev_snp_launch_finish {
+    uint64_t id_block_uaddr;
+    uint64_t id_auth_uaddr;
+    uint8_t id_block_en;
+    uint8_t auth_key_en;
+    uint8_t vcek_disabled;
+    uint8_t host_data[32];
+    uint8_t pad0[3];
+    uint16_t flags;
+    uint64_t pad1[4];
+};
+
 /* ---- the shared vCPU run structure (struct kvm_run) ---- */
 
 struct ckvm_exit_io {
@@ -239,6 +293,22 @@ struct ckvm_exit_snp_req_certs {
     uint64_t ret;
 };
 
+/*
+ * KVM_EXIT_VMGEXIT (40) of the SNP certificate series v15 (struct kvm_user_vmgexit).
+ * Never merged: exit 40 is KVM_EXIT_TDX upstream. Kept for kernels carrying that
+ * series, behind an explicit compatibility switch.
+ */
+struct ckvm_exit_vmgexit {
+    uint32_t type;          /* 1 = REQ_CERTS */
+    uint32_t padding0;      /* the union that follows is 8-byte aligned */
+    uint64_t data_gpa;
+    uint64_t data_npages;
+    uint32_t ret;           /* 0, INVALID_LEN 1, BUSY 2, GENERIC 1u << 31 */
+    uint8_t flags;          /* NOTIFY_DONE bit 0 */
+    uint8_t status;         /* PENDING 0, DONE 1 */
+    uint8_t padding1[2];
+};
+
 struct ckvm_exit_fail_entry {
     uint64_t hardware_entry_failure_reason;
     uint32_t cpu;
@@ -260,6 +330,7 @@ union ckvm_exit_info {
     struct ckvm_exit_system_event system_event;
     struct ckvm_exit_memory_fault memory_fault;
     struct ckvm_exit_snp_req_certs snp_req_certs;
+    struct ckvm_exit_vmgexit vmgexit;
     uint8_t padding[256];
 };
 
@@ -281,6 +352,9 @@ struct ckvm_run {
 
 /* Offsets used on the exit hot path, as compile-time constants. */
 static inline size_t ckvm_run_exit_offset(void) { return offsetof(struct ckvm_run, exit); }
+static inline size_t ckvm_run_vmgexit_offset(void) {
+    return offsetof(struct ckvm_run, exit) + offsetof(union ckvm_exit_info, vmgexit);
+}
 static inline size_t ckvm_run_mmio_data_offset(void) {
     return offsetof(struct ckvm_run, exit) + offsetof(struct ckvm_exit_mmio, data);
 }
@@ -307,6 +381,20 @@ int ckvm_fallocate(int fd, int mode, long offset, long length);
 
 /* fcntl(2) is variadic too; Kestrel needs only the integer-argument form. */
 int ckvm_fcntl_value(int fd, int command, long argument);
+
+/*
+ * Open-file-description lock on the whole file, never waiting (F_OFD_SETLK).
+ * kind: 0 shared (F_RDLCK), 1 exclusive (F_WRLCK), 2 unlock (F_UNLCK).
+ * Returns 0, or -1 with errno (EAGAIN/EACCES when another description holds a
+ * conflicting lock).
+ */
+int ckvm_ofd_lock(int fd, int kind);
+
+/*
+ * Which lock another open file description holds on the whole file (F_OFD_GETLK):
+ * 0 none, 1 shared, 2 exclusive; -1 with errno on failure.
+ */
+int ckvm_ofd_conflicting_lock(int fd, int kind);
 
 /*
  * Installs a do-nothing handler for `signal_number` without SA_RESTART, so that a
