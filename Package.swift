@@ -66,6 +66,8 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ],
             swiftSettings: swiftSettings),
+        // Fuzz and load machinery shared by the tests and kestrel-bench (not a product).
+        .target(name: "KestrelTesting", dependencies: ["Confidential"], swiftSettings: swiftSettings),
         .executableTarget(
             name: "Kestrel",
             dependencies: [
@@ -77,7 +79,7 @@ let package = Package(
         .target(name: "CBenchLoop", dependencies: ["CKVM"]),
         .executableTarget(
             name: "KestrelBench",
-            dependencies: ["KVM", "GuestMemory", "GuestKit", "CBenchLoop", "Confidential"],
+            dependencies: ["KVM", "GuestMemory", "GuestKit", "CBenchLoop", "Confidential", "KestrelTesting"],
             swiftSettings: swiftSettings),
         .testTarget(name: "KVMTests", dependencies: ["KVM"], swiftSettings: swiftSettings),
         .testTarget(
@@ -90,9 +92,10 @@ let package = Package(
         .testTarget(
             name: "ConfidentialTests",
             dependencies: [
-                "Confidential", "ConfidentialTools", "KVM", "GuestMemory", "CKVM",
+                "Confidential", "ConfidentialTools", "KestrelTesting", "KVM", "GuestMemory", "CKVM",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
             ], swiftSettings: swiftSettings),
     ]
 )

@@ -8,6 +8,11 @@ public enum CertificateInput {
     public struct Loaded: Equatable, Sendable {
         public let bytes: [UInt8]
         public let convertedFromPEM: Bool
+
+        public init(bytes: [UInt8], convertedFromPEM: Bool) {
+            self.bytes = bytes
+            self.convertedFromPEM = convertedFromPEM
+        }
     }
 
     public static func load(path: String) throws -> Loaded {

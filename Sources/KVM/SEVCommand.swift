@@ -33,6 +33,12 @@ public struct SEVCommandError: Error, Equatable, CustomStringConvertible, Sendab
     public let errno: Errno
     public let firmwareError: UInt32
 
+    public init(command: SEVCommand, errno: Errno, firmwareError: UInt32) {
+        self.command = command
+        self.errno = errno
+        self.firmwareError = firmwareError
+    }
+
     public var description: String {
         var text = "KVM_MEMORY_ENCRYPT_OP(\(command.name)) failed: \(errno.symbolicName) (\(errno.description))"
         if firmwareError != 0 { text += ", firmware status 0x\(String(firmwareError, radix: 16))" }

@@ -1,0 +1,68 @@
+import CKVM
+import Confidential
+import KVM
+import Testing
+
+@Suite struct LaunchTests {
+    @Test func sevStructLayoutsArePinned() {
+        #expect(MemoryLayout<ckvm_sev_cmd>.size == 24)
+        #expect(MemoryLayout<ckvm_sev_cmd>.offset(of: \.data) == 8)
+        #expect(MemoryLayout<ckvm_sev_cmd>.offset(of: \.error) == 16)
+        #expect(MemoryLayout<ckvm_sev_cmd>.offset(of: \.sev_fd) == 20)
+        #expect(MemoryLayout<ckvm_sev_init>.size == 48)
+        #expect(MemoryLayout<ckvm_sev_init>.offset(of: \.ghcb_version) == 12)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_start>.size == 64)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_start>.offset(of: \.gosvw) == 8)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_start>.offset(of: \.flags) == 24)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.size == 64)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.offset(of: \.len) == 16)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.offset(of: \.type) == 24)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.offset(of: \.flags) == 26)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.offset(of: \.pad2) == 32)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_finish>.size == 88)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_finish>.offset(of: \.host_data) == 19)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_finish>.offset(of: \.flags) == 54)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_finish>.offset(of: \.pad1) == 56)
+    }
+
+    @Test func commandNumbersMatchTheUAPI() {
+        #expect(SEVCommand.initialize2.rawValue == 22)
+        #expect(SEVCommand.snpLaunchStart.rawValue == 100)
+        #expect(SEVCommand.snpLaunchUpdate.rawValue == 101)
+        #expect(SEVCommand.snpLaunchFinish.rawValue == 102)
+        #expect(SEVCommand.snpEnableRequestCertificates.rawValue == 103)
+        #expect(KVMRequest.memoryEncryptOperation.number == 0xC008_AEBA)
+        #expect(SNPPageType.allCases.map(\.rawValue) == [1, 3, 4, 5, 6])
+        #expect(SNPGuestPolicy.standard.rawValue == 0x30000)
+    }
+
+    @Test func firmwareErrorIsReported() {
+        let error = SEVCommandError(command: .snpLaunchStart, errno: .ioError, firmwareError: 0x27)
+        #expect(error.description == "KVM_MEMORY_ENCRYPT_OP(KVM_SEV_SNP_LAUNCH_START) failed: EIO (Input/output error), firmware status 0x27")
+    }
+
+    /// On a host without SNP the launch stops before any SEV call, naming what is missing.
+    @Test func launchSaysWhatIsMissing() throws {
+        guard let kvm = try? KVMSystem() else {
+            Issue.record("/dev/kvm is required for this test on our machines")
+            return
+        }
+        let support = try SNPHostSupport(kvm: kvm)
+        if support.missingForLaunch.isEmpty {
+            // An SNP host: the launch must get past the host checks.
+            _ = try SNPLaunch(kvm: kvm, memorySize: 1 << 20)
+            return
+        }
+        do {
+            _ = try SNPLaunch(kvm: kvm, memorySize: 1 << 20)
+            Issue.record("SNPLaunch succeeded on a host that lacks: \(support.missingForLaunch)")
+        } catch let error as SNPLaunchError {
+            guard case .unavailable(let missing) = error else { Issue.record("\(error)"); return }
+            #expect(missing == support.missingForLaunch)
+            #expect(error.description.hasPrefix("SEV-SNP is not available on this host: "))
+            if !support.snpVMType { #expect(error.description.contains("KVM_X86_SNP_VM (4)")) }
+            if case .failure = support.sevDevice { #expect(error.description.contains("/dev/sev")) }
+        }
+        #expect(throws: SNPLaunchError.self) { try SNPLaunch(kvm: kvm, memorySize: 1000) }
+    }
+}
