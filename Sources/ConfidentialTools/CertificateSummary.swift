@@ -35,6 +35,7 @@ public struct CertificateSummary: Equatable, Sendable {
         let root = try DER.parse(der)
         return try DER.sequence(root, identifier: .sequence) { certificate in
             guard let tbs = certificate.next() else { throw CertificateSummaryError(reason: "no TBSCertificate") }
+            while certificate.next() != nil {}  // signatureAlgorithm and signature are not needed
             return try DER.sequence(tbs, identifier: .sequence) { fields in
                 guard var node = fields.next() else { throw CertificateSummaryError(reason: "empty TBSCertificate") }
                 if node.identifier == ASN1Identifier(tagWithNumber: 0, tagClass: .contextSpecific) {
@@ -44,6 +45,7 @@ public struct CertificateSummary: Equatable, Sendable {
                 guard fields.next() != nil, let issuerNode = fields.next(), let validityNode = fields.next(),
                       let subjectNode = fields.next()
                 else { throw CertificateSummaryError(reason: "TBSCertificate is missing fields") }
+                while fields.next() != nil {}  // subjectPublicKeyInfo (RSASSA-PSS for AMD keys) and extensions
                 let issuer = try DistinguishedName(derEncoded: issuerNode)
                 let subject = try DistinguishedName(derEncoded: subjectNode)
                 let (before, after) = try DER.sequence(validityNode, identifier: .sequence) { times in
