@@ -6,6 +6,8 @@ import KVM
 // kestrel-bench: release benchmarks with baselines measured in the same run.
 //
 //   swift run -c release kestrel-bench [--exits N] [--rounds N] [--check-runs N]
+//   swift run -c release kestrel-bench snp-load [--duration-ms N] [--no-lock] ...
+//   swift run -c release kestrel-bench snp-fuzz [--inputs N] [--seed N]
 
 struct Options {
     var exits = 100_000
@@ -27,6 +29,7 @@ struct Options {
             case "--check-runs": checkRuns = try value(minimum: 0)
             case "-h", "--help":
                 print("usage: kestrel-bench [--exits N (100000)] [--rounds N (7)] [--check-runs N (5), 0 to skip]")
+                print("       kestrel-bench snp-load --help | snp-fuzz --help")
                 exit(0)
             default: throw BenchError("unknown argument \(argument); see --help")
             }
@@ -141,7 +144,20 @@ func checkWallTime(_ options: Options) throws {
 }
 
 do {
-    let options = try Options(Array(CommandLine.arguments.dropFirst()))
+    let arguments = Array(CommandLine.arguments.dropFirst())
+    switch arguments.first {
+    case "snp-load":
+        try snpLoad(Array(arguments.dropFirst()))
+        exit(0)
+    case "snp-fuzz":
+        try snpFuzz(Array(arguments.dropFirst()))
+        exit(0)
+    case "snp-writer":
+        try snpWriter(Array(arguments.dropFirst()))
+        exit(0)
+    default: break
+    }
+    let options = try Options(arguments)
     #if DEBUG
     print("note: this is a debug build; run `swift run -c release kestrel-bench` for meaningful figures")
     #endif
