@@ -66,3 +66,30 @@ import Testing
         #expect(throws: SNPLaunchError.self) { try SNPLaunch(kvm: kvm, memorySize: 1000) }
     }
 }
+
+@Suite struct SEVCommandTests {
+    /// The ioctl path itself: on a VM without SEV, KVM refuses every command, and
+    /// the error names the command and errno rather than succeeding silently.
+    @Test func commandsOnANonSEVVMAreRefusedByName() throws {
+        guard let kvm = try? KVMSystem() else {
+            Issue.record("/dev/kvm is required for this test on our machines")
+            return
+        }
+        let vm = try kvm.createVirtualMachine()
+        var start = ckvm_sev_snp_launch_start()
+        start.policy = SNPGuestPolicy.standard.rawValue
+        do {
+            try vm.snpLaunchStart(start, sevFileDescriptor: -1)
+            Issue.record("KVM_SEV_SNP_LAUNCH_START succeeded on a default VM")
+        } catch let error as SEVCommandError {
+            #expect(error.command == .snpLaunchStart)
+            #expect(error.description.hasPrefix("KVM_MEMORY_ENCRYPT_OP(KVM_SEV_SNP_LAUNCH_START) failed: "))
+        }
+        #expect(throws: SEVCommandError.self) { try vm.snpEnableCertificateRequests(sevFileDescriptor: -1) }
+        #expect(throws: SEVCommandError.self) { try vm.sevInitialize(ckvm_sev_init(), sevFileDescriptor: -1) }
+        #expect(throws: SEVCommandError.self) { try vm.snpLaunchUpdate(ckvm_sev_snp_launch_update(), sevFileDescriptor: -1) }
+        #expect(throws: SEVCommandError.self) { try vm.snpLaunchFinish(ckvm_sev_snp_launch_finish(), sevFileDescriptor: -1) }
+        // The device attribute query answers rather than failing.
+        _ = try kvm.supportsSNPCertificateRequests()
+    }
+}
