@@ -66,12 +66,22 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ],
             swiftSettings: swiftSettings),
+        // Host-side decompression of kernel payloads: our own LZ4 decoder, and
+        // zlib, liblzma and libzstd from Debian (zlib1g-dev, liblzma-dev, libzstd-dev).
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CLZMA", pkgConfig: "liblzma", providers: [.apt(["liblzma-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .target(name: "Decompression", dependencies: ["CZlib", "CLZMA", "CZstd"], swiftSettings: swiftSettings),
+        // Linux boot: bzImage and ELF loaders, zero page, PVH start info, e820, ACPI tables.
+        .target(name: "Boot", dependencies: ["GuestMemory", "Decompression"], swiftSettings: swiftSettings),
+        // The VMM: machine, devices, CPU templates, run loop.
+        .target(name: "VMM", dependencies: ["CKVM", "KVM", "GuestMemory", "X86", "Boot"], swiftSettings: swiftSettings),
         // Fuzz and load machinery shared by the tests and kestrel-bench (not a product).
         .target(name: "KestrelTesting", dependencies: ["Confidential"], swiftSettings: swiftSettings),
         .executableTarget(
             name: "Kestrel",
             dependencies: [
-                "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools",
+                "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools", "Boot", "VMM",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings),

@@ -27,6 +27,13 @@ public enum KVMRequest {
         "KVM_SET_MEMORY_ATTRIBUTES", .write, 0xD2, size: MemoryLayout<ckvm_memory_attributes>.size)
     public static let createGuestMemfd = IoctlRequest(
         "KVM_CREATE_GUEST_MEMFD", .readWrite, 0xD4, size: MemoryLayout<ckvm_create_guest_memfd>.size)
+    public static let createInterruptController = IoctlRequest("KVM_CREATE_IRQCHIP", .none, 0x60)
+    public static let interruptLine = IoctlRequest(
+        "KVM_IRQ_LINE", .write, 0x61, size: MemoryLayout<ckvm_irq_level>.size)
+    public static let createPIT2 = IoctlRequest(
+        "KVM_CREATE_PIT2", .write, 0x77, size: MemoryLayout<ckvm_pit_config>.size)
+    public static let getLocalAPIC = IoctlRequest("KVM_GET_LAPIC", .read, 0x8E, size: 1024)
+    public static let setLocalAPIC = IoctlRequest("KVM_SET_LAPIC", .write, 0x8F, size: 1024)
     public static let memoryEncryptOperation = IoctlRequest(
         "KVM_MEMORY_ENCRYPT_OP", .readWrite, 0xBA, size: MemoryLayout<UInt>.size)
 

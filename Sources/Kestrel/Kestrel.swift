@@ -6,8 +6,8 @@ struct Kestrel: ParsableCommand {
 
     static let configuration = CommandConfiguration(
         commandName: "kestrel",
-        abstract: "A KVM toolkit: conformance checks, host capabilities and SEV-SNP certificate tools for guest_memfd, CET, FRED, SEV-SNP and CCA.",
+        abstract: "A KVM toolkit: a Linux VMM, conformance checks, host capabilities and SEV-SNP certificate tools for guest_memfd, CET, FRED, SEV-SNP and CCA.",
         version: version,
-        subcommands: [CheckCommand.self, CapsCommand.self, SNPCommand.self],
+        subcommands: [RunCommand.self, InitramfsCommand.self, CheckCommand.self, CapsCommand.self, SNPCommand.self],
         defaultSubcommand: nil)
 }

@@ -191,6 +191,20 @@ struct ckvm_device_attr {
     uint64_t addr;
 };
 
+/* ---- interrupt controller and timer ---- */
+
+/* struct kvm_irq_level: the argument of KVM_IRQ_LINE. */
+struct ckvm_irq_level {
+    uint32_t irq;
+    uint32_t level;
+};
+
+/* struct kvm_pit_config: the argument of KVM_CREATE_PIT2. */
+struct ckvm_pit_config {
+    uint32_t flags;         /* KVM_PIT_SPEAKER_DUMMY = 1 */
+    uint32_t pad[15];
+};
+
 /* ---- SEV / SEV-SNP commands (KVM_MEMORY_ENCRYPT_OP) ---- */
 
 /* struct kvm_sev_cmd: the argument of KVM_MEMORY_ENCRYPT_OP. */

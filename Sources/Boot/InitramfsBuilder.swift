@@ -1,0 +1,72 @@
+import Foundation
+
+/// Builds initramfs archives: from a directory tree, or a minimal busybox
+/// system whose /init runs one command, reports its status through Kestrel's
+/// exit device and powers off.
+public enum InitramfsBuilder {
+    /// The archive of a directory tree (directories, regular files, symlinks).
+    public static func fromDirectory(_ root: String) throws -> [UInt8] {
+        var archive = CPIOArchive()
+        let manager = FileManager.default
+        var isDirectory: ObjCBool = false
+        guard manager.fileExists(atPath: root, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw CPIOError("\(root) is not a directory")
+        }
+        guard let enumerator = manager.enumerator(atPath: root) else { throw CPIOError("cannot list \(root)") }
+        var paths: [String] = []
+        while let path = enumerator.nextObject() as? String { paths.append(path) }
+        for path in paths.sorted() {
+            let full = root + "/" + path
+            let attributes = try manager.attributesOfItem(atPath: full)
+            let mode = (attributes[.posixPermissions] as? NSNumber)?.uint32Value ?? 0o644
+            switch attributes[.type] as? FileAttributeType {
+            case .typeDirectory?: try archive.add(path, .directory, mode: mode)
+            case .typeSymbolicLink?: try archive.add(path, .symlink(target: try manager.destinationOfSymbolicLink(atPath: full)), mode: 0o777)
+            case .typeRegular?:
+                guard let data = manager.contents(atPath: full) else { throw CPIOError("cannot read \(full)") }
+                try archive.add(path, .file([UInt8](data)), mode: mode)
+            default: throw CPIOError("\(full) is neither a file, a directory nor a symlink")
+            }
+        }
+        if !paths.contains("dev") { try archive.add("dev", .directory, mode: 0o755) }
+        if !paths.contains("dev/console") { try archive.add("dev/console", .characterDevice(major: 5, minor: 1), mode: 0o600) }
+        return archive.finished()
+    }
+
+    /// The /init script: mount the pseudo file systems, run `command` with
+    /// busybox's sh, print and report its status, power off.
+    public static func initScript(command: String) -> String {
+        """
+        #!/bin/busybox sh
+        /bin/busybox mkdir -p /proc /sys /dev /tmp
+        /bin/busybox mount -t proc proc /proc
+        /bin/busybox mount -t sysfs sysfs /sys
+        /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
+        /bin/busybox --install -s /bin
+        export PATH=/bin
+        echo "kestrel-init: running: \(command.replacingOccurrences(of: "\"", with: "\\\""))"
+        ( \(command) )
+        status=$?
+        echo "kestrel-init: exit status $status"
+        /bin/busybox devmem 0x\(String(0xD000_0000, radix: 16)) 8 $status
+        /bin/busybox poweroff -f
+
+        """
+    }
+
+    /// A busybox initramfs whose init runs `command`.
+    public static func busybox(binary: String, command: String) throws -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: binary) else {
+            throw CPIOError("cannot read \(binary) (install busybox-static, or pass the path of a static busybox)")
+        }
+        let bytes = [UInt8](data)
+        guard bytes.starts(with: [0x7F, 0x45, 0x4C, 0x46]) else { throw CPIOError("\(binary) is not an ELF executable") }
+        var archive = CPIOArchive()
+        for directory in ["bin", "dev", "proc", "sys", "tmp"] { try archive.add(directory, .directory, mode: 0o755) }
+        try archive.add("dev/console", .characterDevice(major: 5, minor: 1), mode: 0o600)
+        try archive.add("bin/busybox", .file(bytes), mode: 0o755)
+        try archive.add("bin/sh", .symlink(target: "busybox"), mode: 0o777)
+        try archive.add("init", .file(Array(initScript(command: command).utf8)), mode: 0o755)
+        return archive.finished()
+    }
+}

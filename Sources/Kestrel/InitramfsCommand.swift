@@ -1,0 +1,34 @@
+import ArgumentParser
+import Boot
+import Foundation
+
+/// `kestrel initramfs`: build a newc cpio initramfs.
+struct InitramfsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "initramfs",
+        abstract: "Build a newc cpio initramfs from a directory, or a busybox one whose init runs a command and powers off.",
+        discussion: """
+            Examples:
+              kestrel initramfs --command 'uname -a' -o initramfs.cpio
+              kestrel initramfs --from-dir rootfs/ -o initramfs.cpio
+            The busybox init prints "kestrel-init: exit status N", writes N to Kestrel's exit device \
+            (so `kestrel run` exits with N) and powers off.
+            """)
+
+    @Option(name: .customLong("from-dir"), help: "Archive this directory tree (adds dev/console if missing).") var directory: String?
+    @Option(help: "The static busybox to use.") var busybox = "/bin/busybox"
+    @Option(help: "The command the init runs (busybox sh syntax).") var command = "uname -a"
+    @Option(name: [.short, .customLong("output")], help: "Where to write the archive.") var output: String
+    @Flag(help: "Replace the output file if it exists.") var force = false
+
+    func run() throws {
+        let archive: [UInt8]
+        do {
+            archive = try directory.map { try InitramfsBuilder.fromDirectory($0) } ?? InitramfsBuilder.busybox(binary: busybox, command: command)
+        } catch let error as CPIOError {
+            throw CommandFailure(error.description)
+        }
+        try writeNewFile(archive, to: output, replacing: force)
+        print("wrote \(output): \(archive.count) bytes")
+    }
+}

@@ -1,0 +1,137 @@
+import ArgumentParser
+import Boot
+import Foundation
+import VMM
+
+/// `kestrel run`: boot a Linux kernel.
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Boot a Linux kernel (bzImage or vmlinux) with a serial console on this terminal.",
+        discussion: """
+            The guest's COM1 is this terminal (raw mode when stdin is a terminal; Ctrl-C stops the guest). \
+            The run ends with a one-line diagnosis on stderr and an exit code: the guest's status from the \
+            exit device (busybox devmem 0xd0000000 8 N), 0 for power-off, 65 reset, 66 triple fault, \
+            67 KVM internal error, 68 failed entry, 69 other vCPU failure, 128+N for signal N, 2 for a \
+            refused configuration. CPU templates: \(CPUTemplate.all.map { "\($0.name) (\($0.summary))" }.joined(separator: "; ")).
+            """)
+
+    @Option(help: "The kernel: a bzImage (e.g. /boot/vmlinuz-*) or a vmlinux ELF.") var kernel: String?
+    @Option(help: "An initrd or initramfs.") var initrd: String?
+    @Option(help: "The kernel command line.") var cmdline: String = MachineConfiguration.defaultCommandLine
+    @Option(help: "Number of vCPUs.") var cpus: Int = 1
+    @Option(help: "Guest memory, e.g. 256M or 1G.") var memory: String = "256M"
+    @Option(name: .customLong("cpu-template"), help: "CPU template: \(CPUTemplate.all.map(\.name).joined(separator: ", ")).")
+    var cpuTemplate: String = CPUTemplate.defaultName
+    @Option(help: "A JSON machine description (Firecracker-style: boot-source, machine-config).") var config: String?
+    @Flag(name: .customLong("guest-decompression"), help: "Let a bzImage decompress itself in the guest instead of on the host.")
+    var guestDecompression = false
+    @Flag(name: .customLong("no-pvh"), help: "Enter a vmlinux through its 64-bit entry even if it has a PVH note.")
+    var noPVH = false
+    @Flag(help: "Print boot timing and the layout on stderr.") var verbose = false
+
+    func run() throws {
+        var configuration: MachineConfiguration
+        if let config {
+            configuration = try MachineConfigFile.load(path: config)
+        } else {
+            guard let kernel else { throw ValidationError("give --kernel PATH (or --config FILE)") }
+            guard let size = MachineConfiguration.parseSize(memory) else { throw ValidationError("--memory \(memory): expected a size such as 256M or 1G") }
+            configuration = MachineConfiguration(kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, vcpuCount: cpus, memorySize: size, cpuTemplate: cpuTemplate)
+        }
+        if guestDecompression { configuration.decompressOnHost = false }
+        if noPVH { configuration.preferPVH = false }
+
+        let console = ConsoleOutput()
+        let machine: Machine
+        do {
+            machine = try Machine(configuration: configuration) { console.write($0) }
+        } catch {
+            printError("kestrel: cannot start the guest: \(error)")
+            throw ExitCode(2)
+        }
+        if verbose {
+            printError("kestrel: \(machine.plan.kind), entry \(machine.plan.entry), kernel 0x\(String(machine.plan.kernelRange.lowerBound, radix: 16))-0x\(String(machine.plan.kernelRange.upperBound, radix: 16))"
+                + (machine.plan.decompressionSeconds > 0 ? String(format: ", host decompression %.3f s", machine.plan.decompressionSeconds) : ""))
+            for entry in machine.plan.e820 { printError("kestrel: e820 \(entry)") }
+        }
+        let terminal = TerminalSession(serial: machine.serial)
+        let signals = SignalStopper { machine.finish(.stopped(signal: $0)) }
+        let outcome = machine.run()
+        console.flush()
+        terminal.restore()
+        withExtendedLifetime(signals) {}
+        printError("kestrel: \(outcome.diagnosis)")
+        throw ExitCode(outcome.exitCode)
+    }
+}
+
+/// Buffers guest output and writes it to stdout by line (or when 4 KiB gather).
+final class ConsoleOutput {
+    private let lock = NSLock()
+    private var buffer: [UInt8] = []
+
+    func write(_ byte: UInt8) {
+        lock.withLock {
+            buffer.append(byte)
+            if byte == 0x0A || buffer.count >= 4096 { drain() }
+        }
+    }
+
+    func flush() { lock.withLock { drain() } }
+
+    private func drain() {
+        var offset = 0
+        while offset < buffer.count {
+            let written = buffer[offset...].withUnsafeBytes { Glibc.write(1, $0.baseAddress, $0.count) }
+            if written <= 0 { if errno == EINTR { continue }; break }
+            offset += written
+        }
+        buffer.removeAll(keepingCapacity: true)
+    }
+}
+
+/// Puts stdin in raw mode (keeping Ctrl-C as a signal) when it is a terminal,
+/// and forwards its bytes to the guest's COM1.
+final class TerminalSession {
+    private var saved = termios()
+    private var isRaw = false
+
+    init(serial: Serial16550) {
+        if isatty(0) == 1, tcgetattr(0, &saved) == 0 {
+            var raw = saved
+            cfmakeraw(&raw)
+            raw.c_lflag |= tcflag_t(ISIG)      // Ctrl-C still stops the guest
+            raw.c_oflag |= tcflag_t(OPOST | ONLCR)
+            isRaw = tcsetattr(0, TCSANOW, &raw) == 0
+        }
+        let reader = Thread {
+            var byte = [UInt8](repeating: 0, count: 256)
+            while true {
+                let count = read(0, &byte, byte.count)
+                if count <= 0 { if count < 0 && errno == EINTR { continue }; return }
+                serial.receive(Array(byte[0..<count]))
+            }
+        }
+        reader.start()
+    }
+
+    func restore() {
+        if isRaw { tcsetattr(0, TCSANOW, &saved); isRaw = false }
+    }
+}
+
+/// SIGINT and SIGTERM stop the guest (through dispatch sources, not handlers).
+final class SignalStopper {
+    private var sources: [DispatchSourceSignal] = []
+
+    init(_ stop: @escaping (Int32) -> Void) {
+        for number in [SIGINT, SIGTERM] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { stop(number) }
+            source.resume()
+            sources.append(source)
+        }
+    }
+}

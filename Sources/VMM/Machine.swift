@@ -1,0 +1,165 @@
+import Boot
+import CKVM
+import Foundation
+import GuestMemory
+import KVM
+
+/// A Linux virtual machine: memory, in-kernel irqchip and PIT, vCPU threads,
+/// a 16550 on COM1, an i8042 for reset, and Kestrel's exit device.
+///
+/// The boot plan is built (and bad images refused) before any KVM object exists.
+public final class Machine {
+    public let configuration: MachineConfiguration
+    public let plan: LinuxBootPlan
+    public let memory = GuestAddressSpace()
+    public private(set) var serial: Serial16550!
+    public let kvm: KVMSystem
+    public let virtualMachine: VirtualMachine
+    public private(set) var vcpus: [VCPU] = []
+
+    private let portBus = DeviceBus()
+    private let mmioBus = DeviceBus()
+    private let lock = NSLock()
+    private var outcome: RunOutcome?
+    private var threads: [pthread_t?]
+    private let finished = DispatchGroup()
+    private let kickSignal = SIGUSR1
+    /// Time the first vCPU entered the guest.
+    public private(set) var startTime: ContinuousClock.Instant?
+
+    /// Plans the boot, then creates the VM, memory, devices and vCPUs.
+    /// - Parameter console: receives every byte the guest writes to COM1.
+    public init(configuration: MachineConfiguration, console: @escaping (UInt8) -> Void) throws {
+        try configuration.validate()
+        let kernel = try Self.readFile(configuration.kernelPath, what: "kernel")
+        let initrd = try configuration.initrdPath.map { try Self.readFile($0, what: "initrd") }
+        plan = try LinuxBootPlan(LinuxBootRequest(
+            kernel: kernel, initrd: initrd, commandLine: configuration.commandLine, memorySize: configuration.memorySize,
+            decompressOnHost: configuration.decompressOnHost, preferPVH: configuration.preferPVH))
+        self.configuration = configuration
+        threads = Array(repeating: nil, count: configuration.vcpuCount)
+
+        kvm = try KVMSystem()
+        for capability in [Capability.immediateExit] where try kvm.checkExtension(capability) == 0 {
+            throw ConfigurationError("this host's KVM lacks \(capability)")
+        }
+        virtualMachine = try kvm.createVirtualMachine()
+        try virtualMachine.setTSSAddress(0xFFFB_D000)
+        try virtualMachine.setIdentityMapAddress(0xFFFB_C000)
+        try virtualMachine.createInterruptController()
+        try virtualMachine.createPIT()
+
+        for (slot, range) in GuestLayout.ramRanges(memorySize: configuration.memorySize).enumerated() {
+            let mapping = try MemoryMapping(anonymousSize: Int(range.count))
+            try memory.add(mapping, at: range.lowerBound)
+            try virtualMachine.setUserMemoryRegion(MemorySlot(
+                slot: UInt32(slot), guestPhysicalAddress: range.lowerBound, size: UInt64(range.count), userspaceAddress: mapping.address))
+        }
+        try plan.write(into: memory)
+
+        let vm = virtualMachine
+        serial = Serial16550(output: console) {
+            // An edge on IRQ 4.
+            try? vm.setInterruptLine(Serial16550.com1Interrupt, active: true)
+            try? vm.setInterruptLine(Serial16550.com1Interrupt, active: false)
+        }
+        portBus.add(serial, at: Serial16550.com1Base..<(Serial16550.com1Base + 8))
+        portBus.add(I8042Controller { [weak self] in self?.finish(.reset(source: "i8042 reset command")) }, at: 0x60..<0x65)
+        mmioBus.add(ExitDevice { [weak self] status in self?.finish(.guestExit(status: status)) }, at: ExitDevice.address..<(ExitDevice.address + 8))
+
+        guard let template = CPUTemplate.named(configuration.cpuTemplate) else { throw ConfigurationError("unknown CPU template") }
+        let supported = try kvm.supportedCPUID()
+        for index in 0..<configuration.vcpuCount {
+            let vcpu = try virtualMachine.createVCPU(id: index)
+            try vcpu.setCPUID(template.table(from: supported, vcpu: index, of: configuration.vcpuCount))
+            try BootCPU.configureLocalInterrupts(vcpu)
+            if index == 0 { try BootCPU.prepare(vcpu, entry: plan.entry) }
+            vcpus.append(vcpu)
+        }
+        guard ckvm_install_kick_handler(kickSignal) == 0 else { throw ConfigurationError("cannot install the vCPU kick handler") }
+    }
+
+    private static func readFile(_ path: String, what: String) throws -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: path) else { throw ConfigurationError("cannot read the \(what) \(path)") }
+        return [UInt8](data)
+    }
+
+    /// Runs every vCPU on its own thread until the machine stops; returns why.
+    public func run() -> RunOutcome {
+        startTime = ContinuousClock.now
+        for index in vcpus.indices {
+            finished.enter()
+            let thread = Thread { [self] in
+                _ = ckvm_set_signal_blocked(kickSignal, 0)
+                lock.withLock { threads[index] = pthread_self() }
+                if lock.withLock({ outcome != nil }) { vcpus[index].immediateExit = true }
+                runLoop(index)
+                finished.leave()
+            }
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+        finished.wait()
+        return lock.withLock { outcome ?? .vcpuFailure(vcpu: 0, detail: "every vCPU stopped without a reason") }
+    }
+
+    /// Ends the run with `reason` (the first reason wins) and kicks every vCPU out of KVM_RUN.
+    public func finish(_ reason: RunOutcome) {
+        let targets: [pthread_t?] = lock.withLock {
+            if outcome == nil { outcome = reason }
+            return threads
+        }
+        for (index, vcpu) in vcpus.enumerated() {
+            vcpu.immediateExit = true
+            if let thread = targets[index] { pthread_kill(thread, kickSignal) }
+        }
+    }
+
+    private var isFinished: Bool { lock.withLock { outcome != nil } }
+
+    private func runLoop(_ index: Int) {
+        let vcpu = vcpus[index]
+        while !isFinished {
+            let exit: VCPUExit
+            do { exit = try vcpu.run() } catch {
+                finish(.vcpuFailure(vcpu: index, detail: "\(error)"))
+                return
+            }
+            switch exit {
+            case .io(let io):
+                for item in 0..<max(io.count, 1) {
+                    let slice = UnsafeMutableRawBufferPointer(rebasing: io.data[(item * io.size)..<((item + 1) * io.size)])
+                    if io.direction == .out {
+                        portBus.write(UInt64(io.port), from: UnsafeRawBufferPointer(slice))
+                    } else {
+                        portBus.read(UInt64(io.port), into: slice)
+                    }
+                }
+            case .mmio(let mmio):
+                if mmio.isWrite {
+                    mmioBus.write(mmio.address, from: UnsafeRawBufferPointer(mmio.data))
+                } else {
+                    mmioBus.read(mmio.address, into: mmio.data)
+                }
+            case .interrupted:
+                continue
+            case .shutdown:
+                finish(.tripleFault(vcpu: index, rip: try? vcpu.registers().rip))
+            case .systemEvent(let event):
+                switch event.type {
+                case 1: finish(.poweredOff)
+                case 2: finish(.reset(source: "KVM_SYSTEM_EVENT_RESET"))
+                default: finish(.vcpuFailure(vcpu: index, detail: "\(ExitReason.systemEvent): \(event)"))
+                }
+            case .internalError(let error):
+                finish(.internalError(vcpu: index, rip: try? vcpu.registers().rip, detail: error.description))
+            case .failEntry:
+                finish(.failedEntry(vcpu: index, detail: exit.description))
+            case .halt:
+                finish(.vcpuFailure(vcpu: index, detail: "KVM_EXIT_HLT although the local APIC is in the kernel"))
+            default:
+                finish(.vcpuFailure(vcpu: index, detail: "unexpected \(exit)"))
+            }
+        }
+    }
+}

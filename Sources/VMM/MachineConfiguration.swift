@@ -1,0 +1,68 @@
+import Foundation
+
+/// What to run: a kernel and how to boot it, vCPUs, memory and CPU template.
+/// `validate()` finds bad settings before anything is created.
+public struct MachineConfiguration: Sendable {
+    public var kernelPath: String
+    public var initrdPath: String?
+    public var commandLine: String
+    public var vcpuCount: Int
+    public var memorySize: UInt64
+    public var cpuTemplate: String
+    /// For a bzImage: decompress the payload on the host (default) or let the
+    /// kernel's own decompressor run.
+    public var decompressOnHost: Bool
+    /// For a vmlinux with a PVH note: use PVH (default) or the 64-bit entry.
+    public var preferPVH: Bool
+
+    public static let defaultCommandLine = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1 nomodule i8042.noaux"
+
+    public init(kernelPath: String, initrdPath: String? = nil, commandLine: String = MachineConfiguration.defaultCommandLine,
+                vcpuCount: Int = 1, memorySize: UInt64 = 256 << 20, cpuTemplate: String = CPUTemplate.defaultName,
+                decompressOnHost: Bool = true, preferPVH: Bool = true) {
+        self.kernelPath = kernelPath
+        self.initrdPath = initrdPath
+        self.commandLine = commandLine
+        self.vcpuCount = vcpuCount
+        self.memorySize = memorySize
+        self.cpuTemplate = cpuTemplate
+        self.decompressOnHost = decompressOnHost
+        self.preferPVH = preferPVH
+    }
+
+    public static let maximumVCPUs = 64
+
+    public func validate() throws {
+        guard (1...Self.maximumVCPUs).contains(vcpuCount) else {
+            throw ConfigurationError("vcpus must be between 1 and \(Self.maximumVCPUs), not \(vcpuCount)")
+        }
+        guard memorySize >= 32 << 20 else { throw ConfigurationError("memory must be at least 32 MiB, not \(memorySize >> 20) MiB") }
+        guard memorySize <= 1 << 40, memorySize % 4096 == 0 else {
+            throw ConfigurationError("memory must be a whole number of 4 KiB pages, at most 1 TiB")
+        }
+        guard CPUTemplate.named(cpuTemplate) != nil else {
+            throw ConfigurationError("unknown CPU template \"\(cpuTemplate)\"; known: \(CPUTemplate.all.map(\.name).joined(separator: ", "))")
+        }
+        for (what, path) in [("kernel", kernelPath), ("initrd", initrdPath)] {
+            guard let path else { continue }
+            guard FileManager.default.isReadableFile(atPath: path) else { throw ConfigurationError("cannot read the \(what) \(path)") }
+        }
+    }
+
+    /// Parses sizes such as `128M`, `1G`, `512MiB` or a number of bytes.
+    public static func parseSize(_ text: String) -> UInt64? {
+        let trimmed = text.trimmingCharacters(in: .whitespaces).uppercased()
+        let units: [(String, UInt64)] = [("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)]
+        for (suffix, scale) in units where trimmed.hasSuffix(suffix) {
+            guard let number = UInt64(trimmed.dropLast(suffix.count)) else { return nil }
+            let (value, overflow) = number.multipliedReportingOverflow(by: scale)
+            return overflow ? nil : value
+        }
+        return UInt64(trimmed)
+    }
+}
+
+public struct ConfigurationError: Error, Equatable, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

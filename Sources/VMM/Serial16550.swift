@@ -1,0 +1,117 @@
+import Foundation
+
+/// A 16550A UART (the PC's COM ports): transmit goes to `output`, bytes given
+/// to `receive` are read by the guest, and interrupts are raised through
+/// `interrupt` (an edge on the UART's IRQ line).
+public final class Serial16550: BusDevice {
+    public static let com1Base: UInt64 = 0x3F8
+    public static let com1Interrupt: UInt32 = 4
+
+    private let lock = NSLock()
+    private let output: (UInt8) -> Void
+    private let interrupt: () -> Void
+
+    private var interruptEnable: UInt8 = 0
+    private var lineControl: UInt8 = 0x03
+    private var modemControl: UInt8 = 0x08  // OUT2
+    private var scratch: UInt8 = 0
+    private var divisorLow: UInt8 = 0x0C
+    private var divisorHigh: UInt8 = 0
+    private var fifoEnabled = false
+    private var transmitInterruptPending = false
+    private var input: [UInt8] = []
+    private var inputStart = 0
+
+    public init(output: @escaping (UInt8) -> Void, interrupt: @escaping () -> Void) {
+        self.output = output
+        self.interrupt = interrupt
+    }
+
+    private var dlab: Bool { lineControl & 0x80 != 0 }
+    private var loopback: Bool { modemControl & 0x10 != 0 }
+    private var hasInput: Bool { inputStart < input.count }
+
+    /// Queues bytes for the guest to read (from the terminal).
+    public func receive(_ bytes: [UInt8]) {
+        let raise: Bool = lock.withLock {
+            if inputStart > 4096 { input.removeFirst(inputStart); inputStart = 0 }
+            input.append(contentsOf: bytes)
+            return interruptEnable & 0x01 != 0
+        }
+        if raise { interrupt() }
+    }
+
+    /// IIR: the highest-priority pending interrupt.
+    private func identification() -> UInt8 {
+        let fifo: UInt8 = fifoEnabled ? 0xC0 : 0
+        if interruptEnable & 0x01 != 0 && hasInput { return fifo | 0x04 }
+        if interruptEnable & 0x02 != 0 && transmitInterruptPending { return fifo | 0x02 }
+        return fifo | 0x01
+    }
+
+    public func read(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
+        guard !data.isEmpty else { return }
+        let value: UInt8 = lock.withLock {
+            switch offset {
+            case 0:
+                if dlab { return divisorLow }
+                guard hasInput else { return 0 }
+                let byte = input[inputStart]
+                inputStart += 1
+                return byte
+            case 1: return dlab ? divisorHigh : interruptEnable
+            case 2:
+                let identification = identification()
+                if identification & 0x0F == 0x02 { transmitInterruptPending = false }  // reading IIR clears THRE
+                return identification
+            case 3: return lineControl
+            case 4: return modemControl
+            case 5: return 0x60 | (hasInput ? 0x01 : 0)  // THR empty, transmitter empty, data ready
+            case 6:
+                if loopback {
+                    let mcr = modemControl
+                    return ((mcr & 0x08) << 4) | ((mcr & 0x04) << 4) | ((mcr & 0x01) << 5) | ((mcr & 0x02) << 3)
+                }
+                return 0xB0  // DCD, DSR, CTS
+            case 7: return scratch
+            default: return 0xFF
+            }
+        }
+        data[0] = value
+        for index in data.indices.dropFirst() { data[index] = 0 }
+    }
+
+    public func write(offset: UInt64, from data: UnsafeRawBufferPointer) {
+        guard let value = data.first else { return }
+        var emitted: UInt8?
+        let raise: Bool = lock.withLock {
+            switch offset {
+            case 0:
+                if dlab { divisorLow = value; return false }
+                if loopback {
+                    input.append(value)
+                } else {
+                    emitted = value
+                }
+                transmitInterruptPending = true
+                return interruptEnable & 0x02 != 0 || (loopback && interruptEnable & 0x01 != 0)
+            case 1:
+                if dlab { divisorHigh = value; return false }
+                let enablingTransmit = value & 0x02 != 0 && interruptEnable & 0x02 == 0
+                interruptEnable = value & 0x0F
+                if enablingTransmit { transmitInterruptPending = true }
+                return (enablingTransmit) || (value & 0x01 != 0 && hasInput)
+            case 2:
+                fifoEnabled = value & 0x01 != 0
+                if value & 0x02 != 0 { input.removeAll(); inputStart = 0 }
+                return false
+            case 3: lineControl = value; return false
+            case 4: modemControl = value & 0x1F; return false
+            case 7: scratch = value; return false
+            default: return false
+            }
+        }
+        if let emitted { output(emitted) }
+        if raise { interrupt() }
+    }
+}
