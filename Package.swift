@@ -100,6 +100,9 @@ let package = Package(
         .testTarget(
             name: "ConformanceTests", dependencies: ["Conformance"], swiftSettings: swiftSettings),
         .testTarget(
+            name: "BootTests", dependencies: ["Boot", "Decompression", "GuestMemory", "CZlib", "CLZMA", "CZstd"],
+            swiftSettings: swiftSettings),
+        .testTarget(
             name: "ConfidentialTests",
             dependencies: [
                 "Confidential", "ConfidentialTools", "KestrelTesting", "KVM", "GuestMemory", "CKVM",

@@ -1,0 +1,57 @@
+@testable import Boot
+import Foundation
+import Testing
+
+@Suite struct InitramfsTests {
+    /// Lists an archive with the system's `cpio -t`, an independent reader.
+    func cpioList(_ archive: [UInt8]) throws -> [String] {
+        let file = NSTemporaryDirectory() + "kestrel-\(UUID().uuidString).cpio"
+        #expect(FileManager.default.createFile(atPath: file, contents: Data(archive)))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "cpio -t --quiet < \(file)"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        return String(decoding: output, as: UTF8.self).split(separator: "\n").map(String.init)
+    }
+
+    @Test func newcHeaderLayout() throws {
+        var archive = CPIOArchive()
+        try archive.add("hello", .file(Array("hi\n".utf8)), mode: 0o644)
+        let bytes = archive.finished()
+        #expect(String(decoding: bytes[0..<6], as: UTF8.self) == "070701")
+        #expect(String(decoding: bytes[14..<22], as: UTF8.self) == "000081A4")  // regular file, 0644
+        #expect(String(decoding: bytes[54..<62], as: UTF8.self) == "00000003")  // file size
+        #expect(String(decoding: bytes[94..<102], as: UTF8.self) == "00000006")  // name size with NUL
+        #expect(String(decoding: bytes[110..<116], as: UTF8.self) == "hello\0")
+        #expect(bytes.count % 4 == 0)
+        #expect(try cpioList(bytes) == ["hello"])
+        #expect(throws: CPIOError.self) { try archive.add("hello", .directory, mode: 0o755) }
+        #expect(throws: CPIOError.self) { try archive.add("../escape", .directory, mode: 0o755) }
+    }
+
+    @Test func busyboxArchiveListsWithCpio() throws {
+        guard FileManager.default.fileExists(atPath: "/bin/busybox") else {
+            Issue.record("busybox-static is required (.ci/run installs it)")
+            return
+        }
+        let archive = try InitramfsBuilder.busybox(binary: "/bin/busybox", command: "echo hi")
+        #expect(try cpioList(archive) == ["bin", "dev", "proc", "sys", "tmp", "dev/console", "bin/busybox", "bin/sh", "init"])
+        #expect(InitramfsBuilder.initScript(command: "false").contains("devmem 0xd0000000 8 $status"))
+    }
+
+    @Test func directoryArchive() throws {
+        let root = NSTemporaryDirectory() + "kestrel-root-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: root + "/etc", withIntermediateDirectories: true)
+        #expect(FileManager.default.createFile(atPath: root + "/etc/motd", contents: Data("hi".utf8)))
+        try FileManager.default.createSymbolicLink(atPath: root + "/link", withDestinationPath: "etc/motd")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        #expect(try cpioList(try InitramfsBuilder.fromDirectory(root)) == ["etc", "etc/motd", "link", "dev", "dev/console"])
+        #expect(throws: CPIOError.self) { try InitramfsBuilder.fromDirectory(root + "/none") }
+    }
+}
