@@ -81,7 +81,7 @@ let package = Package(
         .executableTarget(
             name: "Kestrel",
             dependencies: [
-                "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools", "Boot", "VMM",
+                "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools", "Boot", "Decompression", "VMM",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings),
@@ -99,6 +99,7 @@ let package = Package(
             name: "GuestKitTests", dependencies: ["GuestKit"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ConformanceTests", dependencies: ["Conformance"], swiftSettings: swiftSettings),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Boot"], swiftSettings: swiftSettings),
         .testTarget(
             name: "BootTests", dependencies: ["Boot", "Decompression", "GuestMemory", "CZlib", "CLZMA", "CZstd"],
             swiftSettings: swiftSettings),

@@ -176,6 +176,12 @@ public struct LinuxBootPlan: Sendable {
         decompressionSeconds = seconds
     }
 
+    /// What the plan did, without the image bytes (which can then be freed).
+    public var summary: LinuxBootSummary {
+        LinuxBootSummary(kind: kind, entry: entry, e820: e820, kernelRange: kernelRange, initrdRange: initrdRange,
+                         commandLine: String(decoding: commandLine.dropLast(), as: UTF8.self), decompressionSeconds: decompressionSeconds)
+    }
+
     /// Writes the plan into guest memory.
     public func write(into memory: GuestAddressSpace) throws {
         for range in zeroFills {
@@ -216,4 +222,15 @@ public enum PageTableImage {
         }
         return bytes
     }
+}
+
+/// A boot plan's facts, for reports.
+public struct LinuxBootSummary: Sendable {
+    public let kind: LinuxBootPlan.KernelKind
+    public let entry: KernelEntry
+    public let e820: [E820Entry]
+    public let kernelRange: Range<UInt64>
+    public let initrdRange: Range<UInt64>?
+    public let commandLine: String
+    public let decompressionSeconds: Double
 }

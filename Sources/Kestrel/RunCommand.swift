@@ -61,6 +61,13 @@ struct RunCommand: ParsableCommand {
         console.flush()
         terminal.restore()
         withExtendedLifetime(signals) {}
+        if verbose, let footprint = machine.memoryFootprint() {
+            let mib = { (bytes: UInt64) in String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
+            printError("kestrel: RSS \(mib(footprint.process)), guest memory touched \(mib(footprint.guest)), Kestrel overhead \(mib(footprint.process - footprint.guest))")
+        }
+        if verbose, let start = machine.startTime {
+            printError("kestrel: ran \(ContinuousClock.now - start)")
+        }
         printError("kestrel: \(outcome.diagnosis)")
         throw ExitCode(outcome.exitCode)
     }

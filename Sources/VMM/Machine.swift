@@ -10,7 +10,8 @@ import KVM
 /// The boot plan is built (and bad images refused) before any KVM object exists.
 public final class Machine {
     public let configuration: MachineConfiguration
-    public let plan: LinuxBootPlan
+    /// The boot that was set up (the image bytes themselves are not kept).
+    public let plan: LinuxBootSummary
     public let memory = GuestAddressSpace()
     public private(set) var serial: Serial16550!
     public let kvm: KVMSystem
@@ -33,9 +34,10 @@ public final class Machine {
         try configuration.validate()
         let kernel = try Self.readFile(configuration.kernelPath, what: "kernel")
         let initrd = try configuration.initrdPath.map { try Self.readFile($0, what: "initrd") }
-        plan = try LinuxBootPlan(LinuxBootRequest(
+        let bootPlan = try LinuxBootPlan(LinuxBootRequest(
             kernel: kernel, initrd: initrd, commandLine: configuration.commandLine, memorySize: configuration.memorySize,
             decompressOnHost: configuration.decompressOnHost, preferPVH: configuration.preferPVH))
+        plan = bootPlan.summary
         self.configuration = configuration
         threads = Array(repeating: nil, count: configuration.vcpuCount)
 
@@ -55,7 +57,7 @@ public final class Machine {
             try virtualMachine.setUserMemoryRegion(MemorySlot(
                 slot: UInt32(slot), guestPhysicalAddress: range.lowerBound, size: UInt64(range.count), userspaceAddress: mapping.address))
         }
-        try plan.write(into: memory)
+        try bootPlan.write(into: memory)
 
         let vm = virtualMachine
         serial = Serial16550(output: console) {
@@ -77,6 +79,25 @@ public final class Machine {
             vcpus.append(vcpu)
         }
         guard ckvm_install_kick_handler(kickSignal) == 0 else { throw ConfigurationError("cannot install the vCPU kick handler") }
+    }
+
+    /// Resident memory of this process and of the guest's RAM within it, in
+    /// bytes, from /proc/self/smaps: the difference is Kestrel's own overhead.
+    public func memoryFootprint() -> (process: UInt64, guest: UInt64)? {
+        guard let text = try? String(contentsOfFile: "/proc/self/smaps", encoding: .utf8) else { return nil }
+        let guestStarts = Set(memory.regions.map { $0.mapping.address })
+        var process: UInt64 = 0, guest: UInt64 = 0
+        var inGuest = false
+        for line in text.split(separator: "\n") {
+            if let dash = line.firstIndex(of: "-"), line.first?.isHexDigit == true, !line.hasPrefix("Rss") {
+                inGuest = UInt64(line[..<dash], radix: 16).map { guestStarts.contains($0) } ?? false
+            } else if line.hasPrefix("Rss:") {
+                let kilobytes = UInt64(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+                process += kilobytes * 1024
+                if inGuest { guest += kilobytes * 1024 }
+            }
+        }
+        return (process, guest)
     }
 
     private static func readFile(_ path: String, what: String) throws -> [UInt8] {

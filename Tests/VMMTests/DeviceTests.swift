@@ -1,0 +1,154 @@
+import Foundation
+import KVM
+import Testing
+@testable import VMM
+
+/// Calls a bus device the way the vCPU loop does.
+func read(_ device: BusDevice, _ offset: UInt64) -> UInt8 {
+    var byte: UInt8 = 0
+    withUnsafeMutableBytes(of: &byte) { device.read(offset: offset, into: $0) }
+    return byte
+}
+
+func write(_ device: BusDevice, _ offset: UInt64, _ value: UInt8) {
+    withUnsafeBytes(of: value) { device.write(offset: offset, from: $0) }
+}
+
+final class Recorder: @unchecked Sendable {
+    var bytes: [UInt8] = []
+    var interrupts = 0
+    var resets = 0
+}
+
+@Suite struct SerialTests {
+    @Test func transmitsAndRaisesTransmitInterrupts() {
+        let recorder = Recorder()
+        let serial = Serial16550(output: { recorder.bytes.append($0) }, interrupt: { recorder.interrupts += 1 })
+        #expect(read(serial, 5) == 0x60)           // LSR: THR empty, transmitter empty
+        #expect(read(serial, 2) == 0x01)           // IIR: nothing pending
+        for byte in Array("ok\n".utf8) { write(serial, 0, byte) }
+        #expect(recorder.bytes == Array("ok\n".utf8))
+        #expect(recorder.interrupts == 0)          // IER off
+        write(serial, 1, 0x02)                     // enable THRE interrupt
+        #expect(recorder.interrupts == 1)
+        #expect(read(serial, 2) == 0x02)           // THRE pending; reading IIR clears it
+        #expect(read(serial, 2) == 0x01)
+        write(serial, 0, 0x41)
+        #expect(recorder.interrupts == 2)
+    }
+
+    @Test func receivesInputWithDataReadyAndInterrupts() {
+        let recorder = Recorder()
+        let serial = Serial16550(output: { recorder.bytes.append($0) }, interrupt: { recorder.interrupts += 1 })
+        serial.receive([0x61])
+        #expect(recorder.interrupts == 0)
+        #expect(read(serial, 5) & 0x01 == 0x01)    // data ready
+        write(serial, 1, 0x01)                     // enable receive interrupt: data already waiting
+        #expect(recorder.interrupts == 1)
+        #expect(read(serial, 2) == 0x04)
+        #expect(read(serial, 0) == 0x61)
+        #expect(read(serial, 5) & 0x01 == 0)
+        serial.receive([0x62, 0x63])
+        #expect(recorder.interrupts == 2)
+        #expect(read(serial, 0) == 0x62)
+        #expect(read(serial, 0) == 0x63)
+    }
+
+    @Test func divisorLatchLoopbackAndScratch() {
+        let recorder = Recorder()
+        let serial = Serial16550(output: { recorder.bytes.append($0) }, interrupt: {})
+        write(serial, 3, 0x80)                     // DLAB
+        write(serial, 0, 0x01)
+        write(serial, 1, 0x00)
+        #expect(read(serial, 0) == 0x01)
+        write(serial, 3, 0x03)
+        write(serial, 7, 0x5A)
+        #expect(read(serial, 7) == 0x5A)
+        write(serial, 4, 0x1F)                     // loopback with all modem outputs
+        #expect(read(serial, 6) == 0xF0)
+        write(serial, 0, 0x42)
+        #expect(recorder.bytes.isEmpty)            // looped back, not transmitted
+        #expect(read(serial, 0) == 0x42)
+        write(serial, 2, 0x01)                     // FIFO on
+        #expect(read(serial, 2) & 0xC0 == 0xC0)
+    }
+}
+
+@Suite struct KeyboardControllerTests {
+    @Test func selfTestControlByteAndReset() {
+        let recorder = Recorder()
+        let controller = I8042Controller { recorder.resets += 1 }
+        #expect(read(controller, 4) & 0x01 == 0)
+        write(controller, 4, 0xAA)
+        #expect(read(controller, 4) & 0x01 == 0x01)
+        #expect(read(controller, 0) == 0x55)
+        write(controller, 4, 0x60)
+        write(controller, 0, 0x47)
+        write(controller, 4, 0x20)
+        #expect(read(controller, 0) == 0x47)
+        #expect(recorder.resets == 0)
+        write(controller, 4, 0xFE)
+        #expect(recorder.resets == 1)
+    }
+}
+
+@Suite struct BusTests {
+    @Test func routesByRangeAndFloatsElsewhere() {
+        let recorder = Recorder()
+        let bus = DeviceBus()
+        bus.add(ExitDevice { recorder.bytes.append($0) }, at: 0x1000..<0x1008)
+        var value: UInt8 = 7
+        #expect(withUnsafeBytes(of: &value) { bus.write(0x1000, from: $0) })
+        #expect(recorder.bytes == [7])
+        var word: UInt32 = 0
+        #expect(!withUnsafeMutableBytes(of: &word) { bus.read(0x2000, into: $0) })
+        #expect(word == 0xFFFF_FFFF)
+    }
+}
+
+@Suite struct TemplateAndConfigurationTests {
+    @Test func templatesMaskWhatTheyList() throws {
+        var table = CPUIDTable(entries: [
+            CPUIDEntry(function: 1, eax: 0, ebx: 0, ecx: 0xFFFF_FFFF, edx: 0),
+            CPUIDEntry(function: 7, index: 0, flags: 1, eax: 0, ebx: 0xFFFF_FFFF, ecx: 0xFFFF_FFFF, edx: 0xFFFF_FFFF),
+        ])
+        table = CPUTemplate.nested.table(from: table, vcpu: 3, of: 4)
+        let leaf1 = try #require(table.entry(function: 1))
+        #expect(leaf1.ecx & (1 << 26) == 0)        // XSAVE hidden
+        #expect(leaf1.ecx & (1 << 13) == 0)        // CX16 hidden
+        #expect(leaf1.ecx & (1 << 31) != 0)        // hypervisor bit
+        #expect(leaf1.ebx >> 24 == 3)              // APIC id
+        let leaf7 = try #require(table.entry(function: 7))
+        #expect(leaf7.ebx & (1 << 16) == 0)        // AVX512F
+        #expect(leaf7.ecx & (1 << 7) == 0)         // SHSTK
+        #expect(leaf7.edx & (1 << 20) == 0)        // IBT
+        let host = CPUTemplate.host.table(from: table, vcpu: 0, of: 1)
+        #expect(host.entry(function: 7)?.ebx == leaf7.ebx)
+        #expect(CPUTemplate.named("conservative")?.masked.map(\.name).contains("AVX512F") == true)
+        #expect(CPUTemplate.named("turbo") == nil)
+    }
+
+    @Test func configurationValidationAndSizes() {
+        #expect(MachineConfiguration.parseSize("128M") == 128 << 20)
+        #expect(MachineConfiguration.parseSize("1GiB") == 1 << 30)
+        #expect(MachineConfiguration.parseSize("4096") == 4096)
+        #expect(MachineConfiguration.parseSize("lots") == nil)
+        #expect(MachineConfiguration.parseSize("99999999999999G") == nil)
+        #expect(throws: ConfigurationError.self) { try MachineConfiguration(kernelPath: "/etc/hostname", vcpuCount: 0).validate() }
+        #expect(throws: ConfigurationError.self) { try MachineConfiguration(kernelPath: "/etc/hostname", memorySize: 1 << 20).validate() }
+        #expect(throws: ConfigurationError("unknown CPU template \"x\"; known: host, conservative, nested")) {
+            try MachineConfiguration(kernelPath: "/etc/hostname", cpuTemplate: "x").validate()
+        }
+        #expect(throws: ConfigurationError("cannot read the kernel /nonexistent")) { try MachineConfiguration(kernelPath: "/nonexistent").validate() }
+    }
+
+    @Test func outcomesHaveDistinctCodes() {
+        let outcomes: [RunOutcome] = [
+            .poweredOff, .reset(source: "x"), .tripleFault(vcpu: 0, rip: 1), .internalError(vcpu: 0, rip: nil, detail: "d"),
+            .failedEntry(vcpu: 0, detail: "d"), .vcpuFailure(vcpu: 0, detail: "d"), .stopped(signal: 15),
+        ]
+        #expect(Set(outcomes.map(\.exitCode)).count == outcomes.count)
+        #expect(RunOutcome.guestExit(status: 3).exitCode == 3)
+        #expect(RunOutcome.internalError(vcpu: 0, rip: 0x10, detail: "emulation failure").diagnosis == "vCPU 0: KVM_EXIT_INTERNAL_ERROR: emulation failure at RIP 0x10")
+    }
+}
