@@ -20,9 +20,12 @@ public struct LinuxBootRequest: Sendable {
     public var decompressOnHost: Bool
     /// For a vmlinux with a PVH note: enter through PVH (otherwise the 64-bit entry).
     public var preferPVH: Bool
+    /// vCPUs the ACPI tables announce.
+    public var vcpuCount: Int
 
     public init(kernel: [UInt8], initrd: [UInt8]? = nil, commandLine: String = "", memorySize: UInt64,
-                decompressOnHost: Bool = false, preferPVH: Bool = true) {
+                decompressOnHost: Bool = false, preferPVH: Bool = true, vcpuCount: Int = 1) {
+        self.vcpuCount = vcpuCount
         self.kernel = kernel
         self.initrd = initrd
         self.commandLine = commandLine
@@ -157,7 +160,7 @@ public struct LinuxBootPlan: Sendable {
         // Boot information for the entry.
         switch entryKind {
         case .longMode:
-            let zeroPage = ZeroPage(header: header, commandLine: (GuestLayout.commandLineAddress, commandLine.count), initrd: initrdRange, e820: e820)
+            let zeroPage = ZeroPage(header: header, commandLine: (GuestLayout.commandLineAddress, commandLine.count), initrd: initrdRange, e820: e820, rsdp: ACPITables.rsdpAddress)
             writes.append((GuestLayout.zeroPageAddress, zeroPage.bytes[...]))
             writes.append((GuestLayout.pml4Address, PageTableImage.identity4GiB()[...]))
         case .pvh:
@@ -165,11 +168,13 @@ public struct LinuxBootPlan: Sendable {
             writes.append((GuestLayout.pvhStartInfoAddress, PVHStartInfo.startInfo(
                 commandLine: GuestLayout.commandLineAddress, modules: initrdRange == nil ? 0 : 1,
                 moduleList: GuestLayout.pvhModuleListAddress, memoryMap: GuestLayout.pvhMemoryMapAddress,
-                memoryMapEntries: e820.count)[...]))
+                memoryMapEntries: e820.count, rsdp: ACPITables.rsdpAddress)[...]))
             if let initrdRange { writes.append((GuestLayout.pvhModuleListAddress, PVHStartInfo.module(initrdRange)[...])) }
             writes.append((GuestLayout.pvhMemoryMapAddress, map[...]))
         }
         writes.append((GuestLayout.gdtAddress, BootGDT.bytes[...]))
+        guard (1...255).contains(request.vcpuCount) else { throw BootError.notLoadable("the ACPI tables describe 1 to 255 vCPUs, not \(request.vcpuCount)") }
+        for table in ACPITables.build(vcpuCount: request.vcpuCount) { writes.append((table.address, table.bytes[...])) }
         entry = entryKind
         self.writes = writes
         self.zeroFills = zeroFills

@@ -3,6 +3,7 @@ public struct ZeroPage: Sendable {
     public static let size = 4096
     /// Offsets in `struct boot_params`.
     public enum Offset {
+        public static let acpiRSDPAddress = 0x070
         public static let extendedRamdiskImage = 0x0C0
         public static let extendedRamdiskSize = 0x0C4
         public static let extendedCommandLinePointer = 0x0C8
@@ -18,7 +19,7 @@ public struct ZeroPage: Sendable {
     ///   - header: the bzImage's setup header bytes (from 0x1F1), or nil for a
     ///     vmlinux, which gets a minimal header (boot flag, "HdrS", protocol 2.15,
     ///     LOADED_HIGH).
-    public init(header: [UInt8]?, commandLine: (address: UInt64, size: Int), initrd: Range<UInt64>?, e820: [E820Entry]) {
+    public init(header: [UInt8]?, commandLine: (address: UInt64, size: Int), initrd: Range<UInt64>?, e820: [E820Entry], rsdp: UInt64 = 0) {
         if let header {
             bytes.replaceSubrange(Offset.setupHeader..<(Offset.setupHeader + header.count), with: header)
         } else {
@@ -28,6 +29,7 @@ public struct ZeroPage: Sendable {
             bytes[SetupHeader.Offset.loadFlags] = SetupHeader.loadedHigh
         }
         bytes[SetupHeader.Offset.typeOfLoader] = 0xFF  // "undefined" boot loader
+        bytes.setLittleEndian(rsdp, at: Offset.acpiRSDPAddress)  // acpi_rsdp_addr (protocol 2.14)
         bytes.setLittleEndian(UInt32(truncatingIfNeeded: commandLine.address), at: SetupHeader.Offset.commandLinePointer)
         bytes.setLittleEndian(UInt32(truncatingIfNeeded: commandLine.address >> 32), at: Offset.extendedCommandLinePointer)
         if let initrd {

@@ -36,7 +36,8 @@ public final class Machine {
         let initrd = try configuration.initrdPath.map { try Self.readFile($0, what: "initrd") }
         let bootPlan = try LinuxBootPlan(LinuxBootRequest(
             kernel: kernel, initrd: initrd, commandLine: configuration.commandLine, memorySize: configuration.memorySize,
-            decompressOnHost: configuration.decompressOnHost, preferPVH: configuration.preferPVH))
+            decompressOnHost: configuration.decompressOnHost, preferPVH: configuration.preferPVH,
+            vcpuCount: configuration.vcpuCount))
         plan = bootPlan.summary
         self.configuration = configuration
         threads = Array(repeating: nil, count: configuration.vcpuCount)
@@ -67,6 +68,7 @@ public final class Machine {
         }
         portBus.add(serial, at: Serial16550.com1Base..<(Serial16550.com1Base + 8))
         portBus.add(I8042Controller { [weak self] in self?.finish(.reset(source: "i8042 reset command")) }, at: 0x60..<0x65)
+        portBus.add(ACPISleepControl { [weak self] in self?.finish(.poweredOff) }, at: UInt64(ACPITables.sleepControlPort)..<UInt64(ACPITables.sleepControlPort + 2))
         mmioBus.add(ExitDevice { [weak self] status in self?.finish(.guestExit(status: status)) }, at: ExitDevice.address..<(ExitDevice.address + 8))
 
         guard let template = CPUTemplate.named(configuration.cpuTemplate) else { throw ConfigurationError("unknown CPU template") }

@@ -35,7 +35,8 @@ import Testing
         }
         #expect(page[(0x2D0 + 80)..<0x1000].allSatisfy { $0 == 0 } || true)
         // Everything not named above is zero.
-        var named = Set(0x1F1..<0x26C).union(0x0C0..<0x0CC).union([0x1E8]).union(0x2D0..<(0x2D0 + 80))
+        #expect(Array(page[0x070..<0x078]) == [0x00, 0x00, 0x0F, 0x00, 0, 0, 0, 0])  // acpi_rsdp_addr 0xF0000
+        var named = Set(0x1F1..<0x26C).union(0x0C0..<0x0CC).union([0x1E8]).union(0x2D0..<(0x2D0 + 80)).union(0x070..<0x078)
         named.formUnion(0x218..<0x220)
         for index in 0..<4096 where !named.contains(index) { #expect(page[index] == 0, "byte 0x\(String(index, radix: 16))") }
         // The command line is NUL-terminated at 0x20000 and the initrd sits page-aligned under memory's end.

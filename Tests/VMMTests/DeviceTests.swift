@@ -152,3 +152,15 @@ final class Recorder: @unchecked Sendable {
         #expect(RunOutcome.internalError(vcpu: 0, rip: 0x10, detail: "emulation failure").diagnosis == "vCPU 0: KVM_EXIT_INTERNAL_ERROR: emulation failure at RIP 0x10")
     }
 }
+
+@Suite struct ACPISleepControlTests {
+    @Test func onlySoftOffWithSleepEnablePowersOff() {
+        let recorder = Recorder()
+        let control = ACPISleepControl { recorder.resets += 1 }
+        write(control, 0, 5 << 2)          // S5 type without SLP_EN
+        write(control, 0, 3 << 2 | 0x20)   // another sleep type
+        #expect(recorder.resets == 0)
+        write(control, 0, 5 << 2 | 0x20)
+        #expect(recorder.resets == 1)
+    }
+}
