@@ -164,3 +164,36 @@ final class Recorder: @unchecked Sendable {
         #expect(recorder.resets == 1)
     }
 }
+
+@Suite struct ConfigFileTests {
+    @Test func firecrackerStyleConfigIsReadAndUnsupportedPartsRefused() throws {
+        let good: [String: Any] = [
+            "boot-source": ["kernel_image_path": "/k", "initrd_path": "/i", "boot_args": "console=ttyS0"],
+            "machine-config": ["vcpu_count": 2, "mem_size_mib": 512, "cpu_template": "None", "smt": false],
+            "drives": [] as [Any],
+        ]
+        let configuration = try MachineConfigFile.parse(good, source: "vm.json")
+        #expect(configuration.kernelPath == "/k")
+        #expect(configuration.initrdPath == "/i")
+        #expect(configuration.commandLine == "console=ttyS0")
+        #expect(configuration.vcpuCount == 2)
+        #expect(configuration.memorySize == 512 << 20)
+        #expect(configuration.cpuTemplate == "host")
+
+        var withDrive = good
+        withDrive["drives"] = [["drive_id": "rootfs"]]
+        #expect(throws: ConfigurationError("vm.json: \"drives\" is not supported by Kestrel yet; remove it or leave it empty")) {
+            try MachineConfigFile.parse(withDrive, source: "vm.json")
+        }
+        #expect(throws: ConfigurationError("vm.json: unknown section \"bogus\"")) {
+            try MachineConfigFile.parse(["boot-source": ["kernel_image_path": "/k"], "bogus": 1], source: "vm.json")
+        }
+        #expect(throws: ConfigurationError("vm.json: \"boot-source\" is required")) { try MachineConfigFile.parse([String: Any](), source: "vm.json") }
+        #expect(throws: ConfigurationError.self) {
+            try MachineConfigFile.parse(["boot-source": ["kernel_image_path": "/k", "extra": 1]], source: "vm.json")
+        }
+        #expect(throws: ConfigurationError("vm.json: machine-config.mem_size_mib must be a positive whole number")) {
+            try MachineConfigFile.parse(["boot-source": ["kernel_image_path": "/k"], "machine-config": ["mem_size_mib": "lots"]], source: "vm.json")
+        }
+    }
+}

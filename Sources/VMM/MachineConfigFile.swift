@@ -1,16 +1,16 @@
 import Foundation
-import VMM
+
 
 /// Reads a Firecracker-style JSON machine description. Supported: `boot-source`
 /// (`kernel_image_path`, `initrd_path`, `boot_args`) and `machine-config`
 /// (`vcpu_count`, `mem_size_mib`, `cpu_template`). Sections Kestrel does not
 /// support yet (`drives`, `network-interfaces`, ...) are refused by name when
 /// they are not empty.
-enum MachineConfigFile {
+public enum MachineConfigFile {
     static let supportedSections: Set<String> = ["boot-source", "machine-config"]
     static let knownUnsupported: Set<String> = ["drives", "network-interfaces", "vsock", "balloon", "logger", "metrics", "mmds-config", "entropy"]
 
-    static func load(path: String) throws -> MachineConfiguration {
+    public static func load(path: String) throws -> MachineConfiguration {
         guard let data = FileManager.default.contents(atPath: path) else { throw ConfigurationError("cannot read \(path)") }
         let object: Any
         do { object = try JSONSerialization.jsonObject(with: data) } catch {
@@ -19,7 +19,7 @@ enum MachineConfigFile {
         return try parse(object, source: path)
     }
 
-    static func parse(_ object: Any, source: String) throws -> MachineConfiguration {
+    public static func parse(_ object: Any, source: String) throws -> MachineConfiguration {
         guard let root = object as? [String: Any] else { throw ConfigurationError("\(source): the top level must be an object") }
         for (key, value) in root where !supportedSections.contains(key) {
             if let list = value as? [Any], list.isEmpty { continue }
