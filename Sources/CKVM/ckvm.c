@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -15,6 +16,8 @@
 int ckvm_fallocate(int fd, int mode, long offset, long length) {
     return fallocate(fd, mode, (off_t)offset, (off_t)length);
 }
+
+int ckvm_malloc_trim(void) { return malloc_trim(0); }
 
 int ckvm_fcntl_value(int fd, int command, long argument) {
     return fcntl(fd, command, argument);

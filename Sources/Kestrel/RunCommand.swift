@@ -63,7 +63,7 @@ struct RunCommand: ParsableCommand {
         withExtendedLifetime(signals) {}
         if verbose, let footprint = machine.memoryFootprint() {
             let mib = { (bytes: UInt64) in String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
-            printError("kestrel: RSS \(mib(footprint.process)), guest memory touched \(mib(footprint.guest)), Kestrel overhead \(mib(footprint.process - footprint.guest))")
+            printError("kestrel: RSS \(mib(footprint.process)), guest memory touched \(mib(footprint.guest)), Kestrel overhead \(mib(footprint.process - footprint.guest)) (of which anonymous, outside shared libraries: \(mib(footprint.anonymousOther)))")
         }
         if verbose, let start = machine.startTime {
             printError("kestrel: ran \(ContinuousClock.now - start)")

@@ -393,6 +393,9 @@ static inline int ckvm_ioctl_value(int fd, unsigned long request, unsigned long 
 /* fallocate(2) is declared only under _GNU_SOURCE, which Swift's Glibc module lacks. */
 int ckvm_fallocate(int fd, int mode, long offset, long length);
 
+/* malloc_trim(3): return freed heap memory to the system (malloc.h is not in Swift's Glibc module). */
+int ckvm_malloc_trim(void);
+
 /* fcntl(2) is variadic too; Kestrel needs only the integer-argument form. */
 int ckvm_fcntl_value(int fd, int command, long argument);
 
