@@ -105,7 +105,10 @@ let kvmAvailable = FileManager.default.isReadableFile(atPath: "/dev/kvm")
             guard case .timeout(_, let rip) = error else { Issue.record("got \(error)"); return }
             #expect(rip == program.layout.codeAddress)
         }
-        #expect(Date().timeIntervalSince(start) < 5)
+        // A liveness bound, not a speed goal: alone this takes about 0.3 s, but
+        // on a loaded nested host (the Linux boot test running beside it) a
+        // signal can take seconds to pull the vCPU out of KVM_RUN.
+        #expect(Date().timeIntervalSince(start) < 60)
         // The vCPU is usable again after the watchdog fired.
         #expect(!machine.vcpu.immediateExit)
     }
