@@ -37,15 +37,6 @@ int ckvm_ofd_lock(int fd, int kind) {
     return fcntl(fd, F_OFD_SETLK, &lock);
 }
 
-int ckvm_ofd_conflicting_lock(int fd, int kind) {
-    struct flock lock;
-    memset(&lock, 0, sizeof(lock));
-    lock.l_type = ckvm_lock_type(kind);
-    lock.l_whence = SEEK_SET;
-    if (fcntl(fd, F_OFD_GETLK, &lock) != 0) return -1;
-    return lock.l_type == F_UNLCK ? 0 : lock.l_type == F_RDLCK ? 1 : 2;
-}
-
 static void ckvm_kick_handler(int signal_number) {
     (void)signal_number; /* Only the interruption of KVM_RUN matters. */
 }

@@ -32,7 +32,8 @@ final class SyntheticRun {
         exit.data_gpa = gpa
         exit.data_npages = pages
         exit.status = done ? 1 : 0
-        if !done { exit.ret = 0; exit.flags = 0 } else { exit.flags = 0 }
+        exit.flags = 0
+        if !done { exit.ret = 0 }  // a DONE exit keeps the answer given to the PENDING one
         area.pointee.exit.vmgexit = exit
         return VCPUExit.decode(run: area, areaSize: size)
     }

@@ -407,11 +407,6 @@ int ckvm_fcntl_value(int fd, int command, long argument);
  */
 int ckvm_ofd_lock(int fd, int kind);
 
-/*
- * Which lock another open file description holds on the whole file (F_OFD_GETLK):
- * 0 none, 1 shared, 2 exclusive; -1 with errno on failure.
- */
-int ckvm_ofd_conflicting_lock(int fd, int kind);
 
 /*
  * Installs a do-nothing handler for `signal_number` without SA_RESTART, so that a
