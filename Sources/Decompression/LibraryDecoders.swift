@@ -2,6 +2,31 @@ import CLZMA
 import CZlib
 import CZstd
 
+/// The output buffer of a streaming decoder: starts at a size guess and
+/// doubles when full, up to `decompressionLimit`.
+struct DecoderOutput {
+    var bytes: [UInt8]
+    var produced = 0
+
+    init(expectedSize: Int, inputSize: Int) {
+        bytes = [UInt8](repeating: 0, count: max(expectedSize, inputSize * 4, 1 << 20))
+    }
+
+    /// Makes room for more output; false when the limit is reached.
+    mutating func makeRoom() -> Bool {
+        guard produced == bytes.count else { return true }
+        guard bytes.count < decompressionLimit else { return false }
+        bytes += [UInt8](repeating: 0, count: bytes.count)
+        return true
+    }
+
+    /// The bytes produced.
+    mutating func finished() -> [UInt8] {
+        bytes.removeLast(bytes.count - produced)
+        return bytes
+    }
+}
+
 /// gzip through zlib.
 enum Inflate {
     static func gunzip(_ input: ArraySlice<UInt8>, expectedSize: Int) throws -> [UInt8] {
@@ -11,36 +36,32 @@ enum Inflate {
             throw DecompressionError.corrupt(format: "gzip", reason: "zlib could not start")
         }
         defer { inflateEnd(&stream) }
-        var output = [UInt8](repeating: 0, count: max(expectedSize, input.count * 4, 1 << 20))
-        var produced = 0
+        var output = DecoderOutput(expectedSize: expectedSize, inputSize: input.count)
         var source = Array(input)
         let status: Int32 = source.withUnsafeMutableBufferPointer { inBuffer in
             stream.next_in = inBuffer.baseAddress
             stream.avail_in = UInt32(inBuffer.count)
             while true {
-                if produced == output.count {
-                    if output.count >= decompressionLimit { return Z_BUF_ERROR }
-                    output += [UInt8](repeating: 0, count: output.count)
-                }
-                let result: Int32 = output.withUnsafeMutableBufferPointer { outBuffer in
+                guard output.makeRoom() else { return Z_BUF_ERROR }
+                let produced = output.produced
+                let (result, written): (Int32, Int) = output.bytes.withUnsafeMutableBufferPointer { outBuffer in
                     // Sound: zlib writes at most avail_out bytes from next_out.
                     stream.next_out = outBuffer.baseAddress! + produced
                     stream.avail_out = UInt32(min(outBuffer.count - produced, Int(UInt32.max)))
                     let before = stream.avail_out
                     let result = inflate(&stream, Z_NO_FLUSH)
-                    produced += Int(before - stream.avail_out)
-                    return result
+                    return (result, Int(before - stream.avail_out))
                 }
-                if result == Z_STREAM_END { return Z_STREAM_END }
+                output.produced += written
                 if result != Z_OK { return result }
-                if stream.avail_in == 0 { return Z_DATA_ERROR }
+                // Input used up with room left over: the stream is truncated.
+                if stream.avail_in == 0 && stream.avail_out > 0 { return Z_DATA_ERROR }
             }
         }
         guard status == Z_STREAM_END else {
             throw DecompressionError.corrupt(format: "gzip", reason: status == Z_BUF_ERROR ? "output limit reached" : "zlib status \(status)")
         }
-        output.removeLast(output.count - produced)
-        return output
+        return output.finished()
     }
 }
 
@@ -51,17 +72,14 @@ enum ZstdStream {
         guard let context = ZSTD_createDStream() else { throw DecompressionError.corrupt(format: "zstd", reason: "no decoder") }
         defer { ZSTD_freeDStream(context) }
         ZSTD_initDStream(context)
-        var output = [UInt8](repeating: 0, count: max(expectedSize, input.count * 4, 1 << 20))
-        var produced = 0
+        var output = DecoderOutput(expectedSize: expectedSize, inputSize: input.count)
         let source = Array(input)
         var consumed = 0
         while true {
-            if produced == output.count {
-                guard output.count < decompressionLimit else { throw DecompressionError.tooLarge(limit: decompressionLimit) }
-                output += [UInt8](repeating: 0, count: output.count)
-            }
+            guard output.makeRoom() else { throw DecompressionError.tooLarge(limit: decompressionLimit) }
+            let produced = output.produced
             let (remaining, inPosition, outPosition): (Int, Int, Int) = source.withUnsafeBufferPointer { inBuffer in
-                output.withUnsafeMutableBufferPointer { outBuffer in
+                output.bytes.withUnsafeMutableBufferPointer { outBuffer in
                     var inDescriptor = ZSTD_inBuffer(src: inBuffer.baseAddress, size: inBuffer.count, pos: consumed)
                     var outDescriptor = ZSTD_outBuffer(dst: outBuffer.baseAddress, size: outBuffer.count, pos: produced)
                     let result = ZSTD_decompressStream(context, &outDescriptor, &inDescriptor)
@@ -70,14 +88,13 @@ enum ZstdStream {
             }
             guard remaining >= 0 else { throw DecompressionError.corrupt(format: "zstd", reason: "decoder error at input offset \(inPosition)") }
             consumed = inPosition
-            produced = outPosition
+            output.produced = outPosition
             if remaining == 0 { break }  // frame complete
-            if consumed == source.count && produced < output.count {
+            if consumed == source.count && outPosition < output.bytes.count {
                 throw DecompressionError.corrupt(format: "zstd", reason: "input ends inside the frame")
             }
         }
-        output.removeLast(output.count - produced)
-        return output
+        return output.finished()
     }
 }
 
@@ -89,25 +106,23 @@ enum XZStream {
             throw DecompressionError.corrupt(format: "xz", reason: "liblzma could not start")
         }
         defer { lzma_end(&stream) }
-        var output = [UInt8](repeating: 0, count: max(expectedSize, input.count * 4, 1 << 20))
-        var produced = 0
+        var output = DecoderOutput(expectedSize: expectedSize, inputSize: input.count)
         let source = Array(input)
         let status: lzma_ret = source.withUnsafeBufferPointer { inBuffer in
             stream.next_in = inBuffer.baseAddress
             stream.avail_in = inBuffer.count
             while true {
-                if produced == output.count {
-                    if output.count >= decompressionLimit { return LZMA_MEMLIMIT_ERROR }
-                    output += [UInt8](repeating: 0, count: output.count)
-                }
-                let result: lzma_ret = output.withUnsafeMutableBufferPointer { outBuffer in
+                guard output.makeRoom() else { return LZMA_MEMLIMIT_ERROR }
+                let produced = output.produced
+                let (result, written): (lzma_ret, Int) = output.bytes.withUnsafeMutableBufferPointer { outBuffer in
+                    // Sound: liblzma writes at most avail_out bytes from next_out.
                     stream.next_out = outBuffer.baseAddress! + produced
                     stream.avail_out = outBuffer.count - produced
                     let before = stream.avail_out
                     let result = lzma_code(&stream, stream.avail_in == 0 ? LZMA_FINISH : LZMA_RUN)
-                    produced += before - stream.avail_out
-                    return result
+                    return (result, before - stream.avail_out)
                 }
+                output.produced += written
                 if result != LZMA_OK { return result }
                 if stream.avail_in == 0 && stream.avail_out > 0 { return LZMA_BUF_ERROR }
             }
@@ -115,7 +130,6 @@ enum XZStream {
         guard status == LZMA_STREAM_END else {
             throw DecompressionError.corrupt(format: "xz", reason: "liblzma status \(status.rawValue)")
         }
-        output.removeLast(output.count - produced)
-        return output
+        return output.finished()
     }
 }

@@ -73,6 +73,63 @@ import Testing
         #expect(try PayloadCompression.xz.decompress(compressed[...]) == Self.text)
     }
 
+    /// gzip compression of `input` (wrapper for the tests below).
+    static func gzip(_ input: [UInt8]) -> [UInt8] {
+        var stream = z_stream()
+        _ = deflateInit2_(&stream, 9, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size))
+        var source = input
+        var output = [UInt8](repeating: 0, count: input.count + 1024)
+        let produced: Int = source.withUnsafeMutableBufferPointer { inBuffer in
+            output.withUnsafeMutableBufferPointer { outBuffer in
+                stream.next_in = inBuffer.baseAddress
+                stream.avail_in = UInt32(inBuffer.count)
+                stream.next_out = outBuffer.baseAddress
+                stream.avail_out = UInt32(outBuffer.count)
+                _ = deflate(&stream, Z_FINISH)
+                return outBuffer.count - Int(stream.avail_out)
+            }
+        }
+        deflateEnd(&stream)
+        return Array(output.prefix(produced))
+    }
+
+    static func zstd(_ input: [UInt8]) -> [UInt8] {
+        var output = [UInt8](repeating: 0, count: ZSTD_compressBound(input.count))
+        let size = input.withUnsafeBytes { inBuffer in
+            output.withUnsafeMutableBytes { ZSTD_compress($0.baseAddress, $0.count, inBuffer.baseAddress, inBuffer.count, 3) }
+        }
+        return Array(output.prefix(size))
+    }
+
+    static func xz(_ input: [UInt8]) -> [UInt8] {
+        var output = [UInt8](repeating: 0, count: input.count + 4096)
+        var position = 0
+        _ = input.withUnsafeBufferPointer { inBuffer in
+            output.withUnsafeMutableBufferPointer {
+                lzma_easy_buffer_encode(6, LZMA_CHECK_CRC32, nil, inBuffer.baseAddress, inBuffer.count, $0.baseAddress, &position, $0.count)
+            }
+        }
+        return Array(output.prefix(position))
+    }
+
+    /// Highly compressible output several times the first buffer guess (so the
+    /// buffer grows), and output of exactly the guessed size (so the last bytes
+    /// fill it to the brim).
+    @Test(arguments: [PayloadCompression.gzip, .zstd, .xz])
+    func outputBufferGrowsAndFillsExactly(_ format: PayloadCompression) throws {
+        for size in [5 << 20, 1 << 20] {
+            let plain = (0..<size).map { UInt8(truncatingIfNeeded: $0 / 4096) }
+            let compressed: [UInt8]
+            switch format {
+            case .gzip: compressed = Self.gzip(plain)
+            case .zstd: compressed = Self.zstd(plain)
+            default: compressed = Self.xz(plain)
+            }
+            #expect(compressed.count * 4 < 1 << 20)  // the guess is the 1 MiB floor
+            #expect(try format.decompress((compressed + [0, 0, 0, 0])[...], expectedSize: 0) == plain, "\(format) \(size)")
+        }
+    }
+
     @Test func unsupportedFormatsAreNamed() {
         #expect(PayloadCompression.detect([0x42, 0x5A, 0x68, 0x39]) == .bzip2)
         #expect(throws: DecompressionError.unsupported("bzip2")) { try PayloadCompression.bzip2.decompress([0x42][...]) }
