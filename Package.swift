@@ -62,7 +62,6 @@ let package = Package(
             name: "ConfidentialTools",
             dependencies: [
                 "Confidential",
-                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ],
             swiftSettings: swiftSettings),
@@ -84,7 +83,14 @@ let package = Package(
                 "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools", "Boot", "Decompression", "VMM",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
-            swiftSettings: swiftSettings),
+            swiftSettings: swiftSettings,
+            // One static executable: nothing to install beside it, and only the pages
+            // it uses are resident (shared libraries bring whole 64 KiB fault-around
+            // windows and relocations). FoundationEssentials' own dependencies are
+            // not in the toolchain's static link list, so they are named here.
+            linkerSettings: [.unsafeFlags([
+                "-static-executable", "-l_FoundationCShims", "-l_FoundationCollections", "-lswiftSynchronization",
+            ])]),
         // The C baseline for the exit round-trip benchmark.
         .target(name: "CBenchLoop", dependencies: ["CKVM"]),
         .executableTarget(

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Builds initramfs archives: from a directory tree, or a minimal busybox
 /// system whose /init runs one command, reports its status through Kestrel's
@@ -8,21 +9,18 @@ public enum InitramfsBuilder {
     public static func fromDirectory(_ root: String) throws -> [UInt8] {
         var archive = CPIOArchive()
         let manager = FileManager.default
-        var isDirectory: ObjCBool = false
-        guard manager.fileExists(atPath: root, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw CPIOError("\(root) is not a directory")
-        }
-        guard let enumerator = manager.enumerator(atPath: root) else { throw CPIOError("cannot list \(root)") }
-        var paths: [String] = []
-        while let path = enumerator.nextObject() as? String { paths.append(path) }
+        guard Self.fileType(root) == S_IFDIR else { throw CPIOError("\(root) is not a directory") }
+        let paths: [String]
+        do { paths = try manager.subpathsOfDirectory(atPath: root) } catch { throw CPIOError("cannot list \(root)") }
         for path in paths.sorted() {
             let full = root + "/" + path
-            let attributes = try manager.attributesOfItem(atPath: full)
-            let mode = (attributes[.posixPermissions] as? NSNumber)?.uint32Value ?? 0o644
-            switch attributes[.type] as? FileAttributeType {
-            case .typeDirectory?: try archive.add(path, .directory, mode: mode)
-            case .typeSymbolicLink?: try archive.add(path, .symlink(target: try manager.destinationOfSymbolicLink(atPath: full)), mode: 0o777)
-            case .typeRegular?:
+            var status = stat()
+            guard lstat(full, &status) == 0 else { throw CPIOError("cannot read \(full): \(String(cString: strerror(errno)))") }
+            let mode = UInt32(status.st_mode) & 0o7777
+            switch status.st_mode & S_IFMT {
+            case S_IFDIR: try archive.add(path, .directory, mode: mode)
+            case S_IFLNK: try archive.add(path, .symlink(target: try manager.destinationOfSymbolicLink(atPath: full)), mode: 0o777)
+            case S_IFREG:
                 guard let data = manager.contents(atPath: full) else { throw CPIOError("cannot read \(full)") }
                 try archive.add(path, .file([UInt8](data)), mode: mode)
             default: throw CPIOError("\(full) is neither a file, a directory nor a symlink")
@@ -31,6 +29,12 @@ public enum InitramfsBuilder {
         if !paths.contains("dev") { try archive.add("dev", .directory, mode: 0o755) }
         if !paths.contains("dev/console") { try archive.add("dev/console", .characterDevice(major: 5, minor: 1), mode: 0o600) }
         return archive.finished()
+    }
+
+    /// The file type bits of `path`, following a symlink (stat), or nil when it does not exist.
+    private static func fileType(_ path: String) -> mode_t? {
+        var status = stat()
+        return stat(path, &status) == 0 ? status.st_mode & S_IFMT : nil
     }
 
     /// The /init script: mount the pseudo file systems, run `command` with
@@ -44,7 +48,7 @@ public enum InitramfsBuilder {
         /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
         /bin/busybox --install -s /bin
         export PATH=/bin
-        echo "kestrel-init: running: \(command.replacingOccurrences(of: "\"", with: "\\\""))"
+        echo "kestrel-init: running: \(command.replacing("\"", with: "\\\""))"
         ( \(command) )
         status=$?
         echo "kestrel-init: exit status $status"

@@ -1,5 +1,5 @@
 import Confidential
-import Foundation
+import FoundationEssentials
 
 /// The text `kestrel snp certs show` prints for a certificate blob.
 public enum CertificateBlobReport {
@@ -55,9 +55,6 @@ public enum CertificateBlobReport {
         return String(decoding: data, as: UTF8.self)
     }
 
-    private static func iso(_ date: Date) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        return formatter.string(from: date)
-    }
+    /// 2026-11-21T10:55:39Z
+    private static func iso(_ date: Date) -> String { date.formatted(Date.ISO8601FormatStyle()) }
 }

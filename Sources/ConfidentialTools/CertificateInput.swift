@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import SwiftASN1
 
 /// Reads one certificate for a certificate table: DER as it is, or a PEM file
@@ -22,7 +22,7 @@ public enum CertificateInput {
         let bytes = [UInt8](data)
         guard !bytes.isEmpty else { throw CertificateInputError.empty(path) }
         let prefix = String(decoding: bytes.prefix(64), as: UTF8.self)
-        guard prefix.trimmingCharacters(in: .whitespacesAndNewlines).hasPrefix("-----BEGIN") else {
+        guard prefix.drop(while: \.isWhitespace).hasPrefix("-----BEGIN") else {
             return Loaded(bytes: bytes, convertedFromPEM: false)
         }
         let documents: [PEMDocument]

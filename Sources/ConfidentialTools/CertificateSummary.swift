@@ -1,25 +1,23 @@
-import Foundation
+import FoundationEssentials
 import SwiftASN1
-import X509
 
 /// Subject, issuer and validity of an X.509 certificate, for `kestrel snp certs show`.
+///
+/// The fields are read from the TBSCertificate directly with SwiftASN1, so the
+/// summary works for every public key type, including the RSASSA-PSS keys of
+/// AMD's ASK and ARK, and needs no cryptography library.
 public struct CertificateSummary: Equatable, Sendable {
     public let subject: String
     public let issuer: String
     public let notValidBefore: Date
     public let notValidAfter: Date
 
-    /// Reads the summary from DER. AMD's ASK and ARK carry RSASSA-PSS keys, which
-    /// the X509 module does not parse as public keys; for those the fields are read
-    /// from the TBSCertificate directly. Returns the reason when neither works.
+    /// Reads the summary from DER; returns the reason when the bytes are not a certificate.
     public static func inspect(_ der: [UInt8]) -> Result<CertificateSummary, CertificateSummaryError> {
-        if let certificate = try? Certificate(derEncoded: der) {
-            return .success(CertificateSummary(
-                subject: certificate.subject.description, issuer: certificate.issuer.description,
-                notValidBefore: certificate.notValidBefore, notValidAfter: certificate.notValidAfter))
-        }
         do {
             return .success(try readTBSFields(der))
+        } catch let error as CertificateSummaryError {
+            return .failure(error)
         } catch {
             return .failure(CertificateSummaryError(reason: "\(error)"))
         }
@@ -35,46 +33,49 @@ public struct CertificateSummary: Equatable, Sendable {
         let root = try DER.parse(der)
         return try DER.sequence(root, identifier: .sequence) { certificate in
             guard let tbs = certificate.next() else { throw CertificateSummaryError(reason: "no TBSCertificate") }
-            while certificate.next() != nil {}  // signatureAlgorithm and signature are not needed
+            guard certificate.next() != nil, certificate.next() != nil, certificate.next() == nil else {
+                throw CertificateSummaryError(reason: "a certificate holds exactly TBSCertificate, signatureAlgorithm and signature")
+            }
             return try DER.sequence(tbs, identifier: .sequence) { fields in
                 guard var node = fields.next() else { throw CertificateSummaryError(reason: "empty TBSCertificate") }
                 if node.identifier == ASN1Identifier(tagWithNumber: 0, tagClass: .contextSpecific) {
                     guard let next = fields.next() else { throw CertificateSummaryError(reason: "TBSCertificate ends after its version") }
                     node = next  // serial number
                 }
+                guard node.identifier == .integer else { throw CertificateSummaryError(reason: "TBSCertificate has no serial number") }
                 guard fields.next() != nil, let issuerNode = fields.next(), let validityNode = fields.next(),
-                      let subjectNode = fields.next()
+                      let subjectNode = fields.next(), fields.next() != nil
                 else { throw CertificateSummaryError(reason: "TBSCertificate is missing fields") }
-                while fields.next() != nil {}  // subjectPublicKeyInfo (RSASSA-PSS for AMD keys) and extensions
-                let issuer = try DistinguishedName(derEncoded: issuerNode)
-                let subject = try DistinguishedName(derEncoded: subjectNode)
+                while fields.next() != nil {}  // issuer/subject unique IDs and extensions
+                let issuer = try DistinguishedNameText.format(issuerNode)
+                let subject = try DistinguishedNameText.format(subjectNode)
                 let (before, after) = try DER.sequence(validityNode, identifier: .sequence) { times in
                     guard let first = times.next(), let second = times.next() else {
                         throw CertificateSummaryError(reason: "validity needs two times")
                     }
                     return (try date(first), try date(second))
                 }
-                return CertificateSummary(subject: subject.description, issuer: issuer.description, notValidBefore: before, notValidAfter: after)
+                return CertificateSummary(subject: subject, issuer: issuer, notValidBefore: before, notValidAfter: after)
             }
         }
     }
 
+    /// UTCTime or GeneralizedTime (always UTC in DER) as a Date.
     private static func date(_ node: ASN1Node) throws -> Date {
-        var components = DateComponents()
-        components.timeZone = TimeZone(identifier: "UTC")
-        if node.identifier == .utcTime {
+        let fields: (year: Int, month: Int, day: Int, hours: Int, minutes: Int, seconds: Int)
+        switch node.identifier {
+        case .utcTime:
             let time = try UTCTime(derEncoded: node)
-            (components.year, components.month, components.day) = (time.year, time.month, time.day)
-            (components.hour, components.minute, components.second) = (time.hours, time.minutes, time.seconds)
-        } else {
+            fields = (time.year, time.month, time.day, time.hours, time.minutes, time.seconds)
+        case .generalizedTime:
             let time = try GeneralizedTime(derEncoded: node)
-            (components.year, components.month, components.day) = (time.year, time.month, time.day)
-            (components.hour, components.minute, components.second) = (time.hours, time.minutes, time.seconds)
+            fields = (time.year, time.month, time.day, time.hours, time.minutes, time.seconds)
+        default:
+            throw CertificateSummaryError(reason: "validity time is neither UTCTime nor GeneralizedTime")
         }
-        guard let date = Calendar(identifier: .gregorian).date(from: components) else {
-            throw CertificateSummaryError(reason: "time out of range")
-        }
-        return date
+        let days = CivilDate.daysSinceEpoch(year: fields.year, month: fields.month, day: fields.day)
+        let seconds = days * 86_400 + fields.hours * 3_600 + fields.minutes * 60 + fields.seconds
+        return Date(timeIntervalSince1970: Double(seconds))
     }
 }
 

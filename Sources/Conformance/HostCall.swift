@@ -1,5 +1,6 @@
 import CKVM
-import Foundation
+import FoundationEssentials
+import Glibc
 import GuestMemory
 import KVM
 import SystemPackage
@@ -58,8 +59,11 @@ public enum HostCall {
 
     /// The transparent huge page size, or nil when THP is not configured.
     public static func transparentHugePageSize() -> Int? {
-        guard let text = try? String(contentsOfFile: "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", encoding: .utf8)
-        else { return nil }
-        return Int(text.trimmingCharacters(in: .whitespacesAndNewlines))
+        // sysfs reports a size of 0, so read the one line rather than "the whole file".
+        guard let file = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r") else { return nil }
+        defer { fclose(file) }
+        var line = [CChar](repeating: 0, count: 32)
+        guard fgets(&line, Int32(line.count), file) != nil else { return nil }
+        return Int(String(cString: line).filter { !$0.isWhitespace })
     }
 }

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import KVM
 import X86
 
@@ -110,7 +111,7 @@ public struct HostReport: Codable, Sendable {
         }
         rows.append(("SEV device (/dev/sev)", sevDevicePresent ? "present" : "absent"))
         let width = rows.map(\.0.count).max() ?? 0
-        return rows.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }.joined(separator: "\n")
+        return rows.map { $0.0 + String(repeating: " ", count: width - $0.0.count) + "  " + $0.1 }.joined(separator: "\n")
     }
 
     /// The report as pretty-printed JSON.

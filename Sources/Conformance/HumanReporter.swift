@@ -33,7 +33,7 @@ public final class HumanReporter: ResultReporter {
             sink.line("")
             sink.line("Failed:")
             for result in failures {
-                let detail = (result.outcome.detail ?? "").replacingOccurrences(of: "\n", with: "\n      ")
+                let detail = (result.outcome.detail ?? "").replacing("\n", with: "\n      ")
                 sink.line("  \(result.id): \(detail)")
             }
         }

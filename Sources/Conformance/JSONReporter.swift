@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Machine-readable output: one JSON document at the end of the run.
 public final class JSONReporter: ResultReporter {

@@ -27,6 +27,6 @@ public final class TAPReporter: ResultReporter {
     }
 
     static func oneLine(_ text: String) -> String {
-        text.replacingOccurrences(of: "\n", with: " ")
+        text.replacing("\n", with: " ")
     }
 }

@@ -1,7 +1,8 @@
 import CKVM
 import Dispatch
-import Foundation
+import Glibc
 import KVM
+import Synchronization
 
 /// Stops a vCPU that runs past a deadline: sets `immediate_exit` and signals
 /// the vCPU's thread, so KVM_RUN returns EINTR whether the thread is inside it
@@ -11,7 +12,7 @@ final class VCPUWatchdog {
     static let kickSignal = SIGUSR1
     private static let installHandler: Void = { _ = ckvm_install_kick_handler(kickSignal) }()
 
-    private let lock = NSLock()
+    private let lock = Mutex(())
     private var generation = 0
     private var armed = false
     private var fired = false
@@ -29,20 +30,20 @@ final class VCPUWatchdog {
         let thread = pthread_self()
         // The thread must accept the kick while it may be inside KVM_RUN.
         signalWasBlocked = ckvm_set_signal_blocked(Self.kickSignal, 0) == 1
-        lock.lock()
-        generation += 1
-        let current = generation
-        armed = true
-        fired = false
-        lock.unlock()
+        let current: Int = lock.withLock { _ in
+            generation += 1
+            armed = true
+            fired = false
+            return generation
+        }
         DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [weak self] in
             guard let self else { return }
-            self.lock.lock()
-            defer { self.lock.unlock() }
-            guard self.armed, self.generation == current, let vcpu = self.vcpu else { return }
-            self.fired = true
-            vcpu.immediateExit = true
-            pthread_kill(thread, Self.kickSignal)
+            self.lock.withLock { _ in
+                guard self.armed, self.generation == current, let vcpu = self.vcpu else { return }
+                self.fired = true
+                vcpu.immediateExit = true
+                pthread_kill(thread, Self.kickSignal)
+            }
         }
     }
 
@@ -50,11 +51,11 @@ final class VCPUWatchdog {
     /// immediate_exit, and restores the thread's signal mask.
     @discardableResult
     func disarm() -> Bool {
-        lock.lock()
-        armed = false
-        let didFire = fired
-        fired = false
-        lock.unlock()
+        let didFire: Bool = lock.withLock { _ in
+            armed = false
+            defer { fired = false }
+            return fired
+        }
         if didFire { vcpu?.immediateExit = false }
         if signalWasBlocked {
             // A kick sent just before disarming stays pending while blocked and

@@ -49,7 +49,7 @@ struct CheckCommand: ParsableCommand {
         let tests = ConformanceRunner.select(ConformanceCatalog.allTests(host: host), filters: filter)
         if list {
             let width = tests.map(\.id.count).max() ?? 0
-            for test in tests { print(test.id.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + test.summary) }
+            for test in tests { print(test.id.padded(to: width) + "  " + test.summary) }
             return
         }
         guard !tests.isEmpty else {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Boot
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// `kestrel initramfs`: build a newc cpio initramfs.
 struct InitramfsCommand: ParsableCommand {

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Boot
-import Foundation
+import Dispatch
+import Glibc
+import Synchronization
 import VMM
 
 /// `kestrel run`: boot a Linux kernel.
@@ -52,18 +54,23 @@ struct RunCommand: ParsableCommand {
         }
         if verbose {
             printError("kestrel: \(machine.plan.kind), entry \(machine.plan.entry), kernel 0x\(String(machine.plan.kernelRange.lowerBound, radix: 16))-0x\(String(machine.plan.kernelRange.upperBound, radix: 16))"
-                + (machine.plan.decompressionSeconds > 0 ? String(format: ", host decompression %.3f s", machine.plan.decompressionSeconds) : ""))
+                + (machine.plan.decompressionSeconds > 0 ? ", host decompression \(machine.plan.decompressionSeconds.text(places: 3)) s" : ""))
             for entry in machine.plan.e820 { printError("kestrel: e820 \(entry)") }
         }
         let terminal = TerminalSession(serial: machine.serial)
         let signals = SignalStopper { machine.finish(.stopped(signal: $0)) }
+        // Loading, decompression and table building are done: their code need
+        // not stay resident for the life of the guest.
+        let releasedAtStart = ProcessMemory.releaseReadOnlyFilePages()
         let outcome = machine.run()
         console.flush()
         terminal.restore()
         withExtendedLifetime(signals) {}
         if verbose, let footprint = machine.memoryFootprint() {
-            let mib = { (bytes: UInt64) in String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
-            printError("kestrel: RSS \(mib(footprint.process)), guest memory touched \(mib(footprint.guest)), Kestrel overhead \(mib(footprint.process - footprint.guest)) (of which anonymous, outside shared libraries: \(mib(footprint.anonymousOther)))")
+            let mib = { (bytes: UInt64) in (Double(bytes) / 1_048_576).text(places: 1) + " MiB" }
+            printError("kestrel: RSS \(mib(footprint.resident)), guest memory touched \(mib(footprint.guest)), Kestrel overhead \(mib(footprint.overhead)): "
+                + "\(mib(footprint.fileBacked)) pages of the executable, \(mib(footprint.anonymous)) private memory; "
+                + "\(mib(releasedAtStart)) of start-up pages were released before the guest ran")
         }
         if verbose, let start = machine.startTime {
             printError("kestrel: ran \(ContinuousClock.now - start)")
@@ -75,17 +82,17 @@ struct RunCommand: ParsableCommand {
 
 /// Buffers guest output and writes it to stdout by line (or when 4 KiB gather).
 final class ConsoleOutput {
-    private let lock = NSLock()
+    private let lock = Mutex(())
     private var buffer: [UInt8] = []
 
     func write(_ byte: UInt8) {
-        lock.withLock {
+        lock.withLock { _ in
             buffer.append(byte)
             if byte == 0x0A || buffer.count >= 4096 { drain() }
         }
     }
 
-    func flush() { lock.withLock { drain() } }
+    func flush() { lock.withLock { _ in drain() } }
 
     private func drain() {
         var offset = 0
@@ -112,7 +119,16 @@ final class TerminalSession {
             raw.c_oflag |= tcflag_t(OPOST | ONLCR)
             isRaw = tcsetattr(0, TCSANOW, &raw) == 0
         }
-        let reader = Thread {
+        // The reader blocks in read(2) for the whole run; the process exits under it.
+        do {
+            try startReader(serial: serial)
+        } catch {
+            printError("kestrel: console input is not forwarded to the guest: \(error)")
+        }
+    }
+
+    private func startReader(serial: Serial16550) throws {
+        _ = try POSIXThread.start(stackSize: 256 << 10) {
             var byte = [UInt8](repeating: 0, count: 256)
             while true {
                 let count = read(0, &byte, byte.count)
@@ -120,7 +136,6 @@ final class TerminalSession {
                 serial.receive(Array(byte[0..<count]))
             }
         }
-        reader.start()
     }
 
     func restore() {

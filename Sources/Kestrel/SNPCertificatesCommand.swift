@@ -1,7 +1,8 @@
 import ArgumentParser
 import Confidential
 import ConfidentialTools
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// `kestrel snp certs`: build, show and install GHCB certificate blobs.
 struct SNPCertificatesCommand: ParsableCommand {

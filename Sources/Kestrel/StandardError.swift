@@ -1,8 +1,9 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Writes a line to standard error.
 func printError(_ message: String) {
-    FileHandle.standardError.write(Data((message + "\n").utf8))
+    fputs(message + "\n", stderr)
 }
 
 /// A failure that is not a usage mistake: ArgumentParser prints "Error: <message>"

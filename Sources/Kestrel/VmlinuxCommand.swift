@@ -1,7 +1,8 @@
 import ArgumentParser
 import Boot
 import Decompression
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// `kestrel vmlinux`: the ELF kernel inside a bzImage.
 struct VmlinuxCommand: ParsableCommand {

@@ -1,4 +1,4 @@
-import Foundation
+import Synchronization
 
 /// Enough of the i8042 keyboard controller for Linux to probe it and to reset
 /// the machine through it (command 0xFE pulses the CPU reset line).
@@ -7,7 +7,7 @@ public final class I8042Controller: BusDevice {
     public static let dataPort: UInt64 = 0x60
     public static let commandPort: UInt64 = 0x64
 
-    private let lock = NSLock()
+    private let lock = Mutex(())
     private let reset: () -> Void
     private var outputQueue: [UInt8] = []
     private var controlByte: UInt8 = 0x45
@@ -18,7 +18,7 @@ public final class I8042Controller: BusDevice {
     /// Bus offsets: 0 is port 0x60, 4 is port 0x64 (the device spans 0x60..<0x65).
     public func read(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
         guard !data.isEmpty else { return }
-        let value: UInt8 = lock.withLock {
+        let value: UInt8 = lock.withLock { _ in
             switch offset {
             case 0: return outputQueue.isEmpty ? 0 : outputQueue.removeFirst()
             case 4: return (outputQueue.isEmpty ? 0 : 0x01) | 0x04  // output buffer full, system flag
@@ -32,7 +32,7 @@ public final class I8042Controller: BusDevice {
     public func write(offset: UInt64, from data: UnsafeRawBufferPointer) {
         guard let value = data.first else { return }
         var resetRequested = false
-        lock.withLock {
+        lock.withLock { _ in
             switch offset {
             case 4:
                 switch value {

@@ -1,8 +1,10 @@
 import Boot
 import CKVM
-import Foundation
+import FoundationEssentials
+import Glibc
 import GuestMemory
 import KVM
+import Synchronization
 
 /// A Linux virtual machine: memory, in-kernel irqchip and PIT, vCPU threads,
 /// a 16550 on COM1, an i8042 for reset, and Kestrel's exit device.
@@ -20,10 +22,9 @@ public final class Machine {
 
     private let portBus = DeviceBus()
     private let mmioBus = DeviceBus()
-    private let lock = NSLock()
+    private let lock = Mutex(())
     private var outcome: RunOutcome?
     private var threads: [pthread_t?]
-    private let finished = DispatchGroup()
     private let kickSignal = SIGUSR1
     /// Time the first vCPU entered the guest.
     public private(set) var startTime: ContinuousClock.Instant?
@@ -90,38 +91,10 @@ public final class Machine {
         _ = ckvm_malloc_trim()
     }
 
-    /// Resident memory of this process and of the guest's RAM within it, in
-    /// bytes, from /proc/self/smaps: the difference is Kestrel's own overhead.
-    /// `privateOther` is the resident anonymous memory (heap, stacks, other
-    /// anonymous mappings) outside guest RAM: Kestrel's own data, without the
-    /// file-backed pages of the shared libraries it runs from.
-    public func memoryFootprint() -> (process: UInt64, guest: UInt64, anonymousOther: UInt64)? {
-        // procfs files report size 0, so read line by line to the end.
-        guard let file = fopen("/proc/self/smaps", "r") else { return nil }
-        defer { fclose(file) }
-        let guestStarts = Set(memory.regions.map { $0.mapping.address })
-        var process: UInt64 = 0, guest: UInt64 = 0, anonymousOther: UInt64 = 0
-        var inGuest = false
-        var isAnonymous = false
-        var line: UnsafeMutablePointer<CChar>?
-        var capacity = 0
-        defer { free(line) }
-        while getline(&line, &capacity, file) > 0, let line {
-            let text = String(cString: line)
-            let fields = text.split(separator: " ", omittingEmptySubsequences: true)
-            guard let first = fields.first else { continue }
-            if first.hasSuffix(":") {
-                if first == "Rss:", fields.count >= 2, let kilobytes = UInt64(fields[1]) {
-                    process += kilobytes * 1024
-                    if inGuest { guest += kilobytes * 1024 } else if isAnonymous { anonymousOther += kilobytes * 1024 }
-                }
-            } else if let dash = first.firstIndex(of: "-") {
-                inGuest = UInt64(first[..<dash], radix: 16).map { guestStarts.contains($0) } ?? false
-                let path = fields.count > 5 ? fields[5] : ""
-                isAnonymous = path.isEmpty || path.hasPrefix("[heap]") || path.hasPrefix("[stack")
-            }
-        }
-        return (process, guest, anonymousOther)
+    /// Resident memory of this process, with the guest's RAM (the regions
+    /// of this machine) apart from Kestrel's own, from /proc/self/smaps.
+    public func memoryFootprint() -> MemoryFootprint? {
+        ProcessMemory.footprint(guestStarts: Set(memory.regions.map { UInt($0.mapping.address) }))
     }
 
     private static func readFile(_ path: String, what: String) throws -> [UInt8] {
@@ -133,25 +106,27 @@ public final class Machine {
     public func run() -> RunOutcome {
         releaseLoaderMemory()
         startTime = ContinuousClock.now
+        var started: [POSIXThread] = []
         for index in vcpus.indices {
-            finished.enter()
-            let thread = Thread { [self] in
-                _ = ckvm_set_signal_blocked(kickSignal, 0)
-                lock.withLock { threads[index] = pthread_self() }
-                if lock.withLock({ outcome != nil }) { vcpus[index].immediateExit = true }
-                runLoop(index)
-                finished.leave()
+            do {
+                started.append(try POSIXThread.start { [self] in
+                    _ = ckvm_set_signal_blocked(kickSignal, 0)
+                    lock.withLock { _ in threads[index] = pthread_self() }
+                    if isFinished { vcpus[index].immediateExit = true }
+                    runLoop(index)
+                })
+            } catch {
+                finish(.vcpuFailure(vcpu: index, detail: "\(error)"))
+                break
             }
-            thread.stackSize = 1 << 20
-            thread.start()
         }
-        finished.wait()
-        return lock.withLock { outcome ?? .vcpuFailure(vcpu: 0, detail: "every vCPU stopped without a reason") }
+        for thread in started { thread.join() }
+        return lock.withLock { _ in outcome ?? .vcpuFailure(vcpu: 0, detail: "every vCPU stopped without a reason") }
     }
 
     /// Ends the run with `reason` (the first reason wins) and kicks every vCPU out of KVM_RUN.
     public func finish(_ reason: RunOutcome) {
-        let targets: [pthread_t?] = lock.withLock {
+        let targets: [pthread_t?] = lock.withLock { _ in
             if outcome == nil { outcome = reason }
             return threads
         }
@@ -161,7 +136,7 @@ public final class Machine {
         }
     }
 
-    private var isFinished: Bool { lock.withLock { outcome != nil } }
+    private var isFinished: Bool { lock.withLock { _ in outcome != nil } }
 
     private func runLoop(_ index: Int) {
         let vcpu = vcpus[index]

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// What to run: a kernel and how to boot it, vCPUs, memory and CPU template.
 /// `validate()` finds bad settings before anything is created.
@@ -51,7 +51,7 @@ public struct MachineConfiguration: Sendable {
 
     /// Parses sizes such as `128M`, `1G`, `512MiB` or a number of bytes.
     public static func parseSize(_ text: String) -> UInt64? {
-        let trimmed = text.trimmingCharacters(in: .whitespaces).uppercased()
+        let trimmed = String(text.drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed()).uppercased()
         let units: [(String, UInt64)] = [("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)]
         for (suffix, scale) in units where trimmed.hasSuffix(suffix) {
             guard let number = UInt64(trimmed.dropLast(suffix.count)) else { return nil }

@@ -1,4 +1,4 @@
-import Foundation
+import Synchronization
 
 /// A 16550A UART (the PC's COM ports): transmit goes to `output`, bytes given
 /// to `receive` are read by the guest, and interrupts are raised through
@@ -7,7 +7,7 @@ public final class Serial16550: BusDevice {
     public static let com1Base: UInt64 = 0x3F8
     public static let com1Interrupt: UInt32 = 4
 
-    private let lock = NSLock()
+    private let lock = Mutex(())
     private let output: (UInt8) -> Void
     private let interrupt: () -> Void
 
@@ -33,7 +33,7 @@ public final class Serial16550: BusDevice {
 
     /// Queues bytes for the guest to read (from the terminal).
     public func receive(_ bytes: [UInt8]) {
-        let raise: Bool = lock.withLock {
+        let raise: Bool = lock.withLock { _ in
             if inputStart > 4096 { input.removeFirst(inputStart); inputStart = 0 }
             input.append(contentsOf: bytes)
             return interruptEnable & 0x01 != 0
@@ -51,7 +51,7 @@ public final class Serial16550: BusDevice {
 
     public func read(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
         guard !data.isEmpty else { return }
-        let value: UInt8 = lock.withLock {
+        let value: UInt8 = lock.withLock { _ in
             switch offset {
             case 0:
                 if dlab { return divisorLow }
@@ -84,7 +84,7 @@ public final class Serial16550: BusDevice {
     public func write(offset: UInt64, from data: UnsafeRawBufferPointer) {
         guard let value = data.first else { return }
         var emitted: UInt8?
-        let raise: Bool = lock.withLock {
+        let raise: Bool = lock.withLock { _ in
             switch offset {
             case 0:
                 if dlab { divisorLow = value; return false }

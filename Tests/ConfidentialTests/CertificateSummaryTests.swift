@@ -43,6 +43,33 @@ import X509
         #expect(!error.reason.isEmpty)
     }
 
+    /// Our RFC 4514 text of a name matches swift-certificates' own rendering,
+    /// including multi-valued RDNs and characters that need escaping.
+    static let year2065 = Date(timeIntervalSince1970: 3_000_000_000)  // 2065-01-24T05:20:00Z
+
+    @Test func distinguishedNamesReadAsSwiftCertificatesRendersThem() throws {
+        let key = P384.Signing.PrivateKey()
+        let name = try DistinguishedName([
+            RelativeDistinguishedName([.init(type: .RDNAttributeType.countryName, printableString: "US")]),
+            RelativeDistinguishedName([
+                .init(type: .RDNAttributeType.organizationName, utf8String: "Advanced Micro Devices, Inc."),
+                .init(type: .RDNAttributeType.organizationalUnitName, utf8String: "Engineering"),
+            ]),
+            RelativeDistinguishedName([.init(type: .RDNAttributeType.localityName, utf8String: " Santa Clara")]),
+            RelativeDistinguishedName([.init(type: .RDNAttributeType.commonName, utf8String: "SEV-Milan <test>; #1")]),
+        ])
+        let now = Date(timeIntervalSince1970: 1_700_000_000)
+        let certificate = try Certificate(
+            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
+            notValidBefore: now, notValidAfter: Self.year2065, issuer: name, subject: name,
+            signatureAlgorithm: .ecdsaWithSHA384, extensions: Certificate.Extensions(), issuerPrivateKey: .init(key))
+        let summary = try CertificateSummary.inspect(try Self.der(certificate)).get()
+        #expect(summary.notValidAfter == Self.year2065)  // a GeneralizedTime (from 2050 on)
+        #expect(summary.subject == certificate.subject.description)
+        #expect(summary.subject.contains("Advanced Micro Devices\\, Inc."))
+        #expect(summary.subject.hasPrefix("CN=SEV-Milan \\<test\\>\\; #1,L=\\ Santa Clara,"))
+    }
+
     @Test func pemInputBecomesDERAndChainsAreRefused() throws {
         let directory = TemporaryDirectory()
         let now = Date()

@@ -166,13 +166,17 @@ final class Recorder: @unchecked Sendable {
 }
 
 @Suite struct ConfigFileTests {
+    static func parse(_ json: String) throws -> MachineConfiguration {
+        try MachineConfigFile.parse(Array(json.utf8), source: "vm.json")
+    }
+
     @Test func firecrackerStyleConfigIsReadAndUnsupportedPartsRefused() throws {
-        let good: [String: Any] = [
-            "boot-source": ["kernel_image_path": "/k", "initrd_path": "/i", "boot_args": "console=ttyS0"],
-            "machine-config": ["vcpu_count": 2, "mem_size_mib": 512, "cpu_template": "None", "smt": false],
-            "drives": [] as [Any],
-        ]
-        let configuration = try MachineConfigFile.parse(good, source: "vm.json")
+        let good = """
+            {"boot-source": {"kernel_image_path": "/k", "initrd_path": "/i", "boot_args": "console=ttyS0"},
+             "machine-config": {"vcpu_count": 2, "mem_size_mib": 512, "cpu_template": "None", "smt": false},
+             "drives": []}
+            """
+        let configuration = try Self.parse(good)
         #expect(configuration.kernelPath == "/k")
         #expect(configuration.initrdPath == "/i")
         #expect(configuration.commandLine == "console=ttyS0")
@@ -180,20 +184,39 @@ final class Recorder: @unchecked Sendable {
         #expect(configuration.memorySize == 512 << 20)
         #expect(configuration.cpuTemplate == "host")
 
-        var withDrive = good
-        withDrive["drives"] = [["drive_id": "rootfs"]]
         #expect(throws: ConfigurationError("vm.json: \"drives\" is not supported by Kestrel yet; remove it or leave it empty")) {
-            try MachineConfigFile.parse(withDrive, source: "vm.json")
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "rootfs"}]}"#)
         }
         #expect(throws: ConfigurationError("vm.json: unknown section \"bogus\"")) {
-            try MachineConfigFile.parse(["boot-source": ["kernel_image_path": "/k"], "bogus": 1], source: "vm.json")
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "bogus": 1}"#)
         }
-        #expect(throws: ConfigurationError("vm.json: \"boot-source\" is required")) { try MachineConfigFile.parse([String: Any](), source: "vm.json") }
+        #expect(throws: ConfigurationError("vm.json: \"boot-source\" is required")) { try Self.parse("{}") }
+        #expect(throws: ConfigurationError("vm.json: the top level must be an object")) { try Self.parse("[1, 2]") }
         #expect(throws: ConfigurationError.self) {
-            try MachineConfigFile.parse(["boot-source": ["kernel_image_path": "/k", "extra": 1]], source: "vm.json")
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k", "extra": 1}}"#)
         }
         #expect(throws: ConfigurationError("vm.json: machine-config.mem_size_mib must be a positive whole number")) {
-            try MachineConfigFile.parse(["boot-source": ["kernel_image_path": "/k"], "machine-config": ["mem_size_mib": "lots"]], source: "vm.json")
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"mem_size_mib": "lots"}}"#)
         }
+        #expect(throws: ConfigurationError("vm.json: machine-config.vcpu_count must be a whole number")) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1.5}}"#)
+        }
+        #expect(throws: ConfigurationError("vm.json: machine-config.vcpu_count must be a whole number")) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": true}}"#)
+        }
+        do {
+            _ = try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}"#)
+            Issue.record("truncated JSON was accepted")
+        } catch let error as ConfigurationError {
+            #expect("\(error)".hasPrefix("vm.json is not valid JSON"))
+        }
+    }
+
+    @Test func jsonValuesKeepTheirTypes() throws {
+        let value = try JSONValue.parse(Array(#"{"a": [1, 2.5, true, null, "x"], "b": {}}"#.utf8))
+        #expect(value == .object(["a": .array([.number(1), .number(2.5), .bool(true), .null, .string("x")]), "b": .object([:])]))
+        #expect(JSONValue.number(3).wholeNumber == 3)
+        #expect(JSONValue.number(3.5).wholeNumber == nil)
+        #expect(JSONValue.bool(true).wholeNumber == nil)
     }
 }

@@ -1,0 +1,78 @@
+import Glibc
+import Testing
+import VMM
+
+@Suite struct ProcessMemoryTests {
+    /// A 64 KiB file of known bytes, mapped privately; unmapped and removed by `close`.
+    final class MappedFile {
+        let path: String
+        let fd: Int32
+        let size = 64 << 10
+        private(set) var base: UnsafeMutableRawPointer?
+
+        init(protection: Int32) throws {
+            var template = Array("/tmp/kestrel-pm-XXXXXX".utf8CString)
+            fd = mkstemp(&template)
+            path = String(cString: template)
+            guard fd >= 0 else { throw ConfigurationError("mkstemp failed") }
+            let bytes = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == size else { throw ConfigurationError("write failed") }
+            let address = mmap(nil, size, protection, MAP_PRIVATE, fd, 0)
+            guard address != MAP_FAILED else { throw ConfigurationError("mmap failed") }
+            base = address
+        }
+
+        /// Reads every byte (faulting each page in) and returns them.
+        func read() -> [UInt8] { Array(UnsafeRawBufferPointer(start: base, count: size)) }
+
+        var mapping: ProcessMemory.Mapping? {
+            ProcessMemory.mappings()?.first { $0.start == UInt(bitPattern: base) }
+        }
+
+        func close() {
+            munmap(base, size)
+            Glibc.close(fd)
+            unlink(path)
+        }
+    }
+
+    static let expected = (0..<(64 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+
+    @Test func readOnlyFilePagesAreReleasedAndReadBackUnchanged() throws {
+        let file = try MappedFile(protection: PROT_READ)
+        defer { file.close() }
+        #expect(file.read() == Self.expected)
+        let before = try #require(file.mapping)
+        #expect(before.isFileBacked && before.isPrivate && !before.isWritable)
+        #expect(before.residentBytes == UInt64(file.size))
+        #expect(ProcessMemory.releaseReadOnlyFilePages() >= UInt64(file.size))
+        #expect(try #require(file.mapping).residentBytes == 0)
+        #expect(file.read() == Self.expected)  // faults back the same bytes
+    }
+
+    @Test func mappingsWithCopyOnWritePagesAreLeftAlone() throws {
+        let file = try MappedFile(protection: PROT_READ | PROT_WRITE)
+        defer { file.close() }
+        _ = file.read()
+        file.base!.storeBytes(of: 0xEE, toByteOffset: 4096, as: UInt8.self)  // a private copy of page 1
+        #expect(mprotect(file.base, file.size, PROT_READ) == 0)  // read-only now, like RELRO
+        #expect(try #require(file.mapping).anonymousBytes == 4096)
+        ProcessMemory.releaseReadOnlyFilePages()
+        #expect(try #require(file.mapping).residentBytes == UInt64(file.size))
+        var expected = Self.expected
+        expected[4096] = 0xEE
+        #expect(file.read() == expected)  // the copy survives
+    }
+
+    @Test func footprintSeparatesGuestRegions() throws {
+        let size = 1 << 20
+        let region = try #require(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        defer { munmap(region, size) }
+        memset(region, 1, size / 2)  // touch half of it
+        let footprint = try #require(ProcessMemory.footprint(guestStarts: [UInt(bitPattern: region)]))
+        #expect(footprint.guest == UInt64(size / 2))
+        #expect(footprint.resident == footprint.guest + footprint.fileBacked + footprint.anonymous)
+        #expect(footprint.overhead == footprint.resident - footprint.guest)
+        #expect(footprint.fileBacked > 0)  // at least the test binary's code
+    }
+}
