@@ -17,8 +17,10 @@ public enum MachineConfigFile {
     /// Reads the description from JSON text; `source` names it in errors.
     public static func parse(_ text: [UInt8], source: String) throws -> MachineConfiguration {
         let document: JSONValue
-        do { document = try JSONValue.parse(text) } catch {
-            throw ConfigurationError("\(source) is not valid JSON: \(error)")
+        do { document = try JSONValue.parse(text) } catch DecodingError.dataCorrupted(let context) {
+            throw ConfigurationError("\(source) is not valid JSON (\(context.debugDescription))")
+        } catch {
+            throw ConfigurationError("\(source) is not valid JSON (\(error))")
         }
         return try parse(document, source: source)
     }
