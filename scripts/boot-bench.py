@@ -7,6 +7,7 @@ The end of a run is the VMM's exit, or for QEMU, which pauses the VM on a KVM
 internal error instead of exiting, the moment it reports that error.
 
   scripts/boot-bench.py [--runs 3] [--kernel /boot/vmlinuz-...] [--timeout 600]
+                        [--only bzImage|vmlinux] [--first-line-only]
 
 Needs: a release build of kestrel (swift build -c release), qemu-system-x86,
 linux-image-cloud-amd64 and busybox-static (apt).
@@ -19,7 +20,7 @@ CMDLINE = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1"
 QEMU_END = re.compile(rb"KVM internal error|emulation failure|Suberror")
 
 
-def timed_run(command, timeout, stop_pattern=None):
+def timed_run(command, timeout, stop_pattern=None, stop_at_first_line=False):
     """Runs command; returns (seconds to 'Linux version', seconds to the end, last lines)."""
     start = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -48,10 +49,12 @@ def timed_run(command, timeout, stop_pattern=None):
             tail = (tail + [line.decode(errors="replace")])[-3:]
             if first is None and b"Linux version" in line:
                 first = now
+                if stop_at_first_line:
+                    break
             if stop_pattern is not None and stop_pattern.search(line):
                 end = now
                 break
-        if end is not None:
+        if end is not None or (stop_at_first_line and first is not None):
             break
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -69,6 +72,7 @@ def main():
     parser.add_argument("--kernel", default=(sorted(glob.glob("/boot/vmlinuz-*cloud-amd64")) or [None])[-1])
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--only", choices=["bzImage", "vmlinux"], help="one kernel format only")
+    parser.add_argument("--first-line-only", action="store_true", help="stop each run at the first console line (more runs in less time)")
     options = parser.parse_args()
     if not options.kernel or not os.path.exists(options.kernel):
         sys.exit("no kernel: apt-get install linux-image-cloud-amd64, or pass --kernel")
@@ -97,17 +101,19 @@ def main():
         for run in range(options.runs):
             for vmm in (["kestrel", "qemu"] if run % 2 == 0 else ["qemu", "kestrel"]):
                 command = kestrel(kernel) if vmm == "kestrel" else qemu(kernel)
-                first, end, tail = timed_run(command, options.timeout, None if vmm == "kestrel" else QEMU_END)
+                first, end, tail = timed_run(command, options.timeout, None if vmm == "kestrel" else QEMU_END, options.first_line_only)
                 results[vmm].append((first, end))
                 fmt = lambda v: "timeout" if v is None else f"{v:.2f} s"
-                print(f"  {name} {vmm:8s} run {run + 1}: first line {fmt(first)}, end {fmt(end)}   last: {tail[-1][:100] if tail else ''}", flush=True)
+                end_text = "not waited for" if options.first_line_only else fmt(end)
+                print(f"  {name} {vmm:8s} run {run + 1}: first line {fmt(first)}, end {end_text}   last: {tail[-1][:100] if tail else ''}", flush=True)
         print(f"{name}:")
         medians = {}
         for vmm, values in results.items():
             firsts = [v[0] for v in values if v[0] is not None]
             ends = [v[1] for v in values if v[1] is not None]
             medians[vmm] = (statistics.median(firsts) if firsts else None, statistics.median(ends) if ends else None)
-            print(f"  {vmm:8s} median first line {medians[vmm][0] if medians[vmm][0] is None else round(medians[vmm][0], 3)} s, "
+            spread = f" (range {min(firsts):.2f}-{max(firsts):.2f})" if firsts else ""
+            print(f"  {vmm:8s} median first line {medians[vmm][0] if medians[vmm][0] is None else round(medians[vmm][0], 3)} s{spread}, "
                   f"median end {medians[vmm][1] if medians[vmm][1] is None else round(medians[vmm][1], 3)} s")
         (kf, ke), (qf, qe) = medians["kestrel"], medians["qemu"]
         if kf and qf:
