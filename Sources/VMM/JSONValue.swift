@@ -10,7 +10,7 @@ public enum JSONValue: Equatable, Sendable, Decodable {
     case array([JSONValue])
     case object([String: JSONValue])
 
-    /// Parses UTF-8 JSON text; the error says where the text is malformed.
+    /// Parses UTF-8 JSON text (JSONDecoder); throws its DecodingError for malformed text.
     public static func parse(_ bytes: [UInt8]) throws -> JSONValue {
         try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
     }
