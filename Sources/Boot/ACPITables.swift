@@ -1,8 +1,15 @@
 /// Minimal ACPI tables for a Linux guest without firmware: RSDP (revision 2),
 /// XSDT, a hardware-reduced FADT (revision 6) whose sleep control register is
 /// an I/O port, a DSDT with the `\_S5` sleep package (so the guest can power
-/// off), and a MADT listing every vCPU's local APIC, the IOAPIC and the ISA
-/// timer override (so every vCPU comes up).
+/// off) and the COM1 device, and a MADT listing every vCPU's local APIC, the
+/// IOAPIC and the ISA timer override (so every vCPU comes up).
+///
+/// COM1 must be in the DSDT: on a hardware-reduced platform Linux sets up no
+/// legacy ISA interrupts (`nr_legacy_irqs()` is 0), so the 8250 driver's
+/// `request_irq(4)` for the legacy port fails, the tty is marked TTY_IO_ERROR
+/// and every userspace write to the console fails with EIO, while the
+/// kernel's polled console output still appears. The PNP0501 device's `_CRS`
+/// makes the ACPI PNP layer register GSI 4 for it.
 public enum ACPITables {
     public static let rsdpAddress: UInt64 = 0xF0000
     static let xsdtAddress: UInt64 = 0xF0040
@@ -18,7 +25,7 @@ public enum ACPITables {
 
     /// The tables as (guest address, bytes) for `vcpuCount` vCPUs (APIC ids 0..<count).
     public static func build(vcpuCount: Int) -> [(address: UInt64, bytes: [UInt8])] {
-        let dsdt = table("DSDT", revision: 2, body: softOffPackage)
+        let dsdt = table("DSDT", revision: 2, body: softOffPackage + systemBus)
         let fadt = table("FACP", revision: 6, body: fadtBody())
         let madt = table("APIC", revision: 5, body: madtBody(vcpuCount: vcpuCount))
         var xsdtBody: [UInt8] = []
@@ -29,6 +36,15 @@ public enum ACPITables {
 
     /// AML: Name (\_S5, Package (4) { 5, 0, 0, 0 }).
     static let softOffPackage: [UInt8] = [0x08, 0x5F, 0x53, 0x35, 0x5F, 0x12, 0x07, 0x04, 0x0A, softOffSleepType, 0x00, 0x00, 0x00]
+
+    /// AML: Scope (\_SB) { Device (COM1) { _HID PNP0501, _UID 1, _CRS { IO 0x3F8/8, IRQNoFlags {4} } } }.
+    static let systemBus: [UInt8] = AML.scope("_SB", [
+        AML.device("COM1", [
+            AML.name("_HID", AML.eisaID("PNP0501")),
+            AML.name("_UID", AML.integer(1)),
+            AML.name("_CRS", AML.resourceTemplate([.ioPorts(base: 0x3F8, length: 8), .isaInterrupt(4)])),
+        ]),
+    ])
 
     static func littleEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
         (0..<MemoryLayout<T>.size).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) }

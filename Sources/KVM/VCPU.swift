@@ -50,14 +50,19 @@ public final class VCPU {
     /// Runs the vCPU until KVM returns to userspace, and decodes why.
     /// The corresponding ioctl is KVM_RUN.
     ///
-    /// EINTR is a state, not an error: it returns `.interrupted`. EFAULT together
-    /// with KVM_EXIT_MEMORY_FAULT returns `.memoryFault`. Other failures throw.
+    /// EINTR is a state, not an error: it returns `.interrupted`. So is EAGAIN,
+    /// which KVM returns for a vCPU that is still waiting for INIT/SIPI
+    /// (KVM_MP_STATE_UNINITIALIZED, an application processor before the boot
+    /// CPU starts it) when it wakes without becoming runnable: it returns
+    /// `.notRunnable`. EFAULT together with KVM_EXIT_MEMORY_FAULT returns
+    /// `.memoryFault`. Other failures throw.
     @inline(__always)
     public func run() throws -> VCPUExit {
         runArea.pointee.exit_reason = 0
         if ckvm_ioctl_value(fileDescriptor, KVMRequest.run.number, 0) < 0 {
             let code = Glibc.errno
             if code == EINTR { return .interrupted }
+            if code == EAGAIN { return .notRunnable }
             if code == EFAULT && runArea.pointee.exit_reason == ExitReason.memoryFault.rawValue {
                 return VCPUExit.decode(run: runArea, areaSize: runAreaSize)
             }

@@ -36,6 +36,9 @@ public enum VCPUExit: CustomStringConvertible {
     case interruptWindowOpen
     /// KVM_RUN returned EINTR (a signal, or immediate_exit set): KVM_EXIT_INTR.
     case interrupted
+    /// KVM_RUN failed with EAGAIN: the vCPU waits for INIT/SIPI and is not
+    /// runnable yet. Call `run()` again.
+    case notRunnable
     /// KVM_EXIT_UNKNOWN, with the hardware's exit reason.
     case unknown(hardwareReason: UInt64)
     /// An exit reason this version of Kestrel does not decode.
@@ -58,6 +61,8 @@ public enum VCPUExit: CustomStringConvertible {
         case .debug: return .debug
         case .interruptWindowOpen: return .interruptWindowOpen
         case .interrupted: return .interrupted
+        // No exit reason is written for EAGAIN; like EINTR, nothing ran.
+        case .notRunnable: return .interrupted
         case .unknown: return .unknown
         case .unrecognized(let reason): return reason
         }
@@ -79,6 +84,7 @@ public enum VCPUExit: CustomStringConvertible {
             return "\(ExitReason.exception): vector \(vector), error code 0x\(String(errorCode, radix: 16))"
         case .debug(let exception, let pc):
             return "\(ExitReason.debug): exception \(exception) at 0x\(String(pc, radix: 16))"
+        case .notRunnable: return "KVM_RUN: EAGAIN (vCPU waiting for INIT/SIPI)"
         case .unknown(let hardwareReason):
             return "\(ExitReason.unknown): hardware exit reason 0x\(String(hardwareReason, radix: 16))"
         default: return reason.name

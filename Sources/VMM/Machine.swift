@@ -162,7 +162,7 @@ public final class Machine {
                 } else {
                     mmioBus.read(mmio.address, into: mmio.data)
                 }
-            case .interrupted:
+            case .interrupted, .notRunnable:
                 continue
             case .shutdown:
                 finish(.tripleFault(vcpu: index, rip: try? vcpu.registers().rip))

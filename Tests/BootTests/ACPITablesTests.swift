@@ -45,7 +45,36 @@ import Testing
         #expect(flags & (1 << 20) != 0)
         #expect(Array(fadt[244..<256]) == [1, 8, 0, 1, 0xC0, 0x03, 0, 0, 0, 0, 0, 0])
         let dsdt = try table("DSDT")
-        #expect(Array(dsdt[36...]) == [0x08, 0x5F, 0x53, 0x35, 0x5F, 0x12, 0x07, 0x04, 0x0A, 0x05, 0x00, 0x00, 0x00])
+        #expect(Array(dsdt[36..<49]) == [0x08, 0x5F, 0x53, 0x35, 0x5F, 0x12, 0x07, 0x04, 0x0A, 0x05, 0x00, 0x00, 0x00])
+    }
+
+    /// The bytes are what `iasl` (acpica-tools) compiles from the same ASL.
+    /// Without COM1 in the DSDT a hardware-reduced guest has no IRQ 4 and
+    /// userspace console writes fail (see ACPITables).
+    @Test func dsdtDescribesCOM1WithItsPortsAndIRQ4() throws {
+        let dsdt = try table("DSDT")
+        let expected: [UInt8] = [
+            0x10, 0x32, 0x5F, 0x53, 0x42, 0x5F,                          // Scope (_SB), PkgLength 0x32
+            0x5B, 0x82, 0x2B, 0x43, 0x4F, 0x4D, 0x31,                    // Device (COM1), PkgLength 0x2B
+            0x08, 0x5F, 0x48, 0x49, 0x44, 0x0C, 0x41, 0xD0, 0x05, 0x01,  // Name (_HID, EisaId ("PNP0501"))
+            0x08, 0x5F, 0x55, 0x49, 0x44, 0x01,                          // Name (_UID, One)
+            0x08, 0x5F, 0x43, 0x52, 0x53, 0x11, 0x10, 0x0A, 0x0D,        // Name (_CRS, Buffer (13) {
+            0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08,              //   IO (Decode16, 0x3F8, 0x3F8, 1, 8)
+            0x22, 0x10, 0x00,                                            //   IRQNoFlags () {4}
+            0x79, 0x00,                                                  //   EndTag })
+        ]
+        #expect(Array(dsdt[49...]) == expected)
+    }
+
+    @Test func amlPackageLengthsUseTheMultiByteFormAbove63Bytes() {
+        #expect(AML.packageLength(0) == [0x01])
+        #expect(AML.packageLength(62) == [0x3F])
+        #expect(AML.packageLength(63) == [0x41, 0x04])        // 65 = 0x41: low nibble 1, then 0x04
+        #expect(AML.packageLength(4093) == [0x4F, 0xFF])      // 4095
+        #expect(AML.packageLength(4094) == [0x81, 0x00, 0x01])  // 4097 needs two more bytes
+        #expect(AML.eisaID("PNP0303") == [0x0C, 0x41, 0xD0, 0x03, 0x03])
+        #expect(AML.integer(0x1234) == [0x0B, 0x34, 0x12])
+        #expect(AML.nameString("\\_SB.COM1") == [0x5C, 0x2E, 0x5F, 0x53, 0x42, 0x5F, 0x43, 0x4F, 0x4D, 0x31])
     }
 
     @Test func tablesStayInTheReservedBIOSArea() {
