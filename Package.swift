@@ -44,13 +44,15 @@ let package = Package(
             dependencies: ["CKVM", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings),
         .target(name: "X86", dependencies: ["KVM"], swiftSettings: swiftSettings),
+        // Fixed-decimal and padded text for reports, without Foundation.
+        .target(name: "TextFormat", swiftSettings: swiftSettings),
         .target(
             name: "GuestKit",
             dependencies: ["KVM", "GuestMemory", "X86"],
             swiftSettings: swiftSettings),
         .target(
             name: "Conformance",
-            dependencies: ["CKVM", "KVM", "GuestMemory", "X86", "GuestKit"],
+            dependencies: ["CKVM", "KVM", "GuestMemory", "X86", "GuestKit", "TextFormat"],
             swiftSettings: swiftSettings),
         // Confidential guests: SNP certificate tables, the certificate service, SNP launch.
         .target(
@@ -75,12 +77,15 @@ let package = Package(
         .target(name: "Boot", dependencies: ["GuestMemory", "Decompression"], swiftSettings: swiftSettings),
         // The VMM: machine, devices, CPU templates, run loop.
         .target(name: "VMM", dependencies: ["CKVM", "KVM", "GuestMemory", "X86", "Boot"], swiftSettings: swiftSettings),
+        // The lab: L1 KVM hosts under QEMU, Debian kernels fetched and cached, the
+        // L1 initramfs, conformance matrices across hosts.
+        .target(name: "Lab", dependencies: ["Boot", "Decompression", "TextFormat"], swiftSettings: swiftSettings),
         // Fuzz and load machinery shared by the tests and kestrel-bench (not a product).
         .target(name: "KestrelTesting", dependencies: ["Confidential"], swiftSettings: swiftSettings),
         .executableTarget(
             name: "Kestrel",
             dependencies: [
-                "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools", "Boot", "Decompression", "VMM",
+                "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools", "Boot", "Decompression", "VMM", "Lab", "TextFormat",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings,
@@ -105,6 +110,7 @@ let package = Package(
             name: "GuestKitTests", dependencies: ["GuestKit"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ConformanceTests", dependencies: ["Conformance"], swiftSettings: swiftSettings),
+        .testTarget(name: "LabTests", dependencies: ["Lab", "Boot"], swiftSettings: swiftSettings),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Boot"], swiftSettings: swiftSettings),
         .testTarget(
             name: "BootTests", dependencies: ["Boot", "Decompression", "GuestMemory", "CZlib", "CLZMA", "CZstd"],

@@ -1,3 +1,4 @@
+import TextFormat
 /// The default output: one line per test as it finishes, diagnoses indented
 /// under failures, and a closing count.
 public final class HumanReporter: ResultReporter {
@@ -38,12 +39,7 @@ public final class HumanReporter: ResultReporter {
             }
         }
         sink.line("")
-        sink.line("\(summary.passed) passed, \(summary.failed) failed, \(summary.skipped) skipped in \(String(format2(summary.seconds))) s")
+        sink.line("\(summary.passed) passed, \(summary.failed) failed, \(summary.skipped) skipped in \(summary.seconds.text(places: 2)) s")
     }
 }
 
-func format2(_ value: Double) -> String {
-    let hundredths = Int((value * 100).rounded())
-    let fraction = hundredths % 100
-    return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
-}

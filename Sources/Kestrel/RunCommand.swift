@@ -1,3 +1,4 @@
+import TextFormat
 import ArgumentParser
 import Boot
 import Dispatch

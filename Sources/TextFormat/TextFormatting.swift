@@ -1,8 +1,9 @@
-/// Plain-text formatting for the CLI's reports (what String(format:) and
-/// padding(toLength:) did, without Foundation).
+/// Plain-text formatting for Kestrel's reports (what String(format:) and
+/// padding(toLength:) do, without Foundation), shared by the CLI, the
+/// conformance reporters and the lab.
 extension Double {
     /// The value rounded to `places` decimals, e.g. 0.1834 with 3 places is "0.183".
-    func text(places: Int) -> String {
+    public func text(places: Int) -> String {
         guard isFinite else { return "\(self)" }
         var scale = 1.0
         for _ in 0..<places { scale *= 10 }
@@ -19,7 +20,7 @@ extension Double {
 
 extension String {
     /// The string followed by spaces up to `width` characters.
-    func padded(to width: Int) -> String {
+    public func padded(to width: Int) -> String {
         count >= width ? self : self + String(repeating: " ", count: width - count)
     }
 }

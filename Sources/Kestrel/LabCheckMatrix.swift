@@ -1,0 +1,86 @@
+import Dispatch
+import FoundationEssentials
+import Glibc
+import Lab
+import Synchronization
+
+/// Runs `kestrel check --json` on several L1 kernels and on this machine,
+/// and gathers the documents into a `LabMatrix`.
+struct LabCheckMatrix {
+    let options: LabMachineOptions
+    let filters: [String]
+    let jobs: Int
+
+    var checkWords: [String] { ["check", "--json"] + filters.flatMap { ["-f", $0] } }
+
+    func run(kernels names: [String], includeLocal: Bool) throws -> LabMatrix {
+        // Fetch sequentially (one apt run at a time), and strip kestrel once.
+        let kernels = try names.map { try options.resolveKernel(named: $0) }
+        _ = try LabExecutable.prepare(options.kestrel ?? "/proc/self/exe", cache: LabCache())
+        let started = ContinuousClock.now
+        let columns = Mutex([MatrixColumn?](repeating: nil, count: kernels.count))
+        let slots = DispatchSemaphore(value: jobs)
+        let group = DispatchGroup()
+        for (index, kernel) in kernels.enumerated() {
+            slots.wait()
+            DispatchQueue.global().async(group: group) {
+                defer { slots.signal() }
+                let column = l1Column(kernel)
+                printError("lab: \(kernel.name): \(column.document.map { "\($0.totals.passed) passed, \($0.totals.failed) failed, \($0.totals.skipped) skipped" } ?? "no result") in \((column.seconds ?? 0).text(places: 1)) s")
+                columns.withLock { $0[index] = column }
+            }
+        }
+        let local = includeLocal ? localColumn() : nil
+        group.wait()
+        printError("lab: matrix of \(kernels.count) kernels\(includeLocal ? " and this machine" : "") in \(LabMachine.seconds(ContinuousClock.now - started).text(places: 1)) s")
+        return LabMatrix(columns: (local.map { [$0] } ?? []) + columns.withLock { $0.compactMap { $0 } })
+    }
+
+    func l1Column(_ kernel: LabKernel) -> MatrixColumn {
+        let start = ContinuousClock.now
+        do {
+            let output = try TemporaryDirectory(prefix: "kestrel-matrix")
+            let path = output.path + "/check.json"
+            let machine = options.machine(for: kernel)
+            let image = try options.initramfs(kernel: kernel, command: .script((["kestrel"] + checkWords).map(shellQuoted).joined(separator: " ")))
+            let result = try machine.run(image, stdout: .file(path), stderr: .null)
+            let seconds = LabMachine.seconds(ContinuousClock.now - start)
+            let title = kernel.name
+            guard result.status != nil else {
+                return MatrixColumn(title: title, host: result.host.summary, document: nil, error: result.failureDiagnosis, seconds: seconds)
+            }
+            do {
+                return MatrixColumn(title: title, host: result.host.summary, document: try CheckDocument.parse(try readText(path)), seconds: seconds)
+            } catch {
+                return MatrixColumn(title: title, host: result.host.summary, document: nil, error: "\(error)", seconds: seconds)
+            }
+        } catch {
+            return MatrixColumn(title: kernel.name, host: "L1 \(kernel.release)", document: nil, error: "\(error)", seconds: nil)
+        }
+    }
+
+    /// This machine's /dev/kvm, checked by a child `kestrel check --json`.
+    func localColumn() -> MatrixColumn {
+        let start = ContinuousClock.now
+        var name = utsname()
+        uname(&name)
+        let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let backend = ["kvm_pvm", "kvm_intel", "kvm_amd"].first { isDirectory("/sys/module/\($0)") } ?? "no KVM module"
+        let host = "this machine: Linux \(release), /dev/kvm from \(backend)"
+        do {
+            let result = try HostProcess.output(["/proc/self/exe"] + checkWords)
+            let document = try CheckDocument.parse(result.output)
+            return MatrixColumn(title: "local", host: host, document: document, seconds: LabMachine.seconds(ContinuousClock.now - start))
+        } catch {
+            return MatrixColumn(title: "local", host: host, document: nil, error: "\(error)", seconds: nil)
+        }
+    }
+}
+
+extension LabMatrix {
+    func renderJSON() throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return String(decoding: try encoder.encode(self), as: UTF8.self)
+    }
+}

@@ -1,0 +1,235 @@
+import ArgumentParser
+import Dispatch
+import Glibc
+import Lab
+import TextFormat
+
+/// `kestrel lab`: real KVM hosts (L1 Linux kernels) under QEMU.
+struct LabCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lab",
+        abstract: "Run commands, the conformance suites and Linux guests on real KVM hosts: Linux kernels booted under QEMU.",
+        discussion: """
+            The lab boots an L1 Linux kernel under qemu-system-x86_64 (Debian's qemu-system-x86): with KVM \
+            and nested virtualization when this machine offers them, otherwise TCG emulating a CPU with AMD \
+            SVM. Its initramfs holds busybox, this static `kestrel`, the kernel's KVM modules (loaded at \
+            boot) and the files you add. Kernels: \(KernelFetcher.catalog.map { "\($0.name) (\($0.suite))" }.joined(separator: ", ")), \
+            Debian cloud kernels fetched with apt-get download from the mirror apt already uses and cached \
+            under $KESTREL_LAB_CACHE or ~/.cache/kestrel/lab; or your own with --kernel-image and --modules.
+            Examples:
+              kestrel lab kernels --fetch 6.1,7.2
+              kestrel lab run --kernel 7.2 -- 'uname -r; ls -l /dev/kvm'
+              kestrel lab check --kernel 6.1 --tap
+              kestrel lab check --kernels 6.1,6.12,6.18,7.2
+              kestrel lab shell --kernel 6.18
+            """,
+        subcommands: [LabKernelsCommand.self, LabRunCommand.self, LabCheckCommand.self, LabShellCommand.self])
+}
+
+/// Options every lab command shares: which kernel, and how QEMU runs it.
+struct LabMachineOptions: ParsableArguments {
+    @Option(help: "The L1 kernel: \(KernelFetcher.catalog.map(\.name).joined(separator: ", ")).") var kernel: String?
+    @Option(name: .customLong("kernel-image"), help: "Your own L1 bzImage (with --modules).") var kernelImage: String?
+    @Option(help: "The modules tree of --kernel-image (lib/modules/RELEASE).") var modules: String?
+    @Option(help: "QEMU accelerator: kvm or tcg (default: kvm when nested virtualization is available, else tcg).")
+    var accel: LabAccelerator?
+    @Option(name: .customLong("cpu-model"), help: "QEMU CPU model (default: max under TCG, host under KVM).") var cpuModel: String?
+    @Option(help: "L1 vCPUs. TCG runs single-threaded whatever the count.") var cpus: Int = 1
+    @Option(help: "L1 memory in MiB.") var memory: Int = 2048
+    @Option(help: "Stop the L1 after this many seconds.") var timeout: Double = 900
+    @Option(name: .customLong("add"), help: "Put a host file into the L1: HOST[:GUEST] (default guest path /lab/NAME). Repeatable.")
+    var files: [String] = []
+    @Flag(name: .customLong("guest-kernel"), help: "Also put this kernel's vmlinux at /lab/guest/vmlinux, to boot it as an L2 guest with `kestrel run`.")
+    var guestKernel = false
+    @Option(help: "The static kestrel executable to put into the L1 (default: this one).") var kestrel: String?
+    @Flag(name: .customLong("refresh"), help: "Look for a newer kernel package even when one is cached.") var refresh = false
+    @Flag(name: [.short, .long], help: "Print progress, L1 timings and the L1 console on stderr.") var verbose = false
+
+    func validate() throws {
+        if kernel != nil && kernelImage != nil { throw ValidationError("give --kernel or --kernel-image, not both") }
+        if (kernelImage == nil) != (modules == nil) { throw ValidationError("--kernel-image and --modules go together") }
+        if cpus < 1 || cpus > 64 { throw ValidationError("--cpus must be between 1 and 64") }
+        if memory < 256 { throw ValidationError("--memory is in MiB and must be at least 256") }
+        if timeout <= 0 { throw ValidationError("--timeout must be positive") }
+    }
+
+    /// The kernel, fetched or prepared.
+    func resolveKernel(named name: String? = nil) throws -> LabKernel {
+        let cache = LabCache()
+        if let kernelImage, let modules {
+            return try LabKernel.prepare(name: "custom", image: kernelImage, modulesTree: modules, into: cache.root + "/custom")
+        }
+        guard let chosen = name ?? kernel else {
+            throw ValidationError("give --kernel (\(KernelFetcher.catalog.map(\.name).joined(separator: ", "))) or --kernel-image with --modules")
+        }
+        return try KernelFetcher(cache: cache, progress: { printError("lab: \($0)") }).kernel(chosen, refresh: refresh)
+    }
+
+    func machine(for kernel: LabKernel) -> LabMachine {
+        let detected = LabAccelerator.detect()
+        if verbose && accel == nil { printError("lab: accelerator \(detected.accelerator.rawValue) (\(detected.reason))") }
+        var machine = LabMachine(kernel: kernel, accelerator: accel ?? detected.accelerator, cpuModel: cpuModel)
+        machine.cpus = cpus
+        machine.memoryMiB = memory
+        machine.timeoutSeconds = timeout
+        return machine
+    }
+
+    /// The initramfs for `command`, with this kestrel and the user's files.
+    func initramfs(kernel: LabKernel, command: LabInitramfs.Command) throws -> LabInitramfs {
+        var added: [LabInitramfs.File] = []
+        for spec in files {
+            let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
+            let host = parts[0]
+            guard fileExists(host), !isDirectory(host) else { throw ValidationError("--add \(spec): \(host) is not a readable file") }
+            let name = host.split(separator: "/").last.map(String.init) ?? host
+            var status = stat()
+            stat(host, &status)
+            added.append(.init(guestPath: parts.count > 1 ? parts[1] : "/lab/\(name)", hostPath: host, mode: UInt32(status.st_mode) & 0o777))
+        }
+        if guestKernel {
+            added.append(.init(guestPath: "/lab/guest/vmlinux", hostPath: try kernel.vmlinux()))
+        }
+        let binary = try LabExecutable.prepare(kestrel ?? "/proc/self/exe", cache: LabCache())
+        return LabInitramfs(kernel: kernel, kestrel: binary, files: added, command: command)
+    }
+
+    /// Runs `command` on `kernel`, streaming its output, and reports timings when verbose.
+    func run(_ command: LabInitramfs.Command, kernel: LabKernel, stdout: HostProcess.Stream = .inherit) throws -> LabRunResult {
+        let machine = machine(for: kernel)
+        let image = try initramfs(kernel: kernel, command: command)
+        let result = try machine.run(image, stdout: stdout) { ready in
+            if verbose { printError("lab: L1 \(kernel.release) ready in \(ready.text(places: 1)) s") }
+        }
+        if verbose {
+            printError("lab: \(result.host.summary); ended after \(result.totalSeconds.text(places: 1)) s")
+            printError("lab: L1 console:\n" + result.console)
+        }
+        if let diagnosis = result.failureDiagnosis { printError("lab: \(diagnosis)") }
+        return result
+    }
+}
+
+/// `kestrel lab kernels`: list and fetch the lab's kernels.
+struct LabKernelsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kernels", abstract: "List the lab's kernels and which are cached; fetch them.")
+
+    @Option(help: "Fetch these kernels (comma-separated names, or 'all').") var fetch: String?
+    @Flag(help: "Look for newer packages even when kernels are cached.") var refresh = false
+
+    func run() throws {
+        let cache = LabCache()
+        let fetcher = KernelFetcher(cache: cache, progress: { printError("lab: \($0)") })
+        if let fetch {
+            let names = fetch == "all" ? KernelFetcher.catalog.map(\.name) : fetch.split(separator: ",").map(String.init)
+            for name in names {
+                let start = ContinuousClock.now
+                let kernel = try fetcher.kernel(name, refresh: refresh)
+                print("\(name): \(kernel.release) in \(kernel.directory) (\(LabMachine.seconds(ContinuousClock.now - start).text(places: 1)) s)")
+            }
+            return
+        }
+        print("cache: \(cache.root)")
+        for series in KernelFetcher.catalog {
+            let release = (try? readText(cache.aliasPath(series.name)))?.split(separator: "\n").first.map(String.init)
+            let cached = release.flatMap { LabKernel.load(from: cache.kernelDirectory($0)) }
+            print("\(series.name.padded(to: 5)) \(series.suite.padded(to: 19)) " + (cached.map { "cached: \($0.release)" } ?? "not fetched"))
+        }
+    }
+}
+
+/// `kestrel lab run`: a command in an L1.
+struct LabRunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a shell command in an L1 and return its output and exit status.",
+        discussion: """
+            The command runs in busybox sh in /lab, with kestrel, busybox's tools and the added files. \
+            Its standard output and standard error are this command's; its exit status is this \
+            command's. If the L1 ends without reporting a status (panic, timeout), the end of its \
+            console is printed and the exit status is 125.
+            Example: kestrel lab run --kernel 6.1 --guest-kernel -- \
+            'kestrel initramfs --command "uname -r" -o /tmp/i.cpio && kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/i.cpio'
+            """)
+
+    @OptionGroup var options: LabMachineOptions
+    @Argument(parsing: .captureForPassthrough, help: "The command (after --).") var command: [String] = []
+
+    func run() throws {
+        let words = command.first == "--" ? Array(command.dropFirst()) : command
+        guard !words.isEmpty else { throw ValidationError("give the command after --, e.g. kestrel lab run --kernel 6.1 -- uname -r") }
+        let kernel = try options.resolveKernel()
+        let result = try options.run(.script(words.joined(separator: " ")), kernel: kernel)
+        throw ExitCode(result.status ?? 125)
+    }
+}
+
+/// `kestrel lab shell`: an interactive shell in an L1.
+struct LabShellCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "shell", abstract: "An interactive shell in an L1 on this terminal ('exit' powers it off).")
+
+    @OptionGroup var options: LabMachineOptions
+
+    func run() throws {
+        let kernel = try options.resolveKernel()
+        var machineOptions = options
+        machineOptions.timeout = .infinity
+        let result = try machineOptions.run(.interactiveShell, kernel: kernel)
+        throw ExitCode(result.status ?? 125)
+    }
+}
+
+/// `kestrel lab check`: the conformance suites in one L1, or a matrix across several.
+struct LabCheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Run `kestrel check` in an L1 (--kernel), or across kernels and this machine as a matrix (--kernels).",
+        discussion: """
+            With --kernel, the check's own output (human, --tap or --json) and exit status come back. \
+            With --kernels, every kernel's L1 and this machine's /dev/kvm run the check (--jobs at a \
+            time) and one table shows test x host, marking with "≠" the tests whose verdict depends \
+            on the host, followed by the diagnoses of those failures. --json prints the matrix as JSON.
+            """)
+
+    @OptionGroup var options: LabMachineOptions
+    @Option(help: "Comma-separated kernels for a matrix, e.g. 6.1,6.12,6.18,7.2.") var kernels: String?
+    @Flag(name: .customLong("no-local"), help: "Leave this machine's /dev/kvm out of the matrix.") var noLocal = false
+    @Option(help: "L1s to run at a time for a matrix.") var jobs: Int = 2
+    @Flag(help: "kselftest TAP output (single kernel).") var tap = false
+    @Flag(help: "JSON output.") var json = false
+    @Option(name: [.customShort("f"), .long], help: "Run only tests whose id contains this text or matches this glob. Repeatable.")
+    var filter: [String] = []
+
+    func validate() throws {
+        if tap && json { throw ValidationError("--tap and --json cannot be combined") }
+        if kernels != nil && options.kernel != nil { throw ValidationError("give --kernel or --kernels, not both") }
+        if kernels != nil && tap { throw ValidationError("a matrix is printed as text or --json, not TAP") }
+        if jobs < 1 { throw ValidationError("--jobs must be at least 1") }
+    }
+
+    var checkArguments: [String] {
+        (tap ? ["--tap"] : json ? ["--json"] : []) + filter.flatMap { ["-f", $0] }
+    }
+
+    func run() throws {
+        guard let kernels else {
+            let kernel = try options.resolveKernel()
+            let words = ["kestrel", "check"] + checkArguments
+            let result = try options.run(.script(words.map(shellQuoted).joined(separator: " ")), kernel: kernel)
+            if !json { printError("lab: \(result.host.summary)") }
+            throw ExitCode(result.status ?? 125)
+        }
+        let names = kernels.split(separator: ",").map(String.init)
+        let matrix = try LabCheckMatrix(options: options, filters: filter, jobs: jobs).run(kernels: names, includeLocal: !noLocal)
+        if json {
+            print(try matrix.renderJSON())
+        } else {
+            print(matrix.render())
+        }
+        if matrix.columns.contains(where: { $0.document == nil }) { throw ExitCode(125) }
+    }
+}
+
+extension LabAccelerator: ExpressibleByArgument {}

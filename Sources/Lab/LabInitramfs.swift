@@ -1,0 +1,140 @@
+import Boot
+
+/// The L1's initramfs: busybox, the static `kestrel`, the KVM modules of the
+/// L1 kernel, the user's files, and an /init that loads KVM for the CPU's
+/// vendor, runs the command and reports its exit status.
+///
+/// The L1's serial ports carry separate streams (see `LabSerialPorts`): the
+/// command's standard output on COM1, the kernel console on COM2, the
+/// command's standard error on COM3, and lab status lines on COM4.
+public struct LabInitramfs {
+    /// A file to put into the L1.
+    public struct File: Sendable {
+        public let guestPath: String
+        public let source: Source
+        public let mode: UInt32
+
+        public enum Source: Sendable {
+            case host(String)
+            case bytes([UInt8])
+        }
+
+        public init(guestPath: String, hostPath: String, mode: UInt32 = 0o644) {
+            self.guestPath = guestPath
+            self.source = .host(hostPath)
+            self.mode = mode
+        }
+
+        public init(guestPath: String, bytes: [UInt8], mode: UInt32 = 0o644) {
+            self.guestPath = guestPath
+            self.source = .bytes(bytes)
+            self.mode = mode
+        }
+    }
+
+    /// What /init runs: a shell command line, or an interactive shell on COM1.
+    public enum Command: Sendable, Equatable {
+        case script(String)
+        case interactiveShell
+    }
+
+    public var kernel: LabKernel
+    public var busybox: String
+    public var kestrel: String
+    public var files: [File]
+    public var command: Command
+
+    public init(kernel: LabKernel, busybox: String = "/bin/busybox", kestrel: String, files: [File] = [], command: Command) {
+        self.kernel = kernel
+        self.busybox = busybox
+        self.kestrel = kestrel
+        self.files = files
+        self.command = command
+    }
+
+    /// Guest paths of the module objects.
+    static let moduleDirectory = "lib/modules/lab"
+
+    /// The /init script.
+    public func initScript() -> String {
+        let amd = kernel.amdModules.joined(separator: " "), intel = kernel.intelModules.joined(separator: " ")
+        let run: String
+        switch command {
+        case .script:
+            run = """
+                stty -F /dev/ttyS0 raw -echo 2>/dev/null
+                stty -F /dev/ttyS2 raw -echo 2>/dev/null
+                sh /lab/command </dev/null >/dev/ttyS0 2>/dev/ttyS2
+                """
+        case .interactiveShell:
+            run = """
+                echo "kestrel lab: $(uname -r), KVM $kvm; 'exit' or Ctrl-D powers off"
+                setsid -c sh -l </dev/ttyS0 >/dev/ttyS0 2>&1
+                """
+        }
+        return """
+            #!/bin/busybox sh
+            /bin/busybox mount -t proc proc /proc
+            /bin/busybox mount -t sysfs sysfs /sys
+            /bin/busybox mount -t devtmpfs devtmpfs /dev
+            /bin/busybox --install -s /bin
+            export PATH=/bin:/lab/bin HOME=/root TERM=${TERM:-vt100}
+            mkdir -p /root /tmp /run
+            if grep -qw svm /proc/cpuinfo; then kvm=kvm_amd; modules="\(amd)"
+            elif grep -qw vmx /proc/cpuinfo; then kvm=kvm_intel; modules="\(intel)"
+            else kvm=none; modules=""; echo "kestrel lab: this CPU has neither SVM nor VMX" >/dev/ttyS1
+            fi
+            for module in $modules; do
+                insmod /\(Self.moduleDirectory)/$module.ko || echo "kestrel lab: insmod $module failed" >/dev/ttyS1
+            done
+            cd /lab
+            echo "ready $(cut -d' ' -f1 /proc/uptime) $kvm" >/dev/ttyS3
+            exec </dev/ttyS0 >/dev/ttyS0 2>&1
+            \(run)
+            status=$?
+            echo "status $status" >/dev/ttyS3
+            sync
+            poweroff -f
+
+            """
+    }
+
+    /// The archive.
+    public func build() throws -> [UInt8] {
+        var archive = CPIOArchive()
+        var directories = Set<String>()
+        func addDirectory(_ path: String) throws {
+            guard !path.isEmpty, directories.insert(path).inserted else { return }
+            if let slash = path.lastIndex(of: "/") { try addDirectory(String(path[..<slash])) }
+            try archive.add(path, .directory, mode: 0o755)
+        }
+        func addFile(_ path: String, _ bytes: [UInt8], mode: UInt32) throws {
+            let relative = path.hasPrefix("/") ? String(path.dropFirst()) : path
+            if let slash = relative.lastIndex(of: "/") { try addDirectory(String(relative[..<slash])) }
+            try archive.add(relative, .file(bytes), mode: mode)
+        }
+        for directory in ["bin", "dev", "proc", "sys", "tmp", "root", "lab/bin", Self.moduleDirectory] { try addDirectory(directory) }
+        try archive.add("dev/console", .characterDevice(major: 5, minor: 1), mode: 0o600)
+        let busyboxBytes = try readBytes(busybox)
+        guard busyboxBytes.starts(with: [0x7F, 0x45, 0x4C, 0x46]) else { throw LabError("\(busybox) is not an ELF executable (install busybox-static)") }
+        try addFile("bin/busybox", busyboxBytes, mode: 0o755)
+        try archive.add("bin/sh", .symlink(target: "busybox"), mode: 0o777)
+        try addFile("bin/kestrel", try readBytes(kestrel), mode: 0o755)
+        for module in Set(kernel.amdModules + kernel.intelModules).sorted() {
+            try addFile("\(Self.moduleDirectory)/\(module).ko", try readBytes(kernel.modulePath(module)), mode: 0o644)
+        }
+        if case .script(let text) = command {
+            try addFile("lab/command", Array((text + "\n").utf8), mode: 0o755)
+        }
+        for file in files {
+            let bytes: [UInt8]
+            switch file.source {
+            case .host(let path): bytes = try readBytes(path)
+            case .bytes(let contents): bytes = contents
+            }
+            try addFile(file.guestPath, bytes, mode: file.mode)
+        }
+        try addFile("init", Array(initScript().utf8), mode: 0o755)
+        return archive.finished()
+    }
+}

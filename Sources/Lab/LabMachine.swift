@@ -1,0 +1,186 @@
+import Glibc
+
+/// How QEMU runs the L1: hardware virtualization with nested KVM when this
+/// machine offers it, otherwise TCG emulating a CPU with SVM.
+public enum LabAccelerator: String, Codable, Sendable, CaseIterable {
+    case kvm, tcg
+
+    /// KVM when /dev/kvm is usable and kvm_intel or kvm_amd has nesting on;
+    /// TCG otherwise, with the reason.
+    public static func detect() -> (accelerator: LabAccelerator, reason: String) {
+        guard access("/dev/kvm", R_OK | W_OK) == 0 else { return (.tcg, "no usable /dev/kvm") }
+        for module in ["kvm_intel", "kvm_amd"] {
+            if let value = try? readText("/sys/module/\(module)/parameters/nested"),
+               ["Y", "1"].contains(value.trimmingPrefix(while: { $0 == " " }).prefix(1)) {
+                return (.kvm, "\(module) with nested virtualization")
+            }
+        }
+        let backend = ["kvm_pvm", "kvm_intel", "kvm_amd"].first { isDirectory("/sys/module/\($0)") } ?? "unknown backend"
+        return (.tcg, "/dev/kvm (\(backend)) does not offer nested virtualization")
+    }
+}
+
+/// What a lab run reports about the host it ran on.
+public struct LabHostDescription: Codable, Equatable, Sendable {
+    public var kernelName: String
+    public var kernelRelease: String
+    public var qemuVersion: String
+    public var accelerator: String
+    public var cpuModel: String
+    /// The KVM vendor module the L1 loaded (kvm_amd, kvm_intel) or "none".
+    public var kvmModule: String
+
+    public var summary: String {
+        "L1 \(kernelRelease) under \(qemuVersion), \(accelerator), CPU \(cpuModel), \(kvmModule)"
+    }
+}
+
+/// The outcome of one L1 boot.
+public struct LabRunResult: Sendable {
+    /// The command's exit status, or nil when the L1 ended without reporting one.
+    public var status: Int32?
+    public var host: LabHostDescription
+    /// Host seconds from QEMU's start until the L1 was ready to run the command
+    /// (modules loaded), and until QEMU ended.
+    public var readySeconds: Double?
+    public var totalSeconds: Double
+    public var timedOut: Bool
+    /// The L1 kernel's console (COM2).
+    public var console: String
+    /// QEMU's own exit status.
+    public var qemuStatus: Int32
+
+    /// Why the run did not produce a status, for the user.
+    public var failureDiagnosis: String? {
+        if status != nil { return nil }
+        let tail = console.split(separator: "\n", omittingEmptySubsequences: false).suffix(25).joined(separator: "\n")
+        let why = timedOut ? "the L1 did not finish in time and was stopped"
+            : "the L1 ended without reporting a status (QEMU exited with \(qemuStatus))"
+        return "\(why); the end of its console:\n\(tail)"
+    }
+}
+
+/// The L1's serial ports, in ttyS order.
+public enum LabSerialPorts {
+    public struct Port: Sendable {
+        public let chardev: String
+        public let base: Int
+        public let irq: Int
+    }
+
+    public static let all = [
+        Port(chardev: "out", base: 0x3F8, irq: 4),      // ttyS0: the command's standard output (and the shell)
+        Port(chardev: "console", base: 0x2F8, irq: 3),  // ttyS1: the L1 kernel's console
+        Port(chardev: "err", base: 0x3E8, irq: 5),      // ttyS2: the command's standard error
+        Port(chardev: "status", base: 0x2E8, irq: 7),   // ttyS3: "ready" and "status N" lines
+    ]
+}
+
+/// One L1 machine under QEMU.
+public struct LabMachine {
+    public var kernel: LabKernel
+    public var accelerator: LabAccelerator
+    public var cpuModel: String
+    public var cpus: Int = 1
+    public var memoryMiB: Int = 2048
+    public var kernelArguments: String = ""
+    public var timeoutSeconds: Double = 900
+    /// Extra arguments for QEMU (e.g. `-icount`), appended last.
+    public var qemuArguments: [String] = []
+    public var qemuBinary = "qemu-system-x86_64"
+
+    public init(kernel: LabKernel, accelerator: LabAccelerator, cpuModel: String? = nil) {
+        self.kernel = kernel
+        self.accelerator = accelerator
+        self.cpuModel = cpuModel ?? (accelerator == .kvm ? "host" : "max")
+    }
+
+    /// QEMU's version line ("QEMU 7.2.22"), or a note that it is missing.
+    public func qemuVersion() -> String {
+        guard let result = try? HostProcess.output([qemuBinary, "--version"]), result.status == 0,
+              let line = result.output.split(separator: "\n").first else { return "QEMU (version unknown)" }
+        let words = line.split(separator: " ")
+        if let index = words.firstIndex(of: "version"), index + 1 < words.count { return "QEMU \(words[index + 1])" }
+        return String(line)
+    }
+
+    /// QEMU's command line for an initramfs at `initrd`, with the serial ports
+    /// wired as `LabInitramfs` expects; console and status go to files in `directory`.
+    public func arguments(initrd: String, directory: String, interactive: Bool) -> [String] {
+        let acceleratorOption = accelerator == .kvm ? "kvm" : "tcg,thread=single"
+        var arguments = [
+            qemuBinary, "-M", "pc", "-accel", acceleratorOption, "-cpu", cpuModel, "-smp", String(cpus), "-m", String(memoryMiB),
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-kernel", kernel.bzImage, "-initrd", initrd,
+            "-append", "console=ttyS1 panic=-1 quiet loglevel=4 8250.nr_uarts=4" + (kernelArguments.isEmpty ? "" : " " + kernelArguments),
+            "-chardev", "stdio,id=out,signal=\(interactive ? "off" : "on")",
+            "-chardev", "file,id=console,path=\(directory)/console.log",
+            "-chardev", "file,id=err,path=/proc/self/fd/2,append=on",
+            "-chardev", "file,id=status,path=\(directory)/status",
+        ]
+        // Four 16550s, each on its own IRQ: the PC's COM3 and COM4 share IRQs 4
+        // and 3 with COM1 and COM2, and shared edge-triggered ISA lines lose
+        // interrupts. QEMU describes each port in its DSDT, so the guest uses these IRQs.
+        for (index, port) in LabSerialPorts.all.enumerated() {
+            arguments += ["-device", "isa-serial,chardev=\(port.chardev),index=\(index),iobase=0x\(String(port.base, radix: 16)),irq=\(port.irq)"]
+        }
+        return arguments + qemuArguments
+    }
+
+    /// Boots the L1 with `initramfs`, runs its command, and waits for the end.
+    /// The command's standard output goes to `stdout`, its standard error to `stderr`.
+    /// `onReady` is called (from this thread, while polling) when the L1 is ready.
+    public func run(_ initramfs: LabInitramfs, stdout: HostProcess.Stream = .inherit, stderr: HostProcess.Stream = .inherit,
+                    onReady: (Double) -> Void = { _ in }) throws -> LabRunResult {
+        let work = try TemporaryDirectory(prefix: "kestrel-lab")
+        let initrd = work.path + "/l1.cpio"
+        try writeFileAtomically(try initramfs.build(), to: initrd)
+        let interactive = initramfs.command == .interactiveShell
+        let start = ContinuousClock.now
+        let process = try HostProcess.start(arguments(initrd: initrd, directory: work.path, interactive: interactive),
+                                            stdin: interactive ? .inherit : .null, stdout: stdout, stderr: stderr)
+        var readySeconds: Double?
+        var kvmModule = "none"
+        var timedOut = false
+        var qemuStatus: Int32?
+        let deadline = start + .milliseconds(Int(timeoutSeconds * 1000))
+        while qemuStatus == nil {
+            qemuStatus = process.poll()
+            if qemuStatus != nil { break }
+            if readySeconds == nil, let line = Self.statusLines(work.path).first(where: { $0.hasPrefix("ready ") }) {
+                readySeconds = Self.seconds(ContinuousClock.now - start)
+                kvmModule = line.split(separator: " ").dropFirst(2).first.map(String.init) ?? "none"
+                onReady(readySeconds!)
+            }
+            if ContinuousClock.now > deadline && !interactive {
+                timedOut = true
+                process.signal(SIGTERM)
+                usleep(500_000)
+                if process.poll() == nil { process.signal(SIGKILL) }
+                qemuStatus = process.wait()
+                break
+            }
+            usleep(20_000)
+        }
+        let total = Self.seconds(ContinuousClock.now - start)
+        let lines = Self.statusLines(work.path)
+        if readySeconds == nil, let line = lines.first(where: { $0.hasPrefix("ready ") }) {
+            kvmModule = line.split(separator: " ").dropFirst(2).first.map(String.init) ?? "none"
+        }
+        let status = lines.last(where: { $0.hasPrefix("status ") }).flatMap { Int32($0.dropFirst(7)) }
+        let host = LabHostDescription(kernelName: kernel.name, kernelRelease: kernel.release, qemuVersion: qemuVersion(),
+                                      accelerator: accelerator.rawValue, cpuModel: cpuModel, kvmModule: kvmModule)
+        return LabRunResult(status: status, host: host, readySeconds: readySeconds, totalSeconds: total, timedOut: timedOut,
+                            console: (try? readText(work.path + "/console.log")) ?? "", qemuStatus: qemuStatus ?? -1)
+    }
+
+    static func statusLines(_ directory: String) -> [String] {
+        // Lines may end in "\r\n", which Swift treats as one Character: split on scalars.
+        ((try? readText(directory + "/status")) ?? "").unicodeScalars.split(whereSeparator: { $0 == "\n" || $0 == "\r" })
+            .map { String(String.UnicodeScalarView($0)) }
+    }
+
+    public static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+}
