@@ -44,6 +44,9 @@ public struct HostReport: Codable, Sendable {
     public var sevDevicePresent: Bool = false
     /// KVM_X86_GRP_SEV / KVM_X86_SEV_SNP_REQ_CERTS on /dev/kvm.
     public var snpCertificateRequests: Bool = false
+    /// How this KVM runs guest code (measured), or why it could not be measured.
+    public var guestExecution: GuestExecutionProbe?
+    public var guestExecutionError: String?
 
     static let reportedCapabilities: [Capability] = [
         .userMemory2, .guestMemfd, .guestMemfdFlags, .memoryAttributes, .memoryFaultInfo, .preFaultMemory,
@@ -84,6 +87,11 @@ public struct HostReport: Codable, Sendable {
             MSRValue(name: $0.name, index: "0x" + String($0.index, radix: 16), inSaveRestoreList: saved.contains($0.index))
         }
         report.snpCertificateRequests = (try? kvm.hasDeviceAttribute(group: 1, attribute: 2)) ?? false
+        do {
+            report.guestExecution = try GuestExecutionProbe.measure(kvm: kvm)
+        } catch {
+            report.guestExecutionError = "\(error)"
+        }
         return report
     }
 
@@ -95,6 +103,7 @@ public struct HostReport: Codable, Sendable {
             ("KVM device", devicePath + (unavailableReason.map { " (unavailable: \($0))" } ?? "")),
         ]
         if unavailableReason == nil {
+            rows.append(("guest code", guestExecution?.summary ?? "not measured: \(guestExecutionError ?? "unknown")"))
             rows.append(("API version", apiVersion.map(String.init) ?? "?"))
             rows.append(("VM types", vmTypes.joined(separator: ", ")))
             for entry in guestMemfd {

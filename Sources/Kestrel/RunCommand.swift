@@ -15,7 +15,8 @@ struct RunCommand: ParsableCommand {
             The guest's COM1 is this terminal (raw mode when stdin is a terminal; Ctrl-C stops the guest). \
             The run ends with a one-line diagnosis on stderr and an exit code: the guest's status from the \
             exit device (busybox devmem 0xd0000000 8 N), 0 for power-off, 65 reset, 66 triple fault, \
-            67 KVM internal error, 68 failed entry, 69 other vCPU failure, 128+N for signal N, 2 for a \
+            67 KVM internal error, 68 failed entry, 69 other vCPU failure, 70 guest kernel panic (seen on the \
+            console), 128+N for signal N, 2 for a \
             refused configuration. CPU templates: \(CPUTemplate.all.map { "\($0.name) (\($0.summary))" }.joined(separator: "; ")).
             """)
 

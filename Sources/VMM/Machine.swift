@@ -16,6 +16,8 @@ public final class Machine {
     public let plan: LinuxBootSummary
     public let memory = GuestAddressSpace()
     public private(set) var serial: Serial16550!
+    /// Watches COM1 for the guest kernel's panic line.
+    public let panicWatcher = GuestPanicWatcher()
     public let kvm: KVMSystem
     public let virtualMachine: VirtualMachine
     public private(set) var vcpus: [VCPU] = []
@@ -62,7 +64,11 @@ public final class Machine {
         try bootPlan.write(into: memory)
 
         let vm = virtualMachine
-        serial = Serial16550(output: console) {
+        let watcher = panicWatcher
+        serial = Serial16550(output: { byte in
+            console(byte)
+            watcher.consume(byte)
+        }) {
             // An edge on IRQ 4.
             try? vm.setInterruptLine(Serial16550.com1Interrupt, active: true)
             try? vm.setInterruptLine(Serial16550.com1Interrupt, active: false)
@@ -121,7 +127,11 @@ public final class Machine {
             }
         }
         for thread in started { thread.join() }
-        return lock.withLock { _ in outcome ?? .vcpuFailure(vcpu: 0, detail: "every vCPU stopped without a reason") }
+        let ending = lock.withLock { _ in outcome ?? .vcpuFailure(vcpu: 0, detail: "every vCPU stopped without a reason") }
+        switch ending {
+        case .guestExit, .poweredOff: return ending
+        default: return panicWatcher.panicMessage.map { .guestPanic(message: $0, then: ending) } ?? ending
+        }
     }
 
     /// Ends the run with `reason` (the first reason wins) and kicks every vCPU out of KVM_RUN.

@@ -18,9 +18,11 @@ public enum RunOutcome: Equatable, Sendable {
     case vcpuFailure(vcpu: Int, detail: String)
     /// Stopped by a signal (Ctrl-C, SIGTERM).
     case stopped(signal: Int32)
+    /// The guest kernel panicked (its console said so); `then` is how the run ended after it.
+    indirect case guestPanic(message: String, then: RunOutcome)
 
     /// Exit codes: the guest's own status, 0 for power-off, and distinct codes
-    /// above 64 for the rest (signals as 128 + N).
+    /// above 64 for the rest (70 for a guest kernel panic, signals as 128 + N).
     public var exitCode: Int32 {
         switch self {
         case .guestExit(let status): return Int32(status)
@@ -31,6 +33,7 @@ public enum RunOutcome: Equatable, Sendable {
         case .failedEntry: return 68
         case .vcpuFailure: return 69
         case .stopped(let signal): return 128 + signal
+        case .guestPanic: return 70
         }
     }
 
@@ -45,6 +48,7 @@ public enum RunOutcome: Equatable, Sendable {
         case .failedEntry(let vcpu, let detail): return "vCPU \(vcpu): \(detail)"
         case .vcpuFailure(let vcpu, let detail): return "vCPU \(vcpu): \(detail)"
         case .stopped(let signal): return "stopped by signal \(signal) (\(signal == 2 ? "SIGINT" : signal == 15 ? "SIGTERM" : "signal"))"
+        case .guestPanic(let message, let then): return "guest kernel panic: \(message); then \(then.diagnosis)"
         }
     }
 }

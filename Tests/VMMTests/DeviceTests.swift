@@ -220,3 +220,27 @@ final class Recorder: @unchecked Sendable {
         #expect(JSONValue.bool(true).wholeNumber == nil)
     }
 }
+
+@Suite struct GuestPanicWatcherTests {
+    @Test func thePanicLineIsKeptFromTheMarkerOn() {
+        let watcher = GuestPanicWatcher()
+        for byte in Array("[    1.0] ok\r\n[    2.5] Kernel panic - not syncing: sysrq triggered crash\r\n[    2.6] ---[ end ]---\n".utf8) {
+            watcher.consume(byte)
+        }
+        #expect(watcher.panicMessage == "Kernel panic - not syncing: sysrq triggered crash")
+    }
+
+    @Test func noPanicWithoutTheMarkerAndAnUnfinishedLineDoesNotCount() {
+        let watcher = GuestPanicWatcher()
+        for byte in Array("Kernel panic - not syncing: half a line".utf8) { watcher.consume(byte) }
+        #expect(watcher.panicMessage == nil)
+        for byte in Array("\nKernel oops\n".utf8) { watcher.consume(byte) }
+        #expect(watcher.panicMessage == "Kernel panic - not syncing: half a line")
+    }
+
+    @Test func aPanicOutcomeKeepsHowTheRunEnded() {
+        let outcome = RunOutcome.guestPanic(message: "Kernel panic - not syncing: x", then: .reset(source: "i8042 reset command"))
+        #expect(outcome.exitCode == 70)
+        #expect(outcome.diagnosis == "guest kernel panic: Kernel panic - not syncing: x; then guest reset (i8042 reset command)")
+    }
+}

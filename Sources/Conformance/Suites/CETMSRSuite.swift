@@ -198,7 +198,15 @@ public enum CETMSRSuite {
         let vm = try context.kvm.createVirtualMachine()
         let vcpu = try vm.createVCPU()
         try vcpu.setCPUID(context.host.supportedCPUID)
-        let listed = try vcpu.registerList().contains(.guestSSP)
+        let registers: [OneRegisterID]
+        do {
+            registers = try vcpu.registerList()
+        } catch let error as KVMError where error.errno == .invalidArgument && context.host.capability(.oneRegister) == 0 {
+            // x86 KVM gained KVM_GET_REG_LIST and ONE_REG with the CET series
+            // (Linux 6.18); before that the ioctl is unknown on x86 vCPUs.
+            try context.skip("this KVM has no KVM_GET_REG_LIST for x86 (\(error); KVM_CAP_ONE_REG is 0)")
+        }
+        let listed = registers.contains(.guestSSP)
         try context.expectEqual(listed, shadowStack, "GUEST_SSP in KVM_GET_REG_LIST (host SHSTK: \(shadowStack))")
         if shadowStack {
             try vcpu.setOneRegister(.guestSSP, canonicalValue)
