@@ -43,7 +43,7 @@ struct LabCheckMatrix {
             let path = output.path + "/check.json"
             let machine = options.machine(for: kernel)
             let image = try options.initramfs(kernel: kernel, command: .script((["kestrel"] + checkWords).map(shellQuoted).joined(separator: " ")))
-            let result = try machine.run(image, stdout: .file(path), stderr: .null)
+            let result = try machine.run(image, stdout: .file(path), stderr: nil)
             let seconds = LabMachine.seconds(ContinuousClock.now - start)
             let title = kernel.name
             guard result.status != nil else {

@@ -115,7 +115,7 @@ public struct LabMachine {
             "-append", "console=ttyS1 panic=-1 quiet loglevel=4 8250.nr_uarts=4" + (kernelArguments.isEmpty ? "" : " " + kernelArguments),
             "-chardev", "stdio,id=out,signal=\(interactive ? "off" : "on")",
             "-chardev", "file,id=console,path=\(directory)/console.log",
-            "-chardev", "file,id=err,path=/proc/self/fd/2,append=on",
+            "-chardev", "file,id=err,path=\(directory)/errors",
             "-chardev", "file,id=status,path=\(directory)/status",
         ]
         // Four 16550s, each on its own IRQ: the PC's COM3 and COM4 share IRQs 4
@@ -128,9 +128,11 @@ public struct LabMachine {
     }
 
     /// Boots the L1 with `initramfs`, runs its command, and waits for the end.
-    /// The command's standard output goes to `stdout`, its standard error to `stderr`.
-    /// `onReady` is called (from this thread, while polling) when the L1 is ready.
-    public func run(_ initramfs: LabInitramfs, stdout: HostProcess.Stream = .inherit, stderr: HostProcess.Stream = .inherit,
+    /// The command's standard output goes to `stdout` (QEMU's standard output);
+    /// its standard error is copied to the descriptor `stderr` while the L1 runs
+    /// (nil drops it). `onReady` is called (from this thread, while polling)
+    /// when the L1 is ready.
+    public func run(_ initramfs: LabInitramfs, stdout: HostProcess.Stream = .inherit, stderr: Int32? = 2,
                     onReady: (Double) -> Void = { _ in }) throws -> LabRunResult {
         let work = try TemporaryDirectory(prefix: "kestrel-lab")
         let initrd = work.path + "/l1.cpio"
@@ -138,21 +140,25 @@ public struct LabMachine {
         let interactive = initramfs.command == .interactiveShell
         let start = ContinuousClock.now
         let process = try HostProcess.start(arguments(initrd: initrd, directory: work.path, interactive: interactive),
-                                            stdin: interactive ? .inherit : .null, stdout: stdout, stderr: stderr)
+                                            stdin: interactive ? .inherit : .null, stdout: stdout)
+        // The L1 writes the command's standard error to a file; copying it from
+        // there keeps this process's own writes to the same destination in order.
+        var errors = FileFollower(path: work.path + "/errors", destination: stderr)
         var readySeconds: Double?
         var kvmModule = "none"
         var timedOut = false
         var qemuStatus: Int32?
-        let deadline = start + .milliseconds(Int(timeoutSeconds * 1000))
+        let deadline = timeoutSeconds.isFinite ? start + .milliseconds(Int(min(timeoutSeconds, 1e9) * 1000)) : nil
         while qemuStatus == nil {
             qemuStatus = process.poll()
+            errors.forward()
             if qemuStatus != nil { break }
             if readySeconds == nil, let line = Self.statusLines(work.path).first(where: { $0.hasPrefix("ready ") }) {
                 readySeconds = Self.seconds(ContinuousClock.now - start)
                 kvmModule = line.split(separator: " ").dropFirst(2).first.map(String.init) ?? "none"
                 onReady(readySeconds!)
             }
-            if ContinuousClock.now > deadline && !interactive {
+            if let deadline, ContinuousClock.now > deadline {
                 timedOut = true
                 process.signal(SIGTERM)
                 usleep(500_000)
@@ -162,6 +168,7 @@ public struct LabMachine {
             }
             usleep(20_000)
         }
+        errors.forward()
         let total = Self.seconds(ContinuousClock.now - start)
         let lines = Self.statusLines(work.path)
         if readySeconds == nil, let line = lines.first(where: { $0.hasPrefix("ready ") }) {
@@ -182,5 +189,32 @@ public struct LabMachine {
 
     public static func seconds(_ duration: Duration) -> Double {
         Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+}
+
+/// Copies what is appended to a file to a descriptor, from where it last stopped.
+struct FileFollower {
+    let path: String
+    let destination: Int32?
+    var offset: Int = 0
+
+    mutating func forward() {
+        guard let destination else { return }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = pread(fd, &buffer, buffer.count, off_t(offset))
+            guard count > 0 else { return }
+            var written = 0
+            while written < count {
+                let result = buffer[written..<count].withUnsafeBytes { write(destination, $0.baseAddress, $0.count) }
+                if result < 0 && errno == EINTR { continue }
+                guard result > 0 else { return }
+                written += result
+            }
+            offset += count
+        }
     }
 }

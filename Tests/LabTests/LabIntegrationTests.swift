@@ -47,7 +47,9 @@ import Testing
             }
             usleep(50_000)
         }
-        return Run(status: status!, output: (try? readText(directory.path + "/out")) ?? "", errors: (try? readText(directory.path + "/err")) ?? "",
+        // Guest consoles end lines in "\r\n", which Swift compares as one Character.
+        func text(_ name: String) -> String { ((try? readText(directory.path + "/" + name)) ?? "").replacing("\r\n", with: "\n") }
+        return Run(status: status!, output: text("out"), errors: text("err"),
                    seconds: LabMachine.seconds(ContinuousClock.now - start))
     }
 
