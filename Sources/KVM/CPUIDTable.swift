@@ -5,6 +5,9 @@ import SystemPackage
 public typealias CPUIDEntry = ckvm_cpuid_entry2
 
 extension CPUIDEntry {
+    /// Every field zero: an unused slot of a kvm_cpuid2 buffer.
+    var isAllZero: Bool { function == 0 && index == 0 && flags == 0 && eax == 0 && ebx == 0 && ecx == 0 && edx == 0 }
+
     /// KVM_CPUID_FLAG_SIGNIFCANT_INDEX: the entry applies to one sub-leaf only.
     public static let significantIndexFlag: UInt32 = 1 << 0
 
@@ -71,9 +74,14 @@ public struct CPUIDTable: Sendable {
         var capacity = 128
         while true {
             do {
-                let (_, entries) = try withBuffer(capacity: capacity, entries: []) {
+                var (_, entries) = try withBuffer(capacity: capacity, entries: []) {
                     try SystemCall.ioctl(fileDescriptor, request, $0)
                 }
+                // KVM_GET_CPUID2 in older kernels (seen on 6.1) writes nent back only
+                // on E2BIG, so on success it still holds the buffer's capacity. The
+                // buffer starts zeroed and no real entry is all zero (leaf 0 names
+                // the highest leaf), so trailing all-zero entries are unused room.
+                while let last = entries.last, last.isAllZero { entries.removeLast() }
                 return CPUIDTable(entries: entries)
             } catch let error as KVMError where error.errno == .argListTooLong && capacity < 65536 {
                 capacity *= 2

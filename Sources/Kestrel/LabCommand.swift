@@ -34,7 +34,9 @@ struct LabMachineOptions: ParsableArguments {
     @Option(help: "QEMU accelerator: kvm or tcg (default: kvm when nested virtualization is available, else tcg).")
     var accel: LabAccelerator?
     @Option(name: .customLong("cpu-model"), help: "QEMU CPU model (default: max under TCG, host under KVM).") var cpuModel: String?
-    @Option(help: "L1 vCPUs. TCG runs single-threaded whatever the count.") var cpus: Int = 1
+    @Option(help: "L1 vCPUs.") var cpus: Int = 1
+    @Flag(name: .customLong("multi-threaded-tcg"), help: "One TCG thread per vCPU (default: one for all; multi-threaded TCG once oopsed an L1).")
+    var multiThreadedTCG = false
     @Option(help: "L1 memory in MiB.") var memory: Int = 2048
     @Option(help: "Stop the L1 after this many seconds.") var timeout: Double = 900
     @Option(name: .customLong("add"), help: "Put a host file into the L1: HOST[:GUEST] (default guest path /lab/NAME). Repeatable.")
@@ -72,6 +74,7 @@ struct LabMachineOptions: ParsableArguments {
         machine.cpus = cpus
         machine.memoryMiB = memory
         machine.timeoutSeconds = timeout
+        machine.multiThreadedTCG = multiThreadedTCG
         return machine
     }
 
@@ -106,6 +109,7 @@ struct LabMachineOptions: ParsableArguments {
             printError("lab: L1 console:\n" + result.console)
         }
         if let diagnosis = result.failureDiagnosis { printError("lab: \(diagnosis)") }
+        for line in LabHostDescription.kernelProblems(in: result.console).prefix(5) { printError("lab: L1 kernel: \(line)") }
         return result
     }
 }

@@ -108,3 +108,35 @@ func craftedModule(modinfo: [String]) -> [UInt8] {
         #expect(shellQuoted("") == "''")
     }
 }
+
+@Suite struct LabMatrixTests {
+    static func document(_ verdicts: [(String, String)]) -> String {
+        let results = verdicts.map { #"{"id": "\#($0.0)", "suite": "s", "outcome": "\#($0.1)", "detail": "why \#($0.0)", "seconds": 0.1, "log": []}"# }
+        return "progress line\n{\n\"metadata\": {\"kestrel\": \"0.1.0\"}, \"results\": [\(results.joined(separator: ","))],\n"
+            + #""totals": {"passed": 1, "failed": 1, "skipped": 0, "seconds": 0.2}}"#
+    }
+
+    @Test func theDocumentIsFoundAfterOtherOutput() throws {
+        let parsed = try CheckDocument.parse(Self.document([("a", "pass"), ("b", "fail")]))
+        #expect(parsed.results.map(\.id) == ["a", "b"])
+        #expect(parsed.totals.failed == 1)
+        #expect(throws: LabError.self) { try CheckDocument.parse("no json here") }
+    }
+
+    @Test func rowsWhoseVerdictDependsOnTheHostAreMarked() throws {
+        let local = MatrixColumn(title: "local", host: "this machine", document: try CheckDocument.parse(Self.document([("a", "pass"), ("b", "fail")])))
+        let l1 = MatrixColumn(title: "7.2", host: "L1 7.2", document: try CheckDocument.parse(Self.document([("a", "pass"), ("b", "pass"), ("c", "skip")])))
+        let broken = MatrixColumn(title: "6.1", host: "L1 6.1", document: nil, error: "the L1 ended without reporting a status")
+        let matrix = LabMatrix(columns: [local, l1, broken])
+        #expect(matrix.testIDs == ["a", "b", "c"])
+        #expect(!matrix.differs("a"))
+        #expect(matrix.differs("b"))
+        #expect(!matrix.differs("c"))  // only one host has it
+        let text = matrix.render()
+        #expect(text.contains("≠ b "))
+        #expect(text.contains("  a "))
+        #expect(text.contains("no result: the L1 ended without reporting a status"))
+        #expect(text.contains("b on local: FAIL: why b"))
+        #expect(text.contains("3 tests on 3 hosts; 1 verdicts depend on the host"))
+    }
+}
