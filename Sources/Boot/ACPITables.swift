@@ -84,7 +84,7 @@ public enum ACPITables {
         var body = [UInt8](repeating: 0, count: 276 - 36)
         func put(_ bytes: [UInt8], at offset: Int) { body.replaceSubrange((offset - 36)..<(offset - 36 + bytes.count), with: bytes) }
         put(littleEndian(UInt32(truncatingIfNeeded: dsdtAddress)), at: 40)  // DSDT
-        put(littleEndian(UInt16(0x0006)), at: 109)                          // IAPC_BOOT_ARCH: 8042 present, no VGA
+        put(littleEndian(UInt16(0x0026)), at: 109)                          // IAPC_BOOT_ARCH: 8042 present, no VGA, no CMOS RTC
         put(littleEndian(UInt32(1 << 20 | 1 << 4 | 1 << 5)), at: 112)       // HW_REDUCED_ACPI, PWR_BUTTON and SLP_BUTTON absent
         body[131 - 36] = 5                                                  // FADT minor version (6.5)
         put(littleEndian(dsdtAddress), at: 140)                             // X_DSDT
