@@ -58,12 +58,15 @@ struct RunCommand: ParsableCommand {
             printError("kestrel: \(machine.plan.kind), entry \(machine.plan.entry), kernel 0x\(String(machine.plan.kernelRange.lowerBound, radix: 16))-0x\(String(machine.plan.kernelRange.upperBound, radix: 16))"
                 + (machine.plan.decompressionSeconds > 0 ? ", host decompression \(machine.plan.decompressionSeconds.text(places: 3)) s" : ""))
             for entry in machine.plan.e820 { printError("kestrel: e820 \(entry)") }
+            printError("kestrel: set-up " + machine.setupSteps.map { "\($0.step) \(SecondsText.text($0.duration)) s" }.joined(separator: ", "))
         }
         let terminal = TerminalSession(serial: machine.serial)
         let signals = SignalStopper { machine.finish(.stopped(signal: $0)) }
         // Loading, decompression and table building are done: their code need
         // not stay resident for the life of the guest.
+        let releaseStart = ContinuousClock.now
         let releasedAtStart = ProcessMemory.releaseReadOnlyFilePages()
+        if verbose { printError("kestrel: released start-up pages in \(SecondsText.text(ContinuousClock.now - releaseStart)) s") }
         let outcome = machine.run()
         console.flush()
         terminal.restore()
@@ -157,5 +160,12 @@ final class SignalStopper {
             source.resume()
             sources.append(source)
         }
+    }
+}
+
+/// Seconds with three decimals, for timing lines.
+enum SecondsText {
+    static func text(_ duration: Duration) -> String {
+        (Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18).text(places: 3)
     }
 }
