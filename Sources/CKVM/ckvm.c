@@ -12,6 +12,8 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 int ckvm_fallocate(int fd, int mode, long offset, long length) {
     return fallocate(fd, mode, (off_t)offset, (off_t)length);
@@ -127,4 +129,18 @@ long ckvm_guarded_fill(void *address, uint8_t value, size_t length) {
 
 long ckvm_guarded_read(const void *address, void *destination, size_t length) {
     return ckvm_guarded((volatile uint8_t *)address, length, read_body, destination);
+}
+
+long ckvm_mbind(void *address, unsigned long length, int mode, const unsigned long *nodemask,
+                unsigned long maxnode, unsigned int flags) {
+    return syscall(SYS_mbind, address, length, mode, nodemask, maxnode, flags);
+}
+
+long ckvm_get_mempolicy(int *mode, unsigned long *nodemask, unsigned long maxnode, void *address,
+                        unsigned long flags) {
+    return syscall(SYS_get_mempolicy, mode, nodemask, maxnode, address, flags);
+}
+
+long ckvm_move_pages(int pid, unsigned long count, void **pages, const int *nodes, int *status, int flags) {
+    return syscall(SYS_move_pages, pid, count, pages, nodes, status, flags);
 }

@@ -38,6 +38,8 @@ struct LabMachineOptions: ParsableArguments {
     @Flag(name: .customLong("multi-threaded-tcg"), help: "One TCG thread per vCPU (default: one for all; multi-threaded TCG once oopsed an L1).")
     var multiThreadedTCG = false
     @Option(help: "L1 memory in MiB.") var memory: Int = 2048
+    @Option(name: .customLong("numa-nodes"), help: "NUMA nodes of the L1 (memory split evenly), for the guest_memfd NUMA tests.")
+    var numaNodes: Int = 1
     @Option(help: "Stop the L1 after this many seconds.") var timeout: Double = 900
     @Option(name: .customLong("add"), help: "Put a host file into the L1: HOST[:GUEST] (default guest path /lab/NAME). Repeatable.")
     var files: [String] = []
@@ -53,6 +55,9 @@ struct LabMachineOptions: ParsableArguments {
         if cpus < 1 || cpus > 64 { throw ValidationError("--cpus must be between 1 and 64") }
         if memory < 256 { throw ValidationError("--memory is in MiB and must be at least 256") }
         if timeout <= 0 { throw ValidationError("--timeout must be positive") }
+        if numaNodes < 1 || numaNodes > 8 || memory % numaNodes != 0 || memory / numaNodes < 128 {
+            throw ValidationError("--numa-nodes must be 1 to 8 and divide --memory into parts of at least 128 MiB")
+        }
     }
 
     /// The kernel, fetched or prepared.
@@ -75,6 +80,7 @@ struct LabMachineOptions: ParsableArguments {
         machine.memoryMiB = memory
         machine.timeoutSeconds = timeout
         machine.multiThreadedTCG = multiThreadedTCG
+        machine.numaNodes = numaNodes
         return machine
     }
 

@@ -99,6 +99,8 @@ public struct LabMachine {
     /// Multi-threaded TCG with 2 vCPUs once oopsed a 7.2 L1 on an int3 during
     /// kernel text patching; scripts/lab-stability.py measures both.
     public var multiThreadedTCG = false
+    /// NUMA nodes of the L1, memory split evenly (1: no NUMA topology).
+    public var numaNodes = 1
 
     public init(kernel: LabKernel, accelerator: LabAccelerator, cpuModel: String? = nil) {
         self.kernel = kernel
@@ -134,6 +136,12 @@ public struct LabMachine {
         // interrupts. QEMU describes each port in its DSDT, so the guest uses these IRQs.
         for (index, port) in LabSerialPorts.all.enumerated() {
             arguments += ["-device", "isa-serial,chardev=\(port.chardev),index=\(index),iobase=0x\(String(port.base, radix: 16)),irq=\(port.irq)"]
+        }
+        if numaNodes > 1 {
+            for node in 0..<numaNodes {
+                arguments += ["-object", "memory-backend-ram,id=node\(node),size=\(memoryMiB / numaNodes)M",
+                              "-numa", "node,nodeid=\(node),memdev=node\(node)"]
+            }
         }
         return arguments + qemuArguments
     }

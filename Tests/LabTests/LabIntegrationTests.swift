@@ -160,6 +160,14 @@ import Testing
         try waitFor("lab-shell-exit=0", seconds: 120)
     }
 
+    /// The guest_memfd NUMA cases need two nodes: an L1 with two runs them.
+    @Test func guestMemfdNUMACasesRunOnATwoNodeL1() throws {
+        let run = try Self.run(["lab", "check", "--kernel", "7.2", "--numa-nodes", "2", "-f", "mbind", "-f", "numa_allocation"], timeout: 600)
+        print(run.output)
+        #expect(run.status == 0, "\(run.output)\n\(run.errors.suffix(2000))")
+        #expect(run.output.contains("3 passed, 0 failed, 0 skipped"), "\(run.output)")
+    }
+
     /// The four lab kernels and this machine's /dev/kvm in one matrix.
     @Test func theMatrixCoversEveryKernelAndThisMachine() throws {
         let run = try Self.run(["lab", "check", "--kernels", "6.1,6.12,6.18,7.2"], timeout: 1800)

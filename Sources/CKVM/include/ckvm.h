@@ -434,3 +434,12 @@ long ckvm_guarded_fill(void *address, uint8_t value, size_t length);
 long ckvm_guarded_read(const void *address, void *destination, size_t length);
 
 #endif /* CKVM_H */
+
+/* mbind(2), get_mempolicy(2) and move_pages(2): glibc has no wrappers (libnuma
+   does), and Swift cannot call the variadic syscall(2). Each returns the
+   syscall's result, -1 with errno set on failure. */
+long ckvm_mbind(void *address, unsigned long length, int mode, const unsigned long *nodemask,
+                unsigned long maxnode, unsigned int flags);
+long ckvm_get_mempolicy(int *mode, unsigned long *nodemask, unsigned long maxnode, void *address,
+                        unsigned long flags);
+long ckvm_move_pages(int pid, unsigned long count, void **pages, const int *nodes, int *status, int flags);

@@ -48,11 +48,13 @@ public enum GuestMemfdSuite {
                         ("mmap_supported", "MAP_SHARED mapping reads and writes; a punched page reads back zero", mmapSupported),
                         ("fault_overflow", "access beyond the file size raises SIGBUS", faultOverflow),
                         ("collapse", "MADV_COLLAPSE fails with EINVAL; refaulting after DONTNEED works", collapse),
+                        ("numa_allocation", "pages are allocated on the node mbind names (move_pages), also after a punch", numaAllocation),
                     ]
                 } else {
                     cases.append(("fault_private", "every access to a page that is not shared raises SIGBUS", faultPrivate))
                 }
                 cases.append(("mmap_cow", "MAP_PRIVATE mapping is refused", mmapCopyOnWrite))
+                cases.append(("mbind", "mbind policies (interleave, bind, default) read back with get_mempolicy; mode 999 fails with EINVAL", mbind))
             } else {
                 cases.append(("mmap_not_supported", "mmap is refused without GUEST_MEMFD_FLAG_MMAP", mmapNotSupported))
             }
@@ -69,6 +71,11 @@ public enum GuestMemfdSuite {
                 })
             }
         }
+        tests.append(ConformanceTest(
+            suite: name, name: "\(type.shortName).invalid_binding",
+            summary: "KVM_SET_USER_MEMORY_REGION2 refuses foreign fds, other VMs' guest_memfds, unaligned or out-of-range offsets, LOG_DIRTY/READONLY, a range bound twice (EINVAL), a closed fd (EBADF) and overlapping slots (EEXIST)",
+            requires: base + [.capability(.userMemory2)]
+        ) { context in try invalidBinding(context, type: type) })
         let shared: GuestMemfdFlags = [.mmap, .initShared]
         tests.append(ConformanceTest(
             suite: name, name: "\(type.shortName).guest_access",
