@@ -36,7 +36,7 @@ public struct LabHostDescription: Codable, Equatable, Sendable {
 
     /// Kernel oops, BUG and WARNING lines in an L1 console.
     public static func kernelProblems(in console: String) -> [String] {
-        console.split(separator: "\n").map(String.init).filter {
+        consoleLines(console).filter {
             $0.contains("Oops") || $0.contains("BUG:") || $0.contains("WARNING:") || $0.contains("Kernel panic")
         }
     }
@@ -60,7 +60,7 @@ public struct LabRunResult: Sendable {
     /// Why the run did not produce a status, for the user.
     public var failureDiagnosis: String? {
         if status != nil { return nil }
-        let tail = console.split(separator: "\n", omittingEmptySubsequences: false).suffix(25).joined(separator: "\n")
+        let tail = consoleLines(console).suffix(25).joined(separator: "\n")
         let why = timedOut ? "the L1 did not finish in time and was stopped"
             : "the L1 ended without reporting a status (QEMU exited with \(qemuStatus))"
         return "\(why); the end of its console:\n\(tail)"
@@ -201,9 +201,7 @@ public struct LabMachine {
     }
 
     static func statusLines(_ directory: String) -> [String] {
-        // Lines may end in "\r\n", which Swift treats as one Character: split on scalars.
-        ((try? readText(directory + "/status")) ?? "").unicodeScalars.split(whereSeparator: { $0 == "\n" || $0 == "\r" })
-            .map { String(String.UnicodeScalarView($0)) }
+        consoleLines((try? readText(directory + "/status")) ?? "")
     }
 
     public static func seconds(_ duration: Duration) -> Double {
@@ -236,4 +234,10 @@ struct FileFollower {
             offset += count
         }
     }
+}
+
+/// The non-empty lines of serial output. Lines end in "\r\n", which Swift
+/// treats as one Character, so the split is on Unicode scalars.
+public func consoleLines(_ text: String) -> [String] {
+    text.unicodeScalars.split(whereSeparator: { $0 == "\n" || $0 == "\r" }).map { String(String.UnicodeScalarView($0)) }
 }

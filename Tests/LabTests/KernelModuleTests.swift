@@ -140,3 +140,11 @@ func craftedModule(modinfo: [String]) -> [UInt8] {
         #expect(text.contains("3 tests on 3 hosts; 1 verdicts depend on the host"))
     }
 }
+
+@Suite struct ConsoleLineTests {
+    @Test func serialLinesSplitOnCarriageReturnLineFeed() {
+        let console = "[    0.1] one\r\n[    0.2] BUG: kernel NULL pointer dereference\r\n[    0.3] three\r\n"
+        #expect(consoleLines(console) == ["[    0.1] one", "[    0.2] BUG: kernel NULL pointer dereference", "[    0.3] three"])
+        #expect(LabHostDescription.kernelProblems(in: console) == ["[    0.2] BUG: kernel NULL pointer dereference"])
+    }
+}
