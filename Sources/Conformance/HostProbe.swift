@@ -32,6 +32,13 @@ public final class HostProbe {
         }
     }
 
+    /// The running kernel's release (uname -r), for reports.
+    public var kernelRelease: String {
+        var system = utsname()
+        uname(&system)
+        return withUnsafeBytes(of: system.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    }
+
     /// KVM_CHECK_EXTENSION on /dev/kvm (0 when unavailable).
     public func capability(_ capability: Capability) -> Int {
         if let value = capabilityCache[capability.rawValue] { return value }

@@ -41,6 +41,9 @@ struct CheckCommand: ParsableCommand {
     @Option(name: .long, help: "The KVM device to open.")
     var device = "/dev/kvm"
 
+    @Option(name: .customLong("label"), help: "Add KEY=VALUE to the JSON document's metadata (repeatable; `kestrel lab` records its host this way).")
+    var labels: [String] = []
+
     func validate() throws {
         if tap && json { throw ValidationError("--tap and --json cannot be combined") }
     }
@@ -65,7 +68,13 @@ struct CheckCommand: ParsableCommand {
         switch chosen {
         case .human: reporter = HumanReporter(verbose: verbose)
         case .tap: reporter = TAPReporter()
-        case .json: reporter = JSONReporter(metadata: ["kestrel": Kestrel.version, "device": device])
+        case .json:
+            var metadata = ["kestrel": Kestrel.version, "device": device, "kernel": host.kernelRelease]
+            for label in labels {
+                let parts = label.split(separator: "=", maxSplits: 1).map(String.init)
+                metadata[parts[0]] = parts.count > 1 ? parts[1] : ""
+            }
+            reporter = JSONReporter(metadata: metadata)
         }
         let summary = ConformanceRunner(host: host).run(tests, reporters: [reporter])
         if summary.failed > 0 { throw ExitCode(1) }

@@ -219,6 +219,12 @@ struct LabCheckCommand: ParsableCommand {
         if jobs < 1 { throw ValidationError("--jobs must be at least 1") }
     }
 
+    /// `--label` arguments recording the L1's host in the check's JSON document.
+    func hostLabels(_ machine: LabMachine) -> [String] {
+        ["lab.qemu=\(machine.qemuVersion())", "lab.accelerator=\(machine.accelerator.rawValue)", "lab.cpu_model=\(machine.cpuModel)",
+         "lab.kernel_series=\(machine.kernel.name)"].flatMap { ["--label", $0] }
+    }
+
     var checkArguments: [String] {
         (tap ? ["--tap"] : json ? ["--json"] : []) + filter.flatMap { ["-f", $0] }
     }
@@ -226,7 +232,7 @@ struct LabCheckCommand: ParsableCommand {
     func run() throws {
         guard let kernels else {
             let kernel = try options.resolveKernel()
-            let words = ["kestrel", "check"] + checkArguments
+            let words = ["kestrel", "check"] + checkArguments + (json ? hostLabels(options.machine(for: kernel)) : [])
             let result = try options.run(.script(words.map(shellQuoted).joined(separator: " ")), kernel: kernel)
             if !json { printError("lab: \(result.host.summary)") }
             throw ExitCode(result.status ?? 125)

@@ -90,6 +90,18 @@ func craftedModule(modinfo: [String]) -> [UInt8] {
         #expect(paths.allSatisfy { $0.contains("=/cache/apt/") })
     }
 
+    /// An archive that cannot be reached is an error naming the mirror and apt's message.
+    @Test func anUnreachableArchiveIsNamed() throws {
+        let directory = try TemporaryDirectory(prefix: "kestrel-apt")
+        try writeFileAtomically(Array("URIs: http://127.0.0.1:9/debian\n".utf8), to: directory.path + "/debian.sources")
+        let archive = try DebianArchive(root: directory.path + "/apt", sourcesFiles: [directory.path + "/debian.sources"])
+        #expect { try archive.update(progress: { _ in }) } throws: { error in
+            let text = "\(error)"
+            return text.contains("cannot reach the Debian archive at http://127.0.0.1:9/debian") && text.contains("127.0.0.1")
+        }
+        #expect(!fileExists(directory.path + "/apt/state/updated"))
+    }
+
     @Test func newerKernelPackagesSortLater() {
         let names = ["linux-image-6.12.9+deb12-cloud-amd64", "linux-image-6.12.107+deb13-cloud-amd64", "linux-image-6.12.95+deb12-cloud-amd64"]
         #expect(names.max(by: KernelFetcher.versionOrder) == "linux-image-6.12.107+deb13-cloud-amd64")

@@ -63,6 +63,18 @@ import Testing
         print("lab run on 7.2: \(run.seconds.text2) s; " + (run.errors.split(separator: "\n").first { $0.contains("ready in") } ?? ""))
     }
 
+    /// A user's own kernel: this machine's Debian cloud kernel and its modules tree.
+    @Test func aUsersKernelAndModulesTreeBoot() throws {
+        let images = directoryEntries("/boot").filter { $0.hasPrefix("vmlinuz-") && $0.hasSuffix("-cloud-amd64") }
+        let image = try #require(images.last, "no /boot/vmlinuz-*-cloud-amd64 (apt-get install linux-image-cloud-amd64)")
+        let release = String(image.dropFirst("vmlinuz-".count))
+        let run = try Self.run(["lab", "run", "--kernel-image", "/boot/" + image, "--modules", "/lib/modules/" + release, "--",
+                                "uname -r; lsmod"], timeout: 600)
+        #expect(run.status == 0, "\(run.errors.suffix(2000))")
+        #expect(run.output.hasPrefix(release + "\n"), "\(run.output)")
+        #expect(run.output.contains("kvm_amd") || run.output.contains("kvm_intel"), "\(run.output)")
+    }
+
     /// Linux userspace under `kestrel run`, inside an L1: console output, exit
     /// status through the exit device, power-off, 2 vCPUs online, reboot (65),
     /// a diagnosed panic (70) and SIGTERM (143), each from a real L2 boot.
