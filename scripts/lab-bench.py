@@ -147,10 +147,15 @@ def main():
         print("== kestrel lab check per kernel (wall time, one L1 at a time)")
         for kernel in KERNELS:
             seconds, result = timed([KESTREL, "lab", "check", "--kernel", kernel, "--json"])
-            totals = re.search(r'"passed" : (\d+).*?"skipped" : (\d+)', result.stdout, re.S)
-            print(f"{kernel}: {seconds:.1f} s" + (f" ({result.stdout.count(chr(10))} lines of JSON)" if totals else ""))
+            totals = re.search(r'"failed" : (\d+),\s*"passed" : (\d+),\s*"seconds" : [0-9.]+,\s*"skipped" : (\d+)', result.stdout)
+            if totals:
+                print(f"{kernel}: {seconds:.1f} s ({totals.group(2)} passed, {totals.group(1)} failed, {totals.group(3)} skipped)")
+            else:
+                print(f"{kernel}: {seconds:.1f} s, NO RESULT (exit {result.returncode}):\n{result.stderr[-1500:]}")
         seconds, result = timed([KESTREL, "lab", "check", "--kernels", ",".join(KERNELS)])
         print(f"== matrix of {len(KERNELS)} kernels and this machine: {seconds:.1f} s (goal 180 s), exit {result.returncode}")
+        if result.returncode != 0:
+            print(result.stdout[:1500] + result.stderr[-1500:])
 
     print(f"== boot to userspace inside one {options.l1} L1: Kestrel against QEMU microvm, {options.runs} runs each, interleaved")
     times, version = l2_boots(options.l1, options.guest, options.runs)

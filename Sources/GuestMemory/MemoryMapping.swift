@@ -24,12 +24,31 @@ public final class MemoryMapping {
     /// The page size of this host.
     public static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
-    /// Maps `size` bytes of zeroed anonymous memory (mmap MAP_ANONYMOUS).
-    public init(anonymousSize size: Int, sharing: Sharing = .private, noReserve: Bool = true) throws {
+    /// The alignment that lets the kernel back guest RAM with transparent huge
+    /// pages and KVM map them with 2 MiB stage-2 entries (guest-physical and host
+    /// addresses must agree modulo 2 MiB).
+    public static let hugePageAlignment = 2 << 20
+
+    /// Maps `size` bytes of zeroed anonymous memory (mmap MAP_ANONYMOUS), starting
+    /// at a multiple of `alignment` (a power of two; the page size by default).
+    public init(anonymousSize size: Int, sharing: Sharing = .private, noReserve: Bool = true, alignment: Int = 0) throws {
         guard size > 0 else { throw GuestMemoryError.invalidSize(size) }
+        guard alignment == 0 || alignment & (alignment - 1) == 0 else { throw GuestMemoryError.invalidSize(alignment) }
         var flags = MAP_ANONYMOUS | (sharing == .shared ? MAP_SHARED : MAP_PRIVATE)
         if noReserve { flags |= MAP_NORESERVE }
-        self.baseAddress = try Self.map(nil, size, PROT_READ | PROT_WRITE, flags, -1, 0)
+        guard alignment > Self.pageSize else {
+            self.baseAddress = try Self.map(nil, size, PROT_READ | PROT_WRITE, flags, -1, 0)
+            self.size = size
+            return
+        }
+        // Map `alignment` more than needed, then unmap the slack on both sides.
+        let reserved = try Self.map(nil, size + alignment, PROT_READ | PROT_WRITE, flags, -1, 0)
+        let start = (UInt(bitPattern: reserved) + UInt(alignment) - 1) & ~UInt(alignment - 1)
+        let head = Int(start - UInt(bitPattern: reserved))
+        if head > 0 { munmap(reserved, head) }
+        let tail = alignment - head
+        if tail > 0 { munmap(reserved + head + size, tail) }
+        self.baseAddress = reserved + head
         self.size = size
     }
 

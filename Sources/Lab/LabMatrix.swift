@@ -102,10 +102,12 @@ public struct LabMatrix: Codable, Sendable {
         let differing = ids.filter(differs)
         lines.append("")
         lines.append("\(ids.count) tests on \(columns.count) hosts; \(differing.count) verdicts depend on the host (≠).")
+        // The failures behind the differences (skips name their requirement in the
+        // hosts' own reports, and would repeat one reason per test here).
         for id in differing {
             for column in columns {
-                guard let entry = column.document?.results.first(where: { $0.id == id }), entry.outcome != "pass", let detail = entry.detail else { continue }
-                lines.append("  \(id) on \(column.title): \(entry.outcome.uppercased()): \(detail.split(separator: "\n").first ?? "")")
+                guard let entry = column.document?.results.first(where: { $0.id == id }), entry.outcome == "fail", let detail = entry.detail else { continue }
+                lines.append("  \(id) on \(column.title): FAIL: \(detail.split(separator: "\n").first ?? "")")
             }
         }
         return lines.joined(separator: "\n")

@@ -74,3 +74,18 @@ import Testing
         #expect(bytes == [1, 1])
     }
 }
+
+@Suite struct AlignedMappingTests {
+    @Test func anonymousMappingsStartAtTheRequestedAlignmentAndAreUsable() throws {
+        for size in [4096, 3 << 20, (2 << 20) + 4096] {
+            let mapping = try MemoryMapping(anonymousSize: size, alignment: MemoryMapping.hugePageAlignment)
+            #expect(mapping.address % UInt64(MemoryMapping.hugePageAlignment) == 0)
+            #expect(mapping.size == size)
+            mapping.bytes[0] = 0x5A
+            mapping.bytes[size - 1] = 0xA5
+            #expect(mapping.bytes[0] == 0x5A && mapping.bytes[size - 1] == 0xA5)
+            try mapping.advise(MADV_HUGEPAGE)
+        }
+        #expect(throws: GuestMemoryError.self) { try MemoryMapping(anonymousSize: 4096, alignment: 3 << 20) }
+    }
+}
