@@ -43,15 +43,9 @@ struct LabCheckMatrix {
             let path = output.path + "/check.json"
             let machine = options.machine(for: kernel)
             let image = try options.initramfs(kernel: kernel, command: .script((["kestrel"] + checkWords).map(shellQuoted).joined(separator: " ")))
-            var result = try machine.run(image, stdout: .file(path), stderr: nil)
-            var retried = ""
-            if result.status == nil {
-                // An L1 that ends without a status gets one more boot; the column says so.
-                let why = consoleLines(result.failureDiagnosis ?? "").first ?? "no status"
-                printError("lab: \(kernel.name): \(why); booting it once more")
-                retried = " (second boot; the first: \(why))"
-                result = try machine.run(image, stdout: .file(path), stderr: nil)
-            }
+            let result = try machine.run(image, stdout: .file(path), stderr: nil)
+            let retried = result.bootFailures.isEmpty ? ""
+                : " (booted \(result.bootFailures.count + 1) times; the L1 died \(result.bootFailures.joined(separator: "; ")))"
             let seconds = LabMachine.seconds(ContinuousClock.now - start)
             let title = kernel.name
             guard result.status != nil else {

@@ -56,6 +56,8 @@ public struct LabRunResult: Sendable {
     public var console: String
     /// QEMU's own exit status.
     public var qemuStatus: Int32
+    /// The first problem line of each L1 boot that died (and was booted again).
+    public var bootFailures: [String] = []
 
     /// Why the run did not produce a status, for the user.
     public var failureDiagnosis: String? {
@@ -91,7 +93,7 @@ public struct LabMachine {
     public var cpus: Int = 1
     public var memoryMiB: Int = 2048
     public var kernelArguments: String = ""
-    public var timeoutSeconds: Double = 900
+    public var timeoutSeconds: Double = 600
     /// Extra arguments for QEMU (e.g. `-icount`), appended last.
     public var qemuArguments: [String] = []
     public var qemuBinary = "qemu-system-x86_64"
@@ -151,31 +153,66 @@ public struct LabMachine {
     /// its standard error is copied to the descriptor `stderr` while the L1 runs
     /// (nil drops it). `onReady` is called (from this thread, while polling)
     /// when the L1 is ready.
+    ///
+    /// An L1 whose kernel dies (an Oops or panic on its console, or QEMU ending
+    /// without a status) is booted again and the command run again, up to
+    /// `bootAttempts` boots in all. QEMU 7.2's TCG now and then corrupts an L1
+    /// (garbage EFLAGS, then a #GP at the IRETQ of `text_poke_early`'s
+    /// sync_core while booting, or an Oops in KVM's run path later): about 1
+    /// boot of 6.12 in 4 when two L1s share the 2 cores. The L1 is thrown away
+    /// each time, so a repeat changes nothing outside it; `bootFailures` keeps
+    /// each dead boot's first problem line, and every caller reports them.
     public func run(_ initramfs: LabInitramfs, stdout: HostProcess.Stream = .inherit, stderr: Int32? = 2,
                     onReady: (Double) -> Void = { _ in }) throws -> LabRunResult {
         let work = try TemporaryDirectory(prefix: "kestrel-lab")
         let initrd = work.path + "/l1.cpio"
         try writeFileAtomically(try initramfs.build(), to: initrd)
+        var failures: [String] = []
+        while true {
+            var result = try boot(initramfs, initrd: initrd, directory: work.path, stdout: stdout, stderr: stderr, onReady: onReady)
+            result.bootFailures = failures
+            let died = result.status == nil && !result.timedOut && initramfs.command != .interactiveShell
+            guard died, failures.count + 1 < bootAttempts else { return result }
+            let when = result.readySeconds == nil ? "while booting" : "while the command ran"
+            failures.append("\(when): " + (LabHostDescription.kernelProblems(in: result.console).first ?? "no status, no kernel message"))
+            for name in ["status", "errors", "console.log"] { unlink(work.path + "/" + name) }
+        }
+    }
+
+    /// Boots of the L1, at most (see `run`).
+    public var bootAttempts = 3
+
+    func boot(_ initramfs: LabInitramfs, initrd: String, directory: String, stdout: HostProcess.Stream, stderr: Int32?,
+              onReady: (Double) -> Void) throws -> LabRunResult {
         let interactive = initramfs.command == .interactiveShell
         let start = ContinuousClock.now
-        let process = try HostProcess.start(arguments(initrd: initrd, directory: work.path, interactive: interactive),
+        let process = try HostProcess.start(arguments(initrd: initrd, directory: directory, interactive: interactive),
                                             stdin: interactive ? .inherit : .null, stdout: stdout)
         // The L1 writes the command's standard error to a file; copying it from
         // there keeps this process's own writes to the same destination in order.
-        var errors = FileFollower(path: work.path + "/errors", destination: stderr)
+        var errors = FileFollower(path: directory + "/errors", destination: stderr)
         var readySeconds: Double?
         var kvmModule = "none"
         var timedOut = false
         var qemuStatus: Int32?
+        var polls = 0
         let deadline = timeoutSeconds.isFinite ? start + .milliseconds(Int(min(timeoutSeconds, 1e9) * 1000)) : nil
         while qemuStatus == nil {
             qemuStatus = process.poll()
             errors.forward()
             if qemuStatus != nil { break }
-            if readySeconds == nil, let line = Self.statusLines(work.path).first(where: { $0.hasPrefix("ready ") }) {
+            if readySeconds == nil, let line = Self.statusLines(directory).first(where: { $0.hasPrefix("ready ") }) {
                 readySeconds = Self.seconds(ContinuousClock.now - start)
                 kvmModule = line.split(separator: " ").dropFirst(2).first.map(String.init) ?? "none"
                 onReady(readySeconds!)
+            }
+            // A kernel that oopsed or panicked is not trusted to finish (it can
+            // hang with interrupts off): stop it at once.
+            polls += 1
+            if polls % 25 == 0, !interactive, kernelDied(directory) {
+                process.signal(SIGKILL)
+                qemuStatus = process.wait()
+                break
             }
             if let deadline, ContinuousClock.now > deadline {
                 timedOut = true
@@ -189,7 +226,7 @@ public struct LabMachine {
         }
         errors.forward()
         let total = Self.seconds(ContinuousClock.now - start)
-        let lines = Self.statusLines(work.path)
+        let lines = Self.statusLines(directory)
         if readySeconds == nil, let line = lines.first(where: { $0.hasPrefix("ready ") }) {
             kvmModule = line.split(separator: " ").dropFirst(2).first.map(String.init) ?? "none"
         }
@@ -197,7 +234,13 @@ public struct LabMachine {
         let host = LabHostDescription(kernelName: kernel.name, kernelRelease: kernel.release, qemuVersion: qemuVersion(),
                                       accelerator: accelerator.rawValue, cpuModel: cpuModel, kvmModule: kvmModule)
         return LabRunResult(status: status, host: host, readySeconds: readySeconds, totalSeconds: total, timedOut: timedOut,
-                            console: (try? readText(work.path + "/console.log")) ?? "", qemuStatus: qemuStatus ?? -1)
+                            console: (try? readText(directory + "/console.log")) ?? "", qemuStatus: qemuStatus ?? -1)
+    }
+
+    /// Whether the L1 console shows a kernel Oops or panic.
+    func kernelDied(_ directory: String) -> Bool {
+        guard let console = try? readText(directory + "/console.log") else { return false }
+        return console.contains("Oops") || console.contains("Kernel panic")
     }
 
     static func statusLines(_ directory: String) -> [String] {
