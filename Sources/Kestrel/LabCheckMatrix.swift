@@ -30,8 +30,9 @@ struct LabCheckMatrix {
                 columns.withLock { $0[index] = column }
             }
         }
-        let local = includeLocal ? localColumn() : nil
         group.wait()
+        // After the L1s, not beside them: a busy host makes TCG corrupt L1s more often.
+        let local = includeLocal ? localColumn() : nil
         printError("lab: matrix of \(kernels.count) kernels\(includeLocal ? " and this machine" : "") in \(LabMachine.seconds(ContinuousClock.now - started).text(places: 1)) s")
         return LabMatrix(columns: (local.map { [$0] } ?? []) + columns.withLock { $0.compactMap { $0 } })
     }
