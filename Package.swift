@@ -110,7 +110,7 @@ let package = Package(
             name: "GuestKitTests", dependencies: ["GuestKit"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ConformanceTests", dependencies: ["Conformance"], swiftSettings: swiftSettings),
-        .testTarget(name: "LabTests", dependencies: ["Lab", "Boot"], swiftSettings: swiftSettings),
+        .testTarget(name: "LabTests", dependencies: ["Lab", "Boot", "TextFormat"], swiftSettings: swiftSettings),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Boot"], swiftSettings: swiftSettings),
         .testTarget(
             name: "BootTests", dependencies: ["Boot", "Decompression", "GuestMemory", "CZlib", "CLZMA", "CZstd"],

@@ -2,6 +2,7 @@ import Glibc
 import SystemPackage
 import GuestKit
 import KVM
+import TextFormat
 
 /// How this KVM runs guest code, measured: a long-mode guest counts down a
 /// register (`dec rcx; jnz`) twice, for a short and a long count, and the
@@ -75,7 +76,7 @@ public struct GuestExecutionProbe: Codable, Sendable, Equatable {
             _ = try machine.expectSync(stage: 1, timeout: 30)
             let elapsed = ContinuousClock.now - start
             try machine.expectDone()
-            return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            return elapsed.inSeconds
         }
         _ = try seconds(short)  // warm up: page faults, first entry
         let difference = max(try seconds(long) - seconds(short), 1e-9)

@@ -166,6 +166,6 @@ final class SignalStopper {
 /// Seconds with three decimals, for timing lines.
 enum SecondsText {
     static func text(_ duration: Duration) -> String {
-        (Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18).text(places: 3)
+        duration.inSeconds.text(places: 3)
     }
 }

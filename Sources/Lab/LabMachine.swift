@@ -1,4 +1,5 @@
 import Glibc
+import TextFormat
 
 /// How QEMU runs the L1: hardware virtualization with nested KVM when this
 /// machine offers it, otherwise TCG emulating a CPU with SVM.
@@ -203,7 +204,7 @@ public struct LabMachine {
             if qemuStatus != nil { break }
             if readySeconds == nil, let line = Self.statusLines(directory).first(where: { $0.hasPrefix("ready ") }) {
                 readySeconds = Self.seconds(ContinuousClock.now - start)
-                kvmModule = line.split(separator: " ").dropFirst(2).first.map(String.init) ?? "none"
+                kvmModule = Self.kvmModule(readyLine: line)
                 onReady(readySeconds!)
             }
             // A kernel that oopsed or panicked is not trusted to finish (it can
@@ -228,7 +229,7 @@ public struct LabMachine {
         let total = Self.seconds(ContinuousClock.now - start)
         let lines = Self.statusLines(directory)
         if readySeconds == nil, let line = lines.first(where: { $0.hasPrefix("ready ") }) {
-            kvmModule = line.split(separator: " ").dropFirst(2).first.map(String.init) ?? "none"
+            kvmModule = Self.kvmModule(readyLine: line)
         }
         let status = lines.last(where: { $0.hasPrefix("status ") }).flatMap { Int32($0.dropFirst(7)) }
         let host = LabHostDescription(kernelName: kernel.name, kernelRelease: kernel.release, qemuVersion: qemuVersion(),
@@ -243,13 +244,16 @@ public struct LabMachine {
         return console.contains("Oops") || console.contains("Kernel panic")
     }
 
+    /// The KVM module named in /init's "ready UPTIME MODULE" line.
+    static func kvmModule(readyLine line: String) -> String {
+        line.split(separator: " ").dropFirst(2).first.map(String.init) ?? "none"
+    }
+
     static func statusLines(_ directory: String) -> [String] {
         consoleLines((try? readText(directory + "/status")) ?? "")
     }
 
-    public static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-    }
+    public static func seconds(_ duration: Duration) -> Double { duration.inSeconds }
 }
 
 /// Copies what is appended to a file to a descriptor, from where it last stopped.

@@ -24,3 +24,10 @@ extension String {
         count >= width ? self : self + String(repeating: " ", count: width - count)
     }
 }
+
+extension Duration {
+    /// The duration in seconds, as a Double (for timing lines and rates).
+    public var inSeconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}

@@ -1,6 +1,7 @@
 import Glibc
 @testable import Lab
 import Testing
+import TextFormat
 
 /// The lab for real: `kestrel lab` boots Debian's cloud kernels under QEMU
 /// (TCG with emulated SVM here), and Kestrel's VMM takes a Linux guest to
@@ -60,7 +61,7 @@ import Testing
         #expect(run.output.contains("/dev/kvm"))
         #expect(run.errors.contains("to-stderr"))
         #expect(run.errors.contains("tcg, CPU max, kvm_amd") || run.errors.contains(", kvm, CPU host, kvm_"), "\(run.errors)")
-        print("lab run on 7.2: \(run.seconds.text2) s; " + (run.errors.split(separator: "\n").first { $0.contains("ready in") } ?? ""))
+        print("lab run on 7.2: \(run.seconds.text(places: 2)) s; " + (run.errors.split(separator: "\n").first { $0.contains("ready in") } ?? ""))
     }
 
     /// A user's own kernel: this machine's Debian cloud kernel and its modules tree.
@@ -106,7 +107,7 @@ import Testing
         try writeFileAtomically(Array(script.utf8), to: directory.path + "/l2-tests.sh")
         let run = try Self.run(["lab", "run", "--kernel", "6.1", "--guest-kernel", "--add", directory.path + "/l2-tests.sh", "--", "sh /lab/l2-tests.sh"],
                                timeout: 1200)
-        print("L2 boots in the 6.1 lab: \(run.seconds.text2) s\n\(run.output)")
+        print("L2 boots in the 6.1 lab: \(run.seconds.text(places: 2)) s\n\(run.output)")
         #expect(run.status == 0, "\(run.errors.suffix(3000))")
         let sections = Dictionary(run.output.components(separatedBy: "== ").dropFirst().map { section -> (String, (Int, String)) in
             let header = section.prefix { $0 != "\n" }.split(separator: " ")
@@ -209,12 +210,5 @@ import Testing
         // machines' backend and passes on upstream KVM with guest_memfd MMAP.
         #expect(run.output.contains("≠ guest_memfd.default.guest_access "), "\(run.output)")
         #expect(run.output.contains("fred.absent.guest_cr4"))
-    }
-}
-
-extension Double {
-    var text2: String {
-        let hundredths = Int((self * 100).rounded())
-        return "\(hundredths / 100).\(hundredths % 100 < 10 ? "0" : "")\(hundredths % 100)"
     }
 }
