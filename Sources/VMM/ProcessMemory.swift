@@ -79,11 +79,13 @@ public enum ProcessMemory {
     /// same bytes again. Mappings holding copy-on-write copies (relocated
     /// RELRO data, debugger breakpoints) are skipped, and since the mappings
     /// are not writable no such copy can appear between the check and the call.
+    /// `only` narrows the mappings further (tests release their own file's
+    /// pages and nothing else, so that they can run beside each other).
     /// Returns the resident bytes released.
     @discardableResult
-    public static func releaseReadOnlyFilePages() -> UInt64 {
+    public static func releaseReadOnlyFilePages(only include: (Mapping) -> Bool = { _ in true }) -> UInt64 {
         let eligible = (mappings() ?? []).filter {
-            $0.isFileBacked && $0.isPrivate && !$0.isWritable && $0.anonymousBytes == 0 && $0.residentBytes > 0
+            $0.isFileBacked && $0.isPrivate && !$0.isWritable && $0.anonymousBytes == 0 && $0.residentBytes > 0 && include($0)
         }
         // Collected first, so that the loop below, which drops this very code
         // from the page tables, runs little besides madvise itself.

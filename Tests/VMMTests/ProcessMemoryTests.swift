@@ -2,6 +2,10 @@ import Glibc
 import Testing
 import VMM
 
+/// These tests share one process with every other test, so each one acts on
+/// its own mapping only: `releaseReadOnlyFilePages(only:)` is narrowed to the
+/// test's file, and the footprint test's region sits between guard pages so
+/// that the kernel cannot merge it with a neighbouring anonymous mapping.
 @Suite struct ProcessMemoryTests {
     /// A 64 KiB file of known bytes, mapped privately; unmapped and removed by `close`.
     final class MappedFile {
@@ -26,8 +30,10 @@ import VMM
         func read() -> [UInt8] { Array(UnsafeRawBufferPointer(start: base, count: size)) }
 
         var mapping: ProcessMemory.Mapping? {
-            ProcessMemory.mappings()?.first { $0.start == UInt(bitPattern: base) }
+            ProcessMemory.mappings()?.first(where: isThisFile)
         }
+
+        func isThisFile(_ mapping: ProcessMemory.Mapping) -> Bool { mapping.start == UInt(bitPattern: base) }
 
         func close() {
             munmap(base, size)
@@ -45,7 +51,7 @@ import VMM
         let before = try #require(file.mapping)
         #expect(before.isFileBacked && before.isPrivate && !before.isWritable)
         #expect(before.residentBytes == UInt64(file.size))
-        #expect(ProcessMemory.releaseReadOnlyFilePages() >= UInt64(file.size))
+        #expect(ProcessMemory.releaseReadOnlyFilePages(only: file.isThisFile) == UInt64(file.size))
         #expect(try #require(file.mapping).residentBytes == 0)
         #expect(file.read() == Self.expected)  // faults back the same bytes
     }
@@ -57,7 +63,7 @@ import VMM
         file.base!.storeBytes(of: 0xEE, toByteOffset: 4096, as: UInt8.self)  // a private copy of page 1
         #expect(mprotect(file.base, file.size, PROT_READ) == 0)  // read-only now, like RELRO
         #expect(try #require(file.mapping).anonymousBytes == 4096)
-        ProcessMemory.releaseReadOnlyFilePages()
+        #expect(ProcessMemory.releaseReadOnlyFilePages(only: file.isThisFile) == 0)
         #expect(try #require(file.mapping).residentBytes == UInt64(file.size))
         var expected = Self.expected
         expected[4096] = 0xEE
@@ -65,9 +71,13 @@ import VMM
     }
 
     @Test func footprintSeparatesGuestRegions() throws {
-        let size = 1 << 20
-        let region = try #require(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
-        defer { munmap(region, size) }
+        let size = 1 << 20, guardSize = 4096
+        // PROT_NONE on both sides: a neighbour with other protections cannot
+        // be merged into the region's VMA, whatever else the process maps.
+        let reservation = try #require(mmap(nil, size + 2 * guardSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        defer { munmap(reservation, size + 2 * guardSize) }
+        let region = reservation + guardSize
+        #expect(mprotect(region, size, PROT_READ | PROT_WRITE) == 0)
         memset(region, 1, size / 2)  // touch half of it
         let footprint = try #require(ProcessMemory.footprint(guestStarts: [UInt(bitPattern: region)]))
         #expect(footprint.guest == UInt64(size / 2))
