@@ -32,32 +32,40 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
+        // Host system calls Swift cannot make directly (fallocate, malloc_trim, OFD
+        // locks, mbind and friends, the vCPU kick signal's handler, SIGBUS-guarded
+        // access), in C, and their Swift API with the one error type for failed calls.
+        .target(name: "CHost"),
+        .target(
+            name: "HostSystem",
+            dependencies: ["CHost", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swiftSettings),
         // Our own C definitions of the KVM ABI (the distribution headers are too old)
-        // plus the few things Swift cannot call directly (variadic ioctl, signal handlers).
+        // and the ioctl shim. Only the KVM target imports it.
         .target(name: "CKVM"),
         .target(
             name: "KVM",
-            dependencies: ["CKVM", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["CKVM", "HostSystem", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings),
         .target(
             name: "GuestMemory",
-            dependencies: ["CKVM", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["HostSystem", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings),
         .target(name: "X86", dependencies: ["KVM"], swiftSettings: swiftSettings),
         // Fixed-decimal and padded text for reports, without Foundation.
         .target(name: "TextFormat", swiftSettings: swiftSettings),
         .target(
             name: "GuestKit",
-            dependencies: ["KVM", "GuestMemory", "X86"],
+            dependencies: ["HostSystem", "KVM", "GuestMemory", "X86"],
             swiftSettings: swiftSettings),
         .target(
             name: "Conformance",
-            dependencies: ["CKVM", "KVM", "GuestMemory", "X86", "GuestKit", "TextFormat"],
+            dependencies: ["HostSystem", "KVM", "GuestMemory", "X86", "GuestKit", "TextFormat"],
             swiftSettings: swiftSettings),
         // Confidential guests: SNP certificate tables, the certificate service, SNP launch.
         .target(
             name: "Confidential",
-            dependencies: ["CKVM", "KVM", "GuestMemory", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["HostSystem", "KVM", "GuestMemory", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings),
         // Operator tools around confidential guests (X.509 summaries of certificate blobs).
         .target(
@@ -76,7 +84,7 @@ let package = Package(
         // Linux boot: bzImage and ELF loaders, zero page, PVH start info, e820, ACPI tables.
         .target(name: "Boot", dependencies: ["GuestMemory", "Decompression"], swiftSettings: swiftSettings),
         // The VMM: machine, devices, CPU templates, run loop.
-        .target(name: "VMM", dependencies: ["CKVM", "KVM", "GuestMemory", "X86", "Boot"], swiftSettings: swiftSettings),
+        .target(name: "VMM", dependencies: ["HostSystem", "KVM", "GuestMemory", "X86", "Boot"], swiftSettings: swiftSettings),
         // The lab: L1 KVM hosts under QEMU, Debian kernels fetched and cached, the
         // L1 initramfs, conformance matrices across hosts.
         .target(name: "Lab", dependencies: ["Boot", "Decompression", "TextFormat"], swiftSettings: swiftSettings),
@@ -97,14 +105,14 @@ let package = Package(
                 "-static-executable", "-l_FoundationCShims", "-l_FoundationCollections", "-lswiftSynchronization",
             ])]),
         // The C baseline for the exit round-trip benchmark.
-        .target(name: "CBenchLoop", dependencies: ["CKVM"]),
+        .target(name: "CBenchLoop"),
         .executableTarget(
             name: "KestrelBench",
             dependencies: ["KVM", "GuestMemory", "GuestKit", "CBenchLoop", "Confidential", "KestrelTesting"],
             swiftSettings: swiftSettings),
-        .testTarget(name: "KVMTests", dependencies: ["KVM"], swiftSettings: swiftSettings),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"], swiftSettings: swiftSettings),
         .testTarget(
-            name: "GuestMemoryTests", dependencies: ["GuestMemory"], swiftSettings: swiftSettings),
+            name: "GuestMemoryTests", dependencies: ["GuestMemory", "HostSystem"], swiftSettings: swiftSettings),
         .testTarget(name: "X86Tests", dependencies: ["X86"], swiftSettings: swiftSettings),
         .testTarget(
             name: "GuestKitTests", dependencies: ["GuestKit"], swiftSettings: swiftSettings),
@@ -118,7 +126,7 @@ let package = Package(
         .testTarget(
             name: "ConfidentialTests",
             dependencies: [
-                "Confidential", "ConfidentialTools", "KestrelTesting", "KVM", "GuestMemory", "CKVM",
+                "Confidential", "ConfidentialTools", "KestrelTesting", "KVM", "GuestMemory",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),

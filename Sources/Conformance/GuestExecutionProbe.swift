@@ -90,7 +90,7 @@ public struct GuestExecutionProbe: Codable, Sendable, Equatable {
 /// The bytes of a small file such as /proc/cpuinfo (whose size stat reports as 0).
 func readAll(_ path: String) throws -> [UInt8] {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw HostCallError(call: "open(\(path))", errno: Errno(rawValue: errno)) }
+    guard fd >= 0 else { throw SystemCallError.current("open(\(path))") }
     defer { close(fd) }
     var bytes: [UInt8] = [], chunk = [UInt8](repeating: 0, count: 65536)
     while true {

@@ -63,9 +63,7 @@ public final class TestContext {
         do {
             try body()
             return nil
-        } catch let error as KVMError {
-            return error.errno
-        } catch let error as HostCallError {
+        } catch let error as SystemCallError {
             return error.errno
         }
     }

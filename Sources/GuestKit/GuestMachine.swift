@@ -28,7 +28,7 @@ public final class GuestMachine {
         try vm.setUserMemoryRegion(MemorySlot(slot: 0, guestPhysicalAddress: 0, size: memorySize, userspaceAddress: ram.address))
         vcpu = try vm.createVCPU(id: 0)
         try vcpu.setCPUID(cpuid ?? kvm.supportedCPUID())
-        watchdog = VCPUWatchdog(vcpu: vcpu)
+        watchdog = try VCPUWatchdog(vcpu: vcpu)
         nextPageDirectory = LongModeLayout(memorySize: memorySize).extraPageDirectoryArea.lowerBound
     }
 

@@ -1,4 +1,3 @@
-import CKVM
 import Dispatch
 import Glibc
 import KVM
@@ -8,9 +7,6 @@ import Synchronization
 /// the vCPU's thread, so KVM_RUN returns EINTR whether the thread is inside it
 /// or about to enter it.
 final class VCPUWatchdog {
-    /// The signal used to kick vCPU threads; its handler does nothing.
-    static let kickSignal = SIGUSR1
-    private static let installHandler: Void = { _ = ckvm_install_kick_handler(kickSignal) }()
 
     private let lock = Mutex(())
     private var generation = 0
@@ -20,8 +16,8 @@ final class VCPUWatchdog {
     /// Whether the kick signal was blocked on the vCPU thread before `arm`.
     private var signalWasBlocked = false
 
-    init(vcpu: VCPU) {
-        Self.installHandler
+    init(vcpu: VCPU) throws {
+        try KickSignal.install()
         self.vcpu = vcpu
     }
 
@@ -29,7 +25,7 @@ final class VCPUWatchdog {
     func arm(seconds: Double) {
         let thread = pthread_self()
         // The thread must accept the kick while it may be inside KVM_RUN.
-        signalWasBlocked = ckvm_set_signal_blocked(Self.kickSignal, 0) == 1
+        signalWasBlocked = KickSignal.unblockOnThisThread()
         let current: Int = lock.withLock { _ in
             generation += 1
             armed = true
@@ -42,7 +38,7 @@ final class VCPUWatchdog {
                 guard self.armed, self.generation == current, let vcpu = self.vcpu else { return }
                 self.fired = true
                 vcpu.immediateExit = true
-                pthread_kill(thread, Self.kickSignal)
+                KickSignal.send(to: thread)
             }
         }
     }
@@ -60,7 +56,7 @@ final class VCPUWatchdog {
         if signalWasBlocked {
             // A kick sent just before disarming stays pending while blocked and
             // is harmless: its handler does nothing.
-            _ = ckvm_set_signal_blocked(Self.kickSignal, 1)
+            KickSignal.blockOnThisThread()
         }
         return didFire
     }

@@ -1,4 +1,4 @@
-import CKVM
+import HostSystem
 import SystemPackage
 
 #if canImport(Glibc)
@@ -78,7 +78,7 @@ public final class MemoryMapping {
             throw GuestMemoryError.outOfBounds(address: UInt64(offset), length: length)
         }
         if madvise(baseAddress + offset, length, advice) != 0 {
-            throw MappingError(operation: "madvise", errno: Errno(rawValue: Glibc.errno))
+            throw SystemCallError.current("madvise")
         }
     }
 
@@ -86,15 +86,8 @@ public final class MemoryMapping {
                             _ fd: Int32, _ offset: off_t) throws -> UnsafeMutableRawPointer {
         let address = mmap(hint, size, protection, flags, fd, offset)
         guard let address, address != MAP_FAILED else {
-            throw MappingError(operation: "mmap", errno: Errno(rawValue: Glibc.errno))
+            throw SystemCallError.current("mmap")
         }
         return address
     }
-}
-
-/// A failed mapping call (mmap, madvise) with its errno.
-public struct MappingError: Error, Equatable, CustomStringConvertible, Sendable {
-    public let operation: String
-    public let errno: Errno
-    public var description: String { "\(operation) failed: \(errno)" }
 }

@@ -83,7 +83,7 @@ public struct CPUIDTable: Sendable {
                 // the highest leaf), so trailing all-zero entries are unused room.
                 while let last = entries.last, last.isAllZero { entries.removeLast() }
                 return CPUIDTable(entries: entries)
-            } catch let error as KVMError where error.errno == .argListTooLong && capacity < 65536 {
+            } catch let error as SystemCallError where error.errno == .argListTooLong && capacity < 65536 {
                 capacity *= 2
             }
         }

@@ -1,14 +1,17 @@
 import CKVM
 
 extension VCPUExit {
-    /// Decodes the exit described by a `kvm_run` area of `areaSize` bytes.
+    /// Decodes the exit described by `area`.
     ///
-    /// Used by `VCPU.run()` on the mmapped area, and by tests on synthetic
-    /// buffers. Offsets the kernel supplies (the I/O data offset) are checked
-    /// against `areaSize`; an out-of-range offset is reported as an internal
-    /// inconsistency rather than followed.
+    /// Used by `VCPU.run()` on the mmapped area, and by `RunArea.simulate` on
+    /// simulated ones. Offsets the kernel supplies (the I/O data offset) are
+    /// checked against the area's size; an out-of-range offset is reported as
+    /// an internal inconsistency rather than followed.
     @inline(__always)
-    public static func decode(run: UnsafeMutablePointer<ckvm_run>, areaSize: Int) -> VCPUExit {
+    static func decode(_ area: RunArea) -> VCPUExit {
+        let run = area.run
+        let areaSize = area.size
+        let stamp = area.generation
         let reason = run.pointee.exit_reason
         switch ExitReason(rawValue: reason) {
         case .io:
@@ -24,13 +27,14 @@ extension VCPUExit {
             let base = UnsafeMutableRawPointer(run) + offset
             return .io(IOExit(
                 direction: io.direction == 0 ? .in : .out, size: Int(io.size), port: io.port,
-                count: Int(io.count), data: UnsafeMutableRawBufferPointer(start: base, count: length)))
+                count: Int(io.count), buffer: UnsafeMutableRawBufferPointer(start: base, count: length), area: area, stamp: stamp))
         case .mmio:
             let length = Int(min(run.pointee.exit.mmio.len, 8))
             let dataOffset = ckvm_run_mmio_data_offset()
             return .mmio(MMIOExit(
                 address: run.pointee.exit.mmio.phys_addr, isWrite: run.pointee.exit.mmio.is_write != 0,
-                data: UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(run) + dataOffset, count: length)))
+                buffer: UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(run) + dataOffset, count: length),
+                area: area, stamp: stamp))
         case .halt:
             return .halt
         case .shutdown:
@@ -45,15 +49,16 @@ extension VCPUExit {
             let event = run.pointee.exit.system_event
             let count = Int(min(event.ndata, 16))
             let words = withUnsafeBytes(of: event.data) { Array($0.bindMemory(to: UInt64.self).prefix(count)) }
-            return .systemEvent(SystemEvent(type: event.type, data: words))
+            return .systemEvent(SystemEvent(type: SystemEvent.Kind(rawValue: event.type), data: words))
         case .memoryFault:
             let fault = run.pointee.exit.memory_fault
             return .memoryFault(MemoryFault(
-                flags: MemoryFaultFlags(rawValue: fault.flags), guestPhysicalAddress: fault.gpa, size: fault.size))
+                flags: MemoryFaultFlags(rawValue: fault.flags), guestPhysicalAddress: fault.gpa, size: fault.size,
+                hardwarePoison: false))
         case .hypercall:
-            return .hypercall(HypercallExit(run: run))
+            return .hypercall(HypercallExit(area: area, stamp: stamp))
         case .snpRequestCertificates:
-            return .snpRequestCertificates(SNPCertificateRequest(run: run))
+            return .snpRequestCertificates(SNPCertificateRequest(area: area, stamp: stamp))
         case .exception:
             return .exception(vector: run.pointee.exit.ex.exception, errorCode: run.pointee.exit.ex.error_code)
         case .debug:
@@ -78,7 +83,7 @@ extension VCPUExit {
         let count = Int(min(info.ndata, 16))
         let words = withUnsafeBytes(of: info.data) { Array($0.bindMemory(to: UInt64.self).prefix(count)) }
         var bytes: [UInt8]? = nil
-        let hasInstructionBytes = info.suberror == 1 && count >= 3 && words[0] & 1 != 0
+        let hasInstructionBytes = info.suberror == InternalError.emulationSuberror && count >= 3 && words[0] & 1 != 0
         if hasInstructionBytes {
             withUnsafeBytes(of: info.data) { raw in
                 let size = Int(min(raw[8], 15))

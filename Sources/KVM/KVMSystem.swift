@@ -80,7 +80,7 @@ public final class KVMSystem {
         do {
             _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.hasDeviceAttribute, &attr)
             return true
-        } catch let error as KVMError where error.errno == .noSuchAddressOrDevice || error.errno.rawValue == 25 {
+        } catch let error as SystemCallError where error.errno == .noSuchAddressOrDevice || error.errno.rawValue == 25 {
             return false
         }
     }
@@ -92,7 +92,7 @@ public final class KVMSystem {
         do {
             _ = try SystemCall.ioctl(fileDescriptor, request, &header)
             return []
-        } catch let error as KVMError where error.errno == .argListTooLong {
+        } catch let error as SystemCallError where error.errno == .argListTooLong {
             // header.nmsrs now holds the count.
         }
         let count = Int(header.nmsrs)

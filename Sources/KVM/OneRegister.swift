@@ -69,7 +69,7 @@ extension VCPU {
         do {
             _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.getRegisterList, &header)
             return []
-        } catch let error as KVMError where error.errno == .argListTooLong {
+        } catch let error as SystemCallError where error.errno == .argListTooLong {
             // header.n holds the count now.
         }
         let count = Int(header.n)

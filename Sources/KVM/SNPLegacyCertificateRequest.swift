@@ -9,18 +9,30 @@ import CKVM
 /// status PENDING (serve the request), then with status DONE once firmware has
 /// made the report (release what was held).
 public struct SNPLegacyCertificateRequest {
-    let run: UnsafeMutablePointer<ckvm_run>
+    private let area: RunArea
+    private let stamp: UInt64
 
     /// The exit reason number of KVM_EXIT_VMGEXIT in that series.
     public static let exitReason: UInt32 = 40
     /// KVM_USER_VMGEXIT_REQ_CERTS.
     public static let requestCertificatesType: UInt32 = 1
+    /// The `status` values: KVM_USER_VMGEXIT_REQ_CERTS_STATUS_PENDING and _DONE.
+    static let statusPending: UInt8 = 0
+    static let statusDone: UInt8 = 1
+    /// KVM_USER_VMGEXIT_REQ_CERTS_FLAGS_NOTIFY_DONE.
+    static let notifyDoneFlag: UInt8 = 1
 
     /// Reads the run area as a v15 certificate request, or nil when it is not one.
-    public init?(run: UnsafeMutablePointer<ckvm_run>) {
-        guard run.pointee.exit_reason == Self.exitReason,
-              run.pointee.exit.vmgexit.type == Self.requestCertificatesType else { return nil }
-        self.run = run
+    public init?(area: RunArea) {
+        guard area.run.pointee.exit_reason == Self.exitReason,
+              area.run.pointee.exit.vmgexit.type == Self.requestCertificatesType else { return nil }
+        self.area = area
+        stamp = area.generation
+    }
+
+    private var run: UnsafeMutablePointer<ckvm_run> {
+        area.checkCurrent(stamp, "SNPLegacyCertificateRequest")
+        return area.run
     }
 
     public enum Status: Equatable, Sendable {
@@ -33,8 +45,8 @@ public struct SNPLegacyCertificateRequest {
 
     public var status: Status {
         switch run.pointee.exit.vmgexit.status {
-        case 0: return .pending
-        case 1: return .done
+        case Self.statusPending: return .pending
+        case Self.statusDone: return .done
         case let raw: return .other(raw)
         }
     }
@@ -57,7 +69,7 @@ public struct SNPLegacyCertificateRequest {
 
     /// Asks KVM for the DONE exit after firmware has handled the request
     /// (KVM_USER_VMGEXIT_REQ_CERTS_FLAGS_NOTIFY_DONE).
-    public func notifyWhenDone() { run.pointee.exit.vmgexit.flags |= 1 }
+    public func notifyWhenDone() { run.pointee.exit.vmgexit.flags |= Self.notifyDoneFlag }
 
     /// The raw `ret` and `flags` fields as last written.
     public var returnCode: UInt32 { run.pointee.exit.vmgexit.ret }
@@ -68,6 +80,6 @@ extension VCPU {
     /// The last exit read as a v15 SNP certificate request (exit 40, type 1), or
     /// nil. Only for kernels carrying that series; see `SNPLegacyCertificateRequest`.
     public func legacyCertificateRequest() -> SNPLegacyCertificateRequest? {
-        SNPLegacyCertificateRequest(run: runArea)
+        runArea.legacyCertificateRequest
     }
 }

@@ -8,7 +8,7 @@ import Musl
 #endif
 
 /// The one place where Kestrel issues ioctls. Each function returns the kernel's
-/// non-negative result or throws a `KVMError` naming the request and the errno.
+/// non-negative result or throws a `SystemCallError` naming the request and the errno.
 enum SystemCall {
     /// ioctl with a pointer argument. `argument` must point at memory of the size
     /// encoded in `request` (or larger, for variable-length requests); the caller
@@ -16,7 +16,7 @@ enum SystemCall {
     @inline(__always)
     static func ioctl(_ fd: Int32, _ request: IoctlRequest, _ argument: UnsafeMutableRawPointer?) throws -> Int32 {
         let result = ckvm_ioctl_pointer(fd, request.number, argument)
-        if result < 0 { throw KVMError(operation: request.name, errno: Errno(rawValue: Glibc.errno)) }
+        if result < 0 { throw SystemCallError(operation: request.name, errno: Errno(rawValue: Glibc.errno)) }
         return result
     }
 
@@ -24,7 +24,7 @@ enum SystemCall {
     @inline(__always)
     static func ioctl(_ fd: Int32, _ request: IoctlRequest, value: UInt = 0) throws -> Int32 {
         let result = ckvm_ioctl_value(fd, request.number, value)
-        if result < 0 { throw KVMError(operation: request.name, errno: Errno(rawValue: Glibc.errno)) }
+        if result < 0 { throw SystemCallError(operation: request.name, errno: Errno(rawValue: Glibc.errno)) }
         return result
     }
 
@@ -44,7 +44,7 @@ enum SystemCall {
     /// Opens a path read-write with O_CLOEXEC.
     static func open(_ path: String) throws -> Int32 {
         let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
-        if fd < 0 { throw KVMError(operation: "open(\(path))", errno: Errno(rawValue: Glibc.errno)) }
+        if fd < 0 { throw SystemCallError(operation: "open(\(path))", errno: Errno(rawValue: Glibc.errno)) }
         return fd
     }
 }

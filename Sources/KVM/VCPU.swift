@@ -14,9 +14,8 @@ public final class VCPU {
     public let id: Int
     /// The VM this vCPU belongs to (kept alive by the vCPU).
     public let vm: VirtualMachine
-    /// The shared run area (struct kvm_run), `runAreaSize` bytes.
-    public let runArea: UnsafeMutablePointer<ckvm_run>
-    public let runAreaSize: Int
+    /// The run area (struct kvm_run) KVM shares with this vCPU.
+    public let runArea: RunArea
 
     init(fileDescriptor: Int32, id: Int, runSize: Int, vm: VirtualMachine) throws {
         guard runSize >= MemoryLayout<ckvm_run>.size else {
@@ -24,18 +23,15 @@ public final class VCPU {
         }
         let address = mmap(nil, runSize, PROT_READ | PROT_WRITE, MAP_SHARED, fileDescriptor, 0)
         guard let address, address != MAP_FAILED else {
-            throw KVMError(operation: "mmap(kvm_run)", errno: Errno(rawValue: Glibc.errno))
+            throw SystemCallError.current("mmap(kvm_run)")
         }
         self.fileDescriptor = fileDescriptor
         self.id = id
         self.vm = vm
-        // Sound: the mapping is at least sizeof(struct kvm_run) bytes and page aligned.
-        self.runArea = address.bindMemory(to: ckvm_run.self, capacity: 1)
-        self.runAreaSize = runSize
+        self.runArea = RunArea(mapping: address, size: runSize)
     }
 
     deinit {
-        munmap(UnsafeMutableRawPointer(runArea), runAreaSize)
         SystemCall.close(fileDescriptor)
     }
 
@@ -43,8 +39,8 @@ public final class VCPU {
     /// Another thread may set it to stop this vCPU, followed by a signal to the
     /// vCPU's thread if it is inside KVM_RUN.
     public var immediateExit: Bool {
-        get { runArea.pointee.immediate_exit != 0 }
-        set { runArea.pointee.immediate_exit = newValue ? 1 : 0 }
+        get { runArea.immediateExit }
+        set { runArea.immediateExit = newValue }
     }
 
     /// Runs the vCPU until KVM returns to userspace, and decodes why.
@@ -54,20 +50,28 @@ public final class VCPU {
     /// which KVM returns for a vCPU that is still waiting for INIT/SIPI
     /// (KVM_MP_STATE_UNINITIALIZED, an application processor before the boot
     /// CPU starts it) when it wakes without becoming runnable: it returns
-    /// `.notRunnable`. EFAULT together with KVM_EXIT_MEMORY_FAULT returns
-    /// `.memoryFault`. Other failures throw.
+    /// `.notRunnable`. EFAULT or EHWPOISON together with KVM_EXIT_MEMORY_FAULT
+    /// returns `.memoryFault` (with `hardwarePoison` for EHWPOISON). Other
+    /// failures throw.
+    ///
+    /// Payloads of the exit returned are valid until the next `run()`.
     @inline(__always)
     public func run() throws -> VCPUExit {
-        runArea.pointee.exit_reason = 0
-        if ckvm_ioctl_value(fileDescriptor, KVMRequest.run.number, 0) < 0 {
-            let code = Glibc.errno
-            if code == EINTR { return .interrupted }
-            if code == EAGAIN { return .notRunnable }
-            if code == EFAULT && runArea.pointee.exit_reason == ExitReason.memoryFault.rawValue {
-                return VCPUExit.decode(run: runArea, areaSize: runAreaSize)
+        runArea.beginRun()
+        do {
+            _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.run, value: 0)
+        } catch let error as SystemCallError {
+            switch error.errno {
+            case .interrupted: return .interrupted
+            case .resourceTemporarilyUnavailable: return .notRunnable
+            case .badAddress where runArea.exitReason == .memoryFault: return runArea.decodeExit()
+            case .hardwarePoison where runArea.exitReason == .memoryFault:
+                guard case .memoryFault(let fault) = runArea.decodeExit() else { throw error }
+                return .memoryFault(MemoryFault(flags: fault.flags, guestPhysicalAddress: fault.guestPhysicalAddress,
+                                                size: fault.size, hardwarePoison: true))
+            default: throw error
             }
-            throw KVMError(operation: KVMRequest.run.name, errno: Errno(rawValue: code))
         }
-        return VCPUExit.decode(run: runArea, areaSize: runAreaSize)
+        return runArea.decodeExit()
     }
 }

@@ -1,11 +1,13 @@
 import CKVM
+import SystemPackage
 
 /// Why KVM_RUN returned, decoded from the vCPU's `kvm_run` area.
 ///
 /// Payloads that carry data (`IOExit`, `MMIOExit`, `HypercallExit`,
-/// `SNPCertificateRequest`) point into the mmapped run area: they are valid until
-/// the next `run()` on the same vCPU, and answers written through them are what
-/// KVM reads when the vCPU is next run.
+/// `SNPCertificateRequest`) point into the vCPU's `RunArea`: answers written
+/// through them are what KVM reads when the vCPU is next run, and they belong
+/// to this one run. Using one after the next `run()` stops the program with a
+/// message, instead of touching another exit's data.
 public enum VCPUExit: CustomStringConvertible {
     /// KVM_EXIT_IO: the guest executed IN/OUT (or INS/OUTS).
     case io(IOExit)
@@ -102,19 +104,38 @@ public struct IOExit: CustomStringConvertible {
     public let port: UInt16
     /// Repetitions (string I/O); `data` holds `size * count` bytes.
     public let count: Int
+    private let buffer: UnsafeMutableRawBufferPointer
+    private let area: RunArea
+    private let stamp: UInt64
+
+    init(direction: Direction, size: Int, port: UInt16, count: Int, buffer: UnsafeMutableRawBufferPointer, area: RunArea, stamp: UInt64) {
+        self.direction = direction
+        self.size = size
+        self.port = port
+        self.count = count
+        self.buffer = buffer
+        self.area = area
+        self.stamp = stamp
+    }
+
     /// The bytes written by the guest (out) or to be supplied to it (in), inside
-    /// the run area.
-    public let data: UnsafeMutableRawBufferPointer
+    /// the run area; valid in this run only.
+    public var data: UnsafeMutableRawBufferPointer {
+        area.checkCurrent(stamp, "IOExit")
+        return buffer
+    }
 
     /// The first item as a little-endian integer.
     public var value: UInt32 {
         var result: UInt32 = 0
-        for index in 0..<min(size, 4) { result |= UInt32(data[index]) << (8 * UInt32(index)) }
+        let data = self.data
+        for index in 0..<min(size, 4, data.count) { result |= UInt32(data[index]) << (8 * UInt32(index)) }
         return result
     }
 
     /// Supplies the value an IN instruction reads (first item).
     public func setValue(_ value: UInt32) {
+        let data = self.data
         for index in 0..<min(size, 4, data.count) { data[index] = UInt8(truncatingIfNeeded: value >> (8 * UInt32(index))) }
     }
 
@@ -128,11 +149,30 @@ public struct IOExit: CustomStringConvertible {
 public struct MMIOExit: CustomStringConvertible {
     public let address: UInt64
     public let isWrite: Bool
-    /// The bytes written by the guest, or to be supplied for a read (1 to 8).
-    public let data: UnsafeMutableRawBufferPointer
+    private let buffer: UnsafeMutableRawBufferPointer
+    private let area: RunArea
+    private let stamp: UInt64
+
+    init(address: UInt64, isWrite: Bool, buffer: UnsafeMutableRawBufferPointer, area: RunArea, stamp: UInt64) {
+        self.address = address
+        self.isWrite = isWrite
+        self.buffer = buffer
+        self.area = area
+        self.stamp = stamp
+    }
+
+    /// The bytes written by the guest, or to be supplied for a read (1 to 8),
+    /// inside the run area; valid in this run only.
+    public var data: UnsafeMutableRawBufferPointer {
+        area.checkCurrent(stamp, "MMIOExit")
+        return buffer
+    }
+
+    /// The access size in bytes.
+    public var length: Int { buffer.count }
 
     public var description: String {
-        "\(isWrite ? "write" : "read") of \(data.count) bytes at 0x\(String(address, radix: 16))"
+        "\(isWrite ? "write" : "read") of \(buffer.count) bytes at 0x\(String(address, radix: 16))"
     }
 }
 
@@ -148,7 +188,7 @@ public struct InternalError: CustomStringConvertible, Sendable {
 
         init(_ raw: UInt32) {
             switch raw {
-            case 1: self = .emulation
+            case InternalError.emulationSuberror: self = .emulation
             case 2: self = .simultaneousException
             case 3: self = .deliveryEvent
             case 4: self = .unexpectedExitReason
@@ -166,6 +206,9 @@ public struct InternalError: CustomStringConvertible, Sendable {
             }
         }
     }
+
+    /// KVM_INTERNAL_ERROR_EMULATION.
+    public static let emulationSuberror: UInt32 = 1
 
     public let suberror: UInt32
     /// The `data` words KVM filled in (`ndata`, at most 16).
@@ -195,22 +238,38 @@ public struct InternalError: CustomStringConvertible, Sendable {
 
 /// The data of a KVM_EXIT_SYSTEM_EVENT exit.
 public struct SystemEvent: CustomStringConvertible, Sendable {
-    public let type: UInt32
-    public let data: [UInt64]
+    /// A KVM_SYSTEM_EVENT_* type.
+    public struct Kind: Hashable, Sendable, CustomStringConvertible {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
 
-    public var typeName: String {
-        switch type {
-        case 1: return "KVM_SYSTEM_EVENT_SHUTDOWN"
-        case 2: return "KVM_SYSTEM_EVENT_RESET"
-        case 3: return "KVM_SYSTEM_EVENT_CRASH"
-        case 4: return "KVM_SYSTEM_EVENT_WAKEUP"
-        case 5: return "KVM_SYSTEM_EVENT_SUSPEND"
-        case 6: return "KVM_SYSTEM_EVENT_SEV_TERM"
-        case 7: return "KVM_SYSTEM_EVENT_TDX_FATAL"
-        default: return "system event \(type)"
-        }
+        public static let shutdown = Kind(rawValue: 1)
+        public static let reset = Kind(rawValue: 2)
+        public static let crash = Kind(rawValue: 3)
+        public static let wakeup = Kind(rawValue: 4)
+        public static let suspend = Kind(rawValue: 5)
+        public static let sevTerminate = Kind(rawValue: 6)
+        public static let tdxFatal = Kind(rawValue: 7)
+
+        private static let names: [Kind: String] = [
+            .shutdown: "KVM_SYSTEM_EVENT_SHUTDOWN", .reset: "KVM_SYSTEM_EVENT_RESET", .crash: "KVM_SYSTEM_EVENT_CRASH",
+            .wakeup: "KVM_SYSTEM_EVENT_WAKEUP", .suspend: "KVM_SYSTEM_EVENT_SUSPEND",
+            .sevTerminate: "KVM_SYSTEM_EVENT_SEV_TERM", .tdxFatal: "KVM_SYSTEM_EVENT_TDX_FATAL",
+        ]
+
+        /// The kernel's name, or `system event N`.
+        public var description: String { Self.names[self] ?? "system event \(rawValue)" }
     }
 
+    public let type: Kind
+    public let data: [UInt64]
+
+    public init(type: Kind, data: [UInt64]) {
+        self.type = type
+        self.data = data
+    }
+
+    public var typeName: String { type.description }
     public var description: String { typeName }
 }
 
@@ -227,15 +286,37 @@ public struct MemoryFault: CustomStringConvertible, Sendable, Equatable {
     public let flags: MemoryFaultFlags
     public let guestPhysicalAddress: UInt64
     public let size: UInt64
+    /// KVM_RUN failed with EHWPOISON rather than EFAULT: the page behind the
+    /// access has an uncorrectable memory error, so converting it will not help.
+    public let hardwarePoison: Bool
+
+    public init(flags: MemoryFaultFlags, guestPhysicalAddress: UInt64, size: UInt64, hardwarePoison: Bool = false) {
+        self.flags = flags
+        self.guestPhysicalAddress = guestPhysicalAddress
+        self.size = size
+        self.hardwarePoison = hardwarePoison
+    }
 
     public var description: String {
         "\(flags.contains(.private) ? "private" : "shared") access to 0x\(String(guestPhysicalAddress, radix: 16)), size 0x\(String(size, radix: 16))"
+            + (hardwarePoison ? " (EHWPOISON: the page is poisoned)" : "")
     }
 }
 
 /// The data of a KVM_EXIT_HYPERCALL exit; `setReturnValue` answers it.
 public struct HypercallExit {
-    let run: UnsafeMutablePointer<ckvm_run>
+    private let area: RunArea
+    private let stamp: UInt64
+
+    init(area: RunArea, stamp: UInt64) {
+        self.area = area
+        self.stamp = stamp
+    }
+
+    private var run: UnsafeMutablePointer<ckvm_run> {
+        area.checkCurrent(stamp, "HypercallExit")
+        return area.run
+    }
 
     public var number: UInt64 { run.pointee.exit.hypercall.nr }
     public var arguments: [UInt64] {
@@ -247,7 +328,18 @@ public struct HypercallExit {
 
 /// The data of a KVM_EXIT_SNP_REQ_CERTS exit; `respond` sets `ret` for KVM.
 public struct SNPCertificateRequest {
-    let run: UnsafeMutablePointer<ckvm_run>
+    private let area: RunArea
+    private let stamp: UInt64
+
+    init(area: RunArea, stamp: UInt64) {
+        self.area = area
+        self.stamp = stamp
+    }
+
+    private var run: UnsafeMutablePointer<ckvm_run> {
+        area.checkCurrent(stamp, "SNPCertificateRequest")
+        return area.run
+    }
 
     /// Guest physical address of the certificate buffer (from the guest's RAX).
     public var guestPhysicalAddress: UInt64 { run.pointee.exit.snp_req_certs.gpa }
@@ -272,14 +364,17 @@ public struct SNPCertificateRequest {
         case .certificatesWritten: run.pointee.exit.snp_req_certs.ret = 0
         case .bufferTooSmall(let pages):
             run.pointee.exit.snp_req_certs.npages = pages
-            run.pointee.exit.snp_req_certs.ret = 28  // ENOSPC
-        case .busy: run.pointee.exit.snp_req_certs.ret = 11  // EAGAIN
-        case .failure: run.pointee.exit.snp_req_certs.ret = 5  // EIO
+            run.pointee.exit.snp_req_certs.ret = Self.code(.noSpace)
+        case .busy: run.pointee.exit.snp_req_certs.ret = Self.code(.resourceTemporarilyUnavailable)
+        case .failure: run.pointee.exit.snp_req_certs.ret = Self.code(.ioError)
         }
     }
 
     /// The raw `ret` field as last written.
     public var returnCode: UInt64 { run.pointee.exit.snp_req_certs.ret }
+
+    /// `ret` carries a positive errno value.
+    private static func code(_ errno: Errno) -> UInt64 { UInt64(errno.rawValue) }
 }
 
 @inline(__always)

@@ -1,4 +1,3 @@
-import CKVM
 import Confidential
 import Foundation
 import GuestMemory
@@ -78,7 +77,7 @@ final class LoadReader {
     let pages: UInt64
     var served = 0, busy = 0, refused = 0, mismatches = 0
     var versions = Set<UInt32>()
-    let run = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    let area = RunArea.simulated()
 
     init(service: SNPCertificateService?, memory: GuestAddressSpace, file: String, gpa: UInt64) {
         responder = service.map { SNPCertificateResponder(service: $0) }
@@ -86,10 +85,7 @@ final class LoadReader {
         self.file = file
         self.gpa = gpa
         pages = UInt64((VersionedCertificates.maximumSize + 4095) / 4096)
-        run.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
     }
-
-    deinit { run.deallocate() }
 
     func check(_ buffer: [UInt8]) {
         if let version = VersionedCertificates.version(in: buffer) { versions.insert(version) } else { mismatches += 1 }
@@ -97,10 +93,7 @@ final class LoadReader {
 
     /// One request through the service, then the firmware's turn, then the release.
     func requestWithService(_ firmwareMicroseconds: UInt32) throws {
-        let area = run.bindMemory(to: ckvm_run.self, capacity: 1)
-        area.pointee.exit_reason = 42
-        area.pointee.exit.snp_req_certs = .init(gpa: gpa, npages: pages, ret: 0)
-        let exit = VCPUExit.decode(run: area, areaSize: 4096)
+        let exit = area.simulate(.snpRequestCertificates(address: gpa, pages: pages))
         switch responder!.handle(exit, runArea: area) {
         case .answered(.certificatesWritten):
             served += 1

@@ -78,7 +78,7 @@ func swiftRound(_ vcpu: VCPU, exits: Int, checksum: inout UInt64) throws {
 }
 
 func cRound(_ vcpu: VCPU, exits: Int, checksum: inout UInt64) throws {
-    guard cbench_io_round_trips(vcpu.fileDescriptor, vcpu.runArea, 0x80, exits, &checksum) == exits else {
+    guard cbench_io_round_trips(vcpu.fileDescriptor, vcpu.runArea.address, 0x80, exits, &checksum) == exits else {
         throw BenchError("unexpected exit in the C loop")
     }
 }

@@ -1,5 +1,4 @@
 import Boot
-import CKVM
 import FoundationEssentials
 import Glibc
 import GuestMemory
@@ -27,7 +26,6 @@ public final class Machine {
     private let lock = Mutex(())
     private var outcome: RunOutcome?
     private var threads: [pthread_t?]
-    private let kickSignal = SIGUSR1
     /// Time the first vCPU entered the guest.
     public private(set) var startTime: ContinuousClock.Instant?
     /// How long each set-up step took, for `kestrel run --verbose`.
@@ -103,7 +101,7 @@ public final class Machine {
             if index == 0 { try BootCPU.prepare(vcpu, entry: plan.entry) }
             vcpus.append(vcpu)
         }
-        guard ckvm_install_kick_handler(kickSignal) == 0 else { throw ConfigurationError("cannot install the vCPU kick handler") }
+        try KickSignal.install()
         step("devices and vCPUs")
         setupSteps = steps
     }
@@ -112,7 +110,7 @@ public final class Machine {
     /// system (glibc keeps freed large blocks otherwise). Call after `init`
     /// returns, once the images are no longer referenced.
     public func releaseLoaderMemory() {
-        _ = ckvm_malloc_trim()
+        ProcessHeap.trim()
     }
 
     /// Resident memory of this process, with the guest's RAM (the regions
@@ -157,7 +155,7 @@ public final class Machine {
         for index in vcpus.indices {
             do {
                 started.append(try POSIXThread.start { [self] in
-                    _ = ckvm_set_signal_blocked(kickSignal, 0)
+                    KickSignal.unblockOnThisThread()
                     lock.withLock { _ in threads[index] = pthread_self() }
                     if isFinished { vcpus[index].immediateExit = true }
                     runLoop(index)
@@ -183,7 +181,7 @@ public final class Machine {
         }
         for (index, vcpu) in vcpus.enumerated() {
             vcpu.immediateExit = true
-            if let thread = targets[index] { pthread_kill(thread, kickSignal) }
+            if let thread = targets[index] { KickSignal.send(to: thread) }
         }
     }
 
@@ -219,8 +217,8 @@ public final class Machine {
                 finish(.tripleFault(vcpu: index, rip: try? vcpu.registers().rip))
             case .systemEvent(let event):
                 switch event.type {
-                case 1: finish(.poweredOff)
-                case 2: finish(.reset(source: "KVM_SYSTEM_EVENT_RESET"))
+                case .shutdown: finish(.poweredOff)
+                case .reset: finish(.reset(source: "\(SystemEvent.Kind.reset)"))
                 default: finish(.vcpuFailure(vcpu: index, detail: "\(ExitReason.systemEvent): \(event)"))
                 }
             case .internalError(let error):

@@ -1,4 +1,3 @@
-import CKVM
 import Confidential
 import Foundation
 import GuestMemory
@@ -132,7 +131,7 @@ import Testing
         #expect(handler.handle(.interrupted, runArea: run.area) == .notCertificateExit)  // nothing held
         // Exit 40 is KVM_EXIT_TDX unless compatibility was asked for.
         #expect(handler.handle(run.legacyExit(gpa: 0x1000, pages: 4), runArea: run.area) == .notCertificateExit)
-        #expect(run.area.pointee.exit.vmgexit.ret == 0)
+        #expect(run.legacy?.returnCode == 0)
     }
 
     @Test func legacyFormUsesV15CodesAndTheDoneExit() throws {
@@ -142,16 +141,16 @@ import Testing
         let handler = SNPCertificateResponder(service: service, legacyExitCompatibility: true)
 
         #expect(handler.handle(run.legacyExit(gpa: 0x2000, pages: 1), runArea: run.area) == .answered(.bufferTooSmall(pagesNeeded: 2)))
-        #expect(run.area.pointee.exit.vmgexit.ret == 1)
-        #expect(run.area.pointee.exit.vmgexit.data_npages == 2)
-        #expect(run.area.pointee.exit.vmgexit.flags == 0)
+        #expect(run.legacy?.returnCode == 1)
+        #expect(run.legacy?.pageCount == 2)
+        #expect(run.legacy?.flags == 0)
 
         #expect(handler.handle(run.legacyExit(gpa: 0x2001, pages: 2), runArea: run.area) == .answered(.failure))
-        #expect(run.area.pointee.exit.vmgexit.ret == 1 << 31)
+        #expect(run.legacy?.returnCode == 1 << 31)
 
         #expect(handler.handle(run.legacyExit(gpa: 0x2000, pages: 2), runArea: run.area) == .answered(.certificatesWritten))
-        #expect(run.area.pointee.exit.vmgexit.ret == 0)
-        #expect(run.area.pointee.exit.vmgexit.flags == 1)  // NOTIFY_DONE
+        #expect(run.legacy?.returnCode == 0)
+        #expect(run.legacy?.flags == 1)  // NOTIFY_DONE
         #expect(!run.immediateExit)  // the v15 form uses its own completion exit
         #expect(try memory.read(at: 0x2000, length: blob.count) == blob)
         #expect(handler.heldLease != nil)
@@ -161,21 +160,11 @@ import Testing
 
         let update = try CertificateFileLock.acquire(file, kind: .exclusive, timeout: .zero)
         #expect(handler.handle(run.legacyExit(gpa: 0x2000, pages: 2), runArea: run.area) == .answered(.busy))
-        #expect(run.area.pointee.exit.vmgexit.ret == 2)
+        #expect(run.legacy?.returnCode == 2)
         update.release()
 
         #expect(handler.handle(run.legacyExit(gpa: 0x2000, pages: 2), runArea: run.area) == .answered(.certificatesWritten))
         #expect(handler.handle(run.legacyExit(gpa: 0x2000, pages: 2, done: true), runArea: run.area) == .completed)
         #expect(handler.heldLease == nil)
-    }
-
-    @Test func vmgexitLayoutMatchesTheV15Structure() {
-        #expect(MemoryLayout<ckvm_exit_vmgexit>.size == 32)
-        #expect(MemoryLayout<ckvm_exit_vmgexit>.offset(of: \.data_gpa) == 8)
-        #expect(MemoryLayout<ckvm_exit_vmgexit>.offset(of: \.data_npages) == 16)
-        #expect(MemoryLayout<ckvm_exit_vmgexit>.offset(of: \.ret) == 24)
-        #expect(MemoryLayout<ckvm_exit_vmgexit>.offset(of: \.flags) == 28)
-        #expect(MemoryLayout<ckvm_exit_vmgexit>.offset(of: \.status) == 29)
-        #expect(ckvm_run_vmgexit_offset() == 32)
     }
 }

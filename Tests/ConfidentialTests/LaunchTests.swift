@@ -1,30 +1,8 @@
-import CKVM
 import Confidential
 import KVM
 import Testing
 
 @Suite struct LaunchTests {
-    @Test func sevStructLayoutsArePinned() {
-        #expect(MemoryLayout<ckvm_sev_cmd>.size == 24)
-        #expect(MemoryLayout<ckvm_sev_cmd>.offset(of: \.data) == 8)
-        #expect(MemoryLayout<ckvm_sev_cmd>.offset(of: \.error) == 16)
-        #expect(MemoryLayout<ckvm_sev_cmd>.offset(of: \.sev_fd) == 20)
-        #expect(MemoryLayout<ckvm_sev_init>.size == 48)
-        #expect(MemoryLayout<ckvm_sev_init>.offset(of: \.ghcb_version) == 12)
-        #expect(MemoryLayout<ckvm_sev_snp_launch_start>.size == 64)
-        #expect(MemoryLayout<ckvm_sev_snp_launch_start>.offset(of: \.gosvw) == 8)
-        #expect(MemoryLayout<ckvm_sev_snp_launch_start>.offset(of: \.flags) == 24)
-        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.size == 64)
-        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.offset(of: \.len) == 16)
-        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.offset(of: \.type) == 24)
-        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.offset(of: \.flags) == 26)
-        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.offset(of: \.pad2) == 32)
-        #expect(MemoryLayout<ckvm_sev_snp_launch_finish>.size == 88)
-        #expect(MemoryLayout<ckvm_sev_snp_launch_finish>.offset(of: \.host_data) == 19)
-        #expect(MemoryLayout<ckvm_sev_snp_launch_finish>.offset(of: \.flags) == 54)
-        #expect(MemoryLayout<ckvm_sev_snp_launch_finish>.offset(of: \.pad1) == 56)
-    }
-
     @Test func commandNumbersMatchTheUAPI() {
         #expect(SEVCommand.initialize2.rawValue == 22)
         #expect(SEVCommand.snpLaunchStart.rawValue == 100)
@@ -76,8 +54,7 @@ import Testing
             return
         }
         let vm = try kvm.createVirtualMachine()
-        var start = ckvm_sev_snp_launch_start()
-        start.policy = SNPGuestPolicy.standard.rawValue
+        let start = SNPLaunchStartParameters(policy: SNPGuestPolicy.standard.rawValue)
         do {
             try vm.snpLaunchStart(start, sevFileDescriptor: -1)
             Issue.record("KVM_SEV_SNP_LAUNCH_START succeeded on a default VM")
@@ -86,9 +63,9 @@ import Testing
             #expect(error.description.hasPrefix("KVM_MEMORY_ENCRYPT_OP(KVM_SEV_SNP_LAUNCH_START) failed: "))
         }
         #expect(throws: SEVCommandError.self) { try vm.snpEnableCertificateRequests(sevFileDescriptor: -1) }
-        #expect(throws: SEVCommandError.self) { try vm.sevInitialize(ckvm_sev_init(), sevFileDescriptor: -1) }
-        #expect(throws: SEVCommandError.self) { try vm.snpLaunchUpdate(ckvm_sev_snp_launch_update(), sevFileDescriptor: -1) }
-        #expect(throws: SEVCommandError.self) { try vm.snpLaunchFinish(ckvm_sev_snp_launch_finish(), sevFileDescriptor: -1) }
+        #expect(throws: SEVCommandError.self) { try vm.sevInitialize(SEVInitParameters(), sevFileDescriptor: -1) }
+        #expect(throws: SEVCommandError.self) { try vm.snpLaunchUpdate(SNPLaunchUpdateParameters(guestFrameNumber: 0, userspaceAddress: 0, length: 4096, pageType: 1), sevFileDescriptor: -1) }
+        #expect(throws: SEVCommandError.self) { try vm.snpLaunchFinish(SNPLaunchFinishParameters(), sevFileDescriptor: -1) }
         // The device attribute query answers rather than failing.
         _ = try kvm.supportsSNPCertificateRequests()
     }

@@ -1,46 +1,31 @@
-import CKVM
 import Confidential
 import Foundation
 import GuestMemory
 import KVM
 
-/// A kvm_run area in ordinary memory, for driving exit handlers without a vCPU.
+/// A simulated run area and the last certificate request staged in it, for
+/// driving the certificate responder without a vCPU.
 final class SyntheticRun {
-    let size = 4096
-    let area: UnsafeMutablePointer<ckvm_run>
+    let area = RunArea.simulated()
+    private var lastRequest: SNPCertificateRequest?
 
-    init() {
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
-        raw.initializeMemory(as: UInt8.self, repeating: 0, count: size)
-        area = raw.bindMemory(to: ckvm_run.self, capacity: 1)
-    }
-
-    deinit { UnsafeMutableRawPointer(area).deallocate() }
-
-    /// Fills the area as KVM does for KVM_EXIT_SNP_REQ_CERTS and decodes it.
+    /// Stages KVM_EXIT_SNP_REQ_CERTS as KVM writes it, and decodes it.
     func certificateExit(gpa: UInt64, pages: UInt64) -> VCPUExit {
-        area.pointee.exit_reason = 42
-        area.pointee.exit.snp_req_certs = ckvm_exit_snp_req_certs(gpa: gpa, npages: pages, ret: 0)
-        return VCPUExit.decode(run: area, areaSize: size)
+        let exit = area.simulate(.snpRequestCertificates(address: gpa, pages: pages))
+        if case .snpRequestCertificates(let request) = exit { lastRequest = request }
+        return exit
     }
 
-    /// Fills the area as the v15 series did for KVM_EXIT_VMGEXIT REQ_CERTS.
+    /// Stages the v15 series' KVM_EXIT_VMGEXIT REQ_CERTS.
     func legacyExit(gpa: UInt64, pages: UInt64, done: Bool = false) -> VCPUExit {
-        area.pointee.exit_reason = 40
-        var exit = area.pointee.exit.vmgexit
-        exit.type = 1
-        exit.data_gpa = gpa
-        exit.data_npages = pages
-        exit.status = done ? 1 : 0
-        exit.flags = 0
-        if !done { exit.ret = 0 }  // a DONE exit keeps the answer given to the PENDING one
-        area.pointee.exit.vmgexit = exit
-        return VCPUExit.decode(run: area, areaSize: size)
+        lastRequest = nil
+        return area.simulate(.legacyCertificateRequest(address: gpa, pages: pages, done: done))
     }
 
-    var ret: UInt64 { area.pointee.exit.snp_req_certs.ret }
-    var npages: UInt64 { area.pointee.exit.snp_req_certs.npages }
-    var immediateExit: Bool { area.pointee.immediate_exit != 0 }
+    var legacy: SNPLegacyCertificateRequest? { area.legacyCertificateRequest }
+    var ret: UInt64 { lastRequest!.returnCode }
+    var npages: UInt64 { lastRequest!.pageCount }
+    var immediateExit: Bool { area.immediateExit }
 }
 
 /// A temporary directory removed at deinit.

@@ -50,6 +50,37 @@ import Testing
         #expect(MemoryLayout<ckvm_vcpu_events>.offset(of: \ckvm_vcpu_events.exception_payload) == 56)
         #expect(MemoryLayout<ckvm_userspace_memory_region2>.offset(of: \ckvm_userspace_memory_region2.guest_memfd) == 40)
     }
+
+    @Test func sevStructLayoutsArePinned() {
+        #expect(MemoryLayout<ckvm_sev_cmd>.size == 24)
+        #expect(MemoryLayout<ckvm_sev_cmd>.offset(of: \.data) == 8)
+        #expect(MemoryLayout<ckvm_sev_cmd>.offset(of: \.error) == 16)
+        #expect(MemoryLayout<ckvm_sev_cmd>.offset(of: \.sev_fd) == 20)
+        #expect(MemoryLayout<ckvm_sev_init>.size == 48)
+        #expect(MemoryLayout<ckvm_sev_init>.offset(of: \.ghcb_version) == 12)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_start>.size == 64)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_start>.offset(of: \.gosvw) == 8)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_start>.offset(of: \.flags) == 24)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.size == 64)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.offset(of: \.len) == 16)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.offset(of: \.type) == 24)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.offset(of: \.flags) == 26)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_update>.offset(of: \.pad2) == 32)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_finish>.size == 88)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_finish>.offset(of: \.host_data) == 19)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_finish>.offset(of: \.flags) == 54)
+        #expect(MemoryLayout<ckvm_sev_snp_launch_finish>.offset(of: \.pad1) == 56)
+    }
+
+    @Test func vmgexitLayoutMatchesTheV15Structure() {
+        #expect(MemoryLayout<ckvm_exit_vmgexit>.size == 32)
+        #expect(MemoryLayout<ckvm_exit_vmgexit>.offset(of: \.data_gpa) == 8)
+        #expect(MemoryLayout<ckvm_exit_vmgexit>.offset(of: \.data_npages) == 16)
+        #expect(MemoryLayout<ckvm_exit_vmgexit>.offset(of: \.ret) == 24)
+        #expect(MemoryLayout<ckvm_exit_vmgexit>.offset(of: \.flags) == 28)
+        #expect(MemoryLayout<ckvm_exit_vmgexit>.offset(of: \.status) == 29)
+        #expect(ckvm_run_vmgexit_offset() == 32)
+    }
 }
 
 @Suite struct IoctlNumberTests {
@@ -96,9 +127,9 @@ import Testing
     }
 
     @Test func errorsNameTheCallAndErrno() {
-        let error = KVMError(operation: "KVM_CREATE_GUEST_MEMFD", errno: .invalidArgument)
+        let error = SystemCallError(operation: "KVM_CREATE_GUEST_MEMFD", errno: .invalidArgument)
         #expect(error.description.hasPrefix("KVM_CREATE_GUEST_MEMFD failed: EINVAL"))
-        #expect(KVMError(operation: "x", errno: .init(rawValue: 25)).description.contains("ENOTTY"))
+        #expect(SystemCallError(operation: "x", errno: .init(rawValue: 25)).description.contains("ENOTTY"))
     }
 }
 

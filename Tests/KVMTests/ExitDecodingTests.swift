@@ -5,22 +5,8 @@ import Testing
 /// Exit decoding against synthetic run areas, so every case is covered
 /// without a guest producing it.
 @Suite struct ExitDecodingTests {
-    /// A zeroed, page-sized run area for one test.
-    final class RunArea {
-        let size = 4096
-        let raw: UnsafeMutableRawPointer
-        var run: UnsafeMutablePointer<ckvm_run> { raw.assumingMemoryBound(to: ckvm_run.self) }
-        init() {
-            raw = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
-            raw.initializeMemory(as: UInt8.self, repeating: 0, count: size)
-            _ = raw.bindMemory(to: ckvm_run.self, capacity: 1)
-        }
-        deinit { raw.deallocate() }
-        func decode() -> VCPUExit { VCPUExit.decode(run: run, areaSize: size) }
-    }
-
     @Test func ioOutWithData() {
-        let area = RunArea()
+        let area = RunArea.simulated()
         area.run.pointee.exit_reason = 2
         area.run.pointee.exit.io = ckvm_exit_io(direction: 1, size: 4, port: 0xE000, count: 1, data_offset: 4000)
         area.raw.storeBytes(of: UInt32(0xB000).littleEndian, toByteOffset: 4000, as: UInt32.self)
@@ -33,7 +19,7 @@ import Testing
     }
 
     @Test func ioInAnswerLandsInTheRunArea() {
-        let area = RunArea()
+        let area = RunArea.simulated()
         area.run.pointee.exit_reason = 2
         area.run.pointee.exit.io = ckvm_exit_io(direction: 0, size: 2, port: 0x60, count: 1, data_offset: 1024)
         guard case .io(let io) = area.decode() else { Issue.record("not an IO exit"); return }
@@ -43,7 +29,7 @@ import Testing
     }
 
     @Test func ioDataOffsetOutsideTheAreaIsNotFollowed() {
-        let area = RunArea()
+        let area = RunArea.simulated()
         area.run.pointee.exit_reason = 2
         area.run.pointee.exit.io = ckvm_exit_io(direction: 1, size: 4, port: 1, count: 2, data_offset: 4092)
         guard case .internalError(let error) = area.decode() else { Issue.record("bad offset was followed"); return }
@@ -51,7 +37,7 @@ import Testing
     }
 
     @Test func emulationFailureWithInstructionBytes() {
-        let area = RunArea()
+        let area = RunArea.simulated()
         area.run.pointee.exit_reason = 17
         let base = area.raw + 32
         base.storeBytes(of: UInt32(1), as: UInt32.self)  // suberror EMULATION
@@ -68,7 +54,7 @@ import Testing
     }
 
     @Test func internalErrorWithoutInstructionBytes() {
-        let area = RunArea()
+        let area = RunArea.simulated()
         area.run.pointee.exit_reason = 17
         area.run.pointee.exit.`internal`.suberror = 3
         area.run.pointee.exit.`internal`.ndata = 1
@@ -80,7 +66,7 @@ import Testing
     }
 
     @Test func memoryFault() {
-        let area = RunArea()
+        let area = RunArea.simulated()
         area.run.pointee.exit_reason = 39
         area.run.pointee.exit.memory_fault = ckvm_exit_memory_fault(flags: 8, gpa: 0x1_0000_0000, size: 0x1000)
         guard case .memoryFault(let fault) = area.decode() else { Issue.record("not a memory fault"); return }
@@ -90,7 +76,7 @@ import Testing
     }
 
     @Test func snpCertificateRequestResponses() {
-        let area = RunArea()
+        let area = RunArea.simulated()
         area.run.pointee.exit_reason = 42
         area.run.pointee.exit.snp_req_certs = ckvm_exit_snp_req_certs(gpa: 0x20_0000, npages: 1, ret: 0)
         guard case .snpRequestCertificates(let request) = area.decode() else { Issue.record("not SNP_REQ_CERTS"); return }
@@ -108,7 +94,7 @@ import Testing
     }
 
     @Test func hypercallAnswer() {
-        let area = RunArea()
+        let area = RunArea.simulated()
         area.run.pointee.exit_reason = 3
         area.run.pointee.exit.hypercall.nr = 12
         area.run.pointee.exit.hypercall.args.1 = 0x55
@@ -120,7 +106,7 @@ import Testing
     }
 
     @Test func otherReasons() {
-        let area = RunArea()
+        let area = RunArea.simulated()
         area.run.pointee.exit_reason = 5
         #expect(area.decode().reason == .halt)
         area.run.pointee.exit_reason = 8
@@ -150,4 +136,10 @@ import Testing
         guard case .unknown(let hardware) = area.decode() else { Issue.record("not UNKNOWN"); return }
         #expect(hardware == 0x30)
     }
+}
+
+extension RunArea {
+    /// The area's bytes, for writing fields the way KVM does.
+    var raw: UnsafeMutableRawPointer { address }
+    func decode() -> VCPUExit { decodeExit() }
 }

@@ -16,7 +16,7 @@ let kvmAvailable = FileManager.default.isReadableFile(atPath: "/dev/kvm")
     }
 
     @Test func badDevicePathNamesTheCall() {
-        #expect(throws: KVMError.self) { try KVMSystem(path: "/nonexistent/kvm") }
+        #expect(throws: SystemCallError.self) { try KVMSystem(path: "/nonexistent/kvm") }
         do { _ = try KVMSystem(path: "/nonexistent/kvm") } catch {
             #expect(String(describing: error).contains("open(/nonexistent/kvm) failed: ENOENT"))
         }
@@ -27,7 +27,7 @@ let kvmAvailable = FileManager.default.isReadableFile(atPath: "/dev/kvm")
         do {
             _ = try vm.createGuestMemfd(size: 1)
             Issue.record("a 1-byte guest_memfd was accepted")
-        } catch let error as KVMError {
+        } catch let error as SystemCallError {
             #expect(error.operation == "KVM_CREATE_GUEST_MEMFD")
             #expect(error.errno == .invalidArgument)
         }
@@ -93,7 +93,7 @@ let kvmAvailable = FileManager.default.isReadableFile(atPath: "/dev/kvm")
         do {
             try vm.setMemoryAttributes(address: 0, size: 4096, attributes: .private)
             Issue.record("KVM_SET_MEMORY_ATTRIBUTES succeeded on a VM without KVM_CAP_MEMORY_ATTRIBUTES")
-        } catch let error as KVMError {
+        } catch let error as SystemCallError {
             #expect(error.operation == "KVM_SET_MEMORY_ATTRIBUTES")
         }
     }

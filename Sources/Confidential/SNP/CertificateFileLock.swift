@@ -1,4 +1,4 @@
-import CKVM
+import HostSystem
 import SystemPackage
 
 #if canImport(Glibc)
@@ -20,7 +20,7 @@ import Musl
 public enum CertificateFileLock {
     public enum Kind: Sendable, CustomStringConvertible {
         case shared, exclusive
-        var code: Int32 { self == .shared ? 0 : 1 }
+        var lockKind: OFDLock.Kind { self == .shared ? .shared : .exclusive }
         public var description: String { self == .shared ? "shared" : "exclusive" }
     }
 
@@ -36,13 +36,14 @@ public enum CertificateFileLock {
         let start = clock.now
         var pause: UInt32 = 20  // microseconds; doubles up to 2 ms
         while true {
-            if ckvm_ofd_lock(fd, kind.code) == 0 {
+            do {
+                try OFDLock.set(kind.lockKind, on: fd)
                 return CertificateFileLease(fileDescriptor: fd, path: path, kind: kind)
-            }
-            let code = errno
-            guard code == EAGAIN || code == EACCES || code == EINTR else {
-                close(fd)
-                throw CertificateFileError.lock(path: path, errno: Errno(rawValue: code))
+            } catch let error as SystemCallError {
+                guard [.resourceTemporarilyUnavailable, .permissionDenied, .interrupted].contains(error.errno) else {
+                    close(fd)
+                    throw CertificateFileError.lock(path: path, errno: error.errno)
+                }
             }
             let waited = clock.now - start
             if waited >= timeout {

@@ -1,4 +1,3 @@
-import CKVM
 import KVM
 
 /// Drives the certificate service from one vCPU's run loop, including the
@@ -53,7 +52,7 @@ public final class SNPCertificateResponder {
 
     /// Handles `exit` if it belongs to the certificate protocol. `runArea` is the
     /// vCPU's kvm_run the exit was decoded from.
-    public func handle(_ exit: VCPUExit, runArea: UnsafeMutablePointer<ckvm_run>) -> Handling {
+    public func handle(_ exit: VCPUExit, runArea: RunArea) -> Handling {
         switch exit {
         case .snpRequestCertificates(let request):
             releaseHeldLease()  // a new request means any earlier one has completed
@@ -62,18 +61,18 @@ public final class SNPCertificateResponder {
             record(outcome)
             if case .written(_, let lease) = outcome {
                 heldLease = lease
-                runArea.pointee.immediate_exit = 1
+                runArea.immediateExit = true
             }
             return .answered(outcome.response)
         case .interrupted where heldLease != nil:
             // KVM runs the pending completion (the firmware call) before it honours
             // immediate_exit, so this EINTR means the report has been made.
             releaseHeldLease()
-            runArea.pointee.immediate_exit = 0
+            runArea.immediateExit = false
             statistics.completions += 1
             return .completed
         case .unrecognized(let reason) where legacyExitCompatibility && reason.rawValue == SNPLegacyCertificateRequest.exitReason:
-            guard let request = SNPLegacyCertificateRequest(run: runArea) else { return .notCertificateExit }
+            guard let request = runArea.legacyCertificateRequest else { return .notCertificateExit }
             switch request.status {
             case .pending:
                 releaseHeldLease()

@@ -1,4 +1,3 @@
-import CKVM
 import GuestMemory
 import KVM
 import SystemPackage
@@ -120,13 +119,11 @@ public final class SNPLaunch {
         guard missing.isEmpty else { throw SNPLaunchError.unavailable(missing) }
 
         let sev = open(SNPHostSupport.sevDevicePath, O_RDWR | O_CLOEXEC)
-        guard sev >= 0 else { throw KVMError(operation: "open(\(SNPHostSupport.sevDevicePath))", errno: Errno(rawValue: errno)) }
+        guard sev >= 0 else { throw SystemCallError.current("open(\(SNPHostSupport.sevDevicePath))") }
         sevFileDescriptor = sev
         do {
             virtualMachine = try kvm.createVirtualMachine(type: .sevSNP)
-            var initialize = ckvm_sev_init()
-            initialize.vmsa_features = vmsaFeatures
-            try virtualMachine.sevInitialize(initialize, sevFileDescriptor: sev)
+            try virtualMachine.sevInitialize(SEVInitParameters(vmsaFeatures: vmsaFeatures), sevFileDescriptor: sev)
             privateMemory = try virtualMachine.createGuestMemfd(size: memorySize)
             sharedMemory = try MemoryMapping(anonymousSize: Int(memorySize), sharing: .shared)
             try virtualMachine.setUserMemoryRegion2(MemorySlot(
@@ -152,9 +149,7 @@ public final class SNPLaunch {
         guard policy.rawValue & SNPGuestPolicy.reservedMustBeOne != 0 else {
             throw SNPLaunchError.invalidArgument("SNP policy 0x\(String(policy.rawValue, radix: 16)) lacks reserved bit 17, which must be one")
         }
-        var parameters = ckvm_sev_snp_launch_start()
-        parameters.policy = policy.rawValue
-        try virtualMachine.snpLaunchStart(parameters, sevFileDescriptor: sevFileDescriptor)
+        try virtualMachine.snpLaunchStart(SNPLaunchStartParameters(policy: policy.rawValue), sevFileDescriptor: sevFileDescriptor)
     }
 
     /// KVM_SEV_SNP_LAUNCH_UPDATE of `[guestPhysicalAddress, +length)` from the
@@ -165,11 +160,9 @@ public final class SNPLaunch {
             throw SNPLaunchError.invalidArgument(
                 "SNP launch update 0x\(String(guestPhysicalAddress, radix: 16)) +0x\(String(length, radix: 16)) must be page-aligned and inside the \(memorySize)-byte guest")
         }
-        var parameters = ckvm_sev_snp_launch_update()
-        parameters.gfn_start = guestPhysicalAddress / 4096
-        parameters.uaddr = sharedMemory.address + guestPhysicalAddress
-        parameters.len = length
-        parameters.type = type.rawValue
+        let parameters = SNPLaunchUpdateParameters(guestFrameNumber: guestPhysicalAddress / 4096,
+                                                   userspaceAddress: sharedMemory.address + guestPhysicalAddress,
+                                                   length: length, pageType: type.rawValue)
         try virtualMachine.snpLaunchUpdate(parameters, sevFileDescriptor: sevFileDescriptor)
     }
 
@@ -178,8 +171,6 @@ public final class SNPLaunch {
         guard hostData.count <= 32 else {
             throw SNPLaunchError.invalidArgument("SNP host data is at most 32 bytes, not \(hostData.count)")
         }
-        var parameters = ckvm_sev_snp_launch_finish()
-        withUnsafeMutableBytes(of: &parameters.host_data) { $0.copyBytes(from: hostData) }
-        try virtualMachine.snpLaunchFinish(parameters, sevFileDescriptor: sevFileDescriptor)
+        try virtualMachine.snpLaunchFinish(SNPLaunchFinishParameters(hostData: hostData), sevFileDescriptor: sevFileDescriptor)
     }
 }

@@ -201,7 +201,7 @@ public enum CETMSRSuite {
         let registers: [OneRegisterID]
         do {
             registers = try vcpu.registerList()
-        } catch let error as KVMError where error.errno == .invalidArgument && context.host.capability(.oneRegister) == 0 {
+        } catch let error as SystemCallError where error.errno == .invalidArgument && context.host.capability(.oneRegister) == 0 {
             // x86 KVM gained KVM_GET_REG_LIST and ONE_REG with the CET series
             // (Linux 6.18); before that the ioctl is unknown on x86 vCPUs.
             try context.skip("this KVM has no KVM_GET_REG_LIST for x86 (\(error); KVM_CAP_ONE_REG is 0)")

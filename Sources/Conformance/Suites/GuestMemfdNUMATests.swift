@@ -45,11 +45,11 @@ extension GuestMemfdSuite {
         let memfd = try vm.createGuestMemfd(size: UInt64(totalSize), flags: flags)
         let mapping = try MemoryMapping(fileDescriptor: memfd.fileDescriptor, size: totalSize, sharing: .shared)
         let pages = (0..<4).map { page(mapping, $0) }
-        let punch = HostCall.keepSize | HostCall.punchHole
+        let punch: FileSpace.Mode = [.keepSize, .punchHole]
         // A page allocated under one policy and punched must not stay where it was.
         try expectFill(context, UnsafeMutableRawBufferPointer(start: pages[0], count: pageSize), 0xAA, "filling page 0")
         try NUMAPolicy.bind(pages[0], length: pageSize, mode: NUMAPolicy.modeBind, mask: 0x1)
-        try HostCall.fallocate(memfd.fileDescriptor, mode: punch, offset: 0, length: pageSize)
+        try FileSpace.allocate(memfd.fileDescriptor, mode: punch, offset: 0, length: pageSize)
         for (firstHalf, secondHalf) in [(UInt(0x2), UInt(0x1)), (UInt(0x1), UInt(0x2))] {
             try NUMAPolicy.bind(pages[0], length: 2 * pageSize, mode: NUMAPolicy.modeBind, mask: firstHalf)
             try NUMAPolicy.bind(pages[2], length: 2 * pageSize, mode: NUMAPolicy.modeBind, mask: secondHalf)
@@ -57,7 +57,7 @@ extension GuestMemfdSuite {
             let expected: [Int32] = [firstHalf, firstHalf, secondHalf, secondHalf].map { $0 == 0x1 ? 0 : 1 }
             let nodes = try NUMAPolicy.nodes(of: pages)
             try context.expectEqual(nodes, expected, "nodes of the four pages (move_pages) after binding pages 0-1 and 2-3")
-            try HostCall.fallocate(memfd.fileDescriptor, mode: punch, offset: 0, length: totalSize)
+            try FileSpace.allocate(memfd.fileDescriptor, mode: punch, offset: 0, length: totalSize)
         }
     }
 }

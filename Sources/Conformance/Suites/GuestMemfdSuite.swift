@@ -151,10 +151,10 @@ public enum GuestMemfdSuite {
     static func fallocate(_ context: TestContext, _ vm: VirtualMachine, _ flags: GuestMemfdFlags) throws {
         let memfd = try vm.createGuestMemfd(size: UInt64(totalSize), flags: flags)
         let fd = memfd.fileDescriptor
-        let keep = HostCall.keepSize
-        let punch = HostCall.keepSize | HostCall.punchHole
+        let keep: FileSpace.Mode = .keepSize
+        let punch: FileSpace.Mode = [.keepSize, .punchHole]
         let page = pageSize
-        let cases: [(String, Int32, Int, Int, Bool)] = [
+        let cases: [(String, FileSpace.Mode, Int, Int, Bool)] = [
             ("allocate the whole file", keep, 0, totalSize, true),
             ("punch with unaligned offset", punch, page - 1, page, false),
             ("allocate at the file size", keep, totalSize, page, false),
@@ -166,7 +166,7 @@ public enum GuestMemfdSuite {
             ("allocate the punched page again", keep, page, page, true),
         ]
         for (what, mode, offset, length, succeeds) in cases {
-            let errno = try context.errno(of: { try HostCall.fallocate(fd, mode: mode, offset: offset, length: length) })
+            let errno = try context.errno(of: { try FileSpace.allocate(fd, mode: mode, offset: offset, length: length) })
             if succeeds {
                 try context.expect(errno == nil, "fallocate: \(what) (offset \(offset), length \(length)) failed with \(errno?.symbolicName ?? "")")
             } else {
@@ -185,7 +185,7 @@ public enum GuestMemfdSuite {
         ]
         for (offset, length) in cases {
             try context.expectErrno(.invalidArgument, "PUNCH_HOLE at offset \(offset), length \(length)") {
-                try HostCall.fallocate(memfd.fileDescriptor, mode: HostCall.keepSize | HostCall.punchHole, offset: offset, length: length)
+                try FileSpace.allocate(memfd.fileDescriptor, mode: [.keepSize, .punchHole], offset: offset, length: length)
             }
         }
     }
@@ -211,7 +211,7 @@ public enum GuestMemfdSuite {
         do {
             _ = try MemoryMapping(fileDescriptor: memfd.fileDescriptor, size: size, sharing: sharing)
             return nil
-        } catch let error as MappingError {
+        } catch let error as SystemCallError {
             return error.errno
         }
     }
@@ -236,7 +236,7 @@ public enum GuestMemfdSuite {
         let mapping = try MemoryMapping(fileDescriptor: memfd.fileDescriptor, size: totalSize, sharing: .shared)
         try expectFill(context, mapping.bytes, 0xAA, "filling the mapping")
         try expectBytes(context, mapping.bytes, { _ in 0xAA }, "after filling with 0xaa")
-        try HostCall.fallocate(memfd.fileDescriptor, mode: HostCall.keepSize | HostCall.punchHole, offset: 0, length: pageSize)
+        try FileSpace.allocate(memfd.fileDescriptor, mode: [.keepSize, .punchHole], offset: 0, length: pageSize)
         try expectBytes(context, mapping.bytes, { $0 < pageSize ? 0 : 0xAA }, "after punching the first page")
         try expectFill(context, UnsafeMutableRawBufferPointer(rebasing: mapping.bytes[0..<pageSize]), 0xAA, "refilling the punched page")
         try expectBytes(context, mapping.bytes, { _ in 0xAA }, "after refilling the punched page")

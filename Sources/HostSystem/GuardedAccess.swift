@@ -1,4 +1,4 @@
-import CKVM
+import CHost
 
 /// Host accesses to memory that may raise SIGBUS (guest_memfd pages that are
 /// private or beyond the file size). A fault ends the access and is reported
@@ -14,7 +14,7 @@ public enum GuardedAccess {
     public static func fill(_ buffer: UnsafeMutableRawBufferPointer, with value: UInt8) -> Outcome {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return .completed }
         // Sound: the C side touches exactly [base, base + count).
-        let result = ckvm_guarded_fill(base, value, buffer.count)
+        let result = chost_guarded_fill(base, value, buffer.count)
         return result < 0 ? .completed : .sigbus(offset: result)
     }
 
@@ -23,7 +23,7 @@ public enum GuardedAccess {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return ([], .completed) }
         var bytes = [UInt8](repeating: 0, count: buffer.count)
         // Sound: `bytes` has `count` bytes; the C side reads [base, base + count).
-        let result = bytes.withUnsafeMutableBytes { ckvm_guarded_read(base, $0.baseAddress, buffer.count) }
+        let result = bytes.withUnsafeMutableBytes { chost_guarded_read(base, $0.baseAddress, buffer.count) }
         if result < 0 { return (bytes, .completed) }
         return (Array(bytes.prefix(result)), .sigbus(offset: result))
     }

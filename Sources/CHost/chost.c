@@ -1,0 +1,141 @@
+/*
+ * Host system-call shims (see chost.h).
+ */
+#define _GNU_SOURCE
+#include "chost.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int chost_fallocate(int fd, int mode, long offset, long length) {
+    return fallocate(fd, mode, (off_t)offset, (off_t)length);
+}
+
+int chost_malloc_trim(void) { return malloc_trim(0); }
+
+static short chost_lock_type(int kind) {
+    return kind == 0 ? F_RDLCK : kind == 1 ? F_WRLCK : F_UNLCK;
+}
+
+int chost_ofd_lock(int fd, int kind) {
+    struct flock lock;
+    memset(&lock, 0, sizeof(lock)); /* l_pid must be 0 for OFD locks */
+    lock.l_type = chost_lock_type(kind);
+    lock.l_whence = SEEK_SET;
+    lock.l_start = 0;
+    lock.l_len = 0; /* to the end of the file, however it grows */
+    return fcntl(fd, F_OFD_SETLK, &lock);
+}
+
+static void chost_kick_handler(int signal_number) {
+    (void)signal_number; /* Only the interruption of KVM_RUN matters. */
+}
+
+int chost_install_kick_handler(int signal_number) {
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = chost_kick_handler;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = 0; /* no SA_RESTART: KVM_RUN must come back with EINTR */
+    return sigaction(signal_number, &action, NULL);
+}
+
+int chost_set_signal_blocked(int signal_number, int blocked) {
+    sigset_t set, previous;
+    sigemptyset(&set);
+    sigaddset(&set, signal_number);
+    int error = pthread_sigmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, &previous);
+    if (error != 0) {
+        errno = error;
+        return -1;
+    }
+    return sigismember(&previous, signal_number) ? 1 : 0;
+}
+
+/* Per-thread state of the guarded access in progress, read by the handler. */
+static __thread sigjmp_buf guard_jump;
+static __thread volatile int guard_active;
+static __thread volatile uintptr_t guard_fault_address;
+
+/* Serialises the process-wide SIGBUS disposition between threads. */
+static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void chost_sigbus_handler(int signal_number, siginfo_t *info, void *context) {
+    (void)context;
+    if (!guard_active) {
+        /* Not ours: fall back to the default action and re-raise. */
+        signal(signal_number, SIG_DFL);
+        raise(signal_number);
+        return;
+    }
+    guard_fault_address = (uintptr_t)info->si_addr;
+    guard_active = 0;
+    siglongjmp(guard_jump, 1);
+}
+
+/* Runs `body` over [address, address+length) with SIGBUS turned into a return. */
+static long chost_guarded(volatile uint8_t *address, size_t length,
+                         void (*body)(volatile uint8_t *, size_t, void *), void *context) {
+    struct sigaction action, previous;
+    long result = -1;
+
+    pthread_mutex_lock(&guard_lock);
+    memset(&action, 0, sizeof(action));
+    action.sa_sigaction = chost_sigbus_handler;
+    action.sa_flags = SA_SIGINFO;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGBUS, &action, &previous);
+
+    if (sigsetjmp(guard_jump, 1) == 0) {
+        guard_active = 1;
+        body(address, length, context);
+        guard_active = 0;
+    } else {
+        result = (long)(guard_fault_address - (uintptr_t)address);
+    }
+
+    sigaction(SIGBUS, &previous, NULL);
+    pthread_mutex_unlock(&guard_lock);
+    return result;
+}
+
+static void fill_body(volatile uint8_t *address, size_t length, void *context) {
+    uint8_t value = *(uint8_t *)context;
+    for (size_t i = 0; i < length; i++)
+        address[i] = value;
+}
+
+static void read_body(volatile uint8_t *address, size_t length, void *context) {
+    uint8_t *destination = context;
+    for (size_t i = 0; i < length; i++)
+        destination[i] = address[i];
+}
+
+long chost_guarded_fill(void *address, uint8_t value, size_t length) {
+    return chost_guarded(address, length, fill_body, &value);
+}
+
+long chost_guarded_read(const void *address, void *destination, size_t length) {
+    return chost_guarded((volatile uint8_t *)address, length, read_body, destination);
+}
+
+long chost_mbind(void *address, unsigned long length, int mode, const unsigned long *nodemask,
+                unsigned long maxnode, unsigned int flags) {
+    return syscall(SYS_mbind, address, length, mode, nodemask, maxnode, flags);
+}
+
+long chost_get_mempolicy(int *mode, unsigned long *nodemask, unsigned long maxnode, void *address,
+                        unsigned long flags) {
+    return syscall(SYS_get_mempolicy, mode, nodemask, maxnode, address, flags);
+}
+
+long chost_move_pages(int pid, unsigned long count, void **pages, const int *nodes, int *status, int flags) {
+    return syscall(SYS_move_pages, pid, count, pages, nodes, status, flags);
+}

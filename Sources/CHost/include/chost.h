@@ -1,0 +1,63 @@
+/*
+ * Host system calls and signal machinery that Swift cannot express directly:
+ * functions glibc declares only under _GNU_SOURCE or not at all, variadic
+ * calls, signal handlers, and SIGBUS-guarded memory access (sigsetjmp). Only
+ * the HostSystem target imports this module; everything else uses its Swift API.
+ */
+#ifndef CHOST_H
+#define CHOST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* fallocate(2) is declared only under _GNU_SOURCE, which Swift's Glibc module lacks. */
+int chost_fallocate(int fd, int mode, long offset, long length);
+
+/* malloc_trim(3): return freed heap memory to the system (malloc.h is not in Swift's Glibc module). */
+int chost_malloc_trim(void);
+
+/*
+ * Open-file-description lock on the whole file, never waiting (F_OFD_SETLK).
+ * kind: 0 shared (F_RDLCK), 1 exclusive (F_WRLCK), 2 unlock (F_UNLCK).
+ * Returns 0, or -1 with errno (EAGAIN/EACCES when another description holds a
+ * conflicting lock).
+ */
+int chost_ofd_lock(int fd, int kind);
+
+
+/*
+ * Installs a do-nothing handler for `signal_number` without SA_RESTART, so that a
+ * signal sent with pthread_kill makes a blocked KVM_RUN return EINTR. Idempotent.
+ * Returns 0 or -1 with errno.
+ */
+int chost_install_kick_handler(int signal_number);
+
+/*
+ * Blocks or unblocks `signal_number` for the calling thread (pthread_sigmask).
+ * Returns the previous state (1 blocked, 0 unblocked) or -1 with errno.
+ * libdispatch worker threads, on which Swift concurrency runs, block most
+ * signals, so a vCPU thread must unblock the kick signal while it may be kicked.
+ */
+int chost_set_signal_blocked(int signal_number, int blocked);
+
+/*
+ * Memory accesses that survive SIGBUS (guest_memfd faults beyond the file size or
+ * on private pages). Each call installs a SIGBUS handler for the calling thread's
+ * access only, runs one bulk access under sigsetjmp, and restores the previous
+ * disposition. Return value: -1 when every byte was accessed, otherwise the byte
+ * offset at which SIGBUS was raised.
+ */
+long chost_guarded_fill(void *address, uint8_t value, size_t length);
+long chost_guarded_read(const void *address, void *destination, size_t length);
+
+
+/* mbind(2), get_mempolicy(2) and move_pages(2): glibc has no wrappers (libnuma
+   does), and Swift cannot call the variadic syscall(2). Each returns the
+   syscall's result, -1 with errno set on failure. */
+long chost_mbind(void *address, unsigned long length, int mode, const unsigned long *nodemask,
+                unsigned long maxnode, unsigned int flags);
+long chost_get_mempolicy(int *mode, unsigned long *nodemask, unsigned long maxnode, void *address,
+                        unsigned long flags);
+long chost_move_pages(int pid, unsigned long count, void **pages, const int *nodes, int *status, int flags);
+
+#endif /* CHOST_H */
