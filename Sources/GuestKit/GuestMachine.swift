@@ -84,8 +84,8 @@ public final class GuestMachine {
         special.fs = data
         special.gs = data
         special.ss = data
-        special.tr = Segment(base: 0, limit: 0x67, selector: 0x18, type: 0xB, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0, padding: 0)
-        special.ldt = Segment(base: 0, limit: 0, selector: 0, type: 0x2, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 1, padding: 0)
+        special.tr = Segment(base: 0, limit: 0x67, selector: 0x18, type: 0xB, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0)
+        special.ldt = Segment(base: 0, limit: 0, selector: 0, type: 0x2, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 1)
         special.gdt.base = layout.gdtAddress
         special.gdt.limit = UInt16(8 * DescriptorTables.gdtEntries.count - 1)
         special.idt.base = layout.idtAddress
@@ -133,7 +133,7 @@ public final class GuestMachine {
 
     private static func segment(selector: UInt16, type: UInt8, longMode: Bool) -> Segment {
         Segment(base: 0, limit: 0xFFFF_FFFF, selector: selector, type: type, present: 1, dpl: 0,
-                db: longMode ? 0 : 1, s: 1, l: longMode ? 1 : 0, g: 1, avl: 0, unusable: 0, padding: 0)
+                db: longMode ? 0 : 1, s: 1, l: longMode ? 1 : 0, g: 1, avl: 0, unusable: 0)
     }
 
     // MARK: Running

@@ -1,21 +1,12 @@
 import CKVM
 import SystemPackage
 
-/// One CPUID leaf as KVM describes it (struct kvm_cpuid_entry2).
-public typealias CPUIDEntry = ckvm_cpuid_entry2
-
 extension CPUIDEntry {
     /// Every field zero: an unused slot of a kvm_cpuid2 buffer.
     var isAllZero: Bool { function == 0 && index == 0 && flags == 0 && eax == 0 && ebx == 0 && ecx == 0 && edx == 0 }
 
     /// KVM_CPUID_FLAG_SIGNIFCANT_INDEX: the entry applies to one sub-leaf only.
     public static let significantIndexFlag: UInt32 = 1 << 0
-
-    public init(function: UInt32, index: UInt32 = 0, flags: UInt32 = 0,
-                eax: UInt32 = 0, ebx: UInt32 = 0, ecx: UInt32 = 0, edx: UInt32 = 0) {
-        self.init(function: function, index: index, flags: flags,
-                  eax: eax, ebx: ebx, ecx: ecx, edx: edx, padding: (0, 0, 0))
-    }
 }
 
 /// A CPUID table, as passed to KVM_SET_CPUID2 or returned by
@@ -58,12 +49,12 @@ public struct CPUIDTable: Sendable {
         buffer.initializeMemory(as: UInt8.self, repeating: 0, count: headerSize + count * entryStride)
         buffer.storeBytes(of: UInt32(entries.isEmpty ? count : entries.count), as: UInt32.self)
         for (position, entry) in entries.enumerated() {
-            buffer.storeBytes(of: entry, toByteOffset: headerSize + position * entryStride, as: CPUIDEntry.self)
+            buffer.storeBytes(of: entry.raw, toByteOffset: headerSize + position * entryStride, as: ckvm_cpuid_entry2.self)
         }
         let result = try body(buffer)
         let returned = min(Int(buffer.load(as: UInt32.self)), count)
         let out = (0..<returned).map {
-            buffer.load(fromByteOffset: headerSize + $0 * entryStride, as: CPUIDEntry.self)
+            CPUIDEntry(buffer.load(fromByteOffset: headerSize + $0 * entryStride, as: ckvm_cpuid_entry2.self))
         }
         return (result, out)
     }

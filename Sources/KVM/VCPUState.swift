@@ -1,19 +1,6 @@
 import CKVM
 import SystemPackage
 
-/// General-purpose registers (struct kvm_regs).
-public typealias Registers = ckvm_regs
-/// Segment, control and descriptor-table registers (struct kvm_sregs).
-public typealias SpecialRegisters = ckvm_sregs
-/// One segment register (struct kvm_segment).
-public typealias Segment = ckvm_segment
-/// x87/SSE state (struct kvm_fpu).
-public typealias FPUState = ckvm_fpu
-/// Pending exceptions, interrupts, NMI and SMI state (struct kvm_vcpu_events).
-public typealias VCPUEvents = ckvm_vcpu_events
-/// Extended control registers (struct kvm_xcrs).
-public typealias ExtendedControlRegisters = ckvm_xcrs
-
 /// One MSR index and value (struct kvm_msr_entry).
 public struct MSREntry: Hashable, Sendable {
     public var index: UInt32
@@ -58,42 +45,42 @@ extension VCPU {
 
     /// The corresponding ioctl is KVM_GET_REGS.
     public func registers() throws -> Registers {
-        try fetch(KVMRequest.getRegisters, Registers())
+        Registers(try fetch(KVMRequest.getRegisters, ckvm_regs()))
     }
 
     /// The corresponding ioctl is KVM_SET_REGS.
     public func setRegisters(_ registers: Registers) throws {
-        try store(KVMRequest.setRegisters, registers)
+        try store(KVMRequest.setRegisters, registers.raw)
     }
 
     /// The corresponding ioctl is KVM_GET_SREGS.
     public func specialRegisters() throws -> SpecialRegisters {
-        try fetch(KVMRequest.getSpecialRegisters, SpecialRegisters())
+        SpecialRegisters(try fetch(KVMRequest.getSpecialRegisters, ckvm_sregs()))
     }
 
     /// The corresponding ioctl is KVM_SET_SREGS.
     public func setSpecialRegisters(_ registers: SpecialRegisters) throws {
-        try store(KVMRequest.setSpecialRegisters, registers)
+        try store(KVMRequest.setSpecialRegisters, registers.raw)
     }
 
     /// The corresponding ioctl is KVM_GET_FPU.
     public func fpu() throws -> FPUState {
-        try fetch(KVMRequest.getFPU, FPUState())
+        FPUState(try fetch(KVMRequest.getFPU, ckvm_fpu()))
     }
 
     /// The corresponding ioctl is KVM_SET_FPU.
     public func setFPU(_ state: FPUState) throws {
-        try store(KVMRequest.setFPU, state)
+        try store(KVMRequest.setFPU, state.raw)
     }
 
     /// The corresponding ioctl is KVM_GET_VCPU_EVENTS.
     public func events() throws -> VCPUEvents {
-        try fetch(KVMRequest.getVCPUEvents, VCPUEvents())
+        VCPUEvents(try fetch(KVMRequest.getVCPUEvents, ckvm_vcpu_events()))
     }
 
     /// The corresponding ioctl is KVM_SET_VCPU_EVENTS.
     public func setEvents(_ events: VCPUEvents) throws {
-        try store(KVMRequest.setVCPUEvents, events)
+        try store(KVMRequest.setVCPUEvents, events.raw)
     }
 
     /// The corresponding ioctl is KVM_GET_MP_STATE.
@@ -108,12 +95,12 @@ extension VCPU {
 
     /// The corresponding ioctl is KVM_GET_XCRS.
     public func extendedControlRegisters() throws -> ExtendedControlRegisters {
-        try fetch(KVMRequest.getXCRs, ExtendedControlRegisters())
+        ExtendedControlRegisters(try fetch(KVMRequest.getXCRs, ckvm_xcrs()))
     }
 
     /// The corresponding ioctl is KVM_SET_XCRS.
     public func setExtendedControlRegisters(_ registers: ExtendedControlRegisters) throws {
-        try store(KVMRequest.setXCRs, registers)
+        try store(KVMRequest.setXCRs, registers.raw)
     }
 
     /// Sets the CPUID the guest sees. The corresponding ioctl is KVM_SET_CPUID2.

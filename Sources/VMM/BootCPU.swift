@@ -5,7 +5,7 @@ import KVM
 enum BootCPU {
     static func segment(selector: UInt16, type: UInt8, longMode: Bool, defaultSize: Bool) -> Segment {
         Segment(base: 0, limit: 0xFFFF_FFFF, selector: selector, type: type, present: 1, dpl: 0,
-                db: defaultSize ? 1 : 0, s: 1, l: longMode ? 1 : 0, g: 1, avl: 0, unusable: 0, padding: 0)
+                db: defaultSize ? 1 : 0, s: 1, l: longMode ? 1 : 0, g: 1, avl: 0, unusable: 0)
     }
 
     static func prepare(_ vcpu: VCPU, entry: KernelEntry) throws {
@@ -42,7 +42,7 @@ enum BootCPU {
         try vcpu.setSpecialRegisters(special)
         try vcpu.setRegisters(registers)
         var fpu = try vcpu.fpu()
-        fpu.fcw = 0x37F
+        fpu.controlWord = 0x37F
         fpu.mxcsr = 0x1F80
         try vcpu.setFPU(fpu)
     }
