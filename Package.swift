@@ -8,7 +8,7 @@ import PackageDescription
 let swiftSettings: [SwiftSetting] = [
     // The library does its own locking where threads meet (the vCPU watchdog);
     // Swift 5 mode keeps raw-pointer owners free of Sendable ceremony.
-    .swiftLanguageMode(.v5),
+    .swiftLanguageMode(.v6),
 ]
 
 let package = Package(
@@ -45,7 +45,7 @@ let package = Package(
         .target(name: "CKVM"),
         .target(
             name: "KVM",
-            dependencies: ["CKVM", "HostSystem", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["CKVM", "HostSystem", "GuestMemory", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings),
         .target(
             name: "GuestMemory",
@@ -93,7 +93,7 @@ let package = Package(
         .executableTarget(
             name: "Kestrel",
             dependencies: [
-                "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools", "Boot", "Decompression", "VMM", "Lab", "TextFormat",
+                "HostSystem", "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools", "Boot", "Decompression", "VMM", "Lab", "TextFormat",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings,
@@ -110,6 +110,7 @@ let package = Package(
             name: "KestrelBench",
             dependencies: ["KVM", "GuestMemory", "GuestKit", "CBenchLoop", "Confidential", "KestrelTesting"],
             swiftSettings: swiftSettings),
+        .testTarget(name: "HostSystemTests", dependencies: ["HostSystem"], swiftSettings: swiftSettings),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"], swiftSettings: swiftSettings),
         .testTarget(
             name: "GuestMemoryTests", dependencies: ["GuestMemory", "HostSystem"], swiftSettings: swiftSettings),

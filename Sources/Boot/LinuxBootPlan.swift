@@ -190,10 +190,10 @@ public struct LinuxBootPlan: Sendable {
     /// Writes the plan into guest memory.
     public func write(into memory: GuestAddressSpace) throws {
         for range in zeroFills {
-            let buffer = try memory.buffer(at: range.lowerBound, length: range.count)
+            let buffer = try memory.buffer(at: GuestAddress(range.lowerBound), length: range.count)
             buffer.initializeMemory(as: UInt8.self, repeating: 0)
         }
-        for write in writes { try memory.write(write.bytes, at: write.address) }
+        for write in writes { try memory.write(write.bytes, at: GuestAddress(write.address)) }
     }
 }
 

@@ -1,4 +1,3 @@
-import Dispatch
 import GuestMemory
 import KVM
 import X86
@@ -12,7 +11,8 @@ public final class GuestMachine {
     public let vcpu: VCPU
     public let memory: GuestAddressSpace
     public let memorySize: UInt64
-    private let watchdog: VCPUWatchdog
+    /// Runs the vCPU on the calling thread under a deadline.
+    public let vcpuThread: VCPUThread
     private var nextPageDirectory: UInt64
     public private(set) var guest: AssembledGuest?
 
@@ -22,13 +22,11 @@ public final class GuestMachine {
         self.kvm = kvm
         self.memorySize = memorySize
         vm = try kvm.createVirtualMachine(type: type)
-        let ram = try MemoryMapping(anonymousSize: Int(memorySize))
         memory = GuestAddressSpace()
-        try memory.add(ram, at: 0)
-        try vm.setUserMemoryRegion(MemorySlot(slot: 0, guestPhysicalAddress: 0, size: memorySize, userspaceAddress: ram.address))
+        try vm.addMemory(slot: 0, at: 0, size: Int(memorySize), to: memory)
         vcpu = try vm.createVCPU(id: 0)
         try vcpu.setCPUID(cpuid ?? kvm.supportedCPUID())
-        watchdog = try VCPUWatchdog(vcpu: vcpu)
+        vcpuThread = try VCPUThread(vcpu)
         nextPageDirectory = LongModeLayout(memorySize: memorySize).extraPageDirectoryArea.lowerBound
     }
 
@@ -36,7 +34,7 @@ public final class GuestMachine {
 
     /// Loads 16-bit code at `address` and points CS:IP at it (CS base 0).
     public func loadRealMode(code: [UInt8], at address: UInt64 = 0x1000) throws {
-        try memory.write(code, at: address)
+        try memory.write(code, at: GuestAddress(address))
         var special = try vcpu.specialRegisters()
         special.cs.base = 0
         special.cs.selector = 0
@@ -62,14 +60,14 @@ public final class GuestMachine {
         }
         try writePageTables(layout)
         for (position, entry) in DescriptorTables.gdtEntries.enumerated() {
-            try memory.store(entry, at: layout.gdtAddress + UInt64(8 * position))
+            try memory.store(entry, at: GuestAddress(layout.gdtAddress + UInt64(8 * position)))
         }
         for (vector, stub) in built.stubAddresses.enumerated() {
             try memory.write(DescriptorTables.interruptGate(handler: stub, selector: layout.codeSelector),
-                             at: layout.idtAddress + UInt64(16 * vector))
+                             at: GuestAddress(layout.idtAddress + UInt64(16 * vector)))
         }
-        try memory.write(built.code, at: layout.codeAddress)
-        try memory.store(UInt64(0), at: layout.exceptionFixupAddress)
+        try memory.write(built.code, at: GuestAddress(layout.codeAddress))
+        try memory.store(UInt64(0), at: GuestAddress(layout.exceptionFixupAddress))
 
         var special = try vcpu.specialRegisters()
         special.cr3 = layout.pml4Address
@@ -118,16 +116,16 @@ public final class GuestMachine {
         let directory = nextPageDirectory
         nextPageDirectory += 0x1000
         for (position, entry) in PageTables.identityPageDirectory(base: index << 30).enumerated() {
-            try memory.store(entry, at: directory + UInt64(8 * position))
+            try memory.store(entry, at: GuestAddress(directory + UInt64(8 * position)))
         }
-        try memory.store(directory | PageTables.present | PageTables.writable, at: layout.pdptAddress + 8 * index)
+        try memory.store(directory | PageTables.present | PageTables.writable, at: GuestAddress(layout.pdptAddress + 8 * index))
     }
 
     private func writePageTables(_ layout: LongModeLayout) throws {
-        try memory.store(layout.pdptAddress | PageTables.present | PageTables.writable, at: layout.pml4Address)
-        try memory.store(layout.firstPageDirectoryAddress | PageTables.present | PageTables.writable, at: layout.pdptAddress)
+        try memory.store(layout.pdptAddress | PageTables.present | PageTables.writable, at: GuestAddress(layout.pml4Address))
+        try memory.store(layout.firstPageDirectoryAddress | PageTables.present | PageTables.writable, at: GuestAddress(layout.pdptAddress))
         for (position, entry) in PageTables.identityPageDirectory(base: 0).enumerated() {
-            try memory.store(entry, at: layout.firstPageDirectoryAddress + UInt64(8 * position))
+            try memory.store(entry, at: GuestAddress(layout.firstPageDirectoryAddress + UInt64(8 * position)))
         }
     }
 
@@ -141,31 +139,16 @@ public final class GuestMachine {
     /// Default time a guest may run before the watchdog stops it.
     public static let defaultTimeout: Double = 10
 
-    /// Runs until KVM returns an exit other than EINTR from an unrelated signal,
-    /// under the watchdog. Throws `HarnessError.timeout` when the watchdog fired.
+    /// Runs until KVM returns an exit, on the calling thread, for at most
+    /// `timeout` seconds. Throws `HarnessError.timeout` when the deadline passed.
     public func runUntilExit(timeout: Double = GuestMachine.defaultTimeout) throws -> VCPUExit {
-        // One deadline for the whole call: EINTR from unrelated signals re-arms
-        // the watchdog with the time that is left, never with a fresh timeout.
-        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(timeout, 0) * 1e9)
-        watchdog.arm(seconds: timeout)
-        while true {
-            let exit: VCPUExit
-            do {
-                exit = try vcpu.run()
-            } catch {
-                watchdog.disarm()
-                throw error
-            }
-            if case .interrupted = exit {
-                let now = DispatchTime.now().uptimeNanoseconds
-                if watchdog.disarm() || now >= deadline {
-                    throw HarnessError.timeout(seconds: timeout, rip: try? vcpu.registers().rip)
-                }
-                watchdog.arm(seconds: Double(deadline - now) / 1e9)
-                continue
-            }
-            watchdog.disarm()
+        defer { vcpuThread.leaveThread() }
+        let deadline = ContinuousClock.now + .nanoseconds(Int64(max(timeout, 0) * 1e9))
+        switch try vcpuThread.run(until: deadline) {
+        case .exit(let exit):
             return exit
+        case .deadlineExpired, .stopped:
+            throw HarnessError.timeout(seconds: timeout, rip: try? vcpu.registers().rip)
         }
     }
 

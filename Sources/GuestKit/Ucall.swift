@@ -91,11 +91,11 @@ public enum UcallRecord {
     /// Reads and decodes a record; throws when it lies outside guest memory or
     /// names an unknown kind.
     public static func decode(at address: UInt64, in memory: GuestAddressSpace) throws -> Ucall {
-        let rawKind = try memory.load(UInt64.self, at: address + UInt64(kindOffset))
-        let count = Int(min(try memory.load(UInt64.self, at: address + UInt64(countOffset)), UInt64(maximumValues)))
-        let values = try (0..<count).map { try memory.load(UInt64.self, at: address + UInt64(valuesOffset) + UInt64(8 * $0)) }
-        let messageAddress = try memory.load(UInt64.self, at: address + UInt64(messageOffset))
-        let message = messageAddress == 0 ? "" : (try? memory.string(at: messageAddress, limit: 1024)) ?? "<message at 0x\(String(messageAddress, radix: 16)) unreadable>"
+        let rawKind = try memory.load(UInt64.self, at: GuestAddress(address + UInt64(kindOffset)))
+        let count = Int(min(try memory.load(UInt64.self, at: GuestAddress(address + UInt64(countOffset))), UInt64(maximumValues)))
+        let values = try (0..<count).map { try memory.load(UInt64.self, at: GuestAddress(address + UInt64(valuesOffset) + UInt64(8 * $0))) }
+        let messageAddress = try memory.load(UInt64.self, at: GuestAddress(address + UInt64(messageOffset)))
+        let message = messageAddress == 0 ? "" : (try? memory.string(at: GuestAddress(messageAddress), limit: 1024)) ?? "<message at 0x\(String(messageAddress, radix: 16)) unreadable>"
         guard let kind = Kind(rawValue: rawKind) else { throw HarnessError.malformedUcall(address: address, kind: rawKind) }
         switch kind {
         case .sync: return .sync(stage: values.first ?? 0, values: Array(values.dropFirst()))

@@ -6,7 +6,12 @@ import Glibc
 #endif
 
 /// A host mapping of memory (anonymous or file-backed), unmapped on deinit.
-public final class MemoryMapping {
+///
+/// Sendable: its fields never change, and the bytes it maps are shared with
+/// the guest, which reads and writes them concurrently with every host thread;
+/// callers that need ordering keep it themselves (a ucall, a virtqueue's
+/// barriers).
+public final class MemoryMapping: @unchecked Sendable {
     /// Start of the mapping in this process.
     public let baseAddress: UnsafeMutableRawPointer
     /// Length in bytes.

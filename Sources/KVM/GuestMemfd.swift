@@ -24,7 +24,7 @@ public struct GuestMemfdFlags: OptionSet, Hashable, Sendable, CustomStringConver
 }
 
 /// A guest_memfd: a file of guest memory owned by one VM, closed on deinit.
-public final class GuestMemfd {
+public final class GuestMemfd: Sendable {
     /// The guest_memfd file descriptor.
     public let fileDescriptor: Int32
     /// The size it was created with.

@@ -3,7 +3,7 @@ import SystemPackage
 
 /// The KVM subsystem, opened through `/dev/kvm`: the owner of the system file
 /// descriptor and the factory of virtual machines.
-public final class KVMSystem {
+public final class KVMSystem: Sendable {
     /// The open `/dev/kvm` descriptor, closed when this object goes away.
     public let fileDescriptor: Int32
     /// The path that was opened.

@@ -7,7 +7,12 @@ import Glibc
 
 /// A virtual CPU: owner of the vCPU file descriptor and its mmapped `kvm_run`
 /// area. Run it from one thread at a time.
-public final class VCPU {
+///
+/// `@unchecked Sendable`: a vCPU is created on one thread and run on another
+/// (its `VCPUThread`). KVM serialises the vCPU ioctls itself (a vCPU mutex in
+/// the kernel), and the only field other threads write is `immediateExit`,
+/// which KVM reads when KVM_RUN starts; everything else here is immutable.
+public final class VCPU: @unchecked Sendable {
     /// The vCPU file descriptor, closed when this object goes away.
     public let fileDescriptor: Int32
     /// The vCPU id given to KVM_CREATE_VCPU.

@@ -1,15 +1,18 @@
 import CKVM
+import Synchronization
 import SystemPackage
 
 /// A KVM virtual machine: owner of the VM file descriptor, factory of vCPUs and
 /// guest_memfds, and the place memory slots are set.
-public final class VirtualMachine {
+public final class VirtualMachine: Sendable {
     /// The VM file descriptor, closed when this object goes away.
     public let fileDescriptor: Int32
     /// The type it was created with.
     public let type: VMType
     /// The system it came from (kept alive for the vCPU mmap size).
     public let system: KVMSystem
+    /// Regions installed with `install`, by slot: kept alive while KVM maps them.
+    let installedRegions = Mutex<[UInt32: MemoryRegion]>([:])
 
     init(fileDescriptor: Int32, type: VMType, system: KVMSystem) {
         self.fileDescriptor = fileDescriptor
@@ -17,6 +20,8 @@ public final class VirtualMachine {
         self.system = system
     }
 
+    // The VM fd closes first; the installed regions (and their memory) are
+    // released after it, when the stored properties go.
     deinit { SystemCall.close(fileDescriptor) }
 
     /// The value of a capability for this VM (0 when absent). The corresponding

@@ -3,6 +3,7 @@ import ArgumentParser
 import Boot
 import Dispatch
 import Glibc
+import HostSystem
 import Synchronization
 import VMM
 
@@ -49,7 +50,7 @@ struct RunCommand: ParsableCommand {
         let console = ConsoleOutput()
         let machine: Machine
         do {
-            machine = try Machine(configuration: configuration) { console.write($0) }
+            machine = try MachineBuilder(configuration: configuration).build { console.write($0) }
         } catch {
             printError("kestrel: cannot start the guest: \(error)")
             throw ExitCode(2)
@@ -86,20 +87,19 @@ struct RunCommand: ParsableCommand {
 }
 
 /// Buffers guest output and writes it to stdout by line (or when 4 KiB gather).
-final class ConsoleOutput {
-    private let lock = Mutex(())
-    private var buffer: [UInt8] = []
+final class ConsoleOutput: Sendable {
+    private let buffer = Mutex<[UInt8]>([])
 
     func write(_ byte: UInt8) {
-        lock.withLock { _ in
+        buffer.withLock { buffer in
             buffer.append(byte)
-            if byte == 0x0A || buffer.count >= 4096 { drain() }
+            if byte == 0x0A || buffer.count >= 4096 { Self.drain(&buffer) }
         }
     }
 
-    func flush() { lock.withLock { _ in drain() } }
+    func flush() { buffer.withLock { Self.drain(&$0) } }
 
-    private func drain() {
+    private static func drain(_ buffer: inout [UInt8]) {
         var offset = 0
         while offset < buffer.count {
             let written = buffer[offset...].withUnsafeBytes { Glibc.write(1, $0.baseAddress, $0.count) }

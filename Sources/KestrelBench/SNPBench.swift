@@ -69,7 +69,9 @@ func snpWriter(_ arguments: [String]) throws {
 }
 
 /// One vCPU's share of the load: synthetic certificate exits against real guest memory.
-final class LoadReader {
+// @unchecked Sendable: each reader is driven by exactly one load thread, and
+// its counters are read only after that thread has finished (group.wait()).
+final class LoadReader: @unchecked Sendable {
     let responder: SNPCertificateResponder?
     let memory: GuestAddressSpace
     let file: String
@@ -97,7 +99,7 @@ final class LoadReader {
         switch responder!.handle(exit, runArea: area) {
         case .answered(.certificatesWritten):
             served += 1
-            check(try memory.read(at: gpa, length: Int(pages) * 4096))
+            check(try memory.read(at: GuestAddress(gpa), length: Int(pages) * 4096))
             usleep(firmwareMicroseconds)  // the firmware makes the report under the shared lock
             _ = responder!.handle(.interrupted, runArea: area)
         case .answered(.busy): busy += 1

@@ -31,14 +31,14 @@ import Testing
         let run = SyntheticRun()
         let handler = responder()
         let gpa: UInt64 = 0x1000
-        try memory.write([UInt8](repeating: 0x5A, count: 3 * 4096), at: gpa)
-        try memory.write([0x77], at: gpa + 3 * 4096)  // just past the buffer: must survive
+        try memory.write([UInt8](repeating: 0x5A, count: 3 * 4096), at: GuestAddress(gpa))
+        try memory.write([0x77], at: GuestAddress(gpa + 3 * 4096))  // just past the buffer: must survive
         #expect(handler.handle(run.certificateExit(gpa: gpa, pages: 3), runArea: run.area) == .answered(.certificatesWritten))
         #expect(run.ret == 0)
-        let written = try memory.read(at: gpa, length: 3 * 4096)
+        let written = try memory.read(at: GuestAddress(gpa), length: 3 * 4096)
         #expect(Array(written.prefix(blob.count)) == blob)
         #expect(written.dropFirst(blob.count).allSatisfy { $0 == 0 })
-        #expect(try memory.read(at: gpa + 3 * 4096, length: 1) == [0x77])
+        #expect(try memory.read(at: GuestAddress(gpa + 3 * 4096), length: 1) == [0x77])
         // The lock is held until the firmware call completes (the EINTR of immediate_exit).
         #expect(run.immediateExit)
         #expect(handler.heldLease?.isHeld == true)

@@ -48,6 +48,6 @@ final class TemporaryDirectory {
 func makeGuestMemory() throws -> GuestAddressSpace {
     let memory = GuestAddressSpace()
     try memory.add(try MemoryMapping(anonymousSize: 1 << 20), at: 0)
-    try memory.add(try MemoryMapping(anonymousSize: 1 << 20), at: 2 << 20)
+    try memory.add(try MemoryMapping(anonymousSize: 1 << 20), at: GuestAddress(2 << 20))
     return memory
 }

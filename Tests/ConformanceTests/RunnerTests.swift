@@ -3,7 +3,8 @@ import KVM
 import Testing
 @testable import Conformance
 
-final class Captured {
+// @unchecked Sendable: the runner writes to the sink on the test's own thread.
+final class Captured: @unchecked Sendable {
     var text = ""
     lazy var sink = OutputSink { [unowned self] in self.text += $0 }
 }

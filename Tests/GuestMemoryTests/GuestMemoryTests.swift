@@ -25,7 +25,7 @@ import Testing
         #expect(throws: GuestMemoryError.outOfBounds(address: 0x0, length: 1)) { try memory.read(at: 0, length: 1) }
         #expect(throws: GuestMemoryError.outOfBounds(address: 0x2ffc, length: 8)) { try memory.load(UInt64.self, at: 0x2ffc) }
         #expect(throws: GuestMemoryError.outOfBounds(address: 0x3000, length: 1)) { try memory.read(at: 0x3000, length: 1) }
-        #expect(throws: GuestMemoryError.self) { try memory.read(at: UInt64.max, length: 2) }
+        #expect(throws: GuestMemoryError.self) { try memory.read(at: GuestAddress(UInt64.max), length: 2) }
         #expect(!memory.contains(0x2000, length: 0x1001))
         #expect(memory.contains(0x2000, length: 0x1000))
     }
@@ -36,7 +36,7 @@ import Testing
             try memory.add(MemoryMapping(anonymousSize: 0x1000), at: 0x2000)
         }
         #expect(throws: GuestMemoryError.self) {
-            try memory.add(MemoryMapping(anonymousSize: 0x2000), at: UInt64.max - 0xfff)
+            try memory.add(MemoryMapping(anonymousSize: 0x2000), at: GuestAddress(UInt64.max - 0xfff))
         }
         #expect(throws: GuestMemoryError.invalidSize(0)) { try MemoryMapping(anonymousSize: 0) }
     }
@@ -88,5 +88,17 @@ import Testing
             try mapping.advise(MADV_HUGEPAGE)
         }
         #expect(throws: GuestMemoryError.self) { try MemoryMapping(anonymousSize: 4096, alignment: 3 << 20) }
+    }
+}
+
+@Suite struct GuestAddressTests {
+    @Test func arithmeticIsCheckedWhereItCouldWrap() {
+        let address: GuestAddress = 0x1000
+        #expect(address.adding(0x10) == GuestAddress(0x1010))
+        #expect(GuestAddress(UInt64.max).adding(1) == nil)
+        #expect(GuestAddress(0x3000) - address == 0x2000)
+        #expect(address.isAligned(to: 4096) && !GuestAddress(0x1001).isAligned(to: 2))
+        #expect(GuestAddress(0x5000).pageFrameNumber == 5)
+        #expect("\(GuestAddress(0xFEE0_0000))" == "0xfee00000")
     }
 }

@@ -95,7 +95,7 @@ final class Recorder: @unchecked Sendable {
 @Suite struct BusTests {
     @Test func routesByRangeAndFloatsElsewhere() {
         let recorder = Recorder()
-        let bus = DeviceBus()
+        var bus = DeviceBus()
         bus.add(ExitDevice { recorder.bytes.append($0) }, at: 0x1000..<0x1008)
         var value: UInt8 = 7
         #expect(withUnsafeBytes(of: &value) { bus.write(0x1000, from: $0) })

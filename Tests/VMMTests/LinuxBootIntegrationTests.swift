@@ -33,7 +33,7 @@ import Testing
         let commandLine = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1 kestrel.test=integration"
         let configuration = MachineConfiguration(kernelPath: Self.kernel!, initrdPath: initrd, commandLine: commandLine, memorySize: 256 << 20)
         let transcript = Transcript()
-        let machine = try Machine(configuration: configuration) { transcript.append($0) }
+        let machine = try MachineBuilder(configuration: configuration).build { transcript.append($0) }
         #expect(machine.plan.kind == .bzImageDecompressedOnHost(.lz4) || machine.plan.kind == .bzImageDecompressedOnHost(.gzip)
                 || machine.plan.kind == .bzImageDecompressedOnHost(.zstd) || machine.plan.kind == .bzImageDecompressedOnHost(.xz))
         // A guard against a host that makes no progress at all.

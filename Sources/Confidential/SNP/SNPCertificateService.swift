@@ -92,7 +92,7 @@ public final class SNPCertificateService {
         if let mmio = configuration.mmioRanges.first(where: { $0.overlaps(gpa..<(gpa + length)) }) {
             return .failure(.insideMMIO(mmio))
         }
-        guard guestMemory.contains(gpa, length: length) else { return .failure(.outsideRAM) }
+        guard guestMemory.contains(GuestAddress(gpa), length: length) else { return .failure(.outsideRAM) }
         return .success(Int(length))
     }
 
@@ -148,7 +148,7 @@ public final class SNPCertificateService {
 
         do {
             // Sound: `validateBuffer` proved [gpa, gpa + length) lies inside one RAM region.
-            let target = try guestMemory.buffer(at: gpa, length: length)
+            let target = try guestMemory.buffer(at: GuestAddress(gpa), length: length)
             blob.withUnsafeBytes { target.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: blob.count) }
             if length > blob.count {
                 (target.baseAddress! + blob.count).initializeMemory(as: UInt8.self, repeating: 0, count: length - blob.count)

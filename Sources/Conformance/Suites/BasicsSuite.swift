@@ -1,3 +1,4 @@
+import GuestMemory
 import GuestKit
 import KVM
 import X86
@@ -81,13 +82,13 @@ public enum BasicsSuite {
         let machine = try GuestMachine(kvm: context.kvm)
         try machine.loadLongMode(program, arguments: [0x1111, 0x2222])
         try context.expectEqual(try machine.expectSync(stage: 1), [0x1111, 0x2222], "stage 1 values (entry arguments)")
-        try machine.memory.store(UInt64(0x5A5A_0000_1234_5678), at: scratch)
+        try machine.memory.store(UInt64(0x5A5A_0000_1234_5678), at: GuestAddress(scratch))
         var printed: [String] = []
         let next = try machine.nextUcall { printed.append($0) }
         guard case .sync(2, let values) = next else { throw GuestMachine.mismatch(next, expected: "SYNC(stage 2)") }
         try context.expectEqual(printed, ["guest read the host's value, 0x5a5a000012345678"], "PRINT received")
         try context.expectEqual(values, [0x5A5A_0000_1234_5679], "stage 2 value")
-        try context.expectEqualHex(try machine.memory.load(UInt64.self, at: scratch + 8), 0x5A5A_0000_1234_5679, "guest write seen by host")
+        try context.expectEqualHex(try machine.memory.load(UInt64.self, at: GuestAddress(scratch + 8)), 0x5A5A_0000_1234_5679, "guest write seen by host")
         try machine.expectDone()
         printed.forEach(context.note)
     }
@@ -180,9 +181,9 @@ public enum BasicsSuite {
     /// INT3, INT1/ICEBP and INT n executed at CPL 0 with a legacy IDT: each must
     /// reach its handler with the right vector and the next instruction's RIP.
     static let softwareEvents: [ConformanceTest] = [
-        ("software_int3", "INT3", UInt8(3), { (a: Assembler) in a.int3() }),
-        ("software_icebp", "INT1/ICEBP", UInt8(1), { (a: Assembler) in a.icebp() }),
-        ("software_int_n", "INT $0x20", UInt8(0x20), { (a: Assembler) in a.int(0x20) }),
+        ("software_int3", "INT3", UInt8(3), { @Sendable (a: Assembler) in a.int3() }),
+        ("software_icebp", "INT1/ICEBP", UInt8(1), { @Sendable (a: Assembler) in a.icebp() }),
+        ("software_int_n", "INT $0x20", UInt8(0x20), { @Sendable (a: Assembler) in a.int(0x20) }),
     ].map { testName, instruction, vector, emit in
         ConformanceTest(
             suite: name, name: testName,

@@ -174,11 +174,11 @@ public enum FREDSuite {
     }
 
     /// One software event of the FRED test.
-    struct EventCase {
+    struct EventCase: Sendable {
         let name: String
         let vector: UInt8
         let type: FREDEventType
-        let emit: (Assembler) -> Void
+        let emit: @Sendable (Assembler) -> Void
     }
 
     static let eventCases = [
@@ -247,7 +247,7 @@ public enum FREDSuite {
 
         let machine = try GuestMachine(kvm: context.kvm)
         let guest = try machine.loadLongMode(program)
-        let stackPage = try machine.memory.buffer(at: fredStackPage, length: 0x1000)
+        let stackPage = try machine.memory.buffer(at: GuestAddress(fredStackPage), length: 0x1000)
         for (index, eventCase) in eventCases.enumerated() {
             try machine.expectSync(stage: UInt64(10 + index))
             // Sound: the page lies inside the guest's RAM mapping, which we own.
@@ -261,7 +261,7 @@ public enum FREDSuite {
                 throw TestFailure("KVM could not deliver \(eventCase.name) through FRED: \(error)")
             }
             guard case .sync(100, _) = ucall else { throw GuestMachine.mismatch(ucall, expected: "the FRED handler's SYNC(100)") }
-            let frame = FREDFrame(qwords: try (0..<8).map { try machine.memory.load(UInt64.self, at: frameSaveArea + UInt64(8 * $0)) })
+            let frame = FREDFrame(qwords: try (0..<8).map { try machine.memory.load(UInt64.self, at: GuestAddress(frameSaveArea + UInt64(8 * $0))) })
             try context.expectEqual(frame.vector, eventCase.vector, "\(eventCase.name): vector in the FRED frame")
             try context.expectEqual(frame.eventType, eventCase.type, "\(eventCase.name): event type in the FRED frame")
             try context.expectEqualHex(frame.rip, try guest.address(of: resumeLabels[index]), "\(eventCase.name): return RIP in the FRED frame")

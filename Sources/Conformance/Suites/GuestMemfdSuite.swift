@@ -37,7 +37,7 @@ public enum GuestMemfdSuite {
         ) { context in try createFlags(context, type: type) }]
         for flags in flagSets(allowed: allowed) {
             let prefix = "\(type.shortName).flags_0x\(String(flags.rawValue, radix: 16))"
-            var cases: [(String, String, (TestContext, VirtualMachine, GuestMemfdFlags) throws -> Void)] = [
+            var cases: [(String, String, @Sendable (TestContext, VirtualMachine, GuestMemfdFlags) throws -> Void)] = [
                 ("create_multiple", "two guest_memfds have their own sizes and inodes", createMultiple),
                 ("invalid_sizes", "sizes 1 to page size - 1 fail with EINVAL", invalidSizes),
                 ("file_read_write", "read, write, pread and pwrite are refused", fileReadWrite),

@@ -1,7 +1,7 @@
 import Glibc
 import Synchronization
 import Testing
-import VMM
+import HostSystem
 
 @Suite struct POSIXThreadTests {
     @Test func runsTheClosureOnAnotherThreadAndJoins() throws {
@@ -16,6 +16,6 @@ import VMM
     }
 
     @Test func refusesAStackBelowTheMinimum() {
-        #expect(throws: ConfigurationError.self) { try POSIXThread.start(stackSize: 1) {} }
+        #expect(throws: SystemCallError.self) { try POSIXThread.start(stackSize: 1) {} }
     }
 }

@@ -2,18 +2,20 @@ import Synchronization
 
 /// Enough of the i8042 keyboard controller for Linux to probe it and to reset
 /// the machine through it (command 0xFE pulses the CPU reset line).
-public final class I8042Controller: BusDevice {
+public final class I8042Controller: BusDevice, @unchecked Sendable {
+    // @unchecked Sendable: every `var` below is read and written only while
+    // holding `lock`.
     /// Ports 0x60 (data) and 0x64 (status/command).
     public static let dataPort: UInt64 = 0x60
     public static let commandPort: UInt64 = 0x64
 
     private let lock = Mutex(())
-    private let reset: () -> Void
+    private let reset: @Sendable () -> Void
     private var outputQueue: [UInt8] = []
     private var controlByte: UInt8 = 0x45
     private var pendingCommand: UInt8?
 
-    public init(reset: @escaping () -> Void) { self.reset = reset }
+    public init(reset: @escaping @Sendable () -> Void) { self.reset = reset }
 
     /// Bus offsets: 0 is port 0x60, 4 is port 0x64 (the device spans 0x60..<0x65).
     public func read(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {

@@ -3,9 +3,9 @@ import Boot
 /// The hardware-reduced ACPI sleep control and status registers the FADT
 /// announces: writing SLP_EN with the `\_S5` sleep type powers the machine off.
 public final class ACPISleepControl: BusDevice {
-    private let powerOff: () -> Void
+    private let powerOff: @Sendable () -> Void
 
-    public init(powerOff: @escaping () -> Void) { self.powerOff = powerOff }
+    public init(powerOff: @escaping @Sendable () -> Void) { self.powerOff = powerOff }
 
     public func read(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
         for index in data.indices { data[index] = 0 }

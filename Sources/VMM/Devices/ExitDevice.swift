@@ -4,9 +4,9 @@
 /// report a command's status.
 public final class ExitDevice: BusDevice {
     public static let address: UInt64 = 0xD000_0000
-    private let exit: (UInt8) -> Void
+    private let exit: @Sendable (UInt8) -> Void
 
-    public init(exit: @escaping (UInt8) -> Void) { self.exit = exit }
+    public init(exit: @escaping @Sendable (UInt8) -> Void) { self.exit = exit }
 
     public func read(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
         for index in data.indices { data[index] = 0 }

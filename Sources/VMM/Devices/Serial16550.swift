@@ -3,13 +3,15 @@ import Synchronization
 /// A 16550A UART (the PC's COM ports): transmit goes to `output`, bytes given
 /// to `receive` are read by the guest, and interrupts are raised through
 /// `interrupt` (an edge on the UART's IRQ line).
-public final class Serial16550: BusDevice {
+public final class Serial16550: BusDevice, @unchecked Sendable {
+    // @unchecked Sendable: every `var` below is read and written only while
+    // holding `lock` (vCPU threads and the console reader both call in).
     public static let com1Base: UInt64 = 0x3F8
     public static let com1Interrupt: UInt32 = 4
 
     private let lock = Mutex(())
-    private let output: (UInt8) -> Void
-    private let interrupt: () -> Void
+    private let output: @Sendable (UInt8) -> Void
+    private let interrupt: @Sendable () -> Void
 
     private var interruptEnable: UInt8 = 0
     private var lineControl: UInt8 = 0x03
@@ -22,7 +24,7 @@ public final class Serial16550: BusDevice {
     private var input: [UInt8] = []
     private var inputStart = 0
 
-    public init(output: @escaping (UInt8) -> Void, interrupt: @escaping () -> Void) {
+    public init(output: @escaping @Sendable (UInt8) -> Void, interrupt: @escaping @Sendable () -> Void) {
         self.output = output
         self.interrupt = interrupt
     }

@@ -1,0 +1,117 @@
+import Boot
+import GuestMemory
+import KVM
+import Synchronization
+
+/// A built Linux virtual machine: memory, in-kernel irqchip and PIT, a 16550
+/// on COM1, an i8042 for reset, Kestrel's exit device, and a thread per vCPU.
+/// `MachineBuilder` makes one; this type runs it, pauses it and ends it. What
+/// each exit means is `ExitHandler`'s business.
+public final class Machine: Sendable {
+    public let configuration: MachineConfiguration
+    /// The boot that was set up (the image bytes themselves are not kept).
+    public let plan: LinuxBootSummary
+    public let kvm: KVMSystem
+    public let virtualMachine: VirtualMachine
+    public let memory: GuestAddressSpace
+    public let serial: Serial16550
+    /// Watches COM1 for the guest kernel's panic line.
+    public let panicWatcher: GuestPanicWatcher
+    public let vcpuThreads: [VCPUThread]
+    public let exitHandler: ExitHandler
+    /// How long each set-up step took, for `kestrel run --verbose`.
+    public let setupSteps: [(step: String, duration: Duration)]
+    private let control: RunControl
+    private let started = Mutex<ContinuousClock.Instant?>(nil)
+
+    init(configuration: MachineConfiguration, plan: LinuxBootSummary, kvm: KVMSystem, virtualMachine: VirtualMachine,
+         memory: GuestAddressSpace, serial: Serial16550, panicWatcher: GuestPanicWatcher, vcpuThreads: [VCPUThread],
+         exitHandler: ExitHandler, control: RunControl, setupSteps: [(step: String, duration: Duration)]) {
+        self.configuration = configuration
+        self.plan = plan
+        self.kvm = kvm
+        self.virtualMachine = virtualMachine
+        self.memory = memory
+        self.serial = serial
+        self.panicWatcher = panicWatcher
+        self.vcpuThreads = vcpuThreads
+        self.exitHandler = exitHandler
+        self.control = control
+        self.setupSteps = setupSteps
+    }
+
+    /// The vCPUs, in id order.
+    public var vcpus: [VCPU] { vcpuThreads.map(\.vcpu) }
+
+    /// Time the first vCPU thread started.
+    public var startTime: ContinuousClock.Instant? { started.withLock { $0 } }
+
+    /// Gives the heap memory that held the kernel and initrd images back to the
+    /// system (glibc keeps freed large blocks otherwise).
+    public func releaseLoaderMemory() {
+        ProcessHeap.trim()
+    }
+
+    /// Resident memory of this process, with the guest's RAM (the regions
+    /// of this machine) apart from Kestrel's own, from /proc/self/smaps.
+    public func memoryFootprint() -> MemoryFootprint? {
+        ProcessMemory.footprint(guestStarts: Set(memory.regions.map { UInt($0.mapping.address) }))
+    }
+
+    /// Runs every vCPU on its own thread until the machine stops; returns why.
+    public func run() -> RunOutcome {
+        releaseLoaderMemory()
+        started.withLock { $0 = .now }
+        control.attach(vcpuThreads)
+        var threads: [POSIXThread] = []
+        for (index, vcpuThread) in vcpuThreads.enumerated() {
+            do {
+                threads.append(try vcpuThread.spawn { [self] thread in runLoop(thread, index: index) })
+            } catch {
+                finish(.vcpuFailure(vcpu: index, detail: "\(error)"))
+                break
+            }
+        }
+        for thread in threads { thread.join() }
+        let ending = control.outcome ?? .vcpuFailure(vcpu: 0, detail: "every vCPU stopped without a reason")
+        switch ending {
+        case .guestExit, .poweredOff: return ending
+        default: return panicWatcher.panicMessage.map { .guestPanic(message: $0, then: ending) } ?? ending
+        }
+    }
+
+    /// Ends the run with `reason` (the first reason wins) and stops every vCPU.
+    public func finish(_ reason: RunOutcome) {
+        control.finish(reason)
+    }
+
+    /// Pauses every vCPU and returns once all are out of KVM_RUN.
+    public func pause() {
+        vcpuThreads.forEach { $0.requestPause() }
+        vcpuThreads.forEach { $0.waitUntilPaused() }
+    }
+
+    /// Lets paused vCPUs run again.
+    public func resume() {
+        vcpuThreads.forEach { $0.resume() }
+    }
+
+    private func runLoop(_ thread: VCPUThread, index: Int) {
+        while true {
+            let exit: VCPUExit
+            do {
+                switch try thread.run() {
+                case .exit(let decoded): exit = decoded
+                case .stopped, .deadlineExpired: return
+                }
+            } catch {
+                finish(.vcpuFailure(vcpu: index, detail: "\(error)"))
+                return
+            }
+            switch exitHandler.handle(exit, vcpu: index, rip: { try? thread.vcpu.registers().rip }) {
+            case .resume: continue
+            case .finish(let outcome): finish(outcome)
+            }
+        }
+    }
+}
