@@ -13,7 +13,12 @@ public final class ConditionLock: @unchecked Sendable {
 
     public init() {
         pthread_mutex_init(mutex, nil)
-        pthread_cond_init(condition, nil)
+        // Timed waits measure against CLOCK_MONOTONIC, which no clock change moves.
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(condition, &attributes)
+        pthread_condattr_destroy(&attributes)
     }
 
     deinit {
@@ -47,5 +52,24 @@ public final class ConditionLock: @unchecked Sendable {
         defer { pthread_mutex_unlock(mutex) }
         while !isDone() { pthread_cond_wait(condition, mutex) }
         return try body()
+    }
+
+    /// Holding the mutex, sleeps until `isDone` returns true or `timeout` has
+    /// passed, whichever comes first; returns `isDone()` as last checked.
+    public func wait(until isDone: () -> Bool, timeout: Duration) -> Bool {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let (seconds, attoseconds) = max(timeout, .zero).components
+        var end = timespec(tv_sec: now.tv_sec + Int(clamping: seconds), tv_nsec: now.tv_nsec + Int(attoseconds / 1_000_000_000))
+        if end.tv_nsec >= 1_000_000_000 {
+            end.tv_sec += 1
+            end.tv_nsec -= 1_000_000_000
+        }
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while !isDone() {
+            if pthread_cond_timedwait(condition, mutex, &end) == ETIMEDOUT { return isDone() }
+        }
+        return true
     }
 }

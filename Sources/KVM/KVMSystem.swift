@@ -1,6 +1,10 @@
 import CKVM
 import SystemPackage
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The KVM subsystem, opened through `/dev/kvm`: the owner of the system file
 /// descriptor and the factory of virtual machines.
 public final class KVMSystem: Sendable {
@@ -12,8 +16,17 @@ public final class KVMSystem: Sendable {
     /// The only API version KVM has ever reported; anything else is refused.
     public static let expectedAPIVersion = 12
 
+    /// Where the KVM device usually is.
+    public static let defaultPath = "/dev/kvm"
+
+    /// Whether this process may open the KVM device read-write (access(2)),
+    /// without opening it: how tests and tools decide to SKIP rather than fail.
+    public static func isAvailable(at path: String = defaultPath) -> Bool {
+        access(path, R_OK | W_OK) == 0
+    }
+
     /// Opens the KVM device and checks its API version.
-    public init(path: String = "/dev/kvm") throws {
+    public init(path: String = KVMSystem.defaultPath) throws {
         self.path = path
         self.fileDescriptor = try SystemCall.open(path)
         // From here on a throw runs deinit, which closes the descriptor.

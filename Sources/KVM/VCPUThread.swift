@@ -1,4 +1,3 @@
-import Dispatch
 import HostSystem
 
 #if canImport(Glibc)
@@ -33,6 +32,8 @@ public final class VCPUThread: @unchecked Sendable {
     private var paused = false
     private var deadlineGeneration = 0
     private var deadlineExpired = false
+    /// The scheduled expiry of the current deadline (used on the vCPU's thread only).
+    private var deadlineToken: UInt64?
 
     /// What `run` came back with.
     public enum Outcome {
@@ -134,9 +135,11 @@ public final class VCPUThread: @unchecked Sendable {
             deadlineExpired = false
             return deadlineGeneration
         }
-        let nanoseconds = max(0, (deadline - .now).nanoseconds)
-        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(clamping: nanoseconds))) { [weak self] in
-            self?.expireDeadline(generation)
+        do {
+            deadlineToken = try DeadlineScheduler.shared.schedule(at: deadline) { [weak self] in self?.expireDeadline(generation) }
+        } catch {
+            // No timer thread: the deadline cannot be kept, so it has passed.
+            lock.withLock { deadlineExpired = true }
         }
         return generation
     }
@@ -150,6 +153,8 @@ public final class VCPUThread: @unchecked Sendable {
     }
 
     private func disarmDeadline() {
+        if let deadlineToken { DeadlineScheduler.shared.cancel(deadlineToken) }
+        deadlineToken = nil
         lock.withLock {
             deadlineGeneration += 1
             if deadlineExpired {

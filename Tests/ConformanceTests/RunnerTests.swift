@@ -34,7 +34,7 @@ final class Captured: @unchecked Sendable {
         #expect(captured.text.contains("ok 1 demo.passes # SKIP cannot use /nonexistent/kvm"))
     }
 
-    @Test(.enabled(if: FileManager.default.isReadableFile(atPath: "/dev/kvm"))) func outcomesAndFormats() throws {
+    @Test(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm")) func outcomesAndFormats() throws {
         let host = HostProbe()
         let tap = Captured()
         let human = Captured()
@@ -67,7 +67,7 @@ final class Captured: @unchecked Sendable {
 
 /// The real suites on this host: what must hold whatever the host, and
 /// what this host's known limits look like when they show.
-@Suite(.enabled(if: FileManager.default.isReadableFile(atPath: "/dev/kvm"))) struct SuiteOnThisHostTests {
+@Suite(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm")) struct SuiteOnThisHostTests {
     @Test func guestMemfdSuite() throws {
         let host = HostProbe()
         let tests = GuestMemfdSuite.tests(host: host)

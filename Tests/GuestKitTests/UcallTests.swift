@@ -42,10 +42,9 @@ import Testing
     }
 }
 
-let kvmAvailable = FileManager.default.isReadableFile(atPath: "/dev/kvm")
 
 /// The harness against this host's KVM.
-@Suite(.enabled(if: kvmAvailable, "needs /dev/kvm")) struct GuestMachineTests {
+@Suite(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm")) struct GuestMachineTests {
     @Test func syncValuesAndRegistersSurviveUcalls() throws {
         let program = GuestProgram()
         let a = program.assembler
@@ -123,7 +122,7 @@ let kvmAvailable = FileManager.default.isReadableFile(atPath: "/dev/kvm")
     }
 }
 
-@Suite(.enabled(if: kvmAvailable, "needs /dev/kvm")) struct GuestMachineLoadingTests {
+@Suite(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm")) struct GuestMachineLoadingTests {
     @Test func layoutAndMachineSizesMustAgree() throws {
         let machine = try GuestMachine(kvm: KVMSystem(), memorySize: 2 << 20)
         let program = GuestProgram(layout: LongModeLayout(memorySize: 4 << 20))

@@ -2,10 +2,9 @@ import Foundation
 import Testing
 @testable import KVM
 
-let kvmAvailable = FileManager.default.isReadableFile(atPath: "/dev/kvm")
 
 /// Calls against this host's /dev/kvm (skipped where there is none).
-@Suite(.enabled(if: kvmAvailable, "needs /dev/kvm")) struct KVMDeviceTests {
+@Suite(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm")) struct KVMDeviceTests {
     @Test func systemBasics() throws {
         let kvm = try KVMSystem()
         #expect(try kvm.apiVersion() == 12)

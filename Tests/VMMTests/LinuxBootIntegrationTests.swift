@@ -1,5 +1,6 @@
 import Boot
 import Foundation
+import KVM
 import Testing
 @testable import VMM
 
@@ -11,7 +12,7 @@ import Testing
         .filter { $0.hasPrefix("vmlinuz-") && $0.hasSuffix("-cloud-amd64") }.sorted().last.map { "/boot/" + $0 }
     static let busybox = "/bin/busybox"
     static var requirementsMet: Bool {
-        kernel != nil && FileManager.default.fileExists(atPath: busybox) && FileManager.default.isReadableFile(atPath: "/dev/kvm")
+        kernel != nil && FileManager.default.fileExists(atPath: busybox) && KVMSystem.isAvailable()
     }
 
     final class Transcript: @unchecked Sendable {
