@@ -43,20 +43,20 @@ public final class DeadlineScheduler: @unchecked Sendable {
     private func loop() {
         while true {
             var due: [@Sendable () -> Void] = []
-            let next: ContinuousClock.Instant? = lock.withLock {
+            // One look under the lock: what is due, the next deadline, and a
+            // mark that changes whenever an entry is added or removed.
+            let (next, mark): (ContinuousClock.Instant?, UInt64) = lock.withLock {
                 let now = ContinuousClock.now
                 for (token, entry) in entries where entry.deadline <= now {
                     due.append(entry.action)
                     entries.removeValue(forKey: token)
                 }
-                return entries.values.map(\.deadline).min()
+                return (entries.values.map(\.deadline).min(), nextToken &+ UInt64(entries.count))
             }
             for action in due { action() }
             guard due.isEmpty else { continue }
-            // Sleep until the earliest deadline, or until the entries change.
-            let snapshot = lock.withLock { nextToken &+ UInt64(entries.count) }
             let timeout = next.map { $0 - .now } ?? .seconds(3600)
-            _ = lock.wait(until: { nextToken &+ UInt64(entries.count) != snapshot }, timeout: timeout)
+            _ = lock.wait(until: { nextToken &+ UInt64(entries.count) != mark }, timeout: timeout)
         }
     }
 }
