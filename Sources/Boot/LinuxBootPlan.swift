@@ -2,11 +2,19 @@ import Decompression
 import GuestMemory
 
 /// How the vCPU enters the kernel.
-public enum KernelEntry: Equatable, Sendable {
+public enum KernelEntry: Equatable, Sendable, CustomStringConvertible {
     /// 64-bit boot protocol: long mode, identity-mapped, RSI = zero page.
     case longMode(rip: UInt64, zeroPage: UInt64)
     /// PVH: 32-bit protected mode, paging off, EBX = hvm_start_info.
     case pvh(eip: UInt32, startInfo: UInt64)
+
+    /// For people: "PVH entry at 0x1000850, start info at 0x6000".
+    public var description: String {
+        switch self {
+        case .longMode(let rip, let zeroPage): return "64-bit entry at \(hex(rip)), zero page at \(hex(zeroPage))"
+        case .pvh(let eip, let startInfo): return "PVH entry at \(hex(eip)), start info at \(hex(startInfo))"
+        }
+    }
 }
 
 /// What to boot. `kernel` is a bzImage or a vmlinux ELF.
@@ -39,10 +47,19 @@ public struct LinuxBootRequest: Sendable {
 /// entry. Building it refuses bad images and layouts; writing it cannot fail
 /// for a guest of the planned size.
 public struct LinuxBootPlan: Sendable {
-    public enum KernelKind: Equatable, Sendable {
+    public enum KernelKind: Equatable, Sendable, CustomStringConvertible {
         case bzImage
         case bzImageDecompressedOnHost(PayloadCompression)
         case vmlinux
+
+        /// For people: "bzImage, lz4 payload decompressed on the host".
+        public var description: String {
+            switch self {
+            case .bzImage: return "bzImage, decompressed by its own code in the guest"
+            case .bzImageDecompressedOnHost(let compression): return "bzImage, \(compression.rawValue) payload decompressed on the host"
+            case .vmlinux: return "vmlinux ELF"
+            }
+        }
     }
 
     public let kind: KernelKind
@@ -58,127 +75,71 @@ public struct LinuxBootPlan: Sendable {
     /// Time spent decompressing on the host, in seconds (0 otherwise).
     public let decompressionSeconds: Double
 
+    /// Plans the boot: the kernel (by its format), the command line, the
+    /// initrd, the boot information for the entry, the GDT and the ACPI tables.
     public init(_ request: LinuxBootRequest) throws {
         let memorySize = request.memorySize
         guard memorySize >= 32 << 20 else {
             throw BootError.notLoadable("guest memory of \(memorySize >> 20) MiB is too small to boot Linux (at least 32 MiB)")
         }
-        let ram = GuestLayout.ramRanges(memorySize: memorySize)
-        let lowEnd = ram[0].upperBound
+        guard (1...255).contains(request.vcpuCount) else {
+            throw BootError.notLoadable("the ACPI tables describe 1 to 255 vCPUs, not \(request.vcpuCount)")
+        }
+        let ram = KernelPlacement.RAM(memorySize: memorySize)
+        let kernel = try Self.placeKernel(request, ram: ram)
         e820 = GuestLayout.e820Map(memorySize: memorySize)
+        var writes = kernel.writes
 
-        var writes: [(address: UInt64, bytes: ArraySlice<UInt8>)] = []
-        var zeroFills: [Range<UInt64>] = []
-        var header: [UInt8]? = nil
-        var initrdMax: UInt64 = 0x7FFF_FFFF
-        var commandLineLimit = GuestLayout.commandLineLimit - 1
-        var entryKind: KernelEntry
-        var seconds = 0.0
-
-        func checkInside(_ what: String, _ range: Range<UInt64>) throws {
-            guard ram.contains(where: { $0.lowerBound <= range.lowerBound && range.upperBound <= $0.upperBound }),
-                  range.lowerBound >= GuestLayout.highMemoryStart else {
-                throw BootError.outsideGuestMemory(what: what, address: range.lowerBound, size: UInt64(range.count), memorySize: memorySize)
-            }
-        }
-
-        func planELF(_ elf: ELFKernel) throws -> (Range<UInt64>, KernelEntry) {
-            for segment in elf.segments {
-                let range = segment.physicalAddress..<(segment.physicalAddress + segment.memorySize)
-                try checkInside("ELF segment", range)
-                writes.append((segment.physicalAddress, elf.bytes[segment.fileOffset..<(segment.fileOffset + segment.fileSize)]))
-                if segment.memorySize > UInt64(segment.fileSize) {
-                    zeroFills.append((segment.physicalAddress + UInt64(segment.fileSize))..<range.upperBound)
-                }
-            }
-            if request.preferPVH, let pvh = elf.pvhEntry {
-                return (elf.physicalRange, .pvh(eip: pvh, startInfo: GuestLayout.pvhStartInfoAddress))
-            }
-            return (elf.physicalRange, .longMode(rip: elf.entry, zeroPage: GuestLayout.zeroPageAddress))
-        }
-
-        if BzImage.looksLikeBzImage(request.kernel) {
-            let image = try BzImage(request.kernel)
-            header = image.header.bytes
-            initrdMax = UInt64(image.header.initrdAddressMax)
-            commandLineLimit = min(commandLineLimit, Int(image.header.commandLineSize))
-            if request.decompressOnHost {
-                let compression = PayloadCompression.detect(image.payload)
-                let clock = ContinuousClock()
-                let start = clock.now
-                let vmlinux = try compression.decompress(image.payload, expectedSize: Int(image.header.initSize))
-                let elapsed = clock.now - start
-                seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-                let elf = try ELFKernel(vmlinux)
-                let planned = try planELF(elf)
-                kernelRange = planned.0
-                // The 64-bit entry of the vmlinux inside a bzImage still wants the
-                // bzImage's setup header in the zero page.
-                entryKind = planned.1
-                kind = .bzImageDecompressedOnHost(compression)
-            } else {
-                let alignment = UInt64(image.header.kernelAlignment)
-                var address = max(image.header.preferredAddress, GuestLayout.defaultKernelAddress)
-                address = (address + alignment - 1) & ~(alignment - 1)
-                let size = max(UInt64(image.protectedModeKernel.count), UInt64(image.header.initSize))
-                kernelRange = address..<(address + size)
-                try checkInside("the kernel (init_size \(hex(image.header.initSize)))", kernelRange)
-                writes.append((address, image.protectedModeKernel))
-                entryKind = .longMode(rip: address + 0x200, zeroPage: GuestLayout.zeroPageAddress)
-                kind = .bzImage
-            }
-        } else if ELFKernel.looksLikeELF(request.kernel) {
-            let planned = try planELF(try ELFKernel(request.kernel))
-            kernelRange = planned.0
-            entryKind = planned.1
-            kind = .vmlinux
-        } else {
-            throw BootError.badMagic(what: "kernel image", expected: "a bzImage (0xaa55 at 0x1FE, \"HdrS\" at 0x202) or an ELF vmlinux", found: request.kernel.prefix(4).map { String($0, radix: 16) }.joined(separator: " "))
-        }
-
-        // Command line, NUL-terminated.
-        let line = Array(request.commandLine.utf8)
-        guard line.count <= commandLineLimit else { throw BootError.commandLineTooLong(length: line.count, maximum: commandLineLimit) }
-        guard !line.contains(0) else { throw BootError.notLoadable("the command line contains a NUL byte") }
-        commandLine = line + [0]
+        commandLine = try Self.commandLine(request.commandLine, limit: kernel.commandLineLimit)
         writes.append((GuestLayout.commandLineAddress, commandLine[...]))
 
-        // The initrd: as high as allowed, page-aligned, above the kernel.
-        if let initrd = request.initrd {
-            let size = UInt64(initrd.count)
-            let top = min(initrdMax + 1, lowEnd)
-            guard size > 0, size <= top, (top - size) & ~0xFFF >= kernelRange.upperBound else {
-                throw BootError.initrdDoesNotFit(size: size, below: top)
-            }
-            let start = (top - size) & ~0xFFF
-            initrdRange = start..<(start + size)
-            writes.append((start, initrd[...]))
-        } else {
-            initrdRange = nil
+        initrdRange = try request.initrd.map {
+            try Self.placeInitrd(size: UInt64($0.count), below: min(kernel.initrdAddressMax + 1, ram.ranges[0].upperBound), above: kernel.kernelRange)
         }
+        if let initrd = request.initrd, let initrdRange { writes.append((initrdRange.lowerBound, initrd[...])) }
 
-        // Boot information for the entry.
-        switch entryKind {
-        case .longMode:
-            let zeroPage = ZeroPage(header: header, commandLine: (GuestLayout.commandLineAddress, commandLine.count), initrd: initrdRange, e820: e820, rsdp: ACPITables.rsdpAddress)
-            writes.append((GuestLayout.zeroPageAddress, zeroPage.bytes[...]))
-            writes.append((GuestLayout.pml4Address, PageTableImage.identity4GiB()[...]))
-        case .pvh:
-            let map = PVHStartInfo.memoryMap(e820)
-            writes.append((GuestLayout.pvhStartInfoAddress, PVHStartInfo.startInfo(
-                commandLine: GuestLayout.commandLineAddress, modules: initrdRange == nil ? 0 : 1,
-                moduleList: GuestLayout.pvhModuleListAddress, memoryMap: GuestLayout.pvhMemoryMapAddress,
-                memoryMapEntries: e820.count, rsdp: ACPITables.rsdpAddress)[...]))
-            if let initrdRange { writes.append((GuestLayout.pvhModuleListAddress, PVHStartInfo.module(initrdRange)[...])) }
-            writes.append((GuestLayout.pvhMemoryMapAddress, map[...]))
-        }
+        writes += BootInformation.writes(for: kernel.entry, setupHeader: kernel.setupHeader, commandLineLength: commandLine.count,
+                                         initrd: initrdRange, e820: e820)
         writes.append((GuestLayout.gdtAddress, BootGDT.bytes[...]))
-        guard (1...255).contains(request.vcpuCount) else { throw BootError.notLoadable("the ACPI tables describe 1 to 255 vCPUs, not \(request.vcpuCount)") }
         for table in ACPITables.build(vcpuCount: request.vcpuCount) { writes.append((table.address, table.bytes[...])) }
-        entry = entryKind
+
+        kind = kernel.kind
+        entry = kernel.entry
+        kernelRange = kernel.kernelRange
         self.writes = writes
-        self.zeroFills = zeroFills
-        decompressionSeconds = seconds
+        zeroFills = kernel.zeroFills
+        decompressionSeconds = kernel.decompressionSeconds
+    }
+
+    /// The kernel's placement, by its format.
+    private static func placeKernel(_ request: LinuxBootRequest, ram: KernelPlacement.RAM) throws -> KernelPlacement {
+        if BzImage.looksLikeBzImage(request.kernel) {
+            return try KernelPlacement.bzImage(try BzImage(request.kernel), decompressOnHost: request.decompressOnHost,
+                                               preferPVH: request.preferPVH, ram: ram)
+        }
+        if ELFKernel.looksLikeELF(request.kernel) {
+            return try KernelPlacement.elf(try ELFKernel(request.kernel), preferPVH: request.preferPVH, ram: ram)
+        }
+        throw BootError.badMagic(what: "kernel image", expected: "a bzImage (0xaa55 at 0x1FE, \"HdrS\" at 0x202) or an ELF vmlinux",
+                                 found: request.kernel.prefix(4).map { String($0, radix: 16) }.joined(separator: " "))
+    }
+
+    /// The command line, NUL-terminated, refused when too long or holding a NUL.
+    private static func commandLine(_ text: String, limit: Int) throws -> [UInt8] {
+        let line = Array(text.utf8)
+        guard line.count <= limit else { throw BootError.commandLineTooLong(length: line.count, maximum: limit) }
+        guard !line.contains(0) else { throw BootError.notLoadable("the command line contains a NUL byte") }
+        return line + [0]
+    }
+
+    /// The initrd's range: as high as allowed (below `top`), page-aligned, and
+    /// above the kernel.
+    private static func placeInitrd(size: UInt64, below top: UInt64, above kernel: Range<UInt64>) throws -> Range<UInt64> {
+        guard size > 0, size <= top, (top - size) & ~0xFFF >= kernel.upperBound else {
+            throw BootError.initrdDoesNotFit(size: size, below: top)
+        }
+        let start = (top - size) & ~0xFFF
+        return start..<(start + size)
     }
 
     /// What the plan did, without the image bytes (which can then be freed).

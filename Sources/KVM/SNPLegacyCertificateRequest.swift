@@ -13,7 +13,7 @@ public struct SNPLegacyCertificateRequest {
     private let stamp: UInt64
 
     /// The exit reason number of KVM_EXIT_VMGEXIT in that series.
-    public static let exitReason: UInt32 = 40
+    public static let exitReason: UInt32 = ExitReason.tdx.rawValue
     /// KVM_USER_VMGEXIT_REQ_CERTS.
     public static let requestCertificatesType: UInt32 = 1
     /// The `status` values: KVM_USER_VMGEXIT_REQ_CERTS_STATUS_PENDING and _DONE.

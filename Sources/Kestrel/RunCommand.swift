@@ -56,7 +56,7 @@ struct RunCommand: ParsableCommand {
             throw ExitCode(2)
         }
         if verbose {
-            printError("kestrel: \(machine.plan.kind), entry \(machine.plan.entry), kernel 0x\(String(machine.plan.kernelRange.lowerBound, radix: 16))-0x\(String(machine.plan.kernelRange.upperBound, radix: 16))"
+            printError("kestrel: \(machine.plan.kind); \(machine.plan.entry); kernel at 0x\(String(machine.plan.kernelRange.lowerBound, radix: 16))-0x\(String(machine.plan.kernelRange.upperBound, radix: 16))"
                 + (machine.plan.decompressionSeconds > 0 ? ", host decompression \(machine.plan.decompressionSeconds.text(places: 3)) s" : ""))
             for entry in machine.plan.e820 { printError("kestrel: e820 \(entry)") }
             printError("kestrel: set-up " + machine.setupSteps.map { "\($0.step) \(SecondsText.text($0.duration)) s" }.joined(separator: ", "))

@@ -71,9 +71,13 @@ public struct FREDFrame: Hashable, Sendable {
     public var ssQword: UInt64
     public var eventData: UInt64
 
-    /// Decodes the eight little-endian qwords of a frame.
-    public init(qwords: [UInt64]) {
-        precondition(qwords.count >= 7, "a FRED frame has 8 qwords")
+    /// The number of qwords in a frame (the last is reserved).
+    public static let qwordCount = size / 8
+
+    /// Decodes the eight qwords of a frame, or nil when `qwords` is not exactly
+    /// eight long.
+    public init?(qwords: [UInt64]) {
+        guard qwords.count == Self.qwordCount else { return nil }
         errorCode = qwords[0]
         rip = qwords[1]
         csQword = qwords[2]

@@ -159,3 +159,14 @@ import Testing
         #expect(entry(5 * 4096 + 511 * 8) == 0xFFE0_0083)
     }
 }
+
+@Suite struct BootDescriptionTests {
+    /// `kestrel run --verbose` prints these: words and hex addresses, never
+    /// Swift's debug descriptions.
+    @Test func entriesAndKindsReadAsWords() {
+        #expect("\(KernelEntry.pvh(eip: 16_779_344, startInfo: 24_576))" == "PVH entry at 0x1000850, start info at 0x6000")
+        #expect("\(KernelEntry.longMode(rip: 0x100_0200, zeroPage: 0x7000))" == "64-bit entry at 0x1000200, zero page at 0x7000")
+        #expect("\(LinuxBootPlan.KernelKind.bzImageDecompressedOnHost(.lz4))" == "bzImage, lz4 payload decompressed on the host")
+        #expect("\(LinuxBootPlan.KernelKind.vmlinux)" == "vmlinux ELF")
+    }
+}

@@ -143,9 +143,11 @@ import Testing
         #expect(FREDStackLevels(rawValue: 0b11 << 6).level(forVector: 3) == 3)
     }
 
-    @Test func frameFields() {
+    @Test func frameFields() throws {
         let ss: UInt64 = 0x18 | 0x20 << 32 | 4 << 48 | 1 << 58 | 2 << 60
-        let frame = FREDFrame(qwords: [0, 0x10012, 0x8, 0x2, 0x1FF000, ss, 0, 0])
+        let frame = try #require(FREDFrame(qwords: [0, 0x10012, 0x8, 0x2, 0x1FF000, ss, 0, 0]))
+        #expect(FREDFrame(qwords: [0, 0x10012, 0x8, 0x2, 0x1FF000, ss, 0]) == nil, "7 qwords are not a frame")
+        #expect(FREDFrame(qwords: Array(repeating: 0, count: 9)) == nil, "nor are 9")
         #expect(frame.vector == 0x20)
         #expect(frame.eventType == .softwareInterrupt)
         #expect(frame.isNested)

@@ -126,9 +126,7 @@ public final class SNPLaunch {
             try virtualMachine.sevInitialize(SEVInitParameters(vmsaFeatures: vmsaFeatures), sevFileDescriptor: sev)
             privateMemory = try virtualMachine.createGuestMemfd(size: memorySize)
             sharedMemory = try MemoryMapping(anonymousSize: Int(memorySize), sharing: .shared)
-            try virtualMachine.setUserMemoryRegion2(MemorySlot(
-                slot: 0, flags: .guestMemfd, guestPhysicalAddress: 0, size: memorySize,
-                userspaceAddress: sharedMemory.address, guestMemfd: privateMemory.fileDescriptor, guestMemfdOffset: 0))
+            try virtualMachine.install(MemoryRegion(slot: 0, start: 0, mapping: sharedMemory, guestMemfd: privateMemory))
             self.memorySize = memorySize
         } catch {
             close(sev)

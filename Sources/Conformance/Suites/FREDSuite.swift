@@ -261,7 +261,8 @@ public enum FREDSuite {
                 throw TestFailure("KVM could not deliver \(eventCase.name) through FRED: \(error)")
             }
             guard case .sync(100, _) = ucall else { throw GuestMachine.mismatch(ucall, expected: "the FRED handler's SYNC(100)") }
-            let frame = FREDFrame(qwords: try (0..<8).map { try machine.memory.load(UInt64.self, at: GuestAddress(frameSaveArea + UInt64(8 * $0))) })
+            let saved = try (0..<FREDFrame.qwordCount).map { try machine.memory.load(UInt64.self, at: GuestAddress(frameSaveArea + UInt64(8 * $0))) }
+            guard let frame = FREDFrame(qwords: saved) else { throw TestFailure("\(eventCase.name): the saved FRED frame is not 8 qwords") }
             try context.expectEqual(frame.vector, eventCase.vector, "\(eventCase.name): vector in the FRED frame")
             try context.expectEqual(frame.eventType, eventCase.type, "\(eventCase.name): event type in the FRED frame")
             try context.expectEqualHex(frame.rip, try guest.address(of: resumeLabels[index]), "\(eventCase.name): return RIP in the FRED frame")

@@ -347,16 +347,17 @@ public enum GuestMemfdSuite {
         let memfd = try machine.vm.createGuestMemfd(size: UInt64(size), flags: [.mmap, .initShared])
         let mapping = try MemoryMapping(fileDescriptor: memfd.fileDescriptor, size: size, sharing: .shared)
         try expectFill(context, mapping.bytes, 0xAA, "host filling guest_memfd before the guest runs")
-        let unrelated = try MemoryMapping(anonymousSize: size, sharing: .shared)
-        let hostAddress: UInt64
+        // The region owns whichever host memory its slot points at, and the VM
+        // keeps the region while the guest runs: the unrelated mapping of the
+        // probe run cannot be freed under the guest.
+        let hostMemory: MemoryMapping?
         switch slotAddress {
-        case .none: hostAddress = 0
-        case .guestMemfdMapping: hostAddress = mapping.address
-        case .unrelatedMemory: hostAddress = unrelated.address
+        case .none: hostMemory = nil
+        case .guestMemfdMapping: hostMemory = mapping
+        case .unrelatedMemory: hostMemory = try MemoryMapping(anonymousSize: size, sharing: .shared)
         }
-        try machine.vm.setUserMemoryRegion2(MemorySlot(
-            slot: 1, flags: .guestMemfd, guestPhysicalAddress: gpa, size: UInt64(size), userspaceAddress: hostAddress,
-            guestMemfd: memfd.fileDescriptor, guestMemfdOffset: 0))
+        try machine.vm.install(MemoryRegion(slot: 1, start: GuestAddress(gpa), mapping: hostMemory, size: UInt64(size),
+                                            guestMemfd: memfd, guestMemfdOffset: 0))
         try machine.mapGigabyte(containing: gpa)
         try machine.loadLongMode(guestAccessProgram(), arguments: [gpa, UInt64(size)])
         let ucall = try machine.runUntilUcall()
