@@ -1,13 +1,17 @@
 // swift-tools-version:6.0
 //
 // Kestrel: a KVM hypervisor toolkit for Linux.
-// Targets follow shared/design/architecture.md; arrows point downwards only.
+// Targets form layers and import downwards only (the README's target table):
+// CHost <- HostSystem <- GuestMemory <- KVM (with CKVM, which nothing else
+// imports) <- X86 <- GuestKit, Confidential, Boot, VMM <- Conformance, Lab <- kestrel.
 
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
-    // The library does its own locking where threads meet (the vCPU watchdog);
-    // Swift 5 mode keeps raw-pointer owners free of Sendable ceremony.
+    // Swift 6: strict concurrency checking. vCPU threads, devices and the
+    // run control meet across threads; where a type's safety rests on a lock
+    // or on one-thread use rather than on the compiler, it says so beside its
+    // `@unchecked Sendable`.
     .swiftLanguageMode(.v6),
 ]
 

@@ -87,13 +87,14 @@ public final class KVMSystem: Sendable {
     }
 
     /// Whether a device attribute exists on `/dev/kvm` (e.g. group KVM_X86_GRP_SEV).
-    /// The corresponding ioctl is KVM_HAS_DEVICE_ATTR; ENXIO means "no".
+    /// The corresponding ioctl is KVM_HAS_DEVICE_ATTR; ENXIO means "no", and so
+    /// does ENOTTY (a kernel without the ioctl on /dev/kvm).
     public func hasDeviceAttribute(group: UInt32, attribute: UInt64) throws -> Bool {
         var attr = ckvm_device_attr(flags: 0, group: group, attr: attribute, addr: 0)
         do {
             _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.hasDeviceAttribute, &attr)
             return true
-        } catch let error as SystemCallError where error.errno == .noSuchAddressOrDevice || error.errno.rawValue == 25 {
+        } catch let error as SystemCallError where error.errno == .noSuchAddressOrDevice || error.errno == .inappropriateIOControlOperation {
             return false
         }
     }

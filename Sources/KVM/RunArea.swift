@@ -21,7 +21,7 @@ import Glibc
 public final class RunArea: @unchecked Sendable {
     // @unchecked Sendable: the pointer is fixed for the area's life; the only
     // field touched from other threads is `immediate_exit`, a byte KVM itself
-    // reads racily by design (api.rst: "polled once when KVM_RUN starts").
+    // reads racily by design (the kernel's Documentation/virt/kvm/api.rst: "polled once when KVM_RUN starts").
     let run: UnsafeMutablePointer<ckvm_run>
     /// The area's size in bytes (KVM_GET_VCPU_MMAP_SIZE for a vCPU's).
     public let size: Int

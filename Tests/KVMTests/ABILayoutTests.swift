@@ -3,7 +3,7 @@ import Testing
 @testable import KVM
 
 /// Struct sizes and offsets pinned to the kernel's x86-64 ABI
-/// (shared/reference/kvm-uapi.md and include/uapi/linux/kvm.h).
+/// (the Linux tree's include/uapi/linux/kvm.h).
 @Suite struct ABILayoutTests {
     @Test func structSizesMatchTheKernelABI() {
         #expect(MemoryLayout<ckvm_regs>.size == 144)

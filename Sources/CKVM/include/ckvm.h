@@ -2,7 +2,8 @@
  * Kestrel's own definitions of the KVM userspace ABI (x86-64, Linux 6.18 layout).
  *
  * The distribution's <linux/kvm.h> is older than the features Kestrel targets, so
- * the layouts live here, written from the ABI facts in shared/reference/kvm-uapi.md.
+ * the layouts live here, written from the ABI facts in the Linux tree's
+ * include/uapi/linux/kvm.h and arch/x86/include/uapi/asm/kvm.h.
  * Every struct size is pinned by a unit test (Tests/KVMTests/ABILayoutTests.swift).
  * Variable-length ioctl arguments (kvm_msrs, kvm_cpuid2, kvm_msr_list, kvm_reg_list)
  * are described by their fixed headers only; Swift builds the full buffers.

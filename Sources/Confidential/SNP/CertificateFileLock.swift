@@ -7,7 +7,7 @@ import Glibc
 import Musl
 #endif
 
-/// The locking protocol around an SNP certificate file (api.rst,
+/// The locking protocol around an SNP certificate file (the kernel's Documentation/virt/kvm/api.rst,
 /// KVM_SEV_SNP_ENABLE_REQ_CERTS): a VMM takes a shared open-file-description
 /// lock (F_OFD_SETLK, F_RDLCK) before reading the file and holds it until the
 /// firmware has made the report; tools that change the firmware's key or TCB,
