@@ -94,7 +94,7 @@ public final class KVMSystem: Sendable {
         do {
             _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.hasDeviceAttribute, &attr)
             return true
-        } catch let error as SystemCallError where error.errno == .noSuchAddressOrDevice || error.errno == .inappropriateIOControlOperation {
+        } catch let error as SystemCallError where error.errno == .noSuchAddressOrDevice || error.errno == .inappropriateIOCTLForDevice {
             return false
         }
     }
