@@ -11,7 +11,7 @@ extension VCPUExit {
     static func decode(_ area: RunArea) -> VCPUExit {
         let run = area.run
         let areaSize = area.size
-        let stamp = area.generation
+        let ticket = RunTicket(area)
         let reason = run.pointee.exit_reason
         switch ExitReason(rawValue: reason) {
         case .io:
@@ -27,14 +27,14 @@ extension VCPUExit {
             let base = UnsafeMutableRawPointer(run) + offset
             return .io(IOExit(
                 direction: io.direction == 0 ? .in : .out, size: Int(io.size), port: io.port,
-                count: Int(io.count), buffer: UnsafeMutableRawBufferPointer(start: base, count: length), area: area, stamp: stamp))
+                count: Int(io.count), buffer: UnsafeMutableRawBufferPointer(start: base, count: length), ticket: ticket))
         case .mmio:
             let length = Int(min(run.pointee.exit.mmio.len, 8))
             let dataOffset = ckvm_run_mmio_data_offset()
             return .mmio(MMIOExit(
                 address: run.pointee.exit.mmio.phys_addr, isWrite: run.pointee.exit.mmio.is_write != 0,
                 buffer: UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(run) + dataOffset, count: length),
-                area: area, stamp: stamp))
+                ticket: ticket))
         case .halt:
             return .halt
         case .shutdown:
@@ -56,9 +56,9 @@ extension VCPUExit {
                 flags: MemoryFaultFlags(rawValue: fault.flags), guestPhysicalAddress: fault.gpa, size: fault.size,
                 hardwarePoison: false))
         case .hypercall:
-            return .hypercall(HypercallExit(area: area, stamp: stamp))
+            return .hypercall(HypercallExit(ticket: ticket))
         case .snpRequestCertificates:
-            return .snpRequestCertificates(SNPCertificateRequest(area: area, stamp: stamp))
+            return .snpRequestCertificates(SNPCertificateRequest(ticket: ticket))
         case .exception:
             return .exception(vector: run.pointee.exit.ex.exception, errorCode: run.pointee.exit.ex.error_code)
         case .debug:

@@ -99,3 +99,22 @@ public final class RunArea: @unchecked Sendable {
         SNPLegacyCertificateRequest(area: self)
     }
 }
+
+/// Where an exit payload came from: its area and the run it belongs to. Every
+/// payload reaches the area through `run(_:)`, which stops the program once
+/// the area has moved on to a later run.
+struct RunTicket {
+    let area: RunArea
+    let stamp: UInt64
+
+    init(_ area: RunArea) {
+        self.area = area
+        stamp = area.generation
+    }
+
+    @inline(__always)
+    func run(_ payload: StaticString) -> UnsafeMutablePointer<ckvm_run> {
+        area.checkCurrent(stamp, payload)
+        return area.run
+    }
+}

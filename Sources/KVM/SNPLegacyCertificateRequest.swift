@@ -9,8 +9,7 @@ import CKVM
 /// status PENDING (serve the request), then with status DONE once firmware has
 /// made the report (release what was held).
 public struct SNPLegacyCertificateRequest {
-    private let area: RunArea
-    private let stamp: UInt64
+    private let ticket: RunTicket
 
     /// The exit reason number of KVM_EXIT_VMGEXIT in that series.
     public static let exitReason: UInt32 = ExitReason.tdx.rawValue
@@ -26,14 +25,10 @@ public struct SNPLegacyCertificateRequest {
     public init?(area: RunArea) {
         guard area.run.pointee.exit_reason == Self.exitReason,
               area.run.pointee.exit.vmgexit.type == Self.requestCertificatesType else { return nil }
-        self.area = area
-        stamp = area.generation
+        ticket = RunTicket(area)
     }
 
-    private var run: UnsafeMutablePointer<ckvm_run> {
-        area.checkCurrent(stamp, "SNPLegacyCertificateRequest")
-        return area.run
-    }
+    private var run: UnsafeMutablePointer<ckvm_run> { ticket.run("SNPLegacyCertificateRequest") }
 
     public enum Status: Equatable, Sendable {
         /// A new request: write the certificates (or refuse).

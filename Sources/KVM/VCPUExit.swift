@@ -105,23 +105,17 @@ public struct IOExit: CustomStringConvertible {
     /// Repetitions (string I/O); `data` holds `size * count` bytes.
     public let count: Int
     private let buffer: UnsafeMutableRawBufferPointer
-    private let area: RunArea
-    private let stamp: UInt64
+    private let ticket: RunTicket
 
-    init(direction: Direction, size: Int, port: UInt16, count: Int, buffer: UnsafeMutableRawBufferPointer, area: RunArea, stamp: UInt64) {
-        self.direction = direction
-        self.size = size
-        self.port = port
-        self.count = count
-        self.buffer = buffer
-        self.area = area
-        self.stamp = stamp
+    init(direction: Direction, size: Int, port: UInt16, count: Int, buffer: UnsafeMutableRawBufferPointer, ticket: RunTicket) {
+        (self.direction, self.size, self.port, self.count) = (direction, size, port, count)
+        (self.buffer, self.ticket) = (buffer, ticket)
     }
 
     /// The bytes written by the guest (out) or to be supplied to it (in), inside
     /// the run area; valid in this run only.
     public var data: UnsafeMutableRawBufferPointer {
-        area.checkCurrent(stamp, "IOExit")
+        _ = ticket.run("IOExit")
         return buffer
     }
 
@@ -150,21 +144,16 @@ public struct MMIOExit: CustomStringConvertible {
     public let address: UInt64
     public let isWrite: Bool
     private let buffer: UnsafeMutableRawBufferPointer
-    private let area: RunArea
-    private let stamp: UInt64
+    private let ticket: RunTicket
 
-    init(address: UInt64, isWrite: Bool, buffer: UnsafeMutableRawBufferPointer, area: RunArea, stamp: UInt64) {
-        self.address = address
-        self.isWrite = isWrite
-        self.buffer = buffer
-        self.area = area
-        self.stamp = stamp
+    init(address: UInt64, isWrite: Bool, buffer: UnsafeMutableRawBufferPointer, ticket: RunTicket) {
+        (self.address, self.isWrite, self.buffer, self.ticket) = (address, isWrite, buffer, ticket)
     }
 
     /// The bytes written by the guest, or to be supplied for a read (1 to 8),
     /// inside the run area; valid in this run only.
     public var data: UnsafeMutableRawBufferPointer {
-        area.checkCurrent(stamp, "MMIOExit")
+        _ = ticket.run("MMIOExit")
         return buffer
     }
 
@@ -305,18 +294,11 @@ public struct MemoryFault: CustomStringConvertible, Sendable, Equatable {
 
 /// The data of a KVM_EXIT_HYPERCALL exit; `setReturnValue` answers it.
 public struct HypercallExit {
-    private let area: RunArea
-    private let stamp: UInt64
+    private let ticket: RunTicket
 
-    init(area: RunArea, stamp: UInt64) {
-        self.area = area
-        self.stamp = stamp
-    }
+    init(ticket: RunTicket) { self.ticket = ticket }
 
-    private var run: UnsafeMutablePointer<ckvm_run> {
-        area.checkCurrent(stamp, "HypercallExit")
-        return area.run
-    }
+    private var run: UnsafeMutablePointer<ckvm_run> { ticket.run("HypercallExit") }
 
     public var number: UInt64 { run.pointee.exit.hypercall.nr }
     public var arguments: [UInt64] {
@@ -328,18 +310,11 @@ public struct HypercallExit {
 
 /// The data of a KVM_EXIT_SNP_REQ_CERTS exit; `respond` sets `ret` for KVM.
 public struct SNPCertificateRequest {
-    private let area: RunArea
-    private let stamp: UInt64
+    private let ticket: RunTicket
 
-    init(area: RunArea, stamp: UInt64) {
-        self.area = area
-        self.stamp = stamp
-    }
+    init(ticket: RunTicket) { self.ticket = ticket }
 
-    private var run: UnsafeMutablePointer<ckvm_run> {
-        area.checkCurrent(stamp, "SNPCertificateRequest")
-        return area.run
-    }
+    private var run: UnsafeMutablePointer<ckvm_run> { ticket.run("SNPCertificateRequest") }
 
     /// Guest physical address of the certificate buffer (from the guest's RAX).
     public var guestPhysicalAddress: UInt64 { run.pointee.exit.snp_req_certs.gpa }
