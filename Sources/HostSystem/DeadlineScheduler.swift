@@ -7,13 +7,16 @@ import Glibc
 /// inside KVM_RUN (two spinning guests on two cores), and then a timer that
 /// needs a pool thread to fire never fires.
 public final class DeadlineScheduler: @unchecked Sendable {
-    // @unchecked Sendable: `entries`, `nextToken` and `thread` are only touched
+    // @unchecked Sendable: `entries`, `nextToken`, `changes` and `thread` are only touched
     // while holding `lock`.
     public static let shared = DeadlineScheduler()
 
     private let lock = ConditionLock()
     private var entries: [UInt64: (deadline: ContinuousClock.Instant, action: @Sendable () -> Void)] = [:]
     private var nextToken: UInt64 = 0
+    /// Bumped by every schedule and every effective cancel: the loop sleeps
+    /// until it changes or the earliest deadline comes.
+    private var changes: UInt64 = 0
     private var thread: POSIXThread?
 
     public init() {}
@@ -27,6 +30,7 @@ public final class DeadlineScheduler: @unchecked Sendable {
                 thread = try POSIXThread.start(stackSize: 128 << 10) { [self] in loop() }
             }
             nextToken += 1
+            changes &+= 1
             entries[nextToken] = (deadline, action)
             return nextToken
         }
@@ -34,7 +38,9 @@ public final class DeadlineScheduler: @unchecked Sendable {
 
     /// Cancels a scheduled action; one that already ran or is running is not affected.
     public func cancel(_ token: UInt64) {
-        lock.withLockBroadcasting { _ = entries.removeValue(forKey: token) }
+        lock.withLockBroadcasting {
+            if entries.removeValue(forKey: token) != nil { changes &+= 1 }
+        }
     }
 
     /// The number of actions waiting.
@@ -51,12 +57,12 @@ public final class DeadlineScheduler: @unchecked Sendable {
                     due.append(entry.action)
                     entries.removeValue(forKey: token)
                 }
-                return (entries.values.map(\.deadline).min(), nextToken &+ UInt64(entries.count))
+                return (entries.values.map(\.deadline).min(), changes)
             }
             for action in due { action() }
             guard due.isEmpty else { continue }
             let timeout = next.map { $0 - .now } ?? .seconds(3600)
-            _ = lock.wait(until: { nextToken &+ UInt64(entries.count) != mark }, timeout: timeout)
+            _ = lock.wait(until: { changes != mark }, timeout: timeout)
         }
     }
 }

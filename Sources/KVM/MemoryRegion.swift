@@ -126,7 +126,12 @@ extension VirtualMachine {
         let mapping = try MemoryMapping(anonymousSize: size, sharing: sharing, alignment: alignment)
         let region = try MemoryRegion(slot: slot, start: start, mapping: mapping)
         try install(region)
-        try space.add(mapping, at: start)
+        do {
+            try space.add(mapping, at: start)
+        } catch {
+            try? removeRegion(slot: slot)  // no slot without its place in the address space
+            throw error
+        }
         return region
     }
 }

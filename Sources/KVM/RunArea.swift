@@ -117,4 +117,8 @@ struct RunTicket {
         area.checkCurrent(stamp, payload)
         return area.run
     }
+
+    /// Whether the area is still at this run (for descriptions, which must
+    /// not stop the program).
+    var isCurrent: Bool { stamp == area.generation }
 }

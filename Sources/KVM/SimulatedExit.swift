@@ -36,7 +36,7 @@ extension RunArea {
         let pointer = run
         switch exit {
         case .io(let direction, let port, let size, let data):
-            let offset = 1024  // inside the area, past struct kvm_run's fixed part
+            let offset = 1024  // inside the area (over sync_regs, which simulated exits do not use)
             precondition(size > 0 && data.count % size == 0 && offset + data.count <= self.size, "simulated I/O data does not fit")
             pointer.pointee.exit_reason = ExitReason.io.rawValue
             pointer.pointee.exit.io = ckvm_exit_io(direction: direction.rawValue, size: UInt8(size), port: port,

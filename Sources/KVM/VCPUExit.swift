@@ -135,7 +135,7 @@ public struct IOExit: CustomStringConvertible {
 
     public var description: String {
         "\(direction == .out ? "out" : "in") port 0x\(String(port, radix: 16)) size \(size) count \(count)"
-            + (direction == .out ? " value 0x\(String(value, radix: 16))" : "")
+            + (direction != .out ? "" : ticket.isCurrent ? " value 0x\(String(value, radix: 16))" : " (data of an earlier run)")
     }
 }
 

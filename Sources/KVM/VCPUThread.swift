@@ -54,23 +54,39 @@ public final class VCPUThread: @unchecked Sendable {
     /// typically loops over `run()` until it returns `.stopped`.
     @discardableResult
     public func spawn(stackSize: Int = 1 << 20, _ body: @escaping @Sendable (VCPUThread) -> Void) throws -> POSIXThread {
-        try POSIXThread.start(stackSize: stackSize) { [self] in body(self) }
+        try POSIXThread.start(stackSize: stackSize) { [self] in
+            body(self)
+            // The thread ends here: no kick may reach its handle after it is
+            // joined (kicks are sent under the lock).
+            lock.withLock {
+                thread = nil
+                restoreBlockedSignal = false
+            }
+        }
     }
 
     // MARK: On the vCPU's thread
 
     /// Runs the vCPU until KVM returns an exit for the VMM, a stop is requested,
-    /// or `deadline` passes. While paused, it waits inside. The corresponding
-    /// ioctl is KVM_RUN (through `VCPU.run()`).
+    /// or `deadline` passes. The corresponding ioctl is KVM_RUN (through
+    /// `VCPU.run()`).
+    ///
+    /// A pause parks the vCPU inside `run`, and only after KVM_RUN has come
+    /// back with EINTR: KVM completes an I/O or MMIO exit (the IN data into
+    /// RAX, RIP past the instruction) on the next KVM_RUN, which `immediate_exit`
+    /// makes return before any guest instruction. So while paused, the vCPU's
+    /// registers are whole and can be read or saved.
     public func run(until deadline: ContinuousClock.Instant? = nil) throws -> Outcome {
         enterThread()
         let generation = deadline.map { armDeadline($0) }
         defer { if generation != nil { disarmDeadline() } }
         while true {
-            if let outcome = pendingRequest() { return outcome }
+            if let outcome = stopOrDeadline() { return outcome }
             switch try vcpu.run() {
             case .interrupted, .notRunnable:
-                continue  // pendingRequest() says why, or it was someone else's signal
+                // Asked for (stop, deadline: answered above; pause: here), or
+                // someone else's signal: run again.
+                if let outcome = parkWhilePauseRequested() { return outcome }
             case let exit:
                 return .exit(exit)
             }
@@ -101,26 +117,25 @@ public final class VCPUThread: @unchecked Sendable {
         }
     }
 
-    /// Answers a stop, pause or deadline request, or returns nil to run.
-    private func pendingRequest() -> Outcome? {
-        enum Next { case run, answer(Outcome), pause }
-        let next: Next = lock.withLock {
-            if stopRequested { return .answer(.stopped) }
-            if deadlineExpired { return .answer(.deadlineExpired) }
-            return pauseRequested ? .pause : .run
-        }
-        switch next {
-        case .run: return nil
-        case .answer(let outcome): return outcome
-        case .pause: return waitWhilePaused()
+    /// `.stopped` or `.deadlineExpired` when one was asked for, nil to run.
+    private func stopOrDeadline() -> Outcome? {
+        lock.withLock {
+            if stopRequested { return .stopped }
+            if deadlineExpired { return .deadlineExpired }
+            return nil
         }
     }
 
     /// Parks the vCPU while a pause is requested; returns `.stopped` or
     /// `.deadlineExpired` if one comes in meanwhile, nil to run again.
-    private func waitWhilePaused() -> Outcome? {
-        lock.withLockBroadcasting { paused = true }  // wakes waitUntilPaused
-        return lock.wait(until: { !pauseRequested || stopRequested }) { () -> Outcome? in
+    private func parkWhilePauseRequested() -> Outcome? {
+        let pausing = lock.withLockBroadcasting { () -> Bool in
+            guard pauseRequested && !stopRequested && !deadlineExpired else { return false }
+            paused = true  // wakes waitUntilPaused
+            return true
+        }
+        guard pausing else { return nil }
+        return lock.wait(until: { !pauseRequested || stopRequested || deadlineExpired }) { () -> Outcome? in
             paused = false
             if stopRequested { return .stopped }
             if deadlineExpired { return .deadlineExpired }
@@ -145,7 +160,7 @@ public final class VCPUThread: @unchecked Sendable {
     }
 
     private func expireDeadline(_ generation: Int) {
-        lock.withLock {
+        lock.withLockBroadcasting {  // wakes a vCPU parked by a pause
             guard generation == deadlineGeneration, !deadlineExpired else { return }
             deadlineExpired = true
             kickLocked()
@@ -192,9 +207,12 @@ public final class VCPUThread: @unchecked Sendable {
         }
     }
 
-    /// Waits until a requested pause has taken effect (or the vCPU stopped).
+    /// Waits until a requested pause has taken effect: the vCPU is parked in
+    /// `run`. It also returns when the vCPU was stopped, when its deadline
+    /// passed, or when the pause was withdrawn. The vCPU's thread must be in
+    /// `run` (or enter it) for a pause to take effect.
     public func waitUntilPaused() {
-        lock.wait(until: { paused || stopRequested || !pauseRequested }) {}
+        lock.wait(until: { paused || stopRequested || deadlineExpired || !pauseRequested }) {}
     }
 
     /// Whether the vCPU is parked by a pause.
@@ -204,15 +222,5 @@ public final class VCPUThread: @unchecked Sendable {
     private func kickLocked() {
         vcpu.immediateExit = true
         if let thread { KickSignal.send(to: thread.handle) }
-    }
-}
-
-extension Duration {
-    /// The duration in whole nanoseconds, saturating.
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return seconds < 0 ? .min : .max }
-        return product.addingReportingOverflow(attoseconds / 1_000_000_000).partialValue
     }
 }

@@ -41,6 +41,9 @@ struct LabMachineOptions: ParsableArguments {
     @Option(name: .customLong("numa-nodes"), help: "NUMA nodes of the L1 (memory split evenly), for the guest_memfd NUMA tests.")
     var numaNodes: Int = 1
     @Option(help: "Stop the L1 after this many seconds.") var timeout: Double = 600
+    @Option(name: .customLong("boot-attempts"),
+            help: "Boots of an L1 whose kernel dies or stops responding, at most (the command runs again in each).")
+    var bootAttempts: Int = 3
     @Option(name: .customLong("add"), help: "Put a host file into the L1: HOST[:GUEST] (default guest path /lab/NAME). Repeatable.")
     var files: [String] = []
     @Flag(name: .customLong("guest-kernel"), help: "Also put this kernel's vmlinux at /lab/guest/vmlinux, to boot it as an L2 guest with `kestrel run`.")
@@ -55,6 +58,7 @@ struct LabMachineOptions: ParsableArguments {
         if cpus < 1 || cpus > 64 { throw ValidationError("--cpus must be between 1 and 64") }
         if memory < 256 { throw ValidationError("--memory is in MiB and must be at least 256") }
         if timeout <= 0 { throw ValidationError("--timeout must be positive") }
+        if bootAttempts < 1 { throw ValidationError("--boot-attempts must be at least 1") }
         if numaNodes < 1 || numaNodes > 8 || memory % numaNodes != 0 || memory / numaNodes < 128 {
             throw ValidationError("--numa-nodes must be 1 to 8 and divide --memory into parts of at least 128 MiB")
         }
@@ -79,6 +83,7 @@ struct LabMachineOptions: ParsableArguments {
         machine.cpus = cpus
         machine.memoryMiB = memory
         machine.timeoutSeconds = timeout
+        machine.bootAttempts = bootAttempts
         machine.multiThreadedTCG = multiThreadedTCG
         machine.numaNodes = numaNodes
         return machine

@@ -80,6 +80,12 @@ public func fileExists(_ path: String) -> Bool {
     return stat(path, &status) == 0
 }
 
+/// The size of the file at `path` in bytes, or -1 when it cannot be read.
+public func fileSize(_ path: String) -> Int {
+    var status = stat()
+    return stat(path, &status) == 0 ? Int(status.st_size) : -1
+}
+
 /// Whether `path` is a directory.
 public func isDirectory(_ path: String) -> Bool {
     var status = stat()

@@ -8,6 +8,9 @@ import Boot
 /// command's standard output on COM1, the kernel console on COM2, the
 /// command's standard error on COM3, and lab status lines on COM4.
 public struct LabInitramfs {
+    /// Seconds between the L1's heartbeat lines on the status port.
+    public static let heartbeatSeconds = 5
+
     /// A file to put into the L1.
     public struct File: Sendable {
         public let guestPath: String
@@ -89,6 +92,10 @@ public struct LabInitramfs {
             done
             cd /lab
             echo "ready $(cut -d' ' -f1 /proc/uptime) $kvm" >/dev/ttyS3
+            # A heartbeat for the host: an L1 that stops running its own
+            # processes is caught by its silence (LabMachine.frozenAfterSeconds).
+            # Its PID is in /run/heartbeat.pid (a test stops it to play a frozen L1).
+            sh -c 'echo $$ >/run/heartbeat.pid; while :; do sleep \(Self.heartbeatSeconds); echo "alive $(cut -d" " -f1 /proc/uptime)" >/dev/ttyS3; done' &
             exec </dev/ttyS0 >/dev/ttyS0 2>&1
             \(run)
             status=$?

@@ -53,6 +53,10 @@ public struct LabRunResult: Sendable {
     public var readySeconds: Double?
     public var totalSeconds: Double
     public var timedOut: Bool
+    /// The L1 stopped running its own processes: its heartbeat went silent
+    /// for `LabMachine.frozenAfterSeconds` while the command ran, and it was
+    /// stopped.
+    public var froze = false
     /// The L1 kernel's console (COM2).
     public var console: String
     /// QEMU's own exit status.
@@ -64,7 +68,8 @@ public struct LabRunResult: Sendable {
     public var failureDiagnosis: String? {
         if status != nil { return nil }
         let tail = consoleLines(console).suffix(25).joined(separator: "\n")
-        let why = timedOut ? "the L1 did not finish in time and was stopped"
+        let why = froze ? "the L1 stopped responding (no heartbeat for \(Int(LabMachine.frozenAfterSeconds)) s) and was stopped"
+            : timedOut ? "the L1 did not finish in time and was stopped"
             : "the L1 ended without reporting a status (QEMU exited with \(qemuStatus))"
         return "\(why); the end of its console:\n\(tail)"
     }
@@ -172,16 +177,24 @@ public struct LabMachine {
         while true {
             var result = try boot(initramfs, initrd: initrd, directory: work.path, stdout: stdout, stderr: stderr, onReady: onReady)
             result.bootFailures = failures
-            let died = result.status == nil && !result.timedOut && initramfs.command != .interactiveShell
+            let died = result.status == nil && (!result.timedOut || result.froze) && initramfs.command != .interactiveShell
             guard died, failures.count + 1 < bootAttempts else { return result }
             let when = result.readySeconds == nil ? "while booting" : "while the command ran"
-            failures.append("\(when): " + (LabHostDescription.kernelProblems(in: result.console).first ?? "no status, no kernel message"))
+            let problem = result.froze ? "the L1 stopped responding (no heartbeat for \(Int(Self.frozenAfterSeconds)) s)"
+                : LabHostDescription.kernelProblems(in: result.console).first ?? "no status, no kernel message"
+            failures.append("\(when): " + problem)
             for name in ["status", "errors", "console.log"] { unlink(work.path + "/" + name) }
         }
     }
 
     /// Boots of the L1, at most (see `run`).
     public var bootAttempts = 3
+
+    /// How long the L1's heartbeat may be silent, once the command runs,
+    /// before the L1 counts as frozen. Single-CPU TCG L1s now and then stop
+    /// running their own processes altogether while a 2-vCPU L2 boots
+    /// (FINDINGS.md, section 6); the heartbeat comes every 5 s otherwise.
+    public static let frozenAfterSeconds = 60.0
 
     func boot(_ initramfs: LabInitramfs, initrd: String, directory: String, stdout: HostProcess.Stream, stderr: Int32?,
               onReady: (Double) -> Void) throws -> LabRunResult {
@@ -195,8 +208,11 @@ public struct LabMachine {
         var readySeconds: Double?
         var kvmModule = "none"
         var timedOut = false
+        var froze = false
         var qemuStatus: Int32?
         var polls = 0
+        var statusSize = -1
+        var lastStatusChange = start
         let deadline = timeoutSeconds.isFinite ? start + .milliseconds(Int(min(timeoutSeconds, 1e9) * 1000)) : nil
         while qemuStatus == nil {
             qemuStatus = process.poll()
@@ -214,6 +230,19 @@ public struct LabMachine {
                 process.signal(SIGKILL)
                 qemuStatus = process.wait()
                 break
+            }
+            // The heartbeat: every status line (ready, alive, status) grows the file.
+            if polls % 25 == 0, !interactive, readySeconds != nil {
+                let size = fileSize(directory + "/status")
+                if size != statusSize {
+                    statusSize = size
+                    lastStatusChange = .now
+                } else if Self.seconds(ContinuousClock.now - lastStatusChange) > Self.frozenAfterSeconds {
+                    froze = true
+                    process.signal(SIGKILL)
+                    qemuStatus = process.wait()
+                    break
+                }
             }
             if let deadline, ContinuousClock.now > deadline {
                 timedOut = true
@@ -235,7 +264,7 @@ public struct LabMachine {
         let host = LabHostDescription(kernelName: kernel.name, kernelRelease: kernel.release, qemuVersion: qemuVersion(),
                                       accelerator: accelerator.rawValue, cpuModel: cpuModel, kvmModule: kvmModule)
         return LabRunResult(status: status, host: host, readySeconds: readySeconds, totalSeconds: total, timedOut: timedOut,
-                            console: (try? readText(directory + "/console.log")) ?? "", qemuStatus: qemuStatus ?? -1)
+                            froze: froze, console: (try? readText(directory + "/console.log")) ?? "", qemuStatus: qemuStatus ?? -1)
     }
 
     /// Whether the L1 console shows a kernel Oops or panic.

@@ -45,6 +45,7 @@ import Testing
         posix.join()
         #expect(outcome.withLock { $0 } == "stopped")
         // Once stopped, it stays stopped and never enters KVM_RUN again.
+        defer { machine.vcpuThread.leaveThread() }
         guard case .stopped = try machine.vcpuThread.run() else { Issue.record("ran after a stop"); return }
     }
 

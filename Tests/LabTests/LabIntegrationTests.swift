@@ -64,6 +64,21 @@ import TextFormat
         print("lab run on 7.2: \(run.seconds.text(places: 2)) s; " + (run.errors.split(separator: "\n").first { $0.contains("ready in") } ?? ""))
     }
 
+    /// An L1 that stops running its own processes (as single-CPU TCG L1s now
+    /// and then do while a 2-vCPU L2 boots) is caught by its silent heartbeat,
+    /// stopped and booted again, and the run says so. Played here by stopping
+    /// the heartbeat process.
+    @Test func aFrozenL1IsStoppedAndBootedAgain() throws {
+        let run = try Self.run(["lab", "run", "--kernel", "6.1", "--boot-attempts", "2", "--",
+                                "kill -STOP $(cat /run/heartbeat.pid); echo stopped-heartbeat; sleep 600"], timeout: 400)
+        #expect(run.status == 125, "\(run.errors.suffix(2000))")
+        #expect(run.errors.contains("lab: an L1 died while the command ran: the L1 stopped responding (no heartbeat for 60 s); booted it again"),
+                "\(run.errors.suffix(2000))")
+        #expect(run.errors.contains("the L1 stopped responding (no heartbeat for 60 s) and was stopped"), "\(run.errors.suffix(2000))")
+        #expect(run.output.components(separatedBy: "stopped-heartbeat").count - 1 == 2, "the command ran in both boots: \(run.output)")
+        #expect(run.seconds < 300, "detected after 60 s of silence, not at the 600 s timeout: \(run.seconds) s")
+    }
+
     /// A user's own kernel: this machine's Debian cloud kernel and its modules tree.
     @Test func aUsersKernelAndModulesTreeBoot() throws {
         let images = directoryEntries("/boot").filter { $0.hasPrefix("vmlinuz-") && $0.hasSuffix("-cloud-amd64") }

@@ -10,6 +10,11 @@ import KVM
 ///
 /// v15 form (exit 40, only with `legacyExitCompatibility`): the responder asks
 /// for the NOTIFY_DONE exit and drops the lock when the DONE exit arrives.
+///
+/// It drives `VCPU.run()` directly and must see that `.interrupted`; a
+/// `VCPUThread` answers EINTR itself and owns `immediate_exit`, so the two are
+/// not combined yet (the SNP VMM of issue 13 will route the hand-off through
+/// the thread).
 public final class SNPCertificateResponder {
     public let service: SNPCertificateService
     /// Whether an exit 40 is read as the v15 KVM_EXIT_VMGEXIT. Off by default:

@@ -49,7 +49,7 @@ public struct MachineBuilder {
         try bootPlan.write(into: memory)
         timer.step("load into guest memory")
 
-        let control = RunControl(vcpuCount: configuration.vcpuCount)
+        let control = RunControl()
         let panicWatcher = GuestPanicWatcher()
         let serial = Serial16550(output: { byte in
             console(byte)

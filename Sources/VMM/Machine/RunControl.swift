@@ -12,7 +12,7 @@ final class RunControl: Sendable {
 
     private let state = Mutex(State())
 
-    init(vcpuCount: Int) {}
+    init() {}
 
     /// The vCPU threads to stop; a run that already ended stops them at once.
     func attach(_ threads: [VCPUThread]) {
