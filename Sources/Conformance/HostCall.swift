@@ -7,38 +7,34 @@ import SystemPackage
 
 /// Thin, errno-preserving wrappers over the file calls the guest_memfd tests make.
 public enum HostCall {
-    static func check(_ result: Int, _ call: String) throws {
-        try SystemCallError.check(result, call)
-    }
-
     /// read(2) of `count` bytes into a scratch buffer.
     public static func read(_ fd: Int32, count: Int = 64) throws {
         var buffer = [UInt8](repeating: 0, count: count)
-        try check(buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, count) }, "read")
+        try SystemCallError.check(buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, count) }, "read")
     }
 
     /// write(2) of `count` zero bytes.
     public static func write(_ fd: Int32, count: Int = 64) throws {
         let buffer = [UInt8](repeating: 0, count: count)
-        try check(buffer.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, count) }, "write")
+        try SystemCallError.check(buffer.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, count) }, "write")
     }
 
     /// pread(2) at `offset`.
     public static func pread(_ fd: Int32, count: Int = 64, offset: Int = 0) throws {
         var buffer = [UInt8](repeating: 0, count: count)
-        try check(buffer.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress, count, off_t(offset)) }, "pread")
+        try SystemCallError.check(buffer.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress, count, off_t(offset)) }, "pread")
     }
 
     /// pwrite(2) at `offset`.
     public static func pwrite(_ fd: Int32, count: Int = 64, offset: Int = 0) throws {
         let buffer = [UInt8](repeating: 0, count: count)
-        try check(buffer.withUnsafeBytes { Glibc.pwrite(fd, $0.baseAddress, count, off_t(offset)) }, "pwrite")
+        try SystemCallError.check(buffer.withUnsafeBytes { Glibc.pwrite(fd, $0.baseAddress, count, off_t(offset)) }, "pwrite")
     }
 
     /// fstat(2).
     public static func fileStatus(_ fd: Int32) throws -> stat {
         var status = stat()
-        try check(Int(fstat(fd, &status)), "fstat")
+        try SystemCallError.check(Int(fstat(fd, &status)), "fstat")
         return status
     }
 
