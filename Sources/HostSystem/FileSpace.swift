@@ -11,6 +11,8 @@ public enum FileSpace {
         public static let keepSize = Mode(rawValue: 0x01)
         /// FALLOC_FL_PUNCH_HOLE: deallocate (needs keepSize).
         public static let punchHole = Mode(rawValue: 0x02)
+        /// FALLOC_FL_ZERO_RANGE: make the range read as zeros, allocated.
+        public static let zeroRange = Mode(rawValue: 0x10)
         public var description: String { "0x" + String(rawValue, radix: 16) }
     }
 

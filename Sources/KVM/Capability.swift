@@ -17,6 +17,8 @@ public struct Capability: Hashable, Sendable, CustomStringConvertible {
     public static let recommendedVCPUs = Capability(9, name: "KVM_CAP_NR_VCPUS")
     public static let memorySlots = Capability(10, name: "KVM_CAP_NR_MEMSLOTS")
     public static let mpState = Capability(14, name: "KVM_CAP_MP_STATE")
+    public static let irqfd = Capability(32, name: "KVM_CAP_IRQFD")
+    public static let ioeventfd = Capability(36, name: "KVM_CAP_IOEVENTFD")
     public static let vcpuEvents = Capability(41, name: "KVM_CAP_VCPU_EVENTS")
     public static let xcrs = Capability(56, name: "KVM_CAP_XCRS")
     public static let maximumVCPUs = Capability(66, name: "KVM_CAP_MAX_VCPUS")

@@ -26,6 +26,9 @@ import Testing
         #expect(MemoryLayout<ckvm_create_guest_memfd>.size == 64)
         #expect(MemoryLayout<ckvm_memory_attributes>.size == 32)
         #expect(MemoryLayout<ckvm_device_attr>.size == 24)
+        #expect(MemoryLayout<ckvm_irqfd>.size == 32)
+        #expect(MemoryLayout<ckvm_ioeventfd>.size == 64)
+        #expect(MemoryLayout<ckvm_ioeventfd>.offset(of: \.fd) == 20)
         #expect(MemoryLayout<ckvm_exit_info>.size == 256)
     }
 
@@ -92,6 +95,8 @@ import Testing
         (KVMRequest.setOneRegister, 0x4010_AEAC),
         (KVMRequest.memoryEncryptOperation, 0xC008_AEBA),
         (KVMRequest.getAPIVersion, 0xAE00),
+        (KVMRequest.irqfd, 0x4020_AE76),
+        (KVMRequest.ioeventfd, 0x4040_AE79),
         (KVMRequest.createVM, 0xAE01),
         (KVMRequest.checkExtension, 0xAE03),
         (KVMRequest.run, 0xAE80),

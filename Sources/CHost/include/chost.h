@@ -9,6 +9,10 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/uio.h>
 
 /* fallocate(2) is declared only under _GNU_SOURCE, which Swift's Glibc module lacks. */
 int chost_fallocate(int fd, int mode, long offset, long length);

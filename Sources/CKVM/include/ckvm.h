@@ -201,6 +201,25 @@ struct ckvm_irq_level {
 };
 
 /* struct kvm_pit_config: the argument of KVM_CREATE_PIT2. */
+/* struct kvm_irqfd: the argument of KVM_IRQFD. */
+struct ckvm_irqfd {
+    uint32_t fd;
+    uint32_t gsi;
+    uint32_t flags;         /* KVM_IRQFD_FLAG_DEASSIGN = 1, _RESAMPLE = 2 */
+    uint32_t resamplefd;
+    uint8_t pad[16];
+};
+
+/* struct kvm_ioeventfd: the argument of KVM_IOEVENTFD. */
+struct ckvm_ioeventfd {
+    uint64_t datamatch;
+    uint64_t addr;
+    uint32_t len;           /* 1, 2, 4 or 8; 0 matches any length */
+    int32_t fd;
+    uint32_t flags;         /* DATAMATCH = 1, PIO = 2, DEASSIGN = 4 */
+    uint8_t pad[36];
+};
+
 struct ckvm_pit_config {
     uint32_t flags;         /* KVM_PIT_SPEAKER_DUMMY = 1 */
     uint32_t pad[15];

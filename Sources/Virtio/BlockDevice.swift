@@ -1,0 +1,216 @@
+import Glibc
+import HostSystem
+import Synchronization
+
+/// virtio-blk (virtio 1.2, section 5.2) over a raw image file: read, write,
+/// flush, get-ID, discard and write-zeroes, optionally read-only. Requests run
+/// on the event loop's thread with preadv/pwritev straight between the file
+/// and guest memory. A flush is fdatasync(2), so what the guest flushed is on
+/// disk when the request completes.
+public final class BlockDevice: VirtioDevice {
+    public enum Feature {
+        public static let segmentMaximum: UInt64 = 1 << 2
+        public static let readOnly: UInt64 = 1 << 5
+        public static let blockSize: UInt64 = 1 << 6
+        public static let flush: UInt64 = 1 << 9
+        public static let discard: UInt64 = 1 << 13
+        public static let writeZeroes: UInt64 = 1 << 14
+    }
+
+    public static let sectorSize = 512
+    public static let idLength = 20
+    static let queueSize: UInt16 = 256
+
+    public let deviceType = VirtioDeviceType.block
+    public let queueSizes: [UInt16] = [BlockDevice.queueSize]
+    public let offeredFeatures: UInt64
+    public let path: String
+    public let isReadOnly: Bool
+    /// Capacity in 512-byte sectors (a partial last sector is not exposed).
+    public let capacity: UInt64
+    private let file: Int32
+    private let identifier: [UInt8]
+    private let configuration: [UInt8]
+    private let context = Mutex<VirtioContext?>(nil)
+
+    /// Opens `path` (read-write unless `readOnly`) and takes an OFD lock on it,
+    /// exclusive or shared, so two VMs never write one image. `identifier` is
+    /// what GET_ID returns (at most 20 bytes are used).
+    public init(path: String, readOnly: Bool, identifier: String) throws {
+        let fd = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemCallError.current("open(\(path))") }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            let error = SystemCallError.current("fstat(\(path))")
+            close(fd)
+            throw error
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            close(fd)
+            throw SystemCallError(operation: "open(\(path)) as a raw image", errno: .invalidArgument)
+        }
+        do {
+            try OFDLock.set(readOnly ? .shared : .exclusive, on: fd)
+        } catch {
+            close(fd)
+            throw SystemCallError(operation: "lock \(path) (another process uses the image)", errno: (error as? SystemCallError)?.errno ?? .resourceTemporarilyUnavailable)
+        }
+        file = fd
+        self.path = path
+        isReadOnly = readOnly
+        capacity = UInt64(info.st_size) / UInt64(Self.sectorSize)
+        self.identifier = Array(identifier.utf8.prefix(Self.idLength))
+        var features = Feature.segmentMaximum | Feature.blockSize | Feature.flush
+        features |= readOnly ? Feature.readOnly : Feature.discard | Feature.writeZeroes
+        offeredFeatures = features
+        configuration = Self.configurationSpace(capacity: capacity)
+    }
+
+    deinit { close(file) }
+
+    /// struct virtio_blk_config, up to write_zeroes_may_unmap.
+    static func configurationSpace(capacity: UInt64) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: 60)
+        func put<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+            for index in 0..<MemoryLayout<T>.size { bytes[offset + index] = UInt8(truncatingIfNeeded: value >> (8 * index)) }
+        }
+        put(capacity, at: 0)
+        put(UInt32(queueSize - 2), at: 12)           // seg_max
+        put(UInt32(sectorSize), at: 20)              // blk_size
+        put(UInt32(1) << 22, at: 36)                 // max_discard_sectors: 2 GiB per range
+        put(UInt32(1), at: 40)                       // max_discard_seg
+        put(UInt32(8), at: 44)                       // discard_sector_alignment: 4 KiB
+        put(UInt32(1) << 22, at: 48)                 // max_write_zeroes_sectors
+        put(UInt32(1), at: 52)                       // max_write_zeroes_seg
+        bytes[56] = 1                                // write_zeroes_may_unmap
+        return bytes
+    }
+
+    public func readConfiguration(at offset: Int, into data: UnsafeMutableRawBufferPointer) {
+        for index in data.indices {
+            let position = offset + index
+            data[index] = position < configuration.count ? configuration[position] : 0
+        }
+    }
+
+    public func activate(_ context: VirtioContext) throws { self.context.withLock { $0 = context } }
+    public func reset() { context.withLock { $0 = nil } }
+
+    /// Makes everything written so far durable (fdatasync), as at power-off.
+    public func synchronize() throws {
+        try SystemCallError.check(fdatasync(file), "fdatasync(\(path))")
+    }
+
+    public func process(queue: Int) throws(QueueFault) {
+        guard let context = context.withLock({ $0 }), queue == 0 else { return }
+        let requests = context.queues[0]
+        while let chain = try requests.nextOrEnableNotification() {
+            let written = try handle(chain, context)
+            requests.complete(chain.head, written: written)
+        }
+        context.notifyIfNeeded(requests)
+    }
+
+    /// Serves one request; returns the bytes written into the chain.
+    func handle(_ chain: DescriptorChain, _ context: VirtioContext) throws(QueueFault) -> Int {
+        let writableLength = chain.writableLength
+        guard writableLength >= 1 else {
+            throw QueueFault("virtio-blk request \(chain.head) has no device-writable status byte")
+        }
+        var reader = ChainReader(chain, memory: context.memory)
+        var writer = ChainWriter(chain, memory: context.memory)
+        let dataLength = writableLength - 1
+        var status = BlockStatus.ioError
+        if let header = reader.readBytes(BlockRequestHeader.size).flatMap(BlockRequestHeader.init) {
+            status = serve(header, &reader, &writer, dataLength: dataLength)
+        }
+        // The data part may be partly filled on an error; the status goes last.
+        let filled = writer.written
+        writer.skip(to: dataLength)
+        writer.write([status.rawValue])
+        return min(filled, dataLength) + 1
+    }
+
+    private func serve(_ header: BlockRequestHeader, _ reader: inout ChainReader, _ writer: inout ChainWriter,
+                       dataLength: Int) -> BlockStatus {
+        switch header.kind {
+        case .read:
+            guard dataLength % Self.sectorSize == 0, inRange(header.sector, bytes: dataLength) else { return .ioError }
+            let pieces = writer.take(dataLength)
+            let done = transfer(pieces, at: header.sector, write: false)
+            writer.unwrite(dataLength - done)
+            return done == dataLength ? .ok : .ioError
+        case .write:
+            let length = reader.remaining
+            guard !isReadOnly, length % Self.sectorSize == 0, inRange(header.sector, bytes: length) else { return .ioError }
+            return transfer(reader.take(length), at: header.sector, write: true) == length ? .ok : .ioError
+        case .flush:
+            return fdatasync(file) == 0 ? .ok : .ioError
+        case .getID:
+            guard dataLength >= Self.idLength else { return .ioError }
+            writer.write(identifier + [UInt8](repeating: 0, count: Self.idLength - identifier.count))
+            return .ok
+        case .discard, .writeZeroes:
+            guard !isReadOnly else { return .ioError }
+            guard reader.remaining == BlockRange.size, let bytes = reader.readBytes(BlockRange.size),
+                  let range = BlockRange(bytes[...]) else { return .unsupported }
+            guard range.flags & ~1 == 0, header.kind == .writeZeroes || range.flags == 0 else { return .unsupported }
+            let length = Int(range.sectorCount) * Self.sectorSize
+            guard inRange(range.sector, bytes: length) else { return .ioError }
+            return zero(offset: Int(range.sector) * Self.sectorSize, length: length, deallocate: header.kind == .discard || range.flags & 1 == 1)
+        case .unsupported:
+            return .unsupported
+        }
+    }
+
+    private func inRange(_ sector: UInt64, bytes: Int) -> Bool {
+        let sectors = UInt64(bytes / Self.sectorSize)
+        return sector <= capacity && sectors <= capacity - sector
+    }
+
+    /// preadv/pwritev between the file at `sector` and guest memory; returns the
+    /// bytes moved (short only on an error or end of file).
+    private func transfer(_ pieces: [UnsafeMutableRawBufferPointer], at sector: UInt64, write: Bool) -> Int {
+        var vectors = pieces.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
+        let total = pieces.reduce(0) { $0 + $1.count }
+        var done = 0
+        var first = 0
+        while done < total {
+            let offset = off_t(Int(sector) * Self.sectorSize + done)
+            // Sound: the iovecs cover checked guest RAM, from `first` to the end of the array.
+            let result = vectors.withUnsafeMutableBufferPointer { buffer in
+                let base = buffer.baseAddress! + first
+                let count = Int32(min(buffer.count - first, 1024))  // IOV_MAX
+                return write ? pwritev(file, base, count, offset) : preadv(file, base, count, offset)
+            }
+            if result < 0 { if errno == EINTR { continue } else { break } }
+            if result == 0 { break }
+            done += result
+            // Drop the vectors the call finished, and trim the one it stopped in.
+            var left = result
+            while left > 0, first < vectors.count {
+                if left >= vectors[first].iov_len { left -= vectors[first].iov_len; first += 1; continue }
+                vectors[first].iov_base += left
+                vectors[first].iov_len -= left
+                left = 0
+            }
+        }
+        return done
+    }
+
+    private func zero(offset: Int, length: Int, deallocate: Bool) -> BlockStatus {
+        guard length > 0 else { return .ok }
+        if deallocate, (try? FileSpace.allocate(file, mode: [.punchHole, .keepSize], offset: offset, length: length)) != nil { return .ok }
+        if (try? FileSpace.allocate(file, mode: .zeroRange, offset: offset, length: length)) != nil { return .ok }
+        if (try? FileSpace.allocate(file, mode: [.punchHole, .keepSize], offset: offset, length: length)) != nil { return .ok }
+        let chunk = [UInt8](repeating: 0, count: 1 << 16)
+        var done = 0
+        while done < length {
+            let count = min(chunk.count, length - done)
+            let result = chunk.withUnsafeBytes { pwrite(file, $0.baseAddress, count, off_t(offset + done)) }
+            if result < 0 { if errno == EINTR { continue } else { return .ioError } }
+            done += result
+        }
+        return .ok
+    }
+}
