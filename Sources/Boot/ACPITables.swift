@@ -23,9 +23,26 @@ public enum ACPITables {
     public static let localAPICAddress: UInt32 = 0xFEE0_0000
     public static let ioAPICAddress: UInt32 = 0xFEC0_0000
 
-    /// The tables as (guest address, bytes) for `vcpuCount` vCPUs (APIC ids 0..<count).
-    public static func build(vcpuCount: Int) -> [(address: UInt64, bytes: [UInt8])] {
-        let dsdt = table("DSDT", revision: 2, body: softOffPackage + systemBus)
+    /// A virtio-mmio device for the DSDT: Linux's virtio_mmio driver binds to
+    /// `_HID "LNRO0005"` with one memory window and one interrupt. (Debian's
+    /// kernels lack CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, so `virtio_mmio.device=`
+    /// would not reach them.)
+    public struct MMIODevice: Equatable, Sendable {
+        public var base: UInt32
+        public var length: UInt32
+        public var gsi: UInt32
+
+        public init(base: UInt32, length: UInt32, gsi: UInt32) {
+            self.base = base
+            self.length = length
+            self.gsi = gsi
+        }
+    }
+
+    /// The tables as (guest address, bytes) for `vcpuCount` vCPUs (APIC ids
+    /// 0..<count) and the virtio-mmio `devices`.
+    public static func build(vcpuCount: Int, devices: [MMIODevice] = []) -> [(address: UInt64, bytes: [UInt8])] {
+        let dsdt = table("DSDT", revision: 2, body: softOffPackage + systemBus(devices: devices))
         let fadt = table("FACP", revision: 6, body: fadtBody())
         let madt = table("APIC", revision: 5, body: madtBody(vcpuCount: vcpuCount))
         var xsdtBody: [UInt8] = []
@@ -37,14 +54,23 @@ public enum ACPITables {
     /// AML: Name (\_S5, Package (4) { 5, 0, 0, 0 }).
     static let softOffPackage: [UInt8] = [0x08, 0x5F, 0x53, 0x35, 0x5F, 0x12, 0x07, 0x04, 0x0A, softOffSleepType, 0x00, 0x00, 0x00]
 
-    /// AML: Scope (\_SB) { Device (COM1) { _HID PNP0501, _UID 1, _CRS { IO 0x3F8/8, IRQNoFlags {4} } } }.
-    static let systemBus: [UInt8] = AML.scope("_SB", [
-        AML.device("COM1", [
+    /// AML: Scope (\_SB) { Device (COM1) { _HID PNP0501, _UID 1, _CRS { IO 0x3F8/8, IRQNoFlags {4} } },
+    /// and per virtio device Device (VRnn) { _HID "LNRO0005", _UID n, _CRS { Memory32Fixed, Interrupt } } }.
+    static func systemBus(devices: [MMIODevice]) -> [UInt8] {
+        let serial = AML.device("COM1", [
             AML.name("_HID", AML.eisaID("PNP0501")),
             AML.name("_UID", AML.integer(1)),
             AML.name("_CRS", AML.resourceTemplate([.ioPorts(base: 0x3F8, length: 8), .isaInterrupt(4)])),
-        ]),
-    ])
+        ])
+        let virtio = devices.enumerated().map { index, device in
+            AML.device("VR" + String(String(index, radix: 16, uppercase: true).suffix(2)).leftPadded(to: 2), [
+                AML.name("_HID", AML.string("LNRO0005")),
+                AML.name("_UID", AML.integer(UInt64(index))),
+                AML.name("_CRS", AML.resourceTemplate([.memory32(base: device.base, length: device.length), .edgeInterrupt(device.gsi)])),
+            ])
+        }
+        return AML.scope("_SB", [serial] + virtio)
+    }
 
     static func littleEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
         (0..<MemoryLayout<T>.size).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) }
@@ -103,5 +129,11 @@ public enum ACPITables {
         body += [2, 10, 0, 0] + littleEndian(UInt32(2)) + littleEndian(UInt16(0))   // ISA IRQ 0 -> GSI 2
         body += [4, 6, 0xFF] + littleEndian(UInt16(0)) + [1]                        // NMI on LINT1 of every CPU
         return body
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(to width: Int) -> String {
+        String(repeating: "0", count: max(0, width - count)) + self
     }
 }

@@ -60,6 +60,11 @@ public enum AML {
         return [0x0C] + littleEndian(value.byteSwapped)
     }
 
+    /// A string constant ("LNRO0005").
+    public static func string(_ text: String) -> [UInt8] {
+        [0x0D] + Array(text.utf8) + [0x00]
+    }
+
     /// Name (name, object).
     public static func name(_ name: String, _ object: [UInt8]) -> [UInt8] {
         [0x08] + nameString(name) + object
@@ -89,6 +94,11 @@ public enum AML {
         case ioPorts(base: UInt16, length: UInt8)
         /// IRQNoFlags () { line }: an ISA interrupt, edge-triggered, active high.
         case isaInterrupt(UInt8)
+        /// Memory32Fixed (ReadWrite, base, length): a memory-mapped register window.
+        case memory32(base: UInt32, length: UInt32)
+        /// Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { gsi }: an
+        /// extended interrupt descriptor naming one GSI.
+        case edgeInterrupt(UInt32)
 
         var bytes: [UInt8] {
             switch self {
@@ -96,6 +106,11 @@ public enum AML {
                 return [0x47, 0x01] + littleEndian(base) + littleEndian(base) + [0x01, length]
             case .isaInterrupt(let line):
                 return [0x22] + littleEndian(UInt16(1) << UInt16(line & 15))
+            case .memory32(let base, let length):
+                return [0x86, 0x09, 0x00, 0x01] + littleEndian(base) + littleEndian(length)
+            case .edgeInterrupt(let gsi):
+                // Flags: consumer (bit 0), edge (bit 1); active high, exclusive.
+                return [0x89, 0x06, 0x00, 0x03, 0x01] + littleEndian(gsi)
             }
         }
     }

@@ -30,6 +30,8 @@ public struct LinuxBootRequest: Sendable {
     public var preferPVH: Bool
     /// vCPUs the ACPI tables announce.
     public var vcpuCount: Int
+    /// virtio-mmio devices the DSDT describes.
+    public var mmioDevices: [ACPITables.MMIODevice] = []
 
     public init(kernel: [UInt8], initrd: [UInt8]? = nil, commandLine: String = "", memorySize: UInt64,
                 decompressOnHost: Bool = false, preferPVH: Bool = true, vcpuCount: Int = 1) {
@@ -101,7 +103,7 @@ public struct LinuxBootPlan: Sendable {
         writes += BootInformation.writes(for: kernel.entry, setupHeader: kernel.setupHeader, commandLineLength: commandLine.count,
                                          initrd: initrdRange, e820: e820)
         writes.append((GuestLayout.gdtAddress, BootGDT.bytes[...]))
-        for table in ACPITables.build(vcpuCount: request.vcpuCount) { writes.append((table.address, table.bytes[...])) }
+        for table in ACPITables.build(vcpuCount: request.vcpuCount, devices: request.mmioDevices) { writes.append((table.address, table.bytes[...])) }
 
         kind = kernel.kind
         entry = kernel.entry

@@ -28,7 +28,12 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Guest memory, e.g. 256M or 1G.") var memory: String = "256M"
     @Option(name: .customLong("cpu-template"), help: "CPU template: \(CPUTemplate.all.map(\.name).joined(separator: ", ")).")
     var cpuTemplate: String = CPUTemplate.defaultName
-    @Option(help: "A JSON machine description (Firecracker-style: boot-source, machine-config).") var config: String?
+    @Option(help: "A JSON machine description (Firecracker-style: boot-source, machine-config, drives, entropy).") var config: String?
+    @Option(name: .customLong("drive"), help: ArgumentHelp(
+        "A virtio-blk disk: PATH[,id=ID][,ro][,root][,partuuid=UUID][,cache=writeback|unsafe]; repeat for more.",
+        discussion: "A root drive comes first (/dev/vda) and adds root=/dev/vda (or PARTUUID=) with ro or rw to the command line."))
+    var drives: [String] = []
+    @Flag(help: "Add a virtio-rng device fed by the host's getrandom.") var entropy = false
     @Flag(name: .customLong("guest-decompression"), help: "Let a bzImage decompress itself in the guest instead of on the host.")
     var guestDecompression = false
     @Flag(name: .customLong("no-pvh"), help: "Enter a vmlinux through its 64-bit entry even if it has a PVH note.")
@@ -44,13 +49,23 @@ struct RunCommand: ParsableCommand {
             guard let size = MachineConfiguration.parseSize(memory) else { throw ValidationError("--memory \(memory): expected a size such as 256M or 1G") }
             configuration = MachineConfiguration(kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, vcpuCount: cpus, memorySize: size, cpuTemplate: cpuTemplate)
         }
+        do {
+            for (index, text) in drives.enumerated() {
+                configuration.drives.append(try DriveConfiguration.parse(text, index: configuration.drives.count + index))
+            }
+        } catch {
+            printError("kestrel: \(error)")
+            throw ExitCode(2)
+        }
+        if entropy { configuration.entropy = true }
         if guestDecompression { configuration.decompressOnHost = false }
         if noPVH { configuration.preferPVH = false }
 
         let console = ConsoleOutput()
         let machine: Machine
         do {
-            machine = try MachineBuilder(configuration: configuration).build { console.write($0) }
+            machine = try MachineBuilder(configuration: configuration).build(console: { console.write($0) },
+                                                                             deviceLog: { printError("kestrel: \($0)") })
         } catch {
             printError("kestrel: cannot start the guest: \(error)")
             throw ExitCode(2)

@@ -35,8 +35,10 @@ public final class BlockDevice: VirtioDevice {
 
     /// Opens `path` (read-write unless `readOnly`) and takes an OFD lock on it,
     /// exclusive or shared, so two VMs never write one image. `identifier` is
-    /// what GET_ID returns (at most 20 bytes are used).
-    public init(path: String, readOnly: Bool, identifier: String) throws {
+    /// what GET_ID returns (at most 20 bytes are used). Without `flush` the
+    /// device offers no VIRTIO_BLK_F_FLUSH (Firecracker's "Unsafe" cache type):
+    /// the guest then treats the disk as write-through and never asks.
+    public init(path: String, readOnly: Bool, identifier: String, flush: Bool = true) throws {
         let fd = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         guard fd >= 0 else { throw SystemCallError.current("open(\(path))") }
         var info = stat()
@@ -60,7 +62,7 @@ public final class BlockDevice: VirtioDevice {
         isReadOnly = readOnly
         capacity = UInt64(info.st_size) / UInt64(Self.sectorSize)
         self.identifier = Array(identifier.utf8.prefix(Self.idLength))
-        var features = Feature.segmentMaximum | Feature.blockSize | Feature.flush
+        var features = Feature.segmentMaximum | Feature.blockSize | (flush ? Feature.flush : 0)
         features |= readOnly ? Feature.readOnly : Feature.discard | Feature.writeZeroes
         offeredFeatures = features
         configuration = Self.configurationSpace(capacity: capacity)

@@ -69,6 +69,28 @@ import Testing
         #expect(Array(dsdt[49...]) == expected)
     }
 
+    /// A virtio-mmio device as `iasl` compiles `Device (VR00) { Name (_HID, "LNRO0005")
+    /// Name (_UID, Zero) Name (_CRS, ResourceTemplate () { Memory32Fixed (ReadWrite,
+    /// 0xD0001000, 0x1000) Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) {5} }) }`.
+    @Test func dsdtDescribesVirtioMMIODevicesAsLNRO0005() throws {
+        let tables = ACPITables.build(vcpuCount: 1, devices: [.init(base: 0xD000_1000, length: 0x1000, gsi: 5), .init(base: 0xD000_2000, length: 0x1000, gsi: 6)])
+        let dsdt = try #require(tables.first { $0.bytes.starts(with: Array("DSDT".utf8)) }).bytes
+        let expected: [UInt8] = [
+            0x5B, 0x82, 0x3A, 0x56, 0x52, 0x30, 0x30,                    // Device (VR00), PkgLength 0x3A
+            0x08, 0x5F, 0x48, 0x49, 0x44, 0x0D, 0x4C, 0x4E, 0x52, 0x4F, 0x30, 0x30, 0x30, 0x35, 0x00,  // Name (_HID, "LNRO0005")
+            0x08, 0x5F, 0x55, 0x49, 0x44, 0x00,                          // Name (_UID, Zero)
+            0x08, 0x5F, 0x43, 0x52, 0x53, 0x11, 0x1A, 0x0A, 0x17,        // Name (_CRS, Buffer (23) {
+            0x86, 0x09, 0x00, 0x01, 0x00, 0x10, 0x00, 0xD0, 0x00, 0x10, 0x00, 0x00,  // Memory32Fixed
+            0x89, 0x06, 0x00, 0x03, 0x01, 0x05, 0x00, 0x00, 0x00,        //   Interrupt {5}
+            0x79, 0x00,                                                  //   EndTag })
+        ]
+        let start = try #require(dsdt.firstRange(of: [0x5B, 0x82, 0x3A, 0x56, 0x52, 0x30, 0x30])).lowerBound
+        #expect(Array(dsdt[start..<(start + expected.count)]) == expected)
+        let second = try #require(dsdt.firstRange(of: Array("VR01".utf8)))
+        #expect(Array(dsdt[(second.upperBound + 34)..<(second.upperBound + 38)]) == [0x00, 0x20, 0x00, 0xD0], "second window at 0xD0002000")
+        #expect(dsdt.reduce(UInt8(0), &+) == 0)
+    }
+
     @Test func amlPackageLengthsUseTheMultiByteFormAbove63Bytes() {
         #expect(AML.packageLength(0) == [0x01])
         #expect(AML.packageLength(62) == [0x3F])

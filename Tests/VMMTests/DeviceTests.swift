@@ -184,8 +184,8 @@ final class Recorder: @unchecked Sendable {
         #expect(configuration.memorySize == 512 << 20)
         #expect(configuration.cpuTemplate == "host")
 
-        #expect(throws: ConfigurationError("vm.json: \"drives\" is not supported by Kestrel yet; remove it or leave it empty")) {
-            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "rootfs"}]}"#)
+        #expect(throws: ConfigurationError("vm.json: \"balloon\" is not supported by Kestrel yet; remove it or leave it empty")) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": [{"amount_mib": 1}]}"#)
         }
         #expect(throws: ConfigurationError("vm.json: unknown section \"bogus\"")) {
             try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "bogus": 1}"#)
@@ -210,6 +210,53 @@ final class Recorder: @unchecked Sendable {
         } catch let error as ConfigurationError {
             #expect("\(error)".hasPrefix("vm.json is not valid JSON"))
         }
+    }
+
+    @Test func drivesAndEntropyUseFirecrackersFields() throws {
+        let configuration = try Self.parse("""
+            {"boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0"},
+             "drives": [{"drive_id": "data", "path_on_host": "/d.img", "is_root_device": false, "is_read_only": true},
+                        {"drive_id": "rootfs", "path_on_host": "/r.img", "is_root_device": true, "is_read_only": false,
+                         "cache_type": "Writeback", "io_engine": "Sync", "partuuid": null}],
+             "entropy": {}}
+            """)
+        #expect(configuration.drives == [
+            DriveConfiguration(id: "data", path: "/d.img", readOnly: true),
+            DriveConfiguration(id: "rootfs", path: "/r.img", isRoot: true, cacheType: .writeback),
+        ])
+        #expect(configuration.entropy)
+        #expect(configuration.effectiveCommandLine == "console=ttyS0 root=/dev/vda rw")
+        #expect(configuration.orderedDrives.map(\.id) == ["rootfs", "data"], "the root drive is vda")
+
+        #expect(throws: ConfigurationError("vm.json: drives[0].rate_limiter is not supported (known: cache_type, drive_id, io_engine, is_read_only, is_root_device, partuuid, path_on_host)")) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a", "path_on_host": "/a", "rate_limiter": {}}]}"#)
+        }
+        #expect(throws: ConfigurationError("vm.json: drives[0] (a): path_on_host is required")) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a"}]}"#)
+        }
+        #expect(throws: ConfigurationError.self) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a", "path_on_host": "/a", "io_engine": "Async"}]}"#)
+        }
+        #expect(throws: ConfigurationError.self) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a", "path_on_host": "/a", "cache_type": "Fast"}]}"#)
+        }
+    }
+
+    @Test func driveValidationRefusesByNameBeforeTheVMExists() throws {
+        var configuration = MachineConfiguration(kernelPath: "/proc/self/exe")
+        configuration.drives = [DriveConfiguration(id: "a", path: "/proc/self/exe", readOnly: true),
+                                DriveConfiguration(id: "a", path: "/proc/self/exe", readOnly: true)]
+        #expect(throws: ConfigurationError("drive id \"a\" is used twice")) { try configuration.validate() }
+        configuration.drives = [DriveConfiguration(id: "disk", path: "/nonexistent.img")]
+        #expect(throws: ConfigurationError("drive disk: /nonexistent.img does not exist")) { try configuration.validate() }
+        configuration.drives = [DriveConfiguration(id: "bad id!", path: "/proc/self/exe", readOnly: true)]
+        #expect(throws: ConfigurationError.self) { try configuration.validate() }
+        configuration.drives = [DriveConfiguration(id: "r1", path: "/proc/self/exe", readOnly: true, isRoot: true),
+                                DriveConfiguration(id: "r2", path: "/proc/self/exe", readOnly: true, isRoot: true)]
+        #expect(throws: ConfigurationError("drives r1 and r2 are both root devices")) { try configuration.validate() }
+        #expect(try DriveConfiguration.parse("/x.img,id=rootfs,ro,root", index: 0) == DriveConfiguration(id: "rootfs", path: "/x.img", readOnly: true, isRoot: true))
+        #expect(throws: ConfigurationError.self) { try DriveConfiguration.parse("/x.img,fast", index: 0) }
+        #expect(throws: ConfigurationError.self) { try DriveConfiguration.parse("", index: 0) }
     }
 
     @Test func jsonValuesKeepTheirTypes() throws {

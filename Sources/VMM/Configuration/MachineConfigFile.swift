@@ -1,13 +1,14 @@
 import FoundationEssentials
 
 /// Reads a Firecracker-style JSON machine description. Supported: `boot-source`
-/// (`kernel_image_path`, `initrd_path`, `boot_args`) and `machine-config`
-/// (`vcpu_count`, `mem_size_mib`, `cpu_template`). Sections Kestrel does not
-/// support yet (`drives`, `network-interfaces`, ...) are refused by name when
-/// they are not empty.
+/// (`kernel_image_path`, `initrd_path`, `boot_args`), `machine-config`
+/// (`vcpu_count`, `mem_size_mib`, `cpu_template`), `drives` (`drive_id`,
+/// `path_on_host`, `is_root_device`, `is_read_only`, `partuuid`, `cache_type`,
+/// `io_engine` "Sync") and `entropy`. Sections and fields Kestrel does not
+/// support (rate limiters, `balloon`, ...) are refused by name.
 public enum MachineConfigFile {
-    static let supportedSections: Set<String> = ["boot-source", "machine-config"]
-    static let knownUnsupported: Set<String> = ["drives", "network-interfaces", "vsock", "balloon", "logger", "metrics", "mmds-config", "entropy"]
+    static let supportedSections: Set<String> = ["boot-source", "machine-config", "drives", "entropy"]
+    static let knownUnsupported: Set<String> = ["network-interfaces", "vsock", "balloon", "logger", "metrics", "mmds-config"]
 
     public static func load(path: String) throws -> MachineConfiguration {
         guard let data = FileManager.default.contents(atPath: path) else { throw ConfigurationError("cannot read \(path)") }
@@ -62,7 +63,48 @@ public enum MachineConfigFile {
             if machine["smt"]?.boolValue == true { throw ConfigurationError("\(source): machine-config.smt true is not supported") }
             if machine["track_dirty_pages"]?.boolValue == true { throw ConfigurationError("\(source): machine-config.track_dirty_pages true is not supported") }
         }
+        if let drives = root["drives"] {
+            guard case .array(let items) = drives else { throw ConfigurationError("\(source): drives must be an array") }
+            for (index, item) in items.enumerated() {
+                configuration.drives.append(try drive(item, at: "drives[\(index)]", source: source))
+            }
+        }
+        if let entropy = root["entropy"] {
+            guard let object = entropy.objectValue else { throw ConfigurationError("\(source): entropy must be an object") }
+            try refuseUnknownKeys(object, allowed: [], section: "entropy", source: source)
+            configuration.entropy = true
+        }
         return configuration
+    }
+
+    private static func drive(_ value: JSONValue, at place: String, source: String) throws -> DriveConfiguration {
+        guard let object = value.objectValue else { throw ConfigurationError("\(source): \(place) must be an object") }
+        try refuseUnknownKeys(object, allowed: ["drive_id", "path_on_host", "is_root_device", "is_read_only", "partuuid", "cache_type", "io_engine"],
+                              section: place, source: source)
+        func string(_ key: String) throws -> String? {
+            guard let value = object[key], value != .null else { return nil }
+            guard let text = value.stringValue else { throw ConfigurationError("\(source): \(place).\(key) must be a string") }
+            return text
+        }
+        func bool(_ key: String) throws -> Bool? {
+            guard let value = object[key], value != .null else { return nil }
+            guard let flag = value.boolValue else { throw ConfigurationError("\(source): \(place).\(key) must be true or false") }
+            return flag
+        }
+        guard let id = try string("drive_id") else { throw ConfigurationError("\(source): \(place).drive_id is required") }
+        guard let path = try string("path_on_host") else { throw ConfigurationError("\(source): \(place) (\(id)): path_on_host is required") }
+        var drive = DriveConfiguration(id: id, path: path, readOnly: try bool("is_read_only") ?? false,
+                                       isRoot: try bool("is_root_device") ?? false, partUUID: try string("partuuid"))
+        if let cache = try string("cache_type") {
+            guard let type = DriveConfiguration.CacheType(rawValue: cache) else {
+                throw ConfigurationError("\(source): \(place).cache_type \"\(cache)\" is not Unsafe or Writeback")
+            }
+            drive.cacheType = type
+        }
+        if let engine = try string("io_engine"), engine != "Sync" {
+            throw ConfigurationError("\(source): \(place).io_engine \"\(engine)\" is not supported; Kestrel serves disks with \"Sync\" I/O on its device thread")
+        }
+        return drive
     }
 
     private static func refuseUnknownKeys(_ object: [String: JSONValue], allowed: Set<String>, section: String, source: String) throws {

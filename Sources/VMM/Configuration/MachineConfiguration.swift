@@ -14,8 +14,12 @@ public struct MachineConfiguration: Sendable {
     public var decompressOnHost: Bool
     /// For a vmlinux with a PVH note: use PVH (default) or the 64-bit entry.
     public var preferPVH: Bool
+    /// virtio-blk disks, in the order given (a root drive goes first).
+    public var drives: [DriveConfiguration] = []
+    /// A virtio-rng device fed from the host's getrandom.
+    public var entropy = false
 
-    public static let defaultCommandLine = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1 nomodule i8042.noaux"
+    public static let defaultCommandLine = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1 i8042.noaux"
 
     public init(kernelPath: String, initrdPath: String? = nil, commandLine: String = MachineConfiguration.defaultCommandLine,
                 vcpuCount: Int = 1, memorySize: UInt64 = 256 << 20, cpuTemplate: String = CPUTemplate.defaultName,
@@ -47,6 +51,7 @@ public struct MachineConfiguration: Sendable {
             guard let path else { continue }
             guard FileManager.default.isReadableFile(atPath: path) else { throw ConfigurationError("cannot read the \(what) \(path)") }
         }
+        try validateDevices()
     }
 
     /// Parses sizes such as `128M`, `1G`, `512MiB` or a number of bytes.

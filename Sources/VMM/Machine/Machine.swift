@@ -18,6 +18,8 @@ public final class Machine: Sendable {
     /// Watches COM1 for the guest kernel's panic line.
     public let panicWatcher: GuestPanicWatcher
     public let vcpuThreads: [VCPUThread]
+    /// The virtio devices and their event loop.
+    public let devices: VirtioDeviceSet
     public let exitHandler: ExitHandler
     /// How long each set-up step took, for `kestrel run --verbose`.
     public let setupSteps: [(step: String, duration: Duration)]
@@ -26,7 +28,7 @@ public final class Machine: Sendable {
 
     init(configuration: MachineConfiguration, plan: LinuxBootSummary, kvm: KVMSystem, virtualMachine: VirtualMachine,
          memory: GuestAddressSpace, serial: Serial16550, panicWatcher: GuestPanicWatcher, vcpuThreads: [VCPUThread],
-         exitHandler: ExitHandler, control: RunControl, setupSteps: [(step: String, duration: Duration)]) {
+         devices: VirtioDeviceSet, exitHandler: ExitHandler, control: RunControl, setupSteps: [(step: String, duration: Duration)]) {
         self.configuration = configuration
         self.plan = plan
         self.kvm = kvm
@@ -35,6 +37,7 @@ public final class Machine: Sendable {
         self.serial = serial
         self.panicWatcher = panicWatcher
         self.vcpuThreads = vcpuThreads
+        self.devices = devices
         self.exitHandler = exitHandler
         self.control = control
         self.setupSteps = setupSteps
@@ -63,6 +66,12 @@ public final class Machine: Sendable {
         releaseLoaderMemory()
         started.withLock { $0 = .now }
         control.attach(vcpuThreads)
+        do {
+            try devices.start()
+        } catch {
+            return .vcpuFailure(vcpu: 0, detail: "cannot start the device thread: \(error)")
+        }
+        defer { devices.stop() }
         var threads: [POSIXThread] = []
         for (index, vcpuThread) in vcpuThreads.enumerated() {
             do {

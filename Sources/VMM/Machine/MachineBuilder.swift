@@ -15,16 +15,23 @@ public struct MachineBuilder {
     }
 
     /// Builds the machine. `console` receives every byte the guest writes to COM1.
-    public func build(console: @escaping @Sendable (UInt8) -> Void) throws -> Machine {
+    /// Device faults (a malformed virtqueue) are reported through `deviceLog`, one line each.
+    public func build(console: @escaping @Sendable (UInt8) -> Void,
+                      deviceLog: @escaping @Sendable (String) -> Void = { _ in }) throws -> Machine {
         try configuration.validate()
         var timer = StepTimer()
         let kernel = try Self.readFile(configuration.kernelPath, what: "kernel")
         let initrd = try configuration.initrdPath.map { try Self.readFile($0, what: "initrd") }
         timer.step("read kernel and initrd")
-        let bootPlan = try LinuxBootPlan(LinuxBootRequest(
-            kernel: kernel, initrd: initrd, commandLine: configuration.commandLine, memorySize: configuration.memorySize,
+        // Opening the disks (and locking them) before the VM exists refuses a
+        // busy or unreadable image early.
+        let virtioDevices = try VirtioDeviceSet.devices(for: configuration)
+        var request = LinuxBootRequest(
+            kernel: kernel, initrd: initrd, commandLine: configuration.effectiveCommandLine, memorySize: configuration.memorySize,
             decompressOnHost: configuration.decompressOnHost, preferPVH: configuration.preferPVH,
-            vcpuCount: configuration.vcpuCount))
+            vcpuCount: configuration.vcpuCount)
+        request.mmioDevices = virtioDevices.indices.map(VirtioPlacement.device)
+        let bootPlan = try LinuxBootPlan(request)
         timer.step("boot plan")
 
         let kvm = try KVMSystem()
@@ -66,6 +73,8 @@ public struct MachineBuilder {
         portBus.add(ACPISleepControl { control.finish(.poweredOff) },
                     at: UInt64(ACPITables.sleepControlPort)..<UInt64(ACPITables.sleepControlPort + 2))
         mmioBus.add(ExitDevice { status in control.finish(.guestExit(status: status)) }, at: ExitDevice.address..<(ExitDevice.address + 8))
+        let devices = try VirtioDeviceSet(devices: virtioDevices, vm: vm, kvm: kvm, memory: memory, mmioBus: &mmioBus,
+                                          log: deviceLog)
 
         guard let template = CPUTemplate.named(configuration.cpuTemplate) else { throw ConfigurationError("unknown CPU template") }
         let supported = try kvm.supportedCPUID()
@@ -82,7 +91,7 @@ public struct MachineBuilder {
 
         return Machine(
             configuration: configuration, plan: bootPlan.summary, kvm: kvm, virtualMachine: vm, memory: memory,
-            serial: serial, panicWatcher: panicWatcher, vcpuThreads: threads,
+            serial: serial, panicWatcher: panicWatcher, vcpuThreads: threads, devices: devices,
             exitHandler: ExitHandler(portBus: portBus, mmioBus: mmioBus), control: control, setupSteps: timer.steps)
     }
 

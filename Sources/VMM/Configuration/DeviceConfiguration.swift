@@ -1,0 +1,99 @@
+import FoundationEssentials
+
+/// A virtio-blk disk, with Firecracker's `drives` fields.
+public struct DriveConfiguration: Equatable, Sendable {
+    /// Firecracker's `cache_type`: with `unsafe` the device offers no flush.
+    public enum CacheType: String, Equatable, Sendable {
+        case unsafe = "Unsafe", writeback = "Writeback"
+    }
+
+    /// `drive_id`: names the drive in errors and is what GET_ID returns (the
+    /// guest's /sys/block/vdX/serial).
+    public var id: String
+    /// `path_on_host`: a raw image file.
+    public var path: String
+    /// `is_read_only`.
+    public var readOnly: Bool
+    /// `is_root_device`: the drive is the guest's root file system; it comes
+    /// first (vda) and the command line gets `root=/dev/vda` (or the partuuid)
+    /// with `ro` or `rw`.
+    public var isRoot: Bool
+    /// `partuuid`: the root partition, when the image is partitioned.
+    public var partUUID: String?
+    public var cacheType: CacheType
+
+    public init(id: String, path: String, readOnly: Bool = false, isRoot: Bool = false, partUUID: String? = nil,
+                cacheType: CacheType = .unsafe) {
+        self.id = id
+        self.path = path
+        self.readOnly = readOnly
+        self.isRoot = isRoot
+        self.partUUID = partUUID
+        self.cacheType = cacheType
+    }
+
+    /// Reads the command-line form `PATH[,id=ID][,ro][,root][,cache=writeback|unsafe]`.
+    public static func parse(_ text: String, index: Int) throws -> DriveConfiguration {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard let path = parts.first, !path.isEmpty else { throw ConfigurationError("--drive \(text): expected PATH[,id=ID][,ro][,root][,cache=writeback]") }
+        var drive = DriveConfiguration(id: "drive\(index)", path: path)
+        for option in parts.dropFirst() {
+            switch option {
+            case "ro": drive.readOnly = true
+            case "root": drive.isRoot = true
+            case "cache=writeback": drive.cacheType = .writeback
+            case "cache=unsafe": drive.cacheType = .unsafe
+            case _ where option.hasPrefix("id="): drive.id = String(option.dropFirst(3))
+            case _ where option.hasPrefix("partuuid="): drive.partUUID = String(option.dropFirst(9))
+            default: throw ConfigurationError("--drive \(text): unknown option \"\(option)\" (known: id=, ro, root, partuuid=, cache=writeback|unsafe)")
+            }
+        }
+        return drive
+    }
+}
+
+/// Device identifiers follow Firecracker's rule: 1 to 64 characters of ASCII
+/// letters, digits and `_`.
+func checkIdentifier(_ id: String, what: String) throws {
+    guard (1...64).contains(id.utf8.count), id.utf8.allSatisfy({ $0 == 0x5F || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) }) else {
+        throw ConfigurationError("\(what) \"\(id)\" must be 1 to 64 letters, digits or _")
+    }
+}
+
+extension MachineConfiguration {
+    /// Checks the devices before anything is created: identifiers, duplicates,
+    /// one root drive, files that exist with the access the drive needs.
+    func validateDevices() throws {
+        var seen: Set<String> = []
+        for drive in drives {
+            try checkIdentifier(drive.id, what: "drive id")
+            guard seen.insert(drive.id).inserted else { throw ConfigurationError("drive id \"\(drive.id)\" is used twice") }
+            guard FileManager.default.fileExists(atPath: drive.path) else { throw ConfigurationError("drive \(drive.id): \(drive.path) does not exist") }
+            let writable = drive.readOnly || FileManager.default.isWritableFile(atPath: drive.path)
+            guard FileManager.default.isReadableFile(atPath: drive.path), writable else {
+                throw ConfigurationError("drive \(drive.id): cannot \(drive.readOnly ? "read" : "read and write") \(drive.path)")
+            }
+        }
+        let roots = drives.filter(\.isRoot)
+        guard roots.count <= 1 else { throw ConfigurationError("drives \(roots.map(\.id).joined(separator: " and ")) are both root devices") }
+        guard virtioDeviceCount <= MachineConfiguration.maximumVirtioDevices else {
+            throw ConfigurationError("\(virtioDeviceCount) virtio devices; at most \(MachineConfiguration.maximumVirtioDevices) fit the interrupt lines")
+        }
+    }
+
+    /// GSIs 5 to 23 of the IOAPIC: 19 devices.
+    public static let maximumVirtioDevices = 19
+
+    var virtioDeviceCount: Int { drives.count + (entropy ? 1 : 0) }
+
+    /// The drives in device order: the root drive first, as Firecracker does.
+    var orderedDrives: [DriveConfiguration] { drives.filter(\.isRoot) + drives.filter { !$0.isRoot } }
+
+    /// The command line with `root=` for a root drive, unless it names a root already.
+    public var effectiveCommandLine: String {
+        guard let root = drives.first(where: \.isRoot),
+              !commandLine.split(separator: " ").contains(where: { $0.hasPrefix("root=") }) else { return commandLine }
+        let device = root.partUUID.map { "PARTUUID=\($0)" } ?? "/dev/vda"
+        return commandLine + " root=\(device) \(root.readOnly ? "ro" : "rw")"
+    }
+}

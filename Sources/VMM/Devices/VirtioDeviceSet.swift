@@ -1,0 +1,95 @@
+import Boot
+import GuestMemory
+import HostSystem
+import KVM
+import Virtio
+
+extension MMIOTransport: BusDevice {}
+
+/// Where virtio-mmio device `index` lives: a 4 KiB window from 0xD0001000
+/// (just above the exit device, in the hole below 4 GiB) and GSI 5 + index on
+/// the IOAPIC (COM1 has 4).
+public enum VirtioPlacement {
+    public static let firstBase: UInt64 = 0xD000_1000
+    public static let firstGSI: UInt32 = 5
+
+    public static func device(_ index: Int) -> ACPITables.MMIODevice {
+        ACPITables.MMIODevice(base: UInt32(firstBase + UInt64(index) * MMIOTransport.windowSize),
+                              length: UInt32(MMIOTransport.windowSize), gsi: firstGSI + UInt32(index))
+    }
+}
+
+/// The machine's virtio devices: their back ends, transports, the event loop
+/// they run on, and the KVM wiring (an irqfd per device, an ioeventfd per
+/// queue) that keeps vCPUs out of userspace on notifications and interrupts.
+public final class VirtioDeviceSet: Sendable {
+    public let loop: EventLoop
+    public let transports: [MMIOTransport]
+    public let blockDevices: [BlockDevice]
+    /// Whether KVM delivers notifications and interrupts (ioeventfd, irqfd);
+    /// otherwise notifications are MMIO exits and interrupts KVM_IRQ_LINE pulses.
+    public let usesEventNotifiers: Bool
+    private let interruptNotifiers: [EventNotifier]
+
+    /// The devices `configuration` asks for, in placement order: drives (root
+    /// first), then the entropy device.
+    public static func devices(for configuration: MachineConfiguration) throws -> [(name: String, device: any VirtioDevice)] {
+        var devices: [(String, any VirtioDevice)] = []
+        for drive in configuration.orderedDrives {
+            do {
+                devices.append(("virtio-blk \(drive.id)", try BlockDevice(path: drive.path, readOnly: drive.readOnly, identifier: drive.id,
+                                                                            flush: drive.cacheType == .writeback)))
+            } catch {
+                throw ConfigurationError("drive \(drive.id): \(error)")
+            }
+        }
+        if configuration.entropy { devices.append(("virtio-rng", EntropyDevice())) }
+        return devices
+    }
+
+    /// Creates the transports for `devices`, puts them on `mmioBus` and wires
+    /// them to `vm`. `log` gets one line per device fault.
+    init(devices: [(name: String, device: any VirtioDevice)], vm: VirtualMachine, kvm: KVMSystem, memory: GuestAddressSpace,
+         mmioBus: inout DeviceBus, log: @escaping @Sendable (String) -> Void) throws {
+        loop = try EventLoop(name: "virtio")
+        usesEventNotifiers = try kvm.checkExtension(.irqfd) > 0 && kvm.checkExtension(.ioeventfd) > 0
+        var transports: [MMIOTransport] = []
+        var interruptNotifiers: [EventNotifier] = []
+        for (index, entry) in devices.enumerated() {
+            let placement = VirtioPlacement.device(index)
+            let line: @Sendable () -> Void
+            if usesEventNotifiers {
+                let notifier = try EventNotifier()
+                try vm.attachInterrupt(notifier, gsi: placement.gsi)
+                interruptNotifiers.append(notifier)
+                line = { notifier.signal() }
+            } else {
+                line = {
+                    try? vm.setInterruptLine(placement.gsi, active: true)
+                    try? vm.setInterruptLine(placement.gsi, active: false)
+                }
+            }
+            let transport = try MMIOTransport(device: entry.device, name: entry.name, memory: memory, loop: loop, interruptLine: line, log: log)
+            if usesEventNotifiers {
+                for (queue, notifier) in transport.queueNotifiers.enumerated() {
+                    try vm.attachIOEvent(notifier, at: UInt64(placement.base) + UInt64(MMIOTransport.Register.queueNotify), length: 4,
+                                         matching: UInt64(queue))
+                }
+            }
+            mmioBus.add(transport, at: UInt64(placement.base)..<(UInt64(placement.base) + MMIOTransport.windowSize))
+            transports.append(transport)
+        }
+        self.transports = transports
+        self.interruptNotifiers = interruptNotifiers
+        blockDevices = devices.compactMap { $0.device as? BlockDevice }
+    }
+
+    /// Starts the event loop (before the vCPUs).
+    public func start() throws { try loop.start() }
+
+    /// Stops the event loop and makes the disks' data durable.
+    public func stop() {
+        loop.stop()
+        for disk in blockDevices { try? disk.synchronize() }
+    }
+}
