@@ -37,10 +37,20 @@ public enum InitramfsBuilder {
         return stat(path, &status) == 0 ? status.st_mode & S_IFMT : nil
     }
 
-    /// The /init script: mount the pseudo file systems, run `command` with
-    /// busybox's sh, print and report its status, power off.
-    public static func initScript(command: String) -> String {
-        """
+    /// Where the archive keeps kernel modules.
+    static let moduleDirectory = "lib/modules/kestrel"
+
+    /// The /init script: mount the pseudo file systems, load `modules` in
+    /// order, run `command` with busybox's sh, print and report its status,
+    /// power off.
+    public static func initScript(command: String, modules: [String] = []) -> String {
+        let load = modules.isEmpty ? "" : """
+            for module in \(modules.joined(separator: " ")); do
+                insmod /\(moduleDirectory)/$module.ko || echo "kestrel-init: insmod $module failed"
+            done
+
+            """
+        return """
         #!/bin/busybox sh
         /bin/busybox mkdir -p /proc /sys /dev /tmp
         /bin/busybox mount -t proc proc /proc
@@ -48,7 +58,7 @@ public enum InitramfsBuilder {
         /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
         /bin/busybox --install -s /bin
         export PATH=/bin
-        echo "kestrel-init: running: \(command.replacing("\"", with: "\\\""))"
+        \(load)echo 'kestrel-init: running: \(command.replacing("'", with: "'\\''"))'
         ( \(command) )
         status=$?
         echo "kestrel-init: exit status $status"
@@ -58,8 +68,23 @@ public enum InitramfsBuilder {
         """
     }
 
-    /// A busybox initramfs whose init runs `command`.
-    public static func busybox(binary: String, command: String) throws -> [UInt8] {
+    /// Kernel modules in load order from `directory`: its `modules.order`
+    /// names them (one per line, without `.ko`), each in `NAME.ko`.
+    public static func modules(in directory: String) throws -> [(name: String, object: [UInt8])] {
+        guard let order = FileManager.default.contents(atPath: directory + "/modules.order") else {
+            throw CPIOError("cannot read \(directory)/modules.order (one module name per line, in load order)")
+        }
+        return try String(decoding: order, as: UTF8.self).split(whereSeparator: \.isNewline).map(String.init).filter { !$0.isEmpty }.map { name in
+            guard !name.contains("/"), let data = FileManager.default.contents(atPath: "\(directory)/\(name).ko") else {
+                throw CPIOError("modules.order names \(name), but \(directory)/\(name).ko cannot be read")
+            }
+            return (name, [UInt8](data))
+        }
+    }
+
+    /// A busybox initramfs whose init loads `modules` (uncompressed objects, in
+    /// order) and runs `command`.
+    public static func busybox(binary: String, command: String, modules: [(name: String, object: [UInt8])] = []) throws -> [UInt8] {
         guard let data = FileManager.default.contents(atPath: binary) else {
             throw CPIOError("cannot read \(binary) (install busybox-static, or pass the path of a static busybox)")
         }
@@ -70,7 +95,11 @@ public enum InitramfsBuilder {
         try archive.add("dev/console", .characterDevice(major: 5, minor: 1), mode: 0o600)
         try archive.add("bin/busybox", .file(bytes), mode: 0o755)
         try archive.add("bin/sh", .symlink(target: "busybox"), mode: 0o777)
-        try archive.add("init", .file(Array(initScript(command: command).utf8)), mode: 0o755)
+        if !modules.isEmpty {
+            for directory in ["lib", "lib/modules", moduleDirectory] { try archive.add(directory, .directory, mode: 0o755) }
+            for module in modules { try archive.add("\(moduleDirectory)/\(module.name).ko", .file(module.object), mode: 0o644) }
+        }
+        try archive.add("init", .file(Array(initScript(command: command, modules: modules.map(\.name)).utf8)), mode: 0o755)
         return archive.finished()
     }
 }

@@ -12,6 +12,7 @@ struct InitramfsCommand: ParsableCommand {
             Examples:
               kestrel initramfs --command 'uname -a' -o initramfs.cpio
               kestrel initramfs --from-dir rootfs/ -o initramfs.cpio
+              kestrel initramfs --modules /lab/guest/modules --command 'cat /sys/block/vda/serial' -o initramfs.cpio
             The busybox init prints "kestrel-init: exit status N", writes N to Kestrel's exit device \
             (so `kestrel run` exits with N) and powers off.
             """)
@@ -19,13 +20,16 @@ struct InitramfsCommand: ParsableCommand {
     @Option(name: .customLong("from-dir"), help: "Archive this directory tree (adds dev/console if missing).") var directory: String?
     @Option(help: "The static busybox to use.") var busybox = "/bin/busybox"
     @Option(help: "The command the init runs (busybox sh syntax).") var command = "uname -a"
+    @Option(help: "Load these kernel modules before the command: a directory with NAME.ko files and modules.order listing them in load order (the lab's /lab/guest/modules).")
+    var modules: String?
     @Option(name: [.short, .customLong("output")], help: "Where to write the archive.") var output: String
     @Flag(help: "Replace the output file if it exists.") var force = false
 
     func run() throws {
         let archive: [UInt8]
         do {
-            archive = try directory.map { try InitramfsBuilder.fromDirectory($0) } ?? InitramfsBuilder.busybox(binary: busybox, command: command)
+            let objects = try modules.map { try InitramfsBuilder.modules(in: $0) } ?? []
+            archive = try directory.map { try InitramfsBuilder.fromDirectory($0) } ?? InitramfsBuilder.busybox(binary: busybox, command: command, modules: objects)
         } catch let error as CPIOError {
             throw CommandFailure(error.description)
         }

@@ -46,7 +46,7 @@ struct LabMachineOptions: ParsableArguments {
     var bootAttempts: Int = 3
     @Option(name: .customLong("add"), help: "Put a host file into the L1: HOST[:GUEST] (default guest path /lab/NAME). Repeatable.")
     var files: [String] = []
-    @Flag(name: .customLong("guest-kernel"), help: "Also put this kernel's vmlinux at /lab/guest/vmlinux, to boot it as an L2 guest with `kestrel run`.")
+    @Flag(name: .customLong("guest-kernel"), help: "Also put this kernel's vmlinux at /lab/guest/vmlinux and its virtio drivers in /lab/guest/modules (for `kestrel initramfs --modules`), to boot it as an L2 guest with `kestrel run`.")
     var guestKernel = false
     @Option(help: "The static kestrel executable to put into the L1 (default: this one).") var kestrel: String?
     @Flag(name: .customLong("refresh"), help: "Look for a newer kernel package even when one is cached.") var refresh = false
@@ -103,6 +103,7 @@ struct LabMachineOptions: ParsableArguments {
         }
         if guestKernel {
             added.append(.init(guestPath: "/lab/guest/vmlinux", hostPath: try kernel.vmlinux()))
+            added += kernel.guestModuleFiles(under: "/lab/guest/modules")
         }
         let binary = try LabExecutable.prepare(kestrel ?? "/proc/self/exe", cache: LabCache())
         return LabInitramfs(kernel: kernel, kestrel: binary, files: added, command: command)

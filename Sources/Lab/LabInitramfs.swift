@@ -87,7 +87,7 @@ public struct LabInitramfs {
             elif grep -qw vmx /proc/cpuinfo; then kvm=kvm_intel; modules="\(intel)"
             else kvm=none; modules=""; echo "kestrel lab: this CPU has neither SVM nor VMX" >/dev/ttyS1
             fi
-            for module in $modules; do
+            for module in $modules \((kernel.hostModules ?? []).joined(separator: " ")); do
                 insmod /\(Self.moduleDirectory)/$module.ko || echo "kestrel lab: insmod $module failed" >/dev/ttyS1
             done
             cd /lab
@@ -127,7 +127,7 @@ public struct LabInitramfs {
         try addFile("bin/busybox", busyboxBytes, mode: 0o755)
         try archive.add("bin/sh", .symlink(target: "busybox"), mode: 0o777)
         try addFile("bin/kestrel", try readBytes(kestrel), mode: 0o755)
-        for module in Set(kernel.amdModules + kernel.intelModules).sorted() {
+        for module in Set(kernel.amdModules + kernel.intelModules + (kernel.hostModules ?? [])).sorted() {
             try addFile("\(Self.moduleDirectory)/\(module).ko", try readBytes(kernel.modulePath(module)), mode: 0o644)
         }
         if case .script(let text) = command {

@@ -16,12 +16,23 @@ public struct LabKernel: Codable, Equatable, Sendable {
     /// insmod order for an AMD (SVM) host and an Intel (VMX) host.
     public var amdModules: [String]
     public var intelModules: [String]
+    /// More modules for the L1, loaded after KVM when present: the loop device
+    /// (to read back an L2's disk image) and tun (taps for virtio-net).
+    public var hostModules: [String]?
+    /// The virtio drivers an L2 guest of this kernel needs, in insmod order
+    /// (Debian builds them as modules). Nil in a cache from before they were kept.
+    public var guestModules: [String]?
 
     public var bzImage: String { directory + "/vmlinuz" }
     public func modulePath(_ name: String) -> String { directory + "/modules/\(name).ko" }
 
     /// The modules the lab loads: KVM for both vendors, with their dependencies.
     public static let wantedModules = (amd: "kvm_amd", intel: "kvm_intel")
+    /// Wanted in the L1 when the kernel has them as modules.
+    public static let wantedHostModules = ["loop", "tun"]
+    /// Wanted for L2 guests when the kernel has them as modules (built-in
+    /// drivers need nothing).
+    public static let wantedGuestModules = ["virtio_mmio", "virtio_blk", "virtio_net", "vmw_vsock_virtio_transport", "virtio_rng"]
 
     /// Prepares a kernel from a bzImage and a modules tree (lib/modules/RELEASE)
     /// into `directory`: copies the image, finds and decompresses the KVM modules
@@ -49,14 +60,18 @@ public struct LabKernel: Codable, Equatable, Sendable {
         }
         try load(wantedModules.amd)
         try load(wantedModules.intel)
+        for name in wantedHostModules + wantedGuestModules { try load(name) }
         let amd = try KernelModule.loadOrder([wantedModules.amd], available: loaded)
         let intel = try KernelModule.loadOrder([wantedModules.intel], available: loaded)
+        let host = try KernelModule.loadOrder(wantedHostModules.filter { loaded[$0] != nil }, available: loaded)
+        let guest = try KernelModule.loadOrder(wantedGuestModules.filter { loaded[$0] != nil }, available: loaded)
 
         try makeDirectories(directory + "/modules")
         try writeFileAtomically(imageBytes, to: directory + "/vmlinuz")
         for module in loaded.values { try writeFileAtomically(module.object, to: directory + "/modules/\(module.name).ko") }
         let kernel = LabKernel(name: name, release: release, packages: packages, directory: directory,
-                               amdModules: amd.map(\.name), intelModules: intel.map(\.name))
+                               amdModules: amd.map(\.name), intelModules: intel.map(\.name),
+                               hostModules: host.map(\.name), guestModules: guest.map(\.name))
         try kernel.save()
         return kernel
     }
@@ -72,8 +87,17 @@ public struct LabKernel: Codable, Equatable, Sendable {
         guard let bytes = try? readBytes(directory + "/kernel.json"),
               var kernel = try? JSONDecoder().decode(LabKernel.self, from: Data(bytes)) else { return nil }
         kernel.directory = directory
-        let complete = fileExists(kernel.bzImage) && (kernel.amdModules + kernel.intelModules).allSatisfy { fileExists(kernel.modulePath($0)) }
+        guard let host = kernel.hostModules, let guest = kernel.guestModules else { return nil }  // prepared before these were kept
+        let complete = fileExists(kernel.bzImage) && (kernel.amdModules + kernel.intelModules + host + guest).allSatisfy { fileExists(kernel.modulePath($0)) }
         return complete ? kernel : nil
+    }
+
+    /// The guest modules as L1 files in `directory`, with `modules.order`
+    /// naming them in insmod order (what `kestrel initramfs --modules` reads).
+    public func guestModuleFiles(under directory: String) -> [LabInitramfs.File] {
+        let names = guestModules ?? []
+        return names.map { LabInitramfs.File(guestPath: "\(directory)/\($0).ko", hostPath: modulePath($0)) }
+            + [LabInitramfs.File(guestPath: "\(directory)/modules.order", bytes: Array(names.map { $0 + "\n" }.joined().utf8))]
     }
 
     /// The vmlinux ELF inside the bzImage (decompressed on the host once and

@@ -45,6 +45,19 @@ import Testing
         #expect(InitramfsBuilder.initScript(command: "false").contains("devmem 0xd0000000 8 $status"))
     }
 
+    /// The command is echoed in single quotes, so echoing it runs none of it
+    /// (it once expanded `$(seq 50)` in the echo).
+    @Test func theEchoedCommandIsNotExpandedAndModulesLoadFirst() throws {
+        let script = InitramfsBuilder.initScript(command: "echo 'a' $(seq 2)", modules: ["virtio", "virtio_blk"])
+        #expect(script.contains(#"echo 'kestrel-init: running: echo '\''a'\'' $(seq 2)'"#))
+        let load = try #require(script.firstRange(of: "for module in virtio virtio_blk; do"))
+        let run = try #require(script.firstRange(of: "( echo 'a' $(seq 2) )"))
+        #expect(load.lowerBound < run.lowerBound)
+        let modules = [(name: "virtio", object: [UInt8](repeating: 1, count: 8))]
+        let archive = try InitramfsBuilder.busybox(binary: "/bin/busybox", command: "true", modules: modules)
+        #expect(try cpioList(archive).contains("lib/modules/kestrel/virtio.ko"))
+    }
+
     @Test func directoryArchive() throws {
         let root = NSTemporaryDirectory() + "kestrel-root-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: root + "/etc", withIntermediateDirectories: true)
