@@ -11,6 +11,9 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <string.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -138,4 +141,26 @@ long chost_get_mempolicy(int *mode, unsigned long *nodemask, unsigned long maxno
 
 long chost_move_pages(int pid, unsigned long count, void **pages, const int *nodes, int *status, int flags) {
     return syscall(SYS_move_pages, pid, count, pages, nodes, status, flags);
+}
+
+int chost_tap_open(const char *name, int vnet_header_size, char actual_name[16]) {
+    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct ifreq request;
+    memset(&request, 0, sizeof request);
+    strncpy(request.ifr_name, name, IFNAMSIZ - 1);
+    request.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    if (ioctl(fd, TUNSETIFF, &request) < 0 || ioctl(fd, TUNSETVNETHDRSZ, &vnet_header_size) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    memcpy(actual_name, request.ifr_name, IFNAMSIZ);
+    actual_name[IFNAMSIZ - 1] = 0;
+    return fd;
+}
+
+int chost_tap_set_offload(int fd, unsigned int flags) {
+    return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags);
 }

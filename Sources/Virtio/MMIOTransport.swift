@@ -44,6 +44,9 @@ public final class MMIOTransport: Sendable {
     private let log: @Sendable (String) -> Void
     private let name: String
     private let state: Mutex<State>
+    /// File descriptors the active device watches on the loop (its own lock:
+    /// devices add and remove them while the state lock is held).
+    private let watched = Mutex<Set<Int32>>([])
 
     private struct State {
         var deviceFeaturesSelect: UInt32 = 0
@@ -191,7 +194,7 @@ public final class MMIOTransport: Sendable {
         var fault: String?
         state.withLock { state in
             if value == 0 {
-                if state.active { device.reset() }
+                if state.active { deactivate(&state) }
                 let sizes = device.queueSizes
                 state = State(queues: sizes.map { QueueConfiguration(size: $0) }, ready: sizes.map { _ in false })
                 interrupt.clear()
@@ -219,10 +222,10 @@ public final class MMIOTransport: Sendable {
                         guard queues.count == state.queues.count else {
                             throw QueueFault("driver set DRIVER_OK with \(state.queues.count - queues.count) of \(state.queues.count) queues not ready")
                         }
-                        try device.activate(VirtioContext(queues: queues, features: state.driverFeatures, memory: memory,
-                                                          interrupt: interrupt, loop: loop))
+                        try device.activate(context(queues: queues, features: state.driverFeatures))
                         state.active = true
                     } catch {
+                        for fd in watched.withLock({ set in defer { set = [] }; return set }) { loop.remove(fd) }
                         status.insert(.needsReset)
                         fault = "\(error)"
                         state.faultLogged = true
@@ -239,15 +242,44 @@ public final class MMIOTransport: Sendable {
 
     // MARK: Queue processing (the event loop's thread)
 
+    private func deactivate(_ state: inout State) {
+        for fd in watched.withLock({ set in defer { set = [] }; return set }) { loop.remove(fd) }
+        device.reset()
+        state.active = false
+    }
+
+    private func context(queues: [SplitQueue], features: UInt64) -> VirtioContext {
+        VirtioContext(
+            queues: queues, features: features, memory: memory, interrupt: interrupt,
+            watch: { [weak self] fd, events, handler in
+                guard let self else { return }
+                try self.loop.add(fd, for: events) { [weak self] ready in
+                    self?.run { () throws(QueueFault) in try handler(ready) }
+                }
+                self.watched.withLock { _ = $0.insert(fd) }
+            },
+            interest: { [weak self] fd, events in try? self?.loop.modify(fd, for: events) },
+            unwatch: { [weak self] fd in
+                guard let self else { return }
+                self.watched.withLock { _ = $0.remove(fd) }
+                self.loop.remove(fd)
+            })
+    }
+
     func process(queue: Int) {
+        run { () throws(QueueFault) in try device.process(queue: queue) }
+    }
+
+    /// Runs device work on the loop's thread while the device is active, and
+    /// turns a fault into DEVICE_NEEDS_RESET.
+    private func run(_ work: () throws(QueueFault) -> Void) {
         var fault: QueueFault?
         state.withLock { state in
             guard state.active else { return }
             do throws(QueueFault) {
-                try device.process(queue: queue)
+                try work()
             } catch {
-                device.reset()
-                state.active = false
+                deactivate(&state)
                 state.status.insert(.needsReset)
                 if !state.faultLogged {
                     state.faultLogged = true

@@ -115,6 +115,12 @@ public final class SplitQueue {
         return try next()
     }
 
+    /// Gives back the chain `next` returned last, unused (a device that took
+    /// a receive buffer and then found nothing to put in it).
+    public func undoNext() {
+        nextAvailable &-= 1
+    }
+
     private struct RawDescriptor {
         var address: UInt64
         var length: UInt32

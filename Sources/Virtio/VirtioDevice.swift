@@ -21,9 +21,7 @@ public protocol VirtioDevice: AnyObject, Sendable {
     /// The driver set DRIVER_OK: `queues` are ready, and `features` are what
     /// it accepted. Throwing marks the device as needing a reset.
     func activate(_ context: VirtioContext) throws
-    /// The driver notified queue `queue` (or, for `nil`, another event source
-    /// the device registered on the loop is ready; devices call their own
-    /// handlers for those).
+    /// The driver notified queue `queue`.
     func process(queue: Int) throws(QueueFault)
     /// The driver reset the device: drop the queues and any connection state.
     func reset()
@@ -40,15 +38,36 @@ public struct VirtioContext: @unchecked Sendable {
     public let features: UInt64
     public let memory: GuestAddressSpace
     public let interrupt: VirtioInterrupt
-    public let loop: EventLoop
+    public typealias Handler = @Sendable (ReadyEvents) throws(QueueFault) -> Void
+    private let watcher: @Sendable (Int32, ReadyEvents, @escaping Handler) throws -> Void
+    private let interest: @Sendable (Int32, ReadyEvents) -> Void
+    private let unwatcher: @Sendable (Int32) -> Void
 
-    public init(queues: [SplitQueue], features: UInt64, memory: GuestAddressSpace, interrupt: VirtioInterrupt, loop: EventLoop) {
+    public init(queues: [SplitQueue], features: UInt64, memory: GuestAddressSpace, interrupt: VirtioInterrupt,
+                watch: @escaping @Sendable (Int32, ReadyEvents, @escaping Handler) throws -> Void,
+                interest: @escaping @Sendable (Int32, ReadyEvents) -> Void,
+                unwatch: @escaping @Sendable (Int32) -> Void) {
         self.queues = queues
         self.features = features
         self.memory = memory
         self.interrupt = interrupt
-        self.loop = loop
+        watcher = watch
+        self.interest = interest
+        unwatcher = unwatch
     }
+
+    /// Calls `handler` on the device's event loop when `fd` is ready, under the
+    /// same rules as `process(queue:)` (serialised with it, a fault needs a
+    /// reset). The transport stops watching every such fd on reset.
+    public func watch(_ fd: Int32, for events: ReadyEvents = .readable, _ handler: @escaping Handler) throws {
+        try watcher(fd, events, handler)
+    }
+
+    /// Changes what a watched fd waits for (empty: nothing, until changed again).
+    public func setInterest(_ fd: Int32, _ events: ReadyEvents) { interest(fd, events) }
+
+    /// Stops watching `fd` (before the device closes it).
+    public func unwatch(_ fd: Int32) { unwatcher(fd) }
 
     /// Interrupts the driver if `queue` completed chains it wants to hear about.
     public func notifyIfNeeded(_ queue: SplitQueue) {

@@ -20,8 +20,8 @@ final class TestDriver {
     var logLines: [String] { recorder.lines.withLock { $0 } }
     var queueSize: UInt16 = 16
     private var nextFree: UInt64 = 0x8_0000
-    private var availableIndex: UInt16 = 0
-    private var usedSeen: UInt16 = 0
+    private var availableIndex: [Int: UInt16] = [:]
+    private var usedSeen: [Int: UInt16] = [:]
 
     init(_ device: any VirtioDevice) throws {
         mapping = try MemoryMapping(anonymousSize: Self.ramSize)
@@ -129,14 +129,15 @@ final class TestDriver {
     /// Adds `head` to the available ring and publishes the new index.
     func publish(head: UInt16, queue: Int = 0) {
         let available = queueAddress(queue).available
-        try! memory.store(head, at: available + 4 + 2 * UInt64(availableIndex % queueSize))
-        availableIndex &+= 1
-        try! memory.store(availableIndex, at: available + 2)
+        let index = availableIndex[queue, default: 0]
+        try! memory.store(head, at: available + 4 + 2 * UInt64(index % queueSize))
+        availableIndex[queue] = index &+ 1
+        try! memory.store(index &+ 1, at: available + 2)
     }
 
     /// Sets the available ring's index directly (for malformed rings).
     func setAvailableIndex(_ index: UInt16, queue: Int = 0) {
-        availableIndex = index
+        availableIndex[queue] = index
         try! memory.store(index, at: queueAddress(queue).available + 2)
     }
 
@@ -144,15 +145,16 @@ final class TestDriver {
 
     var usedIndex: UInt16 { try! memory.load(UInt16.self, at: queueAddress(0).used + 2) }
 
-    /// Waits up to 5 s for the next used entry; returns (head, length).
-    func waitForUsed(queue: Int = 0) -> (head: UInt32, length: UInt32)? {
+    /// Waits up to `seconds` for the next used entry; returns (head, length).
+    func waitForUsed(queue: Int = 0, seconds: Int = 5) -> (head: UInt32, length: UInt32)? {
         let used = queueAddress(queue).used
-        let deadline = ContinuousClock.now + .seconds(5)
+        let deadline = ContinuousClock.now + .seconds(seconds)
         while ContinuousClock.now < deadline {
             let index = try! memory.load(UInt16.self, at: used + 2)
-            if index != usedSeen {
-                let entry = used + 4 + 8 * UInt64(usedSeen % queueSize)
-                usedSeen &+= 1
+            let seen = usedSeen[queue, default: 0]
+            if index != seen {
+                let entry = used + 4 + 8 * UInt64(seen % queueSize)
+                usedSeen[queue] = seen &+ 1
                 return (try! memory.load(UInt32.self, at: entry), try! memory.load(UInt32.self, at: entry + 4))
             }
             usleep(1000)

@@ -65,3 +65,13 @@ long chost_get_mempolicy(int *mode, unsigned long *nodemask, unsigned long maxno
 long chost_move_pages(int pid, unsigned long count, void **pages, const int *nodes, int *status, int flags);
 
 #endif /* CHOST_H */
+
+/* Opens /dev/net/tun and attaches to (or, with CAP_NET_ADMIN, creates) the tap
+ * `name` with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (TUNSETIFF), non-blocking and
+ * close-on-exec, and sets the vnet header size (TUNSETVNETHDRSZ). Writes the
+ * interface's name (at most 15 bytes and a NUL) to `actual_name`. Returns the
+ * fd, or -1 with errno. */
+int chost_tap_open(const char *name, int vnet_header_size, char actual_name[16]);
+
+/* TUNSETOFFLOAD: which offloads (TUN_F_*) the tap may hand us. */
+int chost_tap_set_offload(int fd, unsigned int flags);
