@@ -84,7 +84,9 @@ public enum InitramfsBuilder {
 
     /// A busybox initramfs whose init loads `modules` (uncompressed objects, in
     /// order) and runs `command`.
-    public static func busybox(binary: String, command: String, modules: [(name: String, object: [UInt8])] = []) throws -> [UInt8] {
+    /// `files` are added too (guest path, bytes, mode), with their directories.
+    public static func busybox(binary: String, command: String, modules: [(name: String, object: [UInt8])] = [],
+                               files: [(path: String, bytes: [UInt8], mode: UInt32)] = []) throws -> [UInt8] {
         guard let data = FileManager.default.contents(atPath: binary) else {
             throw CPIOError("cannot read \(binary) (install busybox-static, or pass the path of a static busybox)")
         }
@@ -98,6 +100,18 @@ public enum InitramfsBuilder {
         if !modules.isEmpty {
             for directory in ["lib", "lib/modules", moduleDirectory] { try archive.add(directory, .directory, mode: 0o755) }
             for module in modules { try archive.add("\(moduleDirectory)/\(module.name).ko", .file(module.object), mode: 0o644) }
+        }
+        var directories: Set<String> = ["bin", "dev", "proc", "sys", "tmp"]
+        if !modules.isEmpty { directories.formUnion(["lib", "lib/modules", moduleDirectory]) }
+        for file in files {
+            let relative = String(file.path.drop { $0 == "/" })
+            guard !relative.isEmpty, !relative.split(separator: "/").contains("..") else { throw CPIOError("\(file.path) is not a path inside the archive") }
+            var parent = ""
+            for component in relative.split(separator: "/").dropLast() {
+                parent += parent.isEmpty ? String(component) : "/" + component
+                if directories.insert(parent).inserted { try archive.add(parent, .directory, mode: 0o755) }
+            }
+            try archive.add(relative, .file(file.bytes), mode: file.mode)
         }
         try archive.add("init", .file(Array(initScript(command: command, modules: modules.map(\.name)).utf8)), mode: 0o755)
         return archive.finished()

@@ -33,6 +33,14 @@ struct RunCommand: ParsableCommand {
         "A virtio-blk disk: PATH[,id=ID][,ro][,root][,partuuid=UUID][,cache=writeback|unsafe]; repeat for more.",
         discussion: "A root drive comes first (/dev/vda) and adds root=/dev/vda (or PARTUUID=) with ro or rw to the command line."))
     var drives: [String] = []
+    @Option(name: .customLong("net"), help: ArgumentHelp(
+        "A virtio-net interface on a tap: TAP[,id=ID][,mac=MAC]; TAP auto has Kestrel create one (needs CAP_NET_ADMIN). Repeat for more.",
+        discussion: "A named tap must exist (ip tuntap add dev TAP mode tap). Offloads offered: checksum and TSO both ways."))
+    var networkInterfaces: [String] = []
+    @Option(help: ArgumentHelp(
+        "A virtio-vsock device: UDS_PATH[,cid=N] (guest CID 3 by default), Firecracker's hybrid model.",
+        discussion: "Host programs connect to UDS_PATH and write 'CONNECT <port>\\n'; guest connections to the host's port P reach UDS_PATH_P."))
+    var vsock: String?
     @Flag(help: "Add a virtio-rng device fed by the host's getrandom.") var entropy = false
     @Flag(name: .customLong("guest-decompression"), help: "Let a bzImage decompress itself in the guest instead of on the host.")
     var guestDecompression = false
@@ -50,9 +58,13 @@ struct RunCommand: ParsableCommand {
             configuration = MachineConfiguration(kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, vcpuCount: cpus, memorySize: size, cpuTemplate: cpuTemplate)
         }
         do {
-            for (index, text) in drives.enumerated() {
-                configuration.drives.append(try DriveConfiguration.parse(text, index: configuration.drives.count + index))
+            for text in drives {
+                configuration.drives.append(try DriveConfiguration.parse(text, index: configuration.drives.count))
             }
+            for text in networkInterfaces {
+                configuration.networkInterfaces.append(try NetworkInterfaceConfiguration.parse(text, index: configuration.networkInterfaces.count))
+            }
+            if let vsock { configuration.vsock = try VsockConfiguration.parse(vsock) }
         } catch {
             printError("kestrel: \(error)")
             throw ExitCode(2)
@@ -92,6 +104,11 @@ struct RunCommand: ParsableCommand {
             printError("kestrel: RSS \(mib(footprint.resident)), guest memory touched \(mib(footprint.guest)), Kestrel overhead \(mib(footprint.overhead)): "
                 + "\(mib(footprint.fileBacked)) pages of the executable, \(mib(footprint.anonymous)) private memory; "
                 + "\(mib(releasedAtStart)) of start-up pages were released before the guest ran")
+        }
+        if verbose {
+            for transport in machine.devices.transports {
+                printError("kestrel: \(transport.name): status \(transport.status)" + (transport.device.activitySummary.map { "; " + $0 } ?? ""))
+            }
         }
         if verbose, let start = machine.startTime {
             printError("kestrel: ran \(ContinuousClock.now - start)")

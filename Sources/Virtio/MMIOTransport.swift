@@ -42,7 +42,8 @@ public final class MMIOTransport: Sendable {
     private let memory: GuestAddressSpace
     private let loop: EventLoop
     private let log: @Sendable (String) -> Void
-    private let name: String
+    /// How log lines name the device.
+    public let name: String
     private let state: Mutex<State>
     /// File descriptors the active device watches on the loop (its own lock:
     /// devices add and remove them while the state lock is held).

@@ -62,6 +62,11 @@ public final class NetDevice: VirtioDevice {
 
     public var statistics: Counters { counters.withLock { $0 } }
 
+    public var activitySummary: String? {
+        let counts = statistics
+        return "sent \(counts.sentFrames) frames (\(counts.sentBytes) bytes), received \(counts.receivedFrames) (\(counts.receivedBytes) bytes), dropped \(counts.dropped)"
+    }
+
     /// `mac` is six bytes.
     public init(endpoint: any PacketEndpoint, mac: [UInt8]) {
         precondition(mac.count == 6, "a MAC address has six bytes")

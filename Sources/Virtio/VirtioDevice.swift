@@ -25,10 +25,14 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func process(queue: Int) throws(QueueFault)
     /// The driver reset the device: drop the queues and any connection state.
     func reset()
+    /// What the device did, for `kestrel run --verbose` (nil: nothing to say).
+    var activitySummary: String? { get }
 }
 
 extension VirtioDevice {
     public func writeConfiguration(at offset: Int, from data: UnsafeRawBufferPointer) {}
+    /// What the device did, for `kestrel run --verbose` (nil: nothing to say).
+    public var activitySummary: String? { nil }
 }
 
 /// What an active device works with.

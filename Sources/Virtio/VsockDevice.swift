@@ -392,10 +392,11 @@ final class VsockEngine {
                     packet = header(.readWrite, connection, length: UInt32(count))
                     connection.sent &+= UInt32(count)
                 } else {
-                    // EOF or an error: the host side will send no more.
+                    // EOF: the host side will send no more (a half close; the
+                    // guest may still send, and a closed socket then resets).
                     connection.hostClosed = true
                     connection.hostReadable = false
-                    packet = header(.shutdown, connection, flags: VsockHeader.shutdownReceive | VsockHeader.shutdownSend)
+                    packet = header(.shutdown, connection, flags: VsockHeader.shutdownSend)
                 }
                 var headerWriter = ChainWriter(chain, memory: context.memory)
                 headerWriter.write(packet.bytes)

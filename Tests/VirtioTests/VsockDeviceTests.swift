@@ -135,10 +135,13 @@ func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
         #expect(data.payload == Array("ping".utf8) && data.header.destinationPort == 52)
         guest.send(.readWrite, from: 52, to: hostPort, payload: Array("pong".utf8))
         #expect(readAll(host, count: 4) == Array("pong".utf8))
-        // The host side closes: the guest hears a shutdown, answers with a reset.
+        // The host side stops sending: the guest hears a half shutdown and may
+        // still send; then it resets.
         shutdown(host, Int32(SHUT_WR))
         let shut = try #require(guest.receive())
-        #expect(shut.header.knownOperation == .shutdown && shut.header.flags == 3)
+        #expect(shut.header.knownOperation == .shutdown && shut.header.flags == VsockHeader.shutdownSend)
+        guest.send(.readWrite, from: 52, to: hostPort, payload: Array("late".utf8))
+        #expect(readAll(host, count: 4) == Array("late".utf8), "a half-closed connection still carries the guest's bytes")
         guest.send(.reset, from: 52, to: hostPort)
         usleep(100_000)
         #expect(guest.device.connectionCount == 0)

@@ -1,4 +1,6 @@
 import FoundationEssentials
+import HostSystem
+import Virtio
 
 /// A virtio-blk disk, with Firecracker's `drives` fields.
 public struct DriveConfiguration: Equatable, Sendable {
@@ -52,6 +54,63 @@ public struct DriveConfiguration: Equatable, Sendable {
     }
 }
 
+/// A virtio-net interface, with Firecracker's `network-interfaces` fields.
+public struct NetworkInterfaceConfiguration: Equatable, Sendable {
+    /// `iface_id`.
+    public var id: String
+    /// `host_dev_name`: an existing tap; nil has Kestrel create one (needs
+    /// CAP_NET_ADMIN; it is named kestrelN and goes away with the VM).
+    public var tapName: String?
+    /// `guest_mac`; nil picks a random locally administered address.
+    public var guestMAC: String?
+
+    public init(id: String, tapName: String?, guestMAC: String? = nil) {
+        self.id = id
+        self.tapName = tapName
+        self.guestMAC = guestMAC
+    }
+
+    /// Reads the command-line form `TAP[,id=ID][,mac=MAC]`, where TAP `auto` has Kestrel create one.
+    public static func parse(_ text: String, index: Int) throws -> NetworkInterfaceConfiguration {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard let tap = parts.first, !tap.isEmpty else { throw ConfigurationError("--net \(text): expected TAP|auto[,id=ID][,mac=MAC]") }
+        var interface = NetworkInterfaceConfiguration(id: "eth\(index)", tapName: tap == "auto" ? nil : tap)
+        for option in parts.dropFirst() {
+            if option.hasPrefix("id=") { interface.id = String(option.dropFirst(3)) }
+            else if option.hasPrefix("mac=") { interface.guestMAC = String(option.dropFirst(4)) }
+            else { throw ConfigurationError("--net \(text): unknown option \"\(option)\" (known: id=, mac=)") }
+        }
+        return interface
+    }
+}
+
+/// The virtio-vsock device, with Firecracker's `vsock` fields.
+public struct VsockConfiguration: Equatable, Sendable {
+    /// `guest_cid`: 3 or more.
+    public var guestCID: UInt64
+    /// `uds_path`: Kestrel listens here; guest connections to port P go to `uds_path_P`.
+    public var udsPath: String
+
+    public init(guestCID: UInt64 = 3, udsPath: String) {
+        self.guestCID = guestCID
+        self.udsPath = udsPath
+    }
+
+    /// Reads the command-line form `PATH[,cid=N]`.
+    public static func parse(_ text: String) throws -> VsockConfiguration {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard let path = parts.first, !path.isEmpty else { throw ConfigurationError("--vsock \(text): expected PATH[,cid=N]") }
+        var vsock = VsockConfiguration(udsPath: path)
+        for option in parts.dropFirst() {
+            guard option.hasPrefix("cid="), let cid = UInt64(option.dropFirst(4)) else {
+                throw ConfigurationError("--vsock \(text): unknown option \"\(option)\" (known: cid=N)")
+            }
+            vsock.guestCID = cid
+        }
+        return vsock
+    }
+}
+
 /// Device identifiers follow Firecracker's rule: 1 to 64 characters of ASCII
 /// letters, digits and `_`.
 func checkIdentifier(_ id: String, what: String) throws {
@@ -74,6 +133,31 @@ extension MachineConfiguration {
                 throw ConfigurationError("drive \(drive.id): cannot \(drive.readOnly ? "read" : "read and write") \(drive.path)")
             }
         }
+        var interfaces: Set<String> = [], taps: Set<String> = []
+        for interface in networkInterfaces {
+            try checkIdentifier(interface.id, what: "network interface id")
+            guard interfaces.insert(interface.id).inserted else { throw ConfigurationError("network interface id \"\(interface.id)\" is used twice") }
+            if let mac = interface.guestMAC {
+                guard let bytes = NetDevice.parseMAC(mac), bytes[0] & 1 == 0 else {
+                    throw ConfigurationError("network interface \(interface.id): guest_mac \"\(mac)\" is not a unicast address like 06:00:ac:10:00:02")
+                }
+            }
+            if let tap = interface.tapName {
+                guard taps.insert(tap).inserted else { throw ConfigurationError("tap \(tap) is given to two network interfaces") }
+                guard tap.utf8.count <= 15, !tap.contains("/") else { throw ConfigurationError("network interface \(interface.id): \"\(tap)\" is not an interface name (at most 15 bytes)") }
+                guard TapDevice.interfaceExists(tap) else {
+                    throw ConfigurationError("network interface \(interface.id): tap \(tap) does not exist (create it with `ip tuntap add dev \(tap) mode tap`, or give auto)")
+                }
+            }
+        }
+        if let vsock {
+            guard vsock.guestCID >= 3, vsock.guestCID < UInt64(UInt32.max) else { throw ConfigurationError("vsock guest_cid \(vsock.guestCID) must be 3 or more (0 to 2 are reserved)") }
+            guard vsock.udsPath.utf8.count <= UnixSocket.maximumPathLength else { throw ConfigurationError("vsock uds_path \(vsock.udsPath) is longer than \(UnixSocket.maximumPathLength) bytes") }
+            let directory = vsock.udsPath.contains("/") ? String(vsock.udsPath[..<vsock.udsPath.lastIndex(of: "/")!]) : "."
+            guard FileManager.default.fileExists(atPath: directory.isEmpty ? "/" : directory) else {
+                throw ConfigurationError("vsock uds_path \(vsock.udsPath): the directory \(directory) does not exist")
+            }
+        }
         let roots = drives.filter(\.isRoot)
         guard roots.count <= 1 else { throw ConfigurationError("drives \(roots.map(\.id).joined(separator: " and ")) are both root devices") }
         guard virtioDeviceCount <= MachineConfiguration.maximumVirtioDevices else {
@@ -84,7 +168,7 @@ extension MachineConfiguration {
     /// GSIs 5 to 23 of the IOAPIC: 19 devices.
     public static let maximumVirtioDevices = 19
 
-    var virtioDeviceCount: Int { drives.count + (entropy ? 1 : 0) }
+    var virtioDeviceCount: Int { drives.count + networkInterfaces.count + (vsock == nil ? 0 : 1) + (entropy ? 1 : 0) }
 
     /// The drives in device order: the root drive first, as Firecracker does.
     var orderedDrives: [DriveConfiguration] { drives.filter(\.isRoot) + drives.filter { !$0.isRoot } }

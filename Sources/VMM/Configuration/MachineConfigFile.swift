@@ -4,11 +4,13 @@ import FoundationEssentials
 /// (`kernel_image_path`, `initrd_path`, `boot_args`), `machine-config`
 /// (`vcpu_count`, `mem_size_mib`, `cpu_template`), `drives` (`drive_id`,
 /// `path_on_host`, `is_root_device`, `is_read_only`, `partuuid`, `cache_type`,
-/// `io_engine` "Sync") and `entropy`. Sections and fields Kestrel does not
-/// support (rate limiters, `balloon`, ...) are refused by name.
+/// `io_engine` "Sync"), `network-interfaces` (`iface_id`, `host_dev_name`,
+/// `guest_mac`), `vsock` (`guest_cid`, `uds_path`, `vsock_id`) and `entropy`.
+/// Sections and fields Kestrel does not support (rate limiters, `balloon`,
+/// ...) are refused by name.
 public enum MachineConfigFile {
-    static let supportedSections: Set<String> = ["boot-source", "machine-config", "drives", "entropy"]
-    static let knownUnsupported: Set<String> = ["network-interfaces", "vsock", "balloon", "logger", "metrics", "mmds-config"]
+    static let supportedSections: Set<String> = ["boot-source", "machine-config", "drives", "entropy", "network-interfaces", "vsock"]
+    static let knownUnsupported: Set<String> = ["balloon", "logger", "metrics", "mmds-config"]
 
     public static func load(path: String) throws -> MachineConfiguration {
         guard let data = FileManager.default.contents(atPath: path) else { throw ConfigurationError("cannot read \(path)") }
@@ -69,6 +71,27 @@ public enum MachineConfigFile {
                 configuration.drives.append(try drive(item, at: "drives[\(index)]", source: source))
             }
         }
+        if let interfaces = root["network-interfaces"] {
+            guard case .array(let items) = interfaces else { throw ConfigurationError("\(source): network-interfaces must be an array") }
+            for (index, item) in items.enumerated() {
+                let place = "network-interfaces[\(index)]"
+                guard let object = item.objectValue else { throw ConfigurationError("\(source): \(place) must be an object") }
+                try refuseUnknownKeys(object, allowed: ["iface_id", "host_dev_name", "guest_mac"], section: place, source: source)
+                let fields = Fields(object: object, place: place, source: source)
+                guard let id = try fields.string("iface_id") else { throw ConfigurationError("\(source): \(place).iface_id is required") }
+                guard let tap = try fields.string("host_dev_name") else { throw ConfigurationError("\(source): \(place) (\(id)): host_dev_name is required") }
+                configuration.networkInterfaces.append(NetworkInterfaceConfiguration(id: id, tapName: tap, guestMAC: try fields.string("guest_mac")))
+            }
+        }
+        if let vsock = root["vsock"], vsock != .null {
+            guard let object = vsock.objectValue else { throw ConfigurationError("\(source): vsock must be an object") }
+            try refuseUnknownKeys(object, allowed: ["vsock_id", "guest_cid", "uds_path"], section: "vsock", source: source)
+            let fields = Fields(object: object, place: "vsock", source: source)
+            guard let cid = object["guest_cid"]?.wholeNumber, cid >= 0 else { throw ConfigurationError("\(source): vsock.guest_cid must be a whole number") }
+            guard let path = try fields.string("uds_path") else { throw ConfigurationError("\(source): vsock.uds_path is required") }
+            _ = try fields.string("vsock_id")
+            configuration.vsock = VsockConfiguration(guestCID: UInt64(cid), udsPath: path)
+        }
         if let entropy = root["entropy"] {
             guard let object = entropy.objectValue else { throw ConfigurationError("\(source): entropy must be an object") }
             try refuseUnknownKeys(object, allowed: [], section: "entropy", source: source)
@@ -77,20 +100,31 @@ public enum MachineConfigFile {
         return configuration
     }
 
-    private static func drive(_ value: JSONValue, at place: String, source: String) throws -> DriveConfiguration {
-        guard let object = value.objectValue else { throw ConfigurationError("\(source): \(place) must be an object") }
-        try refuseUnknownKeys(object, allowed: ["drive_id", "path_on_host", "is_root_device", "is_read_only", "partuuid", "cache_type", "io_engine"],
-                              section: place, source: source)
+    /// Typed optional fields of one object, with errors naming the place.
+    struct Fields {
+        let object: [String: JSONValue]
+        let place: String
+        let source: String
+
         func string(_ key: String) throws -> String? {
             guard let value = object[key], value != .null else { return nil }
             guard let text = value.stringValue else { throw ConfigurationError("\(source): \(place).\(key) must be a string") }
             return text
         }
+
         func bool(_ key: String) throws -> Bool? {
             guard let value = object[key], value != .null else { return nil }
             guard let flag = value.boolValue else { throw ConfigurationError("\(source): \(place).\(key) must be true or false") }
             return flag
         }
+    }
+
+    private static func drive(_ value: JSONValue, at place: String, source: String) throws -> DriveConfiguration {
+        guard let object = value.objectValue else { throw ConfigurationError("\(source): \(place) must be an object") }
+        try refuseUnknownKeys(object, allowed: ["drive_id", "path_on_host", "is_root_device", "is_read_only", "partuuid", "cache_type", "io_engine"],
+                              section: place, source: source)
+        let fields = Fields(object: object, place: place, source: source)
+        let string = fields.string, bool = fields.bool
         guard let id = try string("drive_id") else { throw ConfigurationError("\(source): \(place).drive_id is required") }
         guard let path = try string("path_on_host") else { throw ConfigurationError("\(source): \(place) (\(id)): path_on_host is required") }
         var drive = DriveConfiguration(id: id, path: path, readOnly: try bool("is_read_only") ?? false,

@@ -18,6 +18,10 @@ public struct MachineConfiguration: Sendable {
     public var drives: [DriveConfiguration] = []
     /// A virtio-rng device fed from the host's getrandom.
     public var entropy = false
+    /// virtio-net interfaces, in order (eth0, eth1, ...).
+    public var networkInterfaces: [NetworkInterfaceConfiguration] = []
+    /// A virtio-vsock device.
+    public var vsock: VsockConfiguration?
 
     public static let defaultCommandLine = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1 i8042.noaux"
 

@@ -32,8 +32,10 @@ public final class VirtioDeviceSet: Sendable {
     private let interruptNotifiers: [EventNotifier]
 
     /// The devices `configuration` asks for, in placement order: drives (root
-    /// first), then the entropy device.
-    public static func devices(for configuration: MachineConfiguration) throws -> [(name: String, device: any VirtioDevice)] {
+    /// first), network interfaces, vsock, then the entropy device. `report`
+    /// hears of taps Kestrel created.
+    public static func devices(for configuration: MachineConfiguration,
+                               report: (String) -> Void = { _ in }) throws -> [(name: String, device: any VirtioDevice)] {
         var devices: [(String, any VirtioDevice)] = []
         for drive in configuration.orderedDrives {
             do {
@@ -41,6 +43,26 @@ public final class VirtioDeviceSet: Sendable {
                                                                             flush: drive.cacheType == .writeback)))
             } catch {
                 throw ConfigurationError("drive \(drive.id): \(error)")
+            }
+        }
+        for interface in configuration.networkInterfaces {
+            let tap: TapDevice
+            do {
+                tap = try TapDevice(name: interface.tapName ?? "kestrel%d")
+            } catch let error as SystemCallError where error.errno == .permissionDenied || error.errno == .notPermitted {
+                throw ConfigurationError("network interface \(interface.id): cannot \(interface.tapName == nil ? "create a tap" : "open tap \(interface.tapName!)") without CAP_NET_ADMIN (\(error))")
+            } catch {
+                throw ConfigurationError("network interface \(interface.id): \(error)")
+            }
+            if interface.tapName == nil { report("created tap \(tap.name) for \(interface.id)") }
+            let mac = interface.guestMAC.flatMap(NetDevice.parseMAC) ?? NetDevice.randomMAC()
+            devices.append(("virtio-net \(interface.id)", NetDevice(endpoint: tap, mac: mac)))
+        }
+        if let vsock = configuration.vsock {
+            do {
+                devices.append(("virtio-vsock", try VsockDevice(guestCID: vsock.guestCID, udsPath: vsock.udsPath)))
+            } catch {
+                throw ConfigurationError("vsock: \(error)")
             }
         }
         if configuration.entropy { devices.append(("virtio-rng", EntropyDevice())) }

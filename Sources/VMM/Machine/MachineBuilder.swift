@@ -25,7 +25,7 @@ public struct MachineBuilder {
         timer.step("read kernel and initrd")
         // Opening the disks (and locking them) before the VM exists refuses a
         // busy or unreadable image early.
-        let virtioDevices = try VirtioDeviceSet.devices(for: configuration)
+        let virtioDevices = try VirtioDeviceSet.devices(for: configuration, report: deviceLog)
         var request = LinuxBootRequest(
             kernel: kernel, initrd: initrd, commandLine: configuration.effectiveCommandLine, memorySize: configuration.memorySize,
             decompressOnHost: configuration.decompressOnHost, preferPVH: configuration.preferPVH,

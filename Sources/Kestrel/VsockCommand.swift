@@ -1,0 +1,127 @@
+import ArgumentParser
+import Glibc
+import HostSystem
+
+/// `kestrel vsock`: talk over virtio-vsock from either side, like `nc` for
+/// Firecracker's hybrid model.
+struct VsockCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vsock",
+        abstract: "Connect or listen over vsock: on the host through the VMM's Unix socket, in the guest through AF_VSOCK.",
+        discussion: """
+            Host side (the VMM was started with --vsock UDS):
+              kestrel vsock connect --uds UDS --port 52      # writes CONNECT 52, waits for OK, then relays stdin/stdout
+              kestrel vsock listen --uds UDS --port 5000     # accepts a guest connection to the host's port 5000 on UDS_5000
+            Guest side:
+              kestrel vsock connect --port 5000              # to the host (CID 2)
+              kestrel vsock listen --port 52 --echo          # answer host connections by echoing
+            """,
+        subcommands: [Connect.self, Listen.self])
+
+    struct Connect: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Connect, then relay stdin to the peer and the peer to stdout.")
+        @Option(help: "The VMM's vsock Unix socket (host side); without it, AF_VSOCK (guest side).") var uds: String?
+        @Option(help: "With AF_VSOCK: the peer's CID (2 is the host).") var cid: UInt32 = VsockSocket.hostCID
+        @Option(help: "The port to connect to.") var port: UInt32
+        @Flag(help: "Echo what the peer sends instead of relaying stdin.") var echo = false
+
+        func run() throws {
+            let fd: Int32
+            if let uds {
+                fd = try UnixSocket.connect(to: uds)
+                try setBlocking(fd)
+                try send(fd, Array("CONNECT \(port)\n".utf8))
+                let line = try readLine(fd)
+                guard line.hasPrefix("OK ") else { throw CommandFailure("\(uds): the VMM answered \"\(line)\" instead of OK (nobody listens on port \(port)?)") }
+                printError("kestrel vsock: connected to guest port \(port) (\(line))")
+            } else {
+                fd = try VsockSocket.connect(cid: cid, port: port)
+            }
+            try serve(fd, echo: echo)
+        }
+    }
+
+    struct Listen: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Accept one connection, then relay (or echo) it.")
+        @Option(help: "The VMM's vsock Unix socket (host side): listen on UDS_PORT; without it, AF_VSOCK (guest side).") var uds: String?
+        @Option(help: "The port to listen on.") var port: UInt32
+        @Flag(help: "Echo what the peer sends instead of relaying stdin.") var echo = false
+
+        func run() throws {
+            let listener: Int32
+            if let uds {
+                listener = try UnixSocket.listen(at: "\(uds)_\(port)")
+                try setBlocking(listener)
+            } else {
+                listener = try VsockSocket.listen(port: port)
+            }
+            printError("kestrel vsock: listening on \(uds.map { "\($0)_\(port)" } ?? "vsock port \(port)")")
+            let fd = Glibc.accept(listener, nil, nil)
+            guard fd >= 0 else { throw SystemCallError.current("accept") }
+            close(listener)
+            if let uds { unlink("\(uds)_\(port)") }
+            try serve(fd, echo: echo)
+        }
+    }
+}
+
+private func setBlocking(_ fd: Int32) throws {
+    let flags = fcntl(fd, F_GETFL)
+    try SystemCallError.check(fcntl(fd, F_SETFL, flags & ~O_NONBLOCK), "fcntl(F_SETFL)")
+}
+
+private func send(_ fd: Int32, _ bytes: [UInt8]) throws {
+    var offset = 0
+    while offset < bytes.count {
+        let count = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        if count < 0 && errno == EINTR { continue }
+        guard count > 0 else { throw SystemCallError.current("write") }
+        offset += count
+    }
+}
+
+/// Reads one line (without its newline), a byte at a time so nothing after it is consumed.
+private func readLine(_ fd: Int32) throws -> String {
+    var line: [UInt8] = []
+    var byte: UInt8 = 0
+    while line.count < 64 {
+        let count = read(fd, &byte, 1)
+        if count < 0 && errno == EINTR { continue }
+        guard count == 1 else { break }
+        if byte == 0x0A { return String(decoding: line, as: UTF8.self) }
+        line.append(byte)
+    }
+    return String(decoding: line, as: UTF8.self)
+}
+
+/// Relays stdin to `fd` and `fd` to stdout until both directions end (the
+/// peer's end of stream, and stdin's end, which shuts down our sending side),
+/// or echoes `fd` back to itself until the peer stops sending.
+private func serve(_ fd: Int32, echo: Bool) throws {
+    defer { close(fd) }
+    var buffer = [UInt8](repeating: 0, count: 64 << 10)
+    var stdinOpen = !echo
+    var peerOpen = true
+    while peerOpen || stdinOpen {
+        var entries: [pollfd] = []
+        if peerOpen { entries.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+        if stdinOpen { entries.append(pollfd(fd: 0, events: Int16(POLLIN), revents: 0)) }
+        if poll(&entries, nfds_t(entries.count), -1) < 0 {
+            if errno == EINTR { continue }
+            throw SystemCallError.current("poll")
+        }
+        for entry in entries where entry.revents != 0 {
+            let count = buffer.withUnsafeMutableBytes { read(entry.fd, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            if entry.fd == fd {
+                if count <= 0 { peerOpen = false; if echo { shutdown(fd, Int32(SHUT_WR)) }; continue }
+                try send(echo ? fd : 1, Array(buffer.prefix(count)))
+            } else if count <= 0 {
+                stdinOpen = false
+                shutdown(fd, Int32(SHUT_WR))
+            } else {
+                try send(fd, Array(buffer.prefix(count)))
+            }
+        }
+    }
+}
