@@ -3,7 +3,8 @@
 // Kestrel: a KVM hypervisor toolkit for Linux.
 // Targets form layers and import downwards only (the README's target table):
 // CHost <- HostSystem <- GuestMemory <- KVM (with CKVM, which nothing else
-// imports) <- X86 <- GuestKit, Confidential, Boot, VMM <- Conformance, Lab <- kestrel.
+// imports) <- X86 <- GuestKit, Confidential, Boot, VMM <- Conformance, Lab <- kestrel;
+// Virtio (devices, no KVM) sits on GuestMemory and HostSystem, under VMM.
 
 import PackageDescription
 
