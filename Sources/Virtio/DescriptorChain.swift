@@ -23,26 +23,63 @@ public struct DescriptorChain: Sendable {
     public var writableLength: Int { writable.reduce(0) { $0 + Int($1.length) } }
 }
 
-/// Reads a chain's device-readable bytes in order.
-public struct ChainReader {
+/// A position in a run of segments: hands out host views of the next bytes.
+/// The segments were checked against guest RAM when the chain was walked, so
+/// a view fails only if a RAM region went away, which never happens while
+/// devices run; the cursor then ends rather than trap.
+struct SegmentCursor {
     private let memory: GuestAddressSpace
     private let segments: ArraySlice<DescriptorSegment>
     private var segment: Int
     private var offset: UInt32 = 0
+    /// Bytes not passed yet.
+    private(set) var remaining: Int
+
+    init(_ segments: ArraySlice<DescriptorSegment>, memory: GuestAddressSpace) {
+        self.memory = memory
+        self.segments = segments
+        segment = segments.startIndex
+        remaining = segments.reduce(0) { $0 + Int($1.length) }
+    }
+
+    /// Calls `body` with views of the next `limit` bytes (fewer at the end); returns how many it passed.
+    @discardableResult
+    mutating func advance(upTo limit: Int, _ body: (UnsafeMutableRawBufferPointer) -> Void) -> Int {
+        var left = min(limit, remaining)
+        var passed = 0
+        while left > 0, segment < segments.endIndex {
+            let current = segments[segment]
+            let available = Int(current.length - offset)
+            if available == 0 { segment += 1; offset = 0; continue }
+            let count = min(available, left)
+            guard let view = try? memory.buffer(at: current.address + UInt64(offset), length: count) else {
+                remaining = 0
+                break
+            }
+            body(view)
+            offset += UInt32(count)
+            left -= count
+            remaining -= count
+            passed += count
+        }
+        return passed
+    }
+}
+
+/// Reads a chain's device-readable bytes in order.
+public struct ChainReader {
+    private var cursor: SegmentCursor
     /// Bytes not read yet.
-    public private(set) var remaining: Int
+    public var remaining: Int { cursor.remaining }
 
     public init(_ chain: DescriptorChain, memory: GuestAddressSpace) {
-        self.memory = memory
-        segments = chain.readable
-        segment = segments.startIndex
-        remaining = chain.readableLength
+        cursor = SegmentCursor(chain.readable, memory: memory)
     }
 
     /// Copies up to `buffer.count` bytes; returns how many.
     public mutating func read(into buffer: UnsafeMutableRawBufferPointer) -> Int {
         var copied = 0
-        forEachPiece(upTo: buffer.count) { piece in
+        cursor.advance(upTo: buffer.count) { piece in
             // Sound: `piece` is at most `buffer.count - copied` bytes.
             UnsafeMutableRawBufferPointer(rebasing: buffer[copied..<(copied + piece.count)]).copyMemory(from: UnsafeRawBufferPointer(piece))
             copied += piece.count
@@ -62,67 +99,42 @@ public struct ChainReader {
     /// for preadv/pwritev straight between a file and guest memory.
     public mutating func take(_ count: Int) -> [UnsafeMutableRawBufferPointer] {
         var pieces: [UnsafeMutableRawBufferPointer] = []
-        forEachPiece(upTo: count) { pieces.append($0) }
+        cursor.advance(upTo: count) { pieces.append($0) }
         return pieces
     }
 
     /// Skips up to `count` bytes.
     public mutating func skip(_ count: Int) {
-        forEachPiece(upTo: count) { _ in }
-    }
-
-    private mutating func forEachPiece(upTo limit: Int, _ body: (UnsafeMutableRawBufferPointer) -> Void) {
-        var left = min(limit, remaining)
-        while left > 0, segment < segments.endIndex {
-            let current = segments[segment]
-            let available = Int(current.length - offset)
-            if available == 0 { segment += 1; offset = 0; continue }
-            let count = min(available, left)
-            // The segment was checked against guest RAM when the chain was walked,
-            // so this lookup only fails if a region went away (it never does while
-            // devices run); stop reading rather than trap.
-            guard let view = try? memory.buffer(at: current.address + UInt64(offset), length: count) else {
-                remaining = 0
-                return
-            }
-            body(view)
-            offset += UInt32(count)
-            left -= count
-            remaining -= count
-        }
+        cursor.advance(upTo: count) { _ in }
     }
 }
 
 /// Writes into a chain's device-writable bytes in order and counts them (the
 /// used ring's length).
 public struct ChainWriter {
-    private let memory: GuestAddressSpace
-    private let segments: ArraySlice<DescriptorSegment>
-    private var segment: Int
-    private var offset: UInt32 = 0
+    private var cursor: SegmentCursor
     /// Bytes written so far (what the used ring reports).
     public private(set) var written = 0
     /// Bytes passed so far, written or skipped.
     public private(set) var position = 0
     /// Writable bytes not written yet.
-    public private(set) var remaining: Int
+    public var remaining: Int { cursor.remaining }
 
     public init(_ chain: DescriptorChain, memory: GuestAddressSpace) {
-        self.memory = memory
-        segments = chain.writable
-        segment = segments.startIndex
-        remaining = chain.writableLength
+        cursor = SegmentCursor(chain.writable, memory: memory)
     }
 
     /// Copies as many of `bytes` as fit; returns how many.
     @discardableResult
     public mutating func write(_ bytes: UnsafeRawBufferPointer) -> Int {
         var copied = 0
-        forEachPiece(upTo: bytes.count) { piece in
+        let count = cursor.advance(upTo: bytes.count) { piece in
             piece.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[copied..<(copied + piece.count)]))
             copied += piece.count
         }
-        return copied
+        written += count
+        position += count
+        return count
     }
 
     @discardableResult
@@ -135,7 +147,9 @@ public struct ChainWriter {
     /// Call `unwrite` for bytes that were not filled after all.
     public mutating func take(_ count: Int) -> [UnsafeMutableRawBufferPointer] {
         var pieces: [UnsafeMutableRawBufferPointer] = []
-        forEachPiece(upTo: count) { pieces.append($0) }
+        let passed = cursor.advance(upTo: count) { pieces.append($0) }
+        written += passed
+        position += passed
         return pieces
     }
 
@@ -143,33 +157,11 @@ public struct ChainWriter {
     /// the bytes in between (they keep what the driver had there).
     public mutating func skip(to target: Int) {
         guard target > position else { return }
-        let before = written
-        forEachPiece(upTo: target - position) { _ in }
-        written = before
+        position += cursor.advance(upTo: target - position) { _ in }
     }
 
     /// Takes back the count of `count` bytes handed out by `take` but not filled.
     public mutating func unwrite(_ count: Int) {
         written -= min(count, written)
-    }
-
-    private mutating func forEachPiece(upTo limit: Int, _ body: (UnsafeMutableRawBufferPointer) -> Void) {
-        var left = min(limit, remaining)
-        while left > 0, segment < segments.endIndex {
-            let current = segments[segment]
-            let available = Int(current.length - offset)
-            if available == 0 { segment += 1; offset = 0; continue }
-            let count = min(available, left)
-            guard let view = try? memory.buffer(at: current.address + UInt64(offset), length: count) else {
-                remaining = 0
-                return
-            }
-            body(view)
-            offset += UInt32(count)
-            left -= count
-            remaining -= count
-            written += count
-            position += count
-        }
     }
 }
