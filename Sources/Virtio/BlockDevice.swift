@@ -30,7 +30,8 @@ public final class BlockDevice: VirtioDevice {
     public let capacity: UInt64
     private let file: Int32
     private let identifier: [UInt8]
-    private let configuration: [UInt8]
+    /// struct virtio_blk_config.
+    public let configurationSpace: [UInt8]
     private let context = Mutex<VirtioContext?>(nil)
 
     /// Opens `path` (read-write unless `readOnly`) and takes an OFD lock on it,
@@ -65,7 +66,7 @@ public final class BlockDevice: VirtioDevice {
         var features = Feature.segmentMaximum | Feature.blockSize | (flush ? Feature.flush : 0)
         features |= readOnly ? Feature.readOnly : Feature.discard | Feature.writeZeroes
         offeredFeatures = features
-        configuration = Self.configurationSpace(capacity: capacity)
+        configurationSpace = Self.configurationSpace(capacity: capacity)
     }
 
     deinit { close(file) }
@@ -73,26 +74,16 @@ public final class BlockDevice: VirtioDevice {
     /// struct virtio_blk_config, up to write_zeroes_may_unmap.
     static func configurationSpace(capacity: UInt64) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 60)
-        func put<T: FixedWidthInteger>(_ value: T, at offset: Int) {
-            for index in 0..<MemoryLayout<T>.size { bytes[offset + index] = UInt8(truncatingIfNeeded: value >> (8 * index)) }
-        }
-        put(capacity, at: 0)
-        put(UInt32(queueSize - 2), at: 12)           // seg_max
-        put(UInt32(sectorSize), at: 20)              // blk_size
-        put(UInt32(1) << 22, at: 36)                 // max_discard_sectors: 2 GiB per range
-        put(UInt32(1), at: 40)                       // max_discard_seg
-        put(UInt32(8), at: 44)                       // discard_sector_alignment: 4 KiB
-        put(UInt32(1) << 22, at: 48)                 // max_write_zeroes_sectors
-        put(UInt32(1), at: 52)                       // max_write_zeroes_seg
-        bytes[56] = 1                                // write_zeroes_may_unmap
+        bytes.storeLittleEndian(capacity, at: 0)
+        bytes.storeLittleEndian(UInt32(queueSize - 2), at: 12)   // seg_max
+        bytes.storeLittleEndian(UInt32(sectorSize), at: 20)      // blk_size
+        bytes.storeLittleEndian(UInt32(1) << 22, at: 36)         // max_discard_sectors: 2 GiB per range
+        bytes.storeLittleEndian(UInt32(1), at: 40)               // max_discard_seg
+        bytes.storeLittleEndian(UInt32(8), at: 44)               // discard_sector_alignment: 4 KiB
+        bytes.storeLittleEndian(UInt32(1) << 22, at: 48)         // max_write_zeroes_sectors
+        bytes.storeLittleEndian(UInt32(1), at: 52)               // max_write_zeroes_seg
+        bytes[56] = 1                                            // write_zeroes_may_unmap
         return bytes
-    }
-
-    public func readConfiguration(at offset: Int, into data: UnsafeMutableRawBufferPointer) {
-        for index in data.indices {
-            let position = offset + index
-            data[index] = position < configuration.count ? configuration[position] : 0
-        }
     }
 
     public func activate(_ context: VirtioContext) throws { self.context.withLock { $0 = context } }

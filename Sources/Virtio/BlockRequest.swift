@@ -27,11 +27,8 @@ public struct BlockRequestHeader: Equatable, Sendable {
     /// Parses a header; nil when fewer than 16 bytes are given.
     public init?(_ bytes: [UInt8]) {
         guard bytes.count >= Self.size else { return nil }
-        func field<T: FixedWidthInteger>(_ offset: Int, _: T.Type) -> T {
-            (0..<MemoryLayout<T>.size).reduce(T.zero) { $0 | T(bytes[offset + $1]) << (8 * $1) }
-        }
-        kind = Kind(field(0, UInt32.self))
-        sector = field(8, UInt64.self)
+        kind = Kind(bytes.littleEndian(at: 0, as: UInt32.self))
+        sector = bytes.littleEndian(at: 8)
     }
 }
 
@@ -47,13 +44,9 @@ public struct BlockRange: Equatable, Sendable {
 
     public init?(_ bytes: ArraySlice<UInt8>) {
         guard bytes.count >= Self.size else { return nil }
-        let base = bytes.startIndex
-        func field<T: FixedWidthInteger>(_ offset: Int, _: T.Type) -> T {
-            (0..<MemoryLayout<T>.size).reduce(T.zero) { $0 | T(bytes[base + offset + $1]) << (8 * $1) }
-        }
-        sector = field(0, UInt64.self)
-        sectorCount = field(8, UInt32.self)
-        flags = field(12, UInt32.self)
+        sector = bytes.littleEndian(at: 0)
+        sectorCount = bytes.littleEndian(at: 8)
+        flags = bytes.littleEndian(at: 12)
     }
 }
 

@@ -15,9 +15,8 @@ public final class EntropyDevice: VirtioDevice {
 
     public var bytesServed: Int { served.load(ordering: .relaxed) }
 
-    public func readConfiguration(at offset: Int, into data: UnsafeMutableRawBufferPointer) {
-        for index in data.indices { data[index] = 0 }  // no configuration space
-    }
+    /// virtio-rng has no configuration space.
+    public let configurationSpace: [UInt8] = []
 
     public func activate(_ context: VirtioContext) throws { self.context.withLock { $0 = context } }
     public func reset() { context.withLock { $0 = nil } }

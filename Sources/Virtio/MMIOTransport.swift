@@ -59,6 +59,12 @@ public final class MMIOTransport: Sendable {
         var status = VirtioStatus()
         var active = false
         var faultLogged = false
+
+        /// The state after a reset: every queue at its largest size, not ready.
+        init(queueSizes: [UInt16]) {
+            queues = queueSizes.map { QueueConfiguration(size: $0) }
+            ready = queueSizes.map { _ in false }
+        }
     }
 
     /// - Parameters:
@@ -74,8 +80,7 @@ public final class MMIOTransport: Sendable {
         self.log = log
         interrupt = VirtioInterrupt(line: interruptLine)
         queueNotifiers = try device.queueSizes.map { _ in try EventNotifier() }
-        state = Mutex(State(queues: device.queueSizes.map { QueueConfiguration(size: $0) },
-                            ready: device.queueSizes.map { _ in false }))
+        state = Mutex(State(queueSizes: device.queueSizes))
         for (index, notifier) in queueNotifiers.enumerated() {
             try loop.add(notifier.fileDescriptor) { [weak self] _ in
                 notifier.drain()
@@ -97,7 +102,10 @@ public final class MMIOTransport: Sendable {
 
     public func read(offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
         if offset >= UInt64(Register.configuration) {
-            device.readConfiguration(at: Int(offset) - Register.configuration, into: data)
+            // Bytes past the end of the configuration space read as 0.
+            let space = device.configurationSpace
+            let start = Int(offset) - Register.configuration
+            for index in data.indices { data[index] = start + index < space.count ? space[start + index] : 0 }
             return
         }
         // Registers are 32 bits wide and read as such (4.2.2.2); anything else reads 0.
@@ -109,11 +117,8 @@ public final class MMIOTransport: Sendable {
     }
 
     public func write(offset: UInt64, from data: UnsafeRawBufferPointer) {
-        if offset >= UInt64(Register.configuration) {
-            device.writeConfiguration(at: Int(offset) - Register.configuration, from: data)
-            return
-        }
-        guard data.count == 4, offset % 4 == 0 else { return }
+        // Configuration space writes are dropped: no field Kestrel offers is writable.
+        guard offset < UInt64(Register.configuration), data.count == 4, offset % 4 == 0 else { return }
         writeRegister(Int(offset), UInt32(littleEndian: data.loadUnaligned(as: UInt32.self)))
     }
 
@@ -196,8 +201,7 @@ public final class MMIOTransport: Sendable {
         state.withLock { state in
             if value == 0 {
                 if state.active { deactivate(&state) }
-                let sizes = device.queueSizes
-                state = State(queues: sizes.map { QueueConfiguration(size: $0) }, ready: sizes.map { _ in false })
+                state = State(queueSizes: device.queueSizes)
                 interrupt.clear()
                 return
             }
@@ -215,10 +219,8 @@ public final class MMIOTransport: Sendable {
                     do {
                         var queues: [SplitQueue] = []
                         for index in state.queues.indices where state.ready[index] {
-                            do {
-                                queues.append(try SplitQueue(index: index, configuration: state.queues[index], memory: memory,
-                                                             features: state.driverFeatures))
-                            } catch let error as QueueFault { throw error }
+                            queues.append(try SplitQueue(index: index, configuration: state.queues[index], memory: memory,
+                                                         features: state.driverFeatures))
                         }
                         guard queues.count == state.queues.count else {
                             throw QueueFault("driver set DRIVER_OK with \(state.queues.count - queues.count) of \(state.queues.count) queues not ready")
@@ -226,7 +228,7 @@ public final class MMIOTransport: Sendable {
                         try device.activate(context(queues: queues, features: state.driverFeatures))
                         state.active = true
                     } catch {
-                        for fd in watched.withLock({ set in defer { set = [] }; return set }) { loop.remove(fd) }
+                        dropWatches()
                         status.insert(.needsReset)
                         fault = "\(error)"
                         state.faultLogged = true
@@ -235,16 +237,24 @@ public final class MMIOTransport: Sendable {
             }
             state.status = status
         }
-        if let fault {
-            log("\(name): needs reset: \(fault)")
-            interrupt.raise(.configurationChange)
-        }
+        if let fault { report(fault) }
+    }
+
+    /// Logs a fault's one line and tells the driver (a configuration interrupt).
+    private func report(_ fault: String) {
+        log("\(name): needs reset: \(fault)")
+        interrupt.raise(.configurationChange)
     }
 
     // MARK: Queue processing (the event loop's thread)
 
-    private func deactivate(_ state: inout State) {
+    /// Stops watching every fd the device watched.
+    private func dropWatches() {
         for fd in watched.withLock({ set in defer { set = [] }; return set }) { loop.remove(fd) }
+    }
+
+    private func deactivate(_ state: inout State) {
+        dropWatches()
         device.reset()
         state.active = false
     }
@@ -274,7 +284,7 @@ public final class MMIOTransport: Sendable {
     /// Runs device work on the loop's thread while the device is active, and
     /// turns a fault into DEVICE_NEEDS_RESET.
     private func run(_ work: () throws(QueueFault) -> Void) {
-        var fault: QueueFault?
+        var fault: String?
         state.withLock { state in
             guard state.active else { return }
             do throws(QueueFault) {
@@ -284,13 +294,10 @@ public final class MMIOTransport: Sendable {
                 state.status.insert(.needsReset)
                 if !state.faultLogged {
                     state.faultLogged = true
-                    fault = error
+                    fault = "\(error)"
                 }
             }
         }
-        if let fault {
-            log("\(name): needs reset: \(fault)")
-            interrupt.raise(.configurationChange)
-        }
+        if let fault { report(fault) }
     }
 }

@@ -90,14 +90,8 @@ public final class NetDevice: VirtioDevice {
         return bytes.count == 6 ? bytes : nil
     }
 
-    public func readConfiguration(at offset: Int, into data: UnsafeMutableRawBufferPointer) {
-        // struct virtio_net_config: mac[6], status (VIRTIO_NET_S_LINK_UP).
-        let bytes = macAddress + [1, 0]
-        for index in data.indices {
-            let position = offset + index
-            data[index] = position >= 0 && position < bytes.count ? bytes[position] : 0
-        }
-    }
+    /// struct virtio_net_config: mac[6], then status with VIRTIO_NET_S_LINK_UP.
+    public var configurationSpace: [UInt8] { macAddress + [1, 0] }
 
     public func activate(_ context: VirtioContext) throws {
         try endpoint.acceptOffloads(guestFeatures: context.features)
@@ -141,7 +135,7 @@ public final class NetDevice: VirtioDevice {
                 throw QueueFault("virtio-net receive buffer \(chain.head) has \(writer.remaining) writable bytes, less than the \(Self.headerSize)-byte header")
             }
             let pieces = writer.take(writer.remaining)
-            let count = Self.vectored(pieces) { readv(endpoint.fileDescriptor, $0, $1) }
+            let count = withIOVectors(pieces) { readv(endpoint.fileDescriptor, $0, $1) }
             if count < Self.headerSize {
                 queue.undoNext()  // nothing to read (EAGAIN) or a runt: keep the buffer
                 if count < 0 { return }
@@ -168,7 +162,7 @@ public final class NetDevice: VirtioDevice {
             let length = reader.remaining
             if length < Self.headerSize {
                 dropped += 1
-            } else if Self.vectored(reader.take(length), { writev(endpoint.fileDescriptor, $0, $1) }) == length {
+            } else if withIOVectors(reader.take(length), { writev(endpoint.fileDescriptor, $0, $1) }) == length {
                 sent += 1
                 bytes += length - Self.headerSize
             } else {
@@ -178,17 +172,5 @@ public final class NetDevice: VirtioDevice {
         }
         counters.withLock { $0.sentFrames += sent; $0.sentBytes += bytes; $0.dropped += dropped }
         context.notifyIfNeeded(queue)
-    }
-
-    /// Calls readv/writev-like `body` with iovecs for `pieces` (at most 1024,
-    /// IOV_MAX), retrying on EINTR; returns its result.
-    static func vectored(_ pieces: [UnsafeMutableRawBufferPointer], _ body: (UnsafePointer<iovec>, Int32) -> Int) -> Int {
-        let vectors = pieces.prefix(1024).map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
-        while true {
-            // Sound: the iovecs cover checked guest RAM.
-            let result = vectors.withUnsafeBufferPointer { body($0.baseAddress!, Int32($0.count)) }
-            if result < 0 && errno == EINTR { continue }
-            return result
-        }
     }
 }

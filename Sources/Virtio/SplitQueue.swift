@@ -38,7 +38,7 @@ public final class SplitQueue {
     public private(set) var nextAvailable: UInt16 = 0
     /// The next used-ring slot to fill (free-running).
     public private(set) var nextUsed: UInt16 = 0
-    /// `nextUsed` when the driver was last notified.
+    /// `nextUsed` at the last `needsInterrupt` check (vhost's signalled_used).
     private var notifiedUsed: UInt16 = 0
 
     private static let descriptorSize: UInt64 = 16
@@ -50,7 +50,7 @@ public final class SplitQueue {
         indirect = features & VirtioFeature.indirectDescriptors != 0
         let extra: UInt64 = eventIndex ? 2 : 0
         let areas: [(String, GuestAddress, UInt64, UInt64)] = [
-            ("descriptor table", configuration.descriptorTable, 16 * size, 16),
+            ("descriptor table", configuration.descriptorTable, Self.descriptorSize * size, 16),
             ("available ring", configuration.availableRing, 4 + 2 * size + extra, 2),
             ("used ring", configuration.usedRing, 4 + 8 * size + extra, 4),
         ]
@@ -70,19 +70,13 @@ public final class SplitQueue {
     private var size: UInt16 { configuration.size }
 
     // The areas were checked at creation, so these loads and stores stay inside
-    // guest RAM; `try!` would trap only if a RAM region were removed while the
-    // device runs, which Kestrel never does.
+    // guest RAM. They could fail only if a RAM region were removed while the
+    // device runs, which Kestrel never does; a load then reads 0 and a store
+    // is dropped rather than trap.
     private func load16(_ address: GuestAddress) -> UInt16 { (try? memory.load(UInt16.self, at: address)) ?? 0 }
 
     /// The driver's available index.
     private var availableIndex: UInt16 { load16(configuration.availableRing + 2) }
-
-    /// Whether the driver made a chain available that is not consumed yet.
-    public var hasAvailable: Bool {
-        let index = availableIndex
-        atomicMemoryFence(ordering: .acquiring)
-        return index != nextAvailable
-    }
 
     /// Takes the next available chain, or nil when none is. Throws when the ring
     /// or the chain is malformed.
@@ -131,7 +125,7 @@ public final class SplitQueue {
     }
 
     private func descriptor(in table: GuestAddress, at position: UInt16) -> RawDescriptor? {
-        guard let bytes = try? memory.buffer(at: table + Self.descriptorSize * UInt64(position), length: 16) else { return nil }
+        guard let bytes = try? memory.buffer(at: table + Self.descriptorSize * UInt64(position), length: Int(Self.descriptorSize)) else { return nil }
         return RawDescriptor(
             address: UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
             length: UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
@@ -162,7 +156,8 @@ public final class SplitQueue {
                 guard raw.flags & RawDescriptor.next == 0 else {
                     throw QueueFault("queue \(index): descriptor \(position) of chain \(head) has both INDIRECT and NEXT")
                 }
-                guard raw.length > 0, raw.length % 16 == 0, raw.length / 16 <= UInt32(size) else {
+                let entries = UInt64(raw.length) / Self.descriptorSize
+                guard raw.length > 0, UInt64(raw.length) % Self.descriptorSize == 0, entries <= UInt64(size) else {
                     throw QueueFault("queue \(index): indirect table of \(raw.length) bytes in chain \(head) is not 1...\(size) descriptors")
                 }
                 let address = GuestAddress(raw.address)
@@ -170,7 +165,7 @@ public final class SplitQueue {
                     throw QueueFault("queue \(index): indirect table [\(address), +\(raw.length)) of chain \(head) is not inside guest RAM")
                 }
                 table = address
-                tableSize = UInt16(raw.length / 16)
+                tableSize = UInt16(entries)
                 position = 0
                 inIndirect = true
                 continue
@@ -208,8 +203,8 @@ public final class SplitQueue {
     }
 
     /// Whether the driver wants an interrupt for the chains completed since the
-    /// last time this returned true (used_event with EVENT_IDX, otherwise the
-    /// available ring's NO_INTERRUPT flag).
+    /// last check (used_event with EVENT_IDX, otherwise the available ring's
+    /// NO_INTERRUPT flag).
     public func needsInterrupt() -> Bool {
         // The used index store must be visible before the driver's wish is read.
         atomicMemoryFence(ordering: .sequentiallyConsistent)

@@ -5,8 +5,8 @@ import HostSystem
 /// what it does with its queues. The transport does the rest (feature
 /// negotiation, queue set-up, status, interrupts, notifications).
 ///
-/// Threads: `readConfiguration`/`writeConfiguration` come from vCPU threads;
-/// `activate`, `process` and `reset` from the device's event loop thread.
+/// Threads: `configurationSpace` is read from vCPU threads; `activate`,
+/// `process` and `reset` come from the device's event loop thread.
 public protocol VirtioDevice: AnyObject, Sendable {
     var deviceType: VirtioDeviceType { get }
     /// Device-specific feature bits offered (the transport adds VERSION_1,
@@ -15,8 +15,9 @@ public protocol VirtioDevice: AnyObject, Sendable {
     /// The largest size of each queue.
     var queueSizes: [UInt16] { get }
 
-    func readConfiguration(at offset: Int, into data: UnsafeMutableRawBufferPointer)
-    func writeConfiguration(at offset: Int, from data: UnsafeRawBufferPointer)
+    /// The device's configuration space, read-only (no device Kestrel has
+    /// offers a writable field); the transport serves reads from it.
+    var configurationSpace: [UInt8] { get }
 
     /// The driver set DRIVER_OK: `queues` are ready, and `features` are what
     /// it accepted. Throwing marks the device as needing a reset.
@@ -30,7 +31,6 @@ public protocol VirtioDevice: AnyObject, Sendable {
 }
 
 extension VirtioDevice {
-    public func writeConfiguration(at offset: Int, from data: UnsafeRawBufferPointer) {}
     /// What the device did, for `kestrel run --verbose` (nil: nothing to say).
     public var activitySummary: String? { nil }
 }

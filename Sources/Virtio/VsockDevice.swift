@@ -44,11 +44,11 @@ public final class VsockDevice: VirtioDevice {
         unlink(udsPath)
     }
 
-    public func readConfiguration(at offset: Int, into data: UnsafeMutableRawBufferPointer) {
-        for index in data.indices {
-            let position = offset + index
-            data[index] = (0..<8).contains(position) ? UInt8(truncatingIfNeeded: guestCID >> (8 * UInt64(position))) : 0
-        }
+    /// struct virtio_vsock_config: guest_cid.
+    public var configurationSpace: [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.appendLittleEndian(guestCID)
+        return bytes
     }
 
     public func activate(_ context: VirtioContext) throws {
@@ -379,7 +379,7 @@ final class VsockEngine {
                 writer.skip(to: VsockHeader.size)
                 let room = min(writer.remaining, Int(credit), 64 << 10)
                 let pieces = writer.take(room)
-                let count = NetDevice.vectored(pieces) { readv(connection.fd, $0, $1) }
+                let count = withIOVectors(pieces) { readv(connection.fd, $0, $1) }
                 if count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
                     queue.undoNext()
                     connection.hostReadable = false

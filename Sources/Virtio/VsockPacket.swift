@@ -40,29 +40,25 @@ public struct VsockHeader: Equatable, Sendable {
     /// Parses the first 44 bytes; nil when fewer are given.
     public init?(_ bytes: [UInt8]) {
         guard bytes.count >= Self.size else { return nil }
-        func field<T: FixedWidthInteger>(_ offset: Int) -> T {
-            (0..<MemoryLayout<T>.size).reduce(T.zero) { $0 | T(bytes[offset + $1]) << (8 * $1) }
-        }
-        sourceCID = field(0)
-        destinationCID = field(8)
-        sourcePort = field(16)
-        destinationPort = field(20)
-        length = field(24)
-        type = field(28)
-        operation = field(30)
-        flags = field(32)
-        bufferAllocation = field(36)
-        forwardCount = field(40)
+        sourceCID = bytes.littleEndian(at: 0)
+        destinationCID = bytes.littleEndian(at: 8)
+        sourcePort = bytes.littleEndian(at: 16)
+        destinationPort = bytes.littleEndian(at: 20)
+        length = bytes.littleEndian(at: 24)
+        type = bytes.littleEndian(at: 28)
+        operation = bytes.littleEndian(at: 30)
+        flags = bytes.littleEndian(at: 32)
+        bufferAllocation = bytes.littleEndian(at: 36)
+        forwardCount = bytes.littleEndian(at: 40)
     }
 
     public var bytes: [UInt8] {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(Self.size)
-        func put<T: FixedWidthInteger>(_ value: T) {
-            for index in 0..<MemoryLayout<T>.size { bytes.append(UInt8(truncatingIfNeeded: value >> (8 * index))) }
-        }
-        put(sourceCID); put(destinationCID); put(sourcePort); put(destinationPort); put(length)
-        put(type); put(operation); put(flags); put(bufferAllocation); put(forwardCount)
+        bytes.appendLittleEndian(sourceCID); bytes.appendLittleEndian(destinationCID)
+        bytes.appendLittleEndian(sourcePort); bytes.appendLittleEndian(destinationPort); bytes.appendLittleEndian(length)
+        bytes.appendLittleEndian(type); bytes.appendLittleEndian(operation); bytes.appendLittleEndian(flags)
+        bytes.appendLittleEndian(bufferAllocation); bytes.appendLittleEndian(forwardCount)
         return bytes
     }
 
