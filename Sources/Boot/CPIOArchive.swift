@@ -26,8 +26,7 @@ public struct CPIOArchive: Sendable {
 
     /// Adds an entry. `path` is relative (no leading "/"); permissions are the low 12 bits of `mode`.
     public mutating func add(_ path: String, _ kind: Kind, mode: UInt32, modificationTime: UInt32 = 0) throws {
-        let name = path.hasPrefix("/") ? String(path.dropFirst()) : path
-        guard !name.isEmpty, !name.split(separator: "/").contains("..") else { throw CPIOError("invalid archive path \"\(path)\"") }
+        let name = try Self.entryName(path)
         guard names.insert(name).inserted else { throw CPIOError("\(name) is in the archive twice") }
         let data: [UInt8]
         var major: UInt32 = 0, minor: UInt32 = 0
@@ -40,6 +39,26 @@ public struct CPIOArchive: Sendable {
         guard data.count <= Int(UInt32.max) else { throw CPIOError("\(name) is larger than 4 GiB") }
         append(name: name, mode: kind.typeBits | (mode & 0o7777), links: kind == .directory ? 2 : 1,
                time: modificationTime, data: data, rdevMajor: major, rdevMinor: minor)
+    }
+
+    /// Adds an entry after any of its parent directories that are not in the
+    /// archive yet (as mode 0755 directories).
+    public mutating func addWithParents(_ path: String, _ kind: Kind, mode: UInt32) throws {
+        let name = try Self.entryName(path)
+        var parent = ""
+        for component in name.split(separator: "/").dropLast() {
+            parent += parent.isEmpty ? String(component) : "/" + component
+            if !names.contains(parent) { try add(parent, .directory, mode: 0o755) }
+        }
+        if kind == .directory && names.contains(name) { return }
+        try add(name, kind, mode: mode)
+    }
+
+    /// `path` without a leading "/"; refused when empty or when it climbs out with "..".
+    private static func entryName(_ path: String) throws -> String {
+        let name = path.hasPrefix("/") ? String(path.dropFirst()) : path
+        guard !name.isEmpty, !name.split(separator: "/").contains("..") else { throw CPIOError("invalid archive path \"\(path)\"") }
+        return name
     }
 
     /// The archive with its trailer.

@@ -97,22 +97,8 @@ public enum InitramfsBuilder {
         try archive.add("dev/console", .characterDevice(major: 5, minor: 1), mode: 0o600)
         try archive.add("bin/busybox", .file(bytes), mode: 0o755)
         try archive.add("bin/sh", .symlink(target: "busybox"), mode: 0o777)
-        if !modules.isEmpty {
-            for directory in ["lib", "lib/modules", moduleDirectory] { try archive.add(directory, .directory, mode: 0o755) }
-            for module in modules { try archive.add("\(moduleDirectory)/\(module.name).ko", .file(module.object), mode: 0o644) }
-        }
-        var directories: Set<String> = ["bin", "dev", "proc", "sys", "tmp"]
-        if !modules.isEmpty { directories.formUnion(["lib", "lib/modules", moduleDirectory]) }
-        for file in files {
-            let relative = String(file.path.drop { $0 == "/" })
-            guard !relative.isEmpty, !relative.split(separator: "/").contains("..") else { throw CPIOError("\(file.path) is not a path inside the archive") }
-            var parent = ""
-            for component in relative.split(separator: "/").dropLast() {
-                parent += parent.isEmpty ? String(component) : "/" + component
-                if directories.insert(parent).inserted { try archive.add(parent, .directory, mode: 0o755) }
-            }
-            try archive.add(relative, .file(file.bytes), mode: file.mode)
-        }
+        for module in modules { try archive.addWithParents("\(moduleDirectory)/\(module.name).ko", .file(module.object), mode: 0o644) }
+        for file in files { try archive.addWithParents(file.path, .file(file.bytes), mode: file.mode) }
         try archive.add("init", .file(Array(initScript(command: command, modules: modules.map(\.name)).utf8)), mode: 0o755)
         return archive.finished()
     }

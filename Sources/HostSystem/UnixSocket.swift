@@ -88,9 +88,11 @@ public enum UnixSocket {
         }
     }
 
-    public static func setNonBlocking(_ fd: Int32) throws {
+    /// Sets or clears O_NONBLOCK on `fd`.
+    public static func setNonBlocking(_ fd: Int32, _ nonBlocking: Bool = true) throws {
         let flags = fcntl(fd, F_GETFL)
         try SystemCallError.check(flags, "fcntl(F_GETFL)")
-        try SystemCallError.check(fcntl(fd, F_SETFL, flags | O_NONBLOCK), "fcntl(F_SETFL, O_NONBLOCK)")
+        let updated = nonBlocking ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
+        try SystemCallError.check(fcntl(fd, F_SETFL, updated), "fcntl(F_SETFL, \(nonBlocking ? "" : "~")O_NONBLOCK)")
     }
 }

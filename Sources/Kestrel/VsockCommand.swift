@@ -29,7 +29,7 @@ struct VsockCommand: ParsableCommand {
             let fd: Int32
             if let uds {
                 fd = try UnixSocket.connect(to: uds)
-                try setBlocking(fd)
+                try UnixSocket.setNonBlocking(fd, false)
                 try send(fd, Array("CONNECT \(port)\n".utf8))
                 let line = try readLine(fd)
                 guard line.hasPrefix("OK ") else { throw CommandFailure("\(uds): the VMM answered \"\(line)\" instead of OK (nobody listens on port \(port)?)") }
@@ -51,7 +51,7 @@ struct VsockCommand: ParsableCommand {
             let listener: Int32
             if let uds {
                 listener = try UnixSocket.listen(at: "\(uds)_\(port)")
-                try setBlocking(listener)
+                try UnixSocket.setNonBlocking(listener, false)
             } else {
                 listener = try VsockSocket.listen(port: port)
             }
@@ -63,11 +63,6 @@ struct VsockCommand: ParsableCommand {
             try serve(fd, echo: echo)
         }
     }
-}
-
-private func setBlocking(_ fd: Int32) throws {
-    let flags = fcntl(fd, F_GETFL)
-    try SystemCallError.check(fcntl(fd, F_SETFL, flags & ~O_NONBLOCK), "fcntl(F_SETFL)")
 }
 
 private func send(_ fd: Int32, _ bytes: [UInt8]) throws {

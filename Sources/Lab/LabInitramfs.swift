@@ -109,17 +109,8 @@ public struct LabInitramfs {
     /// The archive.
     public func build() throws -> [UInt8] {
         var archive = CPIOArchive()
-        var directories = Set<String>()
-        func addDirectory(_ path: String) throws {
-            guard !path.isEmpty, directories.insert(path).inserted else { return }
-            if let slash = path.lastIndex(of: "/") { try addDirectory(String(path[..<slash])) }
-            try archive.add(path, .directory, mode: 0o755)
-        }
-        func addFile(_ path: String, _ bytes: [UInt8], mode: UInt32) throws {
-            let relative = path.hasPrefix("/") ? String(path.dropFirst()) : path
-            if let slash = relative.lastIndex(of: "/") { try addDirectory(String(relative[..<slash])) }
-            try archive.add(relative, .file(bytes), mode: mode)
-        }
+        func addDirectory(_ path: String) throws { try archive.addWithParents(path, .directory, mode: 0o755) }
+        func addFile(_ path: String, _ bytes: [UInt8], mode: UInt32) throws { try archive.addWithParents(path, .file(bytes), mode: mode) }
         for directory in ["bin", "dev", "proc", "sys", "tmp", "root", "lab/bin", Self.moduleDirectory] { try addDirectory(directory) }
         try archive.add("dev/console", .characterDevice(major: 5, minor: 1), mode: 0o600)
         let busyboxBytes = try readBytes(busybox)
