@@ -126,10 +126,10 @@ public final class NetDevice: VirtioDevice {
         while true {
             guard let chain = try queue.nextOrEnableNotification() else {
                 // No buffers: stop watching the endpoint until the driver adds some.
-                if receiving.withLock({ let was = $0; $0 = false; return was }) { context.setInterest(endpoint.fileDescriptor, []) }
+                watchEndpoint(false, context)
                 return
             }
-            if !receiving.withLock({ let was = $0; $0 = true; return was }) { context.setInterest(endpoint.fileDescriptor, .readable) }
+            watchEndpoint(true, context)
             var writer = ChainWriter(chain, memory: context.memory)
             guard writer.remaining >= Self.headerSize else {
                 throw QueueFault("virtio-net receive buffer \(chain.head) has \(writer.remaining) writable bytes, less than the \(Self.headerSize)-byte header")
@@ -149,6 +149,13 @@ public final class NetDevice: VirtioDevice {
             queue.complete(chain.head, written: count)
             received += 1
             bytes += count - Self.headerSize
+        }
+    }
+
+    /// Watches the endpoint for frames, or stops, when that changes.
+    private func watchEndpoint(_ watch: Bool, _ context: VirtioContext) {
+        if receiving.withLock({ let was = $0; $0 = watch; return was }) != watch {
+            context.setInterest(endpoint.fileDescriptor, watch ? .readable : [])
         }
     }
 
