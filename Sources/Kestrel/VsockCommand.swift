@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import HostSystem
+import TextFormat
 
 /// `kestrel vsock`: talk over virtio-vsock from either side, like `nc` for
 /// Firecracker's hybrid model.
@@ -15,8 +16,10 @@ struct VsockCommand: ParsableCommand {
             Guest side:
               kestrel vsock connect --port 5000              # to the host (CID 2)
               kestrel vsock listen --port 52 --echo          # answer host connections by echoing
+            Either side, against an echoing peer:
+              kestrel vsock ping --uds UDS --port 52 --count 1000   # round-trip latency: median, p90, p99, min
             """,
-        subcommands: [Connect.self, Listen.self])
+        subcommands: [Connect.self, Listen.self, Ping.self])
 
     struct Connect: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Connect, then relay stdin to the peer and the peer to stdout.")
@@ -26,18 +29,50 @@ struct VsockCommand: ParsableCommand {
         @Flag(help: "Echo what the peer sends instead of relaying stdin.") var echo = false
 
         func run() throws {
-            let fd: Int32
-            if let uds {
-                fd = try UnixSocket.connect(to: uds)
-                try UnixSocket.setNonBlocking(fd, false)
-                try send(fd, Array("CONNECT \(port)\n".utf8))
-                let line = try readLine(fd)
-                guard line.hasPrefix("OK ") else { throw CommandFailure("\(uds): the VMM answered \"\(line)\" instead of OK (nobody listens on port \(port)?)") }
-                printError("kestrel vsock: connected to guest port \(port) (\(line))")
-            } else {
-                fd = try VsockSocket.connect(cid: cid, port: port)
+            try serve(try connection(uds: uds, cid: cid, port: port), echo: echo)
+        }
+    }
+
+    struct Ping: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Measure round trips to a peer that echoes (kestrel vsock listen --echo).",
+            discussion: "Prints one line: round trips, message size, then the median, p90, p99 and minimum in microseconds.")
+        @Option(help: "The VMM's vsock Unix socket (host side); without it, AF_VSOCK.") var uds: String?
+        @Option(help: "With AF_VSOCK: the peer's CID (2 is the host).") var cid: UInt32 = VsockSocket.hostCID
+        @Option(help: "The port to connect to.") var port: UInt32
+        @Option(help: "Round trips to time.") var count = 1000
+        @Option(help: "Bytes in each message.") var size = 64
+        @Option(help: "Untimed round trips first.") var warmup = 20
+
+        func validate() throws {
+            guard count > 0 else { throw ValidationError("--count must be at least 1") }
+            guard (1...65536).contains(size) else { throw ValidationError("--size must be 1 to 65536 bytes") }
+            guard warmup >= 0 else { throw ValidationError("--warmup cannot be negative") }
+        }
+
+        func run() throws {
+            let fd = try connection(uds: uds, cid: cid, port: port)
+            defer { close(fd) }
+            let message = (0..<size).map { UInt8(truncatingIfNeeded: $0) }
+            var reply = [UInt8](repeating: 0, count: size)
+            var samples: [Duration] = []
+            samples.reserveCapacity(count)
+            for round in 0..<(warmup + count) {
+                let start = ContinuousClock.now
+                try send(fd, message)
+                try receive(fd, into: &reply)
+                let elapsed = ContinuousClock.now - start
+                guard reply == message else { throw CommandFailure("round trip \(round + 1): the peer sent back different bytes (is it echoing?)") }
+                if round >= warmup { samples.append(elapsed) }
             }
-            try serve(fd, echo: echo)
+            samples.sort()
+            func microseconds(_ fraction: Double) -> String {
+                let sample = samples[min(samples.count - 1, Int(fraction * Double(samples.count)))]
+                let (seconds, attoseconds) = sample.components
+                return (Double(seconds) * 1e6 + Double(attoseconds) / 1e12).text(places: 1)
+            }
+            print("round-trips \(count) size \(size) median-us \(microseconds(0.5)) p90-us \(microseconds(0.9)) "
+                + "p99-us \(microseconds(0.99)) min-us \(microseconds(0))")
         }
     }
 
@@ -62,6 +97,34 @@ struct VsockCommand: ParsableCommand {
             if let uds { unlink("\(uds)_\(port)") }
             try serve(fd, echo: echo)
         }
+    }
+}
+
+/// A connected stream: over the VMM's Unix socket with Firecracker's
+/// `CONNECT <port>` handshake, or over AF_VSOCK.
+private func connection(uds: String?, cid: UInt32, port: UInt32) throws -> Int32 {
+    guard let uds else { return try VsockSocket.connect(cid: cid, port: port) }
+    let fd = try UnixSocket.connect(to: uds)
+    try UnixSocket.setNonBlocking(fd, false)
+    try send(fd, Array("CONNECT \(port)\n".utf8))
+    let line = try readLine(fd)
+    guard line.hasPrefix("OK ") else {
+        close(fd)
+        throw CommandFailure("\(uds): the VMM answered \"\(line)\" instead of OK (nobody listens on port \(port)?)")
+    }
+    printError("kestrel vsock: connected to guest port \(port) (\(line))")
+    return fd
+}
+
+/// Fills `buffer` from `fd`, failing if the peer ends the stream first.
+private func receive(_ fd: Int32, into buffer: inout [UInt8]) throws {
+    var offset = 0
+    while offset < buffer.count {
+        let count = buffer[offset...].withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count < 0 && errno == EINTR { continue }
+        if count < 0 { throw SystemCallError.current("read") }
+        guard count > 0 else { throw CommandFailure("the peer ended the stream after \(offset) of \(buffer.count) bytes") }
+        offset += count
     }
 }
 

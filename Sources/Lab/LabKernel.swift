@@ -17,11 +17,16 @@ public struct LabKernel: Codable, Equatable, Sendable {
     public var amdModules: [String]
     public var intelModules: [String]
     /// More modules for the L1, loaded after KVM when present: the loop device
-    /// (to read back an L2's disk image) and tun (taps for virtio-net).
+    /// (to read back an L2's disk image), tun (taps for virtio-net) and
+    /// vhost_vsock (QEMU's vsock, the baseline in scripts/virtio-bench.py).
     public var hostModules: [String]?
     /// The virtio drivers an L2 guest of this kernel needs, in insmod order
     /// (Debian builds them as modules). Nil in a cache from before they were kept.
     public var guestModules: [String]?
+    /// The host and guest modules looked for when this kernel was prepared.
+    /// A cache prepared with another list is prepared again, so that a module
+    /// added to the lists reaches kernels fetched before it was.
+    public var modulesLookedFor: [String]?
 
     public var bzImage: String { directory + "/vmlinuz" }
     public func modulePath(_ name: String) -> String { directory + "/modules/\(name).ko" }
@@ -29,7 +34,7 @@ public struct LabKernel: Codable, Equatable, Sendable {
     /// The modules the lab loads: KVM for both vendors, with their dependencies.
     public static let wantedModules = (amd: "kvm_amd", intel: "kvm_intel")
     /// Wanted in the L1 when the kernel has them as modules.
-    public static let wantedHostModules = ["loop", "tun"]
+    public static let wantedHostModules = ["loop", "tun", "vhost_vsock"]
     /// Wanted for L2 guests when the kernel has them as modules (built-in
     /// drivers need nothing).
     public static let wantedGuestModules = ["virtio_mmio", "virtio_blk", "virtio_net", "vmw_vsock_virtio_transport", "virtio_rng"]
@@ -71,7 +76,8 @@ public struct LabKernel: Codable, Equatable, Sendable {
         for module in loaded.values { try writeFileAtomically(module.object, to: directory + "/modules/\(module.name).ko") }
         let kernel = LabKernel(name: name, release: release, packages: packages, directory: directory,
                                amdModules: amd.map(\.name), intelModules: intel.map(\.name),
-                               hostModules: host.map(\.name), guestModules: guest.map(\.name))
+                               hostModules: host.map(\.name), guestModules: guest.map(\.name),
+                               modulesLookedFor: wantedHostModules + wantedGuestModules)
         try kernel.save()
         return kernel
     }
@@ -87,7 +93,8 @@ public struct LabKernel: Codable, Equatable, Sendable {
         guard let bytes = try? readBytes(directory + "/kernel.json"),
               var kernel = try? JSONDecoder().decode(LabKernel.self, from: Data(bytes)) else { return nil }
         kernel.directory = directory
-        guard let host = kernel.hostModules, let guest = kernel.guestModules else { return nil }  // prepared before these were kept
+        guard let host = kernel.hostModules, let guest = kernel.guestModules,
+              kernel.modulesLookedFor == wantedHostModules + wantedGuestModules else { return nil }  // prepared for other module lists
         let complete = fileExists(kernel.bzImage) && (kernel.amdModules + kernel.intelModules + host + guest).allSatisfy { fileExists(kernel.modulePath($0)) }
         return complete ? kernel : nil
     }
