@@ -16,14 +16,15 @@ public final class GuestMachine {
     private var nextPageDirectory: UInt64
     public private(set) var guest: AssembledGuest?
 
-    /// Creates the VM (of `type`), `memorySize` bytes of RAM in slot 0 at GPA 0,
-    /// and vCPU 0 with the host's supported CPUID (or `cpuid`).
-    public init(kvm: KVMSystem, type: VMType = .default, memorySize: UInt64 = 4 << 20, cpuid: CPUIDTable? = nil) throws {
+    /// Creates the VM (of `type`), `memorySize` bytes of RAM from `ramBacking`
+    /// in slot 0 at GPA 0, and vCPU 0 with the host's supported CPUID (or `cpuid`).
+    public init(kvm: KVMSystem, type: VMType = .default, memorySize: UInt64 = 4 << 20, cpuid: CPUIDTable? = nil,
+                ramBacking: RAMBacking = .anonymous(.private)) throws {
         self.kvm = kvm
         self.memorySize = memorySize
         vm = try kvm.createVirtualMachine(type: type)
         memory = GuestAddressSpace()
-        try vm.addMemory(slot: 0, at: 0, size: Int(memorySize), to: memory)
+        try vm.addMemory(slot: 0, at: 0, size: Int(memorySize), backing: ramBacking, to: memory)
         vcpu = try vm.createVCPU(id: 0)
         try vcpu.setCPUID(cpuid ?? kvm.supportedCPUID())
         vcpuThread = try VCPUThread(vcpu)

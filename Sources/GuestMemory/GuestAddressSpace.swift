@@ -16,20 +16,39 @@ public struct GuestRegion: Sendable {
     }
 }
 
+/// What a host access to a guest range would reach.
+public enum GuestAccess: Equatable, Sendable {
+    /// Guest RAM of one region, all of it shared: the host may touch it.
+    case shared
+    /// Guest RAM of one region, some of it private to the guest.
+    case `private`
+    /// Not wholly inside one region.
+    case outside
+}
+
 /// A guest's physical address space: regions of host memory by guest physical
 /// address, with bounds-checked access. Every access must lie wholly within one
 /// region; nothing outside a region is ever touched.
+///
+/// Ranges marked private (a confidential VM's memory that the guest converted,
+/// as KVM_SET_MEMORY_ATTRIBUTES records it) are refused too: the host,
+/// devices included, reaches shared memory only.
 ///
 /// Shared by vCPU threads and devices: the region list is behind a mutex, and
 /// the bytes themselves are guest memory, which the guest changes under
 /// everybody's feet anyway.
 public final class GuestAddressSpace: Sendable {
-    private let list = Mutex<[GuestRegion]>([])
+    private struct State {
+        var regions: [GuestRegion] = []
+        /// Sorted, disjoint and not touching: merged on every change.
+        var privateRanges: [Range<UInt64>] = []
+    }
+    private let state = Mutex(State())
 
     public init() {}
 
     /// The regions, by address.
-    public var regions: [GuestRegion] { list.withLock { $0 } }
+    public var regions: [GuestRegion] { state.withLock { $0.regions } }
 
     /// Adds a region; it must not overlap an existing one.
     public func add(_ mapping: MemoryMapping, at start: GuestAddress) throws {
@@ -37,32 +56,95 @@ public final class GuestAddressSpace: Sendable {
         guard let end = start.adding(size) else {
             throw GuestMemoryError.addressOverflow(address: start.rawValue, length: size)
         }
-        try list.withLock { regions in
-            for region in regions where start < region.end && region.start < end {
+        try state.withLock { state in
+            for region in state.regions where start < region.end && region.start < end {
                 throw GuestMemoryError.overlap(address: start.rawValue, size: size)
             }
-            regions.append(GuestRegion(start: start, mapping: mapping))
-            regions.sort { $0.start < $1.start }
+            state.regions.append(GuestRegion(start: start, mapping: mapping))
+            state.regions.sort { $0.start < $1.start }
         }
     }
 
-    /// The region holding `[address, address + length)`, if one does.
+    /// The region holding `[address, address + length)`, if one does (private
+    /// or not).
     public func region(containing address: GuestAddress, length: UInt64 = 1) -> GuestRegion? {
-        list.withLock { regions in regions.first { $0.contains(address, length: length) } }
+        state.withLock { state in state.regions.first { $0.contains(address, length: length) } }
     }
 
-    /// Whether the whole range is guest RAM of a single region.
+    /// Whether the whole range is guest RAM of a single region (private or not).
     public func contains(_ address: GuestAddress, length: UInt64) -> Bool {
         region(containing: address, length: length) != nil
     }
 
-    /// A host view of `[address, address + length)`; throws when the range is not
-    /// inside one region. The buffer is valid while the region's mapping lives.
-    public func buffer(at address: GuestAddress, length: Int) throws -> UnsafeMutableRawBufferPointer {
-        guard length >= 0, let region = region(containing: address, length: UInt64(length)) else {
-            throw GuestMemoryError.outOfBounds(address: address.rawValue, length: length)
+    /// What a host access to `[address, address + length)` would reach.
+    public func access(_ address: GuestAddress, length: UInt64) -> GuestAccess {
+        state.withLock { state in
+            guard state.regions.contains(where: { $0.contains(address, length: length) }) else { return .outside }
+            return Self.overlapsPrivate(state.privateRanges, address.rawValue, length) ? .private : .shared
         }
-        // Sound: `contains` proved the range lies inside the region's mapping.
+    }
+
+    // MARK: Private ranges
+
+    /// Marks `range` private (or shared again). Callers keep it page-aligned
+    /// and inside RAM; the space only records it.
+    public func setPrivate(_ range: Range<UInt64>, _ isPrivate: Bool) {
+        guard !range.isEmpty else { return }
+        state.withLock { state in
+            var kept: [Range<UInt64>] = []
+            for existing in state.privateRanges {
+                if existing.lowerBound < range.lowerBound { kept.append(existing.lowerBound..<min(existing.upperBound, range.lowerBound)) }
+                if existing.upperBound > range.upperBound { kept.append(max(existing.lowerBound, range.upperBound)..<existing.upperBound) }
+            }
+            if isPrivate { kept.append(range) }
+            kept.sort { $0.lowerBound < $1.lowerBound }
+            var merged: [Range<UInt64>] = []
+            for next in kept where !next.isEmpty {
+                if let last = merged.last, last.upperBound >= next.lowerBound {
+                    merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, next.upperBound)
+                } else {
+                    merged.append(next)
+                }
+            }
+            state.privateRanges = merged
+        }
+    }
+
+    /// The private ranges, by address (merged).
+    public var privateRanges: [Range<UInt64>] { state.withLock { $0.privateRanges } }
+
+    /// The parts of `range` that are private, by address.
+    public func privateParts(of range: Range<UInt64>) -> [Range<UInt64>] {
+        state.withLock { state in
+            state.privateRanges.compactMap { existing in
+                let lower = max(existing.lowerBound, range.lowerBound), upper = min(existing.upperBound, range.upperBound)
+                return lower < upper ? lower..<upper : nil
+            }
+        }
+    }
+
+    private static func overlapsPrivate(_ ranges: [Range<UInt64>], _ address: UInt64, _ length: UInt64) -> Bool {
+        guard !ranges.isEmpty else { return false }
+        let end = address &+ max(length, 1)
+        return ranges.contains { $0.lowerBound < end && address < $0.upperBound }
+    }
+
+    // MARK: Access
+
+    /// A host view of `[address, address + length)`; throws when the range is not
+    /// inside one region, or touches private memory. The buffer is valid while
+    /// the region's mapping lives.
+    public func buffer(at address: GuestAddress, length: Int) throws -> UnsafeMutableRawBufferPointer {
+        guard length >= 0 else { throw GuestMemoryError.outOfBounds(address: address.rawValue, length: length) }
+        let found: GuestRegion? = try state.withLock { state in
+            guard let region = state.regions.first(where: { $0.contains(address, length: UInt64(length)) }) else { return nil }
+            if Self.overlapsPrivate(state.privateRanges, address.rawValue, UInt64(length)) {
+                throw GuestMemoryError.privateMemory(address: address.rawValue, length: length)
+            }
+            return region
+        }
+        guard let region = found else { throw GuestMemoryError.outOfBounds(address: address.rawValue, length: length) }
+        // Sound: the region contains the range, so it lies inside the region's mapping.
         let offset = Int(address - region.start)
         return UnsafeMutableRawBufferPointer(start: region.mapping.baseAddress + offset, count: length)
     }

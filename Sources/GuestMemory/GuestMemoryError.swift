@@ -8,6 +8,8 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible, Sendabl
     case overlap(address: UInt64, size: UInt64)
     /// A guest physical address range that wraps around 2^64.
     case addressOverflow(address: UInt64, length: UInt64)
+    /// An access that touches memory the guest made private.
+    case privateMemory(address: UInt64, length: Int)
 
     public var description: String {
         switch self {
@@ -16,6 +18,8 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible, Sendabl
             return "guest access of \(length) bytes at 0x\(String(address, radix: 16)) is outside guest memory"
         case .overlap(let address, let size):
             return "region at 0x\(String(address, radix: 16)) (0x\(String(size, radix: 16)) bytes) overlaps another region"
+        case .privateMemory(let address, let length):
+            return "guest access of \(length) bytes at 0x\(String(address, radix: 16)) touches private memory; the host reaches shared memory only"
         case .addressOverflow(let address, let length):
             return "range at 0x\(String(address, radix: 16)) of 0x\(String(length, radix: 16)) bytes wraps past 2^64"
         }

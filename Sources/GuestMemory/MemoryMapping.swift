@@ -16,6 +16,8 @@ public final class MemoryMapping: @unchecked Sendable {
     public let baseAddress: UnsafeMutableRawPointer
     /// Length in bytes.
     public let size: Int
+    /// MAP_SHARED or MAP_PRIVATE, as mapped.
+    public let sharing: Sharing
 
     /// How the pages are shared with other mappings of the same object.
     public enum Sharing: Sendable {
@@ -44,6 +46,7 @@ public final class MemoryMapping: @unchecked Sendable {
         guard alignment > Self.pageSize else {
             self.baseAddress = try Self.map(nil, size, PROT_READ | PROT_WRITE, flags, -1, 0)
             self.size = size
+            self.sharing = sharing
             return
         }
         // Map `alignment` more than needed, then unmap the slack on both sides.
@@ -55,15 +58,40 @@ public final class MemoryMapping: @unchecked Sendable {
         if tail > 0 { munmap(reserved + head + size, tail) }
         self.baseAddress = reserved + head
         self.size = size
+        self.sharing = sharing
     }
 
-    /// Maps `size` bytes of a file (mmap), e.g. a guest_memfd.
+    /// Maps `size` bytes of a file (mmap), e.g. a guest_memfd, starting at a
+    /// multiple of `alignment` (a power of two; the page size by default).
     public init(fileDescriptor: Int32, size: Int, offset: Int = 0, sharing: Sharing = .shared,
-                protection: Int32 = PROT_READ | PROT_WRITE) throws {
+                protection: Int32 = PROT_READ | PROT_WRITE, alignment: Int = 0) throws {
         guard size > 0 else { throw GuestMemoryError.invalidSize(size) }
-        self.baseAddress = try Self.map(nil, size, protection, sharing == .shared ? MAP_SHARED : MAP_PRIVATE,
-                                        fileDescriptor, off_t(offset))
+        guard alignment == 0 || alignment & (alignment - 1) == 0 else { throw GuestMemoryError.invalidSize(alignment) }
+        let flags = sharing == .shared ? MAP_SHARED : MAP_PRIVATE
+        guard alignment > Self.pageSize else {
+            self.baseAddress = try Self.map(nil, size, protection, flags, fileDescriptor, off_t(offset))
+            self.size = size
+            self.sharing = sharing
+            return
+        }
+        // Reserve an aligned range of address space, then map the file over it.
+        let reserved = try Self.map(nil, size + alignment, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        let start = (UInt(bitPattern: reserved) + UInt(alignment) - 1) & ~UInt(alignment - 1)
+        let head = Int(start - UInt(bitPattern: reserved))
+        let target = reserved + head
+        do {
+            _ = try Self.map(target, size, protection, flags | MAP_FIXED, fileDescriptor, off_t(offset))
+        } catch {
+            munmap(reserved, size + alignment)
+            throw error
+        }
+        // Sound: the slack on both sides is part of our own reservation.
+        if head > 0 { munmap(reserved, head) }
+        let tail = alignment - head
+        if tail > 0 { munmap(target + size, tail) }
+        self.baseAddress = target
         self.size = size
+        self.sharing = sharing
     }
 
     deinit { munmap(baseAddress, size) }

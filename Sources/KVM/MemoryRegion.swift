@@ -1,5 +1,4 @@
 import GuestMemory
-import Synchronization
 
 /// Guest memory as a VM sees it: a guest-physical range, the host mapping
 /// behind it, an optional guest_memfd with its offset, and the slot it is
@@ -21,9 +20,6 @@ public final class MemoryRegion: Sendable {
     /// The guest_memfd backing private memory (or all memory, for MMAP ones).
     public let guestMemfd: GuestMemfd?
     public let guestMemfdOffset: UInt64
-    /// What KVM_SET_MEMORY_ATTRIBUTES last set for ranges of this region, as
-    /// the VMM recorded it. Private/shared conversion (issue 13) keeps this.
-    public let attributes = MemoryAttributeMap()
 
     /// A region of `mapping` at `start`, optionally bound to `guestMemfd` at
     /// `guestMemfdOffset`. The size is the mapping's, or (without a mapping) `size`.
@@ -58,37 +54,6 @@ public final class MemoryRegion: Sendable {
     }
 }
 
-/// Memory attributes by guest-physical range, as last set with
-/// KVM_SET_MEMORY_ATTRIBUTES. Later settings replace earlier ones where they
-/// overlap.
-public final class MemoryAttributeMap: Sendable {
-    private let ranges = Mutex<[(range: Range<UInt64>, attributes: MemoryAttributes)]>([])
-
-    public init() {}
-
-    /// Records `attributes` for `range`.
-    public func set(_ attributes: MemoryAttributes, for range: Range<UInt64>) {
-        ranges.withLock { list in
-            var kept: [(range: Range<UInt64>, attributes: MemoryAttributes)] = []
-            for entry in list {
-                if entry.range.lowerBound < range.lowerBound {
-                    kept.append((entry.range.lowerBound..<min(entry.range.upperBound, range.lowerBound), entry.attributes))
-                }
-                if entry.range.upperBound > range.upperBound {
-                    kept.append((max(entry.range.lowerBound, range.upperBound)..<entry.range.upperBound, entry.attributes))
-                }
-            }
-            if !attributes.isEmpty { kept.append((range, attributes)) }
-            list = kept.filter { !$0.range.isEmpty }.sorted { $0.range.lowerBound < $1.range.lowerBound }
-        }
-    }
-
-    /// The attributes recorded at `address` (empty: shared).
-    public func attributes(at address: UInt64) -> MemoryAttributes {
-        ranges.withLock { list in list.first { $0.range.contains(address) }?.attributes ?? [] }
-    }
-}
-
 extension VirtualMachine {
     /// Installs `region` in its slot and keeps it alive until the slot is
     /// removed or the VM goes away. Regions with a guest_memfd use
@@ -117,21 +82,63 @@ extension VirtualMachine {
         installedRegions.withLock { Array($0.values) }.sorted { $0.start < $1.start }
     }
 
-    /// Guest RAM in one call: maps `size` bytes of anonymous memory (aligned to
-    /// `alignment`), installs it in `slot` at `start`, and adds the mapping to
+    /// Guest RAM in one call: maps `size` bytes (aligned to `alignment`) from
+    /// `backing`, installs them in `slot` at `start`, and adds the mapping to
     /// `space` for bounds-checked access.
+    ///
+    /// A `.guestMemfd` backing creates the file (KVM_CREATE_GUEST_MEMFD), maps
+    /// it MAP_SHARED and installs the slot with KVM_SET_USER_MEMORY_REGION2,
+    /// its `userspace_addr` pointing at that mapping. KVM then takes guest
+    /// faults from the file, and its own accesses (emulation, the loader's
+    /// writes through `space`) reach the same pages; a slot with
+    /// `userspace_addr` 0 would leave KVM no host address to use.
     @discardableResult
-    public func addMemory(slot: UInt32, at start: GuestAddress, size: Int, alignment: Int = 0, sharing: MemoryMapping.Sharing = .private,
+    public func addMemory(slot: UInt32, at start: GuestAddress, size: Int, alignment: Int = 0, backing: RAMBacking = .anonymous(.private),
                           to space: GuestAddressSpace) throws -> MemoryRegion {
-        let mapping = try MemoryMapping(anonymousSize: size, sharing: sharing, alignment: alignment)
-        let region = try MemoryRegion(slot: slot, start: start, mapping: mapping)
+        let region: MemoryRegion
+        switch backing {
+        case .anonymous(let sharing):
+            let mapping = try MemoryMapping(anonymousSize: size, sharing: sharing, alignment: alignment)
+            region = try MemoryRegion(slot: slot, start: start, mapping: mapping)
+        case .guestMemfd(let flags):
+            guard flags.isSuperset(of: .mappableRAM) else {
+                throw KVMUsageError("a guest_memfd that backs RAM the host maps needs MMAP|INIT_SHARED, not \(flags)")
+            }
+            let file = try createGuestMemfd(size: UInt64(size), flags: flags)
+            let mapping = try MemoryMapping(fileDescriptor: file.fileDescriptor, size: size, sharing: .shared, alignment: alignment)
+            region = try MemoryRegion(slot: slot, start: start, mapping: mapping, guestMemfd: file)
+        }
         try install(region)
         do {
-            try space.add(mapping, at: start)
+            try space.add(region.mapping!, at: start)
         } catch {
             try? removeRegion(slot: slot)  // no slot without its place in the address space
             throw error
         }
         return region
     }
+
+    /// The guest_memfd flags for RAM the host maps (`RAMBacking.guestMemfd`):
+    /// MMAP|INIT_SHARED, plus NO_DIRECT_MAP when this VM offers it. Throws,
+    /// naming what is missing, when the host cannot do it.
+    public func guestMemfdFlagsForRAM() throws -> GuestMemfdFlags {
+        guard try checkExtension(.guestMemfd) != 0 else {
+            throw KVMUsageError("this host's KVM has no guest_memfd (KVM_CAP_GUEST_MEMFD is 0; it came in Linux 6.8)")
+        }
+        let offered = try supportedGuestMemfdFlags()
+        guard offered.isSuperset(of: .mappableRAM) else {
+            throw KVMUsageError("this host's guest_memfd cannot back all guest RAM: KVM_CAP_GUEST_MEMFD_FLAGS offers \(offered) "
+                + "for this VM type, and MMAP|INIT_SHARED (Linux 6.18) are needed")
+        }
+        return offered.contains(.noDirectMap) ? GuestMemfdFlags.mappableRAM.union(.noDirectMap) : .mappableRAM
+    }
+}
+
+/// Where `VirtualMachine.addMemory` takes guest RAM from.
+public enum RAMBacking: Sendable, Equatable {
+    /// Anonymous memory (mmap MAP_ANONYMOUS) with the given sharing.
+    case anonymous(MemoryMapping.Sharing)
+    /// A guest_memfd created with these flags (MMAP and INIT_SHARED at least)
+    /// and mapped MAP_SHARED.
+    case guestMemfd(GuestMemfdFlags)
 }

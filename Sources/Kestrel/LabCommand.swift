@@ -48,6 +48,9 @@ struct LabMachineOptions: ParsableArguments {
     var files: [String] = []
     @Flag(name: .customLong("guest-kernel"), help: "Also put this kernel's vmlinux at /lab/guest/vmlinux and its virtio drivers in /lab/guest/modules (for `kestrel initramfs --modules`), to boot it as an L2 guest with `kestrel run`.")
     var guestKernel = false
+    @Option(help: ArgumentHelp("Like --guest-kernel, with another lab kernel's vmlinux and virtio drivers: \(KernelFetcher.catalog.map(\.name).joined(separator: ", ")).",
+                               discussion: "For a guest kernel that differs from the L1's, such as a 6.1 guest on a 6.18 host."))
+    var guest: String?
     @Option(help: "The static kestrel executable to put into the L1 (default: this one).") var kestrel: String?
     @Flag(name: .customLong("refresh"), help: "Look for a newer kernel package even when one is cached.") var refresh = false
     @Flag(name: [.short, .long], help: "Print progress, L1 timings and the L1 console on stderr.") var verbose = false
@@ -59,6 +62,7 @@ struct LabMachineOptions: ParsableArguments {
         if memory < 256 { throw ValidationError("--memory is in MiB and must be at least 256") }
         if timeout <= 0 { throw ValidationError("--timeout must be positive") }
         if bootAttempts < 1 { throw ValidationError("--boot-attempts must be at least 1") }
+        if guest != nil && guestKernel { throw ValidationError("give --guest-kernel or --guest NAME, not both") }
         if numaNodes < 1 || numaNodes > 8 || memory % numaNodes != 0 || memory / numaNodes < 128 {
             throw ValidationError("--numa-nodes must be 1 to 8 and divide --memory into parts of at least 128 MiB")
         }
@@ -101,9 +105,11 @@ struct LabMachineOptions: ParsableArguments {
             stat(host, &status)
             added.append(.init(guestPath: parts.count > 1 ? parts[1] : "/lab/\(name)", hostPath: host, mode: UInt32(status.st_mode) & 0o777))
         }
-        if guestKernel {
-            added.append(.init(guestPath: "/lab/guest/vmlinux", hostPath: try kernel.vmlinux()))
-            added += kernel.guestModuleFiles(under: "/lab/guest/modules")
+        let guestSource = try guest.map { try KernelFetcher(cache: LabCache(), progress: { printError("lab: \($0)") }).kernel($0, refresh: refresh) }
+            ?? (guestKernel ? kernel : nil)
+        if let guestSource {
+            added.append(.init(guestPath: "/lab/guest/vmlinux", hostPath: try guestSource.vmlinux()))
+            added += guestSource.guestModuleFiles(under: "/lab/guest/modules")
         }
         let binary = try LabExecutable.prepare(kestrel ?? "/proc/self/exe", cache: LabCache())
         return LabInitramfs(kernel: kernel, kestrel: binary, files: added, command: command)

@@ -42,6 +42,11 @@ struct RunCommand: ParsableCommand {
         discussion: "Host programs connect to UDS_PATH and write 'CONNECT <port>\\n'; guest connections to the host's port P reach UDS_PATH_P."))
     var vsock: String?
     @Flag(help: "Add a virtio-rng device fed by the host's getrandom.") var entropy = false
+    @Option(name: .customLong("memory-backend"), help: ArgumentHelp(
+        "Where guest RAM comes from: anonymous or guest_memfd.",
+        discussion: "guest_memfd keeps all guest RAM in guest_memfd files (MMAP|INIT_SHARED, Linux 6.18), mapped by Kestrel; "
+            + "NO_DIRECT_MAP is added when the kernel offers it. Kestrel prints which protection is in force."))
+    var memoryBackend: String?
     @Flag(name: .customLong("guest-decompression"), help: "Let a bzImage decompress itself in the guest instead of on the host.")
     var guestDecompression = false
     @Flag(name: .customLong("no-pvh"), help: "Enter a vmlinux through its 64-bit entry even if it has a PVH note.")
@@ -70,6 +75,12 @@ struct RunCommand: ParsableCommand {
             throw ExitCode(2)
         }
         if entropy { configuration.entropy = true }
+        if let memoryBackend {
+            do { configuration.memoryBackend = try MemoryBackend.named(memoryBackend) } catch {
+                printError("kestrel: --memory-backend: \(error)")
+                throw ExitCode(2)
+            }
+        }
         if guestDecompression { configuration.decompressOnHost = false }
         if noPVH { configuration.preferPVH = false }
 
@@ -81,6 +92,9 @@ struct RunCommand: ParsableCommand {
         } catch {
             printError("kestrel: cannot start the guest: \(error)")
             throw ExitCode(2)
+        }
+        if verbose || configuration.memoryBackend != .anonymous {
+            printError("kestrel: guest memory: \(machine.memoryProtection)")
         }
         if verbose {
             printError("kestrel: \(machine.plan.kind); \(machine.plan.entry); kernel at 0x\(String(machine.plan.kernelRange.lowerBound, radix: 16))-0x\(String(machine.plan.kernelRange.upperBound, radix: 16))"

@@ -58,9 +58,7 @@ public final class SplitQueue {
             guard address.rawValue % alignment == 0 else {
                 throw QueueFault("queue \(index): \(name) at \(address) is not \(alignment)-byte aligned")
             }
-            guard memory.contains(address, length: length) else {
-                throw QueueFault("queue \(index): \(name) [\(address), +\(length)) is not inside guest RAM")
-            }
+            try Self.requireSharedRAM(memory, address, length, "queue \(index): \(name) [\(address), +\(length))")
         }
         self.index = index
         self.configuration = configuration
@@ -161,9 +159,8 @@ public final class SplitQueue {
                     throw QueueFault("queue \(index): indirect table of \(raw.length) bytes in chain \(head) is not 1...\(size) descriptors")
                 }
                 let address = GuestAddress(raw.address)
-                guard memory.contains(address, length: UInt64(raw.length)) else {
-                    throw QueueFault("queue \(index): indirect table [\(address), +\(raw.length)) of chain \(head) is not inside guest RAM")
-                }
+                try Self.requireSharedRAM(memory, address, UInt64(raw.length),
+                                          "queue \(index): indirect table [\(address), +\(raw.length)) of chain \(head)")
                 table = address
                 tableSize = UInt16(entries)
                 position = 0
@@ -175,9 +172,8 @@ public final class SplitQueue {
                 throw QueueFault("queue \(index): device-readable descriptor after a device-writable one in chain \(head)")
             }
             if raw.length > 0 {
-                guard memory.contains(GuestAddress(raw.address), length: UInt64(raw.length)) else {
-                    throw QueueFault("queue \(index): buffer [\(GuestAddress(raw.address)), +\(raw.length)) of chain \(head) is not inside guest RAM")
-                }
+                try Self.requireSharedRAM(memory, GuestAddress(raw.address), UInt64(raw.length),
+                                          "queue \(index): buffer [\(GuestAddress(raw.address)), +\(raw.length)) of chain \(head)")
                 total += UInt64(raw.length)
                 guard total <= UInt64(UInt32.max) else { throw QueueFault("queue \(index): chain \(head) is longer than 4 GiB") }
                 segments.append(DescriptorSegment(address: GuestAddress(raw.address), length: raw.length, isWritable: writable))
@@ -219,5 +215,17 @@ public final class SplitQueue {
         }
         notifiedUsed = new
         return load16(configuration.availableRing) & 1 == 0
+    }
+
+    /// Refuses a range the device may not touch: outside guest RAM, or (in a
+    /// confidential VM) in memory the guest made private. Devices reach shared
+    /// memory only; a buffer in private memory is refused, never served.
+    private static func requireSharedRAM(_ memory: GuestAddressSpace, _ address: GuestAddress, _ length: UInt64,
+                                         _ what: @autoclosure () -> String) throws(QueueFault) {
+        switch memory.access(address, length: length) {
+        case .shared: return
+        case .outside: throw QueueFault("\(what()) is not inside guest RAM")
+        case .private: throw QueueFault("\(what()) lies in private memory; devices reach shared memory only")
+        }
     }
 }

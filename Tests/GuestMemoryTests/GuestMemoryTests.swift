@@ -11,6 +11,28 @@ import Testing
         return space
     }
 
+    @Test func privateRangesMergeSplitAndRefuseAccess() throws {
+        let space = GuestAddressSpace()
+        try space.add(try MemoryMapping(anonymousSize: 0x10000), at: 0x10000)
+        space.setPrivate(0x11000..<0x12000, true)
+        space.setPrivate(0x12000..<0x14000, true)
+        space.setPrivate(0x18000..<0x19000, true)
+        #expect(space.privateRanges == [0x11000..<0x14000, 0x18000..<0x19000], "touching ranges merge")
+        space.setPrivate(0x12000..<0x13000, false)
+        #expect(space.privateRanges == [0x11000..<0x12000, 0x13000..<0x14000, 0x18000..<0x19000], "a hole splits")
+        #expect(space.privateParts(of: 0x11800..<0x18800) == [0x11800..<0x12000, 0x13000..<0x14000, 0x18000..<0x18800])
+        #expect(space.access(GuestAddress(0x12000), length: 0x1000) == .shared)
+        #expect(space.access(GuestAddress(0x12FFF), length: 2) == .private)
+        #expect(space.access(GuestAddress(0x1F000), length: 0x2000) == .outside)
+        #expect(throws: GuestMemoryError.privateMemory(address: 0x10FFC, length: 8)) { try space.load(UInt64.self, at: GuestAddress(0x10FFC)) }
+        #expect(throws: GuestMemoryError.outOfBounds(address: 0x1FFFC, length: 8)) { try space.load(UInt64.self, at: GuestAddress(0x1FFFC)) }
+        try space.store(UInt64(7), at: GuestAddress(0x12000))
+        #expect(space.contains(GuestAddress(0x11000), length: 0x1000), "private memory is still guest RAM")
+        space.setPrivate(0x10000..<0x20000, false)
+        #expect(space.privateRanges.isEmpty)
+        #expect(try space.load(UInt64.self, at: GuestAddress(0x10FFC)) == 0)
+    }
+
     @Test func loadsAndStoresInsideARegion() throws {
         let memory = try space()
         try memory.store(UInt64(0x1122_3344_5566_7788), at: 0x1ff8)

@@ -108,6 +108,9 @@ import TextFormat
             l2 poweroff 1 'poweroff -f'
             l2 reboot 1 'reboot -f'
             l2 panic 1 'echo c > /proc/sysrq-trigger'
+            kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/status.cpio --memory-backend guest_memfd >/tmp/gmem.out 2>&1
+            echo "== gmemrefused $?"
+            cat /tmp/gmem.out
             kestrel initramfs --command 'echo guest-waiting; sleep 600' -o /tmp/term.cpio >/dev/null
             kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/term.cpio --memory 256M --cmdline "$cmdline" >/tmp/term.out 2>/tmp/term.err &
             pid=$!
@@ -142,6 +145,9 @@ import TextFormat
         #expect(reboot.0 == 65 && reboot.1.contains("kestrel: guest reset"), "\(reboot.1)")
         let panic = try #require(sections["panic"])
         #expect(panic.0 == 70 && panic.1.contains("kestrel: guest kernel panic: Kernel panic - not syncing: sysrq triggered crash"), "\(panic.1)")
+        let refused = try #require(sections["gmemrefused"])
+        #expect(refused.0 == 2 && refused.1.contains("memory backend guest_memfd: this host's KVM has no guest_memfd (KVM_CAP_GUEST_MEMFD is 0"),
+                "6.1 has no guest_memfd, and kestrel run says so before the guest starts: \(refused.1)")
         let sigterm = try #require(sections["sigterm"])
         #expect(sigterm.0 == 143 && sigterm.1.contains("guest-waiting") && sigterm.1.contains("stopped by signal 15 (SIGTERM)"), "\(sigterm.1)")
     }

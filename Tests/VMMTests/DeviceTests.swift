@@ -212,6 +212,18 @@ final class Recorder: @unchecked Sendable {
         }
     }
 
+    @Test func memoryBackendIsReadFromMachineConfig() throws {
+        #expect(try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}}"#).memoryBackend == .anonymous)
+        let gmem = try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"memory_backend": "guest_memfd"}}"#)
+        #expect(gmem.memoryBackend == .guestMemfd)
+        #expect(throws: ConfigurationError("vm.json: machine-config.memory_backend: unknown memory backend \"memfd\"; known: anonymous, guest_memfd")) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"memory_backend": "memfd"}}"#)
+        }
+        #expect(throws: ConfigurationError("vm.json: machine-config.memory_backend must be a string")) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"memory_backend": 1}}"#)
+        }
+    }
+
     @Test func drivesAndEntropyUseFirecrackersFields() throws {
         let configuration = try Self.parse("""
             {"boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0"},

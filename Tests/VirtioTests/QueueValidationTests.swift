@@ -42,6 +42,18 @@ import Testing
         expectNeedsReset(driver, mentioning: "not inside guest RAM")
     }
 
+    /// A confidential guest's private memory is not the device's to touch: a
+    /// buffer there is refused, not served, and so is one that only ends there.
+    @Test func bufferInPrivateMemoryIsRefused() throws {
+        let driver = try activeDriver()
+        let buffer = driver.allocate(0x2000)
+        let page = (buffer.rawValue + 0xFFF) & ~0xFFF
+        driver.memory.setPrivate(page..<(page + 0x1000), true)
+        driver.submit([.init(address: GuestAddress(page - 16), length: 32, writable: true)])
+        expectNeedsReset(driver, mentioning: "lies in private memory; devices reach shared memory only")
+        #expect(try driver.memory.read(at: GuestAddress(page - 16), length: 16) == [UInt8](repeating: 0, count: 16), "nothing was written")
+    }
+
     @Test func addressThatWrapsIsRefused() throws {
         let driver = try activeDriver()
         driver.submit([.init(address: GuestAddress(UInt64.max - 8), length: 64, writable: true)])

@@ -87,6 +87,12 @@ public enum GuestMemfdSuite {
             summary: "as guest_access, with the slot's userspace_addr at the guest_memfd's own MAP_SHARED mapping",
             requires: base + [.capability(.userMemory2), .capabilityBits(.guestMemfdFlags, mask: Int(shared.rawValue), vmType: type)]
         ) { context in try runGuestAccess(context, type: type, slotAddress: .guestMemfdMapping) })
+        tests.append(ConformanceTest(
+            suite: name, name: "\(type.shortName).guest_ram",
+            summary: "a harness guest runs with all its RAM (code, page tables, stack, ucalls) in one MMAP|INIT_SHARED guest_memfd, "
+                + "as `kestrel run --memory-backend guest_memfd` backs a VM; its writes land in the file",
+            requires: base + [.capability(.userMemory2), .capabilityBits(.guestMemfdFlags, mask: Int(shared.rawValue), vmType: type)]
+        ) { context in try guestRAM(context, type: type) })
         return tests
     }
 
@@ -366,6 +372,28 @@ public enum GuestMemfdSuite {
         }
         guard case .done = ucall else { throw GuestMachine.mismatch(ucall, expected: "DONE") }
         try expectBytes(context, mapping.bytes, { _ in 0xFF }, "host reading what the guest wrote, through the guest_memfd mapping")
+    }
+
+    /// A whole harness VM on guest_memfd RAM: the guest checks the host's 0xaa
+    /// in a scratch page and writes 0xff; the host then reads the page through
+    /// a second, independent mapping of the file.
+    static func guestRAM(_ context: TestContext, type: VMType) throws {
+        // The flags come from a VM of the same type (KVM_CAP_GUEST_MEMFD_FLAGS is per type).
+        let flags = try context.kvm.createVirtualMachine(type: type).guestMemfdFlagsForRAM()
+        let machine = try GuestMachine(kvm: context.kvm, type: type, ramBacking: .guestMemfd(flags))
+        guard let region = machine.vm.regions.first, let memfd = region.guestMemfd else {
+            throw TestFailure("slot 0 has no guest_memfd: the machine was not built on guest_memfd RAM")
+        }
+        let page = GuestAddress(LongModeLayout(memorySize: machine.memorySize).scratchAddress)
+        try expectFill(context, try machine.memory.buffer(at: page, length: pageSize), 0xAA, "host filling a scratch page of guest_memfd RAM")
+        try machine.loadLongMode(guestAccessProgram(), arguments: [page.rawValue, UInt64(pageSize)])
+        let ucall = try machine.runUntilUcall()
+        if case .assertFailed(let message, let values) = ucall, values.count == 3 {
+            throw TestFailure("\(message): got 0x\(String(values[0], radix: 16)) at offset \(values[2])")
+        }
+        guard case .done = ucall else { throw GuestMachine.mismatch(ucall, expected: "DONE") }
+        let second = try MemoryMapping(fileDescriptor: memfd.fileDescriptor, size: pageSize, offset: Int(page.rawValue), sharing: .shared)
+        try expectBytes(context, second.bytes, { _ in 0xFF }, "a second mapping of the guest_memfd reading what the guest wrote")
     }
 
     /// Upstream's guest test: the slot has no userspace address, so every guest

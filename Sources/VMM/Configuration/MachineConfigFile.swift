@@ -2,7 +2,8 @@ import FoundationEssentials
 
 /// Reads a Firecracker-style JSON machine description. Supported: `boot-source`
 /// (`kernel_image_path`, `initrd_path`, `boot_args`), `machine-config`
-/// (`vcpu_count`, `mem_size_mib`, `cpu_template`), `drives` (`drive_id`,
+/// (`vcpu_count`, `mem_size_mib`, `cpu_template`, and Kestrel's
+/// `memory_backend` "anonymous" or "guest_memfd"), `drives` (`drive_id`,
 /// `path_on_host`, `is_root_device`, `is_read_only`, `partuuid`, `cache_type`,
 /// `io_engine` "Sync"), `network-interfaces` (`iface_id`, `host_dev_name`,
 /// `guest_mac`), `vsock` (`guest_cid`, `uds_path`, `vsock_id`) and `entropy`.
@@ -49,7 +50,7 @@ public enum MachineConfigFile {
         }
         if let machine = root["machine-config"] {
             guard let machine = machine.objectValue else { throw ConfigurationError("\(source): machine-config must be an object") }
-            try refuseUnknownKeys(machine, allowed: ["vcpu_count", "mem_size_mib", "cpu_template", "smt", "track_dirty_pages"], section: "machine-config", source: source)
+            try refuseUnknownKeys(machine, allowed: ["vcpu_count", "mem_size_mib", "cpu_template", "smt", "track_dirty_pages", "memory_backend"], section: "machine-config", source: source)
             if let count = machine["vcpu_count"] {
                 guard let count = count.wholeNumber else { throw ConfigurationError("\(source): machine-config.vcpu_count must be a whole number") }
                 configuration.vcpuCount = count
@@ -61,6 +62,12 @@ public enum MachineConfigFile {
             if let template = machine["cpu_template"] {
                 guard let template = template.stringValue else { throw ConfigurationError("\(source): machine-config.cpu_template must be a string") }
                 configuration.cpuTemplate = template == "None" ? CPUTemplate.defaultName : template.lowercased()
+            }
+            if let backend = machine["memory_backend"] {
+                guard let name = backend.stringValue else { throw ConfigurationError("\(source): machine-config.memory_backend must be a string") }
+                do { configuration.memoryBackend = try MemoryBackend.named(name) } catch let error as ConfigurationError {
+                    throw ConfigurationError("\(source): machine-config.memory_backend: \(error.description)")
+                }
             }
             if machine["smt"]?.boolValue == true { throw ConfigurationError("\(source): machine-config.smt true is not supported") }
             if machine["track_dirty_pages"]?.boolValue == true { throw ConfigurationError("\(source): machine-config.track_dirty_pages true is not supported") }

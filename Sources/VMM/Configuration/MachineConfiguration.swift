@@ -22,6 +22,8 @@ public struct MachineConfiguration: Sendable {
     public var networkInterfaces: [NetworkInterfaceConfiguration] = []
     /// A virtio-vsock device.
     public var vsock: VsockConfiguration?
+    /// Where guest RAM comes from.
+    public var memoryBackend: MemoryBackend = .anonymous
 
     public static let defaultCommandLine = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1 i8042.noaux"
 
@@ -74,4 +76,22 @@ public struct MachineConfiguration: Sendable {
 public struct ConfigurationError: Error, Equatable, CustomStringConvertible, Sendable {
     public let description: String
     public init(_ description: String) { self.description = description }
+}
+
+/// Where a machine's RAM comes from (`--memory-backend`, machine-config
+/// `memory_backend`).
+public enum MemoryBackend: String, Sendable, CaseIterable {
+    /// Anonymous memory, 2 MiB-aligned and advised for transparent huge pages.
+    case anonymous
+    /// One guest_memfd per RAM range, created MMAP|INIT_SHARED (plus
+    /// NO_DIRECT_MAP when the kernel offers it) and mapped by Kestrel.
+    case guestMemfd = "guest_memfd"
+
+    /// The backend named `text`, or an error listing the known names.
+    public static func named(_ text: String) throws -> MemoryBackend {
+        guard let backend = MemoryBackend(rawValue: text) else {
+            throw ConfigurationError("unknown memory backend \"\(text)\"; known: \(allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return backend
+    }
 }

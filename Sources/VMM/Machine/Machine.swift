@@ -23,12 +23,15 @@ public final class Machine: Sendable {
     public let exitHandler: ExitHandler
     /// How long each set-up step took, for `kestrel run --verbose`.
     public let setupSteps: [(step: String, duration: Duration)]
+    /// What backs guest RAM and whether it is still in the host's direct map.
+    public let memoryProtection: String
     private let control: RunControl
     private let started = Mutex<ContinuousClock.Instant?>(nil)
 
     init(configuration: MachineConfiguration, plan: LinuxBootSummary, kvm: KVMSystem, virtualMachine: VirtualMachine,
          memory: GuestAddressSpace, serial: Serial16550, panicWatcher: GuestPanicWatcher, vcpuThreads: [VCPUThread],
-         devices: VirtioDeviceSet, exitHandler: ExitHandler, control: RunControl, setupSteps: [(step: String, duration: Duration)]) {
+         devices: VirtioDeviceSet, exitHandler: ExitHandler, control: RunControl, setupSteps: [(step: String, duration: Duration)],
+         memoryProtection: String) {
         self.configuration = configuration
         self.plan = plan
         self.kvm = kvm
@@ -41,6 +44,7 @@ public final class Machine: Sendable {
         self.exitHandler = exitHandler
         self.control = control
         self.setupSteps = setupSteps
+        self.memoryProtection = memoryProtection
     }
 
     /// The vCPUs, in id order.

@@ -45,12 +45,14 @@ public struct MachineBuilder {
         try vm.createPIT()
 
         let memory = GuestAddressSpace()
-        for (slot, range) in GuestLayout.ramRanges(memorySize: configuration.memorySize).enumerated() {
+        let (backing, protection) = try Self.ramBacking(configuration.memoryBackend, vm: vm)
+        let ranges = GuestLayout.ramRanges(memorySize: configuration.memorySize)
+        for (slot, range) in ranges.enumerated() {
             // 2 MiB-aligned and advised for huge pages: with 4 KiB host pages every
             // first touch of guest RAM is a stage-2 fault, costly on nested hosts.
             let region = try vm.addMemory(slot: UInt32(slot), at: GuestAddress(range.lowerBound), size: Int(range.count),
-                                          alignment: MemoryMapping.hugePageAlignment, to: memory)
-            try? region.mapping?.advise(MADV_HUGEPAGE)
+                                          alignment: MemoryMapping.hugePageAlignment, backing: backing, to: memory)
+            if backing == .anonymous(.private) { try? region.mapping?.advise(MADV_HUGEPAGE) }
         }
         timer.step("VM and memory")
         try bootPlan.write(into: memory)
@@ -92,7 +94,28 @@ public struct MachineBuilder {
         return Machine(
             configuration: configuration, plan: bootPlan.summary, kvm: kvm, virtualMachine: vm, memory: memory,
             serial: serial, panicWatcher: panicWatcher, vcpuThreads: threads, devices: devices,
-            exitHandler: ExitHandler(portBus: portBus, mmioBus: mmioBus), control: control, setupSteps: timer.steps)
+            exitHandler: ExitHandler(portBus: portBus, mmioBus: mmioBus), control: control, setupSteps: timer.steps,
+            memoryProtection: "\(protection) (\(ranges.count) slot\(ranges.count == 1 ? "" : "s"))")
+    }
+
+    /// How `backend` backs RAM on this VM, and a sentence saying what protection
+    /// is in force. guest_memfd needs MMAP|INIT_SHARED; its refusal names what
+    /// the host lacks.
+    static func ramBacking(_ backend: MemoryBackend, vm: VirtualMachine) throws -> (RAMBacking, String) {
+        switch backend {
+        case .anonymous:
+            return (.anonymous(.private), "anonymous memory, in the host's direct map")
+        case .guestMemfd:
+            let flags: GuestMemfdFlags
+            do { flags = try vm.guestMemfdFlagsForRAM() } catch let error as KVMUsageError {
+                throw ConfigurationError("memory backend guest_memfd: \(error.description)")
+            }
+            let directMap = flags.contains(.noDirectMap)
+                ? "removed from the host's direct map (NO_DIRECT_MAP)"
+                : "still in the host's direct map (this kernel does not offer GUEST_MEMFD_FLAG_NO_DIRECT_MAP)"
+            return (.guestMemfd(flags), "guest_memfd \(flags), set with KVM_SET_USER_MEMORY_REGION2, userspace_addr at "
+                + "Kestrel's MAP_SHARED mapping of the file; \(directMap)")
+        }
     }
 
     /// Durations of the set-up steps, for `kestrel run --verbose`.

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Boot to userspace with guest RAM in guest_memfd against anonymous memory.
+
+Inside one lab L1 (Debian 6.18 by default: guest_memfd MMAP|INIT_SHARED needs
+6.18 or later), `kestrel run` boots the L1 kernel's own vmlinux as an L2
+(PVH, 256 MiB, 1 vCPU, an initramfs whose init prints one line), alternating
+`--memory-backend anonymous` and `--memory-backend guest_memfd`. Each boot is
+timed from exec to the init's first console line by scripts/lab/firstline.c,
+built static here. Medians and the ratio come from the same L1.
+
+Goal (issue 13): guest_memfd / anonymous <= 1.05.
+
+Needs: a release kestrel (swift build -c release --product kestrel), gcc and
+the lab kernel. Usage: scripts/gmem-boot-bench.py [--runs 7] [--kernel 6.18]
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KESTREL = os.path.join(ROOT, ".build", "release", "kestrel")
+CMDLINE = "console=ttyS0 reboot=k panic=-1 nomodule i8042.noaux quiet"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--kernel", default="6.18", help="the L1 kernel; the L2 boots its vmlinux")
+    options = parser.parse_args()
+    if options.runs < 1:
+        sys.exit("--runs must be at least 1")
+    if not os.access(KESTREL, os.X_OK):
+        sys.exit("no release kestrel: run `swift build -c release --product kestrel` first")
+    work = tempfile.mkdtemp(prefix="kestrel-gmem-bench-")
+    timer = os.path.join(work, "firstline")
+    subprocess.run(["gcc", "-static", "-O2", os.path.join(ROOT, "scripts", "lab", "firstline.c"), "-o", timer], check=True)
+    script = os.path.join(work, "bench.sh")
+    run = f"kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/i.cpio --memory 256M --cpus 1 --cmdline '{CMDLINE}'"
+    with open(script, "w") as file:
+        file.write(f"""kestrel initramfs --command 'echo kestrel-bench-guest' -o /tmp/i.cpio >/dev/null
+kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/i.cpio --memory 256M --memory-backend guest_memfd --cmdline '{CMDLINE}' 2>&1 | grep 'guest memory:'
+for i in $(seq {options.runs}); do
+  if [ $((i % 2)) = 1 ]; then order="anonymous guest_memfd"; else order="guest_memfd anonymous"; fi
+  for backend in $order; do
+    echo "$backend $(/lab/firstline 'kestrel-init: running' 300 sh -c "{run} --memory-backend $backend")"
+  done
+done
+""")
+    print(f"== boot to userspace in one {options.kernel} L1, {options.runs} runs per backend, interleaved", flush=True)
+    result = subprocess.run([KESTREL, "lab", "run", "--kernel", options.kernel, "--guest-kernel", "--timeout", "3000",
+                             "--add", f"{timer}:/lab/firstline", "--add", f"{script}:/lab/bench.sh", "--", "sh /lab/bench.sh"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        sys.exit(f"the lab run failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    times = {"anonymous": [], "guest_memfd": []}
+    for line in result.stdout.splitlines():
+        if "guest memory:" in line:
+            print(line.strip())
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in times:
+            if parts[1] == "timeout":
+                sys.exit(f"{parts[0]}: the guest did not reach its init within 300 s:\n{result.stdout[-3000:]}")
+            times[parts[0]].append(float(parts[1]))
+    if not all(times.values()):
+        sys.exit(f"missing samples: {times}\n{result.stdout[-3000:]}")
+    anonymous, gmem = statistics.median(times["anonymous"]), statistics.median(times["guest_memfd"])
+    for name, values in times.items():
+        print(f"{name:12} median {statistics.median(values):.2f} s (runs: {', '.join(f'{v:.2f}' for v in values)})")
+    print(f"ratio guest_memfd / anonymous: {gmem / anonymous:.3f} (goal <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
