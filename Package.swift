@@ -92,7 +92,7 @@ let package = Package(
         // Virtio devices and the virtio-mmio transport, with no KVM in them: the
         // tests play the driver in guest memory.
         .target(name: "Virtio", dependencies: ["HostSystem", "GuestMemory"], swiftSettings: swiftSettings),
-        .target(name: "VMM", dependencies: ["HostSystem", "KVM", "GuestMemory", "X86", "Boot", "Virtio"], swiftSettings: swiftSettings),
+        .target(name: "VMM", dependencies: ["HostSystem", "KVM", "GuestMemory", "X86", "Boot", "Virtio", "Confidential"], swiftSettings: swiftSettings),
         // The lab: L1 KVM hosts under QEMU, Debian kernels fetched and cached, the
         // L1 initramfs, conformance matrices across hosts.
         .target(name: "Lab", dependencies: ["Boot", "Decompression", "TextFormat"], swiftSettings: swiftSettings),
@@ -129,7 +129,7 @@ let package = Package(
             name: "ConformanceTests", dependencies: ["Conformance"], swiftSettings: swiftSettings),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Boot", "TextFormat"], swiftSettings: swiftSettings),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory", "HostSystem"], swiftSettings: swiftSettings),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Boot"], swiftSettings: swiftSettings),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Boot", "Confidential", "GuestMemory"], swiftSettings: swiftSettings),
         .testTarget(
             name: "BootTests", dependencies: ["Boot", "Decompression", "GuestMemory", "CZlib", "CLZMA", "CZstd"],
             swiftSettings: swiftSettings),

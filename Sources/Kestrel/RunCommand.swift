@@ -47,6 +47,11 @@ struct RunCommand: ParsableCommand {
         discussion: "guest_memfd keeps all guest RAM in guest_memfd files (MMAP|INIT_SHARED, Linux 6.18), mapped by Kestrel; "
             + "NO_DIRECT_MAP is added when the kernel offers it. Kestrel prints which protection is in force."))
     var memoryBackend: String?
+    @Option(help: ArgumentHelp("A confidential VM: snp.",
+                               discussion: "The host must offer SEV-SNP (KVM_X86_SNP_VM and /dev/sev); otherwise kestrel run refuses, naming what is missing, before any VM exists."))
+    var confidential: String?
+    @Option(name: .customLong("snp-certs"), help: "With --confidential snp: the certificate blob (kestrel snp-certs build) served to the guest.")
+    var snpCertificates: String?
     @Flag(name: .customLong("guest-decompression"), help: "Let a bzImage decompress itself in the guest instead of on the host.")
     var guestDecompression = false
     @Flag(name: .customLong("no-pvh"), help: "Enter a vmlinux through its 64-bit entry even if it has a PVH note.")
@@ -75,6 +80,14 @@ struct RunCommand: ParsableCommand {
             throw ExitCode(2)
         }
         if entropy { configuration.entropy = true }
+        if let confidential {
+            guard let mode = ConfidentialMode(rawValue: confidential) else {
+                printError("kestrel: --confidential \(confidential): known: \(ConfidentialMode.allCases.map(\.rawValue).joined(separator: ", "))")
+                throw ExitCode(2)
+            }
+            configuration.confidential = mode
+        }
+        if let snpCertificates { configuration.snpCertificatesPath = snpCertificates }
         if let memoryBackend {
             do { configuration.memoryBackend = try MemoryBackend.named(memoryBackend) } catch {
                 printError("kestrel: --memory-backend: \(error)")

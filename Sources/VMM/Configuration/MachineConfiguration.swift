@@ -1,3 +1,4 @@
+import Confidential
 import FoundationEssentials
 
 /// What to run: a kernel and how to boot it, vCPUs, memory and CPU template.
@@ -24,6 +25,11 @@ public struct MachineConfiguration: Sendable {
     public var vsock: VsockConfiguration?
     /// Where guest RAM comes from.
     public var memoryBackend: MemoryBackend = .anonymous
+    /// A confidential VM type, or nil for an ordinary VM.
+    public var confidential: ConfidentialMode?
+    /// The SEV-SNP certificate blob (GHCB certificate table) served to the
+    /// guest's extended guest requests (`--snp-certs`).
+    public var snpCertificatesPath: String?
 
     public static let defaultCommandLine = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1 i8042.noaux"
 
@@ -58,6 +64,15 @@ public struct MachineConfiguration: Sendable {
             guard FileManager.default.isReadableFile(atPath: path) else { throw ConfigurationError("cannot read the \(what) \(path)") }
         }
         try validateDevices()
+        if let path = snpCertificatesPath {
+            guard confidential == .snp else { throw ConfigurationError("--snp-certs is for --confidential snp") }
+            guard let blob = try? MachineBuilder.readFile(path, what: "SNP certificate blob") else {
+                throw ConfigurationError("cannot read the SNP certificate blob \(path)")
+            }
+            do { _ = try SNPCertificateTable(parsing: blob) } catch {
+                throw ConfigurationError("\(path) is not an SNP certificate table (kestrel snp-certs build writes one): \(error)")
+            }
+        }
     }
 
     /// Parses sizes such as `128M`, `1G`, `512MiB` or a number of bytes.
@@ -94,4 +109,11 @@ public enum MemoryBackend: String, Sendable, CaseIterable {
         }
         return backend
     }
+}
+
+/// A confidential VM type for `kestrel run --confidential`.
+public enum ConfidentialMode: String, Sendable, CaseIterable {
+    /// AMD SEV-SNP: KVM_X86_SNP_VM, private memory in guest_memfd, the boot
+    /// payload measured with SNP_LAUNCH_START/UPDATE/FINISH.
+    case snp
 }

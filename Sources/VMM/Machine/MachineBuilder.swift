@@ -1,4 +1,5 @@
 import Boot
+import Confidential
 import Glibc
 import GuestMemory
 import KVM
@@ -19,6 +20,8 @@ public struct MachineBuilder {
     public func build(console: @escaping @Sendable (UInt8) -> Void,
                       deviceLog: @escaping @Sendable (String) -> Void = { _ in }) throws -> Machine {
         try configuration.validate()
+        // A confidential machine the host cannot run is refused before anything is read or created.
+        if let mode = configuration.confidential { try Self.refuseConfidential(mode, kvm: try KVMSystem()) }
         var timer = StepTimer()
         let kernel = try Self.readFile(configuration.kernelPath, what: "kernel")
         let initrd = try configuration.initrdPath.map { try Self.readFile($0, what: "initrd") }
@@ -96,6 +99,20 @@ public struct MachineBuilder {
             serial: serial, panicWatcher: panicWatcher, vcpuThreads: threads, devices: devices,
             exitHandler: ExitHandler(portBus: portBus, mmioBus: mmioBus), control: control, setupSteps: timer.steps,
             memoryProtection: "\(protection) (\(ranges.count) slot\(ranges.count == 1 ? "" : "s"))")
+    }
+
+    /// Refuses a confidential machine before any VM exists, naming what this
+    /// host lacks. On a host with everything SNP needs it still refuses: the
+    /// SNP boot flow (measured payload, VMSA, conversions through the
+    /// ConversionManager) is not in `kestrel run` yet, and it says so.
+    static func refuseConfidential(_ mode: ConfidentialMode, kvm: KVMSystem) throws {
+        switch mode {
+        case .snp:
+            let missing = try SNPHostSupport(kvm: kvm).missingForLaunch
+            guard missing.isEmpty else { throw ConfigurationError("--confidential snp: \(SNPLaunchError.unavailable(missing))") }
+            throw ConfigurationError("--confidential snp: this host offers SEV-SNP, but kestrel run cannot boot an SNP guest yet "
+                + "(the measured launch of the boot payload and the VMSA are not implemented); nothing was started")
+        }
     }
 
     /// How `backend` backs RAM on this VM, and a sentence saying what protection
