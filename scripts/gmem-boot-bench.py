@@ -12,7 +12,8 @@ built static here. Medians and the ratio come from the same L1.
 A third variant is the control for the mechanism: anonymous memory with the
 L1's transparent huge pages turned off for that boot, so that guest RAM is
 mapped in 4 KiB pages, as guest_memfd's always is (6.18 has no huge pages for
-guest_memfd).
+guest_memfd). A fourth is guest_memfd with --prefault (KVM_PRE_FAULT_MEMORY
+maps all of guest RAM before the guest starts).
 
 Goal (issue 13): guest_memfd / anonymous <= 1.05.
 
@@ -49,12 +50,16 @@ def main():
     with open(script, "w") as file:
         file.write(f"""kestrel initramfs --command 'echo kestrel-bench-guest' -o /tmp/i.cpio >/dev/null
 kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/i.cpio --memory 256M --memory-backend guest_memfd --cmdline '{CMDLINE}' 2>&1 | grep 'guest memory:'
-thp=$(sed 's/.*\[\(.*\)\].*/\1/' /sys/kernel/mm/transparent_hugepage/enabled); echo "transparent huge pages: $thp"
+thp=$(grep -o '\[[a-z]*\]' /sys/kernel/mm/transparent_hugepage/enabled | tr -d '[]'); echo "transparent huge pages: $thp"
+[ -n "$thp" ] || {{ echo "cannot read the transparent huge page mode"; exit 1; }}
 for i in $(seq {options.runs}); do
-  if [ $((i % 2)) = 1 ]; then order="anonymous guest_memfd anonymous-4k"; else order="anonymous-4k guest_memfd anonymous"; fi
+  if [ $((i % 2)) = 1 ]; then order="anonymous guest_memfd anonymous-4k guest_memfd-prefault"; else order="guest_memfd-prefault anonymous-4k guest_memfd anonymous"; fi
   for variant in $order; do
-    backend=${{variant%-4k}}
-    [ $variant = anonymous-4k ] && echo never > /sys/kernel/mm/transparent_hugepage/enabled
+    case $variant in
+      anonymous-4k) backend="anonymous"; echo never > /sys/kernel/mm/transparent_hugepage/enabled ;;
+      guest_memfd-prefault) backend="guest_memfd --prefault" ;;
+      *) backend=$variant ;;
+    esac
     echo "$variant $(/lab/firstline 'kestrel-init: running' 300 sh -c "{run} --memory-backend $backend")"
     echo $thp > /sys/kernel/mm/transparent_hugepage/enabled
   done
@@ -66,7 +71,7 @@ done
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         sys.exit(f"the lab run failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    times = {"anonymous": [], "guest_memfd": [], "anonymous-4k": []}
+    times = {"anonymous": [], "guest_memfd": [], "anonymous-4k": [], "guest_memfd-prefault": []}
     for line in result.stdout.splitlines():
         if "guest memory:" in line or "transparent huge pages" in line:
             print(line.strip())
@@ -79,10 +84,12 @@ done
         sys.exit(f"missing samples: {times}\n{result.stdout[-3000:]}")
     anonymous, gmem = statistics.median(times["anonymous"]), statistics.median(times["guest_memfd"])
     for name, values in times.items():
-        print(f"{name:13} median {statistics.median(values):.2f} s (runs: {', '.join(f'{v:.2f}' for v in values)})")
+        print(f"{name:21} median {statistics.median(values):.2f} s (runs: {', '.join(f'{v:.2f}' for v in values)})")
     small = statistics.median(times["anonymous-4k"])
     print(f"ratio guest_memfd / anonymous: {gmem / anonymous:.3f} (goal <= 1.05)")
     print(f"control: anonymous with 4 KiB pages / anonymous: {small / anonymous:.3f}; guest_memfd / anonymous with 4 KiB pages: {gmem / small:.3f}")
+    prefaulted = statistics.median(times["guest_memfd-prefault"])
+    print(f"guest_memfd with --prefault / anonymous: {prefaulted / anonymous:.3f}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import Testing
         #expect(MemoryLayout<ckvm_userspace_memory_region>.size == 32)
         #expect(MemoryLayout<ckvm_userspace_memory_region2>.size == 160)
         #expect(MemoryLayout<ckvm_create_guest_memfd>.size == 64)
+        #expect(MemoryLayout<ckvm_pre_fault_memory>.size == 64)
         #expect(MemoryLayout<ckvm_memory_attributes>.size == 32)
         #expect(MemoryLayout<ckvm_device_attr>.size == 24)
         #expect(MemoryLayout<ckvm_irqfd>.size == 32)
@@ -90,6 +91,7 @@ import Testing
     static let expectedNumbers: [(IoctlRequest, UInt)] = [
         (KVMRequest.setUserMemoryRegion2, 0x40A0_AE49),
         (KVMRequest.createGuestMemfd, 0xC040_AED4),
+        (KVMRequest.preFaultMemory, 0xC040_AED5),
         (KVMRequest.setMemoryAttributes, 0x4020_AED2),
         (KVMRequest.getOneRegister, 0x4010_AEAB),
         (KVMRequest.setOneRegister, 0x4010_AEAC),

@@ -178,6 +178,13 @@ struct ckvm_create_guest_memfd {
     uint64_t reserved[6];
 };
 
+struct ckvm_pre_fault_memory {
+    uint64_t gpa;
+    uint64_t size;
+    uint64_t flags;
+    uint64_t padding[5];
+};
+
 struct ckvm_memory_attributes {
     uint64_t address;
     uint64_t size;

@@ -10,7 +10,7 @@ public enum BasicsSuite {
 
     public static func tests() -> [ConformanceTest] {
         [realMode, longMode, ucallRoundTrip, invalidOpcode, pageFaultRead, pageFaultWrite,
-         generalProtectionNonCanonical, generalProtectionSelector]
+         generalProtectionNonCanonical, generalProtectionSelector, preFaultMemory]
             + softwareEvents
     }
 
@@ -29,6 +29,27 @@ public enum BasicsSuite {
         let second = try machine.runUntilExit()
         guard case .halt = second else { throw machine.unexpected(second) }
         try context.expectEqualHex(try machine.vcpu.registers().rip, 0x1008, "RIP after HLT")
+    }
+
+    /// After the kernel's pre_fault_memory_test: all of RAM is mapped ahead
+    /// of the guest, a range outside the slots is ENOENT, an unaligned one
+    /// EINVAL, and the guest still runs (`kestrel run --prefault`).
+    static let preFaultMemory = ConformanceTest(
+        suite: name, name: "pre_fault_memory",
+        summary: "KVM_PRE_FAULT_MEMORY maps a slot's RAM before the guest runs, refuses addresses outside the slots (ENOENT) and unaligned ranges (EINVAL)",
+        requires: [.capability(.preFaultMemory)]
+    ) { context in
+        let machine = try GuestMachine(kvm: context.kvm)
+        try machine.vcpu.preFaultMemory(address: 0, size: machine.memorySize)
+        try context.expectErrno(.noSuchFileOrDirectory, "pre-faulting 4 KiB at 4 GiB, outside every slot") {
+            try machine.vcpu.preFaultMemory(address: 1 << 32, size: 4096)
+        }
+        try context.expectErrno(.invalidArgument, "pre-faulting an unaligned range") {
+            try machine.vcpu.preFaultMemory(address: 0x800, size: 4096)
+        }
+        try machine.loadRealMode(code: [0xF4])
+        let exit = try machine.runUntilExit()
+        guard case .halt = exit else { throw machine.unexpected(exit) }
     }
 
     static let longMode = ConformanceTest(

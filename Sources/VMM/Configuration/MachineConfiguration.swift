@@ -25,6 +25,10 @@ public struct MachineConfiguration: Sendable {
     public var vsock: VsockConfiguration?
     /// Where guest RAM comes from.
     public var memoryBackend: MemoryBackend = .anonymous
+    /// Map all guest RAM into KVM's stage-2 tables before the guest starts
+    /// (KVM_PRE_FAULT_MEMORY): no first-touch faults, at the price of
+    /// allocating every page of guest memory up front.
+    public var prefault = false
     /// A confidential VM type, or nil for an ordinary VM.
     public var confidential: ConfidentialMode?
     /// The SEV-SNP certificate blob (GHCB certificate table) served to the

@@ -93,6 +93,13 @@ public struct MachineBuilder {
         }
         let threads = try vcpus.map { try VCPUThread($0) }
         timer.step("devices and vCPUs")
+        if configuration.prefault {
+            guard try kvm.checkExtension(.preFaultMemory) != 0 else {
+                throw ConfigurationError("--prefault: this host's KVM lacks KVM_CAP_PRE_FAULT_MEMORY (Linux 6.10)")
+            }
+            for range in ranges { try vcpus[0].preFaultMemory(address: range.lowerBound, size: UInt64(range.count)) }
+            timer.step("prefault")
+        }
 
         return Machine(
             configuration: configuration, plan: bootPlan.summary, kvm: kvm, virtualMachine: vm, memory: memory,
