@@ -15,7 +15,9 @@ struct LabCommand: ParsableCommand {
             SVM. Its initramfs holds busybox, this static `kestrel`, the kernel's KVM modules (loaded at \
             boot) and the files you add. Kernels: \(KernelFetcher.catalog.map { "\($0.name) (\($0.suite))" }.joined(separator: ", ")), \
             Debian cloud kernels fetched with apt-get download from the mirror apt already uses and cached \
-            under $KESTREL_LAB_CACHE or ~/.cache/kestrel/lab; or your own with --kernel-image and --modules.
+            under $KESTREL_LAB_CACHE or ~/.cache/kestrel/lab; \(SoftwareProtectedKVM.name), the 6.12 kernel with its KVM \
+            rebuilt from Debian's linux-source with CONFIG_KVM_SW_PROTECTED_VM (private memory); or your own with \
+            --kernel-image and --modules.
             Examples:
               kestrel lab kernels --fetch 6.1,7.2
               kestrel lab run --kernel 7.2 -- 'uname -r; ls -l /dev/kvm'
@@ -28,7 +30,9 @@ struct LabCommand: ParsableCommand {
 
 /// Options every lab command shares: which kernel, and how QEMU runs it.
 struct LabMachineOptions: ParsableArguments {
-    @Option(help: "The L1 kernel: \(KernelFetcher.catalog.map(\.name).joined(separator: ", ")).") var kernel: String?
+    @Option(help: ArgumentHelp("The L1 kernel: \(KernelFetcher.names.joined(separator: ", ")).",
+                               discussion: "\(SoftwareProtectedKVM.name) is Debian's 6.12 with its KVM rebuilt with CONFIG_KVM_SW_PROTECTED_VM (private memory); the first use builds it (about two minutes)."))
+    var kernel: String?
     @Option(name: .customLong("kernel-image"), help: "Your own L1 bzImage (with --modules).") var kernelImage: String?
     @Option(help: "The modules tree of --kernel-image (lib/modules/RELEASE).") var modules: String?
     @Option(help: "QEMU accelerator: kvm or tcg (default: kvm when nested virtualization is available, else tcg).")
@@ -75,7 +79,7 @@ struct LabMachineOptions: ParsableArguments {
             return try LabKernel.prepare(name: "custom", image: kernelImage, modulesTree: modules, into: cache.root + "/custom")
         }
         guard let chosen = name ?? kernel else {
-            throw ValidationError("give --kernel (\(KernelFetcher.catalog.map(\.name).joined(separator: ", "))) or --kernel-image with --modules")
+            throw ValidationError("give --kernel (\(KernelFetcher.names.joined(separator: ", "))) or --kernel-image with --modules")
         }
         return try KernelFetcher(cache: cache, progress: { printError("lab: \($0)") }).kernel(chosen, refresh: refresh)
     }
@@ -145,7 +149,7 @@ struct LabKernelsCommand: ParsableCommand {
         let cache = LabCache()
         let fetcher = KernelFetcher(cache: cache, progress: { printError("lab: \($0)") })
         if let fetch {
-            let names = fetch == "all" ? KernelFetcher.catalog.map(\.name) : fetch.split(separator: ",").map(String.init)
+            let names = fetch == "all" ? KernelFetcher.names : fetch.split(separator: ",").map(String.init)
             for name in names {
                 let start = ContinuousClock.now
                 let kernel = try fetcher.kernel(name, refresh: refresh)
@@ -159,6 +163,9 @@ struct LabKernelsCommand: ParsableCommand {
             let cached = release.flatMap { LabKernel.load(from: cache.kernelDirectory($0)) }
             print("\(series.name.padded(to: 5)) \(series.suite.padded(to: 19)) " + (cached.map { "cached: \($0.release)" } ?? "not fetched"))
         }
+        let rebuilt = directoryEntries(cache.root + "/kernels").filter { $0.hasSuffix("+sw-protected") }
+            .compactMap { LabKernel.load(from: cache.kernelDirectory($0)) }.first
+        print("\(SoftwareProtectedKVM.name) (6.12 with KVM rebuilt) " + (rebuilt.map { "cached: \($0.release)" } ?? "not built"))
     }
 }
 

@@ -26,12 +26,16 @@ public struct KernelFetcher {
 
     public static func series(named name: String) -> Series? { catalog.first { $0.name == name } }
 
+    /// Every name `kernel(_:)` takes: the catalog, then the rebuilt host with private memory.
+    public static var names: [String] { catalog.map(\.name) + [SoftwareProtectedKVM.name] }
+
     /// The kernel for `name`: from the cache when it was fetched before (no
     /// network), otherwise the newest matching package from the archive.
     /// `refresh` looks for a newer package even when one is cached.
     public func kernel(_ name: String, refresh: Bool = false) throws -> LabKernel {
+        if name == SoftwareProtectedKVM.name { return try SoftwareProtectedKVM(fetcher: self).kernel(refresh: refresh) }
         guard let series = Self.series(named: name) else {
-            throw LabError("unknown lab kernel \"\(name)\"; known: \(Self.catalog.map(\.name).joined(separator: ", ")) (or give --kernel-image and --modules)")
+            throw LabError("unknown lab kernel \"\(name)\"; known: \(Self.names.joined(separator: ", ")) (or give --kernel-image and --modules)")
         }
         if !refresh, let release = try? readText(cache.aliasPath(name)).split(separator: "\n").first.map(String.init),
            let kernel = LabKernel.load(from: cache.kernelDirectory(release)) {

@@ -60,4 +60,23 @@ extension LabIntegrationTests {
         #expect(protection?.contains("userspace_addr at Kestrel's MAP_SHARED mapping of the file") == true, "\(output)")
         #expect(protection?.contains("direct map") == true, "\(output)")
     }
+
+    /// The lab host with private memory: 6.12 with its KVM rebuilt with
+    /// CONFIG_KVM_SW_PROTECTED_VM offers KVM_X86_SW_PROTECTED_VM, and the
+    /// guest_memfd suite's sw_protected cases run there (they skip on every
+    /// Debian kernel as shipped).
+    @Test func theSoftwareProtectedHostOffersPrivateMemory() throws {
+        let caps = try Self.run(["lab", "run", "--kernel", "6.12-sw-protected", "--", "kestrel caps"], timeout: 900)
+        #expect(caps.status == 0, "\(caps.errors.suffix(3000))")
+        let types = caps.output.split(separator: "\n").first { $0.hasPrefix("VM types") } ?? ""
+        #expect(types.contains("KVM_X86_SW_PROTECTED_VM"), "\(caps.output)")
+        #expect(caps.output.contains("0x8 (PRIVATE)"), "KVM_SET_MEMORY_ATTRIBUTES offers PRIVATE: \(caps.output)")
+        let check = try Self.run(["lab", "check", "--kernel", "6.12-sw-protected", "--filter", "guest_memfd.sw_protected"], timeout: 900)
+        print("guest_memfd on the SW_PROTECTED host:\n\(check.output)")
+        #expect(check.status == 0, "\(check.output)\n\(check.errors.suffix(2000))")
+        let summary = check.output.split(separator: "\n").first { $0.contains(" passed, ") } ?? ""
+        let passed = Int(summary.split(separator: " ").first ?? "") ?? 0
+        #expect(passed >= 9 && summary.contains(" 0 failed"), "\(check.output)")
+        #expect(check.output.contains("PASS  guest_memfd.sw_protected.invalid_binding"), "\(check.output)")
+    }
 }
