@@ -39,24 +39,9 @@ public final class MemoryMapping: @unchecked Sendable {
     /// Maps `size` bytes of zeroed anonymous memory (mmap MAP_ANONYMOUS), starting
     /// at a multiple of `alignment` (a power of two; the page size by default).
     public init(anonymousSize size: Int, sharing: Sharing = .private, noReserve: Bool = true, alignment: Int = 0) throws {
-        guard size > 0 else { throw GuestMemoryError.invalidSize(size) }
-        guard alignment == 0 || alignment & (alignment - 1) == 0 else { throw GuestMemoryError.invalidSize(alignment) }
         var flags = MAP_ANONYMOUS | (sharing == .shared ? MAP_SHARED : MAP_PRIVATE)
         if noReserve { flags |= MAP_NORESERVE }
-        guard alignment > Self.pageSize else {
-            self.baseAddress = try Self.map(nil, size, PROT_READ | PROT_WRITE, flags, -1, 0)
-            self.size = size
-            self.sharing = sharing
-            return
-        }
-        // Map `alignment` more than needed, then unmap the slack on both sides.
-        let reserved = try Self.map(nil, size + alignment, PROT_READ | PROT_WRITE, flags, -1, 0)
-        let start = (UInt(bitPattern: reserved) + UInt(alignment) - 1) & ~UInt(alignment - 1)
-        let head = Int(start - UInt(bitPattern: reserved))
-        if head > 0 { munmap(reserved, head) }
-        let tail = alignment - head
-        if tail > 0 { munmap(reserved + head + size, tail) }
-        self.baseAddress = reserved + head
+        self.baseAddress = try Self.mapAligned(size, alignment, PROT_READ | PROT_WRITE, flags, -1, 0)
         self.size = size
         self.sharing = sharing
     }
@@ -65,33 +50,33 @@ public final class MemoryMapping: @unchecked Sendable {
     /// multiple of `alignment` (a power of two; the page size by default).
     public init(fileDescriptor: Int32, size: Int, offset: Int = 0, sharing: Sharing = .shared,
                 protection: Int32 = PROT_READ | PROT_WRITE, alignment: Int = 0) throws {
+        self.baseAddress = try Self.mapAligned(size, alignment, protection, sharing == .shared ? MAP_SHARED : MAP_PRIVATE,
+                                               fileDescriptor, off_t(offset))
+        self.size = size
+        self.sharing = sharing
+    }
+
+    /// mmap at a multiple of `alignment`: above the page size, an aligned range
+    /// of address space is reserved first and the mapping placed over it.
+    private static func mapAligned(_ size: Int, _ alignment: Int, _ protection: Int32, _ flags: Int32,
+                                   _ fd: Int32, _ offset: off_t) throws -> UnsafeMutableRawPointer {
         guard size > 0 else { throw GuestMemoryError.invalidSize(size) }
         guard alignment == 0 || alignment & (alignment - 1) == 0 else { throw GuestMemoryError.invalidSize(alignment) }
-        let flags = sharing == .shared ? MAP_SHARED : MAP_PRIVATE
-        guard alignment > Self.pageSize else {
-            self.baseAddress = try Self.map(nil, size, protection, flags, fileDescriptor, off_t(offset))
-            self.size = size
-            self.sharing = sharing
-            return
-        }
-        // Reserve an aligned range of address space, then map the file over it.
-        let reserved = try Self.map(nil, size + alignment, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard alignment > pageSize else { return try map(nil, size, protection, flags, fd, offset) }
+        let reserved = try map(nil, size + alignment, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         let start = (UInt(bitPattern: reserved) + UInt(alignment) - 1) & ~UInt(alignment - 1)
         let head = Int(start - UInt(bitPattern: reserved))
         let target = reserved + head
         do {
-            _ = try Self.map(target, size, protection, flags | MAP_FIXED, fileDescriptor, off_t(offset))
+            _ = try map(target, size, protection, flags | MAP_FIXED, fd, offset)
         } catch {
             munmap(reserved, size + alignment)
             throw error
         }
         // Sound: the slack on both sides is part of our own reservation.
         if head > 0 { munmap(reserved, head) }
-        let tail = alignment - head
-        if tail > 0 { munmap(target + size, tail) }
-        self.baseAddress = target
-        self.size = size
-        self.sharing = sharing
+        if alignment - head > 0 { munmap(target + size, alignment - head) }
+        return target
     }
 
     deinit { munmap(baseAddress, size) }

@@ -95,22 +95,22 @@ extension VirtualMachine {
     @discardableResult
     public func addMemory(slot: UInt32, at start: GuestAddress, size: Int, alignment: Int = 0, backing: RAMBacking = .anonymous(.private),
                           to space: GuestAddressSpace) throws -> MemoryRegion {
-        let region: MemoryRegion
+        let mapping: MemoryMapping, file: GuestMemfd?
         switch backing {
         case .anonymous(let sharing):
-            let mapping = try MemoryMapping(anonymousSize: size, sharing: sharing, alignment: alignment)
-            region = try MemoryRegion(slot: slot, start: start, mapping: mapping)
+            mapping = try MemoryMapping(anonymousSize: size, sharing: sharing, alignment: alignment)
+            file = nil
         case .guestMemfd(let flags):
             guard flags.isSuperset(of: .mappableRAM) else {
                 throw KVMUsageError("a guest_memfd that backs RAM the host maps needs MMAP|INIT_SHARED, not \(flags)")
             }
-            let file = try createGuestMemfd(size: UInt64(size), flags: flags)
-            let mapping = try MemoryMapping(fileDescriptor: file.fileDescriptor, size: size, sharing: .shared, alignment: alignment)
-            region = try MemoryRegion(slot: slot, start: start, mapping: mapping, guestMemfd: file)
+            file = try createGuestMemfd(size: UInt64(size), flags: flags)
+            mapping = try MemoryMapping(fileDescriptor: file!.fileDescriptor, size: size, sharing: .shared, alignment: alignment)
         }
+        let region = try MemoryRegion(slot: slot, start: start, mapping: mapping, guestMemfd: file)
         try install(region)
         do {
-            try space.add(region.mapping!, at: start)
+            try space.add(mapping, at: start)
         } catch {
             try? removeRegion(slot: slot)  // no slot without its place in the address space
             throw error

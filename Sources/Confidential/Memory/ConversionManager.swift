@@ -107,12 +107,7 @@ public final class ConversionManager: Sendable {
     /// (or shared) while KVM had it the other way, so it is converted to match.
     /// A poisoned page is refused: converting it would not help.
     public func handle(_ fault: MemoryFault) -> Outcome {
-        if fault.hardwarePoison {
-            let outcome = Outcome.refused("\(fault): the page is poisoned, converting it would not help")
-            lock.withLock { $0.refused += 1 }
-            log("conversion refused: \(fault)")
-            return outcome
-        }
+        if fault.hardwarePoison { return refuse("\(fault): the page is poisoned, converting it would not help") }
         return convert(address: fault.guestPhysicalAddress, length: fault.size, toPrivate: fault.flags.contains(.private))
     }
 
@@ -127,24 +122,23 @@ public final class ConversionManager: Sendable {
     /// Answers KVM_HC_MAP_GPA_RANGE with its three arguments; returns the
     /// value for the guest's RAX (0, or -KVM_EINVAL when refused or failed).
     public func handleMapGPARange(arguments: [UInt64]) -> (outcome: Outcome, returnValue: UInt64) {
-        guard arguments.count >= 3 else { return (.refused("MAP_GPA_RANGE with \(arguments.count) arguments"), Self.hypercallInvalid) }
+        guard arguments.count >= 3 else { return (refuse("MAP_GPA_RANGE with \(arguments.count) arguments"), Self.hypercallInvalid) }
         let (address, pages, attributes) = (arguments[0], arguments[1], arguments[2])
         let known = Self.mapGPARangeEncrypted | 0x3
         guard attributes & ~known == 0, attributes & 0x3 != 0x3 else {
-            let reason = "MAP_GPA_RANGE attributes 0x\(String(attributes, radix: 16)) have unknown bits"
-            lock.withLock { $0.refused += 1 }
-            log("conversion refused: \(reason)")
-            return (.refused(reason), Self.hypercallInvalid)
+            return (refuse("MAP_GPA_RANGE attributes 0x\(String(attributes, radix: 16)) have unknown bits"), Self.hypercallInvalid)
         }
         let (length, overflow) = pages.multipliedReportingOverflow(by: 4096)
-        guard !overflow else {
-            let reason = "MAP_GPA_RANGE of \(pages) pages overflows"
-            lock.withLock { $0.refused += 1 }
-            log("conversion refused: \(reason)")
-            return (.refused(reason), Self.hypercallInvalid)
-        }
+        guard !overflow else { return (refuse("MAP_GPA_RANGE of \(pages) pages overflows"), Self.hypercallInvalid) }
         let outcome = convert(address: address, length: length, toPrivate: attributes & Self.mapGPARangeEncrypted != 0)
         return (outcome, outcome.succeeded ? 0 : Self.hypercallInvalid)
+    }
+
+    /// Counts and logs a request refused before it reached a range.
+    private func refuse(_ reason: String) -> Outcome {
+        lock.withLock { $0.refused += 1 }
+        log("conversion refused: \(reason)")
+        return .refused(reason)
     }
 
     // MARK: The conversion
