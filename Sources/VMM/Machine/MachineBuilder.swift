@@ -41,6 +41,9 @@ public struct MachineBuilder {
         for capability in [Capability.immediateExit] where try kvm.checkExtension(capability) == 0 {
             throw ConfigurationError("this host's KVM lacks \(capability)")
         }
+        if configuration.prefault, try kvm.checkExtension(.preFaultMemory) == 0 {
+            throw ConfigurationError("--prefault: this host's KVM lacks KVM_CAP_PRE_FAULT_MEMORY (Linux 6.10)")
+        }
         let vm = try kvm.createVirtualMachine()
         try vm.setTSSAddress(0xFFFB_D000)
         try vm.setIdentityMapAddress(0xFFFB_C000)
@@ -94,9 +97,6 @@ public struct MachineBuilder {
         let threads = try vcpus.map { try VCPUThread($0) }
         timer.step("devices and vCPUs")
         if configuration.prefault {
-            guard try kvm.checkExtension(.preFaultMemory) != 0 else {
-                throw ConfigurationError("--prefault: this host's KVM lacks KVM_CAP_PRE_FAULT_MEMORY (Linux 6.10)")
-            }
             for range in ranges { try vcpus[0].preFaultMemory(address: range.lowerBound, size: UInt64(range.count)) }
             timer.step("prefault")
         }
