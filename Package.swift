@@ -65,7 +65,7 @@ let package = Package(
             swiftSettings: swiftSettings),
         .target(
             name: "Conformance",
-            dependencies: ["HostSystem", "KVM", "GuestMemory", "X86", "GuestKit", "TextFormat"],
+            dependencies: ["HostSystem", "KVM", "GuestMemory", "X86", "GuestKit", "TextFormat", "Confidential", "Virtio"],
             swiftSettings: swiftSettings),
         // Confidential guests: SNP certificate tables, the certificate service, SNP launch.
         .target(

@@ -217,6 +217,10 @@ extension Assembler {
     public func wrmsr() { bytes.append(contentsOf: [0x0F, 0x30]) }
     /// `cpuid` (0F A2).
     public func cpuid() { bytes.append(contentsOf: [0x0F, 0xA2]) }
+    /// `vmcall` (0F 01 C1): Intel's hypercall instruction.
+    public func vmcall() { bytes.append(contentsOf: [0x0F, 0x01, 0xC1]) }
+    /// `vmmcall` (0F 01 D9): AMD's hypercall instruction.
+    public func vmmcall() { bytes.append(contentsOf: [0x0F, 0x01, 0xD9]) }
     /// `hlt` (F4).
     public func hlt() { bytes.append(0xF4) }
     /// `cli` (FA).
@@ -241,6 +245,11 @@ extension Assembler {
     public func eretu() { bytes.append(contentsOf: [0xF3, 0x0F, 0x01, 0xCA]) }
     /// `rep stosb` (F3 AA): fill RCX bytes at RDI with AL.
     public func repStosb() { bytes.append(contentsOf: [0xF3, 0xAA]) }
+
+    /// `repe scasb` (F3 AE): compare AL with the bytes at RDI while they are
+    /// equal, for at most RCX bytes. After a mismatch ZF is clear and RDI is one
+    /// past the differing byte. RCX must not be 0 (the flags would be stale).
+    public func repeScasb() { bytes.append(contentsOf: [0xF3, 0xAE]) }
 
     /// `mov reg, crN` (0F 20 /r, REX.R for CR8).
     public func mov(_ destination: Register64, _ control: ControlRegister) {

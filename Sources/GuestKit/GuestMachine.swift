@@ -163,6 +163,19 @@ public final class GuestMachine {
         throw unexpected(exit)
     }
 
+    /// Runs until the guest makes a ucall, passing every other exit to
+    /// `serve`, which answers it and returns true to resume the guest, or
+    /// returns false to make it a `HarnessError`. `timeout` bounds each run.
+    public func runUntilUcall(timeout: Double = GuestMachine.defaultTimeout, serving serve: (VCPUExit) throws -> Bool) throws -> Ucall {
+        while true {
+            let exit = try runUntilExit(timeout: timeout)
+            if case .io(let io) = exit, io.port == ucallPort, io.direction == .out, io.size == 4 {
+                return try UcallRecord.decode(at: UInt64(io.value), in: memory)
+            }
+            guard try serve(exit) else { throw unexpected(exit) }
+        }
+    }
+
     /// A `HarnessError` for an exit the test did not expect, with the RIP.
     public func unexpected(_ exit: VCPUExit) -> HarnessError {
         var bytes: [UInt8]? = nil

@@ -26,6 +26,9 @@ public struct Capability: Hashable, Sendable, CustomStringConvertible {
     public static let readOnlyMemory = Capability(81, name: "KVM_CAP_READONLY_MEM")
     public static let immediateExit = Capability(136, name: "KVM_CAP_IMMEDIATE_EXIT")
     public static let msrFeatures = Capability(153, name: "KVM_CAP_GET_MSR_FEATURES")
+    /// Its value is the mask of hypercalls KVM can hand to userspace
+    /// (bit 12, KVM_HC_MAP_GPA_RANGE); KVM_ENABLE_CAP on a VM chooses them.
+    public static let exitHypercall = Capability(201, name: "KVM_CAP_EXIT_HYPERCALL")
     public static let userMemory2 = Capability(231, name: "KVM_CAP_USER_MEMORY2")
     public static let memoryFaultInfo = Capability(232, name: "KVM_CAP_MEMORY_FAULT_INFO")
     public static let memoryAttributes = Capability(233, name: "KVM_CAP_MEMORY_ATTRIBUTES")

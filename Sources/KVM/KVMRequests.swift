@@ -27,6 +27,8 @@ public enum KVMRequest {
         "KVM_SET_MEMORY_ATTRIBUTES", .write, 0xD2, size: MemoryLayout<ckvm_memory_attributes>.size)
     public static let createGuestMemfd = IoctlRequest(
         "KVM_CREATE_GUEST_MEMFD", .readWrite, 0xD4, size: MemoryLayout<ckvm_create_guest_memfd>.size)
+    public static let enableCapability = IoctlRequest(
+        "KVM_ENABLE_CAP", .write, 0xA3, size: MemoryLayout<ckvm_enable_cap>.size)
     public static let createInterruptController = IoctlRequest("KVM_CREATE_IRQCHIP", .none, 0x60)
     public static let interruptLine = IoctlRequest(
         "KVM_IRQ_LINE", .write, 0x61, size: MemoryLayout<ckvm_irq_level>.size)

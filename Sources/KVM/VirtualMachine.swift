@@ -31,6 +31,22 @@ public final class VirtualMachine: Sendable {
         Int(try SystemCall.ioctl(fileDescriptor, KVMRequest.checkExtension, value: UInt(capability.rawValue)))
     }
 
+    /// Turns on a VM capability with up to four arguments. The corresponding
+    /// ioctl is KVM_ENABLE_CAP on the VM fd.
+    public func enableCapability(_ capability: Capability, arguments: [UInt64] = []) throws {
+        guard arguments.count <= 4 else {
+            throw KVMUsageError("KVM_ENABLE_CAP takes at most 4 arguments; \(capability) got \(arguments.count)")
+        }
+        var request = ckvm_enable_cap()
+        request.cap = UInt32(bitPattern: capability.rawValue)
+        // Sound: `args` is four UInt64s (32 bytes) inside `request`, and at most
+        // four are stored, each at its own 8-byte offset.
+        withUnsafeMutableBytes(of: &request.args) { raw in
+            for (index, value) in arguments.enumerated() { raw.storeBytes(of: value, toByteOffset: 8 * index, as: UInt64.self) }
+        }
+        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.enableCapability, &request)
+    }
+
     /// The guest_memfd flags this VM accepts (KVM_CAP_GUEST_MEMFD_FLAGS).
     public func supportedGuestMemfdFlags() throws -> GuestMemfdFlags {
         GuestMemfdFlags(rawValue: UInt64(try checkExtension(.guestMemfdFlags)))

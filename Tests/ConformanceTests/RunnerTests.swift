@@ -95,6 +95,11 @@ final class Captured: @unchecked Sendable {
                 #expect(diagnosis.contains("instruction bytes"), "\(test.id): \(diagnosis)")
                 continue
             }
+            if test.name == "exit_hypercall", case .fail(let diagnosis) = result.outcome {
+                // kvm_pvm never completes a hypercall instruction (FINDINGS.md, section 7).
+                #expect(diagnosis.contains("diagnosis:") && diagnosis.contains("KVM_HC_VAPIC_POLL_IRQ"), "\(test.id): \(diagnosis)")
+                continue
+            }
             if test.name == "pre_fault_memory", case .skip(let reason) = result.outcome {
                 // Hosts before 6.10 (ours among them) lack the ioctl; the skip names it.
                 #expect(reason.contains("KVM_CAP_PRE_FAULT_MEMORY"), "\(test.id): \(reason)")

@@ -104,6 +104,8 @@ import Testing
         #expect(try bytes { $0.mov(.cr4, .rax) } == [0x0F, 0x22, 0xE0])
         #expect(try bytes { $0.mov(.cr8, .rax) } == [0x44, 0x0F, 0x22, 0xC0])
         #expect(try bytes { $0.repStosb() } == [0xF3, 0xAA])
+        #expect(try bytes { $0.repeScasb() } == [0xF3, 0xAE])
+        #expect(try bytes { $0.vmcall(); $0.vmmcall() } == [0x0F, 0x01, 0xC1, 0x0F, 0x01, 0xD9])
         #expect(try bytes { $0.erets() } == [0xF2, 0x0F, 0x01, 0xCA])
         #expect(try bytes { $0.eretu() } == [0xF3, 0x0F, 0x01, 0xCA])
     }

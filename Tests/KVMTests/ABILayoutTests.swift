@@ -76,6 +76,12 @@ import Testing
         #expect(MemoryLayout<ckvm_sev_snp_launch_finish>.offset(of: \.pad1) == 56)
     }
 
+    @Test func enableCapabilityLayout() {
+        #expect(MemoryLayout<ckvm_enable_cap>.size == 104)
+        #expect(MemoryLayout<ckvm_enable_cap>.offset(of: \.args) == 8)
+        #expect(MemoryLayout<ckvm_enable_cap>.offset(of: \.pad) == 40)
+    }
+
     @Test func vmgexitLayoutMatchesTheV15Structure() {
         #expect(MemoryLayout<ckvm_exit_vmgexit>.size == 32)
         #expect(MemoryLayout<ckvm_exit_vmgexit>.offset(of: \.data_gpa) == 8)
@@ -93,6 +99,7 @@ import Testing
         (KVMRequest.createGuestMemfd, 0xC040_AED4),
         (KVMRequest.preFaultMemory, 0xC040_AED5),
         (KVMRequest.setMemoryAttributes, 0x4020_AED2),
+        (KVMRequest.enableCapability, 0x4068_AEA3),
         (KVMRequest.getOneRegister, 0x4010_AEAB),
         (KVMRequest.setOneRegister, 0x4010_AEAC),
         (KVMRequest.memoryEncryptOperation, 0xC008_AEBA),

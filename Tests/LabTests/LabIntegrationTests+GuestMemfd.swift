@@ -63,20 +63,28 @@ extension LabIntegrationTests {
 
     /// The lab host with private memory: 6.12 with its KVM rebuilt with
     /// CONFIG_KVM_SW_PROTECTED_VM offers KVM_X86_SW_PROTECTED_VM, and the
-    /// guest_memfd suite's sw_protected cases run there (they skip on every
-    /// Debian kernel as shipped).
+    /// guest_memfd suite's sw_protected cases, the private_mem suite (the
+    /// kernel's private_mem selftests, and Kestrel's conversion manager driven
+    /// by a guest, with the refused device request) and the hypercall exit run
+    /// there. They skip on every Debian kernel as shipped.
     @Test func theSoftwareProtectedHostOffersPrivateMemory() throws {
         let caps = try Self.run(["lab", "run", "--kernel", "6.12-sw-protected", "--", "kestrel caps"], timeout: 900)
         #expect(caps.status == 0, "\(caps.errors.suffix(3000))")
         let types = caps.output.split(separator: "\n").first { $0.hasPrefix("VM types") } ?? ""
         #expect(types.contains("KVM_X86_SW_PROTECTED_VM"), "\(caps.output)")
         #expect(caps.output.contains("0x8 (PRIVATE)"), "KVM_SET_MEMORY_ATTRIBUTES offers PRIVATE: \(caps.output)")
-        let check = try Self.run(["lab", "check", "--kernel", "6.12-sw-protected", "--filter", "guest_memfd.sw_protected"], timeout: 900)
-        print("guest_memfd on the SW_PROTECTED host:\n\(check.output)")
+        let check = try Self.run(["lab", "check", "--kernel", "6.12-sw-protected", "--filter", "guest_memfd.sw_protected",
+                                  "--filter", "private_mem", "--filter", "basics.exit_hypercall"], timeout: 900)
+        print("guest_memfd, private_mem and the hypercall exit on the SW_PROTECTED host:\n\(check.output)")
         #expect(check.status == 0, "\(check.output)\n\(check.errors.suffix(2000))")
         let summary = check.output.split(separator: "\n").first { $0.contains(" passed, ") } ?? ""
         let passed = Int(summary.split(separator: " ").first ?? "") ?? 0
-        #expect(passed >= 9 && summary.contains(" 0 failed"), "\(check.output)")
+        #expect(passed >= 16 && summary.contains(" 0 failed"), "\(check.output)")
         #expect(check.output.contains("PASS  guest_memfd.sw_protected.invalid_binding"), "\(check.output)")
+        for name in ["kvm_exits.memslot_not_private", "kvm_exits.memslot_deleted", "conversions.one_slot", "conversions.two_slots",
+                     "manager.conversions", "manager.device_refuses_private_buffer"] {
+            #expect(check.output.contains("PASS  private_mem.\(name)"), "private_mem.\(name): \(check.output)")
+        }
+        #expect(check.output.contains("PASS  basics.exit_hypercall"), "\(check.output)")
     }
 }

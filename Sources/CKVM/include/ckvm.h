@@ -185,6 +185,14 @@ struct ckvm_pre_fault_memory {
     uint64_t padding[5];
 };
 
+/* KVM_ENABLE_CAP's argument (struct kvm_enable_cap): 104 bytes. */
+struct ckvm_enable_cap {
+    uint32_t cap;
+    uint32_t flags;
+    uint64_t args[4];
+    uint8_t pad[64];
+};
+
 struct ckvm_memory_attributes {
     uint64_t address;
     uint64_t size;

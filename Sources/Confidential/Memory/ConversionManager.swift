@@ -111,8 +111,10 @@ public final class ConversionManager: Sendable {
         return convert(address: fault.guestPhysicalAddress, length: fault.size, toPrivate: fault.flags.contains(.private))
     }
 
-    /// KVM_HC_MAP_GPA_RANGE (number 12): RDI = guest-physical address, RSI = 4 KiB
-    /// pages, RDX = attributes (bits 0-1 a page-size hint, bit 4 ENCRYPTED).
+    /// KVM_HC_MAP_GPA_RANGE (number 12): the guest passes the guest-physical
+    /// address in RBX, the number of 4 KiB pages in RCX and the attributes in
+    /// RDX (bits 0-1 a page-size hint, bit 4 ENCRYPTED); KVM hands them over as
+    /// `hypercall.args[0...2]`.
     public static let mapGPARangeHypercall: UInt64 = 12
     /// KVM_MAP_GPA_RANGE_ENCRYPTED: the range becomes private.
     public static let mapGPARangeEncrypted: UInt64 = 1 << 4
