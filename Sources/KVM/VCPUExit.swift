@@ -306,6 +306,8 @@ public struct HypercallExit {
     }
     /// The value the guest sees in RAX when it resumes.
     public func setReturnValue(_ value: UInt64) { run.pointee.exit.hypercall.ret = value }
+    /// The value last set for the guest's RAX.
+    public var returnValue: UInt64 { run.pointee.exit.hypercall.ret }
 }
 
 /// The data of a KVM_EXIT_SNP_REQ_CERTS exit; `respond` sets `ret` for KVM.

@@ -1,4 +1,7 @@
 import KVM
+import Confidential
+import Glibc
+import GuestMemory
 import Synchronization
 import Testing
 @testable import VMM
@@ -92,5 +95,67 @@ import Testing
         let rig = Rig()
         #expect(rig.handler.handle(.interrupted, vcpu: 0, rip: { nil }) == .resume)
         #expect(rig.handler.handle(.notRunnable, vcpu: 1, rip: { nil }) == .resume)
+    }
+}
+
+/// Conversion exits: with a conversion manager they convert and resume (a
+/// refused hypercall answers the guest -KVM_EINVAL), without one they end the
+/// run naming the exit.
+@Suite struct ExitHandlerConversionTests {
+    final class Calls: Sendable { let ranges = Mutex<[(Range<UInt64>, Bool)]>([]) }
+
+    static func handler(calls: Calls) throws -> (ExitHandler, GuestAddressSpace, Int32) {
+        var name = Array("/dev/shm/kestrel-exit-conversion-XXXXXX".utf8CString)
+        let file = mkstemp(&name)
+        try #require(file >= 0)
+        unlink(String(cString: name))
+        try #require(ftruncate(file, 0x10000) == 0)
+        let memory = GuestAddressSpace()
+        let shared = try MemoryMapping(anonymousSize: 0x10000, sharing: .shared)
+        try memory.add(shared, at: GuestAddress(0x10_0000))
+        let ram = try ConvertibleRAM(range: 0x10_0000..<0x11_0000, privateFile: file, privateOffset: 0, shared: shared, keeping: nil)
+        let manager = try ConversionManager(ram: [ram], memory: memory, mmio: [("virtio-blk", 0xD000_1000..<0xD000_2000)],
+                                            setAttributes: { range, isPrivate in calls.ranges.withLock { $0.append((range, isPrivate)) } })
+        return (ExitHandler(portBus: DeviceBus(), mmioBus: DeviceBus(), conversions: manager), memory, file)
+    }
+
+    @Test func mapGPARangeConvertsAndAnswersTheGuest() throws {
+        let calls = Calls()
+        let (handler, memory, file) = try Self.handler(calls: calls)
+        defer { close(file) }
+        let area = RunArea.simulated()
+        let exit = area.simulate(.hypercall(number: 12, arguments: [0x10_0000, 2, 0x10]))
+        #expect(handler.handle(exit, vcpu: 0, rip: { nil }) == .resume)
+        guard case .hypercall(let call) = exit else { Issue.record("not a hypercall"); return }
+        #expect(call.returnValue == 0)
+        #expect(memory.privateRanges == [0x10_0000..<0x10_2000])
+        let refused = area.simulate(.hypercall(number: 12, arguments: [0xD000_1000, 1, 0x10]))
+        #expect(handler.handle(refused, vcpu: 0, rip: { nil }) == .resume, "a refused range is the guest's error, not the VMM's")
+        guard case .hypercall(let second) = refused else { Issue.record("not a hypercall"); return }
+        #expect(second.returnValue == UInt64(bitPattern: -22))
+        #expect(calls.ranges.withLock { $0.count } == 1)
+    }
+
+    @Test func memoryFaultsConvertOrEndTheRun() throws {
+        let calls = Calls()
+        let (handler, memory, file) = try Self.handler(calls: calls)
+        defer { close(file) }
+        let area = RunArea.simulated()
+        #expect(handler.handle(area.simulate(.memoryFault(flags: .private, address: 0x10_3000, size: 0x1000)), vcpu: 0, rip: { nil }) == .resume)
+        #expect(memory.privateRanges == [0x10_3000..<0x10_4000])
+        let outside = handler.handle(area.simulate(.memoryFault(flags: [], address: 0x20_0000, size: 0x1000)), vcpu: 1, rip: { nil })
+        guard case .finish(.vcpuFailure(let vcpu, let detail)) = outside else { Issue.record("\(outside)"); return }
+        #expect(vcpu == 1 && detail.contains("outside convertible RAM"), "\(detail)")
+    }
+
+    @Test func withoutAManagerConversionExitsEndTheRun() {
+        let handler = ExitHandler(portBus: DeviceBus(), mmioBus: DeviceBus())
+        let area = RunArea.simulated()
+        let hypercall = handler.handle(area.simulate(.hypercall(number: 12, arguments: [0x10_0000, 1, 0x10])), vcpu: 0, rip: { nil })
+        guard case .finish(.vcpuFailure(_, let detail)) = hypercall else { Issue.record("\(hypercall)"); return }
+        #expect(detail.contains("KVM_HC_MAP_GPA_RANGE") && detail.contains("not convertible"), "\(detail)")
+        let fault = handler.handle(area.simulate(.memoryFault(flags: .private, address: 0x10_0000, size: 0x1000)), vcpu: 0, rip: { nil })
+        guard case .finish(.vcpuFailure(_, let detail)) = fault else { Issue.record("\(fault)"); return }
+        #expect(detail.contains("KVM_EXIT_MEMORY_FAULT") && detail.contains("not convertible"), "\(detail)")
     }
 }

@@ -106,6 +106,14 @@ public final class VirtioDeviceSet: Sendable {
         blockDevices = devices.compactMap { $0.device as? BlockDevice }
     }
 
+    /// The devices' MMIO windows by name, which a conversion must not touch.
+    public var mmioRanges: [(name: String, range: Range<UInt64>)] {
+        transports.indices.map { index in
+            let base = UInt64(VirtioPlacement.device(index).base)
+            return (transports[index].name, base..<(base + MMIOTransport.windowSize))
+        }
+    }
+
     /// Starts the event loop (before the vCPUs).
     public func start() throws { try loop.start() }
 

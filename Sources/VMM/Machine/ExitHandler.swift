@@ -1,3 +1,4 @@
+import Confidential
 import KVM
 
 /// What the running machine does after an exit.
@@ -14,13 +15,20 @@ public enum ExitAction: Equatable, Sendable {
 /// sleep, the i8042 reset line) do so through their own callbacks while the
 /// access is handled. Tests drive it with exits staged in a simulated
 /// `RunArea`, as Firecracker's tests drive `handle_kvm_exit`.
+///
+/// A machine whose RAM the guest may convert has a `ConversionManager`:
+/// KVM_EXIT_MEMORY_FAULT exits and KVM_HC_MAP_GPA_RANGE hypercalls go to it
+/// (its KVM_SET_MEMORY_ATTRIBUTES calls are the only KVM calls made from
+/// here). Without one, either exit ends the run and says why.
 public struct ExitHandler: Sendable {
     public let portBus: DeviceBus
     public let mmioBus: DeviceBus
+    public let conversions: ConversionManager?
 
-    public init(portBus: DeviceBus, mmioBus: DeviceBus) {
+    public init(portBus: DeviceBus, mmioBus: DeviceBus, conversions: ConversionManager? = nil) {
         self.portBus = portBus
         self.mmioBus = mmioBus
+        self.conversions = conversions
     }
 
     /// Handles `exit` of vCPU `vcpu`. `rip` is asked for only when the
@@ -49,6 +57,23 @@ public struct ExitHandler: Sendable {
             return .resume
         case .interrupted, .notRunnable:
             return .resume
+        case .hypercall(let call) where call.number == ConversionManager.mapGPARangeHypercall:
+            guard let conversions else {
+                return .finish(.vcpuFailure(vcpu: vcpu, detail: "KVM_HC_MAP_GPA_RANGE from the guest, but this machine's memory is not convertible"))
+            }
+            // A refused range is the guest's error: it gets -KVM_EINVAL and runs on.
+            call.setReturnValue(conversions.handleMapGPARange(arguments: call.arguments).returnValue)
+            return .resume
+        case .memoryFault(let fault):
+            guard let conversions else {
+                return .finish(.vcpuFailure(vcpu: vcpu, detail: "\(ExitReason.memoryFault): \(fault), but this machine's memory is not convertible"))
+            }
+            // The access cannot complete until the range has the state it wants.
+            switch conversions.handle(fault) {
+            case .converted, .unchanged: return .resume
+            case .refused(let reason), .failed(let reason):
+                return .finish(.vcpuFailure(vcpu: vcpu, detail: "\(ExitReason.memoryFault): \(fault): \(reason)"))
+            }
         case .shutdown:
             return .finish(.tripleFault(vcpu: vcpu, rip: rip()))
         case .systemEvent(let event):

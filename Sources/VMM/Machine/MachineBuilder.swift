@@ -104,8 +104,22 @@ public struct MachineBuilder {
         return Machine(
             configuration: configuration, plan: bootPlan.summary, kvm: kvm, virtualMachine: vm, memory: memory,
             serial: serial, panicWatcher: panicWatcher, vcpuThreads: threads, devices: devices,
-            exitHandler: ExitHandler(portBus: portBus, mmioBus: mmioBus), control: control, setupSteps: timer.steps,
+            exitHandler: ExitHandler(portBus: portBus, mmioBus: mmioBus,
+                                     conversions: try Self.conversionManager(vm: vm, memory: memory, devices: devices, log: deviceLog)),
+            control: control, setupSteps: timer.steps,
             memoryProtection: "\(protection) (\(ranges.count) slot\(ranges.count == 1 ? "" : "s"))")
+    }
+
+    /// The conversion manager for a VM whose type has private memory
+    /// (KVM_CAP_MEMORY_ATTRIBUTES offers PRIVATE on it) and whose RAM regions
+    /// have a guest_memfd; nil otherwise, and then a conversion exit ends the
+    /// run, naming it. No VM type `kestrel run` builds today has private
+    /// memory (the default VM's attributes are 0), so this is nil in practice.
+    static func conversionManager(vm: VirtualMachine, memory: GuestAddressSpace, devices: VirtioDeviceSet,
+                                  log: @escaping @Sendable (String) -> Void) throws -> ConversionManager? {
+        let attributes = MemoryAttributes(rawValue: UInt64(try vm.checkExtension(.memoryAttributes)))
+        guard attributes.contains(.private), vm.regions.contains(where: { $0.guestMemfd != nil }) else { return nil }
+        return try ConversionManager(vm: vm, memory: memory, mmio: devices.mmioRanges, log: log)
     }
 
     /// Refuses a confidential machine before any VM exists, naming what this
