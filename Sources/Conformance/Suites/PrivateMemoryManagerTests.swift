@@ -13,9 +13,8 @@ import Virtio
 /// refused with -KVM_EINVAL, and a virtio device refuses a buffer the guest
 /// made private.
 enum PrivateMemoryManagerTests {
-    static let ramAddress: UInt64 = 1 << 32
-    static let ramSize: UInt64 = 4 << 20
-    static let slot: UInt32 = 10
+    static let ramAddress = ConvertibleMachine.ramAddress
+    static let ramSize = ConvertibleMachine.ramSize
     /// A virtio-rng transport inside the first GiB, past the harness's RAM.
     static let deviceWindow: Range<UInt64> = 0x3000_0000..<(0x3000_0000 + MMIOTransport.windowSize)
     static let encrypted = ConversionManager.mapGPARangeEncrypted
@@ -39,57 +38,10 @@ enum PrivateMemoryManagerTests {
         ]
     }
 
-    /// A SW_PROTECTED harness machine with 4 MiB of convertible RAM at 4 GiB
-    /// (a guest_memfd for private memory, MAP_SHARED memory for shared) and
-    /// the manager over it.
-    final class Setup {
-        let machine: GuestMachine
-        let shared: MemoryMapping
-        let manager: ConversionManager
-        let log = LogLines()
-
-        init(_ context: TestContext) throws {
-            machine = try GuestMachine(kvm: context.kvm, type: .softwareProtected)
-            try machine.vm.enableCapability(.exitHypercall, arguments: [1 << BasicsSuite.mapGPARange])
-            let memfd = try machine.vm.createGuestMemfd(size: ramSize)
-            shared = try MemoryMapping(anonymousSize: Int(ramSize), sharing: .shared)
-            try machine.vm.install(MemoryRegion(slot: slot, start: GuestAddress(ramAddress), mapping: shared, guestMemfd: memfd))
-            try machine.memory.add(shared, at: GuestAddress(ramAddress))
-            try machine.mapGigabyte(containing: ramAddress)
-            let log = self.log
-            manager = try ConversionManager(vm: machine.vm, memory: machine.memory, mmio: [("virtio-rng", deviceWindow)],
-                                            log: { line in log.append(line) })
-        }
-
-        var instruction: HypercallInstruction {
-            get throws { HypercallInstruction.native(for: try machine.kvm.supportedCPUID()) }
-        }
-
-        /// Answers MAP_GPA_RANGE through the manager, recording each outcome.
-        func serve(_ exit: VCPUExit, outcomes: inout [ConversionManager.Outcome]) -> Bool {
-            guard case .hypercall(let call) = exit, call.number == BasicsSuite.mapGPARange else { return false }
-            let (outcome, answer) = manager.handleMapGPARange(arguments: call.arguments)
-            outcomes.append(outcome)
-            call.setReturnValue(answer)
-            return true
-        }
-
-        func sharedBytes(_ offset: UInt64, _ length: UInt64) -> UnsafeMutableRawBufferPointer {
-            UnsafeMutableRawBufferPointer(rebasing: shared.bytes[Int(offset)..<Int(offset + length)])
-        }
-    }
-
-    /// Lines the manager and the device log, kept for the checks.
-    final class LogLines: Sendable {
-        private let storage = Mutex<[String]>([])
-        func append(_ line: String) { storage.withLock { $0.append(line) } }
-        var lines: [String] { storage.withLock { $0 } }
-    }
-
     // MARK: Conversions
 
     static func conversions(_ context: TestContext) throws {
-        let setup = try Setup(context)
+        let setup = try ConvertibleMachine(kvm: context.kvm, mmio: [("virtio-rng", deviceWindow)])
         let guest = ConversionGuest(instruction: try setup.instruction)
         let base = ramAddress, page = PrivateMemorySuite.page, two = 2 * PrivateMemorySuite.page
         guest.fill(base, 0x11, two)
@@ -216,7 +168,7 @@ enum PrivateMemoryManagerTests {
 
     static func deviceRefusesPrivateBuffer(_ context: TestContext) throws {
         typealias R = MMIOTransport.Register
-        let setup = try Setup(context)
+        let setup = try ConvertibleMachine(kvm: context.kvm, mmio: [("virtio-rng", deviceWindow)])
         let loop = try EventLoop(name: "private_mem virtio")
         let entropy = EntropyDevice()
         let interrupts = Atomic<Int>(0)
