@@ -28,12 +28,21 @@ extension LabIntegrationTests {
             kestrel initramfs --modules /lab/guest/modules --command "$(cat /lab/guest.sh)" -o /tmp/i.cpio >/dev/null
             cmdline='console=ttyS0 reboot=k panic=-1 i8042.noaux pci=off quiet'
             for backend in anonymous guest_memfd; do
-              kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/i.cpio --memory 256M --cmdline "$cmdline" \
-                --memory-backend $backend --drive /tmp/disk.img,ro > /tmp/$backend.out 2>&1 &
-              vm=$!
-              until grep -q guest-userspace /tmp/$backend.out || ! kill -0 $vm 2>/dev/null; do sleep 0.2; done
-              echo "== $backend gmem-mappings $(grep -c kvm-gmem /proc/$vm/maps 2>/dev/null)"
-              wait $vm; echo "== $backend exit $?"
+              # A boot that KVM ends with DELIVERY_EV on an MMIO access (NPF, exit code
+              # 0x400) is the L1's defect under QEMU's SVM (FINDINGS.md, section 8):
+              # it is reported and booted again, at most four times.
+              for attempt in 1 2 3 4; do
+                kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/i.cpio --memory 256M --cmdline "$cmdline" \
+                  --memory-backend $backend --drive /tmp/disk.img,ro > /tmp/$backend.out 2>&1 &
+                vm=$!
+                until grep -q guest-userspace /tmp/$backend.out || ! kill -0 $vm 2>/dev/null; do sleep 0.2; done
+                mappings=$(grep -c kvm-gmem /proc/$vm/maps 2>/dev/null)
+                wait $vm; status=$?
+                grep -q 'KVM_INTERNAL_ERROR_DELIVERY_EV), data \[0x[0-9a-f]*, 0x400,' /tmp/$backend.out || break
+                echo "== $backend boot $attempt: KVM_INTERNAL_ERROR_DELIVERY_EV on an MMIO access (FINDINGS section 8), booting again"
+              done
+              echo "== $backend gmem-mappings $mappings"
+              echo "== $backend exit $status"
               cat /tmp/$backend.out
             done
             """#
@@ -42,6 +51,8 @@ extension LabIntegrationTests {
         let run = try Self.run(["lab", "run", "--kernel", kernel, "--guest", "6.1", "--add", directory.path + "/guest.sh:/lab/guest.sh",
                                 "--add", directory.path + "/l1.sh:/lab/l1.sh", "--", "sh /lab/l1.sh"], timeout: 900)
         print("guest_memfd RAM in the \(kernel) lab: \(run.seconds.text(places: 2)) s\n\(run.output)")
+        let retries = run.output.split(separator: "\n").filter { $0.contains("booting again") }.count
+        if retries > 0 { print("the \(kernel) L1 ended \(retries) boot(s) with DELIVERY_EV on MMIO (FINDINGS section 8)") }
         #expect(run.status == 0, "\(run.errors.suffix(3000))")
         let output = run.output
         let lines = output.split(separator: "\n").map(String.init)

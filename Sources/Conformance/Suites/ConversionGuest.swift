@@ -16,11 +16,15 @@ struct ConversionGuest {
     /// `memset(gpa, pattern, size)` with `rep stosb`.
     func fill(_ gpa: UInt64, _ pattern: UInt8, _ size: UInt64) {
         guard size > 0 else { return }
-        let a = assembler
-        a.mov(.rdi, gpa)
-        a.mov(.rcx, size)
-        a.mov(.rax, UInt64(pattern))
-        a.repStosb()
+        loadString(gpa, pattern, size)
+        assembler.repStosb()
+    }
+
+    /// RDI = gpa, RCX = size, AL = pattern: the operands of the string instructions.
+    private func loadString(_ gpa: UInt64, _ pattern: UInt8, _ size: UInt64) {
+        assembler.mov(.rdi, gpa)
+        assembler.mov(.rcx, size)
+        assembler.mov(.rax, UInt64(pattern))
     }
 
     /// Asserts every byte of `[gpa, gpa + size)` is `pattern` (`repe scasb`);
@@ -28,9 +32,7 @@ struct ConversionGuest {
     func expectFill(_ gpa: UInt64, _ pattern: UInt8, _ size: UInt64, _ what: String) {
         guard size > 0 else { return }
         let a = assembler
-        a.mov(.rdi, gpa)
-        a.mov(.rcx, size)
-        a.mov(.rax, UInt64(pattern))
+        loadString(gpa, pattern, size)
         a.repeScasb()
         let good = a.newLabel()
         a.j(.equal, good)
