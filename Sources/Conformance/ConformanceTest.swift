@@ -14,6 +14,8 @@ public enum Requirement: Sendable, CustomStringConvertible {
     case cpuFeature(CPUFeature)
     /// The host file exists (e.g. a sysfs knob).
     case hostFile(String)
+    /// The host's machine architecture (uname -m), e.g. `aarch64`.
+    case architecture(String)
 
     public var description: String {
         switch self {
@@ -23,6 +25,7 @@ public enum Requirement: Sendable, CustomStringConvertible {
         case .vmType(let type): return type.name
         case .cpuFeature(let feature): return "CPUID \(feature.name)"
         case .hostFile(let path): return path
+        case .architecture(let machine): return "an \(machine) host"
         }
     }
 }

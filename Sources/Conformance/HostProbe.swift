@@ -39,6 +39,13 @@ public final class HostProbe {
         return withUnsafeBytes(of: system.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
     }
 
+    /// The machine architecture (uname -m: x86_64, aarch64).
+    public var machine: String {
+        var system = utsname()
+        uname(&system)
+        return withUnsafeBytes(of: system.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    }
+
     /// KVM_CHECK_EXTENSION on /dev/kvm (0 when unavailable).
     public func capability(_ capability: Capability) -> Int {
         if let value = capabilityCache[capability.rawValue] { return value }
@@ -60,8 +67,13 @@ public final class HostProbe {
 
     /// Why a requirement is not met, or nil when it is.
     public func unmetReason(_ requirement: Requirement) -> String? {
+        // The architecture first: another architecture's capability numbers mean nothing here.
+        if case .architecture(let wanted) = requirement {
+            return machine == wanted ? nil : "needs an \(wanted) host; this one is \(machine)"
+        }
         if let unavailableReason { return unavailableReason }
         switch requirement {
+        case .architecture: return nil
         case .capability(let capability):
             return self.capability(capability) != 0 ? nil : "\(capability.name) is not supported by this host's KVM"
         case .capabilityBits(let capability, let mask, let type):

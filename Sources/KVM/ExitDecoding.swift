@@ -71,6 +71,8 @@ extension VCPUExit {
             return .interrupted
         case .unknown:
             return .unknown(hardwareReason: run.pointee.exit.hardware_exit_reason)
+        case .armNoISV:
+            return .armNoISV(syndrome: run.pointee.exit.arm_nisv.esr_iss, faultIPA: run.pointee.exit.arm_nisv.fault_ipa)
         default:
             return .unrecognized(ExitReason(rawValue: reason))
         }

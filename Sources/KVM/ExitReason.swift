@@ -22,13 +22,14 @@ public struct ExitReason: Hashable, Sendable, CustomStringConvertible {
     public static let memoryFault = ExitReason(rawValue: Number.memoryFault.rawValue)
     public static let tdx = ExitReason(rawValue: Number.tdx.rawValue)
     public static let snpRequestCertificates = ExitReason(rawValue: Number.snpRequestCertificates.rawValue)
+    public static let armNoISV = ExitReason(rawValue: Number.armNoISV.rawValue)
 
     /// The exit reasons of include/uapi/linux/kvm.h that Kestrel names.
     enum Number: UInt32, CaseIterable {
         case unknown = 0, exception = 1, io = 2, hypercall = 3, debug = 4, halt = 5, mmio = 6
         case interruptWindowOpen = 7, shutdown = 8, failEntry = 9, interrupted = 10, setTPR = 11
         case tprAccess = 12, nmi = 16, internalError = 17, watchdog = 21, systemEvent = 24
-        case ioapicEOI = 26, hyperv = 27, x86ReadMSR = 29, x86WriteMSR = 30, dirtyRingFull = 31
+        case ioapicEOI = 26, hyperv = 27, armNoISV = 28, x86ReadMSR = 29, x86WriteMSR = 30, dirtyRingFull = 31
         case apResetHold = 32, x86BusLock = 33, xen = 34, notify = 37, memoryFault = 39, tdx = 40
         case snpRequestCertificates = 42
 
@@ -53,6 +54,7 @@ public struct ExitReason: Hashable, Sendable, CustomStringConvertible {
             case .systemEvent: return "KVM_EXIT_SYSTEM_EVENT"
             case .ioapicEOI: return "KVM_EXIT_IOAPIC_EOI"
             case .hyperv: return "KVM_EXIT_HYPERV"
+            case .armNoISV: return "KVM_EXIT_ARM_NISV"
             case .x86ReadMSR: return "KVM_EXIT_X86_RDMSR"
             case .x86WriteMSR: return "KVM_EXIT_X86_WRMSR"
             case .dirtyRingFull: return "KVM_EXIT_DIRTY_RING_FULL"

@@ -41,6 +41,8 @@ public enum KVMRequest {
     public static let memoryEncryptOperation = IoctlRequest(
         "KVM_MEMORY_ENCRYPT_OP", .readWrite, 0xBA, size: MemoryLayout<UInt>.size)
 
+    public static let createDevice = IoctlRequest(
+        "KVM_CREATE_DEVICE", .readWrite, 0xE0, size: MemoryLayout<ckvm_create_device>.size)
     // Device attributes (also valid on /dev/kvm for KVM_X86_GRP_* groups)
     public static let setDeviceAttribute = IoctlRequest(
         "KVM_SET_DEVICE_ATTR", .write, 0xE1, size: MemoryLayout<ckvm_device_attr>.size)

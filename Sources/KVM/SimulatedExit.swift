@@ -11,8 +11,10 @@ public enum SimulatedExit: Sendable {
     case systemEvent(type: SystemEvent.Kind, data: [UInt64])
     /// KVM_EXIT_MEMORY_FAULT.
     case memoryFault(flags: MemoryFaultFlags, address: UInt64, size: UInt64)
-    /// KVM_EXIT_HYPERCALL.
-    case hypercall(number: UInt64, arguments: [UInt64])
+    /// KVM_EXIT_HYPERCALL (flags: x86 long mode, or arm64's SMC/16-bit bits).
+    case hypercall(number: UInt64, arguments: [UInt64], flags: UInt64 = 0)
+    /// KVM_EXIT_ARM_NISV.
+    case armNoISV(syndrome: UInt64, faultIPA: UInt64)
     /// KVM_EXIT_SNP_REQ_CERTS.
     case snpRequestCertificates(address: UInt64, pages: UInt64)
     /// The v15 series' KVM_EXIT_VMGEXIT (40) REQ_CERTS, PENDING or DONE.
@@ -59,9 +61,10 @@ extension RunArea {
         case .memoryFault(let flags, let address, let size):
             pointer.pointee.exit_reason = ExitReason.memoryFault.rawValue
             pointer.pointee.exit.memory_fault = ckvm_exit_memory_fault(flags: flags.rawValue, gpa: address, size: size)
-        case .hypercall(let number, let arguments):
+        case .hypercall(let number, let arguments, let flags):
             pointer.pointee.exit_reason = ExitReason.hypercall.rawValue
             pointer.pointee.exit.hypercall.nr = number
+            pointer.pointee.exit.hypercall.flags = flags
             withUnsafeMutableBytes(of: &pointer.pointee.exit.hypercall.args) { raw in
                 for (index, word) in arguments.prefix(6).enumerated() { raw.storeBytes(of: word, toByteOffset: index * 8, as: UInt64.self) }
             }
@@ -78,6 +81,9 @@ extension RunArea {
             exit.flags = 0
             if !done { exit.ret = 0 }  // a DONE exit keeps the answer given to the PENDING one
             pointer.pointee.exit.vmgexit = exit
+        case .armNoISV(let syndrome, let faultIPA):
+            pointer.pointee.exit_reason = ExitReason.armNoISV.rawValue
+            pointer.pointee.exit.arm_nisv = ckvm_exit_arm_nisv(esr_iss: syndrome, fault_ipa: faultIPA)
         case .failEntry(let hardwareReason, let cpu):
             pointer.pointee.exit_reason = ExitReason.failEntry.rawValue
             pointer.pointee.exit.fail_entry = ckvm_exit_fail_entry(hardware_entry_failure_reason: hardwareReason, cpu: cpu)

@@ -43,6 +43,10 @@ public enum VCPUExit: CustomStringConvertible {
     case notRunnable
     /// KVM_EXIT_UNKNOWN, with the hardware's exit reason.
     case unknown(hardwareReason: UInt64)
+    /// KVM_EXIT_ARM_NISV (arm64, with KVM_CAP_ARM_NISV_TO_USER): a data abort
+    /// whose syndrome does not describe the access, so KVM cannot emulate it;
+    /// `syndrome` is ESR_EL2's ISS, `faultIPA` the address.
+    case armNoISV(syndrome: UInt64, faultIPA: UInt64)
     /// An exit reason this version of Kestrel does not decode.
     case unrecognized(ExitReason)
 
@@ -66,6 +70,7 @@ public enum VCPUExit: CustomStringConvertible {
         // No exit reason is written for EAGAIN; like EINTR, nothing ran.
         case .notRunnable: return .interrupted
         case .unknown: return .unknown
+        case .armNoISV: return .armNoISV
         case .unrecognized(let reason): return reason
         }
     }
@@ -89,6 +94,8 @@ public enum VCPUExit: CustomStringConvertible {
         case .notRunnable: return "KVM_RUN: EAGAIN (vCPU waiting for INIT/SIPI)"
         case .unknown(let hardwareReason):
             return "\(ExitReason.unknown): hardware exit reason 0x\(String(hardwareReason, radix: 16))"
+        case .armNoISV(let syndrome, let faultIPA):
+            return "\(ExitReason.armNoISV): data abort at IPA 0x\(String(faultIPA, radix: 16)) without a valid syndrome (ISS 0x\(String(syndrome, radix: 16)))"
         default: return reason.name
         }
     }
@@ -308,6 +315,8 @@ public struct HypercallExit {
     public func setReturnValue(_ value: UInt64) { run.pointee.exit.hypercall.ret = value }
     /// The value last set for the guest's RAX.
     public var returnValue: UInt64 { run.pointee.exit.hypercall.ret }
+    /// The `flags` word (x86: the `longmode` union member; arm64: `ARM64HypercallFlags`).
+    public var flags: UInt64 { run.pointee.exit.hypercall.flags }
 }
 
 /// The data of a KVM_EXIT_SNP_REQ_CERTS exit; `respond` sets `ret` for KVM.

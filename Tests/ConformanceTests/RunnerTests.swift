@@ -138,6 +138,23 @@ final class Captured: @unchecked Sendable {
         }
     }
 
+    /// The realm suite lists its five cases and, off arm64, skips each one
+    /// naming the architecture (its capability number means nothing here).
+    @Test func realmSuiteSkipsOffArm64() throws {
+        let host = HostProbe()
+        let tests = RealmSuite.tests()
+        #expect(tests.map(\.name) == ["create", "populate_before_activation", "populate_after_activation", "ripas_of_unpopulated_memory",
+                                       "psci_cpu_on_completion"])
+        #expect(ConformanceCatalog.suiteNames.contains("realm"))
+        guard host.machine != "aarch64" else { return }
+        let runner = ConformanceRunner(host: host)
+        for test in tests {
+            let outcome = runner.run(test).outcome
+            guard case .skip(let reason) = outcome else { Issue.record("\(test.id): \(outcome)"); continue }
+            #expect(reason == "needs an aarch64 host; this one is \(host.machine)", "\(test.id)")
+        }
+    }
+
     @Test func hostReportRenders() throws {
         let report = HostReport.probe()
         #expect(report.unavailableReason == nil)

@@ -32,6 +32,8 @@ extension LabIntegrationTests {
               # 0x400) is the L1's defect under QEMU's SVM (FINDINGS.md, section 8):
               # it is reported and booted again, at most four times.
               for attempt in 1 2 3 4; do
+                # A stale file from the boot before would satisfy the wait below at once.
+                rm -f /tmp/$backend.out
                 kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/i.cpio --memory 256M --cmdline "$cmdline" \
                   --memory-backend $backend --drive /tmp/disk.img,ro > /tmp/$backend.out 2>&1 &
                 vm=$!

@@ -193,11 +193,68 @@ struct ckvm_enable_cap {
     uint8_t pad[64];
 };
 
+/*
+ * arm64 (arch/arm64/include/uapi/asm/kvm.h). Defined here so that the
+ * numbers and layouts compile and are pinned by tests on any host.
+ */
+
+/* KVM_ARM_VCPU_INIT / KVM_ARM_PREFERRED_TARGET: struct kvm_vcpu_init, 32 bytes. */
+struct ckvm_vcpu_init {
+    uint32_t target;
+    uint32_t features[7];
+};
+
+/* A 128-bit FP/SIMD register: 16-byte aligned, as __uint128_t is on arm64. */
+struct ckvm_arm64_vreg {
+    uint64_t low;
+    uint64_t high;
+} __attribute__((aligned(16)));
+
+/*
+ * struct kvm_regs on arm64: user_pt_regs (x0-x30, sp, pc, pstate), sp_el1,
+ * elr_el1, spsr[5], then user_fpsimd_state (v0-v31, fpsr, fpcr, 2 reserved
+ * words). Only its offsets are used: ONE_REG core register ids are the
+ * offset divided by 4 (KVM_REG_ARM_CORE_REG).
+ */
+struct ckvm_arm64_regs {
+    uint64_t regs[31];
+    uint64_t sp;
+    uint64_t pc;
+    uint64_t pstate;
+    uint64_t sp_el1;
+    uint64_t elr_el1;
+    uint64_t spsr[5];
+    struct ckvm_arm64_vreg vregs[32];
+    uint32_t fpsr;
+    uint32_t fpcr;
+    uint32_t fp_reserved[2];
+};
+
+/*
+ * Arm CCA realms, series "arm64: Support for Arm CCA in KVM" v14
+ * (2026-05-13, on v7.1-rc1, RMM v2.0-bet1), include/uapi/linux/kvm.h:
+ * KVM_ARM_RMI_POPULATE's argument, 32 bytes, in/out.
+ */
+struct ckvm_arm_rmi_populate {
+    uint64_t base;
+    uint64_t size;
+    uint64_t source_uaddr;
+    uint32_t flags;
+    uint32_t reserved;
+};
+
 struct ckvm_memory_attributes {
     uint64_t address;
     uint64_t size;
     uint64_t attributes;
     uint64_t flags;
+};
+
+/* KVM_CREATE_DEVICE's argument (struct kvm_create_device): 12 bytes, in/out. */
+struct ckvm_create_device {
+    uint32_t type;
+    uint32_t fd;
+    uint32_t flags;
 };
 
 struct ckvm_device_attr {
@@ -368,6 +425,12 @@ struct ckvm_exit_exception {
     uint32_t error_code;
 };
 
+/* KVM_EXIT_ARM_NISV (arm64): a data abort without a valid syndrome. */
+struct ckvm_exit_arm_nisv {
+    uint64_t esr_iss;
+    uint64_t fault_ipa;
+};
+
 union ckvm_exit_info {
     uint64_t hardware_exit_reason;
     struct ckvm_exit_fail_entry fail_entry;
@@ -380,6 +443,7 @@ union ckvm_exit_info {
     struct ckvm_exit_memory_fault memory_fault;
     struct ckvm_exit_snp_req_certs snp_req_certs;
     struct ckvm_exit_vmgexit vmgexit;
+    struct ckvm_exit_arm_nisv arm_nisv;
     uint8_t padding[256];
 };
 
