@@ -45,6 +45,8 @@ public struct HostReport: Codable, Sendable {
     /// KVM_X86_GRP_SEV / KVM_X86_SEV_SNP_REQ_CERTS on /dev/kvm.
     public var snpCertificateRequests: Bool = false
     /// How this KVM runs guest code (measured), or why it could not be measured.
+    /// Arm CCA realms: whether this host can run them, and if not, why.
+    public var realmSupport: String = ""
     public var guestExecution: GuestExecutionProbe?
     public var guestExecutionError: String?
 
@@ -62,6 +64,7 @@ public struct HostReport: Codable, Sendable {
         }
         var report = HostReport(architecture: field(system.machine), kernelRelease: field(system.release), devicePath: devicePath)
         report.sevDevicePresent = FileManager.default.fileExists(atPath: "/dev/sev")
+        report.realmSupport = realmSupport(architecture: report.architecture, kvm: try? KVMSystem(path: devicePath))
         let kvm: KVMSystem
         do {
             kvm = try KVMSystem(path: devicePath)
@@ -95,6 +98,17 @@ public struct HostReport: Codable, Sendable {
         return report
     }
 
+    /// What `kestrel caps` says of Arm CCA realms. KVM_CAP_ARM_RMI's number
+    /// is only asked on arm64: on other architectures it may name another
+    /// capability.
+    static func realmSupport(architecture: String, kvm: KVMSystem?) -> String {
+        let series = "KVM_CAP_ARM_RMI, \(Capability.armRMI.rawValue) in the v14 series"
+        guard architecture == "aarch64" else { return "no: realms need an arm64 host with \(series); this host is \(architecture)" }
+        guard let kvm else { return "unknown: /dev/kvm cannot be opened" }
+        guard (try? kvm.checkExtension(.armRMI)) == 1 else { return "no: this KVM does not offer \(series) (not merged upstream)" }
+        return "yes (\(series))"
+    }
+
     /// The report as an aligned text table.
     public func renderText() -> String {
         var rows: [(String, String)] = [
@@ -119,6 +133,7 @@ public struct HostReport: Codable, Sendable {
             rows.append(("SNP certificate requests", snpCertificateRequests ? "yes" : "no"))
         }
         rows.append(("SEV device (/dev/sev)", sevDevicePresent ? "present" : "absent"))
+        rows.append(("Arm CCA realms", realmSupport))
         let width = rows.map(\.0.count).max() ?? 0
         return rows.map { $0.0 + String(repeating: " ", count: width - $0.0.count) + "  " + $0.1 }.joined(separator: "\n")
     }

@@ -1,6 +1,8 @@
 import TextFormat
 import ArgumentParser
 import Boot
+import Confidential
+import KVM
 import Dispatch
 import Glibc
 import HostSystem
@@ -50,9 +52,14 @@ struct RunCommand: ParsableCommand {
     @Flag(help: ArgumentHelp("Map all guest RAM into KVM's page tables before the guest starts (KVM_PRE_FAULT_MEMORY).",
                              discussion: "Saves the guest's first-touch faults, which matter most with 4 KiB pages (guest_memfd) on nested hosts; every page of guest memory is allocated up front."))
     var prefault = false
-    @Option(help: ArgumentHelp("A confidential VM: snp.",
-                               discussion: "The host must offer SEV-SNP (KVM_X86_SNP_VM and /dev/sev); otherwise kestrel run refuses, naming what is missing, before any VM exists."))
+    @Option(help: ArgumentHelp("A confidential VM: snp or realm.",
+                               discussion: "snp: the host must offer SEV-SNP (KVM_X86_SNP_VM and /dev/sev); otherwise kestrel run refuses, naming what is missing, before any VM exists. "
+                                   + "realm: an Arm CCA realm for an arm64 Image; the whole launch plan is checked against the realm memory rules first, then a host without arm64 and KVM_CAP_ARM_RMI is refused (with --dry-run the plan is printed instead)."))
     var confidential: String?
+    @Option(name: .customLong("ipa-bits"), help: "With --confidential realm: the IPA size in bits (32 to 52; the top bit selects the unprotected alias).")
+    var ipaBits: UInt8 = RealmMachine.defaultIPABits
+    @Flag(name: .customLong("dry-run"), help: "With --confidential realm: print the realm launch plan and exit without starting anything.")
+    var dryRun = false
     @Option(name: .customLong("snp-certs"), help: "With --confidential snp: the certificate blob (kestrel snp-certs build) served to the guest.")
     var snpCertificates: String?
     @Flag(name: .customLong("guest-decompression"), help: "Let a bzImage decompress itself in the guest instead of on the host.")
@@ -60,6 +67,29 @@ struct RunCommand: ParsableCommand {
     @Flag(name: .customLong("no-pvh"), help: "Enter a vmlinux through its 64-bit entry even if it has a PVH note.")
     var noPVH = false
     @Flag(help: "Print boot timing and the layout on stderr.") var verbose = false
+
+    /// `--confidential realm`: plan and check the realm; print the plan with
+    /// `--dry-run`, otherwise refuse, naming what this host lacks.
+    func runRealm(_ configuration: MachineConfiguration) throws {
+        let plan: RealmLaunchPlan
+        do {
+            plan = try RealmMachine.plan(configuration, ipaBits: ipaBits,
+                                         privateMemory: memoryBackend == MemoryBackend.anonymous.rawValue ? .hostMemory : .guestMemfd)
+        } catch let violation as RealmRuleViolation {
+            printError("kestrel: --confidential realm: refused by rule \(violation.rule): \(violation)")
+            throw ExitCode(2)
+        } catch {
+            printError("kestrel: --confidential realm: \(error)")
+            throw ExitCode(2)
+        }
+        if dryRun {
+            print(plan.render())
+            return
+        }
+        printError("kestrel: --confidential realm: the plan passes the realm memory rules (--dry-run prints it), but "
+            + RealmMachine.refusal(architecture: RealmMachine.hostArchitecture, kvm: try? KVMSystem()))
+        throw ExitCode(2)
+    }
 
     func run() throws {
         var configuration: MachineConfiguration
@@ -100,6 +130,15 @@ struct RunCommand: ParsableCommand {
         }
         if guestDecompression { configuration.decompressOnHost = false }
         if noPVH { configuration.preferPVH = false }
+
+        if configuration.confidential == .realm {
+            try runRealm(configuration)
+            return
+        }
+        if dryRun || ipaBits != RealmMachine.defaultIPABits {
+            printError("kestrel: --dry-run and --ipa-bits are for --confidential realm")
+            throw ExitCode(2)
+        }
 
         let console = ConsoleOutput()
         let machine: Machine

@@ -120,4 +120,7 @@ public enum ConfidentialMode: String, Sendable, CaseIterable {
     /// AMD SEV-SNP: KVM_X86_SNP_VM, private memory in guest_memfd, the boot
     /// payload measured with SNP_LAUNCH_START/UPDATE/FINISH.
     case snp
+    /// An Arm CCA realm: KVM_VM_TYPE_ARM_REALM, planned and checked by
+    /// `RealmMachine` (arm64 hosts with KVM_CAP_ARM_RMI only).
+    case realm
 }

@@ -21,6 +21,12 @@ public struct MachineBuilder {
                       deviceLog: @escaping @Sendable (String) -> Void = { _ in }) throws -> Machine {
         try configuration.validate()
         // A confidential machine the host cannot run is refused before anything is read or created.
+        if configuration.confidential == .realm {
+            // The whole plan is checked first, so its refusals come before the host's.
+            do { _ = try RealmMachine.plan(configuration) } catch let violation as RealmRuleViolation {
+                throw ConfigurationError("--confidential realm: \(violation.rule): \(violation)")
+            }
+        }
         if let mode = configuration.confidential { try Self.refuseConfidential(mode, kvm: try KVMSystem()) }
         var timer = StepTimer()
         let kernel = try Self.readFile(configuration.kernelPath, what: "kernel")
@@ -128,6 +134,8 @@ public struct MachineBuilder {
     /// ConversionManager) is not in `kestrel run` yet, and it says so.
     static func refuseConfidential(_ mode: ConfidentialMode, kvm: KVMSystem) throws {
         switch mode {
+        case .realm:
+            throw ConfigurationError("--confidential realm: \(RealmMachine.refusal(architecture: RealmMachine.hostArchitecture, kvm: kvm))")
         case .snp:
             let missing = try SNPHostSupport(kvm: kvm).missingForLaunch
             guard missing.isEmpty else { throw ConfigurationError("--confidential snp: \(SNPLaunchError.unavailable(missing))") }
