@@ -29,7 +29,7 @@ public enum RealmSuite {
                 + "before the first run, and refuses unaligned ranges, unknown flags and a non-zero reserved word (EINVAL)",
                 requires: requirements) { try populateBeforeActivation($0) },
             ConformanceTest(suite: name, name: "populate_after_activation", summary: "after the realm's first KVM_RUN activated it, POPULATE "
-                + "is refused (EBUSY)", requires: requirements) { try populateAfterActivation($0) },
+                + "is refused (EBUSY) and so is setting vCPU 0's PC", requires: requirements) { try populateAfterActivation($0) },
             ConformanceTest(suite: name, name: "ripas_of_unpopulated_memory", summary: "the realm reads its populated data and zeros from "
                 + "guest_memfd memory it did not populate (RIPAS RAM set at activation), and reports both over MMIO through the "
                 + "unprotected alias", requires: requirements) { try ripasOfUnpopulatedMemory($0) },
@@ -143,6 +143,11 @@ public enum RealmSuite {
         var request = RealmPopulateRequest(base: ramBase + page, size: page, sourceAddress: realm.shared.address + page,
                                            flags: RealmInterface.populateMeasure)
         try context.expectErrno(.resourceBusy, "KVM_ARM_RMI_POPULATE after the realm's first run") { try realm.vm.populateRealm(&request) }
+        // Configuration is locked too: PC is settable only before activation
+        // (v14 documents no errno for it, so any refusal passes).
+        let refused = try context.errno(of: { try realm.vcpus[0].setOneRegister(.arm64Core(.pc), ramBase + page) })
+        try context.expect(refused != nil, "KVM_SET_ONE_REG of PC after the realm's first run succeeded")
+        context.note("KVM_SET_ONE_REG of PC after activation: \(refused!.symbolicName)")
     }
 
     static func ripasOfUnpopulatedMemory(_ context: TestContext) throws {
