@@ -61,3 +61,74 @@ import Testing
         #expect(digest.hex == expected)
     }
 }
+
+/// The VMSA page against sev-snp-measure's model of what KVM builds for
+/// QEMU's reset state (its VMSA.build_save_area): the same layout, field by
+/// field, so the page a VMM's own initial state gives is measured right.
+@Suite struct SNPVMSATests {
+    /// QEMU's reset state as sev-snp-measure models it (CS at the reset vector).
+    static func resetState(eip: UInt64, sevFeatures: UInt64, signature: UInt64) -> SNPVMSA {
+        typealias S = SNPVMSA.Segment
+        let data = S(selector: 0, attributes: 0x93, limit: 0xFFFF, base: 0)
+        var vmsa = SNPVMSA(es: data, cs: S(selector: 0xF000, attributes: 0x9B, limit: 0xFFFF, base: eip & 0xFFFF_0000),
+                           ss: data, ds: data, fs: data, gs: data, gdtr: S(selector: 0, attributes: 0, limit: 0xFFFF, base: 0),
+                           ldtr: S(selector: 0, attributes: 0x82, limit: 0xFFFF, base: 0), idtr: S(selector: 0, attributes: 0, limit: 0xFFFF, base: 0),
+                           tr: S(selector: 0, attributes: 0x8B, limit: 0xFFFF, base: 0))
+        vmsa.efer = 0x1000  // EFER.SVME, which KVM sets
+        vmsa.cr4 = 0x40  // CR4.MCE, which KVM sets from the host
+        vmsa.cr0 = 0x10
+        vmsa.rip = eip & 0xFFFF
+        vmsa.rdx = signature
+        vmsa.sevFeatures = sevFeatures
+        return vmsa
+    }
+
+    static func oracle(_ script: String) -> String? {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", script]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = Pipe()
+        guard (try? process.run()) != nil else { return nil }
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { return nil }
+        return String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test func theResetStatePageMatchesSevSnpMeasure() throws {
+        let script = """
+            from sevsnpmeasure.vmsa import VMSA
+            print(bytes(VMSA.build_save_area(0xfffffff0, 0x1, 0x800f12)).hex())
+            print(bytes(VMSA.build_save_area(0x80b004, 0x21, 0xa00f11)).hex())
+            """
+        let lines = try #require(Self.oracle(script), "python3 with sev-snp-measure is needed").split(separator: "\n")
+        try #require(lines.count == 2)
+        let hex = { (bytes: [UInt8]) in bytes.map { $0 < 16 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined() }
+        #expect(hex(Self.resetState(eip: 0xFFFF_FFF0, sevFeatures: 0x1, signature: 0x80_0F12).bytes) == lines[0], "the BSP's page")
+        #expect(hex(Self.resetState(eip: 0x80_B004, sevFeatures: 0x21, signature: 0xA0_0F11).bytes) == lines[1], "an AP's page")
+    }
+
+    /// A whole launch in miniature: payload pages, then one VMSA per vCPU.
+    @Test func aLaunchDigestWithVMSAsMatchesSevSnpMeasure() throws {
+        let script = """
+            from sevsnpmeasure.gctx import GCTX
+            from sevsnpmeasure.vmsa import VMSA
+            g = GCTX()
+            g.update_normal_pages(0x1000000, bytes((i * 13) % 251 for i in range(3 * 4096)))
+            g.update_cpuid_page(0x7000)
+            g.update_secrets_page(0x8000)
+            for eip in (0xfffffff0, 0x80b004):
+                g.update_vmsa_page(bytes(VMSA.build_save_area(eip, 0x1, 0x800f12)))
+            print(g.hex_ld())
+            """
+        var digest = SNPLaunchDigest()
+        digest.updateNormal(at: 0x100_0000, data: (0..<(3 * 4096)).map { UInt8(($0 * 13) % 251) })
+        digest.update(.cpuid, at: 0x7000)
+        digest.update(.secrets, at: 0x8000)
+        for eip: UInt64 in [0xFFFF_FFF0, 0x80_B004] {
+            digest.update(.vmsa, at: SNPLaunchDigest.vmsaGuestPhysicalAddress, contents: Self.resetState(eip: eip, sevFeatures: 0x1, signature: 0x80_0F12).bytes)
+        }
+        #expect(digest.hex == (try #require(Self.oracle(script), "python3 with sev-snp-measure is needed")))
+    }
+}
