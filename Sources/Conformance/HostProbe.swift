@@ -1,3 +1,4 @@
+import HostSystem
 import KVM
 import X86
 
@@ -33,18 +34,10 @@ public final class HostProbe {
     }
 
     /// The running kernel's release (uname -r), for reports.
-    public var kernelRelease: String {
-        var system = utsname()
-        uname(&system)
-        return withUnsafeBytes(of: system.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-    }
+    public var kernelRelease: String { HostKernel.release }
 
     /// The machine architecture (uname -m: x86_64, aarch64).
-    public var machine: String {
-        var system = utsname()
-        uname(&system)
-        return withUnsafeBytes(of: system.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-    }
+    public var machine: String { HostKernel.machine }
 
     /// KVM_CHECK_EXTENSION on /dev/kvm (0 when unavailable).
     public func capability(_ capability: Capability) -> Int {

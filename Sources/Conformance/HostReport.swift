@@ -1,5 +1,7 @@
 import FoundationEssentials
+import Confidential
 import Glibc
+import HostSystem
 import KVM
 import X86
 
@@ -57,12 +59,7 @@ public struct HostReport: Codable, Sendable {
 
     /// Probes the host.
     public static func probe(devicePath: String = "/dev/kvm") -> HostReport {
-        var system = utsname()
-        uname(&system)
-        func field<T>(_ value: T) -> String {
-            withUnsafeBytes(of: value) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        }
-        var report = HostReport(architecture: field(system.machine), kernelRelease: field(system.release), devicePath: devicePath)
+        var report = HostReport(architecture: HostKernel.machine, kernelRelease: HostKernel.release, devicePath: devicePath)
         report.sevDevicePresent = FileManager.default.fileExists(atPath: "/dev/sev")
         report.realmSupport = realmSupport(architecture: report.architecture, kvm: try? KVMSystem(path: devicePath))
         let kvm: KVMSystem
@@ -98,15 +95,10 @@ public struct HostReport: Codable, Sendable {
         return report
     }
 
-    /// What `kestrel caps` says of Arm CCA realms. KVM_CAP_ARM_RMI's number
-    /// is only asked on arm64: on other architectures it may name another
-    /// capability.
+    /// What `kestrel caps` says of Arm CCA realms.
     static func realmSupport(architecture: String, kvm: KVMSystem?) -> String {
-        let series = "KVM_CAP_ARM_RMI, \(Capability.armRMI.rawValue) in the v14 series"
-        guard architecture == "aarch64" else { return "no: realms need an arm64 host with \(series); this host is \(architecture)" }
-        guard let kvm else { return "unknown: /dev/kvm cannot be opened" }
-        guard (try? kvm.checkExtension(.armRMI)) == 1 else { return "no: this KVM does not offer \(series) (not merged upstream)" }
-        return "yes (\(series))"
+        RealmHostSupport.missing(architecture: architecture, kvm: kvm).map { "no: \($0)" }
+            ?? "yes (KVM_CAP_ARM_RMI, \(Capability.armRMI.rawValue) in the v14 series)"
     }
 
     /// The report as an aligned text table.

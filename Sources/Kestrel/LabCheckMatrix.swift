@@ -1,6 +1,7 @@
 import Dispatch
 import FoundationEssentials
 import Glibc
+import HostSystem
 import Lab
 import Synchronization
 
@@ -65,9 +66,7 @@ struct LabCheckMatrix {
     /// This machine's /dev/kvm, checked by a child `kestrel check --json`.
     func localColumn() -> MatrixColumn {
         let start = ContinuousClock.now
-        var name = utsname()
-        uname(&name)
-        let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let release = HostKernel.release
         let backend = ["kvm_pvm", "kvm_intel", "kvm_amd"].first { isDirectory("/sys/module/\($0)") } ?? "no KVM module"
         let host = "this machine: Linux \(release), /dev/kvm from \(backend)"
         do {

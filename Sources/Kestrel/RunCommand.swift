@@ -87,7 +87,7 @@ struct RunCommand: ParsableCommand {
             return
         }
         printError("kestrel: --confidential realm: the plan passes the realm memory rules (--dry-run prints it), but "
-            + RealmMachine.refusal(architecture: RealmMachine.hostArchitecture, kvm: try? KVMSystem()))
+            + RealmMachine.refusal(architecture: HostKernel.machine, kvm: try? KVMSystem()))
         throw ExitCode(2)
     }
 

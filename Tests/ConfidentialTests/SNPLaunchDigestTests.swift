@@ -3,6 +3,21 @@ import Crypto
 import Foundation
 import Testing
 
+/// What a Python script using sev-snp-measure prints (trimmed), or nil when
+/// python3 or the package is missing.
+func sevSnpMeasure(_ script: String) -> String? {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["python3", "-c", script]
+    let output = Pipe()
+    process.standardOutput = output
+    process.standardError = Pipe()
+    guard (try? process.run()) != nil else { return nil }
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else { return nil }
+    return String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
 /// The SNP launch digest: our SHA-384 against swift-crypto's, and the
 /// PAGE_INFO chain against sev-snp-measure (PyPI), the tool verifiers use to
 /// compute expected measurements.
@@ -35,19 +50,6 @@ import Testing
         print(g.hex_ld())
         """
 
-    static var oracle: String? {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = Pipe()
-        guard (try? process.run()) != nil else { return nil }
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { return nil }
-        return String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
     @Test func matchesSevSnpMeasure() throws {
         var digest = SNPLaunchDigest()
         digest.updateNormal(at: 0x10_0000, data: (0..<8192).map { UInt8(($0 * 7 + 3) % 256) })
@@ -57,7 +59,7 @@ import Testing
         digest.update(.cpuid, at: 0x40_1000)
         digest.update(.vmsa, at: SNPLaunchDigest.vmsaGuestPhysicalAddress, contents: Array((0..<4096).map { UInt8($0 % 256) }))
         // scripts/prepare-host test installs sev-snp-measure (PyPI); without it this fails, naming it.
-        let expected = try #require(Self.oracle, "python3 with sev-snp-measure (pip install sev-snp-measure==0.0.13) is needed")
+        let expected = try #require(sevSnpMeasure(Self.script), "python3 with sev-snp-measure (pip install sev-snp-measure==0.0.13) is needed")
         #expect(digest.hex == expected)
     }
 }
@@ -83,26 +85,13 @@ import Testing
         return vmsa
     }
 
-    static func oracle(_ script: String) -> String? {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = Pipe()
-        guard (try? process.run()) != nil else { return nil }
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { return nil }
-        return String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
     @Test func theResetStatePageMatchesSevSnpMeasure() throws {
         let script = """
             from sevsnpmeasure.vmsa import VMSA
             print(bytes(VMSA.build_save_area(0xfffffff0, 0x1, 0x800f12)).hex())
             print(bytes(VMSA.build_save_area(0x80b004, 0x21, 0xa00f11)).hex())
             """
-        let lines = try #require(Self.oracle(script), "python3 with sev-snp-measure is needed").split(separator: "\n")
+        let lines = try #require(sevSnpMeasure(script), "python3 with sev-snp-measure is needed").split(separator: "\n")
         try #require(lines.count == 2)
         let hex = { (bytes: [UInt8]) in bytes.map { $0 < 16 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined() }
         #expect(hex(Self.resetState(eip: 0xFFFF_FFF0, sevFeatures: 0x1, signature: 0x80_0F12).bytes) == lines[0], "the BSP's page")
@@ -129,6 +118,6 @@ import Testing
         for eip: UInt64 in [0xFFFF_FFF0, 0x80_B004] {
             digest.update(.vmsa, at: SNPLaunchDigest.vmsaGuestPhysicalAddress, contents: Self.resetState(eip: eip, sevFeatures: 0x1, signature: 0x80_0F12).bytes)
         }
-        #expect(digest.hex == (try #require(Self.oracle(script), "python3 with sev-snp-measure is needed")))
+        #expect(digest.hex == (try #require(sevSnpMeasure(script), "python3 with sev-snp-measure is needed")))
     }
 }

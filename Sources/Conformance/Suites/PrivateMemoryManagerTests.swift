@@ -121,10 +121,7 @@ enum PrivateMemoryManagerTests {
 
     /// The guest as a virtio driver: MMIO writes of `value` to a register.
     static func writeRegister(_ guest: ConversionGuest, _ offset: Int, _ value: UInt32) {
-        let a = guest.assembler
-        a.mov(.rdi, deviceWindow.lowerBound + UInt64(offset))
-        a.mov(.rax, UInt64(value))
-        a.movl(.at(.rdi), .rax)
+        store32(guest, deviceWindow.lowerBound + UInt64(offset), value)
     }
 
     /// Reads a register into RAX.

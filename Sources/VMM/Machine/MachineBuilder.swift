@@ -2,6 +2,7 @@ import Boot
 import Confidential
 import Glibc
 import GuestMemory
+import HostSystem
 import KVM
 
 /// Turns a `MachineConfiguration` into a `Machine` ready to run: plans the boot
@@ -135,7 +136,7 @@ public struct MachineBuilder {
     static func refuseConfidential(_ mode: ConfidentialMode, kvm: KVMSystem) throws {
         switch mode {
         case .realm:
-            throw ConfigurationError("--confidential realm: \(RealmMachine.refusal(architecture: RealmMachine.hostArchitecture, kvm: kvm))")
+            throw ConfigurationError("--confidential realm: \(RealmMachine.refusal(architecture: HostKernel.machine, kvm: kvm))")
         case .snp:
             let missing = try SNPHostSupport(kvm: kvm).missingForLaunch
             guard missing.isEmpty else { throw ConfigurationError("--confidential snp: \(SNPLaunchError.unavailable(missing))") }

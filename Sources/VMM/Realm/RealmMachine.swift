@@ -64,21 +64,8 @@ public enum RealmMachine {
     /// Why this host cannot launch the planned realm: the architecture, the
     /// capability, or (on a capable host) Kestrel's missing arm64 boot path.
     public static func refusal(architecture: String, kvm: KVMSystem?) -> String {
-        guard architecture == "aarch64" else {
-            return "realms need an arm64 host whose KVM offers KVM_CAP_ARM_RMI (\(Capability.armRMI.rawValue) in the v14 series); "
-                + "this host is \(architecture)"
-        }
-        guard let kvm, (try? kvm.checkExtension(.armRMI)) == 1 else {
-            return "this arm64 host's KVM does not offer KVM_CAP_ARM_RMI (\(Capability.armRMI.rawValue) in the v14 series; the realm support is not merged upstream)"
-        }
-        return "this host offers realms, but kestrel run has no arm64 boot path yet (device tree, GIC and console wiring); nothing was started"
-    }
-
-    /// uname -m.
-    public static var hostArchitecture: String {
-        var system = utsname()
-        uname(&system)
-        return withUnsafeBytes(of: system.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        RealmHostSupport.missing(architecture: architecture, kvm: kvm)
+            ?? "this host offers realms, but kestrel run has no arm64 boot path yet (device tree, GIC and console wiring); nothing was started"
     }
 
     static func align(_ value: UInt64, _ alignment: UInt64) -> UInt64 { (value + alignment - 1) / alignment * alignment }
