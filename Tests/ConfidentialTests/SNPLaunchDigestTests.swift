@@ -68,21 +68,9 @@ func sevSnpMeasure(_ script: String) -> String? {
 /// QEMU's reset state (its VMSA.build_save_area): the same layout, field by
 /// field, so the page a VMM's own initial state gives is measured right.
 @Suite struct SNPVMSATests {
-    /// QEMU's reset state as sev-snp-measure models it (CS at the reset vector).
+    /// QEMU's reset state, which sev-snp-measure models; Kestrel's own reset-state page.
     static func resetState(eip: UInt64, sevFeatures: UInt64, signature: UInt64) -> SNPVMSA {
-        typealias S = SNPVMSA.Segment
-        let data = S(selector: 0, attributes: 0x93, limit: 0xFFFF, base: 0)
-        var vmsa = SNPVMSA(es: data, cs: S(selector: 0xF000, attributes: 0x9B, limit: 0xFFFF, base: eip & 0xFFFF_0000),
-                           ss: data, ds: data, fs: data, gs: data, gdtr: S(selector: 0, attributes: 0, limit: 0xFFFF, base: 0),
-                           ldtr: S(selector: 0, attributes: 0x82, limit: 0xFFFF, base: 0), idtr: S(selector: 0, attributes: 0, limit: 0xFFFF, base: 0),
-                           tr: S(selector: 0, attributes: 0x8B, limit: 0xFFFF, base: 0))
-        vmsa.efer = 0x1000  // EFER.SVME, which KVM sets
-        vmsa.cr4 = 0x40  // CR4.MCE, which KVM sets from the host
-        vmsa.cr0 = 0x10
-        vmsa.rip = eip & 0xFFFF
-        vmsa.rdx = signature
-        vmsa.sevFeatures = sevFeatures
-        return vmsa
+        SNPVMSA.resetState(eip: eip, sevFeatures: sevFeatures, signature: signature)
     }
 
     @Test func theResetStatePageMatchesSevSnpMeasure() throws {

@@ -87,3 +87,26 @@ public struct SNPVMSA: Equatable, Sendable {
         return page
     }
 }
+
+extension SNPVMSA {
+    /// The page KVM builds for a vCPU it leaves in the x86 reset state: CS
+    /// based at `eip`'s 64 KiB segment with IP its low 16 bits, RDX the CPUID
+    /// signature (leaf 1 EAX), EFER.SVME and the host's CR4.MCE added by KVM,
+    /// CR0.CD/NW cleared. An SNP launch measures this for every vCPU the VMM
+    /// does not set up itself (the APs of a direct Linux boot).
+    public static func resetState(eip: UInt64, sevFeatures: UInt64, signature: UInt64) -> SNPVMSA {
+        let data = Segment(selector: 0, attributes: 0x93, limit: 0xFFFF, base: 0)
+        var vmsa = SNPVMSA(es: data, cs: Segment(selector: 0xF000, attributes: 0x9B, limit: 0xFFFF, base: eip & 0xFFFF_0000),
+                           ss: data, ds: data, fs: data, gs: data, gdtr: Segment(selector: 0, attributes: 0, limit: 0xFFFF, base: 0),
+                           ldtr: Segment(selector: 0, attributes: 0x82, limit: 0xFFFF, base: 0),
+                           idtr: Segment(selector: 0, attributes: 0, limit: 0xFFFF, base: 0),
+                           tr: Segment(selector: 0, attributes: 0x8B, limit: 0xFFFF, base: 0))
+        vmsa.efer = 0x1000  // EFER.SVME
+        vmsa.cr4 = 0x40     // CR4.MCE, from the host
+        vmsa.cr0 = 0x10     // ET; KVM clears CD and NW
+        vmsa.rip = eip & 0xFFFF
+        vmsa.rdx = signature
+        vmsa.sevFeatures = sevFeatures
+        return vmsa
+    }
+}
