@@ -129,7 +129,7 @@ let package = Package(
             name: "ConformanceTests", dependencies: ["Conformance"], swiftSettings: swiftSettings),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Boot", "TextFormat"], swiftSettings: swiftSettings),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory", "HostSystem"], swiftSettings: swiftSettings),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Boot", "Confidential", "GuestMemory"], swiftSettings: swiftSettings),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Boot", "Confidential", "GuestMemory", "KestrelTesting"], swiftSettings: swiftSettings),
         .testTarget(
             name: "BootTests", dependencies: ["Boot", "Decompression", "GuestMemory", "CZlib", "CLZMA", "CZstd"],
             swiftSettings: swiftSettings),

@@ -6,6 +6,13 @@ public enum GuestLayout {
     public static let pvhStartInfoAddress: UInt64 = 0x6000
     public static let pvhModuleListAddress: UInt64 = 0x6100
     public static let pvhMemoryMapAddress: UInt64 = 0x6200
+    /// Pages a confidential boot without firmware hands the guest, below the
+    /// PVH start info: the SEV-SNP secrets page, the SNP CPUID page, and the
+    /// setup_data chain with the blob it points at. Reserved in the e820 map
+    /// of such a boot; unused otherwise.
+    public static let confidentialSecretsPageAddress: UInt64 = 0x3000
+    public static let confidentialCPUIDPageAddress: UInt64 = 0x4000
+    public static let setupDataAddress: UInt64 = 0x5000
     /// The zero page (`struct boot_params`).
     public static let zeroPageAddress: UInt64 = 0x7000
     /// Identity page tables for the 64-bit entry: PML4, PDPT, four page directories.

@@ -32,6 +32,9 @@ public struct LinuxBootRequest: Sendable {
     public var vcpuCount: Int
     /// virtio-mmio devices the DSDT describes.
     public var mmioDevices: [ACPITables.MMIODevice] = []
+    /// For a confidential boot without firmware: page-table bits, reserved
+    /// pages and setup_data. Needs the 64-bit entry.
+    public var confidential: ConfidentialBootData?
 
     public init(kernel: [UInt8], initrd: [UInt8]? = nil, commandLine: String = "", memorySize: UInt64,
                 decompressOnHost: Bool = false, preferPVH: Bool = true, vcpuCount: Int = 1) {
@@ -76,6 +79,8 @@ public struct LinuxBootPlan: Sendable {
     public let zeroFills: [Range<UInt64>]
     /// Time spent decompressing on the host, in seconds (0 otherwise).
     public let decompressionSeconds: Double
+    /// CR3 for the 64-bit entry: the PML4's address with the confidential page-table mask.
+    public let pageTableRoot: UInt64
 
     /// Plans the boot: the kernel (by its format), the command line, the
     /// initrd, the boot information for the entry, the GDT and the ACPI tables.
@@ -89,7 +94,10 @@ public struct LinuxBootPlan: Sendable {
         }
         let ram = KernelPlacement.RAM(memorySize: memorySize)
         let kernel = try Self.placeKernel(request, ram: ram)
-        e820 = GuestLayout.e820Map(memorySize: memorySize)
+        if request.confidential != nil, case .pvh = kernel.entry {
+            throw BootError.notLoadable("a confidential boot uses the 64-bit entry (its page tables carry the encryption bit); PVH has none")
+        }
+        e820 = E820Entry.reserving(request.confidential?.reserved ?? [], in: GuestLayout.e820Map(memorySize: memorySize))
         var writes = kernel.writes
 
         commandLine = try Self.commandLine(request.commandLine, limit: kernel.commandLineLimit)
@@ -101,12 +109,14 @@ public struct LinuxBootPlan: Sendable {
         if let initrd = request.initrd, let initrdRange { writes.append((initrdRange.lowerBound, initrd[...])) }
 
         writes += BootInformation.writes(for: kernel.entry, setupHeader: kernel.setupHeader, commandLineLength: commandLine.count,
-                                         initrd: initrdRange, e820: e820)
+                                         initrd: initrdRange, e820: e820, confidential: request.confidential)
+        for write in request.confidential?.writes ?? [] { writes.append((write.address, write.bytes[...])) }
         writes.append((GuestLayout.gdtAddress, BootGDT.bytes[...]))
         for table in ACPITables.build(vcpuCount: request.vcpuCount, devices: request.mmioDevices) { writes.append((table.address, table.bytes[...])) }
 
         kind = kernel.kind
         entry = kernel.entry
+        pageTableRoot = GuestLayout.pml4Address | (request.confidential?.pageTableMask ?? 0)
         kernelRange = kernel.kernelRange
         self.writes = writes
         zeroFills = kernel.zeroFills
@@ -177,9 +187,11 @@ public enum BootGDT {
 /// Identity page tables for the first 4 GiB with 2 MiB pages, laid out from
 /// `GuestLayout.pml4Address`: PML4, PDPT, then four page directories.
 public enum PageTableImage {
-    public static func identity4GiB() -> [UInt8] {
+    /// `mask` is OR-ed into every entry (SEV's C-bit marks the tables and
+    /// the memory they map as encrypted).
+    public static func identity4GiB(mask: UInt64 = 0) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 6 * 4096)
-        let flags: UInt64 = 0x3  // present, writable
+        let flags: UInt64 = 0x3 | mask  // present, writable
         bytes.setLittleEndian(GuestLayout.pdptAddress | flags, at: 0)
         for directory in 0..<4 {
             bytes.setLittleEndian((GuestLayout.pageDirectoryAddress + UInt64(directory) * 4096) | flags, at: 4096 + directory * 8)

@@ -23,6 +23,7 @@ public struct SetupHeader: Equatable, Sendable {
         public static let commandLineSize = 0x238
         public static let payloadOffset = 0x248
         public static let payloadLength = 0x24C
+        public static let setupData = 0x250
         public static let preferredAddress = 0x258
         public static let initSize = 0x260
     }

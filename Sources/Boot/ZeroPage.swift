@@ -48,4 +48,9 @@ public struct ZeroPage: Sendable {
             bytes.setLittleEndian(entry.kind.rawValue, at: base + 16)
         }
     }
+
+    /// `hdr.setup_data`: the first entry of the setup_data chain (protocol 2.09).
+    public mutating func setSetupData(_ address: UInt64) {
+        bytes.setLittleEndian(address, at: SetupHeader.Offset.setupData)
+    }
 }

@@ -34,6 +34,8 @@ public final class VCPUThread: @unchecked Sendable {
     private var deadlineExpired = false
     /// The scheduled expiry of the current deadline (used on the vCPU's thread only).
     private var deadlineToken: UInt64?
+    /// Called once KVM has completed the last exit (used on the vCPU's thread only).
+    private var afterCompletion: (() -> Void)?
 
     /// What `run` came back with.
     public enum Outcome {
@@ -84,6 +86,13 @@ public final class VCPUThread: @unchecked Sendable {
             if let outcome = stopOrDeadline() { return outcome }
             switch try vcpu.run() {
             case .interrupted, .notRunnable:
+                // KVM completes the last exit before it looks at immediate_exit,
+                // so a completion asked for has happened by this EINTR.
+                if let body = afterCompletion {
+                    afterCompletion = nil
+                    body()
+                    lock.withLock { if !stopRequested && !pauseRequested && !deadlineExpired { vcpu.immediateExit = false } }
+                }
                 // Asked for (stop, deadline: answered above; pause: here), or
                 // someone else's signal: run again.
                 if let outcome = parkWhilePauseRequested() { return outcome }
@@ -91,6 +100,16 @@ public final class VCPUThread: @unchecked Sendable {
                 return .exit(exit)
             }
         }
+    }
+
+    /// On the vCPU's thread, between exits: makes the next KVM_RUN complete
+    /// the exit just handled and return at once (immediate_exit), and calls
+    /// `body` then, before any guest instruction runs. The SNP certificate
+    /// responder holds its file lock until this point, when the firmware has
+    /// made the report.
+    public func completeExit(then body: @escaping () -> Void) {
+        afterCompletion = body
+        lock.withLock { vcpu.immediateExit = true }
     }
 
     /// Restores the calling thread's signal mask as `run` found it, for a

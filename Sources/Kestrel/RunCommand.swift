@@ -53,12 +53,12 @@ struct RunCommand: ParsableCommand {
                              discussion: "Saves the guest's first-touch faults, which matter most with 4 KiB pages (guest_memfd) on nested hosts; every page of guest memory is allocated up front."))
     var prefault = false
     @Option(help: ArgumentHelp("A confidential VM: snp or realm.",
-                               discussion: "snp: the host must offer SEV-SNP (KVM_X86_SNP_VM and /dev/sev); otherwise kestrel run refuses, naming what is missing, before any VM exists. "
+                               discussion: "snp: a direct Linux boot with no guest firmware; the host must offer SEV-SNP (KVM_X86_SNP_VM and /dev/sev), otherwise kestrel run refuses, naming what is missing, before any VM exists. The expected launch measurement is printed before SNP_LAUNCH_FINISH (with --dry-run, the plan and measurement are printed on any host). "
                                    + "realm: an Arm CCA realm for an arm64 Image; the whole launch plan is checked against the realm memory rules first, then a host without arm64 and KVM_CAP_ARM_RMI is refused (with --dry-run the plan is printed instead)."))
     var confidential: String?
     @Option(name: .customLong("ipa-bits"), help: "With --confidential realm: the IPA size in bits (32 to 52; the top bit selects the unprotected alias).")
     var ipaBits: UInt8 = RealmMachine.defaultIPABits
-    @Flag(name: .customLong("dry-run"), help: "With --confidential realm: print the realm launch plan and exit without starting anything.")
+    @Flag(name: .customLong("dry-run"), help: "With --confidential snp or realm: print the launch plan (and for snp the expected measurement) and exit without starting anything.")
     var dryRun = false
     @Option(name: .customLong("snp-certs"), help: "With --confidential snp: the certificate blob (kestrel snp-certs build) served to the guest.")
     var snpCertificates: String?
@@ -135,8 +135,15 @@ struct RunCommand: ParsableCommand {
             try runRealm(configuration)
             return
         }
+        if configuration.confidential == .snp && dryRun {
+            do { print(try MachineBuilder(configuration: configuration).snpDryRun()) } catch {
+                printError("kestrel: --confidential snp: \(error)")
+                throw ExitCode(2)
+            }
+            return
+        }
         if dryRun || ipaBits != RealmMachine.defaultIPABits {
-            printError("kestrel: --dry-run and --ipa-bits are for --confidential realm")
+            printError("kestrel: --dry-run is for --confidential snp or realm, --ipa-bits for realm")
             throw ExitCode(2)
         }
 
@@ -144,7 +151,8 @@ struct RunCommand: ParsableCommand {
         let machine: Machine
         do {
             machine = try MachineBuilder(configuration: configuration).build(console: { console.write($0) },
-                                                                             deviceLog: { printError("kestrel: \($0)") })
+                                                                             deviceLog: { printError("kestrel: \($0)") },
+                                                                             announce: { printError($0) })
         } catch {
             printError("kestrel: cannot start the guest: \(error)")
             throw ExitCode(2)

@@ -71,9 +71,12 @@ public final class MMIOTransport: Sendable {
     ///   - name: how log lines name the device ("virtio-blk rootfs").
     ///   - interruptLine: raises the device's interrupt (an edge).
     ///   - log: receives one line per fault.
-    public init(device: any VirtioDevice, name: String, memory: GuestAddressSpace, loop: EventLoop,
+    ///   - platformFeatures: transport feature bits the machine adds
+    ///     (VIRTIO_F_ACCESS_PLATFORM for a confidential guest).
+    public init(device: any VirtioDevice, name: String, memory: GuestAddressSpace, loop: EventLoop, platformFeatures: UInt64 = 0,
                 interruptLine: @escaping @Sendable () -> Void, log: @escaping @Sendable (String) -> Void) throws {
         self.device = device
+        self.platformFeatures = platformFeatures
         self.name = name
         self.memory = memory
         self.loop = loop
@@ -96,7 +99,8 @@ public final class MMIOTransport: Sendable {
     /// The device's status register, for reports and tests.
     public var status: VirtioStatus { state.withLock { $0.status } }
 
-    private var offeredFeatures: UInt64 { device.offeredFeatures | Self.transportFeatures }
+    private let platformFeatures: UInt64
+    private var offeredFeatures: UInt64 { device.offeredFeatures | Self.transportFeatures | platformFeatures }
 
     // MARK: Register access (vCPU threads)
 

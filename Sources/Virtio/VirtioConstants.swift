@@ -23,6 +23,10 @@ public enum VirtioFeature {
     public static let eventIndex: UInt64 = 1 << 29
     /// VIRTIO_F_VERSION_1: the modern interface, the only one Kestrel offers.
     public static let version1: UInt64 = 1 << 32
+    /// VIRTIO_F_ACCESS_PLATFORM: the device reaches memory through the
+    /// platform's rules (bounce buffers in shared memory for an SEV guest,
+    /// whose Linux refuses devices without it).
+    public static let accessPlatform: UInt64 = 1 << 33
 }
 
 /// The device status register's bits (virtio 1.2, section 2.1).

@@ -1,22 +1,8 @@
 import Confidential
 import Crypto
 import Foundation
+import KestrelTesting
 import Testing
-
-/// What a Python script using sev-snp-measure prints (trimmed), or nil when
-/// python3 or the package is missing.
-func sevSnpMeasure(_ script: String) -> String? {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    process.arguments = ["python3", "-c", script]
-    let output = Pipe()
-    process.standardOutput = output
-    process.standardError = Pipe()
-    guard (try? process.run()) != nil else { return nil }
-    process.waitUntilExit()
-    guard process.terminationStatus == 0 else { return nil }
-    return String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-}
 
 /// The SNP launch digest: our SHA-384 against swift-crypto's, and the
 /// PAGE_INFO chain against sev-snp-measure (PyPI), the tool verifiers use to

@@ -49,6 +49,29 @@ import Testing
         guard case .stopped = try machine.vcpuThread.run() else { Issue.record("ran after a stop"); return }
     }
 
+    /// completeExit: the next KVM_RUN finishes the IN (AL loaded, RIP past
+    /// it) and comes straight back, and the body sees that before the guest
+    /// runs on to its OUT.
+    @Test func completeExitRunsTheBodyOnceKVMHasFinishedTheExit() throws {
+        let machine = try GuestMachine(kvm: KVMSystem())
+        try machine.loadRealMode(code: [0xE4, 0x80, 0xE6, 0x81, 0xEB, 0xFE])  // in al, 0x80; out 0x81, al; jmp $
+        let thread = machine.vcpuThread
+        defer { thread.leaveThread() }
+        guard case .exit(.io(let input)) = try thread.run(until: .now + .seconds(10)), input.port == 0x80 else {
+            Issue.record("the guest's IN did not exit"); return
+        }
+        input.data[0] = 0x5A
+        var seen: (al: UInt64, rip: UInt64)?
+        thread.completeExit { seen = try? { let r = try machine.vcpu.registers(); return (r.rax & 0xFF, r.rip) }() }
+        guard case .exit(.io(let output)) = try thread.run(until: .now + .seconds(10)), output.port == 0x81 else {
+            Issue.record("the guest's OUT did not follow"); return
+        }
+        #expect(seen?.al == 0x5A, "the IN's data was in AL when the body ran")
+        #expect(seen?.rip == 0x1002, "RIP was past the IN, before the OUT")
+        #expect(output.data[0] == 0x5A)
+        #expect(!machine.vcpu.immediateExit, "immediate_exit is cleared after the completion")
+    }
+
     @Test func aStopBeforeTheFirstRunIsNotLost() throws {
         let machine = try spinningMachine()
         machine.vcpuThread.requestStop()

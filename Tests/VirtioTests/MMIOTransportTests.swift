@@ -19,6 +19,16 @@ import Testing
         #expect(driver.readRegister(R.queueSizeMax) == 0, "a queue that does not exist has size 0")
     }
 
+    /// An SNP machine's transports add VIRTIO_F_ACCESS_PLATFORM, which a
+    /// driver may then accept; an ordinary machine's do not offer it.
+    @Test func accessPlatformIsOfferedOnlyWhenTheMachineAddsIt() throws {
+        #expect(try TestDriver(EntropyDevice()).offeredFeatures & VirtioFeature.accessPlatform == 0)
+        let confidential = try TestDriver(EntropyDevice(), platformFeatures: VirtioFeature.accessPlatform)
+        #expect(confidential.offeredFeatures & VirtioFeature.accessPlatform != 0)
+        #expect(confidential.initialise(features: VirtioFeature.version1 | VirtioFeature.accessPlatform).contains(.driverOK))
+        #expect(!(try TestDriver(EntropyDevice())).initialise(features: VirtioFeature.version1 | VirtioFeature.accessPlatform).contains(.featuresOK))
+    }
+
     @Test func refusesFeaturesWithoutVersion1OrUnknownBits() throws {
         let driver = try TestDriver(EntropyDevice())
         #expect(!driver.initialise(features: 0).contains(.featuresOK))

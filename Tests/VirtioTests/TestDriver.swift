@@ -23,13 +23,13 @@ final class TestDriver {
     private var availableIndex: [Int: UInt16] = [:]
     private var usedSeen: [Int: UInt16] = [:]
 
-    init(_ device: any VirtioDevice) throws {
+    init(_ device: any VirtioDevice, platformFeatures: UInt64 = 0) throws {
         mapping = try MemoryMapping(anonymousSize: Self.ramSize)
         try memory.add(mapping, at: Self.ramBase)
         loop = try EventLoop(name: "test")
         let recorder = self.recorder
         transport = try MMIOTransport(device: device, name: "\(device.deviceType)", memory: memory, loop: loop,
-                                      interruptLine: { recorder.interrupts.add(1, ordering: .relaxed) },
+                                      platformFeatures: platformFeatures, interruptLine: { recorder.interrupts.add(1, ordering: .relaxed) },
                                       log: { line in recorder.lines.withLock { $0.append(line) } })
         try loop.start()
     }

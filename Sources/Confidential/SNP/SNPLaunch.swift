@@ -101,7 +101,7 @@ public struct SNPGuestPolicy: Hashable, Sendable {
 /// The order is the firmware's: `init` (VM creation, KVM_SEV_INIT2, the private
 /// memory slot), optionally `enableCertificateRequests()`, `start`, `update` for
 /// each measured range, then `finish`; vCPUs are created between update and finish.
-public final class SNPLaunch {
+public final class SNPLaunch: SNPLaunchOperations {
     public let virtualMachine: VirtualMachine
     public let privateMemory: GuestMemfd
     public let sharedMemory: MemoryMapping
@@ -158,17 +158,54 @@ public final class SNPLaunch {
             throw SNPLaunchError.invalidArgument(
                 "SNP launch update 0x\(String(guestPhysicalAddress, radix: 16)) +0x\(String(length, radix: 16)) must be page-aligned and inside the \(memorySize)-byte guest")
         }
-        let parameters = SNPLaunchUpdateParameters(guestFrameNumber: guestPhysicalAddress / 4096,
+        var parameters = SNPLaunchUpdateParameters(guestFrameNumber: guestPhysicalAddress / 4096,
                                                    userspaceAddress: sharedMemory.address + guestPhysicalAddress,
                                                    length: length, pageType: type.rawValue)
-        try virtualMachine.snpLaunchUpdate(parameters, sevFileDescriptor: sevFileDescriptor)
+        // KVM may return before the whole range is done, with gfn_start, uaddr
+        // and len naming the rest; it is called again until len is 0.
+        while parameters.length > 0 {
+            let remaining = try virtualMachine.snpLaunchUpdate(parameters, sevFileDescriptor: sevFileDescriptor)
+            guard remaining.length < parameters.length else {
+                throw SNPLaunchError.invalidArgument("KVM_SEV_SNP_LAUNCH_UPDATE at GFN 0x\(String(parameters.guestFrameNumber, radix: 16)) made no progress (len 0x\(String(remaining.length, radix: 16)) left)")
+            }
+            parameters = remaining
+        }
+    }
+
+    /// KVM_SET_MEMORY_ATTRIBUTES PRIVATE over `range`: SNP_LAUNCH_UPDATE
+    /// accepts only private pages.
+    public func setPrivate(_ range: Range<UInt64>) throws {
+        try virtualMachine.setMemoryAttributes(address: range.lowerBound, size: UInt64(range.count), attributes: .private)
+    }
+
+    /// `length` bytes of the launch source buffer at `guestPhysicalAddress`
+    /// (where KVM copies back a CPUID page the firmware rejected).
+    public func sourceContents(at guestPhysicalAddress: UInt64, length: Int) -> [UInt8] {
+        // Sound: the range is checked to lie inside the mapping, which lives as long as `self`.
+        precondition(length >= 0 && guestPhysicalAddress + UInt64(length) <= UInt64(sharedMemory.size), "inside the launch source buffer")
+        return [UInt8](UnsafeRawBufferPointer(start: sharedMemory.baseAddress + Int(guestPhysicalAddress), count: length))
     }
 
     /// KVM_SEV_SNP_LAUNCH_FINISH with the given host data (at most 32 bytes).
-    public func finish(hostData: [UInt8] = []) throws {
+    public func finish(hostData: [UInt8]) throws {
         guard hostData.count <= 32 else {
             throw SNPLaunchError.invalidArgument("SNP host data is at most 32 bytes, not \(hostData.count)")
         }
         try virtualMachine.snpLaunchFinish(SNPLaunchFinishParameters(hostData: hostData), sevFileDescriptor: sevFileDescriptor)
     }
+}
+
+/// The SEV calls of an SNP launch, in the order the firmware takes them:
+/// `SNPLaunch` makes them on a host with SNP; tests record them.
+public protocol SNPLaunchOperations: AnyObject {
+    /// KVM_SET_MEMORY_ATTRIBUTES PRIVATE.
+    func setPrivate(_ range: Range<UInt64>) throws
+    /// KVM_SEV_SNP_LAUNCH_START.
+    func start(policy: SNPGuestPolicy) throws
+    /// KVM_SEV_SNP_LAUNCH_UPDATE of the whole range, however many calls KVM needs.
+    func update(guestPhysicalAddress: UInt64, length: UInt64, type: SNPPageType) throws
+    /// KVM_SEV_SNP_LAUNCH_FINISH.
+    func finish(hostData: [UInt8]) throws
+    /// The launch source buffer's bytes (guest memory as the VMM wrote it).
+    func sourceContents(at guestPhysicalAddress: UInt64, length: Int) -> [UInt8]
 }

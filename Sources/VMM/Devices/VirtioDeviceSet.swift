@@ -71,8 +71,9 @@ public final class VirtioDeviceSet: Sendable {
 
     /// Creates the transports for `devices`, puts them on `mmioBus` and wires
     /// them to `vm`. `log` gets one line per device fault.
+    /// `platformFeatures` are offered by every transport (VIRTIO_F_ACCESS_PLATFORM for SNP).
     init(devices: [(name: String, device: any VirtioDevice)], vm: VirtualMachine, kvm: KVMSystem, memory: GuestAddressSpace,
-         mmioBus: inout DeviceBus, log: @escaping @Sendable (String) -> Void) throws {
+         platformFeatures: UInt64 = 0, mmioBus: inout DeviceBus, log: @escaping @Sendable (String) -> Void) throws {
         loop = try EventLoop(name: "virtio")
         usesEventNotifiers = try kvm.checkExtension(.irqfd) > 0 && kvm.checkExtension(.ioeventfd) > 0
         var transports: [MMIOTransport] = []
@@ -91,7 +92,8 @@ public final class VirtioDeviceSet: Sendable {
                     try? vm.setInterruptLine(placement.gsi, active: false)
                 }
             }
-            let transport = try MMIOTransport(device: entry.device, name: entry.name, memory: memory, loop: loop, interruptLine: line, log: log)
+            let transport = try MMIOTransport(device: entry.device, name: entry.name, memory: memory, loop: loop,
+                                              platformFeatures: platformFeatures, interruptLine: line, log: log)
             if usesEventNotifiers {
                 for (queue, notifier) in transport.queueNotifiers.enumerated() {
                     try vm.attachIOEvent(notifier, at: UInt64(placement.base) + UInt64(MMIOTransport.Register.queueNotify), length: 4,

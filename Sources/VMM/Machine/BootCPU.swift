@@ -8,7 +8,8 @@ enum BootCPU {
                 db: defaultSize ? 1 : 0, s: 1, l: longMode ? 1 : 0, g: 1, avl: 0, unusable: 0)
     }
 
-    static func prepare(_ vcpu: VCPU, entry: KernelEntry) throws {
+    /// `pageTableRoot` is CR3 for the 64-bit entry (with SEV's C-bit for an SNP guest).
+    static func prepare(_ vcpu: VCPU, entry: KernelEntry, pageTableRoot: UInt64 = GuestLayout.pml4Address) throws {
         var special = try vcpu.specialRegisters()
         var registers = Registers()
         registers.rflags = 0x2
@@ -25,7 +26,7 @@ enum BootCPU {
         switch entry {
         case .longMode(let rip, let zeroPage):
             special.cs = segment(selector: BootGDT.codeSelector64, type: 0xB, longMode: true, defaultSize: false)
-            special.cr3 = GuestLayout.pml4Address
+            special.cr3 = pageTableRoot
             special.cr4 = 0x20                    // PAE
             special.cr0 = 0x8000_0011             // PG, ET, PE
             special.efer = 0x500                  // LME, LMA

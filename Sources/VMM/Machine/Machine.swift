@@ -1,4 +1,5 @@
 import Boot
+import Confidential
 import GuestMemory
 import KVM
 import Synchronization
@@ -25,13 +26,17 @@ public final class Machine: Sendable {
     public let setupSteps: [(step: String, duration: Duration)]
     /// What backs guest RAM and whether it is still in the host's direct map.
     public let memoryProtection: String
+    /// For an SNP guest with `--snp-certs`: the certificate file each vCPU's
+    /// responder serves, and where its refusals are logged.
+    let certificates: (file: String, log: @Sendable (String) -> Void)?
     private let control: RunControl
     private let started = Mutex<ContinuousClock.Instant?>(nil)
 
     init(configuration: MachineConfiguration, plan: LinuxBootSummary, kvm: KVMSystem, virtualMachine: VirtualMachine,
          memory: GuestAddressSpace, serial: Serial16550, panicWatcher: GuestPanicWatcher, vcpuThreads: [VCPUThread],
          devices: VirtioDeviceSet, exitHandler: ExitHandler, control: RunControl, setupSteps: [(step: String, duration: Duration)],
-         memoryProtection: String) {
+         memoryProtection: String, certificates: (file: String, log: @Sendable (String) -> Void)? = nil) {
+        self.certificates = certificates
         self.configuration = configuration
         self.plan = plan
         self.kvm = kvm
@@ -110,6 +115,13 @@ public final class Machine: Sendable {
     }
 
     private func runLoop(_ thread: VCPUThread, index: Int) {
+        // One certificate service and responder per vCPU, used on its thread only.
+        let responder = certificates.map { certificates in
+            SNPCertificateResponder(service: SNPCertificateService(
+                configuration: .init(certificateFile: certificates.file, mmioRanges: devices.mmioRanges.map(\.range)),
+                guestMemory: memory, log: certificates.log))
+        }
+        defer { responder?.releaseHeldLease() }
         while true {
             let exit: VCPUExit
             do {
@@ -120,6 +132,11 @@ public final class Machine: Sendable {
             } catch {
                 finish(.vcpuFailure(vcpu: index, detail: "\(error)"))
                 return
+            }
+            if let responder, case .answered = responder.handle(exit, on: thread.vcpu) {
+                // The file stays locked until the firmware has used the blob.
+                if responder.heldLease != nil { thread.completeExit { responder.releaseHeldLease() } }
+                continue
             }
             switch exitHandler.handle(exit, vcpu: index, rip: { try? thread.vcpu.registers().rip }) {
             case .resume: continue

@@ -4,6 +4,7 @@ import Glibc
 import GuestMemory
 import HostSystem
 import KVM
+import Virtio
 
 /// Turns a `MachineConfiguration` into a `Machine` ready to run: plans the boot
 /// (refusing bad images before any KVM object exists), then creates the VM, its
@@ -18,8 +19,11 @@ public struct MachineBuilder {
 
     /// Builds the machine. `console` receives every byte the guest writes to COM1.
     /// Device faults (a malformed virtqueue) are reported through `deviceLog`, one line each.
+    /// An SNP machine's expected launch measurement goes to `announce` before
+    /// the launch finishes.
     public func build(console: @escaping @Sendable (UInt8) -> Void,
-                      deviceLog: @escaping @Sendable (String) -> Void = { _ in }) throws -> Machine {
+                      deviceLog: @escaping @Sendable (String) -> Void = { _ in },
+                      announce: (String) -> Void = { _ in }) throws -> Machine {
         try configuration.validate()
         // A confidential machine the host cannot run is refused before anything is read or created.
         if configuration.confidential == .realm {
@@ -28,7 +32,11 @@ public struct MachineBuilder {
                 throw ConfigurationError("--confidential realm: \(violation.rule): \(violation)")
             }
         }
-        if let mode = configuration.confidential { try Self.refuseConfidential(mode, kvm: try KVMSystem()) }
+        if let mode = configuration.confidential {
+            let kvm = try KVMSystem()
+            try Self.refuseConfidential(mode, kvm: kvm)
+            return try buildSNP(kvm: kvm, console: console, deviceLog: deviceLog, announce: announce)
+        }
         var timer = StepTimer()
         let kernel = try Self.readFile(configuration.kernelPath, what: "kernel")
         let initrd = try configuration.initrdPath.map { try Self.readFile($0, what: "initrd") }
@@ -71,25 +79,10 @@ public struct MachineBuilder {
         try bootPlan.write(into: memory)
         timer.step("load into guest memory")
 
-        let control = RunControl()
-        let panicWatcher = GuestPanicWatcher()
-        let serial = Serial16550(output: { byte in
-            console(byte)
-            panicWatcher.consume(byte)
-        }) {
-            // An edge on IRQ 4.
-            try? vm.setInterruptLine(Serial16550.com1Interrupt, active: true)
-            try? vm.setInterruptLine(Serial16550.com1Interrupt, active: false)
-        }
-        var portBus = DeviceBus()
-        var mmioBus = DeviceBus()
-        portBus.add(serial, at: Serial16550.com1Base..<(Serial16550.com1Base + 8))
-        portBus.add(I8042Controller { control.finish(.reset(source: "i8042 reset command")) }, at: 0x60..<0x65)
-        portBus.add(ACPISleepControl { control.finish(.poweredOff) },
-                    at: UInt64(ACPITables.sleepControlPort)..<UInt64(ACPITables.sleepControlPort + 2))
-        mmioBus.add(ExitDevice { status in control.finish(.guestExit(status: status)) }, at: ExitDevice.address..<(ExitDevice.address + 8))
-        let devices = try VirtioDeviceSet(devices: virtioDevices, vm: vm, kvm: kvm, memory: memory, mmioBus: &mmioBus,
-                                          log: deviceLog)
+        let wiring = try Self.wireDevices(vm: vm, kvm: kvm, memory: memory, virtioDevices: virtioDevices, console: console,
+                                          deviceLog: deviceLog)
+        let (control, panicWatcher, serial, portBus, mmioBus, devices) =
+            (wiring.control, wiring.panicWatcher, wiring.serial, wiring.portBus, wiring.mmioBus, wiring.devices)
 
         guard let template = CPUTemplate.named(configuration.cpuTemplate) else { throw ConfigurationError("unknown CPU template") }
         let supported = try kvm.supportedCPUID()
@@ -117,6 +110,46 @@ public struct MachineBuilder {
             memoryProtection: "\(protection) (\(ranges.count) slot\(ranges.count == 1 ? "" : "s"))")
     }
 
+    /// The serial port, the i8042, ACPI sleep, the exit device and the virtio
+    /// transports, on their buses. `platformFeatures` go to every virtio transport.
+    struct DeviceWiring {
+        let control: RunControl
+        let panicWatcher: GuestPanicWatcher
+        let serial: Serial16550
+        let portBus: DeviceBus
+        let mmioBus: DeviceBus
+        let devices: VirtioDeviceSet
+    }
+
+    static func wireDevices(vm: VirtualMachine, kvm: KVMSystem, memory: GuestAddressSpace,
+                            virtioDevices: [(name: String, device: any VirtioDevice)], platformFeatures: UInt64 = 0,
+                            console: @escaping @Sendable (UInt8) -> Void,
+                            deviceLog: @escaping @Sendable (String) -> Void) throws -> DeviceWiring {
+        let control = RunControl()
+        let panicWatcher = GuestPanicWatcher()
+        let serial = Serial16550(output: { byte in
+            console(byte)
+            panicWatcher.consume(byte)
+        }) {
+            // An edge on IRQ 4.
+            try? vm.setInterruptLine(Serial16550.com1Interrupt, active: true)
+            try? vm.setInterruptLine(Serial16550.com1Interrupt, active: false)
+        }
+        var portBus = DeviceBus()
+        var mmioBus = DeviceBus()
+        portBus.add(serial, at: Serial16550.com1Base..<(Serial16550.com1Base + 8))
+        portBus.add(I8042Controller { control.finish(.reset(source: "i8042 reset command")) }, at: 0x60..<0x65)
+        portBus.add(ACPISleepControl { control.finish(.poweredOff) },
+                    at: UInt64(ACPITables.sleepControlPort)..<UInt64(ACPITables.sleepControlPort + 2))
+        mmioBus.add(ExitDevice { status in control.finish(.guestExit(status: status)) }, at: ExitDevice.address..<(ExitDevice.address + 8))
+        let devices = try VirtioDeviceSet(devices: virtioDevices, vm: vm, kvm: kvm, memory: memory,
+                                          platformFeatures: platformFeatures, mmioBus: &mmioBus,
+                                          log: deviceLog)
+
+        return DeviceWiring(control: control, panicWatcher: panicWatcher, serial: serial, portBus: portBus, mmioBus: mmioBus,
+                            devices: devices)
+    }
+
     /// The conversion manager for a VM whose type has private memory
     /// (KVM_CAP_MEMORY_ATTRIBUTES offers PRIVATE on it) and whose RAM regions
     /// have a guest_memfd; nil otherwise, and then a conversion exit ends the
@@ -129,10 +162,8 @@ public struct MachineBuilder {
         return try ConversionManager(vm: vm, memory: memory, mmio: devices.mmioRanges, log: log)
     }
 
-    /// Refuses a confidential machine before any VM exists, naming what this
-    /// host lacks. On a host with everything SNP needs it still refuses: the
-    /// SNP boot flow (measured payload, VMSA, conversions through the
-    /// ConversionManager) is not in `kestrel run` yet, and it says so.
+    /// Refuses a confidential machine this host cannot run before any VM
+    /// exists, naming what it lacks. Returns for an SNP host.
     static func refuseConfidential(_ mode: ConfidentialMode, kvm: KVMSystem) throws {
         switch mode {
         case .realm:
@@ -140,8 +171,6 @@ public struct MachineBuilder {
         case .snp:
             let missing = try SNPHostSupport(kvm: kvm).missingForLaunch
             guard missing.isEmpty else { throw ConfigurationError("--confidential snp: \(SNPLaunchError.unavailable(missing))") }
-            throw ConfigurationError("--confidential snp: this host offers SEV-SNP, but kestrel run cannot boot an SNP guest yet "
-                + "(the measured launch of the boot payload and the VMSA are not implemented); nothing was started")
         }
     }
 
