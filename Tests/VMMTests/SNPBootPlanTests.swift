@@ -172,6 +172,27 @@ import Testing
         #expect(throws: SNPLaunchError.self) { try SNPBootPlan(request: request, cpuid: tooMany, encryptionBit: 51) }
     }
 
+    /// `kestrel run --confidential snp --dry-run` on this host: the plan from
+    /// the configuration and KVM's CPUID, its measurement, and the host's
+    /// missing pieces, with nothing started.
+    @Test(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm for the CPUID table"))
+    func theDryRunPrintsThePlanTheMeasurementAndTheHostsVerdict() throws {
+        let path = NSTemporaryDirectory() + "kestrel-snp-kernel-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try Data(Self.kernel()).write(to: URL(fileURLWithPath: path))
+        var configuration = MachineConfiguration(kernelPath: path, vcpuCount: 2, memorySize: Self.memorySize)
+        configuration.confidential = .snp
+        let text = try MachineBuilder(configuration: configuration).snpDryRun()
+        #expect(text.contains("SETUP_CC_BLOB at 0x5000"), "\(text)")
+        #expect(text.contains("0x4000-0x4fff CPUID (1 page)") && text.contains("0x3000-0x3fff SECRETS (1 page)"))
+        #expect(text.contains("measures 2 VMSA pages"))
+        let line = try #require(text.split(separator: "\n").first { $0.contains("expected measurement ") })
+        #expect(line.split(separator: " ").last?.count == 96, "a SHA-384 in hex: \(line)")
+        #expect(try MachineBuilder(configuration: configuration).snpDryRun() == text, "the same inputs give the same plan and measurement")
+        let missing = try SNPHostSupport(kvm: try KVMSystem()).missingForLaunch
+        #expect(text.contains(missing.isEmpty ? "this host offers SEV-SNP" : "this host cannot launch it: " + missing.joined(separator: "; ")))
+    }
+
     // MARK: The launch sequence, recorded
 
     final class RecordingLaunch: SNPLaunchOperations {
