@@ -13,7 +13,10 @@ A third variant is the control for the mechanism: anonymous memory with the
 L1's transparent huge pages turned off for that boot, so that guest RAM is
 mapped in 4 KiB pages, as guest_memfd's always is (6.18 has no huge pages for
 guest_memfd). A fourth is guest_memfd with --prefault (KVM_PRE_FAULT_MEMORY
-maps all of guest RAM before the guest starts).
+maps all of guest RAM before the guest starts). After the timed boots, one
+more boot of each of the first three variants reads KVM's own counters of how
+guest RAM is mapped (debugfs pages_4k and pages_2m), which shows the mechanism
+in the same L1.
 
 Goal (issue 13): guest_memfd / anonymous <= 1.05.
 
@@ -64,6 +67,23 @@ for i in $(seq {options.runs}); do
     echo $thp > /sys/kernel/mm/transparent_hugepage/enabled
   done
 done
+# The mechanism, from KVM's own counters: how much of guest RAM its page
+# tables map in 4 KiB and in 2 MiB pages (debugfs pages_4k, pages_2m), read
+# until the guest ends, for one more boot of each variant.
+mount -t debugfs none /sys/kernel/debug 2>/dev/null
+for variant in anonymous guest_memfd anonymous-4k; do
+  backend=$variant
+  [ $variant = anonymous-4k ] && {{ backend=anonymous; echo never > /sys/kernel/mm/transparent_hugepage/enabled; }}
+  {run} --memory-backend $backend >/dev/null 2>&1 &
+  pid=$!
+  last="unreadable"
+  while kill -0 $pid 2>/dev/null; do
+    for d in /sys/kernel/debug/kvm/$pid-*; do [ -r "$d/pages_2m" ] && last="$(cat $d/pages_4k) $(cat $d/pages_2m)"; done
+    sleep 0.2
+  done
+  echo $thp > /sys/kernel/mm/transparent_hugepage/enabled
+  echo "pages $variant $last"
+done
 """)
     print(f"== a {options.guest} guest's boot to userspace in one {options.kernel} L1, {options.runs} runs per backend, interleaved", flush=True)
     result = subprocess.run([KESTREL, "lab", "run", "--kernel", options.kernel, "--guest", options.guest, "--timeout", "3000",
@@ -90,6 +110,13 @@ done
     print(f"control: anonymous with 4 KiB pages / anonymous: {small / anonymous:.3f}; guest_memfd / anonymous with 4 KiB pages: {gmem / small:.3f}")
     prefaulted = statistics.median(times["guest_memfd-prefault"])
     print(f"guest_memfd with --prefault / anonymous: {prefaulted / anonymous:.3f}")
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "pages":
+            if len(parts) == 4:
+                print(f"KVM's mappings of guest RAM, {parts[1]}: {parts[2]} pages of 4 KiB, {parts[3]} of 2 MiB (debugfs pages_4k, pages_2m)")
+            else:
+                print(f"KVM's mappings of guest RAM, {parts[1]}: {' '.join(parts[2:])} (no debugfs pages_4k/pages_2m)")
 
 
 if __name__ == "__main__":
