@@ -3,7 +3,7 @@
 // Kestrel: a KVM hypervisor toolkit for Linux.
 // Targets form layers and import downwards only (the README's target table):
 // CHost <- HostSystem <- GuestMemory <- KVM (with CKVM, which nothing else
-// imports) <- X86 <- GuestKit, Confidential, Boot, VMM <- Conformance, Lab <- kestrel;
+// imports) <- X86 <- GuestKit, Confidential, Boot, VMM <- ControlAPI, Conformance, Lab <- kestrel;
 // Virtio (devices, no KVM) sits on GuestMemory and HostSystem, under VMM.
 
 import PackageDescription
@@ -93,6 +93,9 @@ let package = Package(
         // tests play the driver in guest memory.
         .target(name: "Virtio", dependencies: ["HostSystem", "GuestMemory"], swiftSettings: swiftSettings),
         .target(name: "VMM", dependencies: ["HostSystem", "KVM", "GuestMemory", "X86", "Boot", "Virtio", "Confidential"], swiftSettings: swiftSettings),
+        // Firecracker's REST API on a Unix socket: the HTTP/1.1 reader, the
+        // routes over the VMM's configuration, and the API thread.
+        .target(name: "ControlAPI", dependencies: ["VMM", "HostSystem"], swiftSettings: swiftSettings),
         // The lab: L1 KVM hosts under QEMU, Debian kernels fetched and cached, the
         // L1 initramfs, conformance matrices across hosts.
         .target(name: "Lab", dependencies: ["Boot", "Decompression", "TextFormat"], swiftSettings: swiftSettings),
@@ -101,7 +104,7 @@ let package = Package(
         .executableTarget(
             name: "Kestrel",
             dependencies: [
-                "HostSystem", "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools", "Boot", "Decompression", "VMM", "Lab", "TextFormat",
+                "HostSystem", "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools", "Boot", "Decompression", "VMM", "ControlAPI", "Lab", "TextFormat",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings,
@@ -129,6 +132,7 @@ let package = Package(
             name: "ConformanceTests", dependencies: ["Conformance"], swiftSettings: swiftSettings),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Boot", "TextFormat"], swiftSettings: swiftSettings),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory", "HostSystem"], swiftSettings: swiftSettings),
+        .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "HostSystem", "Lab"], swiftSettings: swiftSettings),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Boot", "Confidential", "GuestMemory", "KestrelTesting"], swiftSettings: swiftSettings),
         .testTarget(
             name: "BootTests", dependencies: ["Boot", "Decompression", "GuestMemory", "CZlib", "CLZMA", "CZstd"],

@@ -2,6 +2,7 @@ import TextFormat
 import ArgumentParser
 import Boot
 import Confidential
+import ControlAPI
 import KVM
 import Dispatch
 import Glibc
@@ -30,7 +31,17 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Guest memory, e.g. 256M or 1G.") var memory: String = "256M"
     @Option(name: .customLong("cpu-template"), help: "CPU template: \(CPUTemplate.all.map(\.name).joined(separator: ", ")).")
     var cpuTemplate: String = CPUTemplate.defaultName
-    @Option(help: "A JSON machine description (Firecracker-style: boot-source, machine-config, drives, entropy).") var config: String?
+    @Option(name: [.customLong("config"), .customLong("config-file")],
+            help: "A JSON machine description (Firecracker-style: boot-source, machine-config, drives, network-interfaces, vsock, entropy).")
+    var config: String?
+    @Option(name: .customLong("api-sock"), help: ArgumentHelp(
+        "Serve Firecracker's REST API on this Unix socket.",
+        discussion: "Without --kernel or --config-file, the machine is configured through the API (PUT /boot-source, /machine-config, /drives/ID, "
+            + "/network-interfaces/ID, /vsock, /entropy) and started with PUT /actions {\"action_type\": \"InstanceStart\"}; "
+            + "PATCH /vm pauses and resumes it. Try: curl --unix-socket PATH http://localhost/"))
+    var apiSocket: String?
+    @Flag(name: .customLong("no-api"), help: "Serve no API (the default unless --api-sock is given; Firecracker's flag).") var noAPI = false
+    @Option(help: "The instance id that GET / reports (Firecracker's --id).") var id = "anonymous-instance"
     @Option(name: .customLong("drive"), help: ArgumentHelp(
         "A virtio-blk disk: PATH[,id=ID][,ro][,root][,partuuid=UUID][,cache=writeback|unsafe]; repeat for more.",
         discussion: "A root drive comes first (/dev/vda) and adds root=/dev/vda (or PARTUUID=) with ro or rw to the command line."))
@@ -92,11 +103,16 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
+        if apiSocket != nil && noAPI { throw ValidationError("--api-sock and --no-api contradict each other") }
+        if apiSocket != nil && config == nil && kernel == nil {
+            try runFromAPI()
+            return
+        }
         var configuration: MachineConfiguration
         if let config {
             configuration = try MachineConfigFile.load(path: config)
         } else {
-            guard let kernel else { throw ValidationError("give --kernel PATH (or --config FILE)") }
+            guard let kernel else { throw ValidationError("give --kernel PATH, --config-file FILE, or --api-sock PATH to configure the machine through the API") }
             guard let size = MachineConfiguration.parseSize(memory) else { throw ValidationError("--memory \(memory): expected a size such as 256M or 1G") }
             configuration = MachineConfiguration(kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, vcpuCount: cpus, memorySize: size, cpuTemplate: cpuTemplate)
         }
@@ -150,13 +166,77 @@ struct RunCommand: ParsableCommand {
         let console = ConsoleOutput()
         let machine: Machine
         do {
-            machine = try MachineBuilder(configuration: configuration).build(console: { console.write($0) },
-                                                                             deviceLog: { printError("kestrel: \($0)") },
-                                                                             announce: { printError($0) })
+            machine = try Self.build(configuration, console: console)
         } catch {
             printError("kestrel: cannot start the guest: \(error)")
             throw ExitCode(2)
         }
+        var server: APIServer?
+        if let apiSocket {
+            let api = FirecrackerAPI(instanceID: id, version: Kestrel.version, control: APIMachineHost(running: machine),
+                                     running: MachineConfigFile.document(for: configuration))
+            do { server = try APIServer(path: apiSocket, api: api, log: { printError("kestrel: \($0)") }) } catch {
+                printError("kestrel: --api-sock \(apiSocket): \(error)")
+                throw ExitCode(2)
+            }
+        }
+        defer { server?.stop() }
+        try runMachine(machine, console: console)
+    }
+
+    /// `--api-sock` alone: serve the API and wait for InstanceStart; a start
+    /// that fails is answered with 400 and the API waits for the next.
+    func runFromAPI() throws {
+        guard drives.isEmpty, networkInterfaces.isEmpty, vsock == nil, !entropy, memoryBackend == nil, confidential == nil, !dryRun else {
+            throw ValidationError("with --api-sock and no --kernel or --config-file, give the devices and memory backend through the API")
+        }
+        let host = APIMachineHost()
+        let api = FirecrackerAPI(instanceID: id, version: Kestrel.version, control: host)
+        let server: APIServer
+        do { server = try APIServer(path: apiSocket!, api: api, log: { printError("kestrel: \($0)") }) } catch {
+            printError("kestrel: --api-sock \(apiSocket!): \(error)")
+            throw ExitCode(2)
+        }
+        defer { server.stop() }
+        // SIGINT and SIGTERM stop the machine once it runs; until then they end
+        // Kestrel here, taking the socket file with it.
+        let running = Mutex<Machine?>(nil)
+        let signals = SignalStopper { number in
+            if let machine = running.withLock({ $0 }) { machine.finish(.stopped(signal: number)); return }
+            server.stop()
+            Glibc.exit(128 + number)
+        }
+        defer { withExtendedLifetime(signals) {} }
+        if verbose { printError("kestrel: API on \(apiSocket!); waiting for InstanceStart") }
+        let console = ConsoleOutput()
+        while true {
+            var configuration = host.nextStart()
+            if prefault { configuration.prefault = true }
+            if guestDecompression { configuration.decompressOnHost = false }
+            if noPVH { configuration.preferPVH = false }
+            do {
+                let machine = try Self.build(configuration, console: console)
+                running.withLock { $0 = machine }
+                host.started(machine)
+                try runMachine(machine, console: console, handlingSignals: false)
+                return
+            } catch let exit as ExitCode {
+                throw exit
+            } catch {
+                host.failed(error)
+            }
+        }
+    }
+
+    static func build(_ configuration: MachineConfiguration, console: ConsoleOutput) throws -> Machine {
+        try MachineBuilder(configuration: configuration).build(console: { console.write($0) },
+                                                               deviceLog: { printError("kestrel: \($0)") },
+                                                               announce: { printError($0) })
+    }
+
+    /// Runs a built machine to its end on this terminal; throws the exit code.
+    func runMachine(_ machine: Machine, console: ConsoleOutput, handlingSignals: Bool = true) throws {
+        let configuration = machine.configuration
         if verbose || configuration.memoryBackend != .anonymous {
             printError("kestrel: guest memory: \(machine.memoryProtection)")
         }
@@ -167,7 +247,7 @@ struct RunCommand: ParsableCommand {
             printError("kestrel: set-up " + machine.setupSteps.map { "\($0.step) \(SecondsText.text($0.duration)) s" }.joined(separator: ", "))
         }
         let terminal = TerminalSession(serial: machine.serial)
-        let signals = SignalStopper { machine.finish(.stopped(signal: $0)) }
+        let signals = handlingSignals ? SignalStopper { machine.finish(.stopped(signal: $0)) } : nil
         // Loading, decompression and table building are done: their code need
         // not stay resident for the life of the guest.
         let releaseStart = ContinuousClock.now

@@ -122,7 +122,7 @@ func checkIdentifier(_ id: String, what: String) throws {
 extension MachineConfiguration {
     /// Checks the devices before anything is created: identifiers, duplicates,
     /// one root drive, files that exist with the access the drive needs.
-    func validateDevices() throws {
+    public func validateDevices() throws {
         var seen: Set<String> = []
         for drive in drives {
             try checkIdentifier(drive.id, what: "drive id")

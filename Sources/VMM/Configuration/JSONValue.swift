@@ -66,3 +66,59 @@ public enum JSONValue: Equatable, Sendable, Decodable {
         init?(intValue: Int) { nil }
     }
 }
+
+extension JSONValue {
+    /// The value as compact JSON text, members in key order so that equal
+    /// values render alike (API responses, `GET /vm/config`).
+    public var rendered: String {
+        var text = ""
+        render(into: &text)
+        return text
+    }
+
+    private func render(into text: inout String) {
+        switch self {
+        case .null: text += "null"
+        case .bool(let value): text += value ? "true" : "false"
+        case .number(let value):
+            if value.rounded() == value && abs(value) < 0x1p53 { text += String(Int64(value)) }
+            else if value.isFinite { text += "\(value)" }
+            else { text += "null" }  // JSON has no infinities or NaN
+        case .string(let value): Self.quote(value, into: &text)
+        case .array(let elements):
+            text += "["
+            for (index, element) in elements.enumerated() {
+                if index > 0 { text += "," }
+                element.render(into: &text)
+            }
+            text += "]"
+        case .object(let members):
+            text += "{"
+            for (index, key) in members.keys.sorted().enumerated() {
+                if index > 0 { text += "," }
+                Self.quote(key, into: &text)
+                text += ":"
+                members[key]!.render(into: &text)
+            }
+            text += "}"
+        }
+    }
+
+    private static func quote(_ value: String, into text: inout String) {
+        text += "\""
+        for scalar in value.unicodeScalars {
+            switch scalar {
+            case "\"": text += "\\\""
+            case "\\": text += "\\\\"
+            case "\n": text += "\\n"
+            case "\r": text += "\\r"
+            case "\t": text += "\\t"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                text += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: text.unicodeScalars.append(scalar)
+            }
+        }
+        text += "\""
+    }
+}

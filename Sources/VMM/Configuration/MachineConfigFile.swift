@@ -29,48 +29,24 @@ public enum MachineConfigFile {
         return try parse(document, source: source)
     }
 
-    public static func parse(_ document: JSONValue, source: String) throws -> MachineConfiguration {
+    /// Reads a parsed description. `requireBootSource` false checks a
+    /// description still being assembled (the API's pre-boot resources): a
+    /// missing `boot-source` then leaves `kernelPath` empty.
+    public static func parse(_ document: JSONValue, source: String, requireBootSource: Bool = true) throws -> MachineConfiguration {
         guard let root = document.objectValue else { throw ConfigurationError("\(source): the top level must be an object") }
         for (key, value) in root where !supportedSections.contains(key) {
             if value == .array([]) { continue }
             if knownUnsupported.contains(key) { throw ConfigurationError("\(source): \"\(key)\" is not supported by Kestrel yet; remove it or leave it empty") }
             throw ConfigurationError("\(source): unknown section \"\(key)\"")
         }
-        guard let boot = root["boot-source"]?.objectValue else { throw ConfigurationError("\(source): \"boot-source\" is required") }
-        try refuseUnknownKeys(boot, allowed: ["kernel_image_path", "initrd_path", "boot_args"], section: "boot-source", source: source)
-        guard let kernel = boot["kernel_image_path"]?.stringValue else { throw ConfigurationError("\(source): boot-source.kernel_image_path must be a string") }
-        var configuration = MachineConfiguration(kernelPath: kernel)
-        if let initrd = boot["initrd_path"] {
-            guard let initrd = initrd.stringValue else { throw ConfigurationError("\(source): boot-source.initrd_path must be a string") }
-            configuration.initrdPath = initrd
-        }
-        if let arguments = boot["boot_args"] {
-            guard let arguments = arguments.stringValue else { throw ConfigurationError("\(source): boot-source.boot_args must be a string") }
-            configuration.commandLine = arguments
+        var configuration = MachineConfiguration(kernelPath: "")
+        if let boot = root["boot-source"]?.objectValue {
+            try bootSource(boot, into: &configuration, source: source)
+        } else if requireBootSource || root["boot-source"] != nil {
+            throw ConfigurationError("\(source): \"boot-source\" is required" + (root["boot-source"] != nil ? " to be an object" : ""))
         }
         if let machine = root["machine-config"] {
-            guard let machine = machine.objectValue else { throw ConfigurationError("\(source): machine-config must be an object") }
-            try refuseUnknownKeys(machine, allowed: ["vcpu_count", "mem_size_mib", "cpu_template", "smt", "track_dirty_pages", "memory_backend"], section: "machine-config", source: source)
-            if let count = machine["vcpu_count"] {
-                guard let count = count.wholeNumber else { throw ConfigurationError("\(source): machine-config.vcpu_count must be a whole number") }
-                configuration.vcpuCount = count
-            }
-            if let size = machine["mem_size_mib"] {
-                guard let size = size.wholeNumber, size > 0 else { throw ConfigurationError("\(source): machine-config.mem_size_mib must be a positive whole number") }
-                configuration.memorySize = UInt64(size) << 20
-            }
-            if let template = machine["cpu_template"] {
-                guard let template = template.stringValue else { throw ConfigurationError("\(source): machine-config.cpu_template must be a string") }
-                configuration.cpuTemplate = template == "None" ? CPUTemplate.defaultName : template.lowercased()
-            }
-            if let backend = machine["memory_backend"] {
-                guard let name = backend.stringValue else { throw ConfigurationError("\(source): machine-config.memory_backend must be a string") }
-                do { configuration.memoryBackend = try MemoryBackend.named(name) } catch let error as ConfigurationError {
-                    throw ConfigurationError("\(source): machine-config.memory_backend: \(error.description)")
-                }
-            }
-            if machine["smt"]?.boolValue == true { throw ConfigurationError("\(source): machine-config.smt true is not supported") }
-            if machine["track_dirty_pages"]?.boolValue == true { throw ConfigurationError("\(source): machine-config.track_dirty_pages true is not supported") }
+            try machineConfig(machine, into: &configuration, source: source)
         }
         if let drives = root["drives"] {
             guard case .array(let items) = drives else { throw ConfigurationError("\(source): drives must be an array") }
@@ -105,6 +81,83 @@ public enum MachineConfigFile {
             configuration.entropy = true
         }
         return configuration
+    }
+
+    private static func bootSource(_ boot: [String: JSONValue], into configuration: inout MachineConfiguration, source: String) throws {
+        try refuseUnknownKeys(boot, allowed: ["kernel_image_path", "initrd_path", "boot_args"], section: "boot-source", source: source)
+        guard let kernel = boot["kernel_image_path"]?.stringValue else { throw ConfigurationError("\(source): boot-source.kernel_image_path must be a string") }
+        configuration.kernelPath = kernel
+        if let initrd = boot["initrd_path"], initrd != .null {
+            guard let initrd = initrd.stringValue else { throw ConfigurationError("\(source): boot-source.initrd_path must be a string") }
+            configuration.initrdPath = initrd
+        }
+        if let arguments = boot["boot_args"], arguments != .null {
+            guard let arguments = arguments.stringValue else { throw ConfigurationError("\(source): boot-source.boot_args must be a string") }
+            configuration.commandLine = arguments
+        }
+    }
+
+    private static func machineConfig(_ machine: JSONValue, into configuration: inout MachineConfiguration, source: String) throws {
+        guard let machine = machine.objectValue else { throw ConfigurationError("\(source): machine-config must be an object") }
+        try refuseUnknownKeys(machine, allowed: ["vcpu_count", "mem_size_mib", "cpu_template", "smt", "track_dirty_pages", "huge_pages", "memory_backend"],
+                              section: "machine-config", source: source)
+        if let count = machine["vcpu_count"] {
+            guard let count = count.wholeNumber else { throw ConfigurationError("\(source): machine-config.vcpu_count must be a whole number") }
+            configuration.vcpuCount = count
+        }
+        if let size = machine["mem_size_mib"] {
+            guard let size = size.wholeNumber, size > 0 else { throw ConfigurationError("\(source): machine-config.mem_size_mib must be a positive whole number") }
+            configuration.memorySize = UInt64(size) << 20
+        }
+        if let template = machine["cpu_template"], template != .null {
+            guard let template = template.stringValue else { throw ConfigurationError("\(source): machine-config.cpu_template must be a string") }
+            configuration.cpuTemplate = template == "None" ? CPUTemplate.defaultName : template.lowercased()
+        }
+        if let backend = machine["memory_backend"] {
+            guard let name = backend.stringValue else { throw ConfigurationError("\(source): machine-config.memory_backend must be a string") }
+            do { configuration.memoryBackend = try MemoryBackend.named(name) } catch let error as ConfigurationError {
+                throw ConfigurationError("\(source): machine-config.memory_backend: \(error.description)")
+            }
+        }
+        if machine["smt"]?.boolValue == true { throw ConfigurationError("\(source): machine-config.smt true is not supported") }
+        if machine["track_dirty_pages"]?.boolValue == true { throw ConfigurationError("\(source): machine-config.track_dirty_pages true is not supported") }
+        if let pages = machine["huge_pages"], pages != .null, pages != .string("None") {
+            throw ConfigurationError("\(source): machine-config.huge_pages \(pages.rendered) is not supported (anonymous guest RAM is advised for transparent huge pages already); give \"None\"")
+        }
+    }
+
+    /// `configuration` as a Firecracker-style description: what `GET
+    /// /vm/config` shows for a machine started from flags or a file. Reading
+    /// it back with `parse` gives the same configuration.
+    public static func document(for configuration: MachineConfiguration) -> JSONValue {
+        var boot: [String: JSONValue] = ["kernel_image_path": .string(configuration.kernelPath), "boot_args": .string(configuration.commandLine)]
+        if let initrd = configuration.initrdPath { boot["initrd_path"] = .string(initrd) }
+        var machine: [String: JSONValue] = [
+            "vcpu_count": .number(Double(configuration.vcpuCount)), "mem_size_mib": .number(Double(configuration.memorySize >> 20)),
+            "smt": .bool(false), "track_dirty_pages": .bool(false),
+            "cpu_template": .string(configuration.cpuTemplate == CPUTemplate.defaultName ? "None" : configuration.cpuTemplate),
+        ]
+        if configuration.memoryBackend != .anonymous { machine["memory_backend"] = .string(configuration.memoryBackend.rawValue) }
+        var root: [String: JSONValue] = ["boot-source": .object(boot), "machine-config": .object(machine)]
+        root["drives"] = .array(configuration.drives.map { drive in
+            var object: [String: JSONValue] = [
+                "drive_id": .string(drive.id), "path_on_host": .string(drive.path), "is_root_device": .bool(drive.isRoot),
+                "is_read_only": .bool(drive.readOnly), "cache_type": .string(drive.cacheType.rawValue), "io_engine": .string("Sync"),
+            ]
+            if let uuid = drive.partUUID { object["partuuid"] = .string(uuid) }
+            return .object(object)
+        })
+        root["network-interfaces"] = .array(configuration.networkInterfaces.map { interface in
+            var object: [String: JSONValue] = ["iface_id": .string(interface.id)]
+            if let tap = interface.tapName { object["host_dev_name"] = .string(tap) }
+            if let mac = interface.guestMAC { object["guest_mac"] = .string(mac) }
+            return .object(object)
+        })
+        if let vsock = configuration.vsock {
+            root["vsock"] = .object(["guest_cid": .number(Double(vsock.guestCID)), "uds_path": .string(vsock.udsPath)])
+        }
+        if configuration.entropy { root["entropy"] = .object([:]) }
+        return .object(root)
     }
 
     /// Typed optional fields of one object, with errors naming the place.

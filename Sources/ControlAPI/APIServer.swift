@@ -1,0 +1,155 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import HostSystem
+import Synchronization
+
+/// Serves a `FirecrackerAPI` on a Unix stream socket, on an event loop
+/// thread of its own (Firecracker's API thread), so that a slow or
+/// misbehaving client never holds up a vCPU or a device. Each connection
+/// has its own `HTTPRequestReader`; requests on one connection are answered
+/// in order; a request that cannot be read is answered with its status and
+/// the connection closed. At most `maximumConnections` are open at once.
+public final class APIServer: Sendable {
+    public static let maximumConnections = 16
+
+    public let path: String
+    private let api: FirecrackerAPI
+    private let loop: EventLoop
+    private let listener: Int32
+    private let connections = Mutex<[Int32: Connection]>([:])
+    private let log: @Sendable (String) -> Void
+
+    struct Connection {
+        var reader = HTTPRequestReader()
+        var output: [UInt8] = []
+        var closeWhenWritten = false
+    }
+
+    /// Listens at `path` (a socket left by a process that is gone is
+    /// replaced; a live one is an error) and starts serving.
+    public init(path: String, api: FirecrackerAPI, log: @escaping @Sendable (String) -> Void) throws {
+        self.path = path
+        self.api = api
+        self.log = log
+        listener = try UnixSocket.listen(at: path)
+        do {
+            loop = try EventLoop(name: "api")
+            try loop.add(listener) { [weak self] _ in self?.acceptAll() }
+            try loop.start()
+        } catch {
+            close(listener)
+            unlink(path)
+            throw error
+        }
+    }
+
+    /// Stops serving, closes every connection and removes the socket file.
+    public func stop() {
+        loop.stop()
+        loop.remove(listener)
+        close(listener)
+        let open = connections.withLock { table -> [Int32] in defer { table.removeAll() }; return Array(table.keys) }
+        for fd in open { loop.remove(fd); close(fd) }
+        unlink(path)
+    }
+
+    private func acceptAll() {
+        while let fd = UnixSocket.accept(listener) {
+            let admitted = connections.withLock { table -> Bool in
+                guard table.count < Self.maximumConnections else { return false }
+                table[fd] = Connection()
+                return true
+            }
+            guard admitted else {
+                log("API: refused a connection, \(Self.maximumConnections) are open already")
+                close(fd)
+                continue
+            }
+            do {
+                try loop.add(fd, for: [.readable, .hangUp]) { [weak self] events in self?.serve(fd, events) }
+            } catch {
+                connections.withLock { _ = $0.removeValue(forKey: fd) }
+                close(fd)
+            }
+        }
+    }
+
+    private func serve(_ fd: Int32, _ events: ReadyEvents) {
+        if !events.isDisjoint(with: .writable) { flush(fd) }
+        guard !events.isDisjoint(with: [.readable, .hangUp]) else { return }
+        var buffer = [UInt8](repeating: 0, count: 16384)
+        // Sound: read writes at most buffer.count bytes into the array's storage.
+        let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count < 0 && (errno == EAGAIN || errno == EINTR) { return }
+        guard count > 0 else { drop(fd); return }
+        var work: [Work] = []
+        connections.withLock { table in
+            guard var connection = table[fd], !connection.closeWhenWritten else { return }
+            connection.reader.append(buffer[..<count])
+            do throws(HTTPParseError) {
+                while !connection.closeWhenWritten, let event = try connection.reader.next() {
+                    switch event {
+                    case .continueExpected: work.append(.continueLine)
+                    case .request(let request):
+                        work.append(.request(request))
+                        if !request.keepsConnection { connection.closeWhenWritten = true }
+                    }
+                }
+            } catch {
+                work.append(.failure(error))
+                connection.closeWhenWritten = true
+            }
+            table[fd] = connection
+        }
+        // Answered outside the table's lock: a request may take a while (InstanceStart builds the VM).
+        for item in work {
+            let bytes: [UInt8]
+            switch item {
+            case .continueLine: bytes = Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
+            case .request(let request): bytes = api.respond(to: request).serialized(closing: !request.keepsConnection)
+            case .failure(let error):
+                log("API: \(error.message); closing the connection")
+                bytes = HTTPResponse.fault(error.status, error.message).serialized(closing: true)
+            }
+            connections.withLock { $0[fd]?.output.append(contentsOf: bytes) }
+        }
+        flush(fd)
+    }
+
+    private enum Work {
+        case continueLine
+        case request(HTTPRequest)
+        case failure(HTTPParseError)
+    }
+
+    /// Writes what the connection has queued; waits for writability when the
+    /// socket is full, and closes the connection once a closing answer is out.
+    private func flush(_ fd: Int32) {
+        enum Next { case done, wait, close }
+        let next: Next = connections.withLock { table in
+            guard var connection = table[fd] else { return .done }
+            defer { table[fd] = connection }
+            while !connection.output.isEmpty {
+                // Sound: write reads at most output.count bytes from the array's storage.
+                let written = connection.output.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if written > 0 { connection.output.removeFirst(written); continue }
+                if written < 0 && errno == EINTR { continue }
+                if written < 0 && errno == EAGAIN { return .wait }
+                return .close
+            }
+            return connection.closeWhenWritten ? .close : .done
+        }
+        switch next {
+        case .done: try? loop.modify(fd, for: [.readable, .hangUp])
+        case .wait: try? loop.modify(fd, for: [.readable, .writable, .hangUp])
+        case .close: drop(fd)
+        }
+    }
+
+    private func drop(_ fd: Int32) {
+        guard connections.withLock({ $0.removeValue(forKey: fd) }) != nil else { return }
+        loop.remove(fd)
+        close(fd)
+    }
+}

@@ -1,0 +1,263 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+import VMM
+
+/// Firecracker's REST API (src/firecracker/swagger/firecracker.yaml) over the
+/// resources Kestrel supports: routes a request to the pre-boot
+/// configuration it assembles, or to the `MicroVMControl` once the machine
+/// runs, and answers with Firecracker's status codes and
+/// `{"fault_message": ...}` bodies. Resources Kestrel does not have are
+/// refused by name. Requests are answered one at a time (the API thread);
+/// a bad one changes nothing.
+public final class FirecrackerAPI: Sendable {
+    public let instanceID: String
+    public let version: String
+    private let control: any MicroVMControl
+    private let state: Mutex<State>
+
+    struct State {
+        /// The pre-boot resources as Firecracker documents them (the
+        /// sections of a `--config-file`); drives and interfaces in the order
+        /// they were first put.
+        var sections: [String: JSONValue]
+        var drives: [(id: String, value: JSONValue)] = []
+        var interfaces: [(id: String, value: JSONValue)] = []
+        var vm: MicroVMState = .notStarted
+    }
+
+    /// Firecracker's machine-config before any PUT: 1 vCPU, 128 MiB.
+    public static let defaultMachineConfig: JSONValue = .object([
+        "vcpu_count": .number(1), "mem_size_mib": .number(128), "smt": .bool(false), "track_dirty_pages": .bool(false), "huge_pages": .string("None"),
+    ])
+
+    /// Resources Firecracker has and Kestrel does not, refused by name.
+    static let unsupportedResources: [String: String] = [
+        "balloon": "a balloon device", "cpu-config": "custom CPU templates (use machine-config cpu_template)",
+        "logger": "the logger (Kestrel logs to stderr)", "metrics": "metrics", "mmds": "the microVM metadata service",
+        "pmem": "virtio-pmem devices", "serial": "serial output redirection (COM1 is Kestrel's stdout)",
+        "hotplug": "memory hot-plug",
+    ]
+
+    /// An API for a machine that `control` will start. `running` describes a
+    /// machine already started from a configuration file (its sections
+    /// become what `GET /vm/config` shows).
+    public init(instanceID: String, version: String, control: any MicroVMControl, running document: JSONValue? = nil) {
+        self.instanceID = instanceID
+        self.version = version
+        self.control = control
+        var state = State(sections: ["machine-config": Self.defaultMachineConfig])
+        if let root = document?.objectValue {
+            for (key, value) in root {
+                switch key {
+                case "drives":
+                    if case .array(let items) = value { state.drives = items.map { ($0.objectValue?["drive_id"]?.stringValue ?? "", $0) } }
+                case "network-interfaces":
+                    if case .array(let items) = value { state.interfaces = items.map { ($0.objectValue?["iface_id"]?.stringValue ?? "", $0) } }
+                default: state.sections[key] = value
+                }
+            }
+            state.vm = .running
+        }
+        self.state = Mutex(state)
+    }
+
+    /// What `GET /` reports now.
+    public var vmState: MicroVMState { state.withLock { $0.vm } }
+
+    /// Answers one request.
+    public func respond(to request: HTTPRequest) -> HTTPResponse {
+        let segments = request.path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
+        let resource = segments.first ?? ""
+        let method = request.method
+        func invalid() -> HTTPResponse {
+            .fault(400, "Invalid request method and/or path: \(method) \(request.path).")
+        }
+        if let what = Self.unsupportedResources[resource] {
+            return .fault(400, "\(request.method) /\(segments.joined(separator: "/")): Kestrel does not support \(what).")
+        }
+        guard segments.count <= 2 else { return invalid() }
+        let second: String? = segments.count == 2 ? segments[1] : nil
+        switch (method, resource, second) {
+        case ("GET", "", nil): return instanceInfo()
+        case ("GET", "version", nil): return .json(200, JSONValue.object(["firecracker_version": .string(version)]).rendered)
+        case ("GET", "machine-config", nil): return .json(200, state.withLock { $0.sections["machine-config"] ?? Self.defaultMachineConfig }.rendered)
+        case ("GET", "vm", "config"?): return .json(200, fullConfiguration().rendered)
+        case ("PUT", "actions", nil): return action(request)
+        case ("PATCH", "vm", nil): return changeState(request)
+        case ("PUT", "boot-source", nil): return preBoot(request) { body, state in
+            try Self.require(body, ["kernel_image_path"], in: "boot-source")
+            state.sections["boot-source"] = body
+        }
+        case ("PUT", "machine-config", nil): return preBoot(request) { body, state in
+            try Self.require(body, ["vcpu_count", "mem_size_mib"], in: "machine-config")
+            state.sections["machine-config"] = body
+        }
+        case ("PATCH", "machine-config", nil): return preBoot(request) { body, state in
+            guard case .object(let changes) = body else { throw ConfigurationError("machine-config must be an object") }
+            var merged = state.sections["machine-config"]?.objectValue ?? [:]
+            for (key, value) in changes { merged[key] = value }
+            state.sections["machine-config"] = .object(merged)
+        }
+        case ("PUT", "drives", let id?): return preBoot(request) { body, state in
+            try Self.require(body, ["drive_id", "is_root_device"], in: "drive", matching: ("drive_id", id))
+            if let index = state.drives.firstIndex(where: { $0.id == id }) { state.drives[index].value = body } else { state.drives.append((id, body)) }
+        }
+        case ("PUT", "network-interfaces", let id?): return preBoot(request) { body, state in
+            try Self.require(body, ["iface_id", "host_dev_name"], in: "network interface", matching: ("iface_id", id))
+            if let index = state.interfaces.firstIndex(where: { $0.id == id }) { state.interfaces[index].value = body } else { state.interfaces.append((id, body)) }
+        }
+        case ("PUT", "vsock", nil): return preBoot(request) { body, state in
+            try Self.require(body, ["guest_cid", "uds_path"], in: "vsock")
+            state.sections["vsock"] = body
+        }
+        case ("PUT", "entropy", nil): return preBoot(request) { body, state in
+            state.sections["entropy"] = body
+        }
+        case ("PATCH", "drives", _?), ("PATCH", "network-interfaces", _?):
+            return .fault(400, "\(method) \(request.path): Kestrel cannot change a drive or an interface after boot (no rate limiters, no hot swap).")
+        case ("PUT", "snapshot", "create"?), ("PUT", "snapshot", "load"?):
+            return .fault(400, "\(method) \(request.path): Kestrel does not take or load snapshots yet.")
+        default: return invalid()
+        }
+    }
+
+    private func instanceInfo() -> HTTPResponse {
+        .json(200, JSONValue.object([
+            "app_name": .string("Kestrel"), "id": .string(instanceID), "state": .string(vmState.rawValue), "vmm_version": .string(version),
+        ]).rendered)
+    }
+
+    /// The assembled resources as one Firecracker configuration document.
+    func fullConfiguration() -> JSONValue {
+        state.withLock { state in
+            var root = state.sections
+            root["drives"] = .array(state.drives.map(\.value))
+            root["network-interfaces"] = .array(state.interfaces.map(\.value))
+            return .object(root)
+        }
+    }
+
+    /// A pre-boot PUT or PATCH: refused once the machine started; otherwise
+    /// `change` applies the body to a copy of the state, the whole
+    /// configuration is checked as `kestrel run --config-file` would check
+    /// it (without needing a boot source yet), and only then kept.
+    private func preBoot(_ request: HTTPRequest, _ change: (JSONValue, inout State) throws -> Void) -> HTTPResponse {
+        let body: JSONValue
+        switch Self.body(of: request) {
+        case .success(let value): body = value
+        case .failure(let error): return error.response
+        }
+        return state.withLock { state in
+            guard state.vm == .notStarted else {
+                return .fault(400, "The requested operation is not supported after starting the microVM.")
+            }
+            var candidate = state
+            do {
+                try change(body, &candidate)
+                var root = candidate.sections
+                root["drives"] = .array(candidate.drives.map(\.value))
+                root["network-interfaces"] = .array(candidate.interfaces.map(\.value))
+                let configuration = try MachineConfigFile.parse(.object(root), source: "\(request.method) \(request.path)", requireBootSource: false)
+                // Files and taps are checked when they are put, as Firecracker does.
+                for (what, path) in [("kernel", configuration.kernelPath), ("initrd", configuration.initrdPath ?? "")] where !path.isEmpty {
+                    guard access(path, R_OK) == 0 else { throw ConfigurationError("cannot read the \(what) \(path)") }
+                }
+                try configuration.validateDevices()
+            } catch {
+                return .fault(400, "\(error)")
+            }
+            state = candidate
+            return .noContent
+        }
+    }
+
+    private func action(_ request: HTTPRequest) -> HTTPResponse {
+        let body: JSONValue
+        switch Self.body(of: request) {
+        case .success(let value): body = value
+        case .failure(let error): return error.response
+        }
+        guard let type = body.objectValue?["action_type"]?.stringValue else {
+            return .fault(400, "PUT /actions: the body must be {\"action_type\": \"InstanceStart\"} (or another action)")
+        }
+        switch type {
+        case "InstanceStart":
+            let document: JSONValue
+            let started: Bool = state.withLock { $0.vm != .notStarted }
+            if started { return .fault(400, "InstanceStart: the microVM is already running.") }
+            document = fullConfiguration()
+            let configuration: MachineConfiguration
+            do {
+                configuration = try MachineConfigFile.parse(document, source: "InstanceStart")
+                try configuration.validate()
+            } catch {
+                return .fault(400, "Cannot start the microVM: \(error)")
+            }
+            do { try control.start(configuration) } catch {
+                return .fault(400, "Cannot start the microVM: \(error)")
+            }
+            state.withLock { $0.vm = .running }
+            return .noContent
+        case "SendCtrlAltDel":
+            return .fault(400, "SendCtrlAltDel: Kestrel's i8042 does not raise keyboard interrupts, so the guest would not see the keys; shut the guest down from inside or stop kestrel with SIGTERM.")
+        case "FlushMetrics":
+            return .fault(400, "FlushMetrics: Kestrel has no metrics system.")
+        default:
+            return .fault(400, "Unknown action_type \"\(type)\"; known: InstanceStart, SendCtrlAltDel, FlushMetrics.")
+        }
+    }
+
+    private func changeState(_ request: HTTPRequest) -> HTTPResponse {
+        let body: JSONValue
+        switch Self.body(of: request) {
+        case .success(let value): body = value
+        case .failure(let error): return error.response
+        }
+        guard let wanted = body.objectValue?["state"]?.stringValue, wanted == "Paused" || wanted == "Resumed" else {
+            return .fault(400, "PATCH /vm: the body must be {\"state\": \"Paused\"} or {\"state\": \"Resumed\"}")
+        }
+        let current = vmState
+        guard current != .notStarted else { return .fault(400, "The requested operation is not supported before starting the microVM.") }
+        do {
+            if wanted == "Paused" {
+                if current == .running { try control.pause() }
+                state.withLock { $0.vm = .paused }
+            } else {
+                if current == .paused { try control.resume() }
+                state.withLock { $0.vm = .running }
+            }
+        } catch {
+            return .fault(400, "Cannot change the microVM's state to \(wanted): \(error)")
+        }
+        return .noContent
+    }
+
+    /// The request's body as JSON, or the 400 that says why it is not.
+    static func body(of request: HTTPRequest) -> Result<JSONValue, ResponseError> {
+        guard !request.body.isEmpty else { return .failure(ResponseError(.fault(400, "\(request.method) \(request.path) needs a JSON body."))) }
+        do {
+            return .success(try JSONValue.parse(request.body))
+        } catch {
+            return .failure(ResponseError(.fault(400, "\(request.method) \(request.path): the body is not valid JSON.")))
+        }
+    }
+
+    struct ResponseError: Error {
+        let response: HTTPResponse
+        init(_ response: HTTPResponse) { self.response = response }
+    }
+
+    /// Checks that `body` is an object with `fields`, and that the id field
+    /// agrees with the path's id.
+    static func require(_ body: JSONValue, _ fields: [String], in what: String, matching id: (field: String, value: String)? = nil) throws {
+        guard let object = body.objectValue else { throw ConfigurationError("the \(what) must be a JSON object") }
+        for field in fields where object[field] == nil || object[field] == .null {
+            throw ConfigurationError("the \(what) needs the field \(field)")
+        }
+        if let id, object[id.field]?.stringValue != id.value {
+            throw ConfigurationError("The id from the path [\(id.value)] does not match the id from the body [\(object[id.field]?.stringValue ?? object[id.field]?.rendered ?? "")]!")
+        }
+    }
+}

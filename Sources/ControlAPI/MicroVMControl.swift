@@ -1,0 +1,23 @@
+import VMM
+
+/// What the API asks of the VMM behind it. `kestrel run --api-sock`
+/// implements it over a `Machine`; the tests implement it with a recorder.
+/// Each call returns once the change has taken effect, or throws what
+/// stopped it (the API answers 400 with that text).
+public protocol MicroVMControl: Sendable {
+    /// Builds the machine from `configuration` and starts its vCPUs
+    /// (`InstanceStart`).
+    func start(_ configuration: MachineConfiguration) throws
+    /// Stops every vCPU at a consistent point and quiesces the devices
+    /// (`PATCH /vm {"state": "Paused"}`).
+    func pause() throws
+    /// Lets a paused machine run again (`"Resumed"`).
+    func resume() throws
+}
+
+/// The state `GET /` reports, with Firecracker's names.
+public enum MicroVMState: String, Sendable {
+    case notStarted = "Not started"
+    case running = "Running"
+    case paused = "Paused"
+}

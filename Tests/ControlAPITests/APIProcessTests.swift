@@ -1,0 +1,158 @@
+import Glibc
+import Lab
+import Testing
+
+/// `kestrel run --api-sock` as a process on this machine's KVM, driven by
+/// curl and by firecracker-python (a client written for Firecracker, run
+/// unchanged). The guest is a crafted vmlinux whose 64-bit entry prints a
+/// line to COM1 about seven times a second here, so that a pause shows: the
+/// lines stop while paused and come again after a resume.
+@Suite(.serialized) struct APIProcessTests {
+    /// The `kestrel` executable built beside this test bundle.
+    static func kestrel() throws -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        try #require(length > 0)
+        var directory = String(cString: buffer)
+        while !directory.isEmpty {
+            directory = String(directory[..<(directory.lastIndex(of: "/") ?? directory.startIndex)])
+            if access(directory + "/kestrel", X_OK) == 0 { return directory + "/kestrel" }
+            if directory.hasSuffix("/.build") { break }
+        }
+        throw LabError("no kestrel executable beside the test bundle: run `swift build` first")
+    }
+
+    /// A vmlinux ELF with one segment at 16 MiB: `mov dx, 0x3f8; again: mov
+    /// al, 'x'; out dx, al; mov al, 10; out dx, al; mov ecx, 100000; dec ecx;
+    /// jnz .-2; jmp again`.
+    static func tickerKernel() -> [UInt8] {
+        let code: [UInt8] = [0x66, 0xBA, 0xF8, 0x03, 0xB0, 0x78, 0xEE, 0xB0, 0x0A, 0xEE, 0xB9, 0xA0, 0x86, 0x01, 0x00, 0xFF, 0xC9, 0x75, 0xFC, 0xEB, 0xE9]
+        var bytes = [UInt8](repeating: 0, count: 120)
+        func put<T: FixedWidthInteger>(_ value: T, _ offset: Int) {
+            withUnsafeBytes(of: value.littleEndian) { bytes.replaceSubrange(offset..<offset + MemoryLayout<T>.size, with: $0) }
+        }
+        bytes.replaceSubrange(0..<7, with: [0x7F, 0x45, 0x4C, 0x46, 2, 1, 1])
+        put(UInt16(2), 16); put(UInt16(62), 18); put(UInt32(1), 20); put(UInt64(0x100_0000), 24); put(UInt64(64), 32)
+        put(UInt16(64), 52); put(UInt16(56), 54); put(UInt16(1), 56)
+        put(UInt32(1), 64); put(UInt32(5), 68); put(UInt64(120), 72); put(UInt64(0x100_0000), 80); put(UInt64(0x100_0000), 88)
+        put(UInt64(code.count), 96); put(UInt64(code.count), 104); put(UInt64(0x1000), 112)
+        return bytes + code
+    }
+
+    /// The exit status, or nil (after SIGKILL) when the process outlives `seconds`.
+    static func exitStatus(_ process: HostProcess, within seconds: Double) -> Int32? {
+        var status: Int32?
+        _ = waitFor(seconds) { status = process.poll(); return status != nil }
+        if status == nil { process.signal(SIGKILL); _ = process.wait() }
+        return status
+    }
+
+    static func requireKVM() -> Bool { access("/dev/kvm", R_OK | W_OK) == 0 }
+
+    static func lines(_ path: String) -> Int { ((try? readText(path)) ?? "").split(separator: "\n").count }
+
+    static func waitFor(_ seconds: Double, _ condition: () -> Bool) -> Bool {
+        let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while ContinuousClock.now < end {
+            if condition() { return true }
+            usleep(20_000)
+        }
+        return condition()
+    }
+
+    /// curl --unix-socket; returns the status and the body.
+    static func curl(_ socket: String, _ method: String, _ path: String, _ body: String? = nil) throws -> (Int, String) {
+        var arguments = ["curl", "-s", "-S", "--max-time", "20", "--unix-socket", socket, "-X", method, "-w", "\n%{http_code}", "http://localhost" + path]
+        if let body { arguments += ["-H", "Content-Type: application/json", "-d", body] }
+        let result = try HostProcess.output(arguments)
+        let parts = result.output.split(separator: "\n", omittingEmptySubsequences: false)
+        return (Int(parts.last ?? "") ?? -1, parts.dropLast().joined(separator: "\n"))
+    }
+
+    @Test func curlConfiguresStartsPausesAndResumesTheGuest() throws {
+        guard Self.requireKVM() else {
+            print("SKIP: /dev/kvm is not usable here"); return
+        }
+        let directory = try TemporaryDirectory(prefix: "kestrel-api")
+        let kernel = directory.path + "/ticker.elf", socket = directory.path + "/api.sock", out = directory.path + "/out"
+        try writeFileAtomically(Self.tickerKernel(), to: kernel)
+        let start = ContinuousClock.now
+        let process = try HostProcess.start([try Self.kestrel(), "run", "--api-sock", socket, "--id", "curl-test"],
+                                            stdout: .file(out), stderr: .file(directory.path + "/err"))
+        defer { if process.poll() == nil { process.signal(SIGKILL); _ = process.wait() } }
+        #expect(Self.waitFor(10) { access(socket, F_OK) == 0 }, "the API socket never appeared")
+        print("exec to API socket: \(ContinuousClock.now - start) (a debug build, polled every 20 ms)")
+        #expect(try Self.curl(socket, "GET", "/") == (200, #"{"app_name":"Kestrel","id":"curl-test","state":"Not started","vmm_version":"0.1.0"}"#))
+        #expect(try Self.curl(socket, "PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)", "boot_args": "console=ttyS0"}"#).0 == 204)
+        #expect(try Self.curl(socket, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64}"#).0 == 204)
+        let missing = try Self.curl(socket, "PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0", "host_dev_name": "no-such-tap0"}"#)
+        #expect(missing.0 == 400 && missing.1.contains("tap no-such-tap0 does not exist"), "\(missing)")
+        #expect(try Self.curl(socket, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 204)
+        #expect(Self.waitFor(20) { Self.lines(out) >= 3 }, "the guest printed \(Self.lines(out)) lines")
+        #expect(try Self.curl(socket, "PATCH", "/vm", #"{"state": "Paused"}"#).0 == 204)
+        #expect(try Self.curl(socket, "GET", "/").1.contains(#""state":"Paused""#))
+        let atPause = Self.lines(out)
+        // A bad request while paused changes nothing.
+        #expect(try Self.curl(socket, "PUT", "/boot-source", #"{"kernel_image_path": "/x"}"#).0 == 400)
+        #expect(try Self.curl(socket, "GET", "/nowhere").0 == 400)
+        usleep(1_000_000)
+        #expect(Self.lines(out) == atPause, "the guest printed while paused")
+        #expect(try Self.curl(socket, "PATCH", "/vm", #"{"state": "Resumed"}"#).0 == 204)
+        #expect(Self.waitFor(20) { Self.lines(out) >= atPause + 3 }, "the guest did not go on after the resume: \(Self.lines(out)) lines")
+        let configuration = try Self.curl(socket, "GET", "/vm/config")
+        #expect(configuration.0 == 200 && configuration.1.contains(#""mem_size_mib":64"#), "\(configuration)")
+        process.signal(SIGTERM)
+        #expect(Self.exitStatus(process, within: 10) == 128 + SIGTERM, "SIGTERM did not end kestrel")
+        withExtendedLifetime(directory) {}
+        #expect(access(socket, F_OK) != 0, "the socket file outlived Kestrel")
+    }
+
+    @Test func firecrackerPythonDrivesKestrelUnchanged() throws {
+        guard Self.requireKVM() else {
+            print("SKIP: /dev/kvm is not usable here"); return
+        }
+        let home = String(cString: getenv("HOME"))
+        let python = (getenv("XDG_CACHE_HOME").map { String(cString: $0) } ?? home + "/.cache") + "/kestrel/firecracker-python/bin/python"
+        try #require(access(python, X_OK) == 0, "no firecracker-python venv at \(python): run scripts/prepare-host test")
+        var script = #filePath
+        for _ in 0..<3 { script = String(script[..<script.lastIndex(of: "/")!]) }
+        script += "/scripts/firecracker-client.py"
+        let directory = try TemporaryDirectory(prefix: "kestrel-fcpy")
+        // The socket's path is all lower case: the client puts it in a URL's host
+        // part, which requests lower-cases (mkdtemp's names have capitals).
+        let kernel = directory.path + "/ticker.elf", socket = "/tmp/kestrel-fcpy-\(getpid()).sock", out = directory.path + "/out"
+        try writeFileAtomically(Self.tickerKernel(), to: kernel)
+        let vmm = try HostProcess.start([try Self.kestrel(), "run", "--api-sock", socket], stdout: .file(out), stderr: .file(directory.path + "/err"))
+        defer { if vmm.poll() == nil { vmm.signal(SIGKILL); _ = vmm.wait() } }
+        #expect(Self.waitFor(10) { access(socket, F_OK) == 0 })
+        var pipe: [Int32] = [0, 0]
+        try #require(Glibc.pipe(&pipe) == 0)
+        let client = try HostProcess.start([python, script, socket, kernel], stdin: .descriptor(pipe[0]), stdout: .file(directory.path + "/client"),
+                                           stderr: .file(directory.path + "/client-err"))
+        close(pipe[0])
+        let clientOut = directory.path + "/client"
+        #expect(Self.waitFor(30) { ((try? readText(clientOut)) ?? "").contains("paused ") },
+                "\((try? readText(clientOut)) ?? "")\nkestrel: \((try? readText(directory.path + "/err")) ?? "")")
+        let atPause = Self.lines(out)
+        usleep(700_000)
+        #expect(Self.lines(out) == atPause, "the guest printed while paused")
+        _ = write(pipe[1], "\n", 1)
+        close(pipe[1])
+        #expect(Self.exitStatus(client, within: 60) == 0, "\((try? readText(directory.path + "/client-err")) ?? "")")
+        let text = try readText(clientOut)
+        func result(_ step: String) -> String {
+            text.split(separator: "\n").first { $0.hasPrefix(step + " ") }.map { String($0.dropFirst(step.count + 1)) } ?? "(no \(step) line)"
+        }
+        #expect(result("describe").contains(#""state":"Not started""#), "\(text)")
+        #expect(result("boot") == "ok" && result("machine") == "ok" && result("start") == "ok", "\(text)")
+        #expect(result("bad-drive").hasPrefix("fault ") && result("bad-drive").contains("/nonexistent.img does not exist"), "\(text)")
+        #expect(result("logger").hasPrefix("fault ") && result("logger").contains("logger"), "\(text)")
+        #expect(result("running").contains(#""state":"Running""#) && result("paused").contains(#""state":"Paused""#), "\(text)")
+        #expect(result("late-machine").contains("not supported after starting"), "\(text)")
+        #expect(result("resume") == "ok" && result("config").contains(#""vcpu_count":1"#) && result("version").contains("firecracker_version"), "\(text)")
+        #expect(Self.waitFor(20) { Self.lines(out) >= atPause + 3 }, "the guest did not go on after the resume")
+        vmm.signal(SIGINT)
+        #expect(Self.exitStatus(vmm, within: 10) == 128 + SIGINT, "SIGINT did not end kestrel")
+        withExtendedLifetime(directory) {}
+    }
+}

@@ -1,0 +1,91 @@
+@testable import ControlAPI
+import Glibc
+import HostSystem
+import Testing
+import VMM
+
+/// The API thread on a real Unix socket: keep-alive, pipelining, a client
+/// that sends garbage, and one that never reads, while others are served.
+@Suite struct APIServerTests {
+    static func path() -> String { "/tmp/kestrel-api-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock" }
+
+    /// Sends `text` on a blocking connection and reads until `responses`
+    /// answers arrive or the server closes.
+    static func exchange(_ fd: Int32, _ text: String, responses: Int) throws -> String {
+        try UnixSocket.setNonBlocking(fd, false)
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let bytes = Array(text.utf8)
+        #expect(bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == bytes.count)
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while countResponses(received) < responses {
+            let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count <= 0 { break }
+            received += buffer[..<count]
+        }
+        return String(decoding: received, as: UTF8.self)
+    }
+
+    /// How many whole responses `bytes` holds (heads, plus bodies by Content-Length).
+    static func countResponses(_ bytes: [UInt8]) -> Int {
+        var count = 0, index = 0
+        let terminator: [UInt8] = [13, 10, 13, 10]
+        while index < bytes.count {
+            guard let end = (index...(bytes.count - 4 >= index ? bytes.count - 4 : index)).first(where: { bytes.count >= $0 + 4 && Array(bytes[$0..<$0 + 4]) == terminator })
+            else { break }
+            let head = String(decoding: bytes[index..<end], as: UTF8.self).lowercased()
+            let length = head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
+                .flatMap { Int($0.dropFirst("content-length:".count).filter { $0 != " " }) } ?? 0
+            guard bytes.count >= end + 4 + length else { break }
+            index = end + 4 + length
+            count += 1
+        }
+        return count
+    }
+
+    @Test func keepAlivePipeliningGarbageAndAStalledClient() throws {
+        let path = Self.path()
+        let api = FirecrackerAPI(instanceID: "sock", version: "0.1.0", control: RecordingControl())
+        let server = try APIServer(path: path, api: api, log: { _ in })
+        defer { server.stop() }
+
+        // A client that connects and sends half a request, then stalls.
+        let stalled = try UnixSocket.connect(to: path)
+        defer { close(stalled) }
+        _ = "PUT /boot-source HTTP/1.1\r\nContent-Length: 100\r\n\r\n{".withCString { send(stalled, $0, strlen($0), 0) }
+
+        let client = try UnixSocket.connect(to: path)
+        defer { close(client) }
+        let two = try Self.exchange(client, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\nGET /version HTTP/1.1\r\n\r\n", responses: 2)
+        #expect(two.hasPrefix("HTTP/1.1 200 OK\r\n") && two.contains(#""state":"Not started""#) && two.contains(#"{"firecracker_version":"0.1.0"}"#), "\(two)")
+        // The same connection again, with a body split by Expect: 100-continue.
+        let body = #"{"vcpu_count": 2, "mem_size_mib": 64}"#
+        let put = try Self.exchange(client, "PUT /machine-config HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: \(body.utf8.count)\r\n\r\n", responses: 1)
+        #expect(put.hasPrefix("HTTP/1.1 100 Continue\r\n\r\n"), "\(put)")
+        let done = try Self.exchange(client, body, responses: 1)
+        #expect(done.hasPrefix("HTTP/1.1 204 No Content\r\n"), "\(done)")
+
+        let garbage = try UnixSocket.connect(to: path)
+        defer { close(garbage) }
+        let refused = try Self.exchange(garbage, "BLAH\r\n\r\n", responses: 1)
+        #expect(refused.hasPrefix("HTTP/1.1 400 Bad Request\r\n") && refused.contains("Connection: close") && refused.contains("fault_message"), "\(refused)")
+        var byte: UInt8 = 0
+        #expect(recv(garbage, &byte, 1, 0) == 0, "the server closes a connection after a request it cannot read")
+
+        let closing = try UnixSocket.connect(to: path)
+        defer { close(closing) }
+        let last = try Self.exchange(closing, "GET /machine-config HTTP/1.1\r\nConnection: close\r\n\r\n", responses: 1)
+        #expect(last.contains(#""mem_size_mib":64"#) && last.contains("Connection: close"), "\(last)")
+        #expect(recv(closing, &byte, 1, 0) == 0)
+    }
+
+    @Test func aLiveSocketIsNotTakenOverAndTheFileGoesWithTheServer() throws {
+        let path = Self.path()
+        let api = FirecrackerAPI(instanceID: "a", version: "0.1.0", control: RecordingControl())
+        let server = try APIServer(path: path, api: api, log: { _ in })
+        #expect(throws: SystemCallError.self) { _ = try APIServer(path: path, api: api, log: { _ in }) }
+        server.stop()
+        #expect(access(path, F_OK) != 0)
+    }
+}

@@ -1,0 +1,156 @@
+@testable import ControlAPI
+import Glibc
+import Synchronization
+import Testing
+import VMM
+
+/// A `MicroVMControl` that records what the API asked for, and can be told to fail.
+final class RecordingControl: MicroVMControl {
+    let calls = Mutex<[String]>([])
+    let started = Mutex<MachineConfiguration?>(nil)
+    let failStart: String?
+
+    init(failStart: String? = nil) { self.failStart = failStart }
+
+    func start(_ configuration: MachineConfiguration) throws {
+        calls.withLock { $0.append("start") }
+        if let failStart { throw ConfigurationError(failStart) }
+        started.withLock { $0 = configuration }
+    }
+    func pause() throws { calls.withLock { $0.append("pause") } }
+    func resume() throws { calls.withLock { $0.append("resume") } }
+}
+
+/// The routes of Firecracker's API over Kestrel's configuration, driven as
+/// a Firecracker client drives them, without sockets.
+@Suite struct FirecrackerAPITests {
+    /// A readable file that stands for a kernel image, a disk and an initrd.
+    static let file: String = {
+        let path = "/tmp/kestrel-apitest-\(getpid()).img"
+        let fd = open(path, O_CREAT | O_WRONLY | O_TRUNC, 0o644)
+        _ = ftruncate(fd, 1 << 20)
+        close(fd)
+        return path
+    }()
+
+    static func request(_ method: String, _ path: String, _ body: String? = nil) -> HTTPRequest {
+        HTTPRequest(method: method, path: path, headers: [("content-type", "application/json")], body: Array((body ?? "").utf8))
+    }
+
+    static func send(_ api: FirecrackerAPI, _ method: String, _ path: String, _ body: String? = nil) -> (Int, String) {
+        let response = api.respond(to: request(method, path, body))
+        return (response.status, String(decoding: response.body, as: UTF8.self))
+    }
+
+    static func fault(_ text: String) -> String {
+        (try? JSONValue.parse(Array(text.utf8)))?.objectValue?["fault_message"]?.stringValue ?? "(not a fault body: \(text))"
+    }
+
+    @Test func aClientConfiguresAndStartsTheMachineTheFirecrackerWay() throws {
+        let control = RecordingControl()
+        let api = FirecrackerAPI(instanceID: "vm-1", version: "0.1.0", control: control)
+        #expect(Self.send(api, "GET", "/").1 == #"{"app_name":"Kestrel","id":"vm-1","state":"Not started","vmm_version":"0.1.0"}"#)
+        #expect(Self.send(api, "GET", "/machine-config").1 == #"{"huge_pages":"None","mem_size_mib":128,"smt":false,"track_dirty_pages":false,"vcpu_count":1}"#)
+        #expect(Self.send(api, "PUT", "/boot-source", #"{"kernel_image_path": "\#(Self.file)", "boot_args": "console=ttyS0 reboot=k panic=1"}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 256, "smt": false}"#).0 == 204)
+        #expect(Self.send(api, "PATCH", "/machine-config", #"{"mem_size_mib": 512}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/drives/rootfs", #"{"drive_id": "rootfs", "path_on_host": "\#(Self.file)", "is_root_device": true, "is_read_only": true}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/drives/scratch", #"{"drive_id": "scratch", "path_on_host": "\#(Self.file)", "is_root_device": false, "is_read_only": false}"#).0 == 204)
+        // A second PUT of the same id replaces the drive, in its place.
+        #expect(Self.send(api, "PUT", "/drives/rootfs", #"{"drive_id": "rootfs", "path_on_host": "\#(Self.file)", "is_root_device": true, "is_read_only": false}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/vsock", #"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/entropy", "{}").0 == 204)
+        let (status, text) = Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
+        #expect(status == 204, "\(text)")
+        let started = try #require(control.started.withLock { $0 })
+        #expect(started.vcpuCount == 2 && started.memorySize == 512 << 20 && started.kernelPath == Self.file)
+        #expect(started.drives.map(\.id) == ["rootfs", "scratch"] && started.drives[0].isRoot && !started.drives[0].readOnly)
+        #expect(started.vsock == VsockConfiguration(guestCID: 3, udsPath: "/tmp/v.sock") && started.entropy)
+        #expect(api.vmState == .running)
+        let configuration = try JSONValue.parse(Array(Self.send(api, "GET", "/vm/config").1.utf8))
+        #expect(try MachineConfigFile.parse(configuration, source: "GET /vm/config").drives == started.drives)
+    }
+
+    @Test func preBootResourcesAreRefusedOnceRunningAndStateChangesOnlyThen() {
+        let control = RecordingControl()
+        let api = FirecrackerAPI(instanceID: "vm", version: "0.1.0", control: control)
+        #expect(Self.fault(Self.send(api, "PATCH", "/vm", #"{"state": "Paused"}"#).1).contains("before starting"))
+        #expect(Self.send(api, "PUT", "/boot-source", #"{"kernel_image_path": "\#(Self.file)"}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 204)
+        let refused = Self.send(api, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64}"#)
+        #expect(refused.0 == 400 && Self.fault(refused.1) == "The requested operation is not supported after starting the microVM.")
+        #expect(Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 400)
+        #expect(Self.send(api, "PATCH", "/vm", #"{"state": "Paused"}"#).0 == 204)
+        #expect(Self.send(api, "GET", "/").1.contains(#""state":"Paused""#))
+        #expect(Self.send(api, "PATCH", "/vm", #"{"state": "Paused"}"#).0 == 204)   // already paused: nothing more to do
+        #expect(Self.send(api, "PATCH", "/vm", #"{"state": "Resumed"}"#).0 == 204)
+        #expect(Self.send(api, "PATCH", "/vm", #"{"state": "Frozen"}"#).0 == 400)
+        #expect(control.calls.withLock { $0 } == ["start", "pause", "resume"])
+    }
+
+    @Test func badRequestsAreRefusedByNameAndChangeNothing() {
+        let control = RecordingControl()
+        let api = FirecrackerAPI(instanceID: "vm", version: "0.1.0", control: control)
+        let before = api.fullConfiguration()
+        let cases: [(String, String, String?, String)] = [
+            ("PUT", "/machine-config", #"{"vcpu_count": 2}"#, "mem_size_mib"),
+            ("PUT", "/machine-config", #"{"vcpu_count": "two", "mem_size_mib": 128}"#, "vcpu_count must be a whole number"),
+            ("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#, "huge_pages"),
+            ("PUT", "/machine-config", "{not json", "not valid JSON"),
+            ("PUT", "/machine-config", nil, "needs a JSON body"),
+            ("PUT", "/drives/a", #"{"drive_id": "b", "path_on_host": "/x", "is_root_device": false}"#, "does not match"),
+            ("PUT", "/drives/a", #"{"drive_id": "a", "path_on_host": "/x", "is_root_device": false, "rate_limiter": {}}"#, "rate_limiter"),
+            ("PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0"}"#, "host_dev_name"),
+            ("PUT", "/balloon", #"{"amount_mib": 1, "deflate_on_oom": true}"#, "balloon"),
+            ("PUT", "/logger", #"{"log_path": "/tmp/l"}"#, "logger"),
+            ("PUT", "/snapshot/create", #"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#, "snapshots"),
+            ("PUT", "/actions", #"{"action_type": "Reboot"}"#, "Unknown action_type"),
+            ("PUT", "/actions", #"{"action_type": "SendCtrlAltDel"}"#, "i8042"),
+            ("DELETE", "/drives/a", nil, "Invalid request method and/or path: DELETE /drives/a."),
+            ("GET", "/drives/a/b", nil, "Invalid request method and/or path"),
+        ]
+        for (method, path, body, expected) in cases {
+            let (status, text) = Self.send(api, method, path, body)
+            #expect(status == 400 && Self.fault(text).contains(expected), "\(method) \(path): \(status) \(text)")
+        }
+        #expect(api.fullConfiguration() == before)
+        // InstanceStart without a boot source, or with a kernel that is not there, is a 400 and nothing starts.
+        #expect(Self.fault(Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).1).contains("boot-source"))
+        #expect(Self.send(api, "PUT", "/boot-source", #"{"kernel_image_path": "/nonexistent/vmlinux"}"#).0 == 204)
+        #expect(Self.fault(Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).1).contains("cannot read the kernel /nonexistent/vmlinux"))
+        #expect(control.calls.withLock { $0 }.isEmpty && api.vmState == .notStarted)
+    }
+
+    @Test func aStartTheVMMRefusesIsA400AndTheAPIStaysPreBoot() {
+        let api = FirecrackerAPI(instanceID: "vm", version: "0.1.0", control: RecordingControl(failStart: "KVM_CREATE_VM: EINVAL"))
+        #expect(Self.send(api, "PUT", "/boot-source", #"{"kernel_image_path": "\#(Self.file)"}"#).0 == 204)
+        let (status, text) = Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
+        #expect(status == 400 && Self.fault(text) == "Cannot start the microVM: KVM_CREATE_VM: EINVAL")
+        #expect(api.vmState == .notStarted)
+        #expect(Self.send(api, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64}"#).0 == 204)
+    }
+
+    @Test func aMachineStartedFromAFileShowsItsConfiguration() throws {
+        var configuration = MachineConfiguration(kernelPath: Self.file, initrdPath: Self.file, vcpuCount: 2, memorySize: 192 << 20)
+        configuration.drives = [DriveConfiguration(id: "root", path: Self.file, readOnly: true, isRoot: true, partUUID: "1234-01")]
+        configuration.networkInterfaces = [NetworkInterfaceConfiguration(id: "eth0", tapName: "tap0", guestMAC: "06:00:ac:10:00:02")]
+        configuration.vsock = VsockConfiguration(guestCID: 7, udsPath: "/tmp/v.sock")
+        configuration.entropy = true
+        configuration.memoryBackend = .guestMemfd
+        let document = MachineConfigFile.document(for: configuration)
+        let api = FirecrackerAPI(instanceID: "vm", version: "0.1.0", control: RecordingControl(), running: document)
+        #expect(api.vmState == .running)
+        let shown = try JSONValue.parse(Array(Self.send(api, "GET", "/vm/config").1.utf8))
+        let back = try MachineConfigFile.parse(shown, source: "GET /vm/config")
+        #expect(back.kernelPath == configuration.kernelPath && back.initrdPath == configuration.initrdPath)
+        #expect(back.commandLine == configuration.commandLine && back.vcpuCount == 2 && back.memorySize == 192 << 20)
+        #expect(back.drives == configuration.drives && back.networkInterfaces == configuration.networkInterfaces)
+        #expect(back.vsock == configuration.vsock && back.entropy && back.memoryBackend == .guestMemfd)
+    }
+
+    @Test func jsonRendersEscapedAndInKeyOrder() throws {
+        let value = JSONValue.object(["b": .array([.number(1), .number(2.5), .null, .bool(true)]), "a": .string("q\"\\\n\u{1}é")])
+        #expect(value.rendered == #"{"a":"q\"\\\n\u0001é","b":[1,2.5,null,true]}"#)
+        #expect(try JSONValue.parse(Array(value.rendered.utf8)) == value)
+    }
+}
