@@ -25,6 +25,14 @@ public final class FirecrackerAPI: Sendable {
         var drives: [(id: String, value: JSONValue)] = []
         var interfaces: [(id: String, value: JSONValue)] = []
         var vm: MicroVMState = .notStarted
+
+        /// The resources as one Firecracker configuration document.
+        var document: JSONValue {
+            var root = sections
+            root["drives"] = .array(drives.map(\.value))
+            root["network-interfaces"] = .array(interfaces.map(\.value))
+            return .object(root)
+        }
     }
 
     /// Firecracker's machine-config before any PUT: 1 vCPU, 128 MiB.
@@ -131,12 +139,7 @@ public final class FirecrackerAPI: Sendable {
 
     /// The assembled resources as one Firecracker configuration document.
     func fullConfiguration() -> JSONValue {
-        state.withLock { state in
-            var root = state.sections
-            root["drives"] = .array(state.drives.map(\.value))
-            root["network-interfaces"] = .array(state.interfaces.map(\.value))
-            return .object(root)
-        }
+        state.withLock { $0.document }
     }
 
     /// A pre-boot PUT or PATCH: refused once the machine started; otherwise
@@ -156,10 +159,7 @@ public final class FirecrackerAPI: Sendable {
             var candidate = state
             do {
                 try change(body, &candidate)
-                var root = candidate.sections
-                root["drives"] = .array(candidate.drives.map(\.value))
-                root["network-interfaces"] = .array(candidate.interfaces.map(\.value))
-                let configuration = try MachineConfigFile.parse(.object(root), source: "\(request.method) \(request.path)", requireBootSource: false)
+                let configuration = try MachineConfigFile.parse(candidate.document, source: "\(request.method) \(request.path)", requireBootSource: false)
                 // Files and taps are checked when they are put, as Firecracker does.
                 for (what, path) in [("kernel", configuration.kernelPath), ("initrd", configuration.initrdPath ?? "")] where !path.isEmpty {
                     guard access(path, R_OK) == 0 else { throw ConfigurationError("cannot read the \(what) \(path)") }

@@ -137,15 +137,13 @@ struct RunCommand: ParsableCommand {
             configuration.confidential = mode
         }
         if let snpCertificates { configuration.snpCertificatesPath = snpCertificates }
-        if prefault { configuration.prefault = true }
+        applyBootFlags(to: &configuration)
         if let memoryBackend {
             do { configuration.memoryBackend = try MemoryBackend.named(memoryBackend) } catch {
                 printError("kestrel: --memory-backend: \(error)")
                 throw ExitCode(2)
             }
         }
-        if guestDecompression { configuration.decompressOnHost = false }
-        if noPVH { configuration.preferPVH = false }
 
         if configuration.confidential == .realm {
             try runRealm(configuration)
@@ -211,9 +209,7 @@ struct RunCommand: ParsableCommand {
         let console = ConsoleOutput()
         while true {
             var configuration = host.nextStart()
-            if prefault { configuration.prefault = true }
-            if guestDecompression { configuration.decompressOnHost = false }
-            if noPVH { configuration.preferPVH = false }
+            applyBootFlags(to: &configuration)
             do {
                 let machine = try Self.build(configuration, console: console)
                 running.withLock { $0 = machine }
@@ -226,6 +222,13 @@ struct RunCommand: ParsableCommand {
                 host.failed(error)
             }
         }
+    }
+
+    /// --prefault, --guest-decompression and --no-pvh, whichever way the machine was described.
+    func applyBootFlags(to configuration: inout MachineConfiguration) {
+        if prefault { configuration.prefault = true }
+        if guestDecompression { configuration.decompressOnHost = false }
+        if noPVH { configuration.preferPVH = false }
     }
 
     static func build(_ configuration: MachineConfiguration, console: ConsoleOutput) throws -> Machine {

@@ -4,6 +4,22 @@ import Glibc
 /// has no C library), and it is stripped once and cached to keep the
 /// initramfs small.
 public enum LabExecutable {
+    /// The `kestrel` executable that `swift build` put beside the running
+    /// program (a test bundle), found by walking up from /proc/self/exe to
+    /// `.build`; `KESTREL_LAB_KESTREL` overrides it. nil when there is none.
+    public static func builtBesideThisProcess() -> String? {
+        if let path = getenv("KESTREL_LAB_KESTREL").map({ String(cString: $0) }) { return path }
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard readlink("/proc/self/exe", &buffer, buffer.count - 1) > 0 else { return nil }
+        var directory = String(cString: buffer)
+        while !directory.isEmpty {
+            directory = String(directory[..<(directory.lastIndex(of: "/") ?? directory.startIndex)])
+            if fileExists(directory + "/kestrel") && !isDirectory(directory + "/kestrel") { return directory + "/kestrel" }
+            if directory.hasSuffix("/.build") { break }
+        }
+        return nil
+    }
+
     /// Whether an ELF64 executable has no PT_INTERP program header.
     public static func isStatic(_ bytes: [UInt8]) -> Bool {
         guard bytes.count >= 64, bytes.starts(with: [0x7F, 0x45, 0x4C, 0x46]), bytes[4] == 2 else { return false }

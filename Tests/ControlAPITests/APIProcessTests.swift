@@ -10,16 +10,10 @@ import Testing
 @Suite(.serialized) struct APIProcessTests {
     /// The `kestrel` executable built beside this test bundle.
     static func kestrel() throws -> String {
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        try #require(length > 0)
-        var directory = String(cString: buffer)
-        while !directory.isEmpty {
-            directory = String(directory[..<(directory.lastIndex(of: "/") ?? directory.startIndex)])
-            if access(directory + "/kestrel", X_OK) == 0 { return directory + "/kestrel" }
-            if directory.hasSuffix("/.build") { break }
+        guard let path = LabExecutable.builtBesideThisProcess() else {
+            throw LabError("no kestrel executable beside the test bundle: run `swift build` first")
         }
-        throw LabError("no kestrel executable beside the test bundle: run `swift build` first")
+        return path
     }
 
     /// A vmlinux ELF with one segment at 16 MiB: `mov dx, 0x3f8; again: mov

@@ -12,16 +12,7 @@ import TextFormat
 @Suite(.serialized) struct LabIntegrationTests {
     /// The `kestrel` executable built beside this test bundle (override with KESTREL_LAB_KESTREL).
     static func kestrel() throws -> String {
-        if let path = getenv("KESTREL_LAB_KESTREL").map({ String(cString: $0) }) { return path }
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        try #require(length > 0)
-        var directory = String(cString: buffer)
-        while !directory.isEmpty {
-            directory = String(directory[..<(directory.lastIndex(of: "/") ?? directory.startIndex)])
-            if fileExists(directory + "/kestrel") && !isDirectory(directory + "/kestrel") { return directory + "/kestrel" }
-            if directory.hasSuffix("/.build") { break }
-        }
+        if let path = LabExecutable.builtBesideThisProcess() { return path }
         Issue.record("no kestrel executable beside the test bundle: run `swift build` first, or set KESTREL_LAB_KESTREL")
         throw LabError("kestrel not built")
     }
