@@ -26,6 +26,22 @@ public final class FirecrackerAPI: Sendable {
         var interfaces: [(id: String, value: JSONValue)] = []
         var vm: MicroVMState = .notStarted
 
+        /// Takes the resources of a whole configuration document (a machine
+        /// started from a file, or restored from a snapshot).
+        mutating func adopt(_ document: JSONValue) {
+            guard let root = document.objectValue else { return }
+            sections = [:]
+            for (key, value) in root {
+                switch key {
+                case "drives":
+                    if case .array(let items) = value { drives = items.map { ($0.objectValue?["drive_id"]?.stringValue ?? "", $0) } }
+                case "network-interfaces":
+                    if case .array(let items) = value { interfaces = items.map { ($0.objectValue?["iface_id"]?.stringValue ?? "", $0) } }
+                default: sections[key] = value
+                }
+            }
+        }
+
         /// The resources as one Firecracker configuration document.
         var document: JSONValue {
             var root = sections
@@ -56,16 +72,8 @@ public final class FirecrackerAPI: Sendable {
         self.version = version
         self.control = control
         var state = State(sections: ["machine-config": Self.defaultMachineConfig])
-        if let root = document?.objectValue {
-            for (key, value) in root {
-                switch key {
-                case "drives":
-                    if case .array(let items) = value { state.drives = items.map { ($0.objectValue?["drive_id"]?.stringValue ?? "", $0) } }
-                case "network-interfaces":
-                    if case .array(let items) = value { state.interfaces = items.map { ($0.objectValue?["iface_id"]?.stringValue ?? "", $0) } }
-                default: state.sections[key] = value
-                }
-            }
+        if let document {
+            state.adopt(document)
             state.vm = .running
         }
         self.state = Mutex(state)
@@ -125,8 +133,8 @@ public final class FirecrackerAPI: Sendable {
         }
         case ("PATCH", "drives", _?), ("PATCH", "network-interfaces", _?):
             return .fault(400, "\(method) \(request.path): Kestrel cannot change a drive or an interface after boot (no rate limiters, no hot swap).")
-        case ("PUT", "snapshot", "create"?), ("PUT", "snapshot", "load"?):
-            return .fault(400, "\(method) \(request.path): Kestrel does not take or load snapshots yet.")
+        case ("PUT", "snapshot", "create"?): return createSnapshot(request)
+        case ("PUT", "snapshot", "load"?): return loadSnapshot(request)
         default: return invalid()
         }
     }
@@ -207,6 +215,97 @@ public final class FirecrackerAPI: Sendable {
         default:
             return .fault(400, "Unknown action_type \"\(type)\"; known: InstanceStart, SendCtrlAltDel, FlushMetrics.")
         }
+    }
+
+    /// `PUT /snapshot/create` (SnapshotCreateParams): a Full snapshot of the
+    /// paused microVM; Diff is refused by name.
+    private func createSnapshot(_ request: HTTPRequest) -> HTTPResponse {
+        let body: JSONValue
+        switch Self.body(of: request) {
+        case .success(let value): body = value
+        case .failure(let error): return error.response
+        }
+        guard let object = body.objectValue else { return .fault(400, "PUT /snapshot/create: the body must be a JSON object") }
+        if let unknown = object.keys.sorted().first(where: { !["snapshot_path", "mem_file_path", "snapshot_type", "version"].contains($0) }) {
+            return .fault(400, "PUT /snapshot/create: unknown field \(unknown)")
+        }
+        guard let statePath = object["snapshot_path"]?.stringValue, let memoryPath = object["mem_file_path"]?.stringValue,
+              !statePath.isEmpty, !memoryPath.isEmpty else {
+            return .fault(400, "PUT /snapshot/create: snapshot_path and mem_file_path are required strings")
+        }
+        guard statePath != memoryPath else { return .fault(400, "PUT /snapshot/create: snapshot_path and mem_file_path must differ") }
+        if let type = object["snapshot_type"], type != .null {
+            guard type.stringValue == "Full" else {
+                return .fault(400, "PUT /snapshot/create: snapshot_type \(type.rendered) is not supported; Kestrel takes Full snapshots only")
+            }
+        }
+        switch vmState {
+        case .notStarted: return .fault(400, "Cannot create a snapshot before the microVM has started.")
+        case .running: return .fault(400, "Cannot create a snapshot of a running microVM; pause it first (PATCH /vm {\"state\": \"Paused\"}).")
+        case .paused: break
+        }
+        do { _ = try control.createSnapshot(statePath: statePath, memoryPath: memoryPath) } catch {
+            return .fault(400, "Cannot create the snapshot: \(error)")
+        }
+        return .noContent
+    }
+
+    /// `PUT /snapshot/load` (SnapshotLoadParams): only on a fresh microVM,
+    /// with nothing configured; the memory comes from a File backend (or
+    /// the older mem_file_path), and `resume_vm` says whether it runs at once.
+    private func loadSnapshot(_ request: HTTPRequest) -> HTTPResponse {
+        let body: JSONValue
+        switch Self.body(of: request) {
+        case .success(let value): body = value
+        case .failure(let error): return error.response
+        }
+        guard let object = body.objectValue else { return .fault(400, "PUT /snapshot/load: the body must be a JSON object") }
+        let known = ["snapshot_path", "mem_file_path", "mem_backend", "resume_vm", "enable_diff_snapshots", "track_dirty_pages", "network_overrides"]
+        if let unknown = object.keys.sorted().first(where: { !known.contains($0) }) {
+            return .fault(400, "PUT /snapshot/load: unknown field \(unknown)")
+        }
+        guard let statePath = object["snapshot_path"]?.stringValue, !statePath.isEmpty else {
+            return .fault(400, "PUT /snapshot/load: snapshot_path is a required string")
+        }
+        let memoryPath: String
+        switch (object["mem_file_path"], object["mem_backend"]) {
+        case (let path?, nil) where path.stringValue?.isEmpty == false:
+            memoryPath = path.stringValue!
+        case (nil, let backend?):
+            guard let fields = backend.objectValue, let type = fields["backend_type"]?.stringValue,
+                  let path = fields["backend_path"]?.stringValue, !path.isEmpty else {
+                return .fault(400, "PUT /snapshot/load: mem_backend needs backend_type and backend_path")
+            }
+            guard type == "File" else {
+                return .fault(400, "PUT /snapshot/load: mem_backend.backend_type \"\(type)\" is not supported; Kestrel maps the memory file itself (\"File\")")
+            }
+            memoryPath = path
+        default:
+            return .fault(400, "PUT /snapshot/load: give exactly one of mem_backend and mem_file_path")
+        }
+        for flag in ["enable_diff_snapshots", "track_dirty_pages"] where object[flag]?.boolValue == true {
+            return .fault(400, "PUT /snapshot/load: \(flag) is not supported; Kestrel takes Full snapshots only")
+        }
+        if case .array(let overrides) = object["network_overrides"] ?? .array([]), !overrides.isEmpty {
+            return .fault(400, "PUT /snapshot/load: network_overrides are not supported; the snapshot's taps are opened by name")
+        }
+        let resume = object["resume_vm"]?.boolValue ?? false
+        let fresh: Bool = state.withLock { state in
+            state.vm == .notStarted && state.drives.isEmpty && state.interfaces.isEmpty
+                && state.sections.keys.allSatisfy { $0 == "machine-config" } && state.sections["machine-config"] == Self.defaultMachineConfig
+        }
+        guard fresh else {
+            return .fault(400, "Loading a snapshot is only allowed on a fresh microVM, before any resource is configured or the microVM started.")
+        }
+        let configuration: MachineConfiguration
+        do { configuration = try control.loadSnapshot(statePath: statePath, memoryPath: memoryPath, resume: resume) } catch {
+            return .fault(400, "Cannot load the snapshot: \(error)")
+        }
+        state.withLock { state in
+            state.adopt(MachineConfigFile.document(for: configuration))
+            state.vm = resume ? .running : .paused
+        }
+        return .noContent
     }
 
     private func changeState(_ request: HTTPRequest) -> HTTPResponse {

@@ -29,7 +29,18 @@ public final class EventLoop: Sendable {
     private let handlers = Mutex<[Int32: Handler]>([:])
     private let thread = Mutex<POSIXThread?>(nil)
     private let stopping = Atomic<Bool>(false)
+    private let parking = Parking()
     public let name: String
+
+    /// Whether the loop is asked to park, and whether it has: the flags of
+    /// `pause` and `resume`, read and written under `lock`.
+    private final class Parking: @unchecked Sendable {
+        let lock = ConditionLock()
+        var requested = false
+        var parked = false
+        /// Read without the lock on every loop turn; set under it.
+        let pending = Atomic<Bool>(false)
+    }
 
     public init(name: String) throws {
         self.name = name
@@ -84,10 +95,44 @@ public final class EventLoop: Sendable {
         }
     }
 
+    /// Parks the loop's thread between handlers and returns once it is
+    /// parked: no handler runs until `resume`, and events that arrive
+    /// meanwhile wait (level-triggered, nothing is lost). A machine's devices
+    /// quiesce this way while its vCPUs are paused. Returns at once when the
+    /// loop has no thread. Not from a handler.
+    public func pause() {
+        guard let running = thread.withLock({ $0 }), !running.isCurrent else { return }
+        parking.lock.withLock {
+            parking.requested = true
+            parking.pending.store(true, ordering: .releasing)
+        }
+        wake.signal()
+        parking.lock.wait(until: { parking.parked || stopping.load(ordering: .acquiring) }) {}
+    }
+
+    /// Lets a parked loop run handlers again.
+    public func resume() {
+        parking.lock.withLockBroadcasting {
+            parking.requested = false
+            parking.pending.store(false, ordering: .releasing)
+        }
+    }
+
+    /// Whether the loop's thread is parked by `pause`.
+    public var isPaused: Bool { parking.lock.withLock { parking.parked } }
+
+    /// Parks the loop's thread while a pause is requested.
+    private func parkIfRequested() {
+        guard parking.pending.load(ordering: .acquiring) else { return }
+        parking.lock.withLockBroadcasting { parking.parked = parking.requested }
+        parking.lock.wait(until: { !parking.requested || stopping.load(ordering: .acquiring) }) { parking.parked = false }
+    }
+
     /// Stops the loop's thread and waits for it (not from a handler).
     public func stop() {
         guard let running = thread.withLock({ thread -> POSIXThread? in defer { thread = nil }; return thread }) else { return }
         stopping.store(true, ordering: .releasing)
+        parking.lock.withLockBroadcasting { parking.requested = false }
         wake.signal()
         if !running.isCurrent { running.join() }
     }
@@ -95,6 +140,7 @@ public final class EventLoop: Sendable {
     private func run() {
         var events = [epoll_event](repeating: epoll_event(), count: 32)
         while !stopping.load(ordering: .acquiring) {
+            parkIfRequested()
             // Sound: epoll_wait writes at most `events.count` entries.
             let count = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, Int32($0.count), -1) }
             if count < 0 { if errno == EINTR { continue } else { break } }
@@ -103,6 +149,9 @@ public final class EventLoop: Sendable {
                 if fd == wake.fileDescriptor { wake.drain(); continue }
                 guard let handler = handlers.withLock({ $0[fd] }) else { continue }
                 handler(ReadyEvents(rawValue: events[index].events))
+                // A pause takes effect between handlers: the rest of this
+                // batch is still pending in epoll and comes back after it.
+                if parking.pending.load(ordering: .acquiring) { break }
             }
         }
     }

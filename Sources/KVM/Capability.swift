@@ -20,6 +20,8 @@ public struct Capability: Hashable, Sendable, CustomStringConvertible {
     public static let irqfd = Capability(32, name: "KVM_CAP_IRQFD")
     public static let ioeventfd = Capability(36, name: "KVM_CAP_IOEVENTFD")
     public static let vcpuEvents = Capability(41, name: "KVM_CAP_VCPU_EVENTS")
+    public static let adjustClock = Capability(39, name: "KVM_CAP_ADJUST_CLOCK")
+    public static let xsave = Capability(55, name: "KVM_CAP_XSAVE")
     public static let xcrs = Capability(56, name: "KVM_CAP_XCRS")
     public static let maximumVCPUs = Capability(66, name: "KVM_CAP_MAX_VCPUS")
     public static let oneRegister = Capability(70, name: "KVM_CAP_ONE_REG")
@@ -29,6 +31,7 @@ public struct Capability: Hashable, Sendable, CustomStringConvertible {
     /// Its value is the mask of hypercalls KVM can hand to userspace
     /// (bit 12, KVM_HC_MAP_GPA_RANGE); KVM_ENABLE_CAP on a VM chooses them.
     public static let exitHypercall = Capability(201, name: "KVM_CAP_EXIT_HYPERCALL")
+    public static let xsave2 = Capability(208, name: "KVM_CAP_XSAVE2")
     public static let userMemory2 = Capability(231, name: "KVM_CAP_USER_MEMORY2")
     public static let memoryFaultInfo = Capability(232, name: "KVM_CAP_MEMORY_FAULT_INFO")
     public static let memoryAttributes = Capability(233, name: "KVM_CAP_MEMORY_ATTRIBUTES")

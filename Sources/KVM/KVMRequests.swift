@@ -38,6 +38,16 @@ public enum KVMRequest {
         "KVM_CREATE_PIT2", .write, 0x77, size: MemoryLayout<ckvm_pit_config>.size)
     public static let getLocalAPIC = IoctlRequest("KVM_GET_LAPIC", .read, 0x8E, size: 1024)
     public static let setLocalAPIC = IoctlRequest("KVM_SET_LAPIC", .write, 0x8F, size: 1024)
+    // VM state for snapshots
+    public static let getInterruptController = IoctlRequest(
+        "KVM_GET_IRQCHIP", .readWrite, 0x62, size: MemoryLayout<ckvm_irqchip>.size)
+    // The kernel declares KVM_SET_IRQCHIP with _IOR although it reads the struct.
+    public static let setInterruptController = IoctlRequest(
+        "KVM_SET_IRQCHIP", .read, 0x63, size: MemoryLayout<ckvm_irqchip>.size)
+    public static let getPIT2 = IoctlRequest("KVM_GET_PIT2", .read, 0x9F, size: MemoryLayout<ckvm_pit_state2>.size)
+    public static let setPIT2 = IoctlRequest("KVM_SET_PIT2", .write, 0xA0, size: MemoryLayout<ckvm_pit_state2>.size)
+    public static let setClock = IoctlRequest("KVM_SET_CLOCK", .write, 0x7B, size: MemoryLayout<ckvm_clock_data>.size)
+    public static let getClock = IoctlRequest("KVM_GET_CLOCK", .read, 0x7C, size: MemoryLayout<ckvm_clock_data>.size)
     public static let memoryEncryptOperation = IoctlRequest(
         "KVM_MEMORY_ENCRYPT_OP", .readWrite, 0xBA, size: MemoryLayout<UInt>.size)
 
@@ -77,6 +87,13 @@ public enum KVMRequest {
         "KVM_SET_VCPU_EVENTS", .write, 0xA0, size: MemoryLayout<ckvm_vcpu_events>.size)
     public static let getXCRs = IoctlRequest("KVM_GET_XCRS", .read, 0xA6, size: MemoryLayout<ckvm_xcrs>.size)
     public static let setXCRs = IoctlRequest("KVM_SET_XCRS", .write, 0xA7, size: MemoryLayout<ckvm_xcrs>.size)
+    /// struct kvm_xsave is 4096 bytes; KVM_GET_XSAVE2 takes the size
+    /// KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) reports, and the number keeps 4096.
+    public static let getXSAVE = IoctlRequest("KVM_GET_XSAVE", .read, 0xA4, size: 4096)
+    public static let setXSAVE = IoctlRequest("KVM_SET_XSAVE", .write, 0xA5, size: 4096)
+    public static let getXSAVE2 = IoctlRequest("KVM_GET_XSAVE2", .read, 0xCF, size: 4096)
+    public static let getDebugRegisters = IoctlRequest("KVM_GET_DEBUGREGS", .read, 0xA1, size: 128)
+    public static let setDebugRegisters = IoctlRequest("KVM_SET_DEBUGREGS", .write, 0xA2, size: 128)
     public static let getOneRegister = IoctlRequest(
         "KVM_GET_ONE_REG", .write, 0xAB, size: MemoryLayout<ckvm_one_reg>.size)
     public static let setOneRegister = IoctlRequest(

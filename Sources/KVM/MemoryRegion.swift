@@ -106,6 +106,9 @@ extension VirtualMachine {
             }
             file = try createGuestMemfd(size: UInt64(size), flags: flags)
             mapping = try MemoryMapping(fileDescriptor: file!.fileDescriptor, size: size, sharing: .shared, alignment: alignment)
+        case .file(let descriptor, let offset):
+            mapping = try MemoryMapping(fileDescriptor: descriptor, size: size, offset: offset, sharing: .private, alignment: alignment)
+            file = nil
         }
         let region = try MemoryRegion(slot: slot, start: start, mapping: mapping, guestMemfd: file)
         try install(region)
@@ -141,4 +144,10 @@ public enum RAMBacking: Sendable, Equatable {
     /// A guest_memfd created with these flags (MMAP and INIT_SHARED at least)
     /// and mapped MAP_SHARED.
     case guestMemfd(GuestMemfdFlags)
+    /// `size` bytes of a file from `offset`, mapped MAP_PRIVATE: the guest
+    /// reads the file's pages and its writes stay in this process
+    /// (copy-on-write), as a snapshot's memory file is restored. The file
+    /// must not change while the mapping lives; the descriptor may be
+    /// closed once the memory is added.
+    case file(descriptor: Int32, offset: Int)
 }

@@ -3,33 +3,50 @@ import HostSystem
 import VMM
 
 /// `kestrel run --api-sock`: the API's `MicroVMControl`. The API thread asks
-/// for a start; the main thread, waiting in `nextStart`, builds the machine
-/// and answers through `started` or `failed`, then runs it. Pause and
-/// resume go to the running `Machine`.
+/// for a start or a snapshot load; the main thread, waiting in `nextRequest`,
+/// builds or restores the machine and answers through `started` or
+/// `failed`, then runs it. Pause, resume and snapshots go to the running
+/// `Machine`.
 final class APIMachineHost: MicroVMControl, @unchecked Sendable {
     // @unchecked Sendable: every `var` is read and written only under `lock`.
     private let lock = ConditionLock()
-    private var request: MachineConfiguration?
-    private var answer: Result<Void, any Error>?
+    private var request: Request?
+    private var answer: Result<MachineConfiguration, any Error>?
     private var machine: Machine?
+    private let log: @Sendable (String) -> Void
+
+    /// What the main thread is asked to make.
+    enum Request {
+        case boot(MachineConfiguration)
+        case restore(statePath: String, memoryPath: String, resume: Bool)
+    }
 
     /// A host for a machine that is already running (started from flags or
-    /// a configuration file).
-    init(running machine: Machine? = nil) { self.machine = machine }
+    /// a configuration file). `log` hears of snapshots taken.
+    init(running machine: Machine? = nil, log: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.machine = machine
+        self.log = log
+    }
 
-    func start(_ configuration: MachineConfiguration) throws {
+    private func ask(_ wanted: Request) throws -> MachineConfiguration {
         lock.withLockBroadcasting {
-            request = configuration
+            request = wanted
             answer = nil
         }
-        try lock.wait(until: { answer != nil }) {
+        return try lock.wait(until: { answer != nil }) {
             defer { answer = nil }
-            try answer!.get()
+            return try answer!.get()
         }
     }
 
-    /// Blocks the main thread until the API asks for a start.
-    func nextStart() -> MachineConfiguration {
+    func start(_ configuration: MachineConfiguration) throws { _ = try ask(.boot(configuration)) }
+
+    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool) throws -> MachineConfiguration {
+        try ask(.restore(statePath: statePath, memoryPath: memoryPath, resume: resume))
+    }
+
+    /// Blocks the main thread until the API asks for a start or a restore.
+    func nextRequest() -> Request {
         lock.wait(until: { request != nil }) {
             defer { request = nil }
             return request!
@@ -39,7 +56,7 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
     func started(_ machine: Machine) {
         lock.withLockBroadcasting {
             self.machine = machine
-            answer = .success(())
+            answer = .success(machine.configuration)
         }
     }
 
@@ -56,4 +73,13 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
 
     func pause() throws { try runningMachine.pause() }
     func resume() throws { try runningMachine.resume() }
+
+    func createSnapshot(statePath: String, memoryPath: String) throws -> String {
+        let report = try runningMachine.createSnapshot(statePath: statePath, memoryPath: memoryPath, kestrelVersion: Kestrel.version)
+        let mib = { (bytes: UInt64) in "\(bytes >> 20) MiB" }
+        let line = "snapshot: \(statePath) (\(report.stateBytes) bytes), \(memoryPath) (\(mib(report.memoryBytes)) of RAM, "
+            + "\(mib(report.memoryBytesWritten)) written) in \(SecondsText.text(report.duration)) s"
+        log(line)
+        return line
+    }
 }

@@ -38,7 +38,8 @@ struct RunCommand: ParsableCommand {
         "Serve Firecracker's REST API on this Unix socket.",
         discussion: "Without --kernel or --config-file, the machine is configured through the API (PUT /boot-source, /machine-config, /drives/ID, "
             + "/network-interfaces/ID, /vsock, /entropy) and started with PUT /actions {\"action_type\": \"InstanceStart\"}; "
-            + "PATCH /vm pauses and resumes it. Try: curl --unix-socket PATH http://localhost/"))
+            + "PATCH /vm pauses and resumes it; PUT /snapshot/create writes a paused machine's state and memory files, and "
+            + "PUT /snapshot/load restores them in a fresh kestrel instead of a boot. Try: curl --unix-socket PATH http://localhost/"))
     var apiSocket: String?
     @Flag(name: .customLong("no-api"), help: "Serve no API (the default unless --api-sock is given; Firecracker's flag).") var noAPI = false
     @Option(help: "The instance id that GET / reports (Firecracker's --id).") var id = "anonymous-instance"
@@ -171,7 +172,8 @@ struct RunCommand: ParsableCommand {
         }
         var server: APIServer?
         if let apiSocket {
-            let api = FirecrackerAPI(instanceID: id, version: Kestrel.version, control: APIMachineHost(running: machine),
+            let api = FirecrackerAPI(instanceID: id, version: Kestrel.version,
+                                     control: APIMachineHost(running: machine, log: { printError("kestrel: \($0)") }),
                                      running: MachineConfigFile.document(for: configuration))
             do { server = try APIServer(path: apiSocket, api: api, log: { printError("kestrel: \($0)") }) } catch {
                 printError("kestrel: --api-sock \(apiSocket): \(error)")
@@ -188,7 +190,7 @@ struct RunCommand: ParsableCommand {
         guard drives.isEmpty, networkInterfaces.isEmpty, vsock == nil, !entropy, memoryBackend == nil, confidential == nil, !dryRun else {
             throw ValidationError("with --api-sock and no --kernel or --config-file, give the devices and memory backend through the API")
         }
-        let host = APIMachineHost()
+        let host = APIMachineHost(log: { printError("kestrel: \($0)") })
         let api = FirecrackerAPI(instanceID: id, version: Kestrel.version, control: host)
         let server: APIServer
         do { server = try APIServer(path: apiSocket!, api: api, log: { printError("kestrel: \($0)") }) } catch {
@@ -208,13 +210,25 @@ struct RunCommand: ParsableCommand {
         if verbose { printError("kestrel: API on \(apiSocket!); waiting for InstanceStart") }
         let console = ConsoleOutput()
         while true {
-            var configuration = host.nextStart()
-            applyBootFlags(to: &configuration)
+            let request = host.nextRequest()
             do {
-                let machine = try Self.build(configuration, console: console)
+                let machine: Machine
+                var paused = false
+                switch request {
+                case .boot(var configuration):
+                    applyBootFlags(to: &configuration)
+                    machine = try Self.build(configuration, console: console)
+                case .restore(let statePath, let memoryPath, let resume):
+                    machine = try MachineBuilder.restore(statePath: statePath, memoryPath: memoryPath, console: { console.write($0) },
+                                                         deviceLog: { printError("kestrel: \($0)") })
+                    paused = !resume
+                    if verbose {
+                        printError("kestrel: restored \(statePath) in " + machine.setupSteps.map { "\($0.step) \(SecondsText.text($0.duration)) s" }.joined(separator: ", "))
+                    }
+                }
                 running.withLock { $0 = machine }
                 host.started(machine)
-                try runMachine(machine, console: console, handlingSignals: false)
+                try runMachine(machine, console: console, handlingSignals: false, startingPaused: paused)
                 return
             } catch let exit as ExitCode {
                 throw exit
@@ -238,15 +252,19 @@ struct RunCommand: ParsableCommand {
     }
 
     /// Runs a built machine to its end on this terminal; throws the exit code.
-    func runMachine(_ machine: Machine, console: ConsoleOutput, handlingSignals: Bool = true) throws {
+    func runMachine(_ machine: Machine, console: ConsoleOutput, handlingSignals: Bool = true, startingPaused: Bool = false) throws {
         let configuration = machine.configuration
         if verbose || configuration.memoryBackend != .anonymous {
             printError("kestrel: guest memory: \(machine.memoryProtection)")
         }
         if verbose {
-            printError("kestrel: \(machine.plan.kind); \(machine.plan.entry); kernel at 0x\(String(machine.plan.kernelRange.lowerBound, radix: 16))-0x\(String(machine.plan.kernelRange.upperBound, radix: 16))"
-                + (machine.plan.decompressionSeconds > 0 ? ", host decompression \(machine.plan.decompressionSeconds.text(places: 3)) s" : ""))
-            for entry in machine.plan.e820 { printError("kestrel: e820 \(entry)") }
+            if let plan = machine.plan {
+                printError("kestrel: \(plan.kind); \(plan.entry); kernel at 0x\(String(plan.kernelRange.lowerBound, radix: 16))-0x\(String(plan.kernelRange.upperBound, radix: 16))"
+                    + (plan.decompressionSeconds > 0 ? ", host decompression \(plan.decompressionSeconds.text(places: 3)) s" : ""))
+                for entry in plan.e820 { printError("kestrel: e820 \(entry)") }
+            } else {
+                printError("kestrel: restored from a snapshot")
+            }
             printError("kestrel: set-up " + machine.setupSteps.map { "\($0.step) \(SecondsText.text($0.duration)) s" }.joined(separator: ", "))
         }
         let terminal = TerminalSession(serial: machine.serial)
@@ -256,7 +274,7 @@ struct RunCommand: ParsableCommand {
         let releaseStart = ContinuousClock.now
         let releasedAtStart = ProcessMemory.releaseReadOnlyFilePages()
         if verbose { printError("kestrel: released start-up pages in \(SecondsText.text(ContinuousClock.now - releaseStart)) s") }
-        let outcome = machine.run()
+        let outcome = machine.run(startingPaused: startingPaused)
         console.flush()
         terminal.restore()
         withExtendedLifetime(signals) {}

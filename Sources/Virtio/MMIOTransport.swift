@@ -39,17 +39,17 @@ public final class MMIOTransport: Sendable {
     public let interrupt: VirtioInterrupt
     /// One per queue; signalled by a notify.
     public let queueNotifiers: [EventNotifier]
-    private let memory: GuestAddressSpace
+    let memory: GuestAddressSpace
     private let loop: EventLoop
     private let log: @Sendable (String) -> Void
     /// How log lines name the device.
     public let name: String
-    private let state: Mutex<State>
+    let state: Mutex<State>
     /// File descriptors the active device watches on the loop (its own lock:
     /// devices add and remove them while the state lock is held).
     private let watched = Mutex<Set<Int32>>([])
 
-    private struct State {
+    struct State {
         var deviceFeaturesSelect: UInt32 = 0
         var driverFeaturesSelect: UInt32 = 0
         var driverFeatures: UInt64 = 0
@@ -59,6 +59,8 @@ public final class MMIOTransport: Sendable {
         var status = VirtioStatus()
         var active = false
         var faultLogged = false
+        /// The queues handed to the active device (for snapshots of their positions).
+        var activeQueues: [SplitQueue] = []
 
         /// The state after a reset: every queue at its largest size, not ready.
         init(queueSizes: [UInt16]) {
@@ -100,7 +102,7 @@ public final class MMIOTransport: Sendable {
     public var status: VirtioStatus { state.withLock { $0.status } }
 
     private let platformFeatures: UInt64
-    private var offeredFeatures: UInt64 { device.offeredFeatures | Self.transportFeatures | platformFeatures }
+    var offeredFeatures: UInt64 { device.offeredFeatures | Self.transportFeatures | platformFeatures }
 
     // MARK: Register access (vCPU threads)
 
@@ -231,6 +233,7 @@ public final class MMIOTransport: Sendable {
                         }
                         try device.activate(context(queues: queues, features: state.driverFeatures))
                         state.active = true
+                        state.activeQueues = queues
                     } catch {
                         dropWatches()
                         status.insert(.needsReset)
@@ -253,7 +256,7 @@ public final class MMIOTransport: Sendable {
     // MARK: Queue processing (the event loop's thread)
 
     /// Stops watching every fd the device watched.
-    private func dropWatches() {
+    func dropWatches() {
         for fd in watched.withLock({ set in defer { set = [] }; return set }) { loop.remove(fd) }
     }
 
@@ -261,9 +264,10 @@ public final class MMIOTransport: Sendable {
         dropWatches()
         device.reset()
         state.active = false
+        state.activeQueues = []
     }
 
-    private func context(queues: [SplitQueue], features: UInt64) -> VirtioContext {
+    func context(queues: [SplitQueue], features: UInt64) -> VirtioContext {
         VirtioContext(
             queues: queues, features: features, memory: memory, interrupt: interrupt,
             watch: { [weak self] fd, events, handler in

@@ -39,7 +39,7 @@ public final class SplitQueue {
     /// The next used-ring slot to fill (free-running).
     public private(set) var nextUsed: UInt16 = 0
     /// `nextUsed` at the last `needsInterrupt` check (vhost's signalled_used).
-    private var notifiedUsed: UInt16 = 0
+    public private(set) var notifiedUsed: UInt16 = 0
 
     private static let descriptorSize: UInt64 = 16
 
@@ -66,6 +66,16 @@ public final class SplitQueue {
     }
 
     private var size: UInt16 { configuration.size }
+
+    /// Puts the queue back where a snapshot found it. The positions are the
+    /// device's own counters, free-running mod 2^16, so any value is one a
+    /// queue can have; a driver that disagrees with them only makes `next`
+    /// see a fault it would have seen anyway.
+    public func restorePosition(nextAvailable: UInt16, nextUsed: UInt16, notifiedUsed: UInt16) {
+        self.nextAvailable = nextAvailable
+        self.nextUsed = nextUsed
+        self.notifiedUsed = notifiedUsed
+    }
 
     // The areas were checked at creation, so these loads and stores stay inside
     // guest RAM. They could fail only if a RAM region were removed while the

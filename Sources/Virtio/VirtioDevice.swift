@@ -28,11 +28,17 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func reset()
     /// What the device did, for `kestrel run --verbose` (nil: nothing to say).
     var activitySummary: String? { get }
+    /// The device was activated again from a snapshot, in a new process:
+    /// whatever it held outside guest memory (connections, pending host
+    /// data) is gone, and it may tell the driver so.
+    func restored()
 }
 
 extension VirtioDevice {
     /// What the device did, for `kestrel run --verbose` (nil: nothing to say).
     public var activitySummary: String? { nil }
+    /// Nothing to tell: the device keeps no state outside guest memory.
+    public func restored() {}
 }
 
 /// What an active device works with.

@@ -36,4 +36,9 @@ public final class VirtioInterrupt: Sendable {
     }
 
     func clear() { pending.store(0, ordering: .sequentiallyConsistent) }
+
+    /// Sets the status bits a snapshot recorded, without raising the line:
+    /// the interrupt controller's own restored state says whether the
+    /// guest has still to take it.
+    func restore(_ bits: UInt32) { pending.store(bits, ordering: .sequentiallyConsistent) }
 }

@@ -18,7 +18,7 @@ import Synchronization
 public final class VsockDevice: VirtioDevice {
     public static let hostCID: UInt64 = 2
     public static let bufferAllocation: UInt32 = 256 << 10
-    static let receiveQueue = 0, transmitQueue = 1
+    static let receiveQueue = 0, transmitQueue = 1, eventQueue = 2
 
     public let deviceType = VirtioDeviceType.socket
     public let offeredFeatures: UInt64 = 0
@@ -73,13 +73,21 @@ public final class VsockDevice: VirtioDevice {
         }
     }
 
+    /// After a restore the host side of every connection is gone (they were
+    /// sockets of another process): the driver hears
+    /// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event queue, as Firecracker
+    /// sends it, and drops its connections; new ones work as before.
+    public func restored() {
+        engine.withLock { engine in engine?.announceTransportReset() }
+    }
+
     public func process(queue: Int) throws(QueueFault) {
         try engine.withLock { engine throws(QueueFault) in
             guard let engine else { return }
             switch queue {
             case Self.transmitQueue: try engine.transmit()
             case Self.receiveQueue: try engine.fillReceive()
-            default: break  // the event queue: only for transport resets, which Kestrel never sends
+            default: break  // the event queue: buffers wait for a transport reset (after a restore)
             }
         }
     }
@@ -141,6 +149,18 @@ final class VsockEngine {
     }
 
     var connectionCount: Int { connections.count }
+
+    /// Puts one struct virtio_vsock_event { le32 id = TRANSPORT_RESET (0) }
+    /// into the event queue's next buffer; without a buffer the event is
+    /// lost, as it would be on hardware (the driver keeps the queue filled).
+    func announceTransportReset() {
+        guard let queue = context.queues.last, queue.index == VsockDevice.eventQueue,
+              let chain = try? queue.next() else { return }
+        var writer = ChainWriter(chain, memory: context.memory)
+        let written = writer.write([0, 0, 0, 0])
+        queue.complete(chain.head, written: written)
+        context.notifyIfNeeded(queue)
+    }
 
     func closeAll() {
         for fd in handshakes.keys { context.unwatch(fd); close(fd) }

@@ -4,7 +4,7 @@ import KVM
 /// with the set ioctls, including every MSR in KVM's save/restore list (CET,
 /// FRED and IA32_XSS among them, when the host lists them) and GUEST_SSP (via
 /// ONE_REG) when KVM_GET_REG_LIST lists it.
-public struct VCPUSnapshot {
+public struct VCPUSnapshot: Sendable {
     public var registers: Registers
     public var specialRegisters: SpecialRegisters
     public var fpu: FPUState
@@ -17,6 +17,30 @@ public struct VCPUSnapshot {
     public var guestSSP: UInt64?
     /// The features of the vCPU's CPUID when captured (for the rules).
     public var features: CPUFeatureSet
+    /// The XSAVE area (AVX and every other enabled component), when the host
+    /// has KVM_CAP_XSAVE; restored after `fpu`, whose x87/SSE part it repeats.
+    public var xsave: XSAVEState? = nil
+    /// The in-kernel local APIC's register page, when the VM has one.
+    public var localAPIC: [UInt8]? = nil
+    /// DR0-3, DR6 and DR7.
+    public var debugRegisters: DebugRegisters? = nil
+
+    public init(registers: Registers, specialRegisters: SpecialRegisters, fpu: FPUState, extendedControlRegisters: ExtendedControlRegisters?,
+                events: VCPUEvents, mpState: MPState, msrs: [MSREntry], guestSSP: UInt64?, features: CPUFeatureSet,
+                xsave: XSAVEState? = nil, localAPIC: [UInt8]? = nil, debugRegisters: DebugRegisters? = nil) {
+        self.registers = registers
+        self.specialRegisters = specialRegisters
+        self.fpu = fpu
+        self.extendedControlRegisters = extendedControlRegisters
+        self.events = events
+        self.mpState = mpState
+        self.msrs = msrs
+        self.guestSSP = guestSSP
+        self.features = features
+        self.xsave = xsave
+        self.localAPIC = localAPIC
+        self.debugRegisters = debugRegisters
+    }
 
     /// Why a snapshot cannot be restored.
     public enum RestoreError: Error, Equatable, CustomStringConvertible {
@@ -50,10 +74,12 @@ public struct VCPUSnapshot {
         let listed = (try? vcpu.registerList()) ?? []
         let ssp = listed.contains(.guestSSP) ? try vcpu.oneRegister(.guestSSP) : nil
         let xcrs = try? vcpu.extendedControlRegisters()
+        let hasXSAVE = try vcpu.vm.checkExtension(.xsave) > 0
         return VCPUSnapshot(
             registers: try vcpu.registers(), specialRegisters: try vcpu.specialRegisters(), fpu: try vcpu.fpu(),
             extendedControlRegisters: xcrs, events: try vcpu.events(), mpState: try vcpu.mpState(),
-            msrs: msrs, guestSSP: ssp, features: features)
+            msrs: msrs, guestSSP: ssp, features: features,
+            xsave: hasXSAVE ? try vcpu.xsave() : nil, localAPIC: try? vcpu.localAPIC(), debugRegisters: try? vcpu.debugRegisters())
     }
 
     /// Checks every catalogued value against the rules for `features` (the
@@ -73,13 +99,20 @@ public struct VCPUSnapshot {
     /// Restores the state into `vcpu` after validating it against the vCPU's
     /// CPUID features. Throws `RestoreError` (writing nothing) when a value
     /// breaks a rule.
+    ///
+    /// Order: sregs first (they set APIC_BASE and the paging mode), then the
+    /// GPRs, FPU and XSAVE, XCRs, the LAPIC page (before the MSRs, so that
+    /// TSC_DEADLINE finds the timer in its mode), the MSRs, GUEST_SSP, debug
+    /// registers, events and last the MP state.
     public func restore(into vcpu: VCPU) throws {
         let target = CPUFeatureSet(table: try vcpu.cpuid())
         if let error = validate(for: target) { throw error }
         try vcpu.setSpecialRegisters(specialRegisters)
         try vcpu.setRegisters(registers)
         try vcpu.setFPU(fpu)
+        if let xsave { try vcpu.setXSAVE(xsave) }
         if let extendedControlRegisters { try vcpu.setExtendedControlRegisters(extendedControlRegisters) }
+        if let localAPIC { try vcpu.setLocalAPIC(localAPIC) }
         var remaining = msrs[...]
         while !remaining.isEmpty {
             let written = try vcpu.setMSRs(Array(remaining))
@@ -97,6 +130,7 @@ public struct VCPUSnapshot {
             remaining = remaining.dropFirst()
         }
         if let guestSSP { try vcpu.setOneRegister(.guestSSP, guestSSP) }
+        if let debugRegisters { try vcpu.setDebugRegisters(debugRegisters) }
         try vcpu.setEvents(events)
         try vcpu.setMPState(mpState)
     }

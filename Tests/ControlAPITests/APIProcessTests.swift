@@ -20,7 +20,28 @@ import Testing
     /// al, 'x'; out dx, al; mov al, 10; out dx, al; mov ecx, 100000; dec ecx;
     /// jnz .-2; jmp again`.
     static func tickerKernel() -> [UInt8] {
-        let code: [UInt8] = [0x66, 0xBA, 0xF8, 0x03, 0xB0, 0x78, 0xEE, 0xB0, 0x0A, 0xEE, 0xB9, 0xA0, 0x86, 0x01, 0x00, 0xFF, 0xC9, 0x75, 0xFC, 0xEB, 0xE9]
+        elf([0x66, 0xBA, 0xF8, 0x03, 0xB0, 0x78, 0xEE, 0xB0, 0x0A, 0xEE, 0xB9, 0xA0, 0x86, 0x01, 0x00, 0xFF, 0xC9, 0x75, 0xFC, 0xEB, 0xE9])
+    }
+
+    /// A vmlinux like `tickerKernel` whose lines are a counter in EBX, in
+    /// eight hex digits: `mov dx, 0x3f8; xor ebx, ebx; line: mov ecx, 8;
+    /// mov esi, ebx; digit: rol esi, 4; mov eax, esi; and al, 15; add al,
+    /// '0'; cmp al, '9'; jbe out; add al, 7; out: out dx, al; dec ecx; jnz
+    /// digit; mov al, 10; out dx, al; inc ebx; mov ecx, 100000; dec ecx; jnz
+    /// .-2; jmp line`. Every line is the one before plus one, so output cut
+    /// anywhere (mid-line too) and continued by a restored copy reads as one
+    /// unbroken count.
+    static func counterKernel() -> [UInt8] {
+        let code: [UInt8] = [
+            0x66, 0xBA, 0xF8, 0x03, 0x31, 0xDB, 0xB9, 0x08, 0x00, 0x00, 0x00, 0x89, 0xDE, 0xC1, 0xC6, 0x04, 0x89, 0xF0, 0x24, 0x0F,
+            0x04, 0x30, 0x3C, 0x39, 0x76, 0x02, 0x04, 0x07, 0xEE, 0xFF, 0xC9, 0x75, 0xEC, 0xB0, 0x0A, 0xEE, 0xFF, 0xC3, 0xB9, 0xA0,
+            0x86, 0x01, 0x00, 0xFF, 0xC9, 0x75, 0xFC, 0xEB, 0xD5,
+        ]
+        return elf(code)
+    }
+
+    /// A vmlinux ELF with `code` as its one segment, at 16 MiB.
+    static func elf(_ code: [UInt8]) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 120)
         func put<T: FixedWidthInteger>(_ value: T, _ offset: Int) {
             withUnsafeBytes(of: value.littleEndian) { bytes.replaceSubrange(offset..<offset + MemoryLayout<T>.size, with: $0) }
@@ -31,6 +52,21 @@ import Testing
         put(UInt32(1), 64); put(UInt32(5), 68); put(UInt64(120), 72); put(UInt64(0x100_0000), 80); put(UInt64(0x100_0000), 88)
         put(UInt64(code.count), 96); put(UInt64(code.count), 104); put(UInt64(0x1000), 112)
         return bytes + code
+    }
+
+    /// Whether `text` is the counter's lines 0, 1, 2, ... with nothing
+    /// missing or repeated (the last line may be cut short); returns the
+    /// number of whole lines, or nil with the first break.
+    static func unbrokenCount(_ text: String) -> Result<Int, LabError> {
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        for (index, line) in lines.enumerated() {
+            let last = index == lines.count - 1
+            let expected = String(format8: UInt32(index))
+            if last ? !expected.hasPrefix(line) : line != expected {
+                return .failure(LabError("line \(index) is \"\(line)\", not \"\(expected)\""))
+            }
+        }
+        return .success(lines.count - 1)
     }
 
     /// The exit status, or nil (after SIGKILL) when the process outlives `seconds`.
@@ -148,5 +184,101 @@ import Testing
         vmm.signal(SIGINT)
         #expect(Self.exitStatus(vmm, within: 10) == 128 + SIGINT, "SIGINT did not end kestrel")
         withExtendedLifetime(directory) {}
+    }
+
+    /// A full snapshot through the API, restored in a new process: pause the
+    /// counter guest, snapshot it, SIGKILL the VMM, then in a fresh `kestrel
+    /// run --api-sock` load the snapshot (after refusing a corrupt, a
+    /// truncated and another version's state file, and a short memory
+    /// file). The count goes on where it stopped, mid-line or not, and the
+    /// new process maps the memory file rather than reading it.
+    @Test func aSnapshotOfAPausedGuestRestoresInANewProcess() throws {
+        guard Self.requireKVM() else {
+            print("SKIP: /dev/kvm is not usable here"); return
+        }
+        let directory = try TemporaryDirectory(prefix: "kestrel-snap")
+        let kernel = directory.path + "/counter.elf", state = directory.path + "/vm.state", memory = directory.path + "/vm.mem"
+        try writeFileAtomically(Self.counterKernel(), to: kernel)
+        let socket = directory.path + "/a.sock", out = directory.path + "/out-a"
+        let first = try HostProcess.start([try Self.kestrel(), "run", "--api-sock", socket], stdout: .file(out), stderr: .file(directory.path + "/err-a"))
+        defer { if first.poll() == nil { first.signal(SIGKILL); _ = first.wait() } }
+        #expect(Self.waitFor(10) { access(socket, F_OK) == 0 })
+        #expect(try Self.curl(socket, "PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)"}"#).0 == 204)
+        #expect(try Self.curl(socket, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128}"#).0 == 204)
+        #expect(try Self.curl(socket, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 204)
+        #expect(Self.waitFor(20) { Self.lines(out) >= 4 }, "the guest printed \(Self.lines(out)) lines")
+        let create = #"{"snapshot_type": "Full", "snapshot_path": "\#(state)", "mem_file_path": "\#(memory)"}"#
+        let running = try Self.curl(socket, "PUT", "/snapshot/create", create)
+        #expect(running.0 == 400 && running.1.contains("pause it first"), "\(running)")
+        let pauseStart = ContinuousClock.now
+        #expect(try Self.curl(socket, "PATCH", "/vm", #"{"state": "Paused"}"#).0 == 204)
+        let pauseTook = ContinuousClock.now - pauseStart
+        let createStart = ContinuousClock.now
+        let created = try Self.curl(socket, "PUT", "/snapshot/create", create)
+        let createTook = ContinuousClock.now - createStart
+        #expect(created.0 == 204, "\(created) \((try? readText(directory.path + "/err-a")) ?? "")")
+        usleep(300_000)
+        first.signal(SIGKILL)
+        _ = first.wait()
+        let before = try readText(out)
+        let counted = try Self.unbrokenCount(before).get()
+        var status = stat()
+        #expect(stat(memory, &status) == 0 && status.st_size == 128 << 20, "the memory file holds all 128 MiB (apparent size)")
+        print("snapshot: pause \(pauseTook), create \(createTook) (curl round trips, debug build), state \(((try? readBytes(state)) ?? []).count) bytes, "
+            + "memory \(status.st_size >> 20) MiB apparent, \((status.st_blocks * 512) >> 10) KiB on disk; \(counted) lines before the kill")
+
+        // Bad files first, in the same fresh process: each is a 400 and nothing starts.
+        let good = try readBytes(state)
+        var flipped = good
+        flipped[good.count / 2] ^= 0x01
+        var version = good
+        version[8] = 9
+        let bad = [("flipped", flipped, "CRC-32"), ("truncated", Array(good.prefix(good.count - 100)), "CRC-32"), ("version", version, "format version 9")]
+        for (name, bytes, _) in bad { try writeFileAtomically(bytes, to: directory.path + "/" + name) }
+        let shortMemory = directory.path + "/short.mem"
+        _ = try HostProcess.output(["sh", "-c", "head -c 1048576 \(memory) > \(shortMemory)"])
+
+        let socketB = directory.path + "/b.sock", outB = directory.path + "/out-b"
+        let restoreStart = ContinuousClock.now
+        let second = try HostProcess.start([try Self.kestrel(), "run", "--api-sock", socketB], stdout: .file(outB), stderr: .file(directory.path + "/err-b"))
+        defer { if second.poll() == nil { second.signal(SIGKILL); _ = second.wait() } }
+        #expect(Self.waitFor(10) { access(socketB, F_OK) == 0 })
+        func load(_ statePath: String, _ memoryPath: String) throws -> (Int, String) {
+            try Self.curl(socketB, "PUT", "/snapshot/load",
+                          #"{"snapshot_path": "\#(statePath)", "mem_backend": {"backend_type": "File", "backend_path": "\#(memoryPath)"}, "resume_vm": true}"#)
+        }
+        for (name, _, expected) in bad {
+            let answer = try load(directory.path + "/" + name, memory)
+            #expect(answer.0 == 400 && answer.1.contains(expected), "\(name): \(answer)")
+        }
+        let short = try load(state, shortMemory)
+        #expect(short.0 == 400 && short.1.contains("has 1048576 bytes"), "\(short)")
+        #expect(try Self.curl(socketB, "GET", "/").1.contains(#""state":"Not started""#))
+        let loadStart = ContinuousClock.now
+        let loaded = try load(state, memory)
+        let loadTook = ContinuousClock.now - loadStart
+        #expect(loaded.0 == 204, "\(loaded) \((try? readText(directory.path + "/err-b")) ?? "")")
+        #expect(try Self.curl(socketB, "GET", "/").1.contains(#""state":"Running""#))
+        #expect(try Self.curl(socketB, "GET", "/vm/config").1.contains(#""mem_size_mib":128"#))
+        let maps = (try? readText("/proc/\(second.process)/maps")) ?? ""
+        #expect(maps.contains(memory), "the restored guest's RAM is a mapping of the memory file")
+        #expect(Self.waitFor(20) { Self.lines(outB) >= 4 }, "the restored guest printed \(Self.lines(outB)) lines")
+        print("restore: \(ContinuousClock.now - restoreStart) from exec to 4 lines; PUT /snapshot/load answered in \(loadTook) (debug build, 4 bad loads first)")
+        second.signal(SIGTERM)
+        #expect(Self.exitStatus(second, within: 10) == 128 + SIGTERM)
+        let after = try readText(outB)
+        switch Self.unbrokenCount(before + after) {
+        case .success(let total): #expect(total > counted + 3, "the count went on: \(counted) lines, then \(total)")
+        case .failure(let error): Issue.record("the count broke at the restore: \(error)\nbefore: \(before.suffix(40))\nafter: \(after.prefix(40))")
+        }
+        withExtendedLifetime(directory) {}
+    }
+}
+
+extension String {
+    /// Eight upper-case hex digits.
+    init(format8 value: UInt32) {
+        let digits = String(value, radix: 16, uppercase: true)
+        self = String(repeating: "0", count: 8 - digits.count) + digits
     }
 }

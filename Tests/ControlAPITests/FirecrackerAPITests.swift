@@ -19,6 +19,15 @@ final class RecordingControl: MicroVMControl {
     }
     func pause() throws { calls.withLock { $0.append("pause") } }
     func resume() throws { calls.withLock { $0.append("resume") } }
+    func createSnapshot(statePath: String, memoryPath: String) throws -> String {
+        calls.withLock { $0.append("snapshot \(statePath) \(memoryPath)") }
+        return "snapshot"
+    }
+    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool) throws -> MachineConfiguration {
+        calls.withLock { $0.append("load \(statePath) \(memoryPath) \(resume)") }
+        if let failStart { throw ConfigurationError(failStart) }
+        return MachineConfiguration(kernelPath: "/restored/vmlinux", vcpuCount: 2, memorySize: 256 << 20)
+    }
 }
 
 /// The routes of Firecracker's API over Kestrel's configuration, driven as
@@ -88,6 +97,48 @@ final class RecordingControl: MicroVMControl {
         #expect(control.calls.withLock { $0 } == ["start", "pause", "resume"])
     }
 
+    /// Snapshots the Firecracker way: create only while paused, Full only;
+    /// load only on a fresh microVM, from a File backend, and then the API
+    /// shows the restored configuration and state.
+    @Test func snapshotsAreTakenWhenPausedAndLoadedOnlyIntoAFreshMicroVM() throws {
+        let control = RecordingControl()
+        let api = FirecrackerAPI(instanceID: "vm", version: "0.1.0", control: control)
+        let create = #"{"snapshot_type": "Full", "snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#
+        let loads: [(String, String)] = [
+            (#"{"snapshot_path": "/s"}"#, "exactly one of mem_backend and mem_file_path"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#, "exactly one"),
+            (#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/uffd.sock"}}"#, "\"Uffd\" is not supported"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "enable_diff_snapshots": true}"#, "Full snapshots only"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}]}"#, "network_overrides"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "bogus": 1}"#, "unknown field bogus"),
+        ]
+        for (body, expected) in loads {
+            let (status, text) = Self.send(api, "PUT", "/snapshot/load", body)
+            #expect(status == 400 && Self.fault(text).contains(expected), "\(body): \(status) \(text)")
+        }
+        // Something configured: a load would throw it away, so it is refused.
+        let configured = FirecrackerAPI(instanceID: "vm", version: "0.1.0", control: control)
+        #expect(Self.send(configured, "PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 64}"#).0 == 204)
+        let late = Self.send(configured, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_file_path": "/m"}"#)
+        #expect(late.0 == 400 && Self.fault(late.1).contains("only allowed on a fresh microVM"), "\(late)")
+        #expect(control.calls.withLock { $0 }.isEmpty, "no refused request reached the VMM")
+
+        let load = Self.send(api, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}, "resume_vm": false}"#)
+        #expect(load.0 == 204, "\(load)")
+        #expect(Self.send(api, "GET", "/").1.contains(#""state":"Paused""#))
+        let configuration = Self.send(api, "GET", "/vm/config").1
+        #expect(configuration.contains(#""kernel_image_path":"/restored/vmlinux""#) && configuration.contains(#""vcpu_count":2"#), "\(configuration)")
+        let again = Self.send(api, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_file_path": "/m"}"#)
+        #expect(again.0 == 400, "a second load: \(again)")
+        let diff = Self.send(api, "PUT", "/snapshot/create", #"{"snapshot_type": "Diff", "snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#)
+        #expect(diff.0 == 400 && Self.fault(diff.1).contains("Full snapshots only"), "\(diff)")
+        #expect(Self.send(api, "PUT", "/snapshot/create", create).0 == 204)
+        #expect(Self.send(api, "PATCH", "/vm", #"{"state": "Resumed"}"#).0 == 204)
+        let running = Self.send(api, "PUT", "/snapshot/create", create)
+        #expect(running.0 == 400 && Self.fault(running.1).contains("pause it first"), "\(running)")
+        #expect(control.calls.withLock { $0 } == ["load /s /m false", "snapshot /tmp/s /tmp/m", "resume"])
+    }
+
     @Test func badRequestsAreRefusedByNameAndChangeNothing() {
         let control = RecordingControl()
         let api = FirecrackerAPI(instanceID: "vm", version: "0.1.0", control: control)
@@ -103,7 +154,7 @@ final class RecordingControl: MicroVMControl {
             ("PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0"}"#, "host_dev_name"),
             ("PUT", "/balloon", #"{"amount_mib": 1, "deflate_on_oom": true}"#, "balloon"),
             ("PUT", "/logger", #"{"log_path": "/tmp/l"}"#, "logger"),
-            ("PUT", "/snapshot/create", #"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#, "snapshots"),
+            ("PUT", "/snapshot/create", #"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#, "before the microVM has started"),
             ("PUT", "/actions", #"{"action_type": "Reboot"}"#, "Unknown action_type"),
             ("PUT", "/actions", #"{"action_type": "SendCtrlAltDel"}"#, "i8042"),
             ("DELETE", "/drives/a", nil, "Invalid request method and/or path: DELETE /drives/a."),

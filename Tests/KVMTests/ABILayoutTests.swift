@@ -31,6 +31,13 @@ import Testing
         #expect(MemoryLayout<ckvm_ioeventfd>.size == 64)
         #expect(MemoryLayout<ckvm_ioeventfd>.offset(of: \.fd) == 20)
         #expect(MemoryLayout<ckvm_exit_info>.size == 256)
+        #expect(MemoryLayout<ckvm_irqchip>.size == 520)
+        #expect(MemoryLayout<ckvm_pit_channel_state>.size == 24)
+        #expect(MemoryLayout<ckvm_pit_channel_state>.offset(of: \.count_load_time) == 16)
+        #expect(MemoryLayout<ckvm_pit_state2>.size == 112)
+        #expect(MemoryLayout<ckvm_pit_state2>.offset(of: \.flags) == 72)
+        #expect(MemoryLayout<ckvm_clock_data>.size == 48)
+        #expect(MemoryLayout<ckvm_clock_data>.offset(of: \.realtime) == 16)
     }
 
     @Test func runAreaLayout() {
@@ -121,6 +128,18 @@ import Testing
         (KVMRequest.setUserMemoryRegion, 0x4020_AE46),
         (KVMRequest.getRegisterList, 0xC008_AEB0),
         (KVMRequest.hasDeviceAttribute, 0x4018_AEE3),
+        (KVMRequest.getInterruptController, 0xC208_AE62),
+        (KVMRequest.setInterruptController, 0x8208_AE63),
+        (KVMRequest.getPIT2, 0x8070_AE9F),
+        (KVMRequest.setPIT2, 0x4070_AEA0),
+        (KVMRequest.getClock, 0x8030_AE7C),
+        (KVMRequest.setClock, 0x4030_AE7B),
+        (KVMRequest.getXSAVE, 0x9000_AEA4),
+        (KVMRequest.setXSAVE, 0x5000_AEA5),
+        (KVMRequest.getXSAVE2, 0x9000_AECF),
+        (KVMRequest.getDebugRegisters, 0x8080_AEA1),
+        (KVMRequest.setDebugRegisters, 0x4080_AEA2),
+        (KVMRequest.getLocalAPIC, 0x8400_AE8E),
     ]
 
     @Test(arguments: IoctlNumberTests.expectedNumbers)

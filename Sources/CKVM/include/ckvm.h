@@ -297,6 +297,51 @@ struct ckvm_pit_config {
     uint32_t pad[15];
 };
 
+/* ---- VM state for snapshots ---- */
+
+/* struct kvm_irqchip: KVM_GET/SET_IRQCHIP. chip_id 0 and 1 are the PICs
+   (struct kvm_pic_state), 2 the IOAPIC (struct kvm_ioapic_state); Kestrel
+   keeps the 512-byte union whole. */
+struct ckvm_irqchip {
+    uint32_t chip_id;
+    uint32_t pad;
+    uint8_t chip[512];
+};
+
+/* struct kvm_pit_channel_state, one of the three in kvm_pit_state2. */
+struct ckvm_pit_channel_state {
+    uint32_t count;
+    uint16_t latched_count;
+    uint8_t count_latched;
+    uint8_t status_latched;
+    uint8_t status;
+    uint8_t read_state;
+    uint8_t write_state;
+    uint8_t write_latch;
+    uint8_t rw_mode;
+    uint8_t mode;
+    uint8_t bcd;
+    uint8_t gate;
+    int64_t count_load_time;
+};
+
+/* struct kvm_pit_state2: KVM_GET/SET_PIT2. */
+struct ckvm_pit_state2 {
+    struct ckvm_pit_channel_state channels[3];
+    uint32_t flags;         /* KVM_PIT_FLAGS_HPET_LEGACY = 1, _SPEAKER_DATA_ON = 2 */
+    uint32_t reserved[9];
+};
+
+/* struct kvm_clock_data: KVM_GET/SET_CLOCK (kvmclock's nanoseconds). */
+struct ckvm_clock_data {
+    uint64_t clock;
+    uint32_t flags;         /* KVM_CLOCK_TSC_STABLE = 2, _REALTIME = 4, _HOST_TSC = 8 */
+    uint32_t pad0;
+    uint64_t realtime;
+    uint64_t host_tsc;
+    uint32_t pad[4];
+};
+
 /* ---- SEV / SEV-SNP commands (KVM_MEMORY_ENCRYPT_OP) ---- */
 
 /* struct kvm_sev_cmd: the argument of KVM_MEMORY_ENCRYPT_OP. */

@@ -33,6 +33,44 @@ public final class Serial16550: BusDevice, @unchecked Sendable {
     private var loopback: Bool { modemControl & 0x10 != 0 }
     private var hasInput: Bool { inputStart < input.count }
 
+    /// The registers a snapshot keeps (bytes the guest has not read yet included).
+    public struct SavedState: Equatable, Sendable {
+        public var interruptEnable: UInt8, lineControl: UInt8, modemControl: UInt8, scratch: UInt8
+        public var divisorLow: UInt8, divisorHigh: UInt8
+        public var fifoEnabled: Bool, transmitInterruptPending: Bool
+        public var unreadInput: [UInt8]
+
+        public init(interruptEnable: UInt8 = 0, lineControl: UInt8 = 0x03, modemControl: UInt8 = 0x08, scratch: UInt8 = 0,
+                    divisorLow: UInt8 = 0x0C, divisorHigh: UInt8 = 0, fifoEnabled: Bool = false, transmitInterruptPending: Bool = false,
+                    unreadInput: [UInt8] = []) {
+            (self.interruptEnable, self.lineControl, self.modemControl, self.scratch) = (interruptEnable, lineControl, modemControl, scratch)
+            (self.divisorLow, self.divisorHigh) = (divisorLow, divisorHigh)
+            (self.fifoEnabled, self.transmitInterruptPending) = (fifoEnabled, transmitInterruptPending)
+            self.unreadInput = unreadInput
+        }
+    }
+
+    /// The UART's state now (for a snapshot, with the vCPUs paused).
+    public var savedState: SavedState {
+        lock.withLock { _ in
+            SavedState(interruptEnable: interruptEnable, lineControl: lineControl, modemControl: modemControl, scratch: scratch,
+                       divisorLow: divisorLow, divisorHigh: divisorHigh, fifoEnabled: fifoEnabled,
+                       transmitInterruptPending: transmitInterruptPending, unreadInput: Array(input[inputStart...]))
+        }
+    }
+
+    /// Puts the UART into a snapshot's state (before any vCPU runs).
+    public func restore(_ saved: SavedState) {
+        lock.withLock { _ in
+            (interruptEnable, lineControl, modemControl, scratch) = (saved.interruptEnable, saved.lineControl, saved.modemControl & 0x1F, saved.scratch)
+            (divisorLow, divisorHigh) = (saved.divisorLow, saved.divisorHigh)
+            interruptEnable &= 0x0F
+            (fifoEnabled, transmitInterruptPending) = (saved.fifoEnabled, saved.transmitInterruptPending)
+            input = saved.unreadInput
+            inputStart = 0
+        }
+    }
+
     /// Queues bytes for the guest to read (from the terminal).
     public func receive(_ bytes: [UInt8]) {
         let raise: Bool = lock.withLock { _ in

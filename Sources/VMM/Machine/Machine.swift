@@ -10,8 +10,11 @@ import Synchronization
 /// each exit means is `ExitHandler`'s business.
 public final class Machine: Sendable {
     public let configuration: MachineConfiguration
-    /// The boot that was set up (the image bytes themselves are not kept).
-    public let plan: LinuxBootSummary
+    /// The boot that was set up (the image bytes themselves are not kept);
+    /// nil for a machine restored from a snapshot.
+    public let plan: LinuxBootSummary?
+    /// Whether guest RAM is mapped copy-on-write from a snapshot's memory file.
+    public let ramFromSnapshot: Bool
     public let kvm: KVMSystem
     public let virtualMachine: VirtualMachine
     public let memory: GuestAddressSpace
@@ -32,13 +35,14 @@ public final class Machine: Sendable {
     private let control: RunControl
     private let started = Mutex<ContinuousClock.Instant?>(nil)
 
-    init(configuration: MachineConfiguration, plan: LinuxBootSummary, kvm: KVMSystem, virtualMachine: VirtualMachine,
+    init(configuration: MachineConfiguration, plan: LinuxBootSummary?, ramFromSnapshot: Bool = false, kvm: KVMSystem, virtualMachine: VirtualMachine,
          memory: GuestAddressSpace, serial: Serial16550, panicWatcher: GuestPanicWatcher, vcpuThreads: [VCPUThread],
          devices: VirtioDeviceSet, exitHandler: ExitHandler, control: RunControl, setupSteps: [(step: String, duration: Duration)],
          memoryProtection: String, certificates: (file: String, log: @Sendable (String) -> Void)? = nil) {
         self.certificates = certificates
         self.configuration = configuration
         self.plan = plan
+        self.ramFromSnapshot = ramFromSnapshot
         self.kvm = kvm
         self.virtualMachine = virtualMachine
         self.memory = memory
@@ -71,7 +75,9 @@ public final class Machine: Sendable {
     }
 
     /// Runs every vCPU on its own thread until the machine stops; returns why.
-    public func run() -> RunOutcome {
+    /// `startingPaused` parks the vCPUs before their first instruction and
+    /// the devices before their first event, until `resume`.
+    public func run(startingPaused: Bool = false) -> RunOutcome {
         releaseLoaderMemory()
         started.withLock { $0 = .now }
         control.attach(vcpuThreads)
@@ -79,6 +85,10 @@ public final class Machine: Sendable {
             try devices.start()
         } catch {
             return .vcpuFailure(vcpu: 0, detail: "cannot start the device thread: \(error)")
+        }
+        if startingPaused {
+            devices.loop.pause()
+            vcpuThreads.forEach { $0.requestPause() }
         }
         defer { devices.stop() }
         var threads: [POSIXThread] = []
@@ -103,16 +113,23 @@ public final class Machine: Sendable {
         control.finish(reason)
     }
 
-    /// Pauses every vCPU and returns once all are out of KVM_RUN.
+    /// Pauses every vCPU, returning once all are out of KVM_RUN, then
+    /// quiesces the devices: their event loop parks between handlers, so no
+    /// queue moves and no backend writes guest memory until `resume`.
     public func pause() {
         vcpuThreads.forEach { $0.requestPause() }
         vcpuThreads.forEach { $0.waitUntilPaused() }
+        devices.loop.pause()
     }
 
-    /// Lets paused vCPUs run again.
+    /// Lets the devices and then the vCPUs run again.
     public func resume() {
+        devices.loop.resume()
         vcpuThreads.forEach { $0.resume() }
     }
+
+    /// Whether every vCPU is parked by a pause and the devices are quiesced.
+    public var isPaused: Bool { vcpuThreads.allSatisfy(\.isPaused) && devices.loop.isPaused }
 
     private func runLoop(_ thread: VCPUThread, index: Int) {
         // One certificate service and responder per vCPU, used on its thread only.

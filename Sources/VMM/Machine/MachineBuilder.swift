@@ -53,17 +53,10 @@ public struct MachineBuilder {
         timer.step("boot plan")
 
         let kvm = try KVMSystem()
-        for capability in [Capability.immediateExit] where try kvm.checkExtension(capability) == 0 {
-            throw ConfigurationError("this host's KVM lacks \(capability)")
-        }
         if configuration.prefault, try kvm.checkExtension(.preFaultMemory) == 0 {
             throw ConfigurationError("--prefault: this host's KVM lacks KVM_CAP_PRE_FAULT_MEMORY (Linux 6.10)")
         }
-        let vm = try kvm.createVirtualMachine()
-        try vm.setTSSAddress(0xFFFB_D000)
-        try vm.setIdentityMapAddress(0xFFFB_C000)
-        try vm.createInterruptController()
-        try vm.createPIT()
+        let vm = try Self.createVirtualMachine(kvm)
 
         let memory = GuestAddressSpace()
         let (backing, protection) = try Self.ramBacking(configuration.memoryBackend, vm: vm)
@@ -108,6 +101,21 @@ public struct MachineBuilder {
                                      conversions: try Self.conversionManager(vm: vm, memory: memory, devices: devices, log: deviceLog)),
             control: control, setupSteps: timer.steps,
             memoryProtection: "\(protection) (\(ranges.count) slot\(ranges.count == 1 ? "" : "s"))")
+    }
+
+    /// A VM with what every Kestrel x86 machine has: the TSS and identity-map
+    /// pages below 4 GiB, the in-kernel irqchip and PIT. Refuses a KVM
+    /// without KVM_CAP_IMMEDIATE_EXIT (pauses and stops need it).
+    static func createVirtualMachine(_ kvm: KVMSystem) throws -> VirtualMachine {
+        for capability in [Capability.immediateExit] where try kvm.checkExtension(capability) == 0 {
+            throw ConfigurationError("this host's KVM lacks \(capability)")
+        }
+        let vm = try kvm.createVirtualMachine()
+        try vm.setTSSAddress(0xFFFB_D000)
+        try vm.setIdentityMapAddress(0xFFFB_C000)
+        try vm.createInterruptController()
+        try vm.createPIT()
+        return vm
     }
 
     /// The serial port, the i8042, ACPI sleep, the exit device and the virtio
@@ -195,7 +203,7 @@ public struct MachineBuilder {
     }
 
     /// Durations of the set-up steps, for `kestrel run --verbose`.
-    private struct StepTimer {
+    struct StepTimer {
         var steps: [(step: String, duration: Duration)] = []
         var start = ContinuousClock.now
 
@@ -208,7 +216,7 @@ public struct MachineBuilder {
 
     /// Reads a whole file straight into an array (one copy: no Data in between,
     /// which matters for a 50 MB vmlinux on a slow, emulated host).
-    static func readFile(_ path: String, what: String) throws -> [UInt8] {
+    static func readFile(_ path: String, what: String, limit: Int = .max) throws -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw ConfigurationError("cannot read the \(what) \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -217,6 +225,7 @@ public struct MachineBuilder {
             throw ConfigurationError("cannot read the \(what) \(path): not a regular file")
         }
         let size = Int(status.st_size)
+        guard size <= limit else { throw ConfigurationError("cannot read the \(what) \(path): \(size) bytes, more than the \(limit) a \(what) can have") }
         var failure: Int32 = 0
         let bytes = [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
             // Sound: read(2) writes at most `size - count` bytes past `count`,

@@ -1,0 +1,130 @@
+import Glibc
+import GuestMemory
+import HostSystem
+
+/// Guest RAM in a snapshot's memory file: each RAM region's bytes at its
+/// `MachineSnapshot.MemoryRange.fileOffset`, nothing else. The file is
+/// sparse: only pages the guest has (pages never touched read as zero and
+/// are holes), so a 1 GiB guest that used 40 MiB writes about 40 MiB.
+enum SnapshotMemoryFile {
+    /// lseek(2)'s whence values for data and holes (Linux; Glibc names them
+    /// only under _GNU_SOURCE).
+    private static let seekData: Int32 = 3, seekHole: Int32 = 4
+
+    /// Writes `regions` to a new file at `path` (replacing one there, through
+    /// a temporary name, so that a failed write never leaves half a file
+    /// under the name). Returns the ranges and the bytes written.
+    static func write(_ regions: [(start: UInt64, mapping: MemoryMapping, fromFile: Bool)], to path: String) throws -> (ranges: [MachineSnapshot.MemoryRange], written: UInt64) {
+        let temporary = path + ".kestrel-partial"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SnapshotError("cannot create the memory file \(path): \(String(cString: strerror(errno)))") }
+        var ranges: [MachineSnapshot.MemoryRange] = []
+        var offset: UInt64 = 0
+        var written: UInt64 = 0
+        do {
+            for region in regions {
+                let size = UInt64(region.mapping.size)
+                ranges.append(.init(guestAddress: region.start, size: size, fileOffset: offset))
+                for run in try populatedRuns(of: region.mapping, fileBacked: region.fromFile) {
+                    try writeAll(fd, region.mapping.baseAddress + run.lowerBound, count: run.count, at: off_t(offset) + off_t(run.lowerBound), path: path)
+                    written += UInt64(run.count)
+                }
+                offset += size
+            }
+            guard ftruncate(fd, off_t(offset)) == 0, fsync(fd) == 0 else {
+                throw SnapshotError("cannot finish the memory file \(path): \(String(cString: strerror(errno)))")
+            }
+            close(fd)
+            guard rename(temporary, path) == 0 else { throw SnapshotError("cannot rename the memory file to \(path): \(String(cString: strerror(errno)))") }
+        } catch {
+            close(fd)
+            unlink(temporary)
+            throw error
+        }
+        return (ranges, written)
+    }
+
+    /// Byte ranges of `mapping` that may hold data, in page multiples.
+    /// - Anonymous private memory: pages /proc/self/pagemap shows present or
+    ///   swapped; any other page was never written and reads as zero.
+    /// - Memory shared with a file (guest_memfd) or mapped from an earlier
+    ///   snapshot: every page, since the guest may have written through KVM's
+    ///   own mapping without a host page-table entry here.
+    /// Of those, pages that are all zero are left out as well.
+    static func populatedRuns(of mapping: MemoryMapping, fileBacked: Bool) throws -> [Range<Int>] {
+        let page = MemoryMapping.pageSize
+        let pages = mapping.size / page
+        var present = [Bool](repeating: true, count: pages)
+        if !fileBacked && mapping.sharing == .private {
+            let fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw SnapshotError("cannot read /proc/self/pagemap: \(String(cString: strerror(errno)))") }
+            defer { close(fd) }
+            let chunk = 65536
+            var entries = [UInt64](repeating: 0, count: chunk)
+            var first = 0
+            while first < pages {
+                let count = min(chunk, pages - first)
+                let offset = off_t((Int(bitPattern: mapping.baseAddress) / page + first) * 8)
+                // Sound: pread writes at most count * 8 bytes into the buffer of `chunk` entries.
+                let got = entries.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count * 8, offset) }
+                guard got == count * 8 else { throw SnapshotError("cannot read /proc/self/pagemap: \(String(cString: strerror(errno)))") }
+                for index in 0..<count { present[first + index] = entries[index] & (3 << 62) != 0 }
+                first += count
+            }
+        }
+        // Of the pages that may hold data, those that are all zero need not be
+        // written either (a huge page the guest touched in one place is
+        // mostly zeros).
+        let words = mapping.bytes.bindMemory(to: UInt64.self)
+        let perPage = page / 8
+        for index in 0..<pages where present[index] {
+            var any: UInt64 = 0
+            for word in (index * perPage)..<((index + 1) * perPage) { any |= words[word] }
+            present[index] = any != 0
+        }
+        var runs: [Range<Int>] = []
+        var index = 0
+        while index < pages {
+            guard present[index] else { index += 1; continue }
+            let start = index
+            while index < pages && present[index] { index += 1 }
+            runs.append((start * page)..<(index * page))
+        }
+        return runs
+    }
+
+    private static func writeAll(_ fd: Int32, _ source: UnsafeMutableRawPointer, count: Int, at offset: off_t, path: String) throws {
+        var done = 0
+        while done < count {
+            // Sound: the source range lies inside the guest mapping (a run of its pages).
+            let result = pwrite(fd, source + done, count - done, offset + off_t(done))
+            if result < 0 && errno == EINTR { continue }
+            guard result > 0 else { throw SnapshotError("cannot write the memory file \(path): \(String(cString: result < 0 ? strerror(errno) : strerror(ENOSPC)))") }
+            done += result
+        }
+    }
+
+    /// Copies the data extents of the memory file (seekData/seekHole) into
+    /// `mapping`: for RAM that cannot be mapped from the file (guest_memfd).
+    static func copy(from fd: Int32, range: MachineSnapshot.MemoryRange, into mapping: MemoryMapping, path: String) throws {
+        let end = off_t(range.fileOffset + range.size)
+        var position = off_t(range.fileOffset)
+        while position < end {
+            let data = lseek(fd, position, seekData)
+            if data < 0 && errno == ENXIO { break }  // only holes are left
+            guard data >= 0 else { throw SnapshotError("cannot read the memory file \(path): \(String(cString: strerror(errno)))") }
+            if data >= end { break }
+            let hole = min(lseek(fd, data, seekHole), end)
+            var done = data
+            while done < hole {
+                let target = mapping.baseAddress + Int(done - off_t(range.fileOffset))
+                // Sound: [done, hole) lies inside the range, so the target lies inside the mapping.
+                let result = pread(fd, target, Int(hole - done), done)
+                if result < 0 && errno == EINTR { continue }
+                guard result > 0 else { throw SnapshotError("cannot read the memory file \(path): it ends early") }
+                done += off_t(result)
+            }
+            position = hole
+        }
+    }
+}
