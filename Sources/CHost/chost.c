@@ -11,7 +11,12 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <string.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
 #include <linux/if_tun.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
@@ -163,4 +168,85 @@ int chost_tap_open(const char *name, int vnet_header_size, char actual_name[16])
 
 int chost_tap_set_offload(int fd, unsigned int flags) {
     return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags);
+}
+
+/* ---- seccomp ---- */
+
+static __thread char chost_seccomp_kind[24] = "unfiltered";
+
+int chost_seccomp_install(const uint32_t *allowed, size_t count, const char *thread_kind, int log_only) {
+    enum { maximum = 400 };
+    if (count > maximum) { errno = E2BIG; return -1; }
+    struct sock_filter program[5 + 2 * maximum];
+    size_t length = 0;
+    program[length++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    program[length++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0);
+    program[length++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+    program[length++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+    for (size_t index = 0; index < count; index++) {
+        program[length++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, allowed[index], 0, 1);
+        program[length++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    }
+    program[length++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, log_only ? SECCOMP_RET_LOG : SECCOMP_RET_TRAP);
+    struct sock_fprog filter = { .len = (unsigned short)length, .filter = program };
+    size_t copied = 0;
+    for (; thread_kind[copied] != 0 && copied < sizeof(chost_seccomp_kind) - 1; copied++) chost_seccomp_kind[copied] = thread_kind[copied];
+    chost_seccomp_kind[copied] = 0;
+    char name[16] = "k-";
+    for (size_t index = 0; index < 13 && thread_kind[index] != 0; index++) name[2 + index] = thread_kind[index];
+    prctl(PR_SET_NAME, name, 0, 0, 0);
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &filter);
+}
+
+static size_t chost_append(char *line, size_t length, const char *text) {
+    while (*text && length < 255) line[length++] = *text++;
+    return length;
+}
+
+static void chost_seccomp_trap(int signal_number, siginfo_t *info, void *context) {
+    (void)signal_number; (void)context;
+    char line[256];
+    size_t length = chost_append(line, 0, "kestrel: seccomp: the ");
+    length = chost_append(line, length, chost_seccomp_kind);
+    length = chost_append(line, length, " thread made system call ");
+    char digits[12];
+    int count = 0;
+    unsigned number = (unsigned)info->si_syscall;
+    do { digits[count++] = (char)('0' + number % 10); number /= 10; } while (number && count < 11);
+    while (count > 0 && length < 255) line[length++] = digits[--count];
+    length = chost_append(line, length, ", which its allow-list does not hold; ending (--no-seccomp turns the filters off)\n");
+    ssize_t ignored = write(2, line, length);
+    (void)ignored;
+    syscall(SYS_exit_group, 128 + SIGSYS);
+}
+
+int chost_seccomp_install_trap_handler(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_sigaction = chost_seccomp_trap;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_SIGINFO;
+    return sigaction(SIGSYS, &action, NULL);
+}
+
+static int chost_stop_fd = -1;
+
+static void chost_stop_handler(int signal_number) {
+    unsigned char byte = (unsigned char)signal_number;
+    int saved = errno;
+    ssize_t ignored = write(chost_stop_fd, &byte, 1);
+    (void)ignored;
+    errno = saved;
+}
+
+int chost_forward_stop_signals(int fd) {
+    chost_stop_fd = fd;
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = chost_stop_handler;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    if (sigaction(SIGINT, &action, NULL) != 0) return -1;
+    return sigaction(SIGTERM, &action, NULL);
 }

@@ -28,7 +28,9 @@ public final class APIServer: Sendable {
 
     /// Listens at `path` (a socket left by a process that is gone is
     /// replaced; a live one is an error) and starts serving.
-    public init(path: String, api: FirecrackerAPI, log: @escaping @Sendable (String) -> Void) throws {
+    /// `setUp` runs first on the server's thread (a seccomp filter).
+    public init(path: String, api: FirecrackerAPI, log: @escaping @Sendable (String) -> Void,
+                setUp: @escaping @Sendable () -> Void = {}) throws {
         self.path = path
         self.api = api
         self.log = log
@@ -36,7 +38,7 @@ public final class APIServer: Sendable {
         do {
             loop = try EventLoop(name: "api")
             try loop.add(listener) { [weak self] _ in self?.acceptAll() }
-            try loop.start()
+            try loop.start(setUp: setUp)
         } catch {
             close(listener)
             unlink(path)

@@ -87,11 +87,14 @@ public final class EventLoop: Sendable {
         }
     }
 
-    /// Starts the loop's thread.
-    public func start() throws {
+    /// Starts the loop's thread; `setUp` runs on it first (a seccomp filter).
+    public func start(setUp: @escaping @Sendable () -> Void = {}) throws {
         try thread.withLock { thread in
             guard thread == nil else { return }
-            thread = try POSIXThread.start(stackSize: 256 << 10) { [self] in run() }
+            thread = try POSIXThread.start(stackSize: 256 << 10) { [self] in
+                setUp()
+                run()
+            }
         }
     }
 

@@ -4,7 +4,6 @@ import Boot
 import Confidential
 import ControlAPI
 import KVM
-import Dispatch
 import Glibc
 import HostSystem
 import Synchronization
@@ -43,6 +42,19 @@ struct RunCommand: ParsableCommand {
     var apiSocket: String?
     @Flag(name: .customLong("no-api"), help: "Serve no API (the default unless --api-sock is given; Firecracker's flag).") var noAPI = false
     @Option(help: "The instance id that GET / reports (Firecracker's --id).") var id = "anonymous-instance"
+    @Flag(name: .customLong("no-seccomp"), help: ArgumentHelp(
+        "Run without the seccomp-BPF allow-lists (Firecracker's flag), for debugging.",
+        discussion: "By default every thread (main, API, vCPU, virtio, console, signals) installs its own list before it does work for the guest, "
+            + "and a call outside it ends Kestrel with one line naming the thread and the call's number. --verbose prints the list sizes."))
+    var noSeccomp = false
+    @Option(name: .customLong("seccomp-probe"), help: ArgumentHelp(
+        "Make the named thread (vmm, api, vcpu, virtio, console, signals) call getppid(2), which no list allows, right after its filter is installed.",
+        discussion: "Shows on a host that the filters are in force: Kestrel must end with status 159 and the seccomp line.", visibility: .hidden))
+    var seccompProbe: String?
+    @Flag(name: .customLong("seccomp-log"), help: ArgumentHelp(
+        "Let calls outside the allow-lists through, logged by the kernel (SECCOMP_RET_LOG: audit lines in dmesg naming the thread, k-vcpu and so on).",
+        visibility: .hidden))
+    var seccompLog = false
     @Option(name: .customLong("drive"), help: ArgumentHelp(
         "A virtio-blk disk: PATH[,id=ID][,ro][,root][,partuuid=UUID][,cache=writeback|unsafe]; repeat for more.",
         discussion: "A root drive comes first (/dev/vda) and adds root=/dev/vda (or PARTUUID=) with ro or rw to the command line."))
@@ -163,6 +175,7 @@ struct RunCommand: ParsableCommand {
         }
 
         let console = ConsoleOutput()
+        let seccomp = try seccompPolicy(for: configuration)
         let machine: Machine
         do {
             machine = try Self.build(configuration, console: console)
@@ -175,13 +188,15 @@ struct RunCommand: ParsableCommand {
             let api = FirecrackerAPI(instanceID: id, version: Kestrel.version,
                                      control: APIMachineHost(running: machine, log: { printError("kestrel: \($0)") }),
                                      running: MachineConfigFile.document(for: configuration))
-            do { server = try APIServer(path: apiSocket, api: api, log: { printError("kestrel: \($0)") }) } catch {
+            do {
+                server = try APIServer(path: apiSocket, api: api, log: { printError("kestrel: \($0)") }, setUp: { seccomp?.enter(.api) })
+            } catch {
                 printError("kestrel: --api-sock \(apiSocket): \(error)")
                 throw ExitCode(2)
             }
         }
         defer { server?.stop() }
-        try runMachine(machine, console: console)
+        try runMachine(machine, console: console, seccomp: seccomp)
     }
 
     /// `--api-sock` alone: serve the API and wait for InstanceStart; a start
@@ -192,8 +207,13 @@ struct RunCommand: ParsableCommand {
         }
         let host = APIMachineHost(log: { printError("kestrel: \($0)") })
         let api = FirecrackerAPI(instanceID: id, version: Kestrel.version, control: host)
+        // Lists known before the configuration: an SNP machine (certificates
+        // on vCPU threads) cannot be described through the API.
+        let seccomp = try seccompPolicy(for: nil)
         let server: APIServer
-        do { server = try APIServer(path: apiSocket!, api: api, log: { printError("kestrel: \($0)") }) } catch {
+        do {
+            server = try APIServer(path: apiSocket!, api: api, log: { printError("kestrel: \($0)") }, setUp: { seccomp?.enter(.api) })
+        } catch {
             printError("kestrel: --api-sock \(apiSocket!): \(error)")
             throw ExitCode(2)
         }
@@ -201,7 +221,7 @@ struct RunCommand: ParsableCommand {
         // SIGINT and SIGTERM stop the machine once it runs; until then they end
         // Kestrel here, taking the socket file with it.
         let running = Mutex<Machine?>(nil)
-        let signals = SignalStopper { number in
+        let signals = try StopSignalThread(setUp: { seccomp?.enter(.signals) }) { number in
             if let machine = running.withLock({ $0 }) { machine.finish(.stopped(signal: number)); return }
             server.stop()
             Glibc.exit(128 + number)
@@ -226,9 +246,10 @@ struct RunCommand: ParsableCommand {
                         printError("kestrel: restored \(statePath) in " + machine.setupSteps.map { "\($0.step) \(SecondsText.text($0.duration)) s" }.joined(separator: ", "))
                     }
                 }
+                if paused { machine.pauseBeforeRun() }
                 running.withLock { $0 = machine }
                 host.started(machine)
-                try runMachine(machine, console: console, handlingSignals: false, startingPaused: paused)
+                try runMachine(machine, console: console, handlingSignals: false, seccomp: seccomp)
                 return
             } catch let exit as ExitCode {
                 throw exit
@@ -236,6 +257,27 @@ struct RunCommand: ParsableCommand {
                 host.failed(error)
             }
         }
+    }
+
+    /// The seccomp allow-lists (nil with --no-seccomp), with the SIGSYS
+    /// handler installed; --verbose prints their sizes.
+    func seccompPolicy(for configuration: MachineConfiguration?) throws -> SeccompPolicy? {
+        guard !noSeccomp else {
+            if seccompProbe != nil { throw ValidationError("--seccomp-probe needs the filters; drop --no-seccomp") }
+            return nil
+        }
+        var probe: KestrelThread?
+        if let seccompProbe {
+            guard let kind = KestrelThread(rawValue: seccompProbe) else {
+                throw ValidationError("--seccomp-probe \(seccompProbe): known: \(KestrelThread.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            probe = kind
+        }
+        let policy = try SeccompPolicy(snpCertificates: configuration?.snpCertificatesPath != nil, probe: probe, logOnly: seccompLog,
+                                       log: { printError("kestrel: \($0)") })
+        try policy.prepare()
+        if verbose { printError("kestrel: seccomp allow-lists (system calls): \(policy.summary)") }
+        return policy
     }
 
     /// --prefault, --guest-decompression and --no-pvh, whichever way the machine was described.
@@ -252,7 +294,7 @@ struct RunCommand: ParsableCommand {
     }
 
     /// Runs a built machine to its end on this terminal; throws the exit code.
-    func runMachine(_ machine: Machine, console: ConsoleOutput, handlingSignals: Bool = true, startingPaused: Bool = false) throws {
+    func runMachine(_ machine: Machine, console: ConsoleOutput, handlingSignals: Bool = true, seccomp: SeccompPolicy? = nil) throws {
         let configuration = machine.configuration
         if verbose || configuration.memoryBackend != .anonymous {
             printError("kestrel: guest memory: \(machine.memoryProtection)")
@@ -267,14 +309,14 @@ struct RunCommand: ParsableCommand {
             }
             printError("kestrel: set-up " + machine.setupSteps.map { "\($0.step) \(SecondsText.text($0.duration)) s" }.joined(separator: ", "))
         }
-        let terminal = TerminalSession(serial: machine.serial)
-        let signals = handlingSignals ? SignalStopper { machine.finish(.stopped(signal: $0)) } : nil
+        let terminal = TerminalSession(serial: machine.serial, setUp: { seccomp?.enter(.console) })
+        let signals = handlingSignals ? try StopSignalThread(setUp: { seccomp?.enter(.signals) }) { machine.finish(.stopped(signal: $0)) } : nil
         // Loading, decompression and table building are done: their code need
         // not stay resident for the life of the guest.
         let releaseStart = ContinuousClock.now
         let releasedAtStart = ProcessMemory.releaseReadOnlyFilePages()
         if verbose { printError("kestrel: released start-up pages in \(SecondsText.text(ContinuousClock.now - releaseStart)) s") }
-        let outcome = machine.run(startingPaused: startingPaused)
+        let outcome = machine.run(seccomp: seccomp)
         console.flush()
         terminal.restore()
         withExtendedLifetime(signals) {}
@@ -327,7 +369,8 @@ final class TerminalSession {
     private var saved = termios()
     private var isRaw = false
 
-    init(serial: Serial16550) {
+    /// `setUp` runs first on the reader's thread (a seccomp filter).
+    init(serial: Serial16550, setUp: @escaping @Sendable () -> Void = {}) {
         if isatty(0) == 1, tcgetattr(0, &saved) == 0 {
             var raw = saved
             cfmakeraw(&raw)
@@ -337,14 +380,15 @@ final class TerminalSession {
         }
         // The reader blocks in read(2) for the whole run; the process exits under it.
         do {
-            try startReader(serial: serial)
+            try startReader(serial: serial, setUp: setUp)
         } catch {
             printError("kestrel: console input is not forwarded to the guest: \(error)")
         }
     }
 
-    private func startReader(serial: Serial16550) throws {
+    private func startReader(serial: Serial16550, setUp: @escaping @Sendable () -> Void) throws {
         _ = try POSIXThread.start(stackSize: 256 << 10) {
+            setUp()
             var byte = [UInt8](repeating: 0, count: 256)
             while true {
                 let count = read(0, &byte, byte.count)
@@ -356,21 +400,6 @@ final class TerminalSession {
 
     func restore() {
         if isRaw { tcsetattr(0, TCSANOW, &saved); isRaw = false }
-    }
-}
-
-/// SIGINT and SIGTERM stop the guest (through dispatch sources, not handlers).
-final class SignalStopper {
-    private var sources: [DispatchSourceSignal] = []
-
-    init(_ stop: @escaping (Int32) -> Void) {
-        for number in [SIGINT, SIGTERM] {
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { stop(number) }
-            source.resume()
-            sources.append(source)
-        }
     }
 }
 

@@ -16,43 +16,8 @@ import Testing
         return path
     }
 
-    /// A vmlinux ELF with one segment at 16 MiB: `mov dx, 0x3f8; again: mov
-    /// al, 'x'; out dx, al; mov al, 10; out dx, al; mov ecx, 100000; dec ecx;
-    /// jnz .-2; jmp again`.
-    static func tickerKernel() -> [UInt8] {
-        elf([0x66, 0xBA, 0xF8, 0x03, 0xB0, 0x78, 0xEE, 0xB0, 0x0A, 0xEE, 0xB9, 0xA0, 0x86, 0x01, 0x00, 0xFF, 0xC9, 0x75, 0xFC, 0xEB, 0xE9])
-    }
-
-    /// A vmlinux like `tickerKernel` whose lines are a counter in EBX, in
-    /// eight hex digits: `mov dx, 0x3f8; xor ebx, ebx; line: mov ecx, 8;
-    /// mov esi, ebx; digit: rol esi, 4; mov eax, esi; and al, 15; add al,
-    /// '0'; cmp al, '9'; jbe out; add al, 7; out: out dx, al; dec ecx; jnz
-    /// digit; mov al, 10; out dx, al; inc ebx; mov ecx, 100000; dec ecx; jnz
-    /// .-2; jmp line`. Every line is the one before plus one, so output cut
-    /// anywhere (mid-line too) and continued by a restored copy reads as one
-    /// unbroken count.
-    static func counterKernel() -> [UInt8] {
-        let code: [UInt8] = [
-            0x66, 0xBA, 0xF8, 0x03, 0x31, 0xDB, 0xB9, 0x08, 0x00, 0x00, 0x00, 0x89, 0xDE, 0xC1, 0xC6, 0x04, 0x89, 0xF0, 0x24, 0x0F,
-            0x04, 0x30, 0x3C, 0x39, 0x76, 0x02, 0x04, 0x07, 0xEE, 0xFF, 0xC9, 0x75, 0xEC, 0xB0, 0x0A, 0xEE, 0xFF, 0xC3, 0xB9, 0xA0,
-            0x86, 0x01, 0x00, 0xFF, 0xC9, 0x75, 0xFC, 0xEB, 0xD5,
-        ]
-        return elf(code)
-    }
-
-    /// A vmlinux ELF with `code` as its one segment, at 16 MiB.
-    static func elf(_ code: [UInt8]) -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: 120)
-        func put<T: FixedWidthInteger>(_ value: T, _ offset: Int) {
-            withUnsafeBytes(of: value.littleEndian) { bytes.replaceSubrange(offset..<offset + MemoryLayout<T>.size, with: $0) }
-        }
-        bytes.replaceSubrange(0..<7, with: [0x7F, 0x45, 0x4C, 0x46, 2, 1, 1])
-        put(UInt16(2), 16); put(UInt16(62), 18); put(UInt32(1), 20); put(UInt64(0x100_0000), 24); put(UInt64(64), 32)
-        put(UInt16(64), 52); put(UInt16(56), 54); put(UInt16(1), 56)
-        put(UInt32(1), 64); put(UInt32(5), 68); put(UInt64(120), 72); put(UInt64(0x100_0000), 80); put(UInt64(0x100_0000), 88)
-        put(UInt64(code.count), 96); put(UInt64(code.count), 104); put(UInt64(0x1000), 112)
-        return bytes + code
-    }
+    static func tickerKernel() -> [UInt8] { CraftedGuest.ticker() }
+    static func counterKernel() -> [UInt8] { CraftedGuest.counter() }
 
     /// Whether `text` is the counter's lines 0, 1, 2, ... with nothing
     /// missing or repeated (the last line may be cut short); returns the
@@ -75,6 +40,16 @@ import Testing
         _ = waitFor(seconds) { status = process.poll(); return status != nil }
         if status == nil { process.signal(SIGKILL); _ = process.wait() }
         return status
+    }
+
+    /// The firecracker-python venv's interpreter and scripts/firecracker-client.py.
+    static func firecrackerClient() throws -> (python: String, script: String) {
+        let home = String(cString: getenv("HOME"))
+        let python = (getenv("XDG_CACHE_HOME").map { String(cString: $0) } ?? home + "/.cache") + "/kestrel/firecracker-python/bin/python"
+        try #require(access(python, X_OK) == 0, "no firecracker-python venv at \(python): run scripts/prepare-host test")
+        var script = #filePath
+        for _ in 0..<3 { script = String(script[..<script.lastIndex(of: "/")!]) }
+        return (python, script + "/scripts/firecracker-client.py")
     }
 
     static func requireKVM() -> Bool { access("/dev/kvm", R_OK | W_OK) == 0 }
@@ -141,12 +116,7 @@ import Testing
         guard Self.requireKVM() else {
             print("SKIP: /dev/kvm is not usable here"); return
         }
-        let home = String(cString: getenv("HOME"))
-        let python = (getenv("XDG_CACHE_HOME").map { String(cString: $0) } ?? home + "/.cache") + "/kestrel/firecracker-python/bin/python"
-        try #require(access(python, X_OK) == 0, "no firecracker-python venv at \(python): run scripts/prepare-host test")
-        var script = #filePath
-        for _ in 0..<3 { script = String(script[..<script.lastIndex(of: "/")!]) }
-        script += "/scripts/firecracker-client.py"
+        let (python, script) = try Self.firecrackerClient()
         let directory = try TemporaryDirectory(prefix: "kestrel-fcpy")
         // The socket's path is all lower case: the client puts it in a URL's host
         // part, which requests lower-cases (mkdtemp's names have capitals).
@@ -243,9 +213,9 @@ import Testing
         let second = try HostProcess.start([try Self.kestrel(), "run", "--api-sock", socketB], stdout: .file(outB), stderr: .file(directory.path + "/err-b"))
         defer { if second.poll() == nil { second.signal(SIGKILL); _ = second.wait() } }
         #expect(Self.waitFor(10) { access(socketB, F_OK) == 0 })
-        func load(_ statePath: String, _ memoryPath: String) throws -> (Int, String) {
+        func load(_ statePath: String, _ memoryPath: String, resume: Bool = true) throws -> (Int, String) {
             try Self.curl(socketB, "PUT", "/snapshot/load",
-                          #"{"snapshot_path": "\#(statePath)", "mem_backend": {"backend_type": "File", "backend_path": "\#(memoryPath)"}, "resume_vm": true}"#)
+                          #"{"snapshot_path": "\#(statePath)", "mem_backend": {"backend_type": "File", "backend_path": "\#(memoryPath)"}, "resume_vm": \#(resume)}"#)
         }
         for (name, _, expected) in bad {
             let answer = try load(directory.path + "/" + name, memory)
@@ -255,9 +225,14 @@ import Testing
         #expect(short.0 == 400 && short.1.contains("has 1048576 bytes"), "\(short)")
         #expect(try Self.curl(socketB, "GET", "/").1.contains(#""state":"Not started""#))
         let loadStart = ContinuousClock.now
-        let loaded = try load(state, memory)
+        let loaded = try load(state, memory, resume: false)
         let loadTook = ContinuousClock.now - loadStart
         #expect(loaded.0 == 204, "\(loaded) \((try? readText(directory.path + "/err-b")) ?? "")")
+        // resume_vm false: it waits paused, printing nothing, until PATCH /vm.
+        #expect(try Self.curl(socketB, "GET", "/").1.contains(#""state":"Paused""#))
+        usleep(600_000)
+        #expect(Self.lines(outB) == 0 && ((try? readText(outB)) ?? "").isEmpty, "the restored guest ran before the resume")
+        #expect(try Self.curl(socketB, "PATCH", "/vm", #"{"state": "Resumed"}"#).0 == 204)
         #expect(try Self.curl(socketB, "GET", "/").1.contains(#""state":"Running""#))
         #expect(try Self.curl(socketB, "GET", "/vm/config").1.contains(#""mem_size_mib":128"#))
         let maps = (try? readText("/proc/\(second.process)/maps")) ?? ""
@@ -271,6 +246,64 @@ import Testing
         case .success(let total): #expect(total > counted + 3, "the count went on: \(counted) lines, then \(total)")
         case .failure(let error): Issue.record("the count broke at the restore: \(error)\nbefore: \(before.suffix(40))\nafter: \(after.prefix(40))")
         }
+        withExtendedLifetime(directory) {}
+    }
+}
+
+extension APIProcessTests {
+    /// firecracker-python (unchanged) through a snapshot: it boots the counter
+    /// guest, is refused a snapshot while running, pauses, snapshots; the VMM
+    /// is SIGKILLed; in a fresh VMM it loads the snapshot and resumes, and the
+    /// count goes on unbroken; SIGTERM shuts the restored VMM down.
+    @Test func firecrackerPythonSnapshotsAndRestoresUnchanged() throws {
+        guard Self.requireKVM() else {
+            print("SKIP: /dev/kvm is not usable here"); return
+        }
+        let (python, script) = try Self.firecrackerClient()
+        let directory = try TemporaryDirectory(prefix: "kestrel-fcsnap")
+        let kernel = directory.path + "/counter.elf", state = directory.path + "/vm.state", memory = directory.path + "/vm.mem"
+        try writeFileAtomically(Self.counterKernel(), to: kernel)
+        // Lower-case socket paths: the client puts them in a URL's host part.
+        let socketA = "/tmp/kestrel-fcsnap-a-\(getpid()).sock", socketB = "/tmp/kestrel-fcsnap-b-\(getpid()).sock"
+        let outA = directory.path + "/out-a", outB = directory.path + "/out-b"
+        let first = try HostProcess.start([try Self.kestrel(), "run", "--api-sock", socketA], stdout: .file(outA), stderr: .file(directory.path + "/err-a"))
+        defer { if first.poll() == nil { first.signal(SIGKILL); _ = first.wait() } }
+        #expect(Self.waitFor(10) { access(socketA, F_OK) == 0 })
+        var pipe: [Int32] = [0, 0]
+        try #require(Glibc.pipe(&pipe) == 0)
+        let client = try HostProcess.start([python, script, socketA, kernel, "snapshot", state, memory], stdin: .descriptor(pipe[0]),
+                                           stdout: .file(directory.path + "/client-a"), stderr: .file(directory.path + "/client-a-err"))
+        close(pipe[0])
+        #expect(Self.waitFor(20) { Self.lines(outA) >= 3 }, "the guest printed \(Self.lines(outA)) lines")
+        _ = write(pipe[1], "\n", 1)
+        close(pipe[1])
+        #expect(Self.exitStatus(client, within: 60) == 0, "\((try? readText(directory.path + "/client-a-err")) ?? "")")
+        first.signal(SIGKILL)
+        _ = first.wait()
+        let created = try readText(directory.path + "/client-a")
+        func result(_ text: String, _ step: String) -> String {
+            text.split(separator: "\n").first { $0.hasPrefix(step + " ") }.map { String($0.dropFirst(step.count + 1)) } ?? "(no \(step) line)"
+        }
+        #expect(result(created, "start") == "ok" && result(created, "pause") == "ok" && result(created, "snapshot") == "ok", "\(created)")
+        #expect(result(created, "running-snapshot").hasPrefix("fault ") && result(created, "running-snapshot").contains("pause it first"), "\(created)")
+
+        let second = try HostProcess.start([try Self.kestrel(), "run", "--api-sock", socketB], stdout: .file(outB), stderr: .file(directory.path + "/err-b"))
+        defer { if second.poll() == nil { second.signal(SIGKILL); _ = second.wait() } }
+        #expect(Self.waitFor(10) { access(socketB, F_OK) == 0 })
+        let loader = try HostProcess.start([python, script, socketB, "-", "load", state, memory],
+                                           stdout: .file(directory.path + "/client-b"), stderr: .file(directory.path + "/client-b-err"))
+        #expect(Self.exitStatus(loader, within: 60) == 0, "\((try? readText(directory.path + "/client-b-err")) ?? "")")
+        let loaded = try readText(directory.path + "/client-b")
+        #expect(result(loaded, "fresh").contains(#""state":"Not started""#) && result(loaded, "load") == "ok", "\(loaded)")
+        #expect(result(loaded, "restored").contains(#""state":"Running""#) && result(loaded, "config").contains(#""mem_size_mib":64"#), "\(loaded)")
+        #expect(Self.waitFor(20) { Self.lines(outB) >= 3 }, "the restored guest printed \(Self.lines(outB)) lines")
+        second.signal(SIGTERM)
+        #expect(Self.exitStatus(second, within: 10) == 128 + SIGTERM, "SIGTERM shut the restored VMM down")
+        let before = try readText(outA), after = try readText(outB)
+        if case .failure(let error) = Self.unbrokenCount(before + after) {
+            Issue.record("the count broke at the restore: \(error)")
+        }
+        unlink(socketA)
         withExtendedLifetime(directory) {}
     }
 }

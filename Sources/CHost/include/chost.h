@@ -64,6 +64,37 @@ long chost_get_mempolicy(int *mode, unsigned long *nodemask, unsigned long maxno
                         unsigned long flags);
 long chost_move_pages(int pid, unsigned long count, void **pages, const int *nodes, int *status, int flags);
 
+/*
+ * seccomp-BPF for the calling thread (and the threads it creates later):
+ * sets no_new_privs, then installs a filter that allows exactly the `count`
+ * x86-64 system call numbers in `allowed` and traps every other call
+ * (SECCOMP_RET_TRAP, so SIGSYS reaches the handler below); a call made with
+ * another architecture's convention (x32, i386) kills the process.
+ * `thread_kind` (at most 23 bytes kept) names the thread in the trap's line,
+ * and the thread itself becomes "k-<kind>" (PR_SET_NAME). With `log_only`,
+ * a call outside the list is allowed and logged by the kernel
+ * (SECCOMP_RET_LOG: an audit line with the call's number and the thread's
+ * name), which is how the lists are checked against a workload.
+ * Returns 0 or -1 with errno.
+ */
+int chost_seccomp_install(const uint32_t *allowed, size_t count, const char *thread_kind, int log_only);
+
+/*
+ * The SIGSYS handler for trapped calls: writes one line to stderr, "kestrel:
+ * seccomp: the <kind> thread made system call <n>, which its allow-list does
+ * not hold; ending (--no-seccomp turns the filters off)", and ends the
+ * process with status 159 (128 + SIGSYS). Uses write(2) and exit_group(2)
+ * only, which every allow-list holds. Returns 0 or -1 with errno.
+ */
+int chost_seccomp_install_trap_handler(void);
+
+/*
+ * SIGINT and SIGTERM by a handler that writes the signal number (one byte)
+ * to `fd`, a pipe a signal thread reads: async-signal-safe, on whichever
+ * thread takes the signal, and needing only write(2) there. Returns 0 or -1.
+ */
+int chost_forward_stop_signals(int fd);
+
 #endif /* CHOST_H */
 
 /* Opens /dev/net/tun and attaches to (or, with CAP_NET_ADMIN, creates) the tap

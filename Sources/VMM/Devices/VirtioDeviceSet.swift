@@ -116,8 +116,8 @@ public final class VirtioDeviceSet: Sendable {
         }
     }
 
-    /// Starts the event loop (before the vCPUs).
-    public func start() throws { try loop.start() }
+    /// Starts the event loop (before the vCPUs); `setUp` runs first on its thread.
+    public func start(setUp: @escaping @Sendable () -> Void = {}) throws { try loop.start(setUp: setUp) }
 
     /// Stops the event loop and makes the disks' data durable.
     public func stop() {

@@ -34,6 +34,9 @@ public final class Machine: Sendable {
     let certificates: (file: String, log: @Sendable (String) -> Void)?
     private let control: RunControl
     private let started = Mutex<ContinuousClock.Instant?>(nil)
+    /// Whether `run` parks the devices at once (`pauseBeforeRun`); `resume`
+    /// clears it. Its lock also orders that park against a resume.
+    private let pausedAtStart = Mutex<Bool>(false)
 
     init(configuration: MachineConfiguration, plan: LinuxBootSummary?, ramFromSnapshot: Bool = false, kvm: KVMSystem, virtualMachine: VirtualMachine,
          memory: GuestAddressSpace, serial: Serial16550, panicWatcher: GuestPanicWatcher, vcpuThreads: [VCPUThread],
@@ -74,32 +77,42 @@ public final class Machine: Sendable {
         ProcessMemory.footprint(guestStarts: Set(memory.regions.map { UInt($0.mapping.address) }))
     }
 
+    /// Makes `run` start paused: the vCPUs park before their first
+    /// instruction and the devices before their first event, until `resume`
+    /// (a snapshot loaded with resume_vm false). Call before `run`.
+    public func pauseBeforeRun() {
+        pausedAtStart.withLock { $0 = true }
+        vcpuThreads.forEach { $0.requestPause() }
+    }
+
     /// Runs every vCPU on its own thread until the machine stops; returns why.
-    /// `startingPaused` parks the vCPUs before their first instruction and
-    /// the devices before their first event, until `resume`.
-    public func run(startingPaused: Bool = false) -> RunOutcome {
+    /// With `seccomp`, the device thread and each vCPU thread install their
+    /// allow-lists before any work, and this (the main) thread its own once
+    /// they exist.
+    public func run(seccomp: SeccompPolicy? = nil) -> RunOutcome {
         releaseLoaderMemory()
         started.withLock { $0 = .now }
         control.attach(vcpuThreads)
         do {
-            try devices.start()
+            try devices.start(setUp: { seccomp?.enter(.virtio) })
         } catch {
             return .vcpuFailure(vcpu: 0, detail: "cannot start the device thread: \(error)")
         }
-        if startingPaused {
-            devices.loop.pause()
-            vcpuThreads.forEach { $0.requestPause() }
-        }
+        pausedAtStart.withLock { paused in if paused { devices.loop.pause() } }
         defer { devices.stop() }
         var threads: [POSIXThread] = []
         for (index, vcpuThread) in vcpuThreads.enumerated() {
             do {
-                threads.append(try vcpuThread.spawn { [self] thread in runLoop(thread, index: index) })
+                threads.append(try vcpuThread.spawn { [self] thread in
+                    seccomp?.enter(.vcpu)
+                    runLoop(thread, index: index)
+                })
             } catch {
                 finish(.vcpuFailure(vcpu: index, detail: "\(error)"))
                 break
             }
         }
+        seccomp?.enter(.vmm)
         for thread in threads { thread.join() }
         let ending = control.outcome ?? .vcpuFailure(vcpu: 0, detail: "every vCPU stopped without a reason")
         switch ending {
@@ -124,7 +137,10 @@ public final class Machine: Sendable {
 
     /// Lets the devices and then the vCPUs run again.
     public func resume() {
-        devices.loop.resume()
+        pausedAtStart.withLock { paused in
+            paused = false
+            devices.loop.resume()
+        }
         vcpuThreads.forEach { $0.resume() }
     }
 

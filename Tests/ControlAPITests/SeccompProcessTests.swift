@@ -1,0 +1,74 @@
+import Glibc
+import Lab
+import Testing
+
+/// `kestrel run`'s seccomp filters as a process on this machine's KVM, with
+/// the crafted counter guest: every thread of a running Kestrel is filtered
+/// (mode 2 in /proc/PID/task/*/status), none with --no-seccomp, and a vCPU
+/// thread that makes a call outside its list ends Kestrel with one line.
+@Suite(.serialized) struct SeccompProcessTests {
+    /// The Seccomp: mode of each thread of `pid`, by thread id.
+    static func modes(_ pid: pid_t) -> [String: String] {
+        var result: [String: String] = [:]
+        guard let directory = opendir("/proc/\(pid)/task") else { return result }
+        defer { closedir(directory) }
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard !name.hasPrefix(".") else { continue }
+            let status = (try? readText("/proc/\(pid)/task/\(name)/status")) ?? ""
+            let comm = ((try? readText("/proc/\(pid)/task/\(name)/comm")) ?? "").split(separator: "\n").first.map(String.init) ?? ""
+            // KVM's own kernel threads (kvm-nx-lpage-recovery) are children, not Kestrel's.
+            guard !comm.hasPrefix("kvm") else { continue }
+            result[name] = status.split(separator: "\n").first { $0.hasPrefix("Seccomp:") }.map { String($0.dropFirst(8)).filter { !$0.isWhitespace } }
+        }
+        return result
+    }
+
+    func runCounter(_ extra: [String], in directory: TemporaryDirectory) throws -> HostProcess {
+        let kernel = directory.path + "/counter.elf"
+        try writeFileAtomically(APIProcessTests.counterKernel(), to: kernel)
+        return try HostProcess.start([try APIProcessTests.kestrel(), "run", "--kernel", kernel, "--memory", "64M"] + extra,
+                                     stdout: .file(directory.path + "/out"), stderr: .file(directory.path + "/err"))
+    }
+
+    @Test func everyThreadOfARunningKestrelIsFilteredUnlessTurnedOff() throws {
+        guard APIProcessTests.requireKVM() else { print("SKIP: /dev/kvm is not usable here"); return }
+        for (flags, expected) in [([String](), "2"), (["--no-seccomp"], "0")] {
+            let directory = try TemporaryDirectory(prefix: "kestrel-seccomp")
+            let socket = directory.path + "/api.sock"
+            let process = try runCounter(flags + ["--api-sock", socket, "--verbose"], in: directory)
+            defer { if process.poll() == nil { process.signal(SIGKILL); _ = process.wait() } }
+            #expect(APIProcessTests.waitFor(20) { APIProcessTests.lines(directory.path + "/out") >= 3 }, "the guest runs under the filters")
+            // The API is served under its list: a request, then a snapshot-free pause and resume.
+            #expect(try APIProcessTests.curl(socket, "PATCH", "/vm", #"{"state": "Paused"}"#).0 == 204)
+            #expect(try APIProcessTests.curl(socket, "PATCH", "/vm", #"{"state": "Resumed"}"#).0 == 204)
+            let modes = Self.modes(process.process)
+            #expect(modes.count >= 4 && modes.values.allSatisfy { $0 == expected }, "\(flags): \(modes)")
+            process.signal(SIGTERM)
+            #expect(APIProcessTests.exitStatus(process, within: 10) == 128 + SIGTERM, "\((try? readText(directory.path + "/err")) ?? "")")
+            let errors = (try? readText(directory.path + "/err")) ?? ""
+            if expected == "2" {
+                #expect(errors.contains("seccomp allow-lists (system calls): vmm ") && errors.contains("vcpu "), "\(errors)")
+                print(errors.split(separator: "\n").first { $0.contains("allow-lists") } ?? "")
+            }
+        }
+    }
+
+    @Test func aForbiddenCallFromAVCPUThreadEndsKestrelWithOneLine() throws {
+        guard APIProcessTests.requireKVM() else { print("SKIP: /dev/kvm is not usable here"); return }
+        for kind in ["vcpu", "virtio", "vmm"] {
+            let directory = try TemporaryDirectory(prefix: "kestrel-seccomp")
+            let process = try runCounter(["--seccomp-probe", kind], in: directory)
+            let status = APIProcessTests.exitStatus(process, within: 20)
+            let errors = (try? readText(directory.path + "/err")) ?? ""
+            #expect(status == 128 + SIGSYS, "\(kind): status \(String(describing: status)): \(errors)")
+            let lines = errors.split(separator: "\n").filter { $0.contains("seccomp:") }
+            #expect(lines == ["kestrel: seccomp: the \(kind) thread made system call 110, which its allow-list does not hold; ending (--no-seccomp turns the filters off)"],
+                    "\(kind): \(errors)")
+        }
+        let directory = try TemporaryDirectory(prefix: "kestrel-seccomp")
+        let refused = try HostProcess.output([try APIProcessTests.kestrel(), "run", "--kernel", "/nonexistent", "--seccomp-probe", "gpu"])
+        #expect(refused.status != 0 && refused.errors.contains("known: vmm, api, vcpu"), "\(refused)")
+        withExtendedLifetime(directory) {}
+    }
+}
