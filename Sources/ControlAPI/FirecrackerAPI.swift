@@ -244,7 +244,7 @@ public final class FirecrackerAPI: Sendable {
         case .running: return .fault(400, "Cannot create a snapshot of a running microVM; pause it first (PATCH /vm {\"state\": \"Paused\"}).")
         case .paused: break
         }
-        do { _ = try control.createSnapshot(statePath: statePath, memoryPath: memoryPath) } catch {
+        do { try control.createSnapshot(statePath: statePath, memoryPath: memoryPath) } catch {
             return .fault(400, "Cannot create the snapshot: \(error)")
         }
         return .noContent

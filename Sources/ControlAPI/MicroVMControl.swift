@@ -13,9 +13,8 @@ public protocol MicroVMControl: Sendable {
     func pause() throws
     /// Lets a paused machine run again (`"Resumed"`).
     func resume() throws
-    /// Writes a full snapshot of the paused machine (`PUT /snapshot/create`);
-    /// returns a line for the log (sizes, time).
-    func createSnapshot(statePath: String, memoryPath: String) throws -> String
+    /// Writes a full snapshot of the paused machine (`PUT /snapshot/create`).
+    func createSnapshot(statePath: String, memoryPath: String) throws
     /// Restores a snapshot in this fresh process instead of booting
     /// (`PUT /snapshot/load`) and returns the configuration it holds. The
     /// machine runs at once when `resume` is true, else it waits paused.

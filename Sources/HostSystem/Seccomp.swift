@@ -31,14 +31,19 @@ public struct SeccompFilter: Sendable {
     public let threadKind: String
     /// The calls allowed, by name, sorted.
     public let systemCalls: [String]
+    /// Their numbers, in the same order: what the filter matches.
+    private let numbers: [UInt32]
 
     /// Throws for a name `SystemCallNumber.x86_64` does not know.
     public init(threadKind: String, systemCalls: Set<String>) throws {
-        for name in systemCalls where SystemCallNumber.x86_64[name] == nil {
-            throw SystemCallError(operation: "seccomp allow-list for \(threadKind): unknown system call \(name)", errno: .invalidArgument)
-        }
         self.threadKind = threadKind
         self.systemCalls = systemCalls.sorted()
+        numbers = try self.systemCalls.map { name in
+            guard let number = SystemCallNumber.x86_64[name] else {
+                throw SystemCallError(operation: "seccomp allow-list for \(threadKind): unknown system call \(name)", errno: .invalidArgument)
+            }
+            return number
+        }
     }
 
     /// Installs the filter on the calling thread, for good: threads it
@@ -49,7 +54,6 @@ public struct SeccompFilter: Sendable {
     /// logs each (SECCOMP_RET_LOG), for checking a list against a workload.
     /// The thread is named "k-<kind>" (PR_SET_NAME) either way.
     public func install(logOnly: Bool = false) throws {
-        let numbers = systemCalls.compactMap { SystemCallNumber.x86_64[$0] }
         let result = numbers.withUnsafeBufferPointer { chost_seccomp_install($0.baseAddress, $0.count, threadKind, logOnly ? 1 : 0) }
         if result != 0 { throw SystemCallError.current("seccomp(SECCOMP_SET_MODE_FILTER) for the \(threadKind) thread") }
     }

@@ -74,12 +74,11 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
     func pause() throws { try runningMachine.pause() }
     func resume() throws { try runningMachine.resume() }
 
-    func createSnapshot(statePath: String, memoryPath: String) throws -> String {
+    /// Writes the snapshot and logs one line: the files, their sizes and the time.
+    func createSnapshot(statePath: String, memoryPath: String) throws {
         let report = try runningMachine.createSnapshot(statePath: statePath, memoryPath: memoryPath, kestrelVersion: Kestrel.version)
         let mib = { (bytes: UInt64) in "\(bytes >> 20) MiB" }
-        let line = "snapshot: \(statePath) (\(report.stateBytes) bytes), \(memoryPath) (\(mib(report.memoryBytes)) of RAM, "
-            + "\(mib(report.memoryBytesWritten)) written) in \(SecondsText.text(report.duration)) s"
-        log(line)
-        return line
+        log("snapshot: \(statePath) (\(report.stateBytes) bytes), \(memoryPath) (\(mib(report.memoryBytes)) of RAM, "
+            + "\(mib(report.memoryBytesWritten)) written) in \(SecondsText.text(report.duration)) s")
     }
 }

@@ -242,9 +242,6 @@ struct RunCommand: ParsableCommand {
                     machine = try MachineBuilder.restore(statePath: statePath, memoryPath: memoryPath, console: { console.write($0) },
                                                          deviceLog: { printError("kestrel: \($0)") })
                     paused = !resume
-                    if verbose {
-                        printError("kestrel: restored \(statePath) in " + machine.setupSteps.map { "\($0.step) \(SecondsText.text($0.duration)) s" }.joined(separator: ", "))
-                    }
                 }
                 if paused { machine.pauseBeforeRun() }
                 running.withLock { $0 = machine }

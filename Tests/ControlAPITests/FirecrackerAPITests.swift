@@ -19,9 +19,8 @@ final class RecordingControl: MicroVMControl {
     }
     func pause() throws { calls.withLock { $0.append("pause") } }
     func resume() throws { calls.withLock { $0.append("resume") } }
-    func createSnapshot(statePath: String, memoryPath: String) throws -> String {
+    func createSnapshot(statePath: String, memoryPath: String) throws {
         calls.withLock { $0.append("snapshot \(statePath) \(memoryPath)") }
-        return "snapshot"
     }
     func loadSnapshot(statePath: String, memoryPath: String, resume: Bool) throws -> MachineConfiguration {
         calls.withLock { $0.append("load \(statePath) \(memoryPath) \(resume)") }

@@ -62,9 +62,9 @@ public final class Serial16550: BusDevice, @unchecked Sendable {
     /// Puts the UART into a snapshot's state (before any vCPU runs).
     public func restore(_ saved: SavedState) {
         lock.withLock { _ in
-            (interruptEnable, lineControl, modemControl, scratch) = (saved.interruptEnable, saved.lineControl, saved.modemControl & 0x1F, saved.scratch)
+            // The masks the register writes apply (IER 4 bits, MCR 5).
+            (interruptEnable, lineControl, modemControl, scratch) = (saved.interruptEnable & 0x0F, saved.lineControl, saved.modemControl & 0x1F, saved.scratch)
             (divisorLow, divisorHigh) = (saved.divisorLow, saved.divisorHigh)
-            interruptEnable &= 0x0F
             (fifoEnabled, transmitInterruptPending) = (saved.fifoEnabled, saved.transmitInterruptPending)
             input = saved.unreadInput
             inputStart = 0

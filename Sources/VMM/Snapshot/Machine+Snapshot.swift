@@ -25,21 +25,27 @@ extension Machine {
         guard configuration.confidential == nil else {
             throw SnapshotError("a confidential guest's memory and state are not the host's to save")
         }
-        let snapshot = try captureState(kestrelVersion: kestrelVersion, memory: [])
+        var snapshot = try captureState(kestrelVersion: kestrelVersion)
         let regions = virtualMachine.regions.compactMap { region in
             region.mapping.map { (start: region.start.rawValue, mapping: $0, fromFile: ramFromSnapshot || region.guestMemfd != nil) }
         }
         let (ranges, written) = try SnapshotMemoryFile.write(regions, to: memoryPath)
-        var complete = snapshot
-        complete.memory = ranges
-        let bytes = complete.encoded()
-        try Self.writeAtomically(bytes, to: statePath)
-        return SnapshotReport(stateBytes: bytes.count, memoryBytes: complete.memoryFileSize, memoryBytesWritten: written,
+        snapshot.memory = ranges
+        let bytes = snapshot.encoded()
+        let file = try AtomicFile(creating: statePath, what: statePath)
+        do {
+            try bytes.withUnsafeBytes { try file.write($0.baseAddress!, count: $0.count, at: 0) }
+            try file.commit()
+        } catch {
+            file.abandon()
+            throw error
+        }
+        return SnapshotReport(stateBytes: bytes.count, memoryBytes: snapshot.memoryFileSize, memoryBytesWritten: written,
                               duration: ContinuousClock.now - start)
     }
 
-    /// The machine's state apart from RAM, read with KVM's get ioctls.
-    func captureState(kestrelVersion: String, memory: [MachineSnapshot.MemoryRange]) throws -> MachineSnapshot {
+    /// The machine's state apart from RAM (no memory ranges yet), read with KVM's get ioctls.
+    func captureState(kestrelVersion: String) throws -> MachineSnapshot {
         var described = configuration
         // A random MAC must come back the same: the guest has it.
         let macs = devices.transports.compactMap { ($0.device as? NetDevice)?.macAddress }
@@ -51,34 +57,11 @@ extension Machine {
             vcpuStates.append(.init(cpuid: try vcpu.cpuid().entries, state: try VCPUSnapshot.capture(vcpu, system: kvm)))
         }
         return MachineSnapshot(
-            kestrelVersion: kestrelVersion, configuration: MachineConfigFile.document(for: described).rendered, memory: memory,
+            kestrelVersion: kestrelVersion, configuration: MachineConfigFile.document(for: described).rendered, memory: [],
             vcpus: vcpuStates,
             interruptControllers: try InterruptControllerState.Chip.allCases.map { try virtualMachine.interruptControllerState($0) },
             pit: try virtualMachine.pitState(), clock: try virtualMachine.clock(), serial: serial.savedState,
             devices: devices.transports.map { $0.savedState() })
-    }
-
-    /// Writes `bytes` to a temporary name beside `path`, syncs, and renames.
-    static func writeAtomically(_ bytes: [UInt8], to path: String) throws {
-        let temporary = path + ".kestrel-partial"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw SnapshotError("cannot create \(path): \(String(cString: strerror(errno)))") }
-        var done = 0
-        var failure: Int32 = 0
-        while done < bytes.count {
-            // Sound: the range [done, count) lies inside the array.
-            let result = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
-            if result < 0 && errno == EINTR { continue }
-            if result <= 0 { failure = result < 0 ? errno : ENOSPC; break }
-            done += result
-        }
-        if failure == 0 && fsync(fd) != 0 { failure = errno }
-        close(fd)
-        guard failure == 0, rename(temporary, path) == 0 else {
-            let reason = String(cString: strerror(failure == 0 ? errno : failure))
-            unlink(temporary)
-            throw SnapshotError("cannot write \(path): \(reason)")
-        }
     }
 }
 

@@ -68,11 +68,12 @@ extension MachineBuilder {
         guard memoryFile >= 0 else { throw SnapshotError("cannot open the memory file \(memoryPath): \(String(cString: strerror(errno)))") }
         defer { close(memoryFile) }
         let mapped = configuration.memoryBackend == .anonymous
-        let backing: RAMBacking = mapped ? .anonymous(.private) : try ramBacking(configuration.memoryBackend, vm: vm).0
+        // A guest_memfd machine gets a new guest_memfd, filled from the file below.
+        let guestMemfd = mapped ? nil : try ramBacking(configuration.memoryBackend, vm: vm).0
         for (slot, range) in snapshot.memory.enumerated() {
             let region = try vm.addMemory(
                 slot: UInt32(slot), at: GuestAddress(range.guestAddress), size: Int(range.size), alignment: MemoryMapping.hugePageAlignment,
-                backing: mapped ? .file(descriptor: memoryFile, offset: Int(range.fileOffset)) : backing, to: memory)
+                backing: guestMemfd ?? .file(descriptor: memoryFile, offset: Int(range.fileOffset)), to: memory)
             if !mapped, let mapping = region.mapping {
                 try SnapshotMemoryFile.copy(from: memoryFile, range: range, into: mapping, path: memoryPath)
             }

@@ -245,15 +245,17 @@ public struct MachineSnapshot: Equatable, Sendable {
                                interruptControllers: chips, pit: pit, clock: clock, serial: serial, devices: devices)
     }
 
+    /// A KVM struct that is a whole section.
     private static func state<T: StateBytes>(_ type: T.Type, _ reader: inout SnapshotReader) throws(SnapshotError) -> T {
-        let bytes = Array(try reader.take(reader.remaining, reader.context))
-        do { return try T(stateBytes: bytes) } catch {
-            throw SnapshotError("the snapshot is corrupt: \(reader.context): \(error)")
-        }
+        try make(T.self, from: Array(try reader.take(reader.remaining, reader.context)), reader)
     }
 
+    /// A KVM struct that is one length-prefixed field of a section.
     private static func field<T: StateBytes>(_ type: T.Type, _ what: String, _ reader: inout SnapshotReader) throws(SnapshotError) -> T {
-        let bytes = try reader.blob(what)
+        try make(T.self, from: try reader.blob(what), reader)
+    }
+
+    private static func make<T: StateBytes>(_ type: T.Type, from bytes: [UInt8], _ reader: SnapshotReader) throws(SnapshotError) -> T {
         do { return try T(stateBytes: bytes) } catch {
             throw SnapshotError("the snapshot is corrupt: \(reader.context): \(error)")
         }

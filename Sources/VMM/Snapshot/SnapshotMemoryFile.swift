@@ -11,13 +11,11 @@ enum SnapshotMemoryFile {
     /// only under _GNU_SOURCE).
     private static let seekData: Int32 = 3, seekHole: Int32 = 4
 
-    /// Writes `regions` to a new file at `path` (replacing one there, through
-    /// a temporary name, so that a failed write never leaves half a file
-    /// under the name). Returns the ranges and the bytes written.
+    /// Writes `regions` to a new file at `path` (an `AtomicFile`: a failed
+    /// write never leaves half a file under the name). Returns the ranges
+    /// and the bytes written.
     static func write(_ regions: [(start: UInt64, mapping: MemoryMapping, fromFile: Bool)], to path: String) throws -> (ranges: [MachineSnapshot.MemoryRange], written: UInt64) {
-        let temporary = path + ".kestrel-partial"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw SnapshotError("cannot create the memory file \(path): \(String(cString: strerror(errno)))") }
+        let file = try AtomicFile(creating: path, what: "the memory file \(path)")
         var ranges: [MachineSnapshot.MemoryRange] = []
         var offset: UInt64 = 0
         var written: UInt64 = 0
@@ -26,19 +24,16 @@ enum SnapshotMemoryFile {
                 let size = UInt64(region.mapping.size)
                 ranges.append(.init(guestAddress: region.start, size: size, fileOffset: offset))
                 for run in try populatedRuns(of: region.mapping, fileBacked: region.fromFile) {
-                    try writeAll(fd, region.mapping.baseAddress + run.lowerBound, count: run.count, at: off_t(offset) + off_t(run.lowerBound), path: path)
+                    // Sound: the run lies inside the guest mapping (whole pages of it).
+                    try file.write(UnsafeRawPointer(region.mapping.baseAddress + run.lowerBound), count: run.count,
+                                   at: off_t(offset) + off_t(run.lowerBound))
                     written += UInt64(run.count)
                 }
                 offset += size
             }
-            guard ftruncate(fd, off_t(offset)) == 0, fsync(fd) == 0 else {
-                throw SnapshotError("cannot finish the memory file \(path): \(String(cString: strerror(errno)))")
-            }
-            close(fd)
-            guard rename(temporary, path) == 0 else { throw SnapshotError("cannot rename the memory file to \(path): \(String(cString: strerror(errno)))") }
+            try file.commit(size: offset)
         } catch {
-            close(fd)
-            unlink(temporary)
+            file.abandon()
             throw error
         }
         return (ranges, written)
@@ -93,17 +88,6 @@ enum SnapshotMemoryFile {
         return runs
     }
 
-    private static func writeAll(_ fd: Int32, _ source: UnsafeMutableRawPointer, count: Int, at offset: off_t, path: String) throws {
-        var done = 0
-        while done < count {
-            // Sound: the source range lies inside the guest mapping (a run of its pages).
-            let result = pwrite(fd, source + done, count - done, offset + off_t(done))
-            if result < 0 && errno == EINTR { continue }
-            guard result > 0 else { throw SnapshotError("cannot write the memory file \(path): \(String(cString: result < 0 ? strerror(errno) : strerror(ENOSPC)))") }
-            done += result
-        }
-    }
-
     /// Copies the data extents of the memory file (seekData/seekHole) into
     /// `mapping`: for RAM that cannot be mapped from the file (guest_memfd).
     static func copy(from fd: Int32, range: MachineSnapshot.MemoryRange, into mapping: MemoryMapping, path: String) throws {
@@ -126,5 +110,54 @@ enum SnapshotMemoryFile {
             }
             position = hole
         }
+    }
+}
+
+/// A file written under a temporary name beside its path, synced, and
+/// renamed into place only when whole (`commit`); `abandon` removes it. The
+/// snapshot's state and memory files are written this way, mode 0600.
+struct AtomicFile {
+    let path: String
+    let temporary: String
+    let fd: Int32
+    /// Names the file in errors ("the memory file /tmp/vm.mem").
+    let what: String
+
+    init(creating path: String, what: String) throws {
+        self.path = path
+        self.what = what
+        temporary = path + ".kestrel-partial"
+        fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SnapshotError("cannot create \(what): \(String(cString: strerror(errno)))") }
+    }
+
+    /// Writes `count` bytes from `source` at `offset` (pwrite, until done).
+    func write(_ source: UnsafeRawPointer, count: Int, at offset: off_t) throws {
+        var done = 0
+        while done < count {
+            // Sound: the caller's range [source, source + count) is readable.
+            let result = pwrite(fd, source + done, count - done, offset + off_t(done))
+            if result < 0 && errno == EINTR { continue }
+            guard result > 0 else { throw SnapshotError("cannot write \(what): \(String(cString: strerror(result < 0 ? errno : ENOSPC)))") }
+            done += result
+        }
+    }
+
+    /// Sets the size (when given), syncs, closes and renames into place.
+    func commit(size: UInt64? = nil) throws {
+        if let size, ftruncate(fd, off_t(size)) != 0 { throw SnapshotError("cannot finish \(what): \(String(cString: strerror(errno)))") }
+        guard fsync(fd) == 0 else { throw SnapshotError("cannot finish \(what): \(String(cString: strerror(errno)))") }
+        close(fd)
+        guard rename(temporary, path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(temporary)
+            throw SnapshotError("cannot rename \(what) into place: \(reason)")
+        }
+    }
+
+    /// Closes and removes the temporary file (after a failed write).
+    func abandon() {
+        close(fd)
+        unlink(temporary)
     }
 }
