@@ -9,6 +9,7 @@ struct RefusingControl: MicroVMControl {
     func start(_ configuration: MachineConfiguration) throws { throw ConfigurationError("fuzz: no machine") }
     func pause() throws {}
     func resume() throws {}
+    func sendCtrlAltDel() throws {}
     func createSnapshot(statePath: String, memoryPath: String) throws { throw ConfigurationError("fuzz: no machine") }
     func loadSnapshot(statePath: String, memoryPath: String, resume: Bool) throws -> MachineConfiguration {
         throw ConfigurationError("fuzz: no snapshot")

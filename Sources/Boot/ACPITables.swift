@@ -9,7 +9,10 @@
 /// `request_irq(4)` for the legacy port fails, the tty is marked TTY_IO_ERROR
 /// and every userspace write to the console fails with EIO, while the
 /// kernel's polled console output still appears. The PNP0501 device's `_CRS`
-/// makes the ACPI PNP layer register GSI 4 for it.
+/// makes the ACPI PNP layer register GSI 4 for it. The i8042 (PS2K, PNP0303:
+/// ports 0x60 and 0x64, IRQ 1) is there for the same reason: without it
+/// Linux probes the ports directly, `request_irq(1)` fails with EINVAL and
+/// atkbd never sees the keyboard.
 public enum ACPITables {
     public static let rsdpAddress: UInt64 = 0xF0000
     static let xsdtAddress: UInt64 = 0xF0040
@@ -55,12 +58,18 @@ public enum ACPITables {
     static let softOffPackage: [UInt8] = [0x08, 0x5F, 0x53, 0x35, 0x5F, 0x12, 0x07, 0x04, 0x0A, softOffSleepType, 0x00, 0x00, 0x00]
 
     /// AML: Scope (\_SB) { Device (COM1) { _HID PNP0501, _UID 1, _CRS { IO 0x3F8/8, IRQNoFlags {4} } },
+    /// Device (PS2K) { _HID PNP0303, _UID 0, _CRS { IO 0x60/1, IO 0x64/1, IRQNoFlags {1} } },
     /// and per virtio device Device (VRnn) { _HID "LNRO0005", _UID n, _CRS { Memory32Fixed, Interrupt } } }.
     static func systemBus(devices: [MMIODevice]) -> [UInt8] {
         let serial = AML.device("COM1", [
             AML.name("_HID", AML.eisaID("PNP0501")),
             AML.name("_UID", AML.integer(1)),
             AML.name("_CRS", AML.resourceTemplate([.ioPorts(base: 0x3F8, length: 8), .isaInterrupt(4)])),
+        ])
+        let keyboard = AML.device("PS2K", [
+            AML.name("_HID", AML.eisaID("PNP0303")),
+            AML.name("_UID", AML.integer(0)),
+            AML.name("_CRS", AML.resourceTemplate([.ioPorts(base: 0x60, length: 1), .ioPorts(base: 0x64, length: 1), .isaInterrupt(1)])),
         ])
         let virtio = devices.enumerated().map { index, device in
             AML.device("VR" + String(String(index, radix: 16, uppercase: true).suffix(2)).leftPadded(to: 2), [
@@ -69,7 +78,7 @@ public enum ACPITables {
                 AML.name("_CRS", AML.resourceTemplate([.memory32(base: device.base, length: device.length), .edgeInterrupt(device.gsi)])),
             ])
         }
-        return AML.scope("_SB", [serial] + virtio)
+        return AML.scope("_SB", [serial, keyboard] + virtio)
     }
 
     static func littleEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {

@@ -43,7 +43,7 @@ public struct CPIOArchive: Sendable {
 
     /// Adds an entry after any of its parent directories that are not in the
     /// archive yet (as mode 0755 directories).
-    public mutating func addWithParents(_ path: String, _ kind: Kind, mode: UInt32) throws {
+    public mutating func addWithParents(_ path: String, _ kind: Kind, mode: UInt32, modificationTime: UInt32 = 0) throws {
         let name = try Self.entryName(path)
         var parent = ""
         for component in name.split(separator: "/").dropLast() {
@@ -51,7 +51,7 @@ public struct CPIOArchive: Sendable {
             if !names.contains(parent) { try add(parent, .directory, mode: 0o755) }
         }
         if kind == .directory && names.contains(name) { return }
-        try add(name, kind, mode: mode)
+        try add(name, kind, mode: mode, modificationTime: modificationTime)
     }
 
     /// `path` without a leading "/"; refused when empty or when it climbs out with "..".

@@ -209,7 +209,14 @@ public final class FirecrackerAPI: Sendable {
             state.withLock { $0.vm = .running }
             return .noContent
         case "SendCtrlAltDel":
-            return .fault(400, "SendCtrlAltDel: Kestrel's i8042 does not raise keyboard interrupts, so the guest would not see the keys; shut the guest down from inside or stop kestrel with SIGTERM.")
+            // As in Firecracker: the keys go to the guest's i8042 keyboard; a
+            // Linux guest with atkbd reboots, and the i8042 reset ends Kestrel.
+            let vm = state.withLock { $0.vm }
+            if vm == .notStarted { return .fault(400, "SendCtrlAltDel: the operation is not supported before starting the microVM.") }
+            do { try control.sendCtrlAltDel() } catch {
+                return .fault(400, "SendCtrlAltDel: \(error)")
+            }
+            return .noContent
         case "FlushMetrics":
             return .fault(400, "FlushMetrics: Kestrel has no metrics system.")
         default:

@@ -13,6 +13,10 @@ public protocol MicroVMControl: Sendable {
     func pause() throws
     /// Lets a paused machine run again (`"Resumed"`).
     func resume() throws
+    /// Types Ctrl+Alt+Del on the guest's i8042 keyboard
+    /// (`PUT /actions {"action_type": "SendCtrlAltDel"}`); keys typed while
+    /// paused reach the guest when it resumes.
+    func sendCtrlAltDel() throws
     /// Writes a full snapshot of the paused machine (`PUT /snapshot/create`).
     func createSnapshot(statePath: String, memoryPath: String) throws
     /// Restores a snapshot in this fresh process instead of booting

@@ -74,6 +74,12 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
     func pause() throws { try runningMachine.pause() }
     func resume() throws { try runningMachine.resume() }
 
+    func sendCtrlAltDel() throws {
+        guard try runningMachine.keyboard.typeControlAltDelete() else {
+            throw ConfigurationError("the guest's keyboard is not taking keys (it is not scanning, or the guest is not reading them)")
+        }
+    }
+
     /// Writes the snapshot and logs one line: the files, their sizes and the time.
     func createSnapshot(statePath: String, memoryPath: String) throws {
         let report = try runningMachine.createSnapshot(statePath: statePath, memoryPath: memoryPath, kestrelVersion: Kestrel.version)

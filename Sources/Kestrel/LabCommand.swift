@@ -50,6 +50,9 @@ struct LabMachineOptions: ParsableArguments {
     var bootAttempts: Int = 3
     @Option(name: .customLong("add"), help: "Put a host file into the L1: HOST[:GUEST] (default guest path /lab/NAME). Repeatable.")
     var files: [String] = []
+    @Option(name: .customLong("add-list"),
+            help: "Put the files a list names into the L1: one HOST[:GUEST] per line, as --add takes them (blank lines and # comments skipped). Repeatable.")
+    var fileLists: [String] = []
     @Flag(name: .customLong("guest-kernel"), help: "Also put this kernel's vmlinux at /lab/guest/vmlinux and its virtio drivers in /lab/guest/modules (for `kestrel initramfs --modules`), to boot it as an L2 guest with `kestrel run`.")
     var guestKernel = false
     @Option(help: ArgumentHelp("Like --guest-kernel, with another lab kernel's vmlinux and virtio drivers: \(KernelFetcher.catalog.map(\.name).joined(separator: ", ")).",
@@ -100,14 +103,38 @@ struct LabMachineOptions: ParsableArguments {
     /// The initramfs for `command`, with this kestrel and the user's files.
     func initramfs(kernel: LabKernel, command: LabInitramfs.Command) throws -> LabInitramfs {
         var added: [LabInitramfs.File] = []
-        for spec in files {
+        var specs = files.map { (spec: $0, origin: "--add \($0)") }
+        for list in fileLists {
+            let text: String
+            do { text = try readText(list) } catch { throw ValidationError("--add-list \(list): \(error)") }
+            for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+                let blank: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r" }
+                let spec = String(line.drop(while: blank).reversed().drop(while: blank).reversed())
+                if spec.isEmpty || spec.hasPrefix("#") { continue }
+                specs.append((spec, "--add-list \(list), line \(number + 1) (\(spec))"))
+            }
+        }
+        // The same file at the same guest path twice (libc for curl and for
+        // Python) goes in once; two files at one guest path are refused.
+        var hostByGuest: [String: String] = [:]
+        for (spec, origin) in specs {
             let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
             let host = parts[0]
-            guard fileExists(host), !isDirectory(host) else { throw ValidationError("--add \(spec): \(host) is not a readable file") }
+            guard fileExists(host), !isDirectory(host) else { throw ValidationError("\(origin): \(host) is not a readable file") }
             let name = host.split(separator: "/").last.map(String.init) ?? host
+            let guestPath = parts.count > 1 ? parts[1] : "/lab/\(name)"
+            guard guestPath.hasPrefix("/"), !guestPath.split(separator: "/").contains("..") else {
+                throw ValidationError("\(origin): the guest path \(guestPath) must be absolute, without \"..\"")
+            }
+            if let earlier = hostByGuest[guestPath] {
+                if earlier == host { continue }
+                throw ValidationError("\(origin): \(guestPath) is already \(earlier)")
+            }
+            hostByGuest[guestPath] = host
             var status = stat()
             stat(host, &status)
-            added.append(.init(guestPath: parts.count > 1 ? parts[1] : "/lab/\(name)", hostPath: host, mode: UInt32(status.st_mode) & 0o777))
+            added.append(.init(guestPath: guestPath, hostPath: host, mode: UInt32(status.st_mode) & 0o777,
+                               modificationTime: UInt32(clamping: status.st_mtim.tv_sec)))
         }
         let guestSource = try guest.map { try KernelFetcher(cache: LabCache(), progress: { printError("lab: \($0)") }).kernel($0, refresh: refresh) }
             ?? (guestKernel ? kernel : nil)

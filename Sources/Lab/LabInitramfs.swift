@@ -16,22 +16,28 @@ public struct LabInitramfs {
         public let guestPath: String
         public let source: Source
         public let mode: UInt32
+        /// Seconds since the epoch, kept in the archive (Linux keeps it on
+        /// unpacking): Python's compiled files are checked against their
+        /// sources' times.
+        public let modificationTime: UInt32
 
         public enum Source: Sendable {
             case host(String)
             case bytes([UInt8])
         }
 
-        public init(guestPath: String, hostPath: String, mode: UInt32 = 0o644) {
+        public init(guestPath: String, hostPath: String, mode: UInt32 = 0o644, modificationTime: UInt32 = 0) {
             self.guestPath = guestPath
             self.source = .host(hostPath)
             self.mode = mode
+            self.modificationTime = modificationTime
         }
 
         public init(guestPath: String, bytes: [UInt8], mode: UInt32 = 0o644) {
             self.guestPath = guestPath
             self.source = .bytes(bytes)
             self.mode = mode
+            self.modificationTime = 0
         }
     }
 
@@ -110,7 +116,9 @@ public struct LabInitramfs {
     public func build() throws -> [UInt8] {
         var archive = CPIOArchive()
         func addDirectory(_ path: String) throws { try archive.addWithParents(path, .directory, mode: 0o755) }
-        func addFile(_ path: String, _ bytes: [UInt8], mode: UInt32) throws { try archive.addWithParents(path, .file(bytes), mode: mode) }
+        func addFile(_ path: String, _ bytes: [UInt8], mode: UInt32, time: UInt32 = 0) throws {
+            try archive.addWithParents(path, .file(bytes), mode: mode, modificationTime: time)
+        }
         for directory in ["bin", "dev", "proc", "sys", "tmp", "root", "lab/bin", Self.moduleDirectory] { try addDirectory(directory) }
         try archive.add("dev/console", .characterDevice(major: 5, minor: 1), mode: 0o600)
         let busyboxBytes = try readBytes(busybox)
@@ -130,7 +138,7 @@ public struct LabInitramfs {
             case .host(let path): bytes = try readBytes(path)
             case .bytes(let contents): bytes = contents
             }
-            try addFile(file.guestPath, bytes, mode: file.mode)
+            try addFile(file.guestPath, bytes, mode: file.mode, time: file.modificationTime)
         }
         try addFile("init", Array(initScript().utf8), mode: 0o755)
         return archive.finished()

@@ -57,7 +57,7 @@ import Testing
     @Test func dsdtDescribesCOM1WithItsPortsAndIRQ4() throws {
         let dsdt = try table("DSDT")
         let expected: [UInt8] = [
-            0x10, 0x32, 0x5F, 0x53, 0x42, 0x5F,                          // Scope (_SB), PkgLength 0x32
+            0x10, 0x48, 0x06, 0x5F, 0x53, 0x42, 0x5F,                    // Scope (_SB), PkgLength 0x68 (two bytes)
             0x5B, 0x82, 0x2B, 0x43, 0x4F, 0x4D, 0x31,                    // Device (COM1), PkgLength 0x2B
             0x08, 0x5F, 0x48, 0x49, 0x44, 0x0C, 0x41, 0xD0, 0x05, 0x01,  // Name (_HID, EisaId ("PNP0501"))
             0x08, 0x5F, 0x55, 0x49, 0x44, 0x01,                          // Name (_UID, One)
@@ -66,7 +66,28 @@ import Testing
             0x22, 0x10, 0x00,                                            //   IRQNoFlags () {4}
             0x79, 0x00,                                                  //   EndTag })
         ]
-        #expect(Array(dsdt[49...]) == expected)
+        #expect(Array(dsdt[49..<(49 + expected.count)]) == expected)
+    }
+
+    /// The i8042 as `iasl` compiles `Device (PS2K) { Name (_HID, EisaId ("PNP0303"))
+    /// Name (_UID, Zero) Name (_CRS, ResourceTemplate () { IO (Decode16, 0x60, 0x60, 1, 1)
+    /// IO (Decode16, 0x64, 0x64, 1, 1) IRQNoFlags () {1} }) }`. Without it Linux
+    /// cannot request IRQ 1 and atkbd finds no keyboard (see ACPITables).
+    @Test func dsdtDescribesTheI8042WithItsPortsAndIRQ1() throws {
+        let dsdt = try table("DSDT")
+        let expected: [UInt8] = [
+            0x5B, 0x82, 0x33, 0x50, 0x53, 0x32, 0x4B,                    // Device (PS2K), PkgLength 0x33
+            0x08, 0x5F, 0x48, 0x49, 0x44, 0x0C, 0x41, 0xD0, 0x03, 0x03,  // Name (_HID, EisaId ("PNP0303"))
+            0x08, 0x5F, 0x55, 0x49, 0x44, 0x00,                          // Name (_UID, Zero)
+            0x08, 0x5F, 0x43, 0x52, 0x53, 0x11, 0x18, 0x0A, 0x15,        // Name (_CRS, Buffer (21) {
+            0x47, 0x01, 0x60, 0x00, 0x60, 0x00, 0x01, 0x01,              //   IO (Decode16, 0x60, 0x60, 1, 1)
+            0x47, 0x01, 0x64, 0x00, 0x64, 0x00, 0x01, 0x01,              //   IO (Decode16, 0x64, 0x64, 1, 1)
+            0x22, 0x02, 0x00,                                            //   IRQNoFlags () {1}
+            0x79, 0x00,                                                  //   EndTag })
+        ]
+        let start = try #require(dsdt.firstRange(of: Array("PS2K".utf8))).lowerBound - 3
+        #expect(Array(dsdt[start...]) == expected, "PS2K follows COM1 and ends the DSDT")
+        #expect(dsdt.reduce(UInt8(0), &+) == 0)
     }
 
     /// A virtio-mmio device as `iasl` compiles `Device (VR00) { Name (_HID, "LNRO0005")

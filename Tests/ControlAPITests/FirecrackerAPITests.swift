@@ -19,6 +19,7 @@ final class RecordingControl: MicroVMControl {
     }
     func pause() throws { calls.withLock { $0.append("pause") } }
     func resume() throws { calls.withLock { $0.append("resume") } }
+    func sendCtrlAltDel() throws { calls.withLock { $0.append("ctrl-alt-del") } }
     func createSnapshot(statePath: String, memoryPath: String) throws {
         calls.withLock { $0.append("snapshot \(statePath) \(memoryPath)") }
     }
@@ -93,7 +94,8 @@ final class RecordingControl: MicroVMControl {
         #expect(Self.send(api, "PATCH", "/vm", #"{"state": "Paused"}"#).0 == 204)   // already paused: nothing more to do
         #expect(Self.send(api, "PATCH", "/vm", #"{"state": "Resumed"}"#).0 == 204)
         #expect(Self.send(api, "PATCH", "/vm", #"{"state": "Frozen"}"#).0 == 400)
-        #expect(control.calls.withLock { $0 } == ["start", "pause", "resume"])
+        #expect(Self.send(api, "PUT", "/actions", #"{"action_type": "SendCtrlAltDel"}"#).0 == 204)
+        #expect(control.calls.withLock { $0 } == ["start", "pause", "resume", "ctrl-alt-del"])
     }
 
     /// Snapshots the Firecracker way: create only while paused, Full only;
@@ -155,7 +157,7 @@ final class RecordingControl: MicroVMControl {
             ("PUT", "/logger", #"{"log_path": "/tmp/l"}"#, "logger"),
             ("PUT", "/snapshot/create", #"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#, "before the microVM has started"),
             ("PUT", "/actions", #"{"action_type": "Reboot"}"#, "Unknown action_type"),
-            ("PUT", "/actions", #"{"action_type": "SendCtrlAltDel"}"#, "i8042"),
+            ("PUT", "/actions", #"{"action_type": "SendCtrlAltDel"}"#, "not supported before starting"),
             ("DELETE", "/drives/a", nil, "Invalid request method and/or path: DELETE /drives/a."),
             ("GET", "/drives/a/b", nil, "Invalid request method and/or path"),
         ]

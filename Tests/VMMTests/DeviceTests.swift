@@ -90,6 +90,83 @@ final class Recorder: @unchecked Sendable {
         write(controller, 4, 0xFE)
         #expect(recorder.resets == 1)
     }
+
+    /// Reads every queued byte, as Linux's interrupt handler does: one per
+    /// interrupt, the status first.
+    private func drain(_ controller: I8042Controller) -> [UInt8] {
+        var bytes: [UInt8] = []
+        while read(controller, 4) & 0x01 != 0, bytes.count < 100 { bytes.append(read(controller, 0)) }
+        return bytes
+    }
+
+    /// atkbd's probe as Linux 6.1 runs it: identify, deactivate, LEDs,
+    /// typematic rate, activate. Each keyboard byte is ACKed and raises IRQ 1
+    /// when it reaches the output buffer; controller answers raise nothing.
+    @Test func answersAtkbdsProbeWithInterrupts() {
+        let recorder = Recorder()
+        let controller = I8042Controller(reset: { recorder.resets += 1 }, interrupt: { recorder.interrupts += 1 })
+        write(controller, 4, 0xAA)
+        #expect(drain(controller) == [0x55] && recorder.interrupts == 0, "a controller answer is polled")
+        write(controller, 0, 0xF2)
+        #expect(recorder.interrupts == 1, "the ACK filled an empty buffer")
+        #expect(read(controller, 0) == 0xFA)
+        #expect(recorder.interrupts == 2, "the read left the ID's first byte behind")
+        #expect(read(controller, 0) == 0xAB && read(controller, 0) == 0x41, "an MF2 keyboard, translated")
+        #expect(recorder.interrupts == 3 && read(controller, 4) & 0x01 == 0)
+        for (command, parameter) in [(UInt8(0xF5), UInt8?.none), (0xED, 0x00), (0xF3, 0x00), (0xF4, nil)] {
+            write(controller, 0, command)
+            #expect(drain(controller) == [0xFA], "command \(command)")
+            if let parameter {
+                write(controller, 0, parameter)
+                #expect(drain(controller) == [0xFA], "the parameter of \(command)")
+            }
+        }
+        write(controller, 0, 0xFF)
+        #expect(drain(controller) == [0xFA, 0xAA], "reset: ACK and a passed self-test")
+        // With keyboard interrupts off in the control byte, bytes queue silently.
+        write(controller, 4, 0x60)
+        write(controller, 0, 0x44)
+        let before = recorder.interrupts
+        write(controller, 0, 0xF4)
+        #expect(recorder.interrupts == before && drain(controller) == [0xFA])
+        #expect(recorder.resets == 0)
+    }
+
+    @Test func typesControlAltDeleteInTheGuestsScanCodeSet() {
+        let recorder = Recorder()
+        let controller = I8042Controller(reset: {}, interrupt: { recorder.interrupts += 1 })
+        #expect(controller.typeControlAltDelete())
+        #expect(drain(controller) == [0x1D, 0x38, 0xE0, 0x53, 0xE0, 0xD3, 0xB8, 0x9D], "set 1 through translation")
+        #expect(recorder.interrupts == 8, "one edge per byte")
+        write(controller, 4, 0x60)
+        write(controller, 0, 0x05)  // translation off
+        #expect(controller.typeControlAltDelete())
+        #expect(drain(controller) == [0x14, 0x11, 0xE0, 0x71, 0xE0, 0xF0, 0x71, 0xF0, 0x11, 0xF0, 0x14], "set 2")
+        write(controller, 0, 0xF5)  // the guest stops the keyboard scanning
+        _ = drain(controller)
+        #expect(!controller.typeControlAltDelete() && drain(controller).isEmpty, "a keyboard that is not scanning types nothing")
+        write(controller, 0, 0xF4)
+        _ = drain(controller)
+        var typed = 0
+        while controller.typeControlAltDelete() { typed += 1 }
+        #expect(typed == I8042Controller.queueLimit / 11, "a guest that never reads fills the buffer and no more")
+    }
+
+    @Test func savesAndRestoresItsState() {
+        let controller = I8042Controller(reset: {})
+        write(controller, 4, 0x60)
+        write(controller, 0, 0x47)
+        write(controller, 0, 0xED)  // set-LEDs waits for its parameter
+        let saved = controller.savedState
+        #expect(saved.controlByte == 0x47 && saved.outputQueue == [0xFA] && saved.pendingKeyboardCommand == 0xED && saved.scanning)
+        let recorder = Recorder()
+        let restored = I8042Controller(reset: {}, interrupt: { recorder.interrupts += 1 })
+        restored.restore(saved)
+        #expect(restored.savedState == saved && recorder.interrupts == 0)
+        #expect(drain(restored) == [0xFA])
+        write(restored, 0, 0x00)
+        #expect(drain(restored) == [0xFA] && restored.savedState.pendingKeyboardCommand == nil, "the parameter went to set-LEDs")
+    }
 }
 
 @Suite struct BusTests {

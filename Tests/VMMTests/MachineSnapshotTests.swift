@@ -29,7 +29,9 @@ import X86
             memory: [.init(guestAddress: 0, size: 64 << 20, fileOffset: 0)], vcpus: [.init(cpuid: cpuid, state: vcpu)],
             interruptControllers: InterruptControllerState.Chip.allCases.map { InterruptControllerState(chip: $0) },
             pit: PITState(), clock: ClockState(nanoseconds: 5_000_000_000),
-            serial: Serial16550.SavedState(interruptEnable: 2, unreadInput: [0x41, 0x0A]), devices: [device])
+            serial: Serial16550.SavedState(interruptEnable: 2, unreadInput: [0x41, 0x0A]),
+            keyboard: I8042Controller.SavedState(controlByte: 0x47, outputQueue: [0xFA], scanning: false, pendingKeyboardCommand: 0xED),
+            devices: [device])
     }
 
     /// `bytes` with the CRC at its end computed again (for files that are
@@ -88,12 +90,13 @@ import X86
 
     @Test func anotherFormatVersionOrMagicIsRefusedByName() throws {
         var bytes = try Self.sample().encoded()
-        bytes[8] = 2
+        #expect(bytes[8] == 2, "format version 2 (version 1 had no KBDC section)")
+        bytes[8] = 1
         do {
             _ = try MachineSnapshot.decode(Self.resealed(bytes))
-            Issue.record("version 2 was read")
+            Issue.record("version 1 was read")
         } catch {
-            #expect("\(error)".contains("format version 2") && "\(error)".contains("version 1 only"), "\(error)")
+            #expect("\(error)".contains("format version 1") && "\(error)".contains("version 2 only"), "\(error)")
         }
         do {
             _ = try MachineSnapshot.decode(Array("GARBAGE!".utf8) + [UInt8](repeating: 0, count: 64))
@@ -114,6 +117,17 @@ import X86
         var unaligned = snapshot
         unaligned.memory[0].size = 4097
         #expect(throws: SnapshotError.self) { try MachineSnapshot.decode(unaligned.encoded()) }
+        // A KBDC section under another known tag is refused, not read as that section.
+        var noKeyboard = snapshot.encoded()
+        let kbdc = Array("KBDC".utf8)
+        let kbdcAt = try #require((0..<(noKeyboard.count - 4)).first { Array(noKeyboard[$0..<($0 + 4)]) == kbdc })
+        noKeyboard.replaceSubrange(kbdcAt..<(kbdcAt + 4), with: Array("UART".utf8))
+        do {
+            _ = try MachineSnapshot.decode(Self.resealed(noKeyboard))
+            Issue.record("a second UART section in place of KBDC was read")
+        } catch {
+            #expect("\(error)".contains("two UART sections"), "\(error)")
+        }
         // An unknown tag: rename the PIT2 section.
         var bytes = snapshot.encoded()
         let tag = Array("PIT2".utf8)

@@ -5,7 +5,8 @@ import KVM
 import Synchronization
 
 /// A built Linux virtual machine: memory, in-kernel irqchip and PIT, a 16550
-/// on COM1, an i8042 for reset, Kestrel's exit device, and a thread per vCPU.
+/// on COM1, an i8042 with a keyboard (reset, Ctrl+Alt+Del), Kestrel's exit
+/// device, and a thread per vCPU.
 /// `MachineBuilder` makes one; this type runs it, pauses it and ends it. What
 /// each exit means is `ExitHandler`'s business.
 public final class Machine: Sendable {
@@ -19,6 +20,8 @@ public final class Machine: Sendable {
     public let virtualMachine: VirtualMachine
     public let memory: GuestAddressSpace
     public let serial: Serial16550
+    /// The i8042 and its keyboard (reset, Ctrl+Alt+Del).
+    public let keyboard: I8042Controller
     /// Watches COM1 for the guest kernel's panic line.
     public let panicWatcher: GuestPanicWatcher
     public let vcpuThreads: [VCPUThread]
@@ -39,7 +42,7 @@ public final class Machine: Sendable {
     private let pausedAtStart = Mutex<Bool>(false)
 
     init(configuration: MachineConfiguration, plan: LinuxBootSummary?, ramFromSnapshot: Bool = false, kvm: KVMSystem, virtualMachine: VirtualMachine,
-         memory: GuestAddressSpace, serial: Serial16550, panicWatcher: GuestPanicWatcher, vcpuThreads: [VCPUThread],
+         memory: GuestAddressSpace, serial: Serial16550, keyboard: I8042Controller, panicWatcher: GuestPanicWatcher, vcpuThreads: [VCPUThread],
          devices: VirtioDeviceSet, exitHandler: ExitHandler, control: RunControl, setupSteps: [(step: String, duration: Duration)],
          memoryProtection: String, certificates: (file: String, log: @Sendable (String) -> Void)? = nil) {
         self.certificates = certificates
@@ -50,6 +53,7 @@ public final class Machine: Sendable {
         self.virtualMachine = virtualMachine
         self.memory = memory
         self.serial = serial
+        self.keyboard = keyboard
         self.panicWatcher = panicWatcher
         self.vcpuThreads = vcpuThreads
         self.devices = devices

@@ -96,7 +96,7 @@ public struct MachineBuilder {
 
         return Machine(
             configuration: configuration, plan: bootPlan.summary, kvm: kvm, virtualMachine: vm, memory: memory,
-            serial: serial, panicWatcher: panicWatcher, vcpuThreads: threads, devices: devices,
+            serial: serial, keyboard: wiring.keyboard, panicWatcher: panicWatcher, vcpuThreads: threads, devices: devices,
             exitHandler: ExitHandler(portBus: portBus, mmioBus: mmioBus,
                                      conversions: try Self.conversionManager(vm: vm, memory: memory, devices: devices, log: deviceLog)),
             control: control, setupSteps: timer.steps,
@@ -124,6 +124,7 @@ public struct MachineBuilder {
         let control: RunControl
         let panicWatcher: GuestPanicWatcher
         let serial: Serial16550
+        let keyboard: I8042Controller
         let portBus: DeviceBus
         let mmioBus: DeviceBus
         let devices: VirtioDeviceSet
@@ -146,7 +147,12 @@ public struct MachineBuilder {
         var portBus = DeviceBus()
         var mmioBus = DeviceBus()
         portBus.add(serial, at: Serial16550.com1Base..<(Serial16550.com1Base + 8))
-        portBus.add(I8042Controller { control.finish(.reset(source: "i8042 reset command")) }, at: 0x60..<0x65)
+        let keyboard = I8042Controller(reset: { control.finish(.reset(source: "i8042 reset command")) }) {
+            // An edge on IRQ 1.
+            try? vm.setInterruptLine(I8042Controller.keyboardInterrupt, active: true)
+            try? vm.setInterruptLine(I8042Controller.keyboardInterrupt, active: false)
+        }
+        portBus.add(keyboard, at: 0x60..<0x65)
         portBus.add(ACPISleepControl { control.finish(.poweredOff) },
                     at: UInt64(ACPITables.sleepControlPort)..<UInt64(ACPITables.sleepControlPort + 2))
         mmioBus.add(ExitDevice { status in control.finish(.guestExit(status: status)) }, at: ExitDevice.address..<(ExitDevice.address + 8))
@@ -154,7 +160,7 @@ public struct MachineBuilder {
                                           platformFeatures: platformFeatures, mmioBus: &mmioBus,
                                           log: deviceLog)
 
-        return DeviceWiring(control: control, panicWatcher: panicWatcher, serial: serial, portBus: portBus, mmioBus: mmioBus,
+        return DeviceWiring(control: control, panicWatcher: panicWatcher, serial: serial, keyboard: keyboard, portBus: portBus, mmioBus: mmioBus,
                             devices: devices)
     }
 

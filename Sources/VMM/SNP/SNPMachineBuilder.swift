@@ -106,7 +106,7 @@ extension MachineBuilder {
         let conversions = try ConversionManager(vm: vm, memory: memory, mmio: wiring.devices.mmioRanges, log: deviceLog)
         return Machine(
             configuration: configuration, plan: plan.boot.summary, kvm: kvm, virtualMachine: vm, memory: memory,
-            serial: wiring.serial, panicWatcher: wiring.panicWatcher, vcpuThreads: try vcpus.map { try VCPUThread($0) },
+            serial: wiring.serial, keyboard: wiring.keyboard, panicWatcher: wiring.panicWatcher, vcpuThreads: try vcpus.map { try VCPUThread($0) },
             devices: wiring.devices,
             exitHandler: ExitHandler(portBus: wiring.portBus, mmioBus: wiring.mmioBus, conversions: conversions),
             control: wiring.control, setupSteps: [],

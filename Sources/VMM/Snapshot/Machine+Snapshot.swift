@@ -61,6 +61,7 @@ extension Machine {
             vcpus: vcpuStates,
             interruptControllers: try InterruptControllerState.Chip.allCases.map { try virtualMachine.interruptControllerState($0) },
             pit: try virtualMachine.pitState(), clock: try virtualMachine.clock(), serial: serial.savedState,
+            keyboard: keyboard.savedState,
             devices: devices.transports.map { $0.savedState() })
     }
 }

@@ -86,6 +86,7 @@ extension MachineBuilder {
         for chip in snapshot.interruptControllers { try vm.setInterruptControllerState(chip) }
         try vm.setPITState(snapshot.pit)
         try vm.setClock(snapshot.clock)
+        wiring.keyboard.restore(snapshot.keyboard)
         var vcpus: [VCPU] = []
         for (index, saved) in snapshot.vcpus.enumerated() {
             let vcpu = try vm.createVCPU(id: index)
@@ -99,7 +100,7 @@ extension MachineBuilder {
         timer.step("devices, irqchip, clock and vCPUs")
         return Machine(
             configuration: configuration, plan: nil, ramFromSnapshot: mapped, kvm: kvm, virtualMachine: vm, memory: memory,
-            serial: wiring.serial, panicWatcher: wiring.panicWatcher, vcpuThreads: threads, devices: wiring.devices,
+            serial: wiring.serial, keyboard: wiring.keyboard, panicWatcher: wiring.panicWatcher, vcpuThreads: threads, devices: wiring.devices,
             exitHandler: ExitHandler(portBus: wiring.portBus, mmioBus: wiring.mmioBus,
                                      conversions: try conversionManager(vm: vm, memory: memory, devices: wiring.devices, log: deviceLog)),
             control: wiring.control, setupSteps: timer.steps,

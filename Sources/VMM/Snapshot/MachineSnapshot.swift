@@ -5,7 +5,8 @@ import X86
 
 /// Everything a snapshot holds apart from guest RAM: the machine's
 /// configuration, where RAM lies in the memory file, every vCPU's state, the
-/// in-kernel irqchip, PIT and kvmclock, the UART and each virtio transport.
+/// in-kernel irqchip, PIT and kvmclock, the UART, the i8042 and each virtio
+/// transport.
 ///
 /// The state file (`encoded()`, `decode(_:)`):
 ///
@@ -18,14 +19,15 @@ import X86
 /// Integers are little-endian. Tags: INFO (Kestrel's version, the
 /// configuration as a Firecracker document, the RAM layout), VCPU (one per
 /// vCPU: CPUID, then KVM's structs as the kernel lays them out), IRQC (one
-/// per chip), PIT2, CLCK, UART and VIRT (one per transport, in placement
-/// order). A reader refuses another magic, another version, a bad CRC, a
+/// per chip), PIT2, CLCK, UART, KBDC (the i8042) and VIRT (one per
+/// transport, in placement order). A reader refuses another magic, another version, a bad CRC, a
 /// truncated section, an unknown tag and bytes past a section's end.
 public struct MachineSnapshot: Equatable, Sendable {
     public static let magic: [UInt8] = Array("KSTLSNAP".utf8)
     /// Bumped whenever the encoding changes; a file of another version is
     /// refused, never guessed at.
-    public static let formatVersion: UInt32 = 1
+    /// Version 2 added the KBDC section.
+    public static let formatVersion: UInt32 = 2
 
     /// One range of guest RAM in the memory file.
     public struct MemoryRange: Equatable, Sendable {
@@ -65,11 +67,12 @@ public struct MachineSnapshot: Equatable, Sendable {
     public var pit: PITState
     public var clock: ClockState
     public var serial: Serial16550.SavedState
+    public var keyboard: I8042Controller.SavedState
     public var devices: [MMIOTransport.SavedState]
 
     public init(kestrelVersion: String, configuration: String, memory: [MemoryRange], vcpus: [VCPUState],
                 interruptControllers: [InterruptControllerState], pit: PITState, clock: ClockState,
-                serial: Serial16550.SavedState, devices: [MMIOTransport.SavedState]) {
+                serial: Serial16550.SavedState, keyboard: I8042Controller.SavedState = .init(), devices: [MMIOTransport.SavedState]) {
         self.kestrelVersion = kestrelVersion
         self.configuration = configuration
         self.memory = memory
@@ -78,6 +81,7 @@ public struct MachineSnapshot: Equatable, Sendable {
         self.pit = pit
         self.clock = clock
         self.serial = serial
+        self.keyboard = keyboard
         self.devices = devices
     }
 
@@ -118,6 +122,15 @@ public struct MachineSnapshot: Equatable, Sendable {
         uart.bool(serial.transmitInterruptPending)
         uart.blob(serial.unreadInput)
         sections.append(("UART", uart.bytes))
+        var kbdc = SnapshotWriter()
+        kbdc.u8(keyboard.controlByte)
+        kbdc.blob(keyboard.outputQueue)
+        kbdc.bool(keyboard.scanning)
+        for pending in [keyboard.pendingControllerCommand, keyboard.pendingKeyboardCommand] {
+            kbdc.bool(pending != nil)
+            kbdc.u8(pending ?? 0)
+        }
+        sections.append(("KBDC", kbdc.bytes))
         for device in devices {
             var writer = SnapshotWriter()
             writer.u32(device.deviceType)
@@ -199,7 +212,7 @@ public struct MachineSnapshot: Equatable, Sendable {
         let count = try file.count("sections", minimumSize: 8)
         var info: SnapshotReader?
         var vcpuSections: [SnapshotReader] = [], chips: [InterruptControllerState] = [], devices: [MMIOTransport.SavedState] = []
-        var pit: PITState?, clock: ClockState?, serial: Serial16550.SavedState?
+        var pit: PITState?, clock: ClockState?, serial: Serial16550.SavedState?, keyboard: I8042Controller.SavedState?
         for index in 0..<count {
             let tag = String(decoding: try file.take(4, "the tag of section \(index)"), as: UTF8.self)
             let length = Int(try file.u32("the length of section \(index) (\(tag))"))
@@ -214,13 +227,16 @@ public struct MachineSnapshot: Equatable, Sendable {
             case "PIT2": try once(pit); pit = try state(PITState.self, &reader)
             case "CLCK": try once(clock); clock = try state(ClockState.self, &reader)
             case "UART": try once(serial); serial = try decodeSerial(&reader)
+            case "KBDC": try once(keyboard); keyboard = try decodeKeyboard(&reader)
             case "VIRT": devices.append(try decodeTransport(&reader))
             default: throw SnapshotError("the snapshot is corrupt: unknown section \"\(tag)\"")
             }
         }
         try file.requireEnd()
         guard var info else { throw SnapshotError("the snapshot is corrupt: it has no INFO section") }
-        guard let pit, let clock, let serial else { throw SnapshotError("the snapshot is corrupt: it lacks a PIT2, CLCK or UART section") }
+        guard let pit, let clock, let serial, let keyboard else {
+            throw SnapshotError("the snapshot is corrupt: it lacks a PIT2, CLCK, UART or KBDC section")
+        }
         guard !vcpuSections.isEmpty else { throw SnapshotError("the snapshot is corrupt: it has no vCPU") }
         guard Set(chips.compactMap(\.chip)) == Set(InterruptControllerState.Chip.allCases), chips.count == 3 else {
             throw SnapshotError("the snapshot is corrupt: it needs one IRQC section for each PIC and the IOAPIC")
@@ -242,7 +258,8 @@ public struct MachineSnapshot: Equatable, Sendable {
         var vcpus: [VCPUState] = []
         for var reader in vcpuSections { vcpus.append(try decodeVCPU(&reader)) }
         return MachineSnapshot(kestrelVersion: kestrel, configuration: configuration, memory: memory, vcpus: vcpus,
-                               interruptControllers: chips, pit: pit, clock: clock, serial: serial, devices: devices)
+                               interruptControllers: chips, pit: pit, clock: clock, serial: serial, keyboard: keyboard,
+                               devices: devices)
     }
 
     /// A KVM struct that is a whole section.
@@ -310,6 +327,21 @@ public struct MachineSnapshot: Equatable, Sendable {
             transmitInterruptPending: try reader.bool("the THRE flag"), unreadInput: try reader.blob("the unread input"))
         try reader.requireEnd()
         return state
+    }
+
+    private static func decodeKeyboard(_ reader: inout SnapshotReader) throws(SnapshotError) -> I8042Controller.SavedState {
+        let control = try reader.u8("the control byte")
+        let queue = try reader.blob("the output queue")
+        guard queue.count <= I8042Controller.queueLimit else { throw SnapshotError("the snapshot is corrupt: an i8042 queue of \(queue.count) bytes") }
+        let scanning = try reader.bool("the scanning flag")
+        var pending: [UInt8?] = []
+        for what in ["the pending controller command", "the pending keyboard command"] {
+            let present = try reader.bool(what), value = try reader.u8(what)
+            pending.append(present ? value : nil)
+        }
+        try reader.requireEnd()
+        return I8042Controller.SavedState(controlByte: control, outputQueue: queue, scanning: scanning,
+                                          pendingControllerCommand: pending[0], pendingKeyboardCommand: pending[1])
     }
 
     private static func decodeTransport(_ reader: inout SnapshotReader) throws(SnapshotError) -> MMIOTransport.SavedState {
