@@ -117,8 +117,11 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         if apiSocket != nil && noAPI { throw ValidationError("--api-sock and --no-api contradict each other") }
-        if apiSocket != nil && config == nil && kernel == nil {
-            try runFromAPI()
+        if let apiSocket, config == nil, kernel == nil {
+            guard drives.isEmpty, networkInterfaces.isEmpty, vsock == nil, !entropy, memoryBackend == nil, confidential == nil, !dryRun else {
+                throw ValidationError("with --api-sock and no --kernel or --config-file, give the devices and memory backend through the API")
+            }
+            try runner.serveAPI(at: apiSocket)
             return
         }
         var configuration: MachineConfiguration
@@ -150,7 +153,7 @@ struct RunCommand: ParsableCommand {
             configuration.confidential = mode
         }
         if let snpCertificates { configuration.snpCertificatesPath = snpCertificates }
-        applyBootFlags(to: &configuration)
+        runner.applyBootFlags(to: &configuration)
         if let memoryBackend {
             do { configuration.memoryBackend = try MemoryBackend.named(memoryBackend) } catch {
                 printError("kestrel: --memory-backend: \(error)")
@@ -175,10 +178,10 @@ struct RunCommand: ParsableCommand {
         }
 
         let console = ConsoleOutput()
-        let seccomp = try seccompPolicy(for: configuration)
+        let seccomp = try runner.seccompPolicy(for: configuration)
         let machine: Machine
         do {
-            machine = try Self.build(configuration, console: console)
+            machine = try MachineRunner.build(configuration, console: console)
         } catch {
             printError("kestrel: cannot start the guest: \(error)")
             throw ExitCode(2)
@@ -196,143 +199,13 @@ struct RunCommand: ParsableCommand {
             }
         }
         defer { server?.stop() }
-        try runMachine(machine, console: console, seccomp: seccomp)
+        try runner.runMachine(machine, console: console, seccomp: seccomp)
     }
 
-    /// `--api-sock` alone: serve the API and wait for InstanceStart; a start
-    /// that fails is answered with 400 and the API waits for the next.
-    func runFromAPI() throws {
-        guard drives.isEmpty, networkInterfaces.isEmpty, vsock == nil, !entropy, memoryBackend == nil, confidential == nil, !dryRun else {
-            throw ValidationError("with --api-sock and no --kernel or --config-file, give the devices and memory backend through the API")
-        }
-        let host = APIMachineHost(log: { printError("kestrel: \($0)") })
-        let api = FirecrackerAPI(instanceID: id, version: Kestrel.version, control: host)
-        // Lists known before the configuration: an SNP machine (certificates
-        // on vCPU threads) cannot be described through the API.
-        let seccomp = try seccompPolicy(for: nil)
-        let server: APIServer
-        do {
-            server = try APIServer(path: apiSocket!, api: api, log: { printError("kestrel: \($0)") }, setUp: { seccomp?.enter(.api) })
-        } catch {
-            printError("kestrel: --api-sock \(apiSocket!): \(error)")
-            throw ExitCode(2)
-        }
-        defer { server.stop() }
-        // SIGINT and SIGTERM stop the machine once it runs; until then they end
-        // Kestrel here, taking the socket file with it.
-        let running = Mutex<Machine?>(nil)
-        let signals = try StopSignalThread(setUp: { seccomp?.enter(.signals) }) { number in
-            if let machine = running.withLock({ $0 }) { machine.finish(.stopped(signal: number)); return }
-            server.stop()
-            Glibc.exit(128 + number)
-        }
-        defer { withExtendedLifetime(signals) {} }
-        if verbose { printError("kestrel: API on \(apiSocket!); waiting for InstanceStart") }
-        let console = ConsoleOutput()
-        while true {
-            let request = host.nextRequest()
-            do {
-                let machine: Machine
-                var paused = false
-                switch request {
-                case .boot(var configuration):
-                    applyBootFlags(to: &configuration)
-                    machine = try Self.build(configuration, console: console)
-                case .restore(let statePath, let memoryPath, let resume):
-                    machine = try MachineBuilder.restore(statePath: statePath, memoryPath: memoryPath, console: { console.write($0) },
-                                                         deviceLog: { printError("kestrel: \($0)") })
-                    paused = !resume
-                }
-                if paused { machine.pauseBeforeRun() }
-                running.withLock { $0 = machine }
-                host.started(machine)
-                try runMachine(machine, console: console, handlingSignals: false, seccomp: seccomp)
-                return
-            } catch let exit as ExitCode {
-                throw exit
-            } catch {
-                host.failed(error)
-            }
-        }
-    }
-
-    /// The seccomp allow-lists (nil with --no-seccomp), with the SIGSYS
-    /// handler installed; --verbose prints their sizes.
-    func seccompPolicy(for configuration: MachineConfiguration?) throws -> SeccompPolicy? {
-        guard !noSeccomp else {
-            if seccompProbe != nil { throw ValidationError("--seccomp-probe needs the filters; drop --no-seccomp") }
-            return nil
-        }
-        var probe: KestrelThread?
-        if let seccompProbe {
-            guard let kind = KestrelThread(rawValue: seccompProbe) else {
-                throw ValidationError("--seccomp-probe \(seccompProbe): known: \(KestrelThread.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            probe = kind
-        }
-        let policy = try SeccompPolicy(snpCertificates: configuration?.snpCertificatesPath != nil, probe: probe, logOnly: seccompLog,
-                                       log: { printError("kestrel: \($0)") })
-        try policy.prepare()
-        if verbose { printError("kestrel: seccomp allow-lists (system calls): \(policy.summary)") }
-        return policy
-    }
-
-    /// --prefault, --guest-decompression and --no-pvh, whichever way the machine was described.
-    func applyBootFlags(to configuration: inout MachineConfiguration) {
-        if prefault { configuration.prefault = true }
-        if guestDecompression { configuration.decompressOnHost = false }
-        if noPVH { configuration.preferPVH = false }
-    }
-
-    static func build(_ configuration: MachineConfiguration, console: ConsoleOutput) throws -> Machine {
-        try MachineBuilder(configuration: configuration).build(console: { console.write($0) },
-                                                               deviceLog: { printError("kestrel: \($0)") },
-                                                               announce: { printError($0) })
-    }
-
-    /// Runs a built machine to its end on this terminal; throws the exit code.
-    func runMachine(_ machine: Machine, console: ConsoleOutput, handlingSignals: Bool = true, seccomp: SeccompPolicy? = nil) throws {
-        let configuration = machine.configuration
-        if verbose || configuration.memoryBackend != .anonymous {
-            printError("kestrel: guest memory: \(machine.memoryProtection)")
-        }
-        if verbose {
-            if let plan = machine.plan {
-                printError("kestrel: \(plan.kind); \(plan.entry); kernel at 0x\(String(plan.kernelRange.lowerBound, radix: 16))-0x\(String(plan.kernelRange.upperBound, radix: 16))"
-                    + (plan.decompressionSeconds > 0 ? ", host decompression \(plan.decompressionSeconds.text(places: 3)) s" : ""))
-                for entry in plan.e820 { printError("kestrel: e820 \(entry)") }
-            } else {
-                printError("kestrel: restored from a snapshot")
-            }
-            printError("kestrel: set-up " + machine.setupSteps.map { "\($0.step) \(SecondsText.text($0.duration)) s" }.joined(separator: ", "))
-        }
-        let terminal = TerminalSession(serial: machine.serial, setUp: { seccomp?.enter(.console) })
-        let signals = handlingSignals ? try StopSignalThread(setUp: { seccomp?.enter(.signals) }) { machine.finish(.stopped(signal: $0)) } : nil
-        // Loading, decompression and table building are done: their code need
-        // not stay resident for the life of the guest.
-        let releaseStart = ContinuousClock.now
-        let releasedAtStart = ProcessMemory.releaseReadOnlyFilePages()
-        if verbose { printError("kestrel: released start-up pages in \(SecondsText.text(ContinuousClock.now - releaseStart)) s") }
-        let outcome = machine.run(seccomp: seccomp)
-        console.flush()
-        terminal.restore()
-        withExtendedLifetime(signals) {}
-        if verbose, let footprint = machine.memoryFootprint() {
-            let mib = { (bytes: UInt64) in (Double(bytes) / 1_048_576).text(places: 1) + " MiB" }
-            printError("kestrel: RSS \(mib(footprint.resident)), guest memory touched \(mib(footprint.guest)), Kestrel overhead \(mib(footprint.overhead)): "
-                + "\(mib(footprint.fileBacked)) pages of the executable, \(mib(footprint.anonymous)) private memory; "
-                + "\(mib(releasedAtStart)) of start-up pages were released before the guest ran")
-        }
-        if verbose {
-            for transport in machine.devices.transports {
-                printError("kestrel: \(transport.name): status \(transport.status)" + (transport.device.activitySummary.map { "; " + $0 } ?? ""))
-            }
-        }
-        if verbose, let start = machine.startTime {
-            printError("kestrel: ran \(ContinuousClock.now - start)")
-        }
-        printError("kestrel: \(outcome.diagnosis)")
-        throw ExitCode(outcome.exitCode)
+    /// The settings that outlive parsing, for `MachineRunner`.
+    var runner: MachineRunner {
+        MachineRunner(id: id, verbose: verbose, noSeccomp: noSeccomp, seccompProbe: seccompProbe, seccompLog: seccompLog,
+                      prefault: prefault, guestDecompression: guestDecompression, noPVH: noPVH)
     }
 }
 
@@ -406,3 +279,4 @@ enum SecondsText {
         duration.inSeconds.text(places: 3)
     }
 }
+

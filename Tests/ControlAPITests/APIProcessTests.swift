@@ -112,6 +112,22 @@ import Testing
         #expect(access(socket, F_OK) != 0, "the socket file outlived Kestrel")
     }
 
+    /// `kestrel run --api-sock` reads Firecracker's launch options without
+    /// ArgumentParser (main.swift); a line it does not take plainly still gets
+    /// ArgumentParser's messages and exit status.
+    @Test func theShortLaunchPathKeepsTheUsualMessages() throws {
+        let kestrel = try Self.kestrel()
+        let missing = try HostProcess.output([kestrel, "run", "--api-sock", "/tmp/kestrel-never.sock", "--id"])
+        #expect(missing.status == 64 && missing.errors.contains("Missing value for '--id <id>'"), "\(missing)")
+        let unknown = try HostProcess.output([kestrel, "run", "--api-sock", "/tmp/kestrel-never.sock", "--bogus"])
+        #expect(unknown.status == 64 && unknown.errors.contains("Unknown option '--bogus'"), "\(unknown)")
+        let help = try HostProcess.output([kestrel, "run", "--api-sock", "/tmp/kestrel-never.sock", "--help"])
+        #expect(help.status == 0 && help.output.contains("USAGE: kestrel run"), "\(help.output.prefix(300))")
+        let contradiction = try HostProcess.output([kestrel, "run", "--api-sock", "/tmp/kestrel-never.sock", "--no-api"])
+        #expect(contradiction.status != 0 && contradiction.errors.contains("contradict"), "\(contradiction)")
+        #expect(access("/tmp/kestrel-never.sock", F_OK) != 0, "no socket was made")
+    }
+
     @Test func firecrackerPythonDrivesKestrelUnchanged() throws {
         guard Self.requireKVM() else {
             print("SKIP: /dev/kvm is not usable here"); return

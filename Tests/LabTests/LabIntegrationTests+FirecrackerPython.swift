@@ -39,6 +39,7 @@ extension LabIntegrationTests {
             i=0; while true; do
               echo "tick $i"; i=$((i+1)); sleep 0.1
               if [ $i -eq 100 ]; then echo 3 > /proc/sys/vm/drop_caches; echo "disk-read $(head -c 19 /dev/vda)"; fi
+              if [ $((i % 50)) -eq 0 ]; then echo "keyboard-interrupts $(grep i8042 /proc/interrupts | tr -s ' ')"; fi
             done
             """#
         let host = #"""

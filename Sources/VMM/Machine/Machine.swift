@@ -92,9 +92,10 @@ public final class Machine: Sendable {
     /// Runs every vCPU on its own thread until the machine stops; returns why.
     /// With `seccomp`, the device thread and each vCPU thread install their
     /// allow-lists before any work, and this (the main) thread its own once
-    /// they exist.
-    public func run(seccomp: SeccompPolicy? = nil) -> RunOutcome {
-        releaseLoaderMemory()
+    /// they exist. `running` is called on this thread once every vCPU thread
+    /// has started (and before this thread's own allow-list): the place for
+    /// work that must not delay the guest, such as answering the API.
+    public func run(seccomp: SeccompPolicy? = nil, running: () -> Void = {}) -> RunOutcome {
         started.withLock { $0 = .now }
         control.attach(vcpuThreads)
         do {
@@ -116,6 +117,8 @@ public final class Machine: Sendable {
                 break
             }
         }
+        releaseLoaderMemory()
+        running()
         seccomp?.enter(.vmm)
         for thread in threads { thread.join() }
         let ending = control.outcome ?? .vcpuFailure(vcpu: 0, detail: "every vCPU stopped without a reason")

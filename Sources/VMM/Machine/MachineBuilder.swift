@@ -68,6 +68,7 @@ public struct MachineBuilder {
                                           alignment: MemoryMapping.hugePageAlignment, backing: backing, to: memory)
             if backing == .anonymous(.private) { try? region.mapping?.advise(MADV_HUGEPAGE) }
         }
+        try Self.createInterruptControllers(vm)
         timer.step("VM and memory")
         try bootPlan.write(into: memory)
         timer.step("load into guest memory")
@@ -103,9 +104,9 @@ public struct MachineBuilder {
             memoryProtection: "\(protection) (\(ranges.count) slot\(ranges.count == 1 ? "" : "s"))")
     }
 
-    /// A VM with what every Kestrel x86 machine has: the TSS and identity-map
-    /// pages below 4 GiB, the in-kernel irqchip and PIT. Refuses a KVM
-    /// without KVM_CAP_IMMEDIATE_EXIT (pauses and stops need it).
+    /// A VM with the TSS and identity-map pages below 4 GiB; its RAM comes
+    /// next, then `createInterruptControllers`. Refuses a KVM without
+    /// KVM_CAP_IMMEDIATE_EXIT (pauses and stops need it).
     static func createVirtualMachine(_ kvm: KVMSystem) throws -> VirtualMachine {
         for capability in [Capability.immediateExit] where try kvm.checkExtension(capability) == 0 {
             throw ConfigurationError("this host's KVM lacks \(capability)")
@@ -113,9 +114,17 @@ public struct MachineBuilder {
         let vm = try kvm.createVirtualMachine()
         try vm.setTSSAddress(0xFFFB_D000)
         try vm.setIdentityMapAddress(0xFFFB_C000)
+        return vm
+    }
+
+    /// The in-kernel irqchip (PICs, IOAPIC, LAPICs) and PIT, after the RAM's
+    /// memory slots: with the irqchip made first, the first
+    /// KVM_SET_USER_MEMORY_REGION took 7.6 ms instead of 0.12 ms on this
+    /// machine's kvm_pvm (6.18) and 3.4 ms instead of 0.9 ms on a 7.2 lab L1
+    /// (the same calls in the other order; 6.1 showed no difference).
+    static func createInterruptControllers(_ vm: VirtualMachine) throws {
         try vm.createInterruptController()
         try vm.createPIT()
-        return vm
     }
 
     /// The serial port, the i8042, ACPI sleep, the exit device and the virtio

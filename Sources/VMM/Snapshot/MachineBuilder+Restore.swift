@@ -78,6 +78,7 @@ extension MachineBuilder {
                 try SnapshotMemoryFile.copy(from: memoryFile, range: range, into: mapping, path: memoryPath)
             }
         }
+        try createInterruptControllers(vm)
         timer.step(mapped ? "map RAM from the memory file" : "copy RAM into guest_memfd")
 
         let wiring = try wireDevices(vm: vm, kvm: kvm, memory: memory, virtioDevices: virtioDevices, console: console, deviceLog: deviceLog)

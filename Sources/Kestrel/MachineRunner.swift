@@ -1,0 +1,181 @@
+import ArgumentParser
+import ControlAPI
+import Glibc
+import HostSystem
+import Synchronization
+import TextFormat
+import VMM
+
+/// What `kestrel run` does once its options are known, however they were
+/// read: `RunCommand` through ArgumentParser, or `APILaunchArguments` for
+/// the API-only launch (`main.swift`). It serves the API, installs the
+/// seccomp lists and runs a built machine to its end.
+struct MachineRunner: Sendable {
+    var id = APILaunchArguments.defaultID
+    var verbose = false
+    var noSeccomp = false
+    var seccompProbe: String?
+    var seccompLog = false
+    var prefault = false
+    var guestDecompression = false
+    var noPVH = false
+
+    /// The API-only launch's settings.
+    init(_ arguments: APILaunchArguments) {
+        self.init(id: arguments.id, verbose: arguments.verbose, noSeccomp: arguments.noSeccomp,
+                  seccompProbe: arguments.seccompProbe, seccompLog: arguments.seccompLog)
+    }
+
+    init(id: String, verbose: Bool, noSeccomp: Bool, seccompProbe: String?, seccompLog: Bool,
+         prefault: Bool = false, guestDecompression: Bool = false, noPVH: Bool = false) {
+        self.id = id
+        self.verbose = verbose
+        self.noSeccomp = noSeccomp
+        self.seccompProbe = seccompProbe
+        self.seccompLog = seccompLog
+        self.prefault = prefault
+        self.guestDecompression = guestDecompression
+        self.noPVH = noPVH
+    }
+
+    /// `--api-sock` alone: serves the API and wait for InstanceStart; a start
+    /// that fails is answered with 400 and the API waits for the next.
+    func serveAPI(at apiSocket: String) throws {
+        let host = APIMachineHost(log: { printError("kestrel: \($0)") })
+        let api = FirecrackerAPI(instanceID: id, version: Kestrel.version, control: host)
+        // Lists known before the configuration: an SNP machine (certificates
+        // on vCPU threads) cannot be described through the API.
+        let seccomp = try seccompPolicy(for: nil)
+        let server: APIServer
+        do {
+            server = try APIServer(path: apiSocket, api: api, log: { printError("kestrel: \($0)") }, setUp: { seccomp?.enter(.api) })
+        } catch {
+            printError("kestrel: --api-sock \(apiSocket): \(error)")
+            throw ExitCode(2)
+        }
+        defer { server.stop() }
+        // SIGINT and SIGTERM stop the machine once it runs; until then they end
+        // Kestrel here, taking the socket file with it.
+        let running = Mutex<Machine?>(nil)
+        let signals = try StopSignalThread(setUp: { seccomp?.enter(.signals) }) { number in
+            if let machine = running.withLock({ $0 }) { machine.finish(.stopped(signal: number)); return }
+            server.stop()
+            Glibc.exit(128 + number)
+        }
+        defer { withExtendedLifetime(signals) {} }
+        if verbose { printError("kestrel: API on \(apiSocket); waiting for InstanceStart") }
+        let console = ConsoleOutput()
+        while true {
+            let request = host.nextRequest()
+            do {
+                let machine: Machine
+                var paused = false
+                switch request {
+                case .boot(var configuration):
+                    applyBootFlags(to: &configuration)
+                    machine = try Self.build(configuration, console: console)
+                case .restore(let statePath, let memoryPath, let resume):
+                    machine = try MachineBuilder.restore(statePath: statePath, memoryPath: memoryPath, console: { console.write($0) },
+                                                         deviceLog: { printError("kestrel: \($0)") })
+                    paused = !resume
+                }
+                if paused { machine.pauseBeforeRun() }
+                running.withLock { $0 = machine }
+                // The API answers once the vCPUs run (a start or load that
+                // fails before that ends Kestrel, closing the connection).
+                try runMachine(machine, console: console, handlingSignals: false, seccomp: seccomp, running: { host.started(machine) })
+                return
+            } catch let exit as ExitCode {
+                throw exit
+            } catch {
+                host.failed(error)
+            }
+        }
+    }
+
+    /// The seccomp allow-lists (nil with --no-seccomp), with the SIGSYS
+    /// handler installed; --verbose prints their sizes.
+    func seccompPolicy(for configuration: MachineConfiguration?) throws -> SeccompPolicy? {
+        guard !noSeccomp else {
+            if seccompProbe != nil { throw ValidationError("--seccomp-probe needs the filters; drop --no-seccomp") }
+            return nil
+        }
+        var probe: KestrelThread?
+        if let seccompProbe {
+            guard let kind = KestrelThread(rawValue: seccompProbe) else {
+                throw ValidationError("--seccomp-probe \(seccompProbe): known: \(KestrelThread.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            probe = kind
+        }
+        let policy = try SeccompPolicy(snpCertificates: configuration?.snpCertificatesPath != nil, probe: probe, logOnly: seccompLog,
+                                       log: { printError("kestrel: \($0)") })
+        try policy.prepare()
+        if verbose { printError("kestrel: seccomp allow-lists (system calls): \(policy.summary)") }
+        return policy
+    }
+
+    /// --prefault, --guest-decompression and --no-pvh, whichever way the machine was described.
+    func applyBootFlags(to configuration: inout MachineConfiguration) {
+        if prefault { configuration.prefault = true }
+        if guestDecompression { configuration.decompressOnHost = false }
+        if noPVH { configuration.preferPVH = false }
+    }
+
+    static func build(_ configuration: MachineConfiguration, console: ConsoleOutput) throws -> Machine {
+        try MachineBuilder(configuration: configuration).build(console: { console.write($0) },
+                                                               deviceLog: { printError("kestrel: \($0)") },
+                                                               announce: { printError($0) })
+    }
+
+    /// Runs a built machine to its end on this terminal; throws the exit code.
+    /// `running` is called once the vCPU threads have started.
+    func runMachine(_ machine: Machine, console: ConsoleOutput, handlingSignals: Bool = true, seccomp: SeccompPolicy? = nil,
+                    running: () -> Void = {}) throws {
+        let configuration = machine.configuration
+        if verbose || configuration.memoryBackend != .anonymous {
+            printError("kestrel: guest memory: \(machine.memoryProtection)")
+        }
+        if verbose {
+            if let plan = machine.plan {
+                printError("kestrel: \(plan.kind); \(plan.entry); kernel at 0x\(String(plan.kernelRange.lowerBound, radix: 16))-0x\(String(plan.kernelRange.upperBound, radix: 16))"
+                    + (plan.decompressionSeconds > 0 ? ", host decompression \(plan.decompressionSeconds.text(places: 3)) s" : ""))
+                for entry in plan.e820 { printError("kestrel: e820 \(entry)") }
+            } else {
+                printError("kestrel: restored from a snapshot")
+            }
+            printError("kestrel: set-up " + machine.setupSteps.map { "\($0.step) \(SecondsText.text($0.duration)) s" }.joined(separator: ", "))
+        }
+        let terminal = TerminalSession(serial: machine.serial, setUp: { seccomp?.enter(.console) })
+        let signals = handlingSignals ? try StopSignalThread(setUp: { seccomp?.enter(.signals) }) { machine.finish(.stopped(signal: $0)) } : nil
+        // Loading, decompression and table building are done: their code need
+        // not stay resident for the life of the guest. Released once the vCPUs
+        // run, so that it does not delay them (a page still in use is read in
+        // again from the page cache).
+        var releasedAtStart: UInt64 = 0
+        let outcome = machine.run(seccomp: seccomp) {
+            running()
+            let releaseStart = ContinuousClock.now
+            releasedAtStart = ProcessMemory.releaseReadOnlyFilePages()
+            if verbose { printError("kestrel: released start-up pages in \(SecondsText.text(ContinuousClock.now - releaseStart)) s") }
+        }
+        console.flush()
+        terminal.restore()
+        withExtendedLifetime(signals) {}
+        if verbose, let footprint = machine.memoryFootprint() {
+            let mib = { (bytes: UInt64) in (Double(bytes) / 1_048_576).text(places: 1) + " MiB" }
+            printError("kestrel: RSS \(mib(footprint.resident)), guest memory touched \(mib(footprint.guest)), Kestrel overhead \(mib(footprint.overhead)): "
+                + "\(mib(footprint.fileBacked)) pages of the executable, \(mib(footprint.anonymous)) private memory; "
+                + "\(mib(releasedAtStart)) of start-up pages were released as the guest started")
+        }
+        if verbose {
+            for transport in machine.devices.transports {
+                printError("kestrel: \(transport.name): status \(transport.status)" + (transport.device.activitySummary.map { "; " + $0 } ?? ""))
+            }
+        }
+        if verbose, let start = machine.startTime {
+            printError("kestrel: ran \(ContinuousClock.now - start)")
+        }
+        printError("kestrel: \(outcome.diagnosis)")
+        throw ExitCode(outcome.exitCode)
+    }
+}

@@ -1,0 +1,37 @@
+import ControlAPI
+import Testing
+
+/// The short reading of `kestrel run --api-sock PATH ...`: what it takes,
+/// and everything it leaves to the full parse (nil).
+@Suite struct APILaunchArgumentsTests {
+    @Test func takesFirecrackersLaunchOptionsInEitherForm() throws {
+        let plain = try #require(APILaunchArguments.parse(["--api-sock", "/tmp/a.sock"]))
+        #expect(plain == APILaunchArguments(apiSocket: "/tmp/a.sock"))
+        #expect(plain.id == "anonymous-instance" && !plain.noSeccomp && !plain.verbose && plain.seccompProbe == nil)
+        let full = try #require(APILaunchArguments.parse(["--id", "vm-1", "--verbose", "--api-sock=/tmp/b.sock", "--no-seccomp",
+                                                          "--seccomp-log", "--seccomp-probe=vcpu"]))
+        #expect(full.apiSocket == "/tmp/b.sock" && full.id == "vm-1" && full.verbose && full.noSeccomp && full.seccompLog)
+        #expect(full.seccompProbe == "vcpu")
+    }
+
+    @Test func leavesEverythingElseToTheFullParse() {
+        let refused: [[String]] = [
+            [],                                            // no socket: not an API launch
+            ["--id", "vm"],
+            ["--api-sock"],                                // a missing value
+            ["--api-sock", "--verbose"],                   // a value that is an option
+            ["--api-sock="],                               // an empty value
+            ["--api-sock", "/a", "--api-sock", "/b"],      // repeated
+            ["--api-sock", "/a", "--verbose", "--verbose"],
+            ["--api-sock", "/a", "--help"],
+            ["--api-sock", "/a", "-h"],
+            ["--api-sock", "/a", "--kernel", "/vmlinux"],  // another option: a configured boot
+            ["--api-sock", "/a", "--no-api"],
+            ["--api-sock", "/a", "--verbose=yes"],         // a flag with a value
+            ["--api-sock", "/a", "extra"],
+        ]
+        for arguments in refused {
+            #expect(APILaunchArguments.parse(arguments) == nil, "\(arguments)")
+        }
+    }
+}
