@@ -33,10 +33,10 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
             request = wanted
             answer = nil
         }
-        return try lock.wait(until: { answer != nil }) {
-            defer { answer = nil }
-            return try answer!.get()
-        }
+        let result = lock.wait(until: { answer != nil }) { answer! }
+        // Taken: `started` may be waiting for this before it goes on.
+        lock.withLockBroadcasting { answer = nil }
+        return try result.get()
     }
 
     func start(_ configuration: MachineConfiguration) throws { _ = try ask(.boot(configuration)) }
@@ -53,11 +53,16 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
         }
     }
 
+    /// Answers the start or load; returns once the API thread has taken the
+    /// answer (or after 100 ms), so that the caller's next work (releasing
+    /// start-up pages, on a machine whose cores the new vCPUs already keep
+    /// busy) does not hold the answer back.
     func started(_ machine: Machine) {
         lock.withLockBroadcasting {
             self.machine = machine
             answer = .success(machine.configuration)
         }
+        _ = lock.wait(until: { answer == nil }, timeout: .milliseconds(100))
     }
 
     func failed(_ error: any Error) {

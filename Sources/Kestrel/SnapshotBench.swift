@@ -15,7 +15,7 @@ struct SnapshotBench: ParsableCommand {
             The guest is a crafted vmlinux that counts on COM1 (it runs on any KVM, the software one too). \
             Exec to socket: from posix_spawn of `kestrel run --api-sock` until connect(2) on the socket succeeds \
             (polled without sleeping); baseline: posix_spawn to exit of /bin/true, the floor of any process. \
-            Restore: from posix_spawn until PUT /snapshot/load with resume_vm answers 204 (the vCPUs are running); \
+            Restore: from posix_spawn until PUT /snapshot/load with resume_vm answers 204 (Kestrel answers once every vCPU thread has started); \
             baseline: the same guest booted through the API (spawn until InstanceStart answers 204). \
             Pause and resume: PATCH /vm round trips; baseline: GET / round trips. Run it here and in the lab: \
             kestrel lab run --kernel 6.1 -- kestrel bench snapshot.
