@@ -162,11 +162,13 @@ final class TestDriver {
         return nil
     }
 
-    /// Waits up to 5 s for the status to contain `bits`.
+    /// Waits up to 5 s for the status to contain `bits`. For
+    /// DEVICE_NEEDS_RESET it also waits for the fault's line: the transport
+    /// logs it just after the status changes, outside its lock.
     func waitForStatus(_ bits: VirtioStatus) -> Bool {
         let deadline = ContinuousClock.now + .seconds(5)
         while ContinuousClock.now < deadline {
-            if transport.status.contains(bits) { return true }
+            if transport.status.contains(bits) && (!bits.contains(.needsReset) || !logLines.isEmpty) { return true }
             usleep(1000)
         }
         return false
