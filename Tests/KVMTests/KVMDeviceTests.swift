@@ -21,7 +21,21 @@ import Testing
         }
     }
 
+    /// A slot at a guest address that is not page-aligned: KVM's generic
+    /// slot code refuses it with EINVAL on every host.
     @Test func failedIoctlCarriesNameAndErrno() throws {
+        let vm = try KVMSystem().createVirtualMachine()
+        let misaligned = MemorySlot(slot: 0, guestPhysicalAddress: 0x1001, size: 4096, userspaceAddress: 0x10000)
+        #expect {
+            try vm.setUserMemoryRegion(misaligned)
+        } throws: { error in
+            error as? SystemCallError == SystemCallError(operation: "KVM_SET_USER_MEMORY_REGION", errno: .invalidArgument)
+        }
+    }
+
+    static var guestMemfd: Bool { ((try? KVMSystem().checkExtension(.guestMemfd)) ?? 0) > 0 }
+
+    @Test(.enabled(if: guestMemfd, "needs KVM_CAP_GUEST_MEMFD")) func aGuestMemfdOfOneByteIsRefused() throws {
         let vm = try KVMSystem().createVirtualMachine()
         do {
             _ = try vm.createGuestMemfd(size: 1)
