@@ -133,7 +133,7 @@ let package = Package(
         .testTarget(name: "LabTests", dependencies: ["Lab", "Boot", "TextFormat"], swiftSettings: swiftSettings),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory", "HostSystem"], swiftSettings: swiftSettings),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "HostSystem", "Lab"], swiftSettings: swiftSettings),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Boot", "Confidential", "GuestMemory", "KestrelTesting"], swiftSettings: swiftSettings),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "HostSystem", "Boot", "Confidential", "GuestMemory", "KestrelTesting"], swiftSettings: swiftSettings),
         .testTarget(
             name: "BootTests", dependencies: ["Boot", "Decompression", "GuestMemory", "CZlib", "CLZMA", "CZstd"],
             swiftSettings: swiftSettings),

@@ -10,7 +10,11 @@ overhead seen while the guest ran, split into pages of the executable (file)
 and private memory, and the figure Kestrel prints itself at the end of the run
 (--verbose), which also includes the code that stops the run and measures.
 
-  scripts/memory-overhead.py [--runs 3] [--kernel /boot/vmlinuz-...] [--memory-mib 128]
+  scripts/memory-overhead.py [--runs 3] [--kernel /boot/vmlinuz-...] [--memory-mib 128] [--fault-around-control]
+
+With --fault-around-control every run is followed by one with `kestrel run
+--fault-around`, which keeps the kernel's fault-around for the executable's
+pages (Kestrel turns it off on Linux 6.7 and later), and both medians print.
 
 Needs: a release build of kestrel (swift build -c release),
 linux-image-cloud-amd64 and busybox-static (apt).
@@ -100,6 +104,8 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory-mib", type=int, default=128)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--fault-around-control", action="store_true",
+                        help="also measure kestrel run --fault-around, interleaved with the normal runs")
     options = parser.parse_args()
     if not options.kernel:
         sys.exit("no kernel: apt-get install linux-image-cloud-amd64, or pass --kernel")
@@ -110,21 +116,29 @@ def main():
     subprocess.run([KESTREL, "initramfs", "--command", "echo kestrel-memory-guest", "-o", initrd], check=True, stdout=subprocess.DEVNULL)
     command = [KESTREL, "run", "--kernel", options.kernel, "--initrd", initrd, "--cpus", "1",
                "--memory", f"{options.memory_mib}M", "--cmdline", CMDLINE, "--verbose"]
-    peaks, own_figures = [], []
+    variants = [("", command)]
+    if options.fault_around_control:
+        variants.append((" (control: --fault-around)", command + ["--fault-around"]))
+    peaks = {label: [] for label, _ in variants}
+    own_figures = {label: [] for label, _ in variants}
     for run in range(1, options.runs + 1):
-        peak, own, last = measure(command, options.memory_mib << 20, options.timeout)
-        if peak is None:
-            sys.exit(f"run {run}: no sample taken; kestrel said: {last}")
-        peaks.append(peak)
-        if own is not None:
-            own_figures.append(own)
-        print(f"run {run}: peak overhead while the guest ran {mib(peak[0])} "
-              f"(executable pages {mib(peak[1])}, private {mib(peak[2])}); "
-              f"Kestrel's own figure at the end {own if own is not None else '?'} MiB", flush=True)
-    print(f"median peak overhead while the guest ran: {mib(statistics.median(p[0] for p in peaks))} "
-          f"(executable pages {mib(statistics.median(p[1] for p in peaks))}, private {mib(statistics.median(p[2] for p in peaks))}); goal < 5 MiB")
-    if own_figures:
-        print(f"median of Kestrel's own end-of-run figure: {statistics.median(own_figures):.1f} MiB")
+        for label, variant in variants:
+            peak, own, last = measure(variant, options.memory_mib << 20, options.timeout)
+            if peak is None:
+                sys.exit(f"run {run}{label}: no sample taken; kestrel said: {last}")
+            peaks[label].append(peak)
+            if own is not None:
+                own_figures[label].append(own)
+            print(f"run {run}{label}: peak overhead while the guest ran {mib(peak[0])} "
+                  f"(executable pages {mib(peak[1])}, private {mib(peak[2])}); "
+                  f"Kestrel's own figure at the end {own if own is not None else '?'} MiB", flush=True)
+    for label, _ in variants:
+        runs = peaks[label]
+        print(f"median peak overhead while the guest ran{label}: {mib(statistics.median(p[0] for p in runs))} "
+              f"(executable pages {mib(statistics.median(p[1] for p in runs))}, private {mib(statistics.median(p[2] for p in runs))})"
+              + ("" if label else "; goal < 5 MiB"))
+        if own_figures[label]:
+            print(f"median of Kestrel's own end-of-run figure{label}: {statistics.median(own_figures[label]):.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -26,10 +26,13 @@ Measured in the L1:
   instruction) to the end of the run, minus the guest RAM mapping: the peak
   while the guest boots and drives all four devices (virtio-rng is attached
   and read too). This is scripts/memory-overhead.py's measure, taken where the
-  guest reaches userspace.
+  guest reaches userspace. With --fault-around-control each run also boots
+  Kestrel with --fault-around (the kernel's fault-around kept for its code),
+  for that figure's control; use an L1 of 6.7 or later (--kernel 6.18 or 7.2),
+  where Kestrel can turn fault-around off.
 
 Needs: a release kestrel (swift build -c release --product kestrel),
-qemu-system-x86 and the 6.1 lab kernel. Usage: scripts/virtio-bench.py [--runs 5]
+qemu-system-x86 and the 6.1 lab kernel. Usage: scripts/virtio-bench.py [--runs 5] [--kernel 6.18] [--fault-around-control]
 """
 import argparse
 import importlib.util
@@ -80,18 +83,20 @@ sample_kestrel() {
     [ -n "$now" ] && [ "$now" -gt "$peak" ] && peak=$now
     sleep 0.5
   done
-  echo "kestrel-peak-kib $peak"
+  echo "peak-kib $peak"
 }
 for i in $(seq RUNS); do
-  if [ $((i % 2)) = 1 ]; then order="kestrel qemu"; else order="qemu kestrel"; fi
+  if [ $((i % 2)) = 1 ]; then order="VMMS"; else order="$(echo VMMS | tr ' ' '\n' | tac | tr '\n' ' ')"; fi
   for vmm in $order; do
     (sleep 600 | nc -l -p 7100 > /dev/null &)
     (head -c 16777216 /dev/zero | nc -l -p 7101 &)
     rm -f /tmp/out.txt /tmp/v.sock*
     case $vmm in
-      kestrel) kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/i.cpio --memory 256M --cmdline "$cmdline" \
+      kestrel|kestrel-fault-around)
+               control=; [ $vmm = kestrel-fault-around ] && control=--fault-around
+               kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/i.cpio --memory 256M --cmdline "$cmdline" \
                  --drive /tmp/disk.img,id=bench,cache=writeback --net tap0 \
-                 --vsock /tmp/v.sock --entropy --verbose > /tmp/out.txt 2>&1 &
+                 --vsock /tmp/v.sock --entropy --verbose $control > /tmp/out.txt 2>&1 &
                vm=$!; sample_kestrel $vm > /tmp/peak.txt & sampler=$!
                ping="kestrel vsock ping --uds /tmp/v.sock --port 52 --count 300" ;;
       qemu) /usr/bin/qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=off -accel kvm -cpu host -m 256 -smp 1 -nodefaults \
@@ -111,7 +116,7 @@ for i in $(seq RUNS); do
     done
     # the echo server ends with the connection, the guest's init then powers off
     wait $vm
-    [ -n "$sampler" ] && { wait $sampler; cat /tmp/peak.txt; grep -o 'Kestrel overhead [0-9.]* MiB' /tmp/out.txt | sed 's/^/kestrel-memory /'; }
+    [ -n "$sampler" ] && { wait $sampler; { cat /tmp/peak.txt; grep -o 'Kestrel overhead [0-9.]* MiB' /tmp/out.txt; } | sed "s/^/$vmm /"; }
     grep -E '^(seqread|qd1|tcpup|tcpdown) ' /tmp/out.txt | tr -d '\r' | sed "s/^/$vmm /"
     sed -n 's/^round-trips .* median-us \([0-9.]*\) .*/vsockrtt \1/p' /tmp/ping.txt | sed "s/^/$vmm /"
     grep -q 'median-us' /tmp/ping.txt && grep -q '^tcpdown ' /tmp/out.txt || { echo "$vmm run $i incomplete:"; tail -20 /tmp/out.txt | sed 's/^/  /'; }
@@ -125,6 +130,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--kernel", default="6.1")
+    parser.add_argument("--fault-around-control", action="store_true",
+                        help="also boot Kestrel with --fault-around (the kernel's fault-around kept) in each run, "
+                             "for the memory figure's control")
     options = parser.parse_args()
     if not os.path.exists(KESTREL):
         sys.exit("build the release kestrel first: swift build -c release --product kestrel")
@@ -132,7 +140,8 @@ def main():
     with open(os.path.join(work, "guest.sh"), "w") as file:
         file.write(GUEST)
     with open(os.path.join(work, "l1.sh"), "w") as file:
-        file.write(L1.replace("RUNS", str(options.runs)))
+        vmms = "kestrel qemu kestrel-fault-around" if options.fault_around_control else "kestrel qemu"
+        file.write(L1.replace("RUNS", str(options.runs)).replace("VMMS", vmms))
     arguments = [KESTREL, "lab", "run", "--kernel", options.kernel, "--guest-kernel", "--memory", "3072", "--timeout", "3000",
                  "--add", os.path.join(work, "guest.sh") + ":/lab/guest.sh", "--add", os.path.join(work, "l1.sh") + ":/lab/l1.sh"]
     for host, guest_path in lab_bench.qemu_bundle():
@@ -146,7 +155,7 @@ def main():
         if rtt:
             samples.setdefault((rtt.group(1), "vsockrtt"), []).append(float(rtt.group(2)))
             continue
-        match = re.match(r"(kestrel|qemu) (seqread|qd1|tcpup|tcpdown) ([0-9.]+) ([0-9.]+) ([0-9]+)$", line.strip())
+        match = re.match(r"(kestrel|qemu|kestrel-fault-around) (seqread|qd1|tcpup|tcpdown) ([0-9.]+) ([0-9.]+) ([0-9]+)$", line.strip())
         if not match:
             if "incomplete" in line or line.startswith(" "):
                 print(line)
@@ -155,8 +164,9 @@ def main():
         seconds = max(float(end) - float(start), 0.01)
         # MB/s for transfers (MiB counted), requests per second for qd1.
         samples.setdefault((vmm, what), []).append(float(amount) / seconds)
-    memory = [float(m) for m in re.findall(r"kestrel-memory Kestrel overhead ([0-9.]+) MiB", result.stdout)]
-    peaks = [int(k) / 1024 for k in re.findall(r"kestrel-peak-kib ([0-9]+)", result.stdout)]
+    memory = [float(m) for m in re.findall(r"^kestrel Kestrel overhead ([0-9.]+) MiB", result.stdout, re.M)]
+    peaks = [int(k) / 1024 for k in re.findall(r"^kestrel peak-kib ([0-9]+)", result.stdout, re.M)]
+    control_peaks = [int(k) / 1024 for k in re.findall(r"^kestrel-fault-around peak-kib ([0-9]+)", result.stdout, re.M)]
     names = {"seqread": "virtio-blk sequential read (MiB/s)", "qd1": "virtio-blk 4 KiB reads at QD1 (IOPS)",
              "tcpup": "TCP guest to host over virtio-net (MiB/s)", "tcpdown": "TCP host to guest over virtio-net (MiB/s)",
              "vsockrtt": "vsock round trip, 64 bytes (median us; QEMU: vhost-vsock)"}
@@ -174,6 +184,9 @@ def main():
     if peaks:
         print(f"Kestrel's peak overhead while the guest ran (smaps, guest RAM excluded), all four devices attached and used: "
               f"median {statistics.median(peaks):.2f} MiB, max {max(peaks):.2f} ({', '.join(f'{v:.2f}' for v in peaks)}); goal < 5 MiB")
+    if control_peaks:
+        print(f"the control, Kestrel with --fault-around (the kernel's fault-around kept): "
+              f"median {statistics.median(control_peaks):.2f} MiB, max {max(control_peaks):.2f} ({', '.join(f'{v:.2f}' for v in control_peaks)})")
     if memory:
         print(f"Kestrel's own overhead figure at the end of each run, with virtio-blk, -net, -vsock and -rng attached and used: "
               f"median {statistics.median(memory):.1f} MiB ({', '.join(f'{v:.1f}' for v in memory)}); goal < 5 MiB")

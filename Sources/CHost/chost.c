@@ -15,6 +15,7 @@
 #include <linux/filter.h>
 #include <linux/if_tun.h>
 #include <linux/seccomp.h>
+#include <linux/userfaultfd.h>
 #include <stddef.h>
 #include <sys/prctl.h>
 #include <net/if.h>
@@ -168,6 +169,41 @@ int chost_tap_open(const char *name, int vnet_header_size, char actual_name[16])
 
 int chost_tap_set_offload(int fd, unsigned int flags) {
     return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags);
+}
+
+/* ---- userfaultfd, for fault-around ---- */
+
+/* Debian 12's headers predate Linux 6.7; the values are the kernel's ABI. */
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+
+int chost_userfaultfd_wp_async(void) {
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (fd < 0) return -1;
+    struct uffdio_api api;
+    memset(&api, 0, sizeof api);
+    api.api = UFFD_API;
+    api.features = UFFD_FEATURE_WP_ASYNC;
+    if (ioctl(fd, UFFDIO_API, &api) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+int chost_userfaultfd_register_wp(int fd, uint64_t start, uint64_t length) {
+    struct uffdio_register request;
+    memset(&request, 0, sizeof request);
+    request.range.start = start;
+    request.range.len = length;
+    request.mode = UFFDIO_REGISTER_MODE_WP;
+    return ioctl(fd, UFFDIO_REGISTER, &request) < 0 ? -1 : 0;
 }
 
 /* ---- seccomp ---- */

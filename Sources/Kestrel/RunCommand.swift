@@ -55,6 +55,12 @@ struct RunCommand: ParsableCommand {
         "Let calls outside the allow-lists through, logged by the kernel (SECCOMP_RET_LOG: audit lines in dmesg naming the thread, k-vcpu and so on).",
         visibility: .hidden))
     var seccompLog = false
+    @Flag(name: .customLong("fault-around"), help: ArgumentHelp(
+        "Keep the kernel's fault-around for the executable's pages while the guest runs.",
+        discussion: "By default, on Linux 6.7 and later, Kestrel turns it off in its read-only file mappings as the guest starts "
+            + "(a userfaultfd registration in asynchronous write-protect mode), so that code faults in a page at a time rather than in 64 KiB windows. "
+            + "This flag is the control for that memory figure.", visibility: .hidden))
+    var faultAround = false
     @Option(name: .customLong("drive"), help: ArgumentHelp(
         "A virtio-blk disk: PATH[,id=ID][,ro][,root][,partuuid=UUID][,cache=writeback|unsafe]; repeat for more.",
         discussion: "A root drive comes first (/dev/vda) and adds root=/dev/vda (or PARTUUID=) with ro or rw to the command line."))
@@ -205,7 +211,7 @@ struct RunCommand: ParsableCommand {
     /// The settings that outlive parsing, for `MachineRunner`.
     var runner: MachineRunner {
         MachineRunner(id: id, verbose: verbose, noSeccomp: noSeccomp, seccompProbe: seccompProbe, seccompLog: seccompLog,
-                      prefault: prefault, guestDecompression: guestDecompression, noPVH: noPVH)
+                      prefault: prefault, guestDecompression: guestDecompression, noPVH: noPVH, keepFaultAround: faultAround)
     }
 }
 

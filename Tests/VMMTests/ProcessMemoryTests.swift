@@ -1,4 +1,5 @@
 import Glibc
+import HostSystem
 import Testing
 import VMM
 
@@ -68,6 +69,43 @@ import VMM
         var expected = Self.expected
         expected[4096] = 0xEE
         #expect(file.read() == expected)  // the copy survives
+    }
+
+    /// The control is a second mapping of the same kind, left registered
+    /// nowhere: one fault there maps the cached pages around it too
+    /// (fault-around), while in the registered mapping it maps one page.
+    @Test(.enabled(if: FaultAroundSuppression.isSupported, "needs userfaultfd(2) with UFFD_FEATURE_WP_ASYNC (Linux 6.7 or later)"))
+    func suppressedFaultAroundMapsOnePagePerFault() throws {
+        let control = try MappedFile(protection: PROT_READ)
+        defer { control.close() }
+        let file = try MappedFile(protection: PROT_READ)
+        defer { file.close() }
+        for mapped in [control, file] {
+            #expect(mapped.read() == Self.expected)  // every page in the page cache
+            ProcessMemory.releaseReadOnlyFilePages(only: mapped.isThisFile)
+            #expect(try #require(mapped.mapping).residentBytes == 0)
+        }
+        let suppression = try ProcessMemory.suppressFaultAroundInReadOnlyFileMappings(only: file.isThisFile)
+        #expect(suppression.registeredBytes == UInt64(file.size))
+        #expect(control.base!.load(fromByteOffset: 8192, as: UInt8.self) == Self.expected[8192])
+        #expect(file.base!.load(fromByteOffset: 8192, as: UInt8.self) == Self.expected[8192])
+        #expect(try #require(control.mapping).residentBytes > 4096, "fault-around maps the cached neighbours of a faulting page")
+        #expect(try #require(file.mapping).residentBytes == 4096)
+        #expect(file.read() == Self.expected)  // every page still reads back, one fault each
+        withExtendedLifetime(suppression) {}
+    }
+
+    @Test(.enabled(if: FaultAroundSuppression.isSupported, "needs userfaultfd(2) with UFFD_FEATURE_WP_ASYNC (Linux 6.7 or later)"))
+    func aRangeThatIsNotPageAlignedIsRefusedByName() throws {
+        let file = try MappedFile(protection: PROT_READ)
+        defer { file.close() }
+        let misaligned = UInt(bitPattern: file.base) + 1
+        #expect {
+            try FaultAroundSuppression(ranges: [(start: misaligned, length: 8192)])
+        } throws: { error in
+            let error = try #require(error as? SystemCallError)
+            return error.operation == "UFFDIO_REGISTER(WP, 0x\(String(misaligned, radix: 16)), 8192 bytes)" && error.errno == .invalidArgument
+        }
     }
 
     @Test func footprintSeparatesGuestRegions() throws {

@@ -55,6 +55,18 @@ long chost_guarded_fill(void *address, uint8_t value, size_t length);
 long chost_guarded_read(const void *address, void *destination, size_t length);
 
 
+/*
+ * userfaultfd(2) for file mappings, used only to turn fault-around off (see
+ * FaultAroundSuppression.swift). chost_userfaultfd_wp_async opens a
+ * user-mode-only, close-on-exec userfaultfd and completes the UFFDIO_API
+ * handshake asking for UFFD_FEATURE_WP_ASYNC (Linux 6.7+): it returns the
+ * descriptor, or -1 with errno (EINVAL when the kernel lacks the feature).
+ * chost_userfaultfd_register_wp registers [start, start + length) in
+ * write-protect mode (UFFDIO_REGISTER_MODE_WP); 0 or -1 with errno.
+ */
+int chost_userfaultfd_wp_async(void);
+int chost_userfaultfd_register_wp(int fd, uint64_t start, uint64_t length);
+
 /* mbind(2), get_mempolicy(2) and move_pages(2): glibc has no wrappers (libnuma
    does), and Swift cannot call the variadic syscall(2). Each returns the
    syscall's result, -1 with errno set on failure. */

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import HostSystem
 
 /// This process's memory as /proc/self/smaps describes it: what Kestrel's own
 /// overhead is next to the guest's RAM, and the one way it trims it.
@@ -99,6 +100,19 @@ public enum ProcessMemory {
             }
         }
         return released
+    }
+
+    /// Turns fault-around off in the private, read-only file mappings (the
+    /// executable's code and constants), so that from now on a fault there
+    /// makes one page resident instead of the 64 KiB window around it
+    /// (`FaultAroundSuppression`). Called before `releaseReadOnlyFilePages`,
+    /// it makes the code that runs afterwards come back page by page. Holds
+    /// while the result lives. Throws when the kernel cannot do it (before
+    /// Linux 6.7, or where userfaultfd(2) is refused); nothing changes then.
+    /// `only` narrows the mappings as for `releaseReadOnlyFilePages`.
+    public static func suppressFaultAroundInReadOnlyFileMappings(only include: (Mapping) -> Bool = { _ in true }) throws -> FaultAroundSuppression {
+        let eligible = (mappings() ?? []).filter { $0.isFileBacked && $0.isPrivate && !$0.isWritable && include($0) }
+        return try FaultAroundSuppression(ranges: eligible.map { (start: $0.start, length: Int($0.end - $0.start)) })
     }
 }
 
