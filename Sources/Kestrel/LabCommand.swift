@@ -211,7 +211,7 @@ struct LabRunCommand: ParsableCommand {
             """)
 
     @OptionGroup var options: LabMachineOptions
-    @Argument(parsing: .captureForPassthrough, help: "The command (after --).") var command: [String] = []
+    @Argument(parsing: .postTerminator, help: "The command, after --.") var command: [String] = []
 
     func run() throws {
         let words = command.first == "--" ? Array(command.dropFirst()) : command
