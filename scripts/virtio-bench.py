@@ -32,7 +32,7 @@ Measured in the L1:
   where Kestrel can turn fault-around off.
 
 Needs: a release kestrel (swift build -c release --product kestrel),
-qemu-system-x86 and the 6.1 lab kernel. Usage: scripts/virtio-bench.py [--runs 5] [--kernel 6.18 --guest 6.1] [--fault-around-control]
+qemu-system-x86 and the 6.1 lab kernel. Usage: scripts/virtio-bench.py [--runs 5] [--kernel 7.2 --guest 6.1] [--fault-around-control | --memory-only]
 """
 import argparse
 import importlib.util
@@ -132,6 +132,8 @@ def main():
     parser.add_argument("--kernel", default="6.1")
     parser.add_argument("--guest", help="the L2 guest's lab kernel (default: the L1's own); a 6.18 guest panics "
                         "in fpstate_reset under Kestrel on a 6.18 L1, so use --guest 6.1 there")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="boot Kestrel only, with and without --fault-around, for the memory figure and its control (no QEMU, no ratios)")
     parser.add_argument("--fault-around-control", action="store_true",
                         help="also boot Kestrel with --fault-around (the kernel's fault-around kept) in each run, "
                              "for the memory figure's control")
@@ -142,7 +144,10 @@ def main():
     with open(os.path.join(work, "guest.sh"), "w") as file:
         file.write(GUEST)
     with open(os.path.join(work, "l1.sh"), "w") as file:
-        vmms = "kestrel qemu kestrel-fault-around" if options.fault_around_control else "kestrel qemu"
+        if options.memory_only:
+            vmms = "kestrel kestrel-fault-around"
+        else:
+            vmms = "kestrel qemu kestrel-fault-around" if options.fault_around_control else "kestrel qemu"
         file.write(L1.replace("RUNS", str(options.runs)).replace("VMMS", vmms))
     guest = ["--guest", options.guest] if options.guest and options.guest != options.kernel else ["--guest-kernel"]
     arguments = [KESTREL, "lab", "run", "--kernel", options.kernel] + guest + ["--memory", "3072", "--timeout", "3000",
@@ -174,7 +179,7 @@ def main():
              "tcpup": "TCP guest to host over virtio-net (MiB/s)", "tcpdown": "TCP host to guest over virtio-net (MiB/s)",
              "vsockrtt": "vsock round trip, 64 bytes (median us; QEMU: vhost-vsock)"}
     print(f"{options.runs} runs each, interleaved, one L1 ({options.kernel}); medians; ratio = how many times better Kestrel is (goal >= 1.0)")
-    for what, name in names.items():
+    for what, name in ({} if options.memory_only else names).items():
         k, q = samples.get(("kestrel", what), []), samples.get(("qemu", what), [])
         if not k or not q:
             print(f"{name}: missing samples (kestrel {len(k)}, qemu {len(q)})")
