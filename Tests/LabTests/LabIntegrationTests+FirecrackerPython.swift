@@ -100,10 +100,12 @@ extension LabIntegrationTests {
             """#
         try writeFileAtomically(Array(guest.utf8), to: directory.path + "/guest.sh")
         try writeFileAtomically(Array(host.replacing("PY=PYTHON", with: "PY=" + python).utf8), to: directory.path + "/l1.sh")
+        // A 7.2 L1: on 6.18, KVM under QEMU's SVM stops the guest with DELIVERY_EV at a
+        // virtio notify in some boots (FINDINGS section 8), which failed this test in CI.
         let run = try LabIntegrationTests.run(
-            ["lab", "run", "--kernel", "6.18", "--guest", "6.1", "--add", directory.path + "/guest.sh:/lab/guest.sh",
+            ["lab", "run", "--kernel", "7.2", "--guest", "6.1", "--add", directory.path + "/guest.sh:/lab/guest.sh",
              "--add", directory.path + "/l1.sh:/lab/l1.sh", "--add-list", directory.path + "/files.txt", "--", "sh /lab/l1.sh"], timeout: 900)
-        print("firecracker-python in the 6.18 lab: \(run.seconds.text(places: 2)) s\n\(run.output)")
+        print("firecracker-python in the 7.2 lab: \(run.seconds.text(places: 2)) s\n\(run.output)")
         #expect(run.status == 0, "\(run.errors.suffix(3000))")
         // An L1 that died (FINDINGS.md, section 6) is booted again and the
         // script run again: the last run's output is the one to read.
