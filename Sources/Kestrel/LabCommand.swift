@@ -214,10 +214,10 @@ struct LabRunCommand: ParsableCommand {
     @Argument(parsing: .postTerminator, help: "The command, after --.") var command: [String] = []
 
     func run() throws {
-        let words = command.first == "--" ? Array(command.dropFirst()) : command
-        guard !words.isEmpty else { throw ValidationError("give the command after --, e.g. kestrel lab run --kernel 6.1 -- uname -r") }
+        // ArgumentParser drops the terminator itself; a later "--" is the command's own.
+        guard !command.isEmpty else { throw ValidationError("give the command after --, e.g. kestrel lab run --kernel 6.1 -- uname -r") }
         let kernel = try options.resolveKernel()
-        let result = try options.run(.script(words.joined(separator: " ")), kernel: kernel)
+        let result = try options.run(.script(command.joined(separator: " ")), kernel: kernel)
         throw ExitCode(result.status ?? 125)
     }
 }
