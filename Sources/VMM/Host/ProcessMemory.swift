@@ -21,6 +21,8 @@ public enum ProcessMemory {
         public var isFileBacked: Bool { path.hasPrefix("/") }
         public var isWritable: Bool { permissions.dropFirst().first == "w" }
         public var isPrivate: Bool { permissions.last == "p" }
+        /// A private, read-only mapping of a file: the executable's code and constants.
+        public var isPrivateReadOnlyFile: Bool { isFileBacked && isPrivate && !isWritable }
     }
 
     /// The mappings of this process, or nil when /proc/self/smaps cannot be read.
@@ -86,7 +88,7 @@ public enum ProcessMemory {
     @discardableResult
     public static func releaseReadOnlyFilePages(only include: (Mapping) -> Bool = { _ in true }) -> UInt64 {
         let eligible = (mappings() ?? []).filter {
-            $0.isFileBacked && $0.isPrivate && !$0.isWritable && $0.anonymousBytes == 0 && $0.residentBytes > 0 && include($0)
+            $0.isPrivateReadOnlyFile && $0.anonymousBytes == 0 && $0.residentBytes > 0 && include($0)
         }
         // Collected first, so that the loop below, which drops this very code
         // from the page tables, runs little besides madvise itself.
@@ -111,7 +113,7 @@ public enum ProcessMemory {
     /// Linux 6.7, or where userfaultfd(2) is refused); nothing changes then.
     /// `only` narrows the mappings as for `releaseReadOnlyFilePages`.
     public static func suppressFaultAroundInReadOnlyFileMappings(only include: (Mapping) -> Bool = { _ in true }) throws -> FaultAroundSuppression {
-        let eligible = (mappings() ?? []).filter { $0.isFileBacked && $0.isPrivate && !$0.isWritable && include($0) }
+        let eligible = (mappings() ?? []).filter { $0.isPrivateReadOnlyFile && include($0) }
         return try FaultAroundSuppression(ranges: eligible.map { (start: $0.start, length: Int($0.end - $0.start)) })
     }
 }
