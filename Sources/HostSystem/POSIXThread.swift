@@ -43,6 +43,30 @@ public struct POSIXThread: @unchecked Sendable {
     /// The calling thread.
     public static var current: POSIXThread { POSIXThread(handle: pthread_self()) }
 
+    /// The calling thread's nice value, -20 (most favoured) to 19
+    /// (getpriority(PRIO_PROCESS, 0)). On Linux the nice value belongs to a
+    /// thread, not to its process, and `who` 0 names the calling thread
+    /// (kernel/sys.c takes `current`), as its TID would.
+    public static var currentNice: Int32 {
+        get throws {
+            // getpriority may return -1 as a value: errno tells it from a failure.
+            errno = 0
+            let value = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0)
+            if value == -1, errno != 0 { throw SystemCallError(operation: "getpriority(PRIO_PROCESS, 0)", errno: Errno(rawValue: errno)) }
+            return value
+        }
+    }
+
+    /// Sets the calling thread's nice value (setpriority(PRIO_PROCESS, 0,
+    /// nice)); other threads of the process keep theirs. Raising it
+    /// needs no privilege; lowering it below the current value needs
+    /// CAP_SYS_NICE or RLIMIT_NICE.
+    public static func setCurrentNice(_ nice: Int32) throws {
+        guard setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, nice) == 0 else {
+            throw SystemCallError(operation: "setpriority(PRIO_PROCESS, 0, \(nice))", errno: Errno(rawValue: errno))
+        }
+    }
+
     private final class ThreadBody: Sendable {
         let body: @Sendable () -> Void
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }

@@ -14,8 +14,8 @@ struct SnapshotBench: ParsableCommand {
         discussion: """
             The guest is a crafted vmlinux that counts on COM1 (it runs on any KVM, the software one too). \
             Exec to socket: from posix_spawn of `kestrel run --api-sock` until connect(2) on the socket succeeds \
-            (polled without sleeping); baseline: posix_spawn to exit of /bin/true, the floor of any process. \
-            Restore: from posix_spawn until PUT /snapshot/load with resume_vm answers 204 (Kestrel answers once every vCPU thread has started); \
+            (the bench sleeps until inotify reports the socket, so that it does not take the new process's core); baseline: posix_spawn to exit of /bin/true, the floor of any process. \
+            Restore: from posix_spawn until PUT /snapshot/load with resume_vm answers 204 (Kestrel writes it once every vCPU thread has started and stands at its first KVM_RUN, then lets them enter the guest); \
             baseline: the same guest booted through the API (spawn until InstanceStart answers 204). \
             Exec to socket is also measured after 50 ms of idling, with /bin/true after the same idling as its baseline. \
             Pause and resume: PATCH /vm round trips; baseline: GET / round trips. Run it here and in the lab: \
@@ -46,15 +46,14 @@ struct SnapshotBench: ParsableCommand {
         defer { _ = try? HostProcess.output(["rm", "-rf", work]) }
         let kernel = work + "/counter.elf"
         try writeFileAtomically(CraftedGuest.counter(), to: kernel)
-        let bench = Bench(kestrel: kestrel, work: work, kernel: kernel)
+        let bench = try Bench(kestrel: kestrel, work: work, kernel: kernel)
 
         var execs: [Double] = [], floors: [Double] = [], idleExecs: [Double] = [], idleFloors: [Double] = []
         for round in 0..<rounds {
             floors.append(try bench.spawnToExit(["/bin/true"]))
             execs.append(try bench.execToSocket(round))
         }
-        // The same after 50 ms of idling: on our machines a process started
-        // from an idle CPU takes several times longer to reach its socket.
+        // The same after 50 ms of idling, when the cores have gone to sleep.
         for round in 0..<rounds {
             usleep(50_000)
             idleFloors.append(try bench.spawnToExit(["/bin/true"]))
@@ -95,6 +94,15 @@ struct Bench {
     let kestrel: String
     let work: String
     let kernel: String
+    /// Where the bench waits for the API sockets, all made in `work`.
+    let sockets: SocketDirectoryWatch
+
+    init(kestrel: String, work: String, kernel: String) throws {
+        self.kestrel = kestrel
+        self.work = work
+        self.kernel = kernel
+        sockets = try SocketDirectoryWatch(directory: work)
+    }
 
     var state: String { work + "/vm.state" }
     var memoryFile: String { work + "/vm.mem" }
@@ -117,14 +125,17 @@ struct Bench {
         unlink(socket)
         let start = Self.now()
         let process = try HostProcess.start([kestrel, "run", "--api-sock", socket], stdout: .null, stderr: .file(socket + ".err"))
-        while true {
-            if let fd = try? UnixSocket.connect(to: socket) {
-                close(fd)
-                return (process, start, Self.now() - start)
-            }
-            if process.poll() != nil { throw ValidationError("kestrel ended before serving its socket: \((try? readText(socket + ".err")) ?? "")") }
-            if Self.now() - start > 30 { process.signal(SIGKILL); _ = process.wait(); throw ValidationError("no API socket after 30 s") }
+        // Every socket is made in `work`, the watched directory.
+        precondition(socket.hasPrefix(work + "/"))
+        do {
+            close(try sockets.connect(to: String(socket.dropFirst(work.count + 1)), timeout: .seconds(30), stillWaiting: { process.poll() == nil }))
+        } catch {
+            let ended = process.poll() != nil
+            process.signal(SIGKILL)
+            _ = process.wait()
+            throw ValidationError(ended ? "kestrel ended before serving its socket: \((try? readText(socket + ".err")) ?? "")" : "no API socket after 30 s")
         }
+        return (process, start, Self.now() - start)
     }
 
     func stop(_ process: HostProcess) {

@@ -15,6 +15,37 @@ import HostSystem
         #expect(!seen.withLock { $0.sameThread })
     }
 
+    /// The nice value set on one thread is that thread's alone: the thread
+    /// that started it keeps its own, and the process's other threads too.
+    @Test func niceBelongsToTheCallingThreadOnly() throws {
+        let before = try POSIXThread.currentNice
+        let seen = Mutex<(set: Int32, error: String?)>((0, nil))
+        let thread = try POSIXThread.start {
+            do {
+                try POSIXThread.setCurrentNice(19)
+                let now = try POSIXThread.currentNice
+                seen.withLock { $0.set = now }
+            } catch {
+                seen.withLock { $0.error = "\(error)" }
+            }
+        }
+        thread.join()
+        #expect(seen.withLock { $0.error } == nil)
+        #expect(seen.withLock { $0.set } == 19)
+        #expect(try POSIXThread.currentNice == before)
+    }
+
+    /// Linux clamps a nice value above 19: the call succeeds and sets 19.
+    @Test func aNiceAboveNineteenIsClampedToNineteen() throws {
+        let seen = Mutex<Int32?>(nil)
+        let thread = try POSIXThread.start {
+            try? POSIXThread.setCurrentNice(40)
+            seen.withLock { $0 = try? POSIXThread.currentNice }
+        }
+        thread.join()
+        #expect(seen.withLock { $0 } == 19)
+    }
+
     @Test func refusesAStackBelowTheMinimum() {
         #expect(throws: SystemCallError.self) { try POSIXThread.start(stackSize: 1) {} }
     }
