@@ -117,6 +117,7 @@ public final class APIServer: Sendable {
             connections.withLock { $0[fd]?.output.append(contentsOf: bytes) }
         }
         flush(fd)
+        if !work.isEmpty { api.answersSent() }
     }
 
     private enum Work {

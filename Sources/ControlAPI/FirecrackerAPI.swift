@@ -82,6 +82,10 @@ public final class FirecrackerAPI: Sendable {
     /// What `GET /` reports now.
     public var vmState: MicroVMState { state.withLock { $0.vm } }
 
+    /// Tells the control that the answers just given are on their way
+    /// (`MicroVMControl.answersSent`); the server calls it after writing.
+    public func answersSent() { control.answersSent() }
+
     /// Answers one request.
     public func respond(to request: HTTPRequest) -> HTTPResponse {
         let segments = request.path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)

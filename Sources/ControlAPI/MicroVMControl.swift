@@ -23,6 +23,15 @@ public protocol MicroVMControl: Sendable {
     /// (`PUT /snapshot/load`) and returns the configuration it holds. The
     /// machine runs at once when `resume` is true, else it waits paused.
     func loadSnapshot(statePath: String, memoryPath: String, resume: Bool) throws -> MachineConfiguration
+    /// Called on the API thread once the answers to the requests it has
+    /// just handled are written to their connection (or queued there, when
+    /// the client is slow to read). A start or a load can hold its vCPUs
+    /// until then, so that the answer does not queue behind them for a core.
+    func answersSent()
+}
+
+extension MicroVMControl {
+    public func answersSent() {}
 }
 
 /// The state `GET /` reports, with Firecracker's names.

@@ -86,7 +86,7 @@ struct MachineRunner: Sendable {
                 running.withLock { $0 = machine }
                 // The API answers once the vCPUs run (a start or load that
                 // fails before that ends Kestrel, closing the connection).
-                try runMachine(machine, console: console, handlingSignals: false, seccomp: seccomp, running: { host.started(machine) })
+                try runMachine(machine, console: console, handlingSignals: false, seccomp: seccomp, ready: { host.started(machine) })
                 return
             } catch let exit as ExitCode {
                 throw exit
@@ -131,9 +131,10 @@ struct MachineRunner: Sendable {
     }
 
     /// Runs a built machine to its end on this terminal; throws the exit code.
-    /// `running` is called once the vCPU threads have started.
+    /// `ready` is called once the vCPU threads have started, before they
+    /// first enter the guest (`Machine.run`).
     func runMachine(_ machine: Machine, console: ConsoleOutput, handlingSignals: Bool = true, seccomp: SeccompPolicy? = nil,
-                    running: () -> Void = {}) throws {
+                    ready: () -> Void = {}) throws {
         let configuration = machine.configuration
         if verbose || configuration.memoryBackend != .anonymous {
             printError("kestrel: guest memory: \(machine.memoryProtection)")
@@ -159,8 +160,17 @@ struct MachineRunner: Sendable {
         // elsewhere, and with --fault-around, it stays on).
         var releasedAtStart: UInt64 = 0
         var faultAround: FaultAroundSuppression?
-        let outcome = machine.run(seccomp: seccomp) {
-            running()
+        let outcome = machine.run(seccomp: seccomp, ready: ready) {
+            // From here the main thread only tidies up and then waits for the
+            // vCPUs: at nice 19 that work yields to anything else that wants
+            // a core, such as the vCPUs, the API thread and its client.
+            let housekeepingNice: String
+            do {
+                try POSIXThread.setCurrentNice(19)
+                housekeepingNice = "at nice 19"
+            } catch {
+                housekeepingNice = "at the normal priority (\(error))"
+            }
             let releaseStart = ContinuousClock.now
             var faultAroundNote = "fault-around stays on (--fault-around)"
             if !keepFaultAround {
@@ -173,7 +183,7 @@ struct MachineRunner: Sendable {
                 }
             }
             releasedAtStart = ProcessMemory.releaseReadOnlyFilePages()
-            if verbose { printError("kestrel: released start-up pages in \(SecondsText.text(ContinuousClock.now - releaseStart)) s; \(faultAroundNote)") }
+            if verbose { printError("kestrel: released start-up pages in \(SecondsText.text(ContinuousClock.now - releaseStart)) s \(housekeepingNice); \(faultAroundNote)") }
         }
         withExtendedLifetime(faultAround) {}
         console.flush()

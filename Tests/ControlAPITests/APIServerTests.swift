@@ -80,6 +80,33 @@ import VMM
         #expect(recv(closing, &byte, 1, 0) == 0)
     }
 
+    /// The server tells the control once per batch of requests, after the
+    /// answer is in the client's socket: what a start or a load waits for
+    /// before it lets the vCPUs run.
+    @Test func theControlHearsOfAnswersOnceTheyAreWritten() throws {
+        let path = Self.path()
+        let control = RecordingControl()
+        let api = FirecrackerAPI(instanceID: "sent", version: "0.1.0", control: control)
+        let server = try APIServer(path: path, api: api, log: { _ in })
+        defer { server.stop() }
+        let client = try UnixSocket.connect(to: path)
+        defer { close(client) }
+        control.watchedClient.withLock { $0 = client }
+        // The client reads only once the report is in, so that the bytes the
+        // report saw cannot have been taken already.
+        func sendAndAwaitReport(_ text: String, reports: Int) {
+            _ = text.withCString { send(client, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+            for _ in 0..<5000 where control.bytesWaitingWhenSent.withLock({ $0.count }) < reports { usleep(1000) }
+        }
+        sendAndAwaitReport("GET / HTTP/1.1\r\n\r\n", reports: 1)
+        #expect(control.bytesWaitingWhenSent.withLock { $0 } == [true])
+        #expect(try Self.exchange(client, "", responses: 1).hasPrefix("HTTP/1.1 200"))
+        sendAndAwaitReport("GET /version HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n", reports: 2)
+        #expect(Self.countResponses(Array(try Self.exchange(client, "", responses: 2).utf8)) == 2)
+        let reports = control.bytesWaitingWhenSent.withLock { $0 }
+        #expect(reports.count >= 2 && reports.allSatisfy { $0 })
+    }
+
     @Test func aLiveSocketIsNotTakenOverAndTheFileGoesWithTheServer() throws {
         let path = Self.path()
         let api = FirecrackerAPI(instanceID: "a", version: "0.1.0", control: RecordingControl())

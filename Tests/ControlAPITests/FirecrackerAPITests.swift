@@ -9,6 +9,10 @@ final class RecordingControl: MicroVMControl {
     let calls = Mutex<[String]>([])
     let started = Mutex<MachineConfiguration?>(nil)
     let failStart: String?
+    /// A client descriptor to look at when the server reports answers sent,
+    /// and what was seen there each time: whether a byte was waiting.
+    let watchedClient = Mutex<Int32>(-1)
+    let bytesWaitingWhenSent = Mutex<[Bool]>([])
 
     init(failStart: String? = nil) { self.failStart = failStart }
 
@@ -27,6 +31,13 @@ final class RecordingControl: MicroVMControl {
         calls.withLock { $0.append("load \(statePath) \(memoryPath) \(resume)") }
         if let failStart { throw ConfigurationError(failStart) }
         return MachineConfiguration(kernelPath: "/restored/vmlinux", vcpuCount: 2, memorySize: 256 << 20)
+    }
+    func answersSent() {
+        let client = watchedClient.withLock { $0 }
+        guard client >= 0 else { return }
+        var byte: UInt8 = 0
+        let waiting = recv(client, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) == 1
+        bytesWaitingWhenSent.withLock { $0.append(waiting) }
     }
 }
 

@@ -1,6 +1,7 @@
 import Boot
 import Confidential
 import GuestMemory
+import HostSystem
 import KVM
 import Synchronization
 
@@ -40,6 +41,10 @@ public final class Machine: Sendable {
     /// Whether `run` parks the devices at once (`pauseBeforeRun`); `resume`
     /// clears it. Its lock also orders that park against a resume.
     private let pausedAtStart = Mutex<Bool>(false)
+    /// Holds every vCPU thread before its first KVM_RUN until `run`'s
+    /// `ready` has returned.
+    private let firstRunGate = ConditionLock()
+    private let firstRunAllowed = Mutex<Bool>(false)
 
     init(configuration: MachineConfiguration, plan: LinuxBootSummary?, ramFromSnapshot: Bool = false, kvm: KVMSystem, virtualMachine: VirtualMachine,
          memory: GuestAddressSpace, serial: Serial16550, keyboard: I8042Controller, panicWatcher: GuestPanicWatcher, vcpuThreads: [VCPUThread],
@@ -92,10 +97,15 @@ public final class Machine: Sendable {
     /// Runs every vCPU on its own thread until the machine stops; returns why.
     /// With `seccomp`, the device thread and each vCPU thread install their
     /// allow-lists before any work, and this (the main) thread its own once
-    /// they exist. `running` is called on this thread once every vCPU thread
-    /// has started (and before this thread's own allow-list): the place for
-    /// work that must not delay the guest, such as answering the API.
-    public func run(seccomp: SeccompPolicy? = nil, running: () -> Void = {}) -> RunOutcome {
+    /// they exist.
+    /// - `ready` is called on this thread once every vCPU thread has started;
+    ///   the threads wait before their first KVM_RUN until it returns. It is
+    ///   the place to answer the API: an answer written while a vCPU already
+    ///   runs can wait behind it for a core, for up to a scheduler tick.
+    /// - `running` is called next, with the vCPUs let go (and before this
+    ///   thread's own allow-list): the place for work that must not delay the
+    ///   guest, such as releasing start-up memory.
+    public func run(seccomp: SeccompPolicy? = nil, ready: () -> Void = {}, running: () -> Void = {}) -> RunOutcome {
         started.withLock { $0 = .now }
         control.attach(vcpuThreads)
         do {
@@ -110,6 +120,7 @@ public final class Machine: Sendable {
             do {
                 threads.append(try vcpuThread.spawn { [self] thread in
                     seccomp?.enter(.vcpu)
+                    firstRunGate.wait(until: { firstRunAllowed.withLock { $0 } }) {}
                     runLoop(thread, index: index)
                 })
             } catch {
@@ -117,6 +128,8 @@ public final class Machine: Sendable {
                 break
             }
         }
+        ready()
+        firstRunGate.withLockBroadcasting { firstRunAllowed.withLock { $0 = true } }
         releaseLoaderMemory()
         running()
         seccomp?.enter(.vmm)
