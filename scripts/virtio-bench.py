@@ -131,7 +131,8 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--kernel", default="6.1")
     parser.add_argument("--guest", help="the L2 guest's lab kernel (default: the L1's own); a 6.18 guest panics "
-                        "in fpstate_reset under Kestrel on a 6.18 L1, so use --guest 6.1 there")
+                        "in its early FPU set-up in every lab L1 (6.1, 6.18, 7.2), under QEMU as under "
+                        "Kestrel, so use --guest 6.1 with --kernel 6.18")
     parser.add_argument("--memory-only", action="store_true",
                         help="boot Kestrel only, with and without --fault-around, for the memory figure and its control (no QEMU, no ratios)")
     parser.add_argument("--fault-around-control", action="store_true",
