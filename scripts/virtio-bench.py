@@ -130,9 +130,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--kernel", default="6.1")
-    parser.add_argument("--guest", help="the L2 guest's lab kernel (default: the L1's own); a 6.18 guest panics "
-                        "in its early FPU set-up in every lab L1 (6.1, 6.18, 7.2), under QEMU as under "
-                        "Kestrel, so use --guest 6.1 with --kernel 6.18")
+    parser.add_argument("--guest", help="the L2 guest's lab kernel (default: the L1's own); 6.18 and 7.2 guests panic "
+                        "in their early FPU set-up in every lab L1, under QEMU as under Kestrel "
+                        "(FINDINGS.md), so use --guest 6.1 with --kernel 6.18 or 7.2")
     parser.add_argument("--memory-only", action="store_true",
                         help="boot Kestrel only, with and without --fault-around, for the memory figure and its control (no QEMU, no ratios)")
     parser.add_argument("--fault-around-control", action="store_true",
