@@ -131,8 +131,9 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--kernel", default="6.1")
     parser.add_argument("--guest", help="the L2 guest's lab kernel (default: the L1's own); 6.18 and 7.2 guests panic "
-                        "in their early FPU set-up in every lab L1, under QEMU as under Kestrel "
-                        "(FINDINGS.md), so use --guest 6.1 with --kernel 6.18 or 7.2")
+                        "in their early FPU set-up in every lab L1, under QEMU as under Kestrel, because "
+                        "QEMU's TCG lets a guest's XSETBV past KVM (FINDINGS.md), so use --guest 6.1 "
+                        "with --kernel 6.18 or 7.2")
     parser.add_argument("--memory-only", action="store_true",
                         help="boot Kestrel only, with and without --fault-around, for the memory figure and its control (no QEMU, no ratios)")
     parser.add_argument("--fault-around-control", action="store_true",
