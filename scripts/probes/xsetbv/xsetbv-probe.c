@@ -108,9 +108,11 @@ int main(int argc, char **argv) {
         if (run->exit_reason == KVM_EXIT_HLT) break;
         if (run->exit_reason == KVM_EXIT_INTERNAL_ERROR) {
             struct kvm_regs at;
-            ioctl(vcpu, KVM_GET_REGS, &at);
-            printf("KVM_EXIT_INTERNAL_ERROR, suberror %u, at RIP %#llx (code byte %02x %02x %02x)\n", run->internal.suberror,
-                   (unsigned long long)at.rip, ram[at.rip], ram[at.rip + 1], ram[at.rip + 2]);
+            if (ioctl(vcpu, KVM_GET_REGS, &at) < 0) die("KVM_GET_REGS");
+            printf("KVM_EXIT_INTERNAL_ERROR, suberror %u, at RIP %#llx", run->internal.suberror, (unsigned long long)at.rip);
+            /* The code bytes only where RIP lies inside the 64 KiB of guest RAM mapped here. */
+            if (at.rip + 3 <= 0x10000) printf(" (code byte %02x %02x %02x)", ram[at.rip], ram[at.rip + 1], ram[at.rip + 2]);
+            printf("\n");
             return 2;
         }
         if (run->exit_reason != KVM_EXIT_IO || run->io.direction != KVM_EXIT_IO_OUT) {
