@@ -142,21 +142,58 @@ public final class GuestMachine {
 
     /// Runs until KVM returns an exit, on the calling thread, for at most
     /// `timeout` seconds. Throws `HarnessError.timeout` when the deadline passed.
-    public func runUntilExit(timeout: Double = GuestMachine.defaultTimeout) throws -> VCPUExit {
+    ///
+    /// With `stall`, the run is cut into slices of a quarter of its `seconds`,
+    /// and RIP is read after each. When the vCPU is at `stall.address` at every
+    /// check for `stall.seconds`, the run throws `HarnessError.stalled` without
+    /// waiting out `timeout`. Use it for straight-line guest code that passes
+    /// the address once, so that finding RIP there again means the instruction
+    /// never completed.
+    public func runUntilExit(timeout: Double = GuestMachine.defaultTimeout, stall: StallWatch? = nil) throws -> VCPUExit {
         defer { vcpuThread.leaveThread() }
-        let deadline = ContinuousClock.now + .nanoseconds(Int64(max(timeout, 0) * 1e9))
-        switch try vcpuThread.run(until: deadline) {
-        case .exit(let exit):
-            return exit
-        case .deadlineExpired, .stopped:
-            throw HarnessError.timeout(seconds: timeout, rip: try? vcpu.registers().rip)
+        let deadline = ContinuousClock.now + Self.duration(timeout)
+        let slice = stall.map { Self.duration($0.seconds / 4) }
+        var stalledSince: ContinuousClock.Instant?
+        while true {
+            let now = ContinuousClock.now
+            switch try vcpuThread.run(until: slice.map { min(now + $0, deadline) } ?? deadline) {
+            case .exit(let exit):
+                return exit
+            case .deadlineExpired where stall != nil && ContinuousClock.now < deadline:
+                guard let rip = try? vcpu.registers().rip, rip == stall!.address else {
+                    stalledSince = nil
+                    continue
+                }
+                let since = stalledSince ?? ContinuousClock.now
+                stalledSince = since
+                let seconds = Self.seconds(ContinuousClock.now - since)
+                if seconds >= stall!.seconds { throw HarnessError.stalled(rip: rip, seconds: seconds) }
+            case .deadlineExpired, .stopped:
+                throw HarnessError.timeout(seconds: timeout, rip: try? vcpu.registers().rip)
+            }
         }
+    }
+
+    /// An instruction a run watches for a vCPU that never gets past it (see
+    /// `runUntilExit(timeout:stall:)`).
+    public struct StallWatch: Sendable {
+        public var address: UInt64
+        public var seconds: Double
+        public init(address: UInt64, seconds: Double) {
+            self.address = address
+            self.seconds = seconds
+        }
+    }
+
+    private static func duration(_ seconds: Double) -> Duration { .nanoseconds(Int64(max(seconds, 0) * 1e9)) }
+    private static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18
     }
 
     /// Runs until the guest makes a ucall. Any other exit is a `HarnessError`
     /// carrying the decoded exit and RIP.
-    public func runUntilUcall(timeout: Double = GuestMachine.defaultTimeout) throws -> Ucall {
-        let exit = try runUntilExit(timeout: timeout)
+    public func runUntilUcall(timeout: Double = GuestMachine.defaultTimeout, stall: StallWatch? = nil) throws -> Ucall {
+        let exit = try runUntilExit(timeout: timeout, stall: stall)
         if case .io(let io) = exit, io.port == ucallPort, io.direction == .out, io.size == 4 {
             return try UcallRecord.decode(at: UInt64(io.value), in: memory)
         }
@@ -186,8 +223,8 @@ public final class GuestMachine {
     /// Runs to the next ucall and requires SYNC of `stage`; returns its values.
     /// A guest assertion or any other ucall throws.
     @discardableResult
-    public func expectSync(stage: UInt64, timeout: Double = GuestMachine.defaultTimeout) throws -> [UInt64] {
-        let ucall = try runUntilUcall(timeout: timeout)
+    public func expectSync(stage: UInt64, timeout: Double = GuestMachine.defaultTimeout, stall: StallWatch? = nil) throws -> [UInt64] {
+        let ucall = try runUntilUcall(timeout: timeout, stall: stall)
         if case .sync(stage, let values) = ucall { return values }
         throw Self.mismatch(ucall, expected: "SYNC(stage \(stage))")
     }

@@ -8,6 +8,9 @@ public enum HarnessError: Error, CustomStringConvertible {
     case unexpectedExit(exit: String, reason: ExitReason, rip: UInt64?, instructionBytes: [UInt8]?)
     /// The vCPU made no progress to a ucall within the time limit.
     case timeout(seconds: Double, rip: UInt64?)
+    /// The vCPU was found at `rip`, the instruction the run watched, at every
+    /// check for `seconds`: the instruction there never completed.
+    case stalled(rip: UInt64, seconds: Double)
     /// A ucall record that cannot be decoded.
     case malformedUcall(address: UInt64, kind: UInt64)
     /// A guest assertion failed.
@@ -21,6 +24,8 @@ public enum HarnessError: Error, CustomStringConvertible {
             return "unexpected exit \(exit)" + (rip.map { " at RIP 0x" + String($0, radix: 16) } ?? "")
         case .timeout(let seconds, let rip):
             return "vCPU made no ucall within \(seconds) s (stopped by the watchdog" + (rip.map { " at RIP 0x" + String($0, radix: 16) } ?? "") + ")"
+        case .stalled(let rip, let seconds):
+            return "vCPU stayed at RIP 0x\(String(rip, radix: 16)) for \((seconds * 100).rounded() / 100) s: the instruction there did not complete"
         case .malformedUcall(let address, let kind):
             return "malformed ucall record at 0x\(String(address, radix: 16)) (kind \(kind))"
         case .guestAssertion(let message, let values):

@@ -112,6 +112,43 @@ import Testing
         #expect(!machine.vcpu.immediateExit)
     }
 
+    @Test func stallWatchEndsARunStuckOnOneInstruction() throws {
+        let program = GuestProgram()
+        let loop = program.assembler.here()
+        program.assembler.jmp(loop)  // RIP never leaves this instruction
+        let machine = try GuestMachine(kvm: KVMSystem())
+        try machine.loadLongMode(program)
+        let stall = GuestMachine.StallWatch(address: program.layout.codeAddress, seconds: 0.2)
+        do {
+            _ = try machine.runUntilUcall(timeout: 60, stall: stall)
+            Issue.record("an endless guest loop returned a ucall")
+        } catch HarnessError.stalled(let rip, let seconds) {
+            #expect(rip == program.layout.codeAddress)
+            #expect(seconds >= 0.2)
+        }
+        #expect(!machine.vcpu.immediateExit)
+    }
+
+    @Test func stallWatchLetsAGuestPastTheAddressRun() throws {
+        // The watched instruction comes first; then the guest spins elsewhere
+        // for far longer than the watch's seconds on any host, and makes its
+        // ucall. Finding RIP away from the address must reset the watch.
+        let program = GuestProgram()
+        let site = program.assembler.here()
+        program.assembler.nop()
+        program.assembler.mov(.rcx, 500_000)
+        let loop = program.assembler.here()
+        program.assembler.dec(.rcx)
+        program.assembler.j(.notEqual, loop)
+        program.sync(stage: 1, .register(.rcx))
+        program.done()
+        let machine = try GuestMachine(kvm: KVMSystem())
+        try machine.loadLongMode(program)
+        let stall = GuestMachine.StallWatch(address: try program.assembler.address(of: site), seconds: 0.05)
+        #expect(try machine.expectSync(stage: 1, timeout: 120, stall: stall) == [0])
+        try machine.expectDone()
+    }
+
     @Test func unexpectedPortIsAnUnexpectedExit() throws {
         let program = GuestProgram()
         program.assembler.outb(port: 0x80)
