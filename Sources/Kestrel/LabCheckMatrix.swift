@@ -43,14 +43,14 @@ struct LabCheckMatrix {
         do {
             let output = try TemporaryDirectory(prefix: "kestrel-matrix")
             let path = output.path + "/check.json"
-            let machine = options.machine(for: kernel)
+            let machine = try options.machine(for: kernel)
             let image = try options.initramfs(kernel: kernel, command: .script((["kestrel"] + checkWords).map(shellQuoted).joined(separator: " ")))
             let result = try machine.run(image, stdout: .file(path), stderr: nil)
-            let retried = result.bootFailures.isEmpty ? ""
-                : " (booted \(result.bootFailures.count + 1) times; the L1 died \(result.bootFailures.joined(separator: "; ")))"
+            let retried = result.deaths.isEmpty ? ""
+                : " (booted \(result.boots) time\(result.boots == 1 ? "" : "s"); the L1's \(result.deaths.map(\.summary).joined(separator: "; the L1's ")))"
             let seconds = LabMachine.seconds(ContinuousClock.now - start)
             let title = kernel.name
-            guard result.status != nil else {
+            guard result.status != nil, result.failingDeath == nil else {
                 return MatrixColumn(title: title, host: result.host.summary + retried, document: nil, error: result.failureDiagnosis, seconds: seconds)
             }
             do {

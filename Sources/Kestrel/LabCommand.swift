@@ -38,6 +38,9 @@ struct LabMachineOptions: ParsableArguments {
     @Option(help: "QEMU accelerator: kvm or tcg (default: kvm when nested virtualization is available, else tcg).")
     var accel: LabAccelerator?
     @Option(name: .customLong("cpu-model"), help: "QEMU CPU model (default: max under TCG, host under KVM).") var cpuModel: String?
+    @Option(help: ArgumentHelp("The L0, the QEMU that runs the L1: system (default), \(LabQEMU.catalog.map(\.name).joined(separator: ", ")), or a path.",
+                               discussion: "system is this machine's qemu-system-x86_64 (scripts/prepare-host installs QEMU 10.0 from bookworm-backports). \(LabQEMU.catalog.map { "\($0.name) is Debian \($0.suite)'s QEMU \($0.name), fetched once into the lab's cache" }.joined(separator: "; ")), to reproduce what FINDINGS.md says of it. Every result names the L0's version."))
+    var qemu: String?
     @Option(help: "L1 vCPUs.") var cpus: Int = 1
     @Flag(name: .customLong("multi-threaded-tcg"), help: "One TCG thread per vCPU (default: one for all; multi-threaded TCG once oopsed an L1).")
     var multiThreadedTCG = false
@@ -87,10 +90,11 @@ struct LabMachineOptions: ParsableArguments {
         return try KernelFetcher(cache: cache, progress: { printError("lab: \($0)") }).kernel(chosen, refresh: refresh)
     }
 
-    func machine(for kernel: LabKernel) -> LabMachine {
+    func machine(for kernel: LabKernel) throws -> LabMachine {
         let detected = LabAccelerator.detect()
         if verbose && accel == nil { printError("lab: accelerator \(detected.accelerator.rawValue) (\(detected.reason))") }
         var machine = LabMachine(kernel: kernel, accelerator: accel ?? detected.accelerator, cpuModel: cpuModel)
+        machine.qemu = try LabQEMU.resolve(qemu, cache: LabCache(), progress: { printError("lab: \($0)") })
         machine.cpus = cpus
         machine.memoryMiB = memory
         machine.timeoutSeconds = timeout
@@ -148,7 +152,7 @@ struct LabMachineOptions: ParsableArguments {
 
     /// Runs `command` on `kernel`, streaming its output, and reports timings when verbose.
     func run(_ command: LabInitramfs.Command, kernel: LabKernel, stdout: HostProcess.Stream = .inherit) throws -> LabRunResult {
-        let machine = machine(for: kernel)
+        let machine = try machine(for: kernel)
         let image = try initramfs(kernel: kernel, command: command)
         let result = try machine.run(image, stdout: stdout) { ready in
             if verbose { printError("lab: L1 \(kernel.release) ready in \(ready.text(places: 1)) s") }
@@ -157,7 +161,7 @@ struct LabMachineOptions: ParsableArguments {
             printError("lab: \(result.host.summary); ended after \(result.totalSeconds.text(places: 1)) s")
             printError("lab: L1 console:\n" + result.console)
         }
-        for failure in result.bootFailures { printError("lab: an L1 died \(failure); booted it again") }
+        for death in result.deaths where death != result.failingDeath { printError("lab: the L1's \(death.summary); booted it again") }
         if let diagnosis = result.failureDiagnosis { printError("lab: \(diagnosis)") }
         for line in LabHostDescription.kernelProblems(in: result.console).prefix(5) { printError("lab: L1 kernel: \(line)") }
         return result
@@ -204,8 +208,12 @@ struct LabRunCommand: ParsableCommand {
         discussion: """
             The command runs in busybox sh in /lab, with kestrel, busybox's tools and the added files. \
             Its standard output and standard error are this command's; its exit status is this \
-            command's. If the L1 ends without reporting a status (panic, timeout), the end of its \
-            console is printed and the exit status is 125.
+            command's. If the L1 ends without reporting a status (panic, timeout), or its kernel logs a \
+            trace in KVM or in a Kestrel process (a failure whatever the command reported), the trace \
+            and the end of its console are printed and the exit status is 125. The console of every \
+            boot that died is kept under the lab cache's crashes/ and named. Only deaths tied to the \
+            emulator under the L1 (an Oops while booting, outside KVM; a silent heartbeat with no \
+            kernel message) boot the L1 again (--boot-attempts).
             Example: kestrel lab run --kernel 6.1 --guest-kernel -- \
             'kestrel initramfs --command "uname -r" -o /tmp/i.cpio && kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/i.cpio'
             """)
@@ -218,7 +226,7 @@ struct LabRunCommand: ParsableCommand {
         guard !command.isEmpty else { throw ValidationError("give the command after --, e.g. kestrel lab run --kernel 6.1 -- uname -r") }
         let kernel = try options.resolveKernel()
         let result = try options.run(.script(command.joined(separator: " ")), kernel: kernel)
-        throw ExitCode(result.status ?? 125)
+        throw ExitCode(result.failingDeath == nil ? result.status ?? 125 : 125)
     }
 }
 
@@ -280,7 +288,7 @@ struct LabCheckCommand: ParsableCommand {
     func run() throws {
         guard let kernels else {
             let kernel = try options.resolveKernel()
-            let words = ["kestrel", "check"] + checkArguments + (json ? hostLabels(options.machine(for: kernel)) : [])
+            let words = ["kestrel", "check"] + checkArguments + (json ? hostLabels(try options.machine(for: kernel)) : [])
             let result = try options.run(.script(words.map(shellQuoted).joined(separator: " ")), kernel: kernel)
             if !json { printError("lab: \(result.host.summary)") }
             throw ExitCode(result.status ?? 125)

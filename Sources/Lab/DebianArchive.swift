@@ -89,6 +89,23 @@ public struct DebianArchive {
         return output.split(separator: "\n").compactMap { $0.split(separator: " ", maxSplits: 1).first.map(String.init) }
     }
 
+    /// Every version of `package` the archive holds, with its suite, newest
+    /// first (apt-cache madison).
+    public func versions(of package: String) throws -> [(version: String, suite: String)] {
+        let output = try HostProcess.check(["apt-cache"] + aptOptions + ["madison", package], what: "apt-cache madison \(package)")
+        return Self.madisonVersions(output)
+    }
+
+    /// The version and suite of each `apt-cache madison` line
+    /// ("qemu-system-x86 | 1:7.2+dfsg-7 | http://mirror/debian bookworm/main amd64 Packages").
+    static func madisonVersions(_ output: String) -> [(version: String, suite: String)] {
+        output.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: "|").map { $0.trimmingPrefix(while: { $0 == " " }) }
+            guard fields.count == 3, let source = fields[2].split(separator: " ").dropFirst().first else { return nil }
+            return (String(fields[1].split(separator: " ").first ?? ""), String(source.split(separator: "/").first ?? source))
+        }
+    }
+
     /// Downloads packages into `directory` (apt-get download); returns the .deb paths.
     public func download(_ packages: [String], into directory: String) throws -> [String] {
         try HostProcess.check(["apt-get", "-q"] + aptOptions + ["download"] + packages, workingDirectory: directory,

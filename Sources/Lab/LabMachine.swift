@@ -37,9 +37,12 @@ public struct LabHostDescription: Codable, Equatable, Sendable {
 
     /// Kernel oops, BUG and WARNING lines in an L1 console.
     public static func kernelProblems(in console: String) -> [String] {
-        consoleLines(console).filter {
-            $0.contains("Oops") || $0.contains("BUG:") || $0.contains("WARNING:") || $0.contains("Kernel panic")
-        }
+        consoleLines(console).filter(isProblem)
+    }
+
+    /// Whether a console line starts or reports a kernel failure.
+    public static func isProblem(_ line: String) -> Bool {
+        line.contains("Oops") || line.contains("BUG:") || line.contains("WARNING:") || line.contains("Kernel panic")
     }
 }
 
@@ -52,6 +55,10 @@ public struct LabRunResult: Sendable {
     /// (modules loaded), and until QEMU ended.
     public var readySeconds: Double?
     public var totalSeconds: Double
+    /// Whether the L1 reported "ready" and so started the command (also when
+    /// QEMU ended before the host saw the line while polling).
+    public var commandStarted: Bool { readySeconds != nil || sawReady }
+    var sawReady = false
     public var timedOut: Bool
     /// The L1 stopped running its own processes: its heartbeat went silent
     /// for `LabMachine.frozenAfterSeconds` while the command ran, and it was
@@ -61,17 +68,32 @@ public struct LabRunResult: Sendable {
     public var console: String
     /// QEMU's own exit status.
     public var qemuStatus: Int32
-    /// The first problem line of each L1 boot that died (and was booted again).
-    public var bootFailures: [String] = []
+    /// Every boot of this run that died or whose kernel logged a trace in KVM
+    /// or in a Kestrel process, in order, each with its kept console. The
+    /// last boot is among them when it failed too.
+    public var deaths: [L1Death] = []
 
-    /// Why the run did not produce a status, for the user.
+    /// The death that makes this run a failure: the last boot's, when it
+    /// died or logged a trace that is a failure whatever else happened.
+    public var failingDeath: L1Death? {
+        guard let last = deaths.last, last.boot == boots else { return nil }
+        return last
+    }
+
+    /// How many times the L1 was booted.
+    public var boots = 1
+
+    /// Why the run failed, for the user: no status, or a trace in KVM or in
+    /// a Kestrel process even though the command reported one.
     public var failureDiagnosis: String? {
-        if status != nil { return nil }
+        if status != nil, failingDeath == nil { return nil }
         let tail = consoleLines(console).suffix(25).joined(separator: "\n")
-        let why = froze ? "the L1 stopped responding (no heartbeat for \(Int(LabMachine.frozenAfterSeconds)) s) and was stopped"
+        let why = failingDeath.map { death in
+            "the L1's \(death.summary)" + (death.trace.isEmpty ? "" : "\n" + death.trace.joined(separator: "\n"))
+        } ?? (froze ? "the L1 stopped responding (no heartbeat for \(Int(LabMachine.frozenAfterSeconds)) s) and was stopped"
             : timedOut ? "the L1 did not finish in time and was stopped"
-            : "the L1 ended without reporting a status (QEMU exited with \(qemuStatus))"
-        return "\(why); the end of its console:\n\(tail)"
+            : "the L1 ended without reporting a status (QEMU exited with \(qemuStatus))")
+        return "\(why)\nthe end of its console:\n\(tail)"
     }
 }
 
@@ -102,7 +124,8 @@ public struct LabMachine {
     public var timeoutSeconds: Double = 600
     /// Extra arguments for QEMU (e.g. `-icount`), appended last.
     public var qemuArguments: [String] = []
-    public var qemuBinary = "qemu-system-x86_64"
+    /// The L0: the system's QEMU unless another is chosen (`--qemu`).
+    public var qemu = LabQEMU.system
     /// TCG with one host thread for all vCPUs (the default) or one per vCPU.
     /// Multi-threaded TCG with 2 vCPUs once oopsed a 7.2 L1 on an int3 during
     /// kernel text patching; scripts/lab-stability.py measures both.
@@ -116,21 +139,15 @@ public struct LabMachine {
         self.cpuModel = cpuModel ?? (accelerator == .kvm ? "host" : "max")
     }
 
-    /// QEMU's version line ("QEMU 7.2.22"), or a note that it is missing.
-    public func qemuVersion() -> String {
-        guard let result = try? HostProcess.output([qemuBinary, "--version"]), result.status == 0,
-              let line = result.output.split(separator: "\n").first else { return "QEMU (version unknown)" }
-        let words = line.split(separator: " ")
-        if let index = words.firstIndex(of: "version"), index + 1 < words.count { return "QEMU \(words[index + 1])" }
-        return String(line)
-    }
+    /// QEMU's version ("QEMU 10.0.2"), or a note that it is missing.
+    public func qemuVersion() -> String { qemu.version() }
 
     /// QEMU's command line for an initramfs at `initrd`, with the serial ports
     /// wired as `LabInitramfs` expects; console and status go to files in `directory`.
     public func arguments(initrd: String, directory: String, interactive: Bool) -> [String] {
         let acceleratorOption = accelerator == .kvm ? "kvm" : "tcg,thread=\(multiThreadedTCG ? "multi" : "single")"
-        var arguments = [
-            qemuBinary, "-M", "pc", "-accel", acceleratorOption, "-cpu", cpuModel, "-smp", String(cpus), "-m", String(memoryMiB),
+        var arguments = qemu.commandPrefix + [
+            "-M", "pc", "-accel", acceleratorOption, "-cpu", cpuModel, "-smp", String(cpus), "-m", String(memoryMiB),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", kernel.bzImage, "-initrd", initrd,
             "-append", "console=ttyS1 panic=-1 quiet loglevel=5 8250.nr_uarts=4" + (kernelArguments.isEmpty ? "" : " " + kernelArguments),
@@ -160,32 +177,40 @@ public struct LabMachine {
     /// (nil drops it). `onReady` is called (from this thread, while polling)
     /// when the L1 is ready.
     ///
-    /// An L1 whose kernel dies (an Oops or panic on its console, or QEMU ending
-    /// without a status) is booted again and the command run again, up to
-    /// `bootAttempts` boots in all. QEMU 7.2's TCG now and then corrupts an L1
-    /// (garbage EFLAGS, then a #GP at the IRETQ of `text_poke_early`'s
-    /// sync_core while booting, or an Oops in KVM's run path later): about 1
-    /// boot of 6.12 in 4 when two L1s share the 2 cores. The L1 is thrown away
-    /// each time, so a repeat changes nothing outside it; `bootFailures` keeps
-    /// each dead boot's first problem line, and every caller reports them.
+    /// Each boot is classified before anything else happens (`L1Death`). The
+    /// console of every boot that died or logged a trace in KVM or in a
+    /// Kestrel process is kept in `crashDirectory`, and the result names it.
+    /// Only deaths FINDINGS.md section 6 ties to the emulator under the L1 (an
+    /// Oops or panic while booting, outside KVM, or a silent heartbeat with no
+    /// kernel message) are booted again, up to `bootAttempts` boots in all;
+    /// the L1 is thrown away each time, so a repeat changes nothing outside it.
     public func run(_ initramfs: LabInitramfs, stdout: HostProcess.Stream = .inherit, stderr: Int32? = 2,
                     onReady: (Double) -> Void = { _ in }) throws -> LabRunResult {
         let work = try TemporaryDirectory(prefix: "kestrel-lab")
         let initrd = work.path + "/l1.cpio"
         try writeFileAtomically(try initramfs.build(), to: initrd)
-        var failures: [String] = []
+        var deaths: [L1Death] = []
+        var boot = 1
         while true {
-            var result = try boot(initramfs, initrd: initrd, directory: work.path, stdout: stdout, stderr: stderr, onReady: onReady)
-            result.bootFailures = failures
-            let died = result.status == nil && (!result.timedOut || result.froze) && initramfs.command != .interactiveShell
-            guard died, failures.count + 1 < bootAttempts else { return result }
-            let when = result.readySeconds == nil ? "while booting" : "while the command ran"
-            let problem = result.froze ? "the L1 stopped responding (no heartbeat for \(Int(Self.frozenAfterSeconds)) s)"
-                : LabHostDescription.kernelProblems(in: result.console).first ?? "no status, no kernel message"
-            failures.append("\(when): " + problem)
+            var result = try self.boot(initramfs, initrd: initrd, directory: work.path, stdout: stdout, stderr: stderr, onReady: onReady)
+            let interactive = initramfs.command == .interactiveShell
+            let plainTimeout = result.timedOut && !result.froze
+            if var death = L1Death.classify(console: result.console, statusReported: result.status != nil || plainTimeout || interactive,
+                                            froze: result.froze, whileCommandRan: result.commandStarted, boot: boot) {
+                death.keptConsole = try L1Death.keep(console: work.path + "/console.log", kernel: kernel.name, boot: boot, in: crashDirectory)
+                deaths.append(death)
+            }
+            result.deaths = deaths
+            result.boots = boot
+            guard let death = result.failingDeath, death.kind.retried, !interactive, boot < bootAttempts else { return result }
+            boot += 1
             for name in ["status", "errors", "console.log"] { unlink(work.path + "/" + name) }
         }
     }
+
+    /// Where the consoles of failed boots are kept: the lab cache's
+    /// `crashes/` unless set. The lab never deletes them.
+    public var crashDirectory = LabCache().root + "/crashes"
 
     /// Boots of the L1, at most (see `run`).
     public var bootAttempts = 3
@@ -213,6 +238,7 @@ public struct LabMachine {
         var polls = 0
         var statusSize = -1
         var lastStatusChange = start
+        var diedAt: ContinuousClock.Instant?
         let deadline = timeoutSeconds.isFinite ? start + .milliseconds(Int(min(timeoutSeconds, 1e9) * 1000)) : nil
         while qemuStatus == nil {
             qemuStatus = process.poll()
@@ -224,12 +250,18 @@ public struct LabMachine {
                 onReady(readySeconds!)
             }
             // A kernel that oopsed or panicked is not trusted to finish (it can
-            // hang with interrupts off): stop it at once.
+            // hang with interrupts off): stop it once its trace is on the
+            // console (the trace is what classifies the death), or 5 s after
+            // the first sign of it.
             polls += 1
-            if polls % 25 == 0, !interactive, kernelDied(directory) {
-                process.signal(SIGKILL)
-                qemuStatus = process.wait()
-                break
+            if polls % 25 == 0, !interactive, let traceEnded = deathTraceEnded(directory) {
+                let since = diedAt ?? .now
+                diedAt = since
+                if traceEnded || Self.seconds(ContinuousClock.now - since) > 5 {
+                    process.signal(SIGKILL)
+                    qemuStatus = process.wait()
+                    break
+                }
             }
             // The heartbeat: every status line (ready, alive, status) grows the file.
             if polls % 25 == 0, !interactive, readySeconds != nil {
@@ -263,14 +295,19 @@ public struct LabMachine {
         let status = lines.last(where: { $0.hasPrefix("status ") }).flatMap { Int32($0.dropFirst(7)) }
         let host = LabHostDescription(kernelName: kernel.name, kernelRelease: kernel.release, qemuVersion: qemuVersion(),
                                       accelerator: accelerator.rawValue, cpuModel: cpuModel, kvmModule: kvmModule)
-        return LabRunResult(status: status, host: host, readySeconds: readySeconds, totalSeconds: total, timedOut: timedOut,
-                            froze: froze, console: (try? readText(directory + "/console.log")) ?? "", qemuStatus: qemuStatus ?? -1)
+        var result = LabRunResult(status: status, host: host, readySeconds: readySeconds, totalSeconds: total, timedOut: timedOut,
+                                  froze: froze, console: (try? readText(directory + "/console.log")) ?? "", qemuStatus: qemuStatus ?? -1)
+        result.sawReady = lines.contains { $0.hasPrefix("ready ") }
+        return result
     }
 
-    /// Whether the L1 console shows a kernel Oops or panic.
-    func kernelDied(_ directory: String) -> Bool {
-        guard let console = try? readText(directory + "/console.log") else { return false }
-        return console.contains("Oops") || console.contains("Kernel panic")
+    /// Nil while the L1 console shows no kernel Oops or panic; otherwise
+    /// whether the trace after it has ended.
+    func deathTraceEnded(_ directory: String) -> Bool? {
+        guard let console = try? readText(directory + "/console.log"),
+              let start = console.firstRange(of: "Oops") ?? console.firstRange(of: "Kernel panic") else { return nil }
+        let rest = console[start.lowerBound...]
+        return rest.contains("---[ end trace") || rest.contains("---[ end Kernel panic")
     }
 
     /// The KVM module named in /init's "ready UPTIME MODULE" line.

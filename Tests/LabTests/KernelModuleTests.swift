@@ -29,7 +29,7 @@ func craftedModule(modinfo: [String]) -> [UInt8] {
     return bytes
 }
 
-@Suite struct KernelModuleTests {
+@Suite(.timeLimit(.minutes(5))) struct KernelModuleTests {
     @Test func moduleNamesUseUnderscores() {
         #expect(KernelModule.moduleName(fileName: "kernel/arch/x86/kvm/kvm-amd.ko.xz") == "kvm_amd")
         #expect(KernelModule.moduleName(fileName: "irqbypass.ko") == "irqbypass")
@@ -69,7 +69,7 @@ func craftedModule(modinfo: [String]) -> [UInt8] {
     }
 }
 
-@Suite struct LabPieceTests {
+@Suite(.timeLimit(.minutes(5))) struct LabPieceTests {
     @Test func theMirrorComesFromEitherSourcesFormatAndNeverTheSecurityArchive() {
         let deb822 = "Types: deb\n# comment\nURIs: http://mirror.example/debian\nSuites: bookworm\n\nURIs: http://security.example/debian-security\n"
         #expect(DebianArchive.mirror(inSources: deb822) == "http://mirror.example/debian")
@@ -121,7 +121,7 @@ func craftedModule(modinfo: [String]) -> [UInt8] {
     }
 }
 
-@Suite struct LabMatrixTests {
+@Suite(.timeLimit(.minutes(5))) struct LabMatrixTests {
     static func document(_ verdicts: [(String, String)]) -> String {
         let results = verdicts.map { #"{"id": "\#($0.0)", "suite": "s", "outcome": "\#($0.1)", "detail": "why \#($0.0)", "seconds": 0.1, "log": []}"# }
         return "progress line\n{\n\"metadata\": {\"kestrel\": \"0.1.0\"}, \"results\": [\(results.joined(separator: ","))],\n"
@@ -153,7 +153,7 @@ func craftedModule(modinfo: [String]) -> [UInt8] {
     }
 }
 
-@Suite struct ConsoleLineTests {
+@Suite(.timeLimit(.minutes(5))) struct ConsoleLineTests {
     @Test func serialLinesSplitOnCarriageReturnLineFeed() {
         let console = "[    0.1] one\r\n[    0.2] BUG: kernel NULL pointer dereference\r\n[    0.3] three\r\n"
         #expect(consoleLines(console) == ["[    0.1] one", "[    0.2] BUG: kernel NULL pointer dereference", "[    0.3] three"])
