@@ -1,7 +1,7 @@
 @testable import Boot
 import Testing
 
-@Suite struct ACPITablesTests {
+@Suite(.timeLimit(.minutes(5))) struct ACPITablesTests {
     let tables = ACPITables.build(vcpuCount: 3)
 
     func table(_ signature: String) throws -> [UInt8] {

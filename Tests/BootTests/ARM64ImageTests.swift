@@ -2,7 +2,7 @@ import Testing
 @testable import Boot
 
 /// The arm64 Image header (Documentation/arch/arm64/booting.rst).
-@Suite struct ARM64ImageTests {
+@Suite(.timeLimit(.minutes(5))) struct ARM64ImageTests {
     /// A header: code0, code1, text_offset, image_size, flags, three reserved words, magic, res5.
     static func header(textOffset: UInt64 = 0, imageSize: UInt64 = 0x200_0000, flags: UInt64 = 0xA, magic: UInt32 = ARM64Image.magic) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 64)

@@ -4,7 +4,7 @@ import CZstd
 @testable import Decompression
 import Testing
 
-@Suite struct DecompressionTests {
+@Suite(.timeLimit(.minutes(5))) struct DecompressionTests {
     static let text: [UInt8] = Array((0..<5000).flatMap { "line \($0 % 97) of a kernel-like payload\n".utf8 })
 
     @Test func lz4LegacyBlocksWithLiteralsMatchesAndOverlaps() throws {

@@ -2,7 +2,7 @@
 import Foundation
 import Testing
 
-@Suite struct InitramfsTests {
+@Suite(.timeLimit(.minutes(5))) struct InitramfsTests {
     /// Lists an archive with the system's `cpio -t`, an independent reader.
     func cpioList(_ archive: [UInt8]) throws -> [String] {
         let file = NSTemporaryDirectory() + "kestrel-\(UUID().uuidString).cpio"

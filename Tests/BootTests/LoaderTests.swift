@@ -2,7 +2,7 @@
 import GuestMemory
 import Testing
 
-@Suite struct LoaderTests {
+@Suite(.timeLimit(.minutes(5))) struct LoaderTests {
     let memorySize: UInt64 = 128 << 20
 
     @Test func bzImageZeroPageByteForByte() throws {
@@ -160,7 +160,7 @@ import Testing
     }
 }
 
-@Suite struct BootDescriptionTests {
+@Suite(.timeLimit(.minutes(5))) struct BootDescriptionTests {
     /// `kestrel run --verbose` prints these: words and hex addresses, never
     /// Swift's debug descriptions.
     @Test func entriesAndKindsReadAsWords() {

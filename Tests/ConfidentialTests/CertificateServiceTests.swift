@@ -4,7 +4,7 @@ import GuestMemory
 import KVM
 import Testing
 
-@Suite struct CertificateServiceTests {
+@Suite(.timeLimit(.minutes(5))) struct CertificateServiceTests {
     let directory = TemporaryDirectory()
     let blob: [UInt8]
     let file: String

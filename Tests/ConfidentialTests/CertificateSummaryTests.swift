@@ -6,7 +6,7 @@ import SwiftASN1
 import Testing
 import X509
 
-@Suite struct CertificateSummaryTests {
+@Suite(.timeLimit(.minutes(5))) struct CertificateSummaryTests {
     static func makeCertificate(commonName: String, notBefore: Date, notAfter: Date) throws -> Certificate {
         let key = P384.Signing.PrivateKey()
         let name = try DistinguishedName { CommonName(commonName); OrganizationName("Kestrel test") }

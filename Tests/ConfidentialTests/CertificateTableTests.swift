@@ -1,7 +1,7 @@
 import Confidential
 import Testing
 
-@Suite struct CertificateTableTests {
+@Suite(.timeLimit(.minutes(5))) struct CertificateTableTests {
     let vcek: [UInt8] = Array(repeating: 0x11, count: 100)
     let ask: [UInt8] = Array(repeating: 0x22, count: 50)
     let ark: [UInt8] = Array(repeating: 0x33, count: 7)

@@ -9,7 +9,7 @@ import Testing
 /// recorder, the guest_memfd is a tmpfs file (fallocate punches holes in it
 /// the same way) and shared memory is MAP_SHARED anonymous memory, so every
 /// discard is visible as bytes that read zero afterwards.
-@Suite struct ConversionManagerTests {
+@Suite(.timeLimit(.minutes(5))) struct ConversionManagerTests {
     struct Busy: Error, CustomStringConvertible { var description: String { "EAGAIN (Resource temporarily unavailable)" } }
     static let page = UInt64(MemoryMapping.pageSize)
 

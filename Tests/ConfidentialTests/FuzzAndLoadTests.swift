@@ -5,7 +5,7 @@ import KestrelTesting
 import KVM
 import Testing
 
-@Suite struct FuzzAndLoadTests {
+@Suite(.timeLimit(.minutes(5))) struct FuzzAndLoadTests {
     @Test func parserSurvivesRandomAndMutatedBlobs() {
         var fuzzer = CertificateTableFuzzer(seed: 0x5EED)
         fuzzer.run(count: 20_000)

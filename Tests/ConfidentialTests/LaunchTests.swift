@@ -2,7 +2,7 @@ import Confidential
 import KVM
 import Testing
 
-@Suite struct LaunchTests {
+@Suite(.timeLimit(.minutes(5))) struct LaunchTests {
     @Test func commandNumbersMatchTheUAPI() {
         #expect(SEVCommand.initialize2.rawValue == 22)
         #expect(SEVCommand.snpLaunchStart.rawValue == 100)
@@ -45,7 +45,7 @@ import Testing
     }
 }
 
-@Suite struct SEVCommandTests {
+@Suite(.timeLimit(.minutes(5))) struct SEVCommandTests {
     /// The ioctl path itself: on a VM without SEV, KVM refuses every command, and
     /// the error names the command and errno rather than succeeding silently.
     @Test func commandsOnANonSEVVMAreRefusedByName() throws {

@@ -4,7 +4,7 @@ import Testing
 
 /// AMD's ASK and ARK carry RSASSA-PSS public keys, which the X509 module does
 /// not parse; the summary then reads the TBSCertificate fields itself.
-@Suite struct RSAPSSCertificateTests {
+@Suite(.timeLimit(.minutes(5))) struct RSAPSSCertificateTests {
     /// A self-signed RSASSA-PSS certificate made with openssl for this test
     /// (CN=SEV-Test-ASK, O=Kestrel fixture, 3650 days from 2026-11-21).
     static let fixture: [UInt8] = Array(Data(base64Encoded: [

@@ -6,7 +6,7 @@ import Testing
 /// The realm's configuration rules and launch plan, with crafted
 /// configurations: each rule refuses by name, and the plan lists what a
 /// launch would do.
-@Suite struct RealmPlanTests {
+@Suite(.timeLimit(.minutes(5))) struct RealmPlanTests {
     static let ram = RealmConfiguration.RAM(name: "ram", range: 0x4000_0000..<0x8000_0000)
 
     static func configuration(_ edit: (inout RealmConfiguration) -> Void = { _ in }) throws -> RealmConfiguration {

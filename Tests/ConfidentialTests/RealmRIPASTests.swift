@@ -10,7 +10,7 @@ import Testing
 /// conversion manager. KVM_SET_MEMORY_ATTRIBUTES is a recorder; the
 /// guest_memfd is a tmpfs file and the shared memory MAP_SHARED, so the
 /// discards show as bytes that read zero.
-@Suite struct RealmRIPASTests {
+@Suite(.timeLimit(.minutes(5))) struct RealmRIPASTests {
     static let ram: Range<UInt64> = 0x4000_0000..<0x4010_0000
     static let device = RealmConfiguration.Device(name: "virtio-net", range: 0x0A00_0000..<0x0A00_1000)
 

@@ -7,7 +7,7 @@ import Testing
 /// The SNP launch digest: our SHA-384 against swift-crypto's, and the
 /// PAGE_INFO chain against sev-snp-measure (PyPI), the tool verifiers use to
 /// compute expected measurements.
-@Suite struct SNPLaunchDigestTests {
+@Suite(.timeLimit(.minutes(5))) struct SNPLaunchDigestTests {
     @Test(arguments: [0, 1, 111, 112, 127, 128, 129, 4096, 10_000])
     func sha384MatchesSwiftCrypto(length: Int) {
         var generator = SystemRandomNumberGenerator()
@@ -53,7 +53,7 @@ import Testing
 /// The VMSA page against sev-snp-measure's model of what KVM builds for
 /// QEMU's reset state (its VMSA.build_save_area): the same layout, field by
 /// field, so the page a VMM's own initial state gives is measured right.
-@Suite struct SNPVMSATests {
+@Suite(.timeLimit(.minutes(5))) struct SNPVMSATests {
     /// QEMU's reset state, which sev-snp-measure models; Kestrel's own reset-state page.
     static func resetState(eip: UInt64, sevFeatures: UInt64, signature: UInt64) -> SNPVMSA {
         SNPVMSA.resetState(eip: eip, sevFeatures: sevFeatures, signature: signature)

@@ -3,7 +3,7 @@ import Testing
 
 /// The short reading of `kestrel run --api-sock PATH ...`: what it takes,
 /// and everything it leaves to the full parse (nil).
-@Suite struct APILaunchArgumentsTests {
+@Suite(.timeLimit(.minutes(5))) struct APILaunchArgumentsTests {
     @Test func takesFirecrackersLaunchOptionsInEitherForm() throws {
         let plain = try #require(APILaunchArguments.parse(["--api-sock", "/tmp/a.sock"]))
         #expect(plain == APILaunchArguments(apiSocket: "/tmp/a.sock"))

@@ -7,7 +7,7 @@ import Testing
 /// unchanged). The guest is a crafted vmlinux whose 64-bit entry prints a
 /// line to COM1 about seven times a second here, so that a pause shows: the
 /// lines stop while paused and come again after a resume.
-@Suite(.serialized) struct APIProcessTests {
+@Suite(.serialized, .timeLimit(.minutes(5))) struct APIProcessTests {
     /// The `kestrel` executable built beside this test bundle.
     static func kestrel() throws -> String {
         guard let path = LabExecutable.builtBesideThisProcess() else {
@@ -74,10 +74,7 @@ import Testing
         return (Int(parts.last ?? "") ?? -1, parts.dropLast().joined(separator: "\n"))
     }
 
-    @Test func curlConfiguresStartsPausesAndResumesTheGuest() throws {
-        guard Self.requireKVM() else {
-            print("SKIP: /dev/kvm is not usable here"); return
-        }
+    @Test(.enabled(if: requireKVM(), "needs a usable /dev/kvm")) func curlConfiguresStartsPausesAndResumesTheGuest() throws {
         let directory = try TemporaryDirectory(prefix: "kestrel-api")
         let kernel = directory.path + "/ticker.elf", socket = directory.path + "/api.sock", out = directory.path + "/out"
         try writeFileAtomically(Self.tickerKernel(), to: kernel)
@@ -128,10 +125,7 @@ import Testing
         #expect(access("/tmp/kestrel-never.sock", F_OK) != 0, "no socket was made")
     }
 
-    @Test func firecrackerPythonDrivesKestrelUnchanged() throws {
-        guard Self.requireKVM() else {
-            print("SKIP: /dev/kvm is not usable here"); return
-        }
+    @Test(.enabled(if: requireKVM(), "needs a usable /dev/kvm")) func firecrackerPythonDrivesKestrelUnchanged() throws {
         let (python, script) = try Self.firecrackerClient()
         let directory = try TemporaryDirectory(prefix: "kestrel-fcpy")
         // The socket's path is all lower case: the client puts it in a URL's host
@@ -178,10 +172,7 @@ import Testing
     /// truncated and another version's state file, and a short memory
     /// file). The count goes on where it stopped, mid-line or not, and the
     /// new process maps the memory file rather than reading it.
-    @Test func aSnapshotOfAPausedGuestRestoresInANewProcess() throws {
-        guard Self.requireKVM() else {
-            print("SKIP: /dev/kvm is not usable here"); return
-        }
+    @Test(.enabled(if: requireKVM(), "needs a usable /dev/kvm")) func aSnapshotOfAPausedGuestRestoresInANewProcess() throws {
         let directory = try TemporaryDirectory(prefix: "kestrel-snap")
         let kernel = directory.path + "/counter.elf", state = directory.path + "/vm.state", memory = directory.path + "/vm.mem"
         try writeFileAtomically(Self.counterKernel(), to: kernel)
@@ -271,10 +262,7 @@ extension APIProcessTests {
     /// guest, is refused a snapshot while running, pauses, snapshots; the VMM
     /// is SIGKILLed; in a fresh VMM it loads the snapshot and resumes, and the
     /// count goes on unbroken; SIGTERM shuts the restored VMM down.
-    @Test func firecrackerPythonSnapshotsAndRestoresUnchanged() throws {
-        guard Self.requireKVM() else {
-            print("SKIP: /dev/kvm is not usable here"); return
-        }
+    @Test(.enabled(if: requireKVM(), "needs a usable /dev/kvm")) func firecrackerPythonSnapshotsAndRestoresUnchanged() throws {
         let (python, script) = try Self.firecrackerClient()
         let directory = try TemporaryDirectory(prefix: "kestrel-fcsnap")
         let kernel = directory.path + "/counter.elf", state = directory.path + "/vm.state", memory = directory.path + "/vm.mem"

@@ -6,7 +6,7 @@ import VMM
 
 /// The API thread on a real Unix socket: keep-alive, pipelining, a client
 /// that sends garbage, and one that never reads, while others are served.
-@Suite struct APIServerTests {
+@Suite(.timeLimit(.minutes(5))) struct APIServerTests {
     static func path() -> String { "/tmp/kestrel-api-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock" }
 
     /// Sends `text` on a blocking connection and reads until `responses`

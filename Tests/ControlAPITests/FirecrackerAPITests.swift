@@ -43,7 +43,7 @@ final class RecordingControl: MicroVMControl {
 
 /// The routes of Firecracker's API over Kestrel's configuration, driven as
 /// a Firecracker client drives them, without sockets.
-@Suite struct FirecrackerAPITests {
+@Suite(.timeLimit(.minutes(5))) struct FirecrackerAPITests {
     /// A readable file that stands for a kernel image, a disk and an initrd.
     static let file: String = {
         let path = "/tmp/kestrel-apitest-\(getpid()).img"

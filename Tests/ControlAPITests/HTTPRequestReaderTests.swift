@@ -3,7 +3,7 @@ import Testing
 
 /// The HTTP/1.1 reader, fed the way sockets deliver: whole, byte by byte,
 /// pipelined, and malformed.
-@Suite struct HTTPRequestReaderTests {
+@Suite(.timeLimit(.minutes(5))) struct HTTPRequestReaderTests {
     static func read(_ text: String, chunk: Int = .max) throws(HTTPParseError) -> [HTTPRequestReader.Event] {
         var reader = HTTPRequestReader()
         var events: [HTTPRequestReader.Event] = []

@@ -6,7 +6,7 @@ import Testing
 /// the crafted counter guest: every thread of a running Kestrel is filtered
 /// (mode 2 in /proc/PID/task/*/status), none with --no-seccomp, and a vCPU
 /// thread that makes a call outside its list ends Kestrel with one line.
-@Suite(.serialized) struct SeccompProcessTests {
+@Suite(.serialized, .timeLimit(.minutes(5))) struct SeccompProcessTests {
     /// The Seccomp: mode of each thread of `pid`, by thread id.
     static func modes(_ pid: pid_t) -> [String: String] {
         var result: [String: String] = [:]
@@ -31,8 +31,7 @@ import Testing
                                      stdout: .file(directory.path + "/out"), stderr: .file(directory.path + "/err"))
     }
 
-    @Test func everyThreadOfARunningKestrelIsFilteredUnlessTurnedOff() throws {
-        guard APIProcessTests.requireKVM() else { print("SKIP: /dev/kvm is not usable here"); return }
+    @Test(.enabled(if: APIProcessTests.requireKVM(), "needs a usable /dev/kvm")) func everyThreadOfARunningKestrelIsFilteredUnlessTurnedOff() throws {
         for (flags, expected) in [([String](), "2"), (["--no-seccomp"], "0")] {
             let directory = try TemporaryDirectory(prefix: "kestrel-seccomp")
             let socket = directory.path + "/api.sock"
@@ -54,8 +53,7 @@ import Testing
         }
     }
 
-    @Test func aForbiddenCallFromAVCPUThreadEndsKestrelWithOneLine() throws {
-        guard APIProcessTests.requireKVM() else { print("SKIP: /dev/kvm is not usable here"); return }
+    @Test(.enabled(if: APIProcessTests.requireKVM(), "needs a usable /dev/kvm")) func aForbiddenCallFromAVCPUThreadEndsKestrelWithOneLine() throws {
         for kind in ["vcpu", "virtio", "vmm"] {
             let directory = try TemporaryDirectory(prefix: "kestrel-seccomp")
             let process = try runCounter(["--seccomp-probe", kind], in: directory)

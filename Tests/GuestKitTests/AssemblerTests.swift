@@ -3,7 +3,7 @@ import Testing
 
 /// Encodings checked against the Intel SDM forms (byte sequences as GNU as
 /// produces them for the same operand forms).
-@Suite struct AssemblerTests {
+@Suite(.timeLimit(.minutes(5))) struct AssemblerTests {
     func bytes(_ build: (Assembler) -> Void) throws -> [UInt8] {
         let assembler = Assembler(origin: 0x10000)
         build(assembler)

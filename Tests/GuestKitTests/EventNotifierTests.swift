@@ -5,7 +5,7 @@ import Testing
 @testable import GuestKit
 
 /// KVM_IOEVENTFD and KVM_IRQFD against this host's KVM, with a real-mode guest.
-@Suite(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm")) struct EventNotifierTests {
+@Suite(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm"), .timeLimit(.minutes(5))) struct EventNotifierTests {
     @Test func anIOEventSignalsOnlyForItsValueAndSkipsTheExit() throws {
         let machine = try GuestMachine(kvm: KVMSystem())
         let notifier = try EventNotifier()

@@ -5,7 +5,7 @@ import Testing
 /// The hypercall helpers. The guest side against a real KVM is the
 /// conformance test `basics.exit_hypercall` (it fails on kvm_pvm, which never
 /// completes a hypercall instruction, and passes in the lab).
-@Suite struct HypercallExitTests {
+@Suite(.timeLimit(.minutes(5))) struct HypercallExitTests {
     @Test func instructionFollowsTheVendor() {
         func table(ebx: UInt32) -> CPUIDTable {
             CPUIDTable(entries: [CPUIDEntry(function: 0, index: 0, flags: 0, eax: 0x10, ebx: ebx, ecx: 0, edx: 0)])

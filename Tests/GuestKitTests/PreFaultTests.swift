@@ -5,7 +5,7 @@ import Testing
 @testable import GuestKit
 
 /// KVM_PRE_FAULT_MEMORY against this host's KVM (`kestrel run --prefault`).
-@Suite struct PreFaultTests {
+@Suite(.timeLimit(.minutes(5))) struct PreFaultTests {
     static var supported: Bool {
         guard KVMSystem.isAvailable(), let kvm = try? KVMSystem() else { return false }
         return ((try? kvm.checkExtension(.preFaultMemory)) ?? 0) != 0

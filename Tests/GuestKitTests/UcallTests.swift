@@ -4,7 +4,7 @@ import KVM
 import Testing
 @testable import GuestKit
 
-@Suite struct UcallDecodingTests {
+@Suite(.timeLimit(.minutes(5))) struct UcallDecodingTests {
     func memory() throws -> GuestAddressSpace {
         let memory = GuestAddressSpace()
         try memory.add(MemoryMapping(anonymousSize: 0x10000), at: 0)
@@ -44,7 +44,7 @@ import Testing
 
 
 /// The harness against this host's KVM.
-@Suite(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm")) struct GuestMachineTests {
+@Suite(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm"), .timeLimit(.minutes(5))) struct GuestMachineTests {
     @Test func syncValuesAndRegistersSurviveUcalls() throws {
         let program = GuestProgram()
         let a = program.assembler
@@ -159,7 +159,7 @@ import Testing
     }
 }
 
-@Suite(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm")) struct GuestMachineLoadingTests {
+@Suite(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm"), .timeLimit(.minutes(5))) struct GuestMachineLoadingTests {
     @Test func layoutAndMachineSizesMustAgree() throws {
         let machine = try GuestMachine(kvm: KVMSystem(), memorySize: 2 << 20)
         let program = GuestProgram(layout: LongModeLayout(memorySize: 4 << 20))

@@ -6,7 +6,7 @@ import Testing
 
 /// The one vCPU thread type on a real vCPU: a guest spinning in `jmp $` is
 /// stopped by a deadline, stopped and paused from another thread, and resumed.
-@Suite(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm")) struct VCPUThreadTests {
+@Suite(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm"), .timeLimit(.minutes(5))) struct VCPUThreadTests {
     /// A machine whose guest loops forever at 0x1000 (real mode).
     func spinningMachine() throws -> GuestMachine {
         let machine = try GuestMachine(kvm: KVMSystem())

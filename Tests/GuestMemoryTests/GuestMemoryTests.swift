@@ -3,7 +3,7 @@ import Foundation
 import Testing
 @testable import GuestMemory
 
-@Suite struct GuestAddressSpaceTests {
+@Suite(.timeLimit(.minutes(5))) struct GuestAddressSpaceTests {
     func space() throws -> GuestAddressSpace {
         let space = GuestAddressSpace()
         try space.add(MemoryMapping(anonymousSize: 0x2000), at: 0x1000)
@@ -74,7 +74,7 @@ import Testing
     }
 }
 
-@Suite struct GuardedAccessTests {
+@Suite(.timeLimit(.minutes(5))) struct GuardedAccessTests {
     @Test func ordinaryMemoryCompletes() throws {
         let mapping = try MemoryMapping(anonymousSize: 8192)
         #expect(GuardedAccess.fill(mapping.bytes, with: 0x5A) == .completed)
@@ -98,7 +98,7 @@ import Testing
     }
 }
 
-@Suite struct AlignedMappingTests {
+@Suite(.timeLimit(.minutes(5))) struct AlignedMappingTests {
     @Test func anonymousMappingsStartAtTheRequestedAlignmentAndAreUsable() throws {
         for size in [4096, 3 << 20, (2 << 20) + 4096] {
             let mapping = try MemoryMapping(anonymousSize: size, alignment: MemoryMapping.hugePageAlignment)
@@ -113,7 +113,7 @@ import Testing
     }
 }
 
-@Suite struct GuestAddressTests {
+@Suite(.timeLimit(.minutes(5))) struct GuestAddressTests {
     @Test func arithmeticIsCheckedWhereItCouldWrap() {
         let address: GuestAddress = 0x1000
         #expect(address.adding(0x10) == GuestAddress(0x1010))

@@ -3,7 +3,7 @@ import Synchronization
 import Testing
 import HostSystem
 
-@Suite struct EventLoopTests {
+@Suite(.timeLimit(.minutes(5))) struct EventLoopTests {
     @Test func handlersRunOnTheLoopForSignalledNotifiersUntilRemoved() throws {
         let loop = try EventLoop(name: "test")
         let notifier = try EventNotifier()

@@ -3,7 +3,7 @@ import Synchronization
 import Testing
 import HostSystem
 
-@Suite struct POSIXThreadTests {
+@Suite(.timeLimit(.minutes(5))) struct POSIXThreadTests {
     @Test func runsTheClosureOnAnotherThreadAndJoins() throws {
         let seen = Mutex<(ran: Bool, sameThread: Bool)>((false, true))
         let caller = pthread_self()
@@ -51,7 +51,7 @@ import HostSystem
     }
 }
 
-@Suite struct DeadlineSchedulerTests {
+@Suite(.timeLimit(.minutes(5))) struct DeadlineSchedulerTests {
     @Test func actionsRunAtTheirDeadlinesInOrderAndCancelledOnesNever() throws {
         let scheduler = DeadlineScheduler()
         let fired = Mutex<[String]>([])
@@ -69,12 +69,22 @@ import HostSystem
 
     /// The scheduler's own thread fires deadlines even when every thread of
     /// the dispatch pool is busy.
+    /// The scheduler's thread gets to run while four threads spin on two
+    /// cores. The spinners give up by themselves after 30 s, so a deadline
+    /// that never fires fails the test instead of hanging it.
     @Test func aDeadlineFiresWhileOtherThreadsSpin() throws {
         let scheduler = DeadlineScheduler()
-        let stop = Mutex(false)
-        let spinners = try (0..<4).map { _ in try POSIXThread.start { while !stop.withLock({ $0 }) {} } }
-        try scheduler.schedule(at: .now + .milliseconds(50)) { stop.withLock { $0 = true } }
+        let firedAt = Mutex<ContinuousClock.Instant?>(nil)
+        let start = ContinuousClock.now
+        let giveUp = start + .seconds(30)
+        let spinners = try (0..<4).map { _ in
+            try POSIXThread.start { while firedAt.withLock({ $0 }) == nil && ContinuousClock.now < giveUp {} }
+        }
+        try scheduler.schedule(at: start + .milliseconds(50)) { firedAt.withLock { $0 = .now } }
         spinners.forEach { $0.join() }
-        #expect(stop.withLock { $0 })
+        let fired = try #require(firedAt.withLock { $0 }, "the deadline did not fire within 30 s while four threads spun")
+        #expect(fired >= start + .milliseconds(50), "not before its time")
+        // A liveness bound, not a speed goal.
+        #expect(fired - start < .seconds(20), "fired \(fired - start) after it was scheduled")
     }
 }

@@ -6,7 +6,7 @@ import HostSystem
 /// Waiting for another thread's socket in a watched directory: one that
 /// appears late, one that never does, a stale one that refuses, and a
 /// waiter told to give up.
-@Suite struct SocketDirectoryWatchTests {
+@Suite(.timeLimit(.minutes(5))) struct SocketDirectoryWatchTests {
     /// A fresh directory under /tmp, removed with what is in it by `remove`.
     static func directory() -> String {
         var template = Array("/tmp/kestrel-watch-XXXXXX".utf8CString)

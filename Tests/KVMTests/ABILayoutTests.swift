@@ -4,7 +4,7 @@ import Testing
 
 /// Struct sizes and offsets pinned to the kernel's x86-64 ABI
 /// (the Linux tree's include/uapi/linux/kvm.h).
-@Suite struct ABILayoutTests {
+@Suite(.timeLimit(.minutes(5))) struct ABILayoutTests {
     @Test func structSizesMatchTheKernelABI() {
         #expect(MemoryLayout<ckvm_regs>.size == 144)
         #expect(MemoryLayout<ckvm_segment>.size == 24)
@@ -100,7 +100,7 @@ import Testing
     }
 }
 
-@Suite struct IoctlNumberTests {
+@Suite(.timeLimit(.minutes(5))) struct IoctlNumberTests {
     static let expectedNumbers: [(IoctlRequest, UInt)] = [
         (KVMRequest.setUserMemoryRegion2, 0x40A0_AE49),
         (KVMRequest.createGuestMemfd, 0xC040_AED4),
@@ -166,7 +166,7 @@ import Testing
     }
 }
 
-@Suite struct HotPathOffsetTests {
+@Suite(.timeLimit(.minutes(5))) struct HotPathOffsetTests {
     @Test func constantOffsetsMatchTheLayout() {
         #expect(ckvm_run_exit_offset() == MemoryLayout<ckvm_run>.offset(of: \ckvm_run.exit))
         #expect(ckvm_run_mmio_data_offset()

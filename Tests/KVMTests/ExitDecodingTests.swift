@@ -4,7 +4,7 @@ import Testing
 
 /// Exit decoding against synthetic run areas, so every case is covered
 /// without a guest producing it.
-@Suite struct ExitDecodingTests {
+@Suite(.timeLimit(.minutes(5))) struct ExitDecodingTests {
     @Test func ioOutWithData() {
         let area = RunArea.simulated()
         area.run.pointee.exit_reason = 2

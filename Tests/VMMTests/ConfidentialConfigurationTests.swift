@@ -7,7 +7,7 @@ import Testing
 
 /// `--confidential snp`, `--snp-certs` and `--memory-backend guest_memfd` as
 /// the builder sees them: refusals name what is missing before any VM exists.
-@Suite struct ConfidentialConfigurationTests {
+@Suite(.timeLimit(.minutes(5))) struct ConfidentialConfigurationTests {
     static var kvm: Bool { KVMSystem.isAvailable() }
 
     /// This host (and the lab's TCG hosts) have no SEV-SNP: the refusal names

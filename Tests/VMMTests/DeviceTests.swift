@@ -20,7 +20,7 @@ final class Recorder: @unchecked Sendable {
     var resets = 0
 }
 
-@Suite struct SerialTests {
+@Suite(.timeLimit(.minutes(5))) struct SerialTests {
     @Test func transmitsAndRaisesTransmitInterrupts() {
         let recorder = Recorder()
         let serial = Serial16550(output: { recorder.bytes.append($0) }, interrupt: { recorder.interrupts += 1 })
@@ -74,7 +74,7 @@ final class Recorder: @unchecked Sendable {
     }
 }
 
-@Suite struct KeyboardControllerTests {
+@Suite(.timeLimit(.minutes(5))) struct KeyboardControllerTests {
     @Test func selfTestControlByteAndReset() {
         let recorder = Recorder()
         let controller = I8042Controller { recorder.resets += 1 }
@@ -169,7 +169,7 @@ final class Recorder: @unchecked Sendable {
     }
 }
 
-@Suite struct BusTests {
+@Suite(.timeLimit(.minutes(5))) struct BusTests {
     @Test func routesByRangeAndFloatsElsewhere() {
         let recorder = Recorder()
         var bus = DeviceBus()
@@ -183,7 +183,7 @@ final class Recorder: @unchecked Sendable {
     }
 }
 
-@Suite struct TemplateAndConfigurationTests {
+@Suite(.timeLimit(.minutes(5))) struct TemplateAndConfigurationTests {
     @Test func templatesMaskWhatTheyList() throws {
         var table = CPUIDTable(entries: [
             CPUIDEntry(function: 1, eax: 0, ebx: 0, ecx: 0xFFFF_FFFF, edx: 0),
@@ -230,7 +230,7 @@ final class Recorder: @unchecked Sendable {
     }
 }
 
-@Suite struct ACPISleepControlTests {
+@Suite(.timeLimit(.minutes(5))) struct ACPISleepControlTests {
     @Test func onlySoftOffWithSleepEnablePowersOff() {
         let recorder = Recorder()
         let control = ACPISleepControl { recorder.resets += 1 }
@@ -242,7 +242,7 @@ final class Recorder: @unchecked Sendable {
     }
 }
 
-@Suite struct ConfigFileTests {
+@Suite(.timeLimit(.minutes(5))) struct ConfigFileTests {
     static func parse(_ json: String) throws -> MachineConfiguration {
         try MachineConfigFile.parse(Array(json.utf8), source: "vm.json")
     }
@@ -357,7 +357,7 @@ final class Recorder: @unchecked Sendable {
     }
 }
 
-@Suite struct GuestPanicWatcherTests {
+@Suite(.timeLimit(.minutes(5))) struct GuestPanicWatcherTests {
     @Test func thePanicLineIsKeptFromTheMarkerOn() {
         let watcher = GuestPanicWatcher()
         for byte in Array("[    1.0] ok\r\n[    2.5] Kernel panic - not syncing: sysrq triggered crash\r\n[    2.6] ---[ end ]---\n".utf8) {

@@ -8,7 +8,7 @@ import Testing
 
 /// The exit handler driven by exits staged in a simulated run area: no KVM,
 /// no guest, every decision checked.
-@Suite struct ExitHandlerTests {
+@Suite(.timeLimit(.minutes(5))) struct ExitHandlerTests {
     /// A handler with the machine's devices on their usual addresses; what the
     /// devices do is recorded.
     final class Rig: Sendable {
@@ -101,7 +101,7 @@ import Testing
 /// Conversion exits: with a conversion manager they convert and resume (a
 /// refused hypercall answers the guest -KVM_EINVAL), without one they end the
 /// run naming the exit.
-@Suite struct ExitHandlerConversionTests {
+@Suite(.timeLimit(.minutes(5))) struct ExitHandlerConversionTests {
     final class Calls: Sendable { let ranges = Mutex<[(Range<UInt64>, Bool)]>([]) }
 
     static func handler(calls: Calls) throws -> (ExitHandler, GuestAddressSpace, Int32) {

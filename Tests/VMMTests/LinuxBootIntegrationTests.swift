@@ -7,7 +7,7 @@ import Testing
 /// Boots the Debian cloud kernel (apt: linux-image-cloud-amd64) with a
 /// Kestrel-built busybox initramfs (apt: busybox-static) and checks what the
 /// guest gets to on this host. `.ci/run` installs both packages.
-@Suite struct LinuxBootIntegrationTests {
+@Suite(.timeLimit(.minutes(10))) struct LinuxBootIntegrationTests {
     static let kernel = (try? FileManager.default.contentsOfDirectory(atPath: "/boot"))?
         .filter { $0.hasPrefix("vmlinuz-") && $0.hasSuffix("-cloud-amd64") }.sorted().last.map { "/boot/" + $0 }
     static let busybox = "/bin/busybox"

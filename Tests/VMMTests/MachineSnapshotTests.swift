@@ -7,7 +7,7 @@ import X86
 /// The snapshot state file: what is written reads back the same, and a file
 /// that is corrupt, truncated, of another version or not a snapshot at all is
 /// refused with a reason, before anything would be built from it.
-@Suite struct MachineSnapshotTests {
+@Suite(.timeLimit(.minutes(5))) struct MachineSnapshotTests {
     static func sample() throws -> MachineSnapshot {
         var registers = Registers()
         registers.rip = 0x100_0013

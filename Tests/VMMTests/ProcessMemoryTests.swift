@@ -7,7 +7,7 @@ import VMM
 /// its own mapping only: `releaseReadOnlyFilePages(only:)` is narrowed to the
 /// test's file, and the footprint test's region sits between guard pages so
 /// that the kernel cannot merge it with a neighbouring anonymous mapping.
-@Suite struct ProcessMemoryTests {
+@Suite(.timeLimit(.minutes(5))) struct ProcessMemoryTests {
     /// A 64 KiB file of known bytes, mapped privately; unmapped and removed by `close`.
     final class MappedFile {
         let path: String

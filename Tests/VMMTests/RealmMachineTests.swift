@@ -7,7 +7,7 @@ import Testing
 
 /// `kestrel run --confidential realm`: the plan from a machine configuration
 /// with a crafted arm64 Image, its refusals, and the host refusal.
-@Suite struct RealmMachineTests {
+@Suite(.timeLimit(.minutes(5))) struct RealmMachineTests {
     final class Files {
         let directory: String
         let kernel: String

@@ -11,7 +11,7 @@ import Testing
 /// layout Linux's SNP start-up code reads, the SNP_LAUNCH_UPDATE list, the
 /// VMSAs, the measurement (against sev-snp-measure's GCTX), and the order
 /// of the SEV calls, recorded by a stand-in for `SNPLaunch`.
-@Suite struct SNPBootPlanTests {
+@Suite(.timeLimit(.minutes(5))) struct SNPBootPlanTests {
     static let memorySize: UInt64 = 32 << 20
     static let cBit = 51
 

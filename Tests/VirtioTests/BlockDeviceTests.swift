@@ -4,7 +4,7 @@ import HostSystem
 import Testing
 @testable import Virtio
 
-@Suite struct BlockDeviceTests {
+@Suite(.timeLimit(.minutes(5))) struct BlockDeviceTests {
     /// A temporary image of `sectors` sectors; sector n is filled with byte n.
     final class Image {
         let path: String

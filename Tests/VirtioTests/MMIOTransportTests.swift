@@ -2,7 +2,7 @@ import GuestMemory
 import Testing
 @testable import Virtio
 
-@Suite struct MMIOTransportTests {
+@Suite(.timeLimit(.minutes(5))) struct MMIOTransportTests {
     typealias R = MMIOTransport.Register
 
     @Test func identifiesAVersion2DeviceAndOffersVersion1() throws {

@@ -34,7 +34,7 @@ final class SocketPairEndpoint: PacketEndpoint {
     }
 }
 
-@Suite struct NetDeviceTests {
+@Suite(.timeLimit(.minutes(5))) struct NetDeviceTests {
     static let mac: [UInt8] = [0x06, 0x00, 0xAC, 0x10, 0x00, 0x02]
 
     func setUp() throws -> (SocketPairEndpoint, NetDevice, TestDriver) {

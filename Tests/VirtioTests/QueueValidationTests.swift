@@ -4,7 +4,7 @@ import Testing
 
 /// Malformed queues: each puts the device into DEVICE_NEEDS_RESET with one
 /// log line, and nothing is completed or read outside guest RAM.
-@Suite struct QueueValidationTests {
+@Suite(.timeLimit(.minutes(5))) struct QueueValidationTests {
     func activeDriver(features: UInt64? = nil) throws -> TestDriver {
         let driver = try TestDriver(EntropyDevice())
         #expect(driver.initialise(features: features).contains(.driverOK))
@@ -133,7 +133,7 @@ import Testing
     }
 }
 
-@Suite struct EntropyDeviceTests {
+@Suite(.timeLimit(.minutes(5))) struct EntropyDeviceTests {
     @Test func fillsWritableBuffersFromTheHost() throws {
         let device = EntropyDevice()
         let driver = try TestDriver(device)

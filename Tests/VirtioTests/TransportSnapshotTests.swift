@@ -4,7 +4,7 @@ import Testing
 
 /// A transport's saved state, restored into a new transport over the same
 /// guest memory, goes on from the same queue positions.
-@Suite struct TransportSnapshotTests {
+@Suite(.timeLimit(.minutes(5))) struct TransportSnapshotTests {
     typealias R = MMIOTransport.Register
 
     @Test func aRestoredTransportContinuesFromTheSavedRingPositions() throws {

@@ -75,7 +75,7 @@ func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
     _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
 }
 
-@Suite struct VsockDeviceTests {
+@Suite(.timeLimit(.minutes(5))) struct VsockDeviceTests {
     @Test func theConfigurationGivesTheGuestCID() throws {
         let guest = try VsockTestGuest()
         var cid: UInt64 = 0

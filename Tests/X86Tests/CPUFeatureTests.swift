@@ -2,7 +2,7 @@ import KVM
 import Testing
 @testable import X86
 
-@Suite struct CPUFeatureTests {
+@Suite(.timeLimit(.minutes(5))) struct CPUFeatureTests {
     let table = CPUIDTable(entries: [
         CPUIDEntry(function: 7, index: 0, flags: CPUIDEntry.significantIndexFlag, ecx: 1 << 7, edx: 1 << 20),
         CPUIDEntry(function: 7, index: 1, flags: CPUIDEntry.significantIndexFlag, eax: 1 << 18),

@@ -1,7 +1,7 @@
 import Testing
 @testable import X86
 
-@Suite struct CETControlRuleTests {
+@Suite(.timeLimit(.minutes(5))) struct CETControlRuleTests {
     static let both = CPUFeatureSet([.shadowStack, .indirectBranchTracking])
     static let shadowStackOnly = CPUFeatureSet([.shadowStack])
     static let ibtOnly = CPUFeatureSet([.indirectBranchTracking])
@@ -65,7 +65,7 @@ import Testing
     }
 }
 
-@Suite struct ShadowStackPointerRuleTests {
+@Suite(.timeLimit(.minutes(5))) struct ShadowStackPointerRuleTests {
     static let shadowStack = CPUFeatureSet([.shadowStack])
     static let pointerMSRs: [UInt32] = [0x6A4, 0x6A5, 0x6A6, 0x6A7]
 
@@ -105,7 +105,7 @@ import Testing
     }
 }
 
-@Suite struct FREDRuleTests {
+@Suite(.timeLimit(.minutes(5))) struct FREDRuleTests {
     static let fred = CPUFeatureSet([.fred])
 
     @Test func fredMSRsExistOnlyWithFRED() {

@@ -3,7 +3,7 @@ import KVM
 import Testing
 @testable import X86
 
-@Suite(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm"))
+@Suite(.enabled(if: KVMSystem.isAvailable(), "needs /dev/kvm"), .timeLimit(.minutes(5)))
 struct VCPUSnapshotTests {
     func makeVCPU(_ kvm: KVMSystem) throws -> VCPU {
         let vcpu = try kvm.createVirtualMachine().createVCPU()
