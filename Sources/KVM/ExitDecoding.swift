@@ -62,9 +62,10 @@ extension VCPUExit {
         case .exception:
             return .exception(vector: run.pointee.exit.ex.exception, errorCode: run.pointee.exit.ex.error_code)
         case .debug:
-            // struct kvm_debug_exit_arch (x86): u32 exception; u32 pad; u64 pc; ...
-            let words = withUnsafeBytes(of: run.pointee.exit.padding) { ($0.load(as: UInt32.self), $0.load(fromByteOffset: 8, as: UInt64.self)) }
-            return .debug(exception: words.0, pc: words.1)
+            // Sound: struct kvm_debug_exit_arch (32 bytes) lies inside the
+            // exit union's 256 padding bytes, which the copy holds whole.
+            let debug = withUnsafeBytes(of: run.pointee.exit.padding) { $0.loadUnaligned(as: ckvm_debug_exit.self) }
+            return .debug(DebugExit(exception: debug.exception, pc: debug.pc, dr6: debug.dr6, dr7: debug.dr7))
         case .interruptWindowOpen:
             return .interruptWindowOpen
         case .interrupted:

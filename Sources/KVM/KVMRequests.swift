@@ -71,6 +71,8 @@ public enum KVMRequest {
         "KVM_SET_SREGS", .write, 0x84, size: MemoryLayout<ckvm_sregs>.size)
     public static let getMSRs = IoctlRequest("KVM_GET_MSRS", .readWrite, 0x88, size: MemoryLayout<ckvm_msrs_header>.size)
     public static let setMSRs = IoctlRequest("KVM_SET_MSRS", .write, 0x89, size: MemoryLayout<ckvm_msrs_header>.size)
+    public static let setGuestDebug = IoctlRequest(
+        "KVM_SET_GUEST_DEBUG", .write, 0x9B, size: MemoryLayout<ckvm_guest_debug>.size)
     public static let preFaultMemory = IoctlRequest(
         "KVM_PRE_FAULT_MEMORY", .readWrite, 0xD5, size: MemoryLayout<ckvm_pre_fault_memory>.size)
     public static let getFPU = IoctlRequest("KVM_GET_FPU", .read, 0x8C, size: MemoryLayout<ckvm_fpu>.size)

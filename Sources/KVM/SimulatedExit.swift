@@ -21,6 +21,8 @@ public enum SimulatedExit: Sendable {
     case legacyCertificateRequest(address: UInt64, pages: UInt64, done: Bool)
     /// KVM_EXIT_FAIL_ENTRY.
     case failEntry(hardwareReason: UInt64, cpu: UInt32)
+    /// KVM_EXIT_DEBUG.
+    case debug(DebugExit)
     /// KVM_EXIT_INTERNAL_ERROR with its data words.
     case internalError(suberror: UInt32, data: [UInt64])
     /// An exit with no data of its own (HLT, SHUTDOWN, IRQ_WINDOW_OPEN, an
@@ -87,6 +89,10 @@ extension RunArea {
         case .failEntry(let hardwareReason, let cpu):
             pointer.pointee.exit_reason = ExitReason.failEntry.rawValue
             pointer.pointee.exit.fail_entry = ckvm_exit_fail_entry(hardware_entry_failure_reason: hardwareReason, cpu: cpu)
+        case .debug(let debug):
+            pointer.pointee.exit_reason = ExitReason.debug.rawValue
+            let raw = ckvm_debug_exit(exception: debug.exception, pad: 0, pc: debug.pc, dr6: debug.dr6, dr7: debug.dr7)
+            withUnsafeMutableBytes(of: &pointer.pointee.exit.padding) { $0.storeBytes(of: raw, as: ckvm_debug_exit.self) }
         case .internalError(let suberror, let data):
             pointer.pointee.exit_reason = ExitReason.internalError.rawValue
             pointer.pointee.exit.`internal`.suberror = suberror

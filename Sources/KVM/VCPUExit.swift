@@ -33,7 +33,7 @@ public enum VCPUExit: CustomStringConvertible {
     /// KVM_EXIT_EXCEPTION: an exception KVM reports to userspace.
     case exception(vector: UInt32, errorCode: UInt32)
     /// KVM_EXIT_DEBUG: a debug event (guest debugging enabled by the VMM).
-    case debug(exception: UInt32, pc: UInt64)
+    case debug(DebugExit)
     /// KVM_EXIT_IRQ_WINDOW_OPEN: the guest can take an interrupt now.
     case interruptWindowOpen
     /// KVM_RUN returned EINTR (a signal, or immediate_exit set): KVM_EXIT_INTR.
@@ -89,8 +89,8 @@ public enum VCPUExit: CustomStringConvertible {
             return "\(ExitReason.snpRequestCertificates): gpa 0x\(String(request.guestPhysicalAddress, radix: 16)), \(request.pageCount) pages"
         case .exception(let vector, let errorCode):
             return "\(ExitReason.exception): vector \(vector), error code 0x\(String(errorCode, radix: 16))"
-        case .debug(let exception, let pc):
-            return "\(ExitReason.debug): exception \(exception) at 0x\(String(pc, radix: 16))"
+        case .debug(let debug):
+            return "\(ExitReason.debug): \(debug)"
         case .notRunnable: return "KVM_RUN: EAGAIN (vCPU waiting for INIT/SIPI)"
         case .unknown(let hardwareReason):
             return "\(ExitReason.unknown): hardware exit reason 0x\(String(hardwareReason, radix: 16))"
@@ -367,4 +367,25 @@ public struct SNPCertificateRequest {
 func hexByte(_ byte: UInt8) -> String {
     let digits = String(byte, radix: 16)
     return digits.count == 1 ? "0" + digits : digits
+}
+
+/// The data of a KVM_EXIT_DEBUG exit (struct kvm_debug_exit_arch on x86):
+/// the exception (1 for #DB, 3 for #BP), the guest RIP, and DR6 and DR7 as
+/// KVM reports them for the event.
+public struct DebugExit: Equatable, Sendable, CustomStringConvertible {
+    public let exception: UInt32
+    public let pc: UInt64
+    public let dr6: UInt64
+    public let dr7: UInt64
+
+    public init(exception: UInt32, pc: UInt64, dr6: UInt64, dr7: UInt64) {
+        self.exception = exception
+        self.pc = pc
+        self.dr6 = dr6
+        self.dr7 = dr7
+    }
+
+    public var description: String {
+        "exception \(exception) at 0x\(String(pc, radix: 16)), DR6 0x\(String(dr6, radix: 16)), DR7 0x\(String(dr7, radix: 16))"
+    }
 }

@@ -15,11 +15,12 @@ struct LabCommand: ParsableCommand {
             SVM. Its initramfs holds busybox, this static `kestrel`, the kernel's KVM modules (loaded at \
             boot) and the files you add. Kernels: \(KernelFetcher.catalog.map { "\($0.name) (\($0.suite))" }.joined(separator: ", ")), \
             Debian cloud kernels fetched with apt-get download from the mirror apt already uses and cached \
-            under $KESTREL_LAB_CACHE or ~/.cache/kestrel/lab; \(SoftwareProtectedKVM.name), the 6.12 kernel with its KVM \
-            rebuilt from Debian's linux-source with CONFIG_KVM_SW_PROTECTED_VM (private memory); or your own with \
-            --kernel-image and --modules.
+            under $KESTREL_LAB_CACHE or ~/.cache/kestrel/lab; \(KVMRebuild.softwareProtected.name), the 6.12 kernel with its KVM \
+            rebuilt from Debian's linux-source with CONFIG_KVM_SW_PROTECTED_VM (private memory); a kernel of yours whose \
+            KVM modules are rebuilt with patches (kestrel lab kernels --build); or your own with --kernel-image and --modules.
             Examples:
               kestrel lab kernels --fetch 6.1,7.2
+              kestrel lab kernels --build 7.2-patched --from 7.2 --patch upstream/kvm-emulator-cr-width/0001-*.patch
               kestrel lab run --kernel 7.2 -- 'uname -r; ls -l /dev/kvm'
               kestrel lab check --kernel 6.1 --tap
               kestrel lab check --kernels 6.1,6.12,6.18,7.2
@@ -31,7 +32,7 @@ struct LabCommand: ParsableCommand {
 /// Options every lab command shares: which kernel, and how QEMU runs it.
 struct LabMachineOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The L1 kernel: \(KernelFetcher.names.joined(separator: ", ")).",
-                               discussion: "\(SoftwareProtectedKVM.name) is Debian's 6.12 with its KVM rebuilt with CONFIG_KVM_SW_PROTECTED_VM (private memory); the first use builds it (about two minutes)."))
+                               discussion: "\(KVMRebuild.softwareProtected.name) is Debian's 6.12 with its KVM rebuilt with CONFIG_KVM_SW_PROTECTED_VM (private memory); the first use builds it (about two minutes). Rebuilds recorded with `kestrel lab kernels --build NAME` are taken by name too."))
     var kernel: String?
     @Option(name: .customLong("kernel-image"), help: "Your own L1 bzImage (with --modules).") var kernelImage: String?
     @Option(help: "The modules tree of --kernel-image (lib/modules/RELEASE).") var modules: String?
@@ -168,17 +169,55 @@ struct LabMachineOptions: ParsableArguments {
     }
 }
 
-/// `kestrel lab kernels`: list and fetch the lab's kernels.
+/// `kestrel lab kernels`: list, fetch and rebuild the lab's kernels.
 struct LabKernelsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "kernels", abstract: "List the lab's kernels and which are cached; fetch them.")
+        commandName: "kernels", abstract: "List the lab's kernels and which are cached; fetch them; rebuild one's KVM with patches.",
+        discussion: """
+            --build NAME --from SERIES records a lab kernel NAME: the SERIES kernel with its KVM modules (kvm, \
+            kvm_amd, kvm_intel) rebuilt from Debian's linux-source of the same version, with each --patch applied \
+            (patch -p1 at the top of the tree; only arch/x86/kvm and virt/kvm are there) and each --config option \
+            set to y, then builds it. The patches are kept in the recipe, so NAME stays what it was built from until \
+            --build records it again. The modules are compiled with the compiler the kernel's headers name: on this \
+            machine when it has it, otherwise in a Debian root of the kernel's suite made with debootstrap (root \
+            only; about a minute once, then cached).
+            """)
 
     @Option(help: "Fetch these kernels (comma-separated names, or 'all').") var fetch: String?
     @Flag(help: "Look for newer packages even when kernels are cached.") var refresh = false
+    @Option(help: "Record and build a lab kernel of this name whose KVM is rebuilt (with --from).") var build: String?
+    @Option(help: "The catalog kernel a --build rebuilds: \(KernelFetcher.catalog.map(\.name).joined(separator: ", ")).") var from: String?
+    @Option(help: "A patch file for --build (repeatable, applied in order).") var patch: [String] = []
+    @Option(help: "A config option set to y for --build, without CONFIG_ (repeatable).") var config: [String] = []
+
+    func validate() throws {
+        if build == nil && (from != nil || !patch.isEmpty || !config.isEmpty) { throw ValidationError("--from, --patch and --config go with --build NAME") }
+        if build != nil && from == nil { throw ValidationError("--build NAME needs --from SERIES (\(KernelFetcher.catalog.map(\.name).joined(separator: ", ")))") }
+        if build != nil && fetch != nil { throw ValidationError("give --fetch or --build, not both") }
+        if let from, KernelFetcher.series(named: from) == nil {
+            throw ValidationError("--from \(from): not a catalog kernel (\(KernelFetcher.catalog.map(\.name).joined(separator: ", ")))")
+        }
+        if let bad = config.first(where: { $0.isEmpty || $0.hasPrefix("CONFIG_") || !$0.allSatisfy({ $0.isUppercase || $0.isNumber || $0 == "_" }) }) {
+            throw ValidationError("--config \(bad): give the option's name without CONFIG_, e.g. KVM_SW_PROTECTED_VM")
+        }
+    }
 
     func run() throws {
         let cache = LabCache()
         let fetcher = KernelFetcher(cache: cache, progress: { printError("lab: \($0)") })
+        if let build, let from {
+            var patches: [KVMRebuild.Patch] = []
+            for path in patch {
+                do { patches.append(.init(name: path, text: try readText(path))) } catch { throw ValidationError("--patch \(path): \(error)") }
+            }
+            let recipe = KVMRebuild(name: build, base: from, options: config, patches: patches)
+            try recipe.save(in: cache)
+            let start = ContinuousClock.now
+            let kernel = try recipe.kernel(fetcher: fetcher, refresh: refresh)
+            print("\(build): \(kernel.release) with KVM rebuilt (\(patches.count) patch(es), recipe \(recipe.fingerprint)) in \(kernel.directory) "
+                  + "(\(LabMachine.seconds(ContinuousClock.now - start).text(places: 1)) s)")
+            return
+        }
         if let fetch {
             let names = fetch == "all" ? KernelFetcher.names : fetch.split(separator: ",").map(String.init)
             for name in names {
@@ -194,9 +233,14 @@ struct LabKernelsCommand: ParsableCommand {
             let cached = release.flatMap { LabKernel.load(from: cache.kernelDirectory($0)) }
             print("\(series.name.padded(to: 5)) \(series.suite.padded(to: 19)) " + (cached.map { "cached: \($0.release)" } ?? "not fetched"))
         }
-        let rebuilt = directoryEntries(cache.root + "/kernels").filter { $0.hasSuffix("+sw-protected") }
-            .compactMap { LabKernel.load(from: cache.kernelDirectory($0)) }.first
-        print("\(SoftwareProtectedKVM.name) (6.12 with KVM rebuilt) " + (rebuilt.map { "cached: \($0.release)" } ?? "not built"))
+        for name in KVMRebuild.builtIn.map(\.name) + KVMRebuild.recordedNames(cache: cache) {
+            guard let recipe = KVMRebuild.recipe(named: name, cache: cache) else { continue }
+            let built = directoryEntries(cache.root + "/kernels").first { $0.hasSuffix("+\(name)-\(recipe.fingerprint)") }
+                .flatMap { LabKernel.load(from: cache.kernelDirectory($0)) }
+            let what = "\(recipe.base) with KVM rebuilt" + (recipe.options.isEmpty ? "" : ", " + recipe.options.joined(separator: ", "))
+                + (recipe.patches.isEmpty ? "" : ", " + recipe.patches.map(\.name).joined(separator: ", "))
+            print("\(name) (\(what)) " + (built.map { "cached: \($0.release)" } ?? "not built"))
+        }
     }
 }
 

@@ -26,16 +26,21 @@ public struct KernelFetcher {
 
     public static func series(named name: String) -> Series? { catalog.first { $0.name == name } }
 
-    /// Every name `kernel(_:)` takes: the catalog, then the rebuilt host with private memory.
-    public static var names: [String] { catalog.map(\.name) + [SoftwareProtectedKVM.name] }
+    /// Every name `kernel(_:)` takes: the catalog, then the built-in KVM rebuilds.
+    /// Rebuilds recorded in a cache (`kestrel lab kernels --build`) are taken too.
+    public static var names: [String] { catalog.map(\.name) + KVMRebuild.builtIn.map(\.name) }
 
     /// The kernel for `name`: from the cache when it was fetched before (no
     /// network), otherwise the newest matching package from the archive.
     /// `refresh` looks for a newer package even when one is cached.
     public func kernel(_ name: String, refresh: Bool = false) throws -> LabKernel {
-        if name == SoftwareProtectedKVM.name { return try SoftwareProtectedKVM(fetcher: self).kernel(refresh: refresh) }
+        if Self.series(named: name) == nil, let rebuild = KVMRebuild.recipe(named: name, cache: cache) {
+            return try rebuild.kernel(fetcher: self, refresh: refresh)
+        }
         guard let series = Self.series(named: name) else {
-            throw LabError("unknown lab kernel \"\(name)\"; known: \(Self.names.joined(separator: ", ")) (or give --kernel-image and --modules)")
+            let known = Self.names + KVMRebuild.recordedNames(cache: cache)
+            throw LabError("unknown lab kernel \"\(name)\"; known: \(known.joined(separator: ", ")) (or give --kernel-image and --modules, "
+                           + "or record a rebuild with kestrel lab kernels --build)")
         }
         if !refresh, let release = try? readText(cache.aliasPath(name)).split(separator: "\n").first.map(String.init),
            let kernel = LabKernel.load(from: cache.kernelDirectory(release)) {

@@ -25,6 +25,8 @@ import Testing
         #expect(MemoryLayout<ckvm_userspace_memory_region2>.size == 160)
         #expect(MemoryLayout<ckvm_create_guest_memfd>.size == 64)
         #expect(MemoryLayout<ckvm_pre_fault_memory>.size == 64)
+        #expect(MemoryLayout<ckvm_guest_debug>.size == 72)
+        #expect(MemoryLayout<ckvm_debug_exit>.size == 32)
         #expect(MemoryLayout<ckvm_memory_attributes>.size == 32)
         #expect(MemoryLayout<ckvm_device_attr>.size == 24)
         #expect(MemoryLayout<ckvm_irqfd>.size == 32)
@@ -105,6 +107,7 @@ import Testing
         (KVMRequest.setUserMemoryRegion2, 0x40A0_AE49),
         (KVMRequest.createGuestMemfd, 0xC040_AED4),
         (KVMRequest.preFaultMemory, 0xC040_AED5),
+        (KVMRequest.setGuestDebug, 0x4048_AE9B),
         (KVMRequest.setMemoryAttributes, 0x4020_AED2),
         (KVMRequest.enableCapability, 0x4068_AEA3),
         (KVMRequest.getOneRegister, 0x4010_AEAB),

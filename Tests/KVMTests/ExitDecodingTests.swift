@@ -105,6 +105,23 @@ import Testing
         #expect(area.run.pointee.exit.hypercall.ret == 0xFFFF)
     }
 
+    /// struct kvm_debug_exit_arch: exception, pad, pc, dr6, dr7 at offsets 0, 8, 16, 24.
+    @Test func debugExitCarriesDR6AndDR7() {
+        let area = RunArea.simulated()
+        area.run.pointee.exit_reason = 4
+        withUnsafeMutableBytes(of: &area.run.pointee.exit.padding) { raw in
+            raw.storeBytes(of: UInt32(1), toByteOffset: 0, as: UInt32.self)
+            raw.storeBytes(of: UInt64(0x40_1000), toByteOffset: 8, as: UInt64.self)
+            raw.storeBytes(of: UInt64(0xFFFF_2FF0), toByteOffset: 16, as: UInt64.self)
+            raw.storeBytes(of: UInt64(0x2400), toByteOffset: 24, as: UInt64.self)
+        }
+        guard case .debug(let debug) = area.decode() else { Issue.record("not a debug exit"); return }
+        #expect(debug == DebugExit(exception: 1, pc: 0x40_1000, dr6: 0xFFFF_2FF0, dr7: 0x2400))
+        let simulated = RunArea.simulated().simulate(.debug(debug))
+        guard case .debug(let again) = simulated else { Issue.record("\(simulated)"); return }
+        #expect(again == debug && "\(simulated)" == "KVM_EXIT_DEBUG: exception 1 at 0x401000, DR6 0xffff2ff0, DR7 0x2400")
+    }
+
     @Test func otherReasons() {
         let area = RunArea.simulated()
         area.run.pointee.exit_reason = 5

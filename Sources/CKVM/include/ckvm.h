@@ -178,6 +178,23 @@ struct ckvm_create_guest_memfd {
     uint64_t reserved[6];
 };
 
+/* struct kvm_guest_debug (x86): control flags, then DR0-DR7 for the host's
+   hardware breakpoints (KVM_GUESTDBG_USE_HW_BP). */
+struct ckvm_guest_debug {
+    uint32_t control;
+    uint32_t pad;
+    uint64_t debugreg[8];
+};
+
+/* struct kvm_debug_exit_arch (x86), in kvm_run's exit union for KVM_EXIT_DEBUG. */
+struct ckvm_debug_exit {
+    uint32_t exception;
+    uint32_t pad;
+    uint64_t pc;
+    uint64_t dr6;
+    uint64_t dr7;
+};
+
 struct ckvm_pre_fault_memory {
     uint64_t gpa;
     uint64_t size;

@@ -1,0 +1,60 @@
+import Glibc
+
+/// A Debian root of another suite, built with debootstrap from the mirror the
+/// system's apt uses and kept in the lab's cache: where the lab runs tools
+/// this machine's Debian 12 cannot, such as the compiler a newer kernel was
+/// built with (gcc 16 for sid's 7.2), so that rebuilt KVM modules match the
+/// kernel. Commands run in it with chroot, so building one needs root.
+public struct DebianRoot: Sendable {
+    public let suite: String
+    public let path: String
+
+    /// The packages every root gets: what `make modules` needs for a Debian
+    /// kernel's headers package (kbuild's tools link libelf and libssl).
+    public static let basePackages = ["make", "libc6-dev", "bc", "bison", "flex", "libelf-dev", "libssl-dev", "pahole", "xz-utils",
+                                      "patch", "binutils", "ca-certificates"]
+
+    /// The root of `suite` with `packages`, from the cache or made now
+    /// (debootstrap's minbase variant: about a minute and 600 MB for sid).
+    /// Packages missing from a cached root are installed into it.
+    public static func prepare(suite: String, packages: [String], cache: LabCache, progress: (String) -> Void) throws -> DebianRoot {
+        guard getuid() == 0 else {
+            throw LabError("building in a Debian \(suite) root needs root (debootstrap and chroot); run as root, or use a kernel the host's compiler matches")
+        }
+        let root = DebianRoot(suite: suite, path: cache.root + "/roots/" + suite)
+        let wanted = Set(basePackages + packages)
+        let stamp = root.path + "/.kestrel-packages"
+        let present = Set(((try? readText(stamp)) ?? "").split(separator: "\n").map(String.init))
+        if isDirectory(root.path + "/usr/bin"), present.isSuperset(of: wanted) { return root }
+        let archive = try DebianArchive(root: cache.aptRoot)
+        if !isDirectory(root.path + "/usr/bin") || present.isEmpty {
+            guard HostProcess.find("debootstrap") != nil else { throw LabError("debootstrap is not installed (apt-get install debootstrap)") }
+            progress("building a Debian \(suite) root in \(root.path) with debootstrap (about a minute)")
+            removeTree(root.path)
+            try makeDirectories(root.path)
+            try HostProcess.check(["debootstrap", "--variant=minbase", "--include=" + wanted.sorted().joined(separator: ","),
+                                   suite, root.path, archive.mirror], what: "debootstrap of \(suite) from \(archive.mirror)")
+        } else {
+            let missing = wanted.subtracting(present).sorted()
+            progress("installing \(missing.joined(separator: ", ")) into the \(suite) root")
+            try HostProcess.check(["cp", "/etc/resolv.conf", root.path + "/etc/resolv.conf"], what: "copying resolv.conf into the root")
+            try root.run(["apt-get", "-q", "update"], what: "apt-get update in the \(suite) root")
+            try root.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-q", "-y", "install", "--no-install-recommends"] + missing,
+                         what: "installing \(missing.joined(separator: ", ")) in the \(suite) root")
+        }
+        try writeFileAtomically(Array(wanted.sorted().map { $0 + "\n" }.joined().utf8), to: stamp)
+        return root
+    }
+
+    /// Runs a command inside the root (chroot, with /proc mounted in a mount
+    /// namespace of its own, so nothing stays mounted after it; objtool reads
+    /// /proc); returns its standard output.
+    @discardableResult
+    public func run(_ arguments: [String], what: String) throws -> String {
+        try HostProcess.check(["unshare", "--mount", "--fork", "--", "sh", "-c", #"mount -t proc proc "$0/proc" && exec chroot "$0" "$@""#, path]
+                              + arguments, what: what)
+    }
+
+    /// A host path inside the root for a path seen from inside it.
+    public func hostPath(_ inside: String) -> String { path + inside }
+}
