@@ -265,6 +265,20 @@ extension Assembler {
         modrm(3, control.rawValue, source.low3)
     }
 
+    /// `mov reg, drN` (0F 21 /r).
+    public func mov(_ destination: Register64, _ debug: DebugRegister) {
+        rex(w: false, reg: debug.rawValue, rm: destination.rawValue)
+        bytes.append(contentsOf: [0x0F, 0x21])
+        modrm(3, debug.rawValue, destination.low3)
+    }
+
+    /// `mov drN, reg` (0F 23 /r).
+    public func mov(_ debug: DebugRegister, _ source: Register64) {
+        rex(w: false, reg: debug.rawValue, rm: source.rawValue)
+        bytes.append(contentsOf: [0x0F, 0x23])
+        modrm(3, debug.rawValue, source.low3)
+    }
+
     /// `lgdt [mem]` (0F 01 /2).
     public func lgdt(_ memory: MemoryOperand) { memoryInstruction(w: false, opcode: [0x0F, 0x01], reg: 2, memory) }
     /// `lidt [mem]` (0F 01 /3).

@@ -14,6 +14,11 @@ public enum ControlRegister: UInt8, Sendable {
     case cr0 = 0, cr2 = 2, cr3 = 3, cr4 = 4, cr8 = 8
 }
 
+/// Debug registers that MOV to/from DR can name.
+public enum DebugRegister: UInt8, Sendable {
+    case dr0 = 0, dr1 = 1, dr2 = 2, dr3 = 3, dr6 = 6, dr7 = 7
+}
+
 /// Jcc condition codes (the low nibble of 0F 8x).
 public enum Condition: UInt8, Sendable {
     case overflow = 0x0, notOverflow = 0x1

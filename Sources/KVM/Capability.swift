@@ -17,6 +17,7 @@ public struct Capability: Hashable, Sendable, CustomStringConvertible {
     public static let recommendedVCPUs = Capability(9, name: "KVM_CAP_NR_VCPUS")
     public static let memorySlots = Capability(10, name: "KVM_CAP_NR_MEMSLOTS")
     public static let mpState = Capability(14, name: "KVM_CAP_MP_STATE")
+    public static let setGuestDebug = Capability(23, name: "KVM_CAP_SET_GUEST_DEBUG")
     public static let irqfd = Capability(32, name: "KVM_CAP_IRQFD")
     public static let ioeventfd = Capability(36, name: "KVM_CAP_IOEVENTFD")
     public static let vcpuEvents = Capability(41, name: "KVM_CAP_VCPU_EVENTS")

@@ -23,4 +23,16 @@ extension VCPU {
             }
         } while range.size > 0
     }
+
+    /// One KVM_PRE_FAULT_MEMORY call, not retried: returns the part of the
+    /// range KVM left unmapped (it stops early at a signal; if it mapped
+    /// nothing then, the call fails with EINTR). For tests that must see EINTR
+    /// and EAGAIN themselves.
+    public func preFaultMemoryOnce(address: UInt64, size: UInt64) throws -> (address: UInt64, size: UInt64) {
+        var range = ckvm_pre_fault_memory()
+        range.gpa = address
+        range.size = size
+        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.preFaultMemory, &range)
+        return (range.gpa, range.size)
+    }
 }

@@ -103,6 +103,9 @@ import Testing
         #expect(try bytes { $0.mov(.rax, .cr2) } == [0x0F, 0x20, 0xD0])
         #expect(try bytes { $0.mov(.cr4, .rax) } == [0x0F, 0x22, 0xE0])
         #expect(try bytes { $0.mov(.cr8, .rax) } == [0x44, 0x0F, 0x22, 0xC0])
+        #expect(try bytes { $0.mov(.rax, .dr0) } == [0x0F, 0x21, 0xC0])  // the kernel's debug_regs selftest's "mov %dr0, %rax"
+        #expect(try bytes { $0.mov(.dr7, .rcx) } == [0x0F, 0x23, 0xF9])
+        #expect(try bytes { $0.mov(.r9, .dr6) } == [0x41, 0x0F, 0x21, 0xF1])
         #expect(try bytes { $0.repStosb() } == [0xF3, 0xAA])
         #expect(try bytes { $0.repeScasb() } == [0xF3, 0xAE])
         #expect(try bytes { $0.vmcall(); $0.vmmcall() } == [0x0F, 0x01, 0xC1, 0x0F, 0x01, 0xD9])

@@ -10,7 +10,8 @@ public enum BasicsSuite {
 
     public static func tests() -> [ConformanceTest] {
         [realMode, longMode, ucallRoundTrip, invalidOpcode, pageFaultRead, pageFaultWrite,
-         generalProtectionNonCanonical, generalProtectionSelector, preFaultMemory, exitHypercall]
+         generalProtectionNonCanonical, generalProtectionSelector, preFaultMemory, preFaultDuringSlotDeletion, exitHypercall,
+         guestDebugGeneralDetect]
             + softwareEvents
     }
 

@@ -65,8 +65,9 @@ extension GuestMemfdSuite {
         // Overlaps: a guest_memfd range bound twice, and guest-physical ranges that overlap.
         let big = try vm.createGuestMemfd(size: 4 * bindingSize)
         try vm.setUserMemoryRegion2(bindingSlot(big.fileDescriptor, slot: 10, address: bindingAddress, offset: 0))
-        // kvm_gmem_bind() refuses a range another slot holds; the errno changed
-        // between kernels (EINVAL on 6.18, EEXIST on 7.2) and no document fixes it.
+        // kvm_gmem_bind() refuses a range another slot holds: EINVAL until Linux
+        // 7.2 made it EEXIST (7ea987a90585, "KVM: guest_memfd: Return -EEXIST for
+        // overlapping bindings"), so either is right.
         let twice = try context.errno(of: {
             try vm.setUserMemoryRegion2(bindingSlot(big.fileDescriptor, slot: 11, address: 0x1_8000_0000, offset: bindingSize / 2))
         })
@@ -80,5 +81,24 @@ extension GuestMemfdSuite {
                 try vm.setUserMemoryRegion2(bindingSlot(big.fileDescriptor, slot: 12, address: address, offset: bindingSize))
             }
         }
+
+        // An offset whose end passes INT64_MAX (the kernel's guest_memfd_test,
+        // test_invalid_binding): offset + size does not wrap as a u64, which is
+        // all the generic slot checks look at, so kvm_gmem_bind() must refuse it.
+        let hugeOffset = UInt64(Int64.max) & ~UInt64(pageSize - 1)
+        let huge = try context.errno(of: {
+            try vm.setUserMemoryRegion2(bindingSlot(memfd.fileDescriptor, slot: 13, address: 0x2_0000_0000, offset: hugeOffset))
+        })
+        if huge == nil {
+            throw TestFailure("""
+                binding 2 MiB at offset 0x\(String(hugeOffset, radix: 16)) of a 2 MiB guest_memfd succeeded instead of EINVAL \
+                (the range ends 0x\(String(hugeOffset + bindingSize, radix: 16)), past INT64_MAX and past the file's end)
+                diagnosis: kvm_gmem_bind() (virt/kvm/guest_memfd.c) checks offset + size > i_size in signed loff_t arithmetic; \
+                past INT64_MAX the sum wraps negative and passes. Fixed in Linux 7.2 by eba85fee7fc6 "KVM: guest_memfd: Treat \
+                memslot binding offset+size as unsigned values"
+                """)
+        }
+        try context.expect(huge == .invalidArgument,
+                           "binding at offset 0x\(String(hugeOffset, radix: 16)), past INT64_MAX: expected EINVAL, got \(huge!.symbolicName)")
     }
 }
