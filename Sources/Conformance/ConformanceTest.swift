@@ -16,6 +16,9 @@ public enum Requirement: Sendable, CustomStringConvertible {
     case hostFile(String)
     /// The host's machine architecture (uname -m), e.g. `aarch64`.
     case architecture(String)
+    /// A parameter of the kvm module is set (non-zero, or Y), e.g.
+    /// `force_emulation_prefix`, read from /sys/module/kvm/parameters.
+    case kvmParameter(String)
 
     public var description: String {
         switch self {
@@ -26,6 +29,7 @@ public enum Requirement: Sendable, CustomStringConvertible {
         case .cpuFeature(let feature): return "CPUID \(feature.name)"
         case .hostFile(let path): return path
         case .architecture(let machine): return "an \(machine) host"
+        case .kvmParameter(let name): return "kvm.\(name)"
         }
     }
 }

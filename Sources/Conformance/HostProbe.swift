@@ -58,6 +58,18 @@ public final class HostProbe {
 
     public func hasFeature(_ feature: CPUFeature) -> Bool { feature.isPresent(in: supportedCPUID) }
 
+    /// A kvm module parameter's value (its sysfs file, trimmed), or nil when
+    /// the module has no such parameter.
+    public static func kvmParameter(_ name: String) -> String? {
+        let fd = open("/sys/module/kvm/parameters/\(name)", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let count = read(fd, &buffer, buffer.count)
+        guard count >= 0 else { return nil }
+        return String(decoding: buffer.prefix(count).filter { ![9, 10, 13, 32].contains($0) }, as: UTF8.self)
+    }
+
     /// Why a requirement is not met, or nil when it is.
     public func unmetReason(_ requirement: Requirement) -> String? {
         // The architecture first: another architecture's capability numbers mean nothing here.
@@ -79,6 +91,11 @@ public final class HostProbe {
             return hasFeature(feature) ? nil : "CPUID \(feature.name) is not in KVM_GET_SUPPORTED_CPUID on this host"
         case .hostFile(let path):
             return access(path, F_OK) == 0 ? nil : "\(path) does not exist on this host"
+        case .kvmParameter(let name):
+            let value = Self.kvmParameter(name)
+            return value.map { ["", "0", "N", "n"].contains($0) } == false ? nil
+                : "kvm.\(name) is \(value.map { $0.isEmpty ? "empty" : $0 } ?? "not a parameter of this host's kvm module") "
+                    + "(/sys/module/kvm/parameters/\(name))"
         }
     }
 }

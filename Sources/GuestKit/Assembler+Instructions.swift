@@ -229,6 +229,10 @@ extension Assembler {
     public func sti() { bytes.append(0xFB) }
     /// `nop` (90).
     public func nop() { bytes.append(0x90) }
+    /// KVM's forced-emulation prefix, `ud2` then "kvm" (0F 0B 6B 76 6D): with
+    /// kvm.force_emulation_prefix set, KVM skips it and emulates the
+    /// instruction that follows; without, the guest takes #UD.
+    public func forcedEmulationPrefix() { bytes.append(contentsOf: [0x0F, 0x0B, 0x6B, 0x76, 0x6D]) }
     /// `ud2` (0F 0B): raises #UD.
     public func ud2() { bytes.append(contentsOf: [0x0F, 0x0B]) }
     /// `iretq` (REX.W CF).

@@ -26,7 +26,7 @@ struct LabCommand: ParsableCommand {
               kestrel lab check --kernels 6.1,6.12,6.18,7.2
               kestrel lab shell --kernel 6.18
             """,
-        subcommands: [LabKernelsCommand.self, LabRunCommand.self, LabCheckCommand.self, LabShellCommand.self])
+        subcommands: [LabKernelsCommand.self, LabRunCommand.self, LabCheckCommand.self, LabShellCommand.self, LabSelftestsCommand.self])
 }
 
 /// Options every lab command shares: which kernel, and how QEMU runs it.
@@ -241,6 +241,41 @@ struct LabKernelsCommand: ParsableCommand {
                 + (recipe.patches.isEmpty ? "" : ", " + recipe.patches.map(\.name).joined(separator: ", "))
             print("\(name) (\(what)) " + (built.map { "cached: \($0.release)" } ?? "not built"))
         }
+    }
+}
+
+/// `kestrel lab selftests`: the kernel's KVM selftests, built to run in an L1.
+struct LabSelftestsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "selftests",
+        abstract: "Build programs of the kernel's KVM selftests, with patches, as static executables for an L1.",
+        discussion: """
+            Builds the --program paths under tools/testing/selftests/kvm from Debian's linux-source of the --from \
+            kernel's version, with each --patch applied (patch -p1 at the top of the tree), in a Debian root of that \
+            kernel's suite (debootstrap; root only), and prints one "PROGRAM: PATH" line each. Builds are cached by \
+            recipe. Run them with kestrel lab run --add PATH.
+            Example: kestrel lab selftests --from 7.2 --program x86/debug_regs --program pre_fault_memory_test
+            """)
+
+    @Option(help: "The catalog kernel whose source is used: \(KernelFetcher.catalog.map(\.name).joined(separator: ", ")).") var from: String
+    @Option(help: "A patch file (repeatable, applied in order).") var patch: [String] = []
+    @Option(help: "A program's path under tools/testing/selftests/kvm, e.g. x86/debug_regs (repeatable).") var program: [String] = []
+
+    func validate() throws {
+        if KernelFetcher.series(named: from) == nil {
+            throw ValidationError("--from \(from): not a catalog kernel (\(KernelFetcher.catalog.map(\.name).joined(separator: ", ")))")
+        }
+        if program.isEmpty { throw ValidationError("name at least one --program, e.g. --program x86/debug_regs") }
+    }
+
+    func run() throws {
+        var patches: [KVMRebuild.Patch] = []
+        for path in patch {
+            do { patches.append(.init(name: path, text: try readText(path))) } catch { throw ValidationError("--patch \(path): \(error)") }
+        }
+        let fetcher = KernelFetcher(cache: LabCache(), progress: { printError("lab: \($0)") })
+        let built = try KVMSelftests(base: from, patches: patches, programs: program).build(fetcher: fetcher)
+        for name in program { print("\(name): \(built[name]!)") }
     }
 }
 

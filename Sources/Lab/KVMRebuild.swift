@@ -59,15 +59,7 @@ public struct KVMRebuild: Codable, Equatable, Sendable {
 
     /// A short digest of the recipe, in the cache directory's name, so that
     /// a changed patch or option builds anew.
-    public var fingerprint: String {
-        var hash: UInt64 = 0xCBF2_9CE4_8422_2325  // FNV-1a, 64-bit
-        let text = ([base] + options + patches.flatMap { [$0.name, $0.text] }).joined(separator: "\u{0}")
-        for byte in text.utf8 {
-            hash ^= UInt64(byte)
-            hash = hash &* 0x100_0000_01B3
-        }
-        return String(hash, radix: 16)
-    }
+    public var fingerprint: String { labFingerprint([base] + options + patches.flatMap { [$0.name, $0.text] }) }
 
     // MARK: Recipes in the cache
 
@@ -108,13 +100,8 @@ public struct KVMRebuild: Codable, Equatable, Sendable {
         let baseKernel = try fetcher.kernel(base, refresh: refresh)
         let directory = fetcher.cache.kernelDirectory("\(baseKernel.release)+\(name)-\(fingerprint)")
         if !refresh, let kernel = LabKernel.load(from: directory) { return kernel }
-        guard let version = baseKernel.packages.lazy.compactMap(Self.packageVersion).first else {
-            throw LabError("the cached \(baseKernel.release) does not record its package version; fetch it again (kestrel lab kernels --fetch \(base) --refresh)")
-        }
-        let flavour = "-cloud-amd64"
-        guard baseKernel.release.hasSuffix(flavour) else { throw LabError("\(baseKernel.release) is not a cloud-amd64 kernel") }
-        let abi = String(baseKernel.release.dropLast(flavour.count))  // 7.2.13+deb14
-        let sourceName = "linux-source-" + baseKernel.release.split(separator: ".").prefix(2).joined(separator: ".")
+        let (sourceName, version) = try Self.sourcePackage(of: baseKernel)
+        let abi = String(baseKernel.release.dropLast(Self.flavour.count))  // 7.2.13+deb14
         let packages = ["\(sourceName)=\(version)", "linux-headers-\(baseKernel.release)=\(version)",
                         "linux-headers-\(abi)-common=\(version)", "linux-kbuild-\(abi)=\(version)"]
         let archive = try DebianArchive(root: fetcher.cache.aptRoot)
@@ -203,6 +190,18 @@ public struct KVMRebuild: Codable, Equatable, Sendable {
             }
         }
         return nil
+    }
+
+    static let flavour = "-cloud-amd64"
+
+    /// The linux-source package of a fetched Debian cloud kernel, with the
+    /// version its image package had (the same source built it).
+    static func sourcePackage(of kernel: LabKernel) throws -> (name: String, version: String) {
+        guard let version = kernel.packages.lazy.compactMap(packageVersion).first else {
+            throw LabError("the cached \(kernel.release) does not record its package version; fetch it again (kestrel lab kernels --fetch \(kernel.name) --refresh)")
+        }
+        guard kernel.release.hasSuffix(flavour) else { throw LabError("\(kernel.release) is not a cloud-amd64 kernel") }
+        return ("linux-source-" + kernel.release.split(separator: ".").prefix(2).joined(separator: "."), version)
     }
 
     /// The version in a .deb file name (`name_version_arch.deb`).

@@ -96,6 +96,10 @@ public struct LabInitramfs {
             for module in $modules \((kernel.hostModules ?? []).joined(separator: " ")); do
                 insmod /\(Self.moduleDirectory)/$module.ko || echo "kestrel lab: insmod $module failed" >/dev/ttyS1
             done
+            # Forced emulation (the kernel's KVM_FEP prefix, ud2 then "kvm") for the
+            # tests that drive KVM's instruction emulator on purpose.
+            fep=/sys/module/kvm/parameters/force_emulation_prefix
+            [ -w $fep ] && echo 1 > $fep
             cd /lab
             echo "ready $(cut -d' ' -f1 /proc/uptime) $kvm" >/dev/ttyS3
             # A heartbeat for the host: an L1 that stops running its own

@@ -107,6 +107,7 @@ import Testing
         #expect(try bytes { $0.mov(.dr7, .rcx) } == [0x0F, 0x23, 0xF9])
         #expect(try bytes { $0.mov(.r9, .dr6) } == [0x41, 0x0F, 0x21, 0xF1])
         #expect(try bytes { $0.repStosb() } == [0xF3, 0xAA])
+        #expect(try bytes { $0.forcedEmulationPrefix() } == [0x0F, 0x0B, 0x6B, 0x76, 0x6D])  // KVM_FEP in the kernel's selftests
         #expect(try bytes { $0.repeScasb() } == [0xF3, 0xAE])
         #expect(try bytes { $0.vmcall(); $0.vmmcall() } == [0x0F, 0x01, 0xC1, 0x0F, 0x01, 0xD9])
         #expect(try bytes { $0.erets() } == [0xF2, 0x0F, 0x01, 0xCA])

@@ -88,6 +88,13 @@ public enum GuestMemfdSuite {
             requires: base + [.capability(.userMemory2), .capabilityBits(.guestMemfdFlags, mask: Int(shared.rawValue), vmType: type)]
         ) { context in try runGuestAccess(context, type: type, slotAddress: .guestMemfdMapping) })
         tests.append(ConformanceTest(
+            suite: name, name: "\(type.shortName).guest_access_emulated",
+            summary: "as guest_access, with the read forced through KVM's instruction emulator (kvm.force_emulation_prefix): "
+                + "it returns the guest_memfd's 0xaa, as the guest's own accesses do",
+            requires: base + [.capability(.userMemory2), .capabilityBits(.guestMemfdFlags, mask: Int(shared.rawValue), vmType: type),
+                              .kvmParameter("force_emulation_prefix")]
+        ) { context in try guestAccessEmulated(context, type: type) })
+        tests.append(ConformanceTest(
             suite: name, name: "\(type.shortName).guest_ram",
             summary: "a harness guest runs with all its RAM (code, page tables, stack, ucalls) in one MMAP|INIT_SHARED guest_memfd, "
                 + "as `kestrel run --memory-backend guest_memfd` backs a VM; its writes land in the file",
@@ -347,7 +354,24 @@ public enum GuestMemfdSuite {
     /// Runs the guest against a one-page guest_memfd slot at 4 GiB whose
     /// contents the host set to 0xaa, then checks the host sees 0xff.
     static func runGuestAccess(_ context: TestContext, type: VMType, slotAddress: SlotAddress) throws {
-        let gpa: UInt64 = 4 << 30
+        let (machine, mapping) = try accessMachine(context, type: type, slotAddress: slotAddress)
+        try machine.loadLongMode(guestAccessProgram(), arguments: [accessAddress, UInt64(pageSize)])
+        let ucall = try machine.runUntilUcall()
+        if case .assertFailed(let message, let values) = ucall, values.count == 3 {
+            throw TestFailure("\(message): got 0x\(String(values[0], radix: 16)) at offset \(values[2])")
+        }
+        guard case .done = ucall else { throw GuestMachine.mismatch(ucall, expected: "DONE") }
+        try expectBytes(context, mapping.bytes, { _ in 0xFF }, "host reading what the guest wrote, through the guest_memfd mapping")
+    }
+
+    /// Where the guest_access slot lies: 4 GiB, one page.
+    static let accessAddress: UInt64 = 4 << 30
+
+    /// A machine with a one-page MMAP|INIT_SHARED guest_memfd slot at
+    /// `accessAddress`, which the host filled with 0xaa, its `userspace_addr`
+    /// as `slotAddress` says; and the host's own mapping of the file.
+    static func accessMachine(_ context: TestContext, type: VMType, slotAddress: SlotAddress) throws -> (GuestMachine, MemoryMapping) {
+        let gpa = accessAddress
         let size = pageSize
         let machine = try GuestMachine(kvm: context.kvm, type: type)
         let memfd = try machine.vm.createGuestMemfd(size: UInt64(size), flags: [.mmap, .initShared])
@@ -365,13 +389,67 @@ public enum GuestMemfdSuite {
         try machine.vm.install(MemoryRegion(slot: 1, start: GuestAddress(gpa), mapping: hostMemory, size: UInt64(size),
                                             guestMemfd: memfd, guestMemfdOffset: 0))
         try machine.mapGigabyte(containing: gpa)
-        try machine.loadLongMode(guestAccessProgram(), arguments: [gpa, UInt64(size)])
-        let ucall = try machine.runUntilUcall()
-        if case .assertFailed(let message, let values) = ucall, values.count == 3 {
-            throw TestFailure("\(message): got 0x\(String(values[0], radix: 16)) at offset \(values[2])")
+        return (machine, mapping)
+    }
+
+    /// What one forced-emulated read of the slot's first byte gave.
+    enum EmulatedRead: Equatable {
+        case value(UInt64)
+        case mmioExit(address: UInt64)
+    }
+
+    /// Reads the first byte of the guest_access slot with an instruction KVM
+    /// must emulate (the forced-emulation prefix), and reports what came back.
+    static func emulatedRead(_ context: TestContext, type: VMType, slotAddress: SlotAddress) throws -> EmulatedRead {
+        let (machine, _) = try accessMachine(context, type: type, slotAddress: slotAddress)
+        let program = GuestProgram()
+        let a = program.assembler
+        a.forcedEmulationPrefix()
+        a.movzxb(.rax, .at(.rdi))
+        program.sync(stage: 1, .register(.rax))
+        program.done()
+        try machine.loadLongMode(program, arguments: [accessAddress])
+        let exit = try machine.runUntilExit()
+        switch exit {
+        case .mmio(let mmio):
+            return .mmioExit(address: mmio.address)
+        case .io(let io) where io.port == ucallPort:
+            let ucall = try UcallRecord.decode(at: UInt64(io.value), in: machine.memory)
+            guard case .sync(1, let values) = ucall else { throw GuestMachine.mismatch(ucall, expected: "SYNC(stage 1)") }
+            return .value(values[0])
+        default:
+            throw machine.unexpected(exit)
         }
-        guard case .done = ucall else { throw GuestMachine.mismatch(ucall, expected: "DONE") }
-        try expectBytes(context, mapping.bytes, { _ in 0xFF }, "host reading what the guest wrote, through the guest_memfd mapping")
+    }
+
+    /// KVM's emulator reads guest memory through the slot's `userspace_addr`
+    /// (kvm_vcpu_read_guest() -> gfn_to_hva_memslot()), for a gmem-only slot
+    /// too, and falls back to MMIO when that fails; only the MMU's fault path
+    /// takes an MMAP guest_memfd. The control reads the same byte with
+    /// `userspace_addr` at the guest_memfd's mapping.
+    static func guestAccessEmulated(_ context: TestContext, type: VMType) throws {
+        let read = try emulatedRead(context, type: type, slotAddress: .none)
+        if read == .value(0xAA) { return }
+        let control = try emulatedRead(context, type: type, slotAddress: .guestMemfdMapping)
+        let what: String
+        switch read {
+        case .value(let value): what = "returned 0x\(String(value, radix: 16)) instead of 0xaa"
+        case .mmioExit(let address): what = "left KVM as KVM_EXIT_MMIO at 0x\(String(address, radix: 16))"
+        }
+        let controlText: String
+        switch control {
+        case .value(let value): controlText = "returned 0x\(String(value, radix: 16))"
+        case .mmioExit(let address): controlText = "left KVM as KVM_EXIT_MMIO at 0x\(String(address, radix: 16)) too"
+        }
+        throw TestFailure("""
+            a forced-emulated read of the MMAP guest_memfd slot at 4 GiB (userspace_addr 0) \(what); with userspace_addr at the \
+            guest_memfd's mapping, the same read \(controlText)
+            diagnosis: KVM's instruction emulator reaches guest memory through the slot's userspace_addr \
+            (kvm_vcpu_read_guest() and gfn_to_hva_memslot() in virt/kvm/kvm_main.c), for a gmem-only MMAP slot too, and \
+            turns a failed access into MMIO (emulator_read_write_onepage()); only the MMU's fault path takes an MMAP \
+            guest_memfd (Documentation/virt/kvm/api.rst, KVM_CREATE_GUEST_MEMFD). A gmem-only slot needs userspace_addr \
+            at the file's mapping for any access KVM emulates
+            """)
     }
 
     /// A whole harness VM on guest_memfd RAM: the guest checks the host's 0xaa
@@ -414,8 +492,10 @@ public enum GuestMemfdSuite {
             throw TestFailure("""
                 KVM did not serve the guest's access to the GUEST_MEMFD_FLAG_MMAP slot at 4 GiB from the guest_memfd \
                 (userspace_addr 0): \(error)
-                diagnosis: \(probe); this host resolves shared faults of a gmem slot through userspace_addr \
-                instead of treating an MMAP guest_memfd slot as gmem-only
+                diagnosis: \(probe); this host took the guest's accesses through the slot's userspace_addr, as KVM's \
+                instruction emulator does for every access it emulates, gmem-only slots included (guest_access_emulated \
+                shows the same on upstream KVM with forced emulation); a host that emulates guest instructions, such as \
+                kvm_pvm, meets it on every access
                 """)
         }
     }
