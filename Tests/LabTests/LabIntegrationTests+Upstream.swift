@@ -47,8 +47,9 @@ extension LabIntegrationTests {
         let vectoring = try #require(paths["set_memory_region_test"], "\(built.output)")
         let script = """
             echo "fep $(cat /sys/module/kvm/parameters/force_emulation_prefix)"
-            ./emulated_mov_cr_test > /tmp/cr 2>&1; echo "== cr $?"; cat /tmp/cr
-            ./set_memory_region_test 1 > /tmp/vectoring 2>&1; echo "== vectoring $?"; cat /tmp/vectoring
+            # The selftests print "==== Test Assertion Failure ====": the sections here start with "@@ ".
+            ./emulated_mov_cr_test > /tmp/cr 2>&1; echo "@@ cr $?"; cat /tmp/cr
+            ./set_memory_region_test 1 > /tmp/vectoring 2>&1; echo "@@ vectoring $?"; cat /tmp/vectoring
             """
         for kernel in ["7.2", "7.2-patched"] {
             let run = try Self.run(["lab", "run", "--kernel", kernel, "--add", "\(cr):/lab/emulated_mov_cr_test",
@@ -56,7 +57,7 @@ extension LabIntegrationTests {
             print("the upstream selftests on \(kernel):\n\(run.output.suffix(3000))")
             #expect(run.status == 0, "\(run.errors.suffix(3000))")
             #expect(run.output.hasPrefix("fep 1\n"), "the L1 loads kvm with force_emulation_prefix set: \(run.output.prefix(200))")
-            let sections = Dictionary(run.output.components(separatedBy: "== ").dropFirst().map { section -> (String, (Int, String)) in
+            let sections = Dictionary(run.output.components(separatedBy: "@@ ").dropFirst().map { section -> (String, (Int, String)) in
                 let header = section.prefix { $0 != "\n" }.split(separator: " ")
                 return (String(header.first ?? ""), (Int(header.last ?? "") ?? -1, String(section)))
             }, uniquingKeysWith: { first, _ in first })
