@@ -32,7 +32,7 @@ struct LabCheckMatrix {
             }
         }
         group.wait()
-        // After the L1s, not beside them: a busy host makes TCG corrupt L1s more often.
+        // After the L1s, not beside them: on a busy host QEMU 7.2's TCG killed L1s more often (FINDINGS.md section 6).
         let local = includeLocal ? localColumn() : nil
         printError("lab: matrix of \(kernels.count) kernels\(includeLocal ? " and this machine" : "") in \(LabMachine.seconds(ContinuousClock.now - started).text(places: 1)) s")
         return LabMatrix(columns: (local.map { [$0] } ?? []) + columns.withLock { $0.compactMap { $0 } })

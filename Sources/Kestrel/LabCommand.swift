@@ -50,7 +50,7 @@ struct LabMachineOptions: ParsableArguments {
     var numaNodes: Int = 1
     @Option(help: "Stop the L1 after this many seconds.") var timeout: Double = 600
     @Option(name: .customLong("boot-attempts"),
-            help: "Boots of an L1 whose kernel dies or stops responding, at most (the command runs again in each).")
+            help: "Boots of an L1 at most, when it dies in a way tied to the emulator under it (an Oops while booting outside KVM, or a silent heartbeat with no kernel message); the command runs again in each, after the first boot's output. Other deaths, and any trace in KVM or in a Kestrel process, are never booted again.")
     var bootAttempts: Int = 3
     @Option(name: .customLong("add"), help: "Put a host file into the L1: HOST[:GUEST] (default guest path /lab/NAME). Repeatable.")
     var files: [String] = []
@@ -340,7 +340,7 @@ struct LabCheckCommand: ParsableCommand {
     @OptionGroup var options: LabMachineOptions
     @Option(help: "Comma-separated kernels for a matrix, e.g. 6.1,6.12,6.18,7.2.") var kernels: String?
     @Flag(name: .customLong("no-local"), help: "Leave this machine's /dev/kvm out of the matrix.") var noLocal = false
-    @Option(help: "L1s to run at a time for a matrix (default 1: two TCG L1s on two cores corrupt 6.12 L1s in about half the boots).")
+    @Option(help: "L1s to run at a time for a matrix (default 1: under QEMU 7.2, two TCG L1s on two cores killed 6.12 L1s in a quarter of the boots; FINDINGS.md section 6).")
     var jobs: Int = 1
     @Flag(help: "kselftest TAP output (single kernel).") var tap = false
     @Flag(help: "JSON output.") var json = false

@@ -42,7 +42,7 @@ public struct DebianRoot: Sendable {
             try root.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-q", "-y", "install", "--no-install-recommends"] + missing,
                          what: "installing \(missing.joined(separator: ", ")) in the \(suite) root")
         }
-        try writeFileAtomically(Array(wanted.sorted().map { $0 + "\n" }.joined().utf8), to: stamp)
+        try writeFileAtomically(Array(wanted.union(present).sorted().map { $0 + "\n" }.joined().utf8), to: stamp)
         return root
     }
 

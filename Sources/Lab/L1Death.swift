@@ -17,8 +17,8 @@ public struct L1Death: Codable, Equatable, Sendable {
         /// the kernel failed while Kestrel drove it. A failure, never retried.
         case kestrelTrace = "kestrel-trace"
         /// An Oops or panic while the L1 booted, before the command or KVM
-        /// ran, outside KVM: the emulator corrupting the L1 (section 6).
-        /// Retried.
+        /// ran, outside KVM and Kestrel: the emulator killing the L1
+        /// (section 6). Retried. A WARNING alone is not a death.
         case bootCorruption = "boot-corruption"
         /// The L1's heartbeat went silent while the command ran, with no
         /// kernel message (section 6). Retried.
@@ -69,18 +69,18 @@ public struct L1Death: Codable, Equatable, Sendable {
         let problems = LabHostDescription.kernelProblems(in: console)
         let trace = Self.trace(in: lines)
         let kvmLines = lines.filter(isKVMFrame)
-        let task = lines.lazy.compactMap(Self.task(inLine:)).first
-        let kestrelTask = task.map { $0 == "kestrel" || $0.hasPrefix("k-") } ?? false
+        let kestrelTrace = Self.kestrelTrace(in: lines)
         func death(_ kind: Kind, _ first: String?) -> L1Death {
             L1Death(kind: kind, boot: boot, whileCommandRan: whileCommandRan, firstLine: first ?? "no kernel message", trace: trace, keptConsole: nil)
         }
         if !kvmLines.isEmpty {
             return death(.kvmTrace, problems.first.map { "\($0) (in KVM: \(Self.message(kvmLines[0])))" } ?? kvmLines[0])
         }
-        if !problems.isEmpty && kestrelTask { return death(.kestrelTrace, problems[0] + " (task \(task!))") }
+        if let kestrelTrace { return death(.kestrelTrace, "\(kestrelTrace.problem) (task \(kestrelTrace.task))") }
         if statusReported { return nil }
         if froze && problems.isEmpty { return death(.frozen, nil) }
-        if !problems.isEmpty && !whileCommandRan { return death(.bootCorruption, problems[0]) }
+        let died = problems.contains { $0.contains("Oops") || $0.contains("Kernel panic") }
+        if died && !whileCommandRan { return death(.bootCorruption, problems[0]) }
         return death(.unclassified, problems.first ?? (froze ? "the heartbeat stopped after a kernel message" : nil))
     }
 
@@ -102,6 +102,20 @@ public struct L1Death: Codable, Equatable, Sendable {
         var text = Substring(line)
         if text.hasPrefix("["), let end = text.firstIndex(of: "]") { text = text[text.index(after: end)...] }
         return text.trimmingPrefix(while: { $0 == " " })
+    }
+
+    /// The first trace whose task is a Kestrel process (`kestrel`, or a `k-`
+    /// thread): its problem line and the task. A trace names its task in the
+    /// "CPU: 0 PID: 123 Comm: kestrel ..." line a few lines after its first.
+    static func kestrelTrace(in lines: [String]) -> (problem: String, task: String)? {
+        for (index, line) in lines.enumerated() where LabHostDescription.isProblem(line) {
+            for following in lines[(index + 1)...].prefix(8) {
+                guard let task = task(inLine: following) else { continue }
+                if task == "kestrel" || task.hasPrefix("k-") { return (line, task) }
+                break
+            }
+        }
+        return nil
     }
 
     /// The task named in a trace's "CPU: 0 PID: 123 Comm: kestrel ..." line.

@@ -182,8 +182,10 @@ public struct LabMachine {
     /// Kestrel process is kept in `crashDirectory`, and the result names it.
     /// Only deaths FINDINGS.md section 6 ties to the emulator under the L1 (an
     /// Oops or panic while booting, outside KVM, or a silent heartbeat with no
-    /// kernel message) are booted again, up to `bootAttempts` boots in all;
-    /// the L1 is thrown away each time, so a repeat changes nothing outside it.
+    /// kernel message) are booted again, up to `bootAttempts` boots in all.
+    /// The L1 is thrown away each time, but what the first boot's command
+    /// already wrote to `stdout` stays there: callers that parse the output
+    /// read the last boot's run, or allow one boot.
     public func run(_ initramfs: LabInitramfs, stdout: HostProcess.Stream = .inherit, stderr: Int32? = 2,
                     onReady: (Double) -> Void = { _ in }) throws -> LabRunResult {
         let work = try TemporaryDirectory(prefix: "kestrel-lab")

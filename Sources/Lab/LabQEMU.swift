@@ -35,7 +35,7 @@ public struct LabQEMU: Sendable, Equatable {
 
     /// Debian 12's own QEMU, the lab's L0 until QEMU 10: its TCG lets XSETBV
     /// past the L1's KVM and raises #UD for ICEBP (FINDINGS.md, sections 10
-    /// and 2), and leaves a stale EXITINTINFO behind (section 8).
+    /// and 2), and kills L1s under load (section 6).
     public static let catalog = [Release(name: "7.2", suite: "bookworm", versionPrefix: "1:7.2+")]
 
     /// The QEMU that `--qemu VALUE` names: "system" (the default), a release

@@ -69,6 +69,27 @@ import Testing
         #expect(death.firstLine.hasSuffix("(task kestrel)"))
     }
 
+    /// The task is read from each trace: a harmless WARNING in swapper first
+    /// does not hide a later Oops in a Kestrel process.
+    @Test func eachTracesOwnTaskDecides() throws {
+        let console = """
+            [    1.000000] WARNING: CPU: 0 PID: 0 at kernel/time/clocksource.c:1 clocksource_watchdog+0x1/0x2
+            [    1.000100] CPU: 0 UID: 0 PID: 0 Comm: swapper/0 Not tainted 6.12.95+deb12-cloud-amd64 #1
+            [    9.000000] Oops: general protection fault, probably for non-canonical address 0x1: 0000 [#1] PREEMPT SMP NOPTI
+            [    9.000100] CPU: 0 UID: 0 PID: 200 Comm: kestrel Not tainted 6.12.95+deb12-cloud-amd64 #1
+            [    9.000200] RIP: 0010:memcpy+0x4/0x20
+
+            """
+        let death = try #require(L1Death.classify(console: console, statusReported: true, froze: false, whileCommandRan: true, boot: 1))
+        #expect(death.kind == .kestrelTrace)
+        #expect(death.firstLine.hasPrefix("[    9.000000] Oops: general protection fault") && death.firstLine.hasSuffix("(task kestrel)"),
+                "\(death.firstLine)")
+        // A WARNING alone while booting, with no status, is no known death: not retried.
+        let warning = try #require(L1Death.classify(console: "[ 1.0] WARNING: CPU: 0 PID: 1 at x.c:1 f+0x1/0x2\n", statusReported: false,
+                                                    froze: false, whileCommandRan: false, boot: 1))
+        #expect(warning.kind == .unclassified)
+    }
+
     @Test func onlyTheEmulatorsKnownDeathsAreRetried() throws {
         let boot = try #require(L1Death.classify(console: Self.bootCorruption, statusReported: false, froze: false, whileCommandRan: false, boot: 1))
         #expect(boot.kind == .bootCorruption && boot.kind.retried)
