@@ -256,31 +256,20 @@ extension Assembler {
     public func repeScasb() { bytes.append(contentsOf: [0xF3, 0xAE]) }
 
     /// `mov reg, crN` (0F 20 /r, REX.R for CR8).
-    public func mov(_ destination: Register64, _ control: ControlRegister) {
-        rex(w: false, reg: control.rawValue, rm: destination.rawValue)
-        bytes.append(contentsOf: [0x0F, 0x20])
-        modrm(3, control.rawValue, destination.low3)
-    }
-
+    public func mov(_ destination: Register64, _ control: ControlRegister) { specialMove(0x20, control.rawValue, destination) }
     /// `mov crN, reg` (0F 22 /r, REX.R for CR8).
-    public func mov(_ control: ControlRegister, _ source: Register64) {
-        rex(w: false, reg: control.rawValue, rm: source.rawValue)
-        bytes.append(contentsOf: [0x0F, 0x22])
-        modrm(3, control.rawValue, source.low3)
-    }
-
+    public func mov(_ control: ControlRegister, _ source: Register64) { specialMove(0x22, control.rawValue, source) }
     /// `mov reg, drN` (0F 21 /r).
-    public func mov(_ destination: Register64, _ debug: DebugRegister) {
-        rex(w: false, reg: debug.rawValue, rm: destination.rawValue)
-        bytes.append(contentsOf: [0x0F, 0x21])
-        modrm(3, debug.rawValue, destination.low3)
-    }
-
+    public func mov(_ destination: Register64, _ debug: DebugRegister) { specialMove(0x21, debug.rawValue, destination) }
     /// `mov drN, reg` (0F 23 /r).
-    public func mov(_ debug: DebugRegister, _ source: Register64) {
-        rex(w: false, reg: debug.rawValue, rm: source.rawValue)
-        bytes.append(contentsOf: [0x0F, 0x23])
-        modrm(3, debug.rawValue, source.low3)
+    public func mov(_ debug: DebugRegister, _ source: Register64) { specialMove(0x23, debug.rawValue, source) }
+
+    /// MOV to or from a control or debug register: 0F `opcode` /r with the
+    /// special register in ModRM.reg (REX.R above 7) and the general one in r/m.
+    private func specialMove(_ opcode: UInt8, _ special: UInt8, _ general: Register64) {
+        rex(w: false, reg: special, rm: general.rawValue)
+        bytes.append(contentsOf: [0x0F, opcode])
+        modrm(3, special, general.low3)
     }
 
     /// `lgdt [mem]` (0F 01 /2).

@@ -50,7 +50,7 @@ extension BasicsSuite {
             guard case .sync(1, let values) = ucall else { throw GuestMachine.mismatch(ucall, expected: "SYNC(stage 1) or KVM_EXIT_DEBUG") }
             throw TestFailure("""
                 the guest's MOV from DR0 executed (RAX then 0x\(String(values.first ?? 0, radix: 16))) although the host's DR7 \
-                has GD under KVM_GUESTDBG_USE_HW_BP: no KVM_EXIT_DEBUG; \(try guestGDControl(context))
+                has GD under KVM_GUESTDBG_USE_HW_BP: no KVM_EXIT_DEBUG; \(controlResult(context))
                 diagnosis: KVM emulated the MOV DR and its emulator checked GD in the guest's DR7 (vcpu->arch.dr7) instead of the \
                 effective DR7, the host's guest_debug_dr7, and would have queued the #DB to the guest rather than exit \
                 (check_dr_read() in arch/x86/kvm/emulate.c; fixed in Linux 7.2 by 51543660c521 "KVM: x86: Honor \
@@ -60,6 +60,12 @@ extension BasicsSuite {
         default:
             throw machine.unexpected(exit)
         }
+    }
+
+    /// The control's clause, or what stopped it, so that an error in the
+    /// control does not hide the failure it explains.
+    static func controlResult(_ context: TestContext) -> String {
+        do { return try guestGDControl(context) } catch { return "control: could not run (\(error))" }
     }
 
     /// The control: host DR7 without GD, the guest's own DR7 with it. Returns

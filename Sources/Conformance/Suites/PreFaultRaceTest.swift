@@ -17,8 +17,8 @@ extension BasicsSuite {
     /// The test first times the pre-fault and the deletion one after the
     /// other, then deletes the slot a quarter of that pre-fault time into a
     /// new one (an eighth, a sixteenth... when the pre-fault won the race). A
-    /// pre-fault and a deletion both still running five times that long (and
-    /// at least a second) after the deletion began are stuck; a signal to the pre-faulting
+    /// pre-fault or a deletion still running five times that long (and at
+    /// least a second) after the deletion began is stuck; a signal to the pre-faulting
     /// thread then shows whether it was what the deletion waited for.
     static let preFaultDuringSlotDeletion = ConformanceTest(
         suite: name, name: "pre_fault_during_slot_deletion",
@@ -36,11 +36,11 @@ extension BasicsSuite {
             let delay = prefault / Double(4 << attempt)
             let run = try race.run(deletingAfter: delay, limit: limit)
             switch run.outcome {
-            case .stuck(let afterSignal):
+            case .stuck(let unfinished, let afterSignal):
                 throw TestFailure("""
-                    KVM_PRE_FAULT_MEMORY of \(race.size >> 20) MiB did not return in \(limit.text(places: 1)) s after its slot began to \
-                    be deleted \((delay * 1000).text(places: 1)) ms into it, and the deletion (KVM_SET_USER_MEMORY_REGION, size 0) did \
-                    not finish either; \(afterSignal). Unraced, the pre-fault took \(prefault.text(places: 3)) s and the deletion \
+                    \(unfinished) in \(limit.text(places: 1)) s after the slot began to be deleted \((delay * 1000).text(places: 1)) ms \
+                    into a KVM_PRE_FAULT_MEMORY of \(race.size >> 20) MiB (the deletion: KVM_SET_USER_MEMORY_REGION, size 0); \
+                    \(afterSignal). Unraced, the pre-fault took \(prefault.text(places: 3)) s and the deletion \
                     \((deletion * 1000).text(places: 1)) ms
                     diagnosis: the pre-fault retries forever on the memslot being deleted (kvm_faultin_pfn() answers RET_PF_RETRY \
                     for a KVM_MEMSLOT_INVALID slot and kvm_tdp_map_page() loops on it) while it holds kvm->srcu, which the \
@@ -70,8 +70,9 @@ struct SlotDeletionRace {
     let size = 64 << 20
 
     enum Outcome {
-        /// Neither call ended in time; what a signal to the pre-faulting thread did.
-        case stuck(afterSignal: String)
+        /// A call did not end in time (`unfinished` says which); what a signal
+        /// to the pre-faulting thread did then.
+        case stuck(unfinished: String, afterSignal: String)
         case deletionFailed(String)
         /// The pre-fault came back (`answer` says how); `overlapped` when the
         /// deletion caught it before the whole range was mapped.
@@ -141,13 +142,20 @@ struct SlotDeletionRace {
         }
         while progress.state.withLock({ $0.deletionStarted == nil }) { usleep(100) }
         if !waitForBoth(limit) {
+            let unfinished: String = progress.state.withLock { state in
+                switch (state.prefaultEnded == nil, state.deletionEnded == nil) {
+                case (true, true): return "neither the pre-fault nor the deletion returned"
+                case (true, false): return "the deletion finished but the pre-fault did not return"
+                default: return "the pre-fault returned but the deletion did not finish"
+                }
+            }
             let signalled = ContinuousClock.now
             KickSignal.send(to: prefaulter.handle)
             let ended = waitForBoth(30)
             let state = progress.state.withLock { $0 }
             guard ended else {
                 // Threads stuck in the kernel cannot be joined; leave them.
-                return Run(outcome: .stuck(afterSignal: "a signal to the pre-faulting thread did not end it within 30 s "
+                return Run(outcome: .stuck(unfinished: unfinished, afterSignal: "a signal to the pre-faulting thread did not end it within 30 s "
                     + "(pre-fault \(state.prefaultEnded == nil ? "still running" : "returned"), deletion "
                     + "\(state.deletionEnded == nil ? "still waiting" : "finished"))"))
             }
@@ -155,7 +163,7 @@ struct SlotDeletionRace {
             deleter.join()
             let answer = Self.describe(state.prefaultResult!)
             let after = (state.deletionEnded! - signalled).inSeconds * 1000
-            return Run(outcome: .stuck(afterSignal: "a signal to the pre-faulting thread ended its ioctl (\(answer)), and the "
+            return Run(outcome: .stuck(unfinished: unfinished, afterSignal: "a signal to the pre-faulting thread ended its ioctl (\(answer)), and the "
                 + "deletion finished \(after.text(places: 1)) ms after the signal"))
         }
         prefaulter.join()
