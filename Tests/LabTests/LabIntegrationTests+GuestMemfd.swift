@@ -11,8 +11,9 @@ extension LabIntegrationTests {
     /// guest runs), and reads a virtio-blk disk whose sha256 matches the
     /// host's, so the devices reach guest memory through the guest_memfd
     /// mapping. Each L1 first boots the same guest on anonymous memory, as a
-    /// control. The guest is Debian's 6.1 kernel: a 6.18 guest panics in
-    /// fpu__init_system_xstate on these L1s with either backend.
+    /// control. The guest is Debian's 6.1 kernel, as when the L0 was QEMU 7.2,
+    /// under which 6.18 and 7.2 guests panicked in their FPU set-up with either
+    /// backend (FINDINGS.md, sections 10 and 11).
     @Test(arguments: ["6.18", "7.2"])
     func aLinuxGuestRunsOnGuestMemfdRAM(kernel: String) throws {
         let directory = try TemporaryDirectory(prefix: "kestrel-labgmem")
@@ -33,8 +34,9 @@ extension LabIntegrationTests {
               # 0x400) whose fault address, given twice, is a virtio-mmio
               # QueueNotify register (0xd000N050), with the NPF error code of a
               # write to MMIO (0x10000000e), on vCPU 0. It is reported and booted
-              # again, at most four times. Any other internal error is a failure.
-              for attempt in 1 2 3 4; do
+              # again, at most six boots in all (6 of 17 boots on 6.18 show it, so six in a
+              # row would be 1 run in 500). Any other internal error is a failure.
+              for attempt in 1 2 3 4 5 6; do
                 # A stale file from the boot before would satisfy the wait below at once.
                 rm -f /tmp/$backend.out
                 kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/i.cpio --memory 256M --cmdline "$cmdline" \
@@ -97,11 +99,17 @@ extension LabIntegrationTests {
         let check = try Self.run(["lab", "check", "--kernel", "6.12-sw-protected", "--filter", "guest_memfd.sw_protected",
                                   "--filter", "private_mem", "--filter", "basics.exit_hypercall"], timeout: 900)
         print("guest_memfd, private_mem and the hypercall exit on the SW_PROTECTED host:\n\(check.output)")
-        #expect(check.status == 0, "\(check.output)\n\(check.errors.suffix(2000))")
+        // 6.12 binds a guest_memfd range that ends past INT64_MAX: the one
+        // failure expected here, with its fix named (eba85fee7fc6, in 7.2).
+        // Exit status 1 is what `kestrel check` gives for a FAIL.
+        #expect(check.status == 1, "\(check.output)\n\(check.errors.suffix(2000))")
         let summary = check.output.split(separator: "\n").first { $0.contains(" passed, ") } ?? ""
         let passed = Int(summary.split(separator: " ").first ?? "") ?? 0
-        #expect(passed >= 16 && summary.contains(" 0 failed"), "\(check.output)")
-        #expect(check.output.contains("PASS  guest_memfd.sw_protected.invalid_binding"), "\(check.output)")
+        #expect(passed >= 15 && summary.contains(" 1 failed"), "\(check.output)")
+        let failures = check.output.split(separator: "\n").filter { $0.contains("] FAIL  ") }
+        #expect(failures.count == 1 && failures.first?.contains("FAIL  guest_memfd.sw_protected.invalid_binding") == true,
+                "\(check.output)")
+        #expect(check.output.contains("offset 0x7ffffffffffff000") && check.output.contains("eba85fee7fc6"), "\(check.output)")
         for name in ["kvm_exits.memslot_not_private", "kvm_exits.memslot_deleted", "conversions.one_slot", "conversions.two_slots",
                      "manager.conversions", "manager.device_refuses_private_buffer"] {
             #expect(check.output.contains("PASS  private_mem.\(name)"), "private_mem.\(name): \(check.output)")
