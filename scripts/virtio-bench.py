@@ -6,7 +6,8 @@ emulated SVM), boot the same vmlinux and initramfs (the kernel's virtio
 modules, busybox and the static kestrel) with 256 MiB and 1 vCPU, and get the
 same 64 MiB raw image and the same tap. QEMU is this machine's Debian
 qemu-system-x86 with `-M microvm`, virtio-mmio devices and userspace back ends
-(vhost=off), added to the L1 as in scripts/lab-bench.py. Boots alternate
+(vhost=off) and qboot as its firmware (scripts/lab-bench.py says why), added
+to the L1 as in scripts/lab-bench.py. Boots alternate
 between the VMMs within the one L1 run; medians and ratios come from it.
 
 Measured inside the guest, with /proc/uptime around each step:
@@ -69,7 +70,7 @@ ip tuntap add dev tap0 mode tap 2>/dev/null || tunctl -t tap0 >/dev/null
 ip addr add 172.16.0.1/24 dev tap0 && ip link set tap0 up
 kestrel initramfs --modules /lab/guest/modules --add /bin/kestrel --command "$(cat /lab/guest.sh)" -o /tmp/i.cpio >/dev/null
 dd if=/dev/urandom of=/tmp/disk.img bs=1M count=64 2>/dev/null
-cmdline='console=ttyS0 reboot=k panic=-1 i8042.noaux pci=off quiet'
+cmdline='console=ttyS0 reboot=k panic=-1 i8042.noaux pci=off quiet EXTRA_CMDLINE'
 guest_ram_kib=262144
 # The peak of Kestrel's resident set beyond the guest RAM mapping (an
 # anonymous read-write mapping of exactly the guest's size), in KiB, from the
@@ -100,7 +101,7 @@ for i in $(seq RUNS); do
                vm=$!; sample_kestrel $vm > /tmp/peak.txt & sampler=$!
                ping="kestrel vsock ping --uds /tmp/v.sock --port 52 --count 300" ;;
       qemu) /usr/bin/qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=off -accel kvm -cpu host -m 256 -smp 1 -nodefaults \
-              -no-user-config -display none -serial stdio -L /usr/share/qemu -kernel /lab/guest/vmlinux -initrd /tmp/i.cpio \
+              -no-user-config -display none -serial stdio -L /usr/share/qemu -bios /usr/share/qemu/qboot.rom -kernel /lab/guest/vmlinux -initrd /tmp/i.cpio \
               -append "$cmdline" -no-reboot \
               -drive id=d0,file=/tmp/disk.img,format=raw,if=none,cache=writeback -device virtio-blk-device,drive=d0 \
               -netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off -device virtio-net-device,netdev=n0 \
@@ -130,10 +131,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--kernel", default="6.1")
-    parser.add_argument("--guest", help="the L2 guest's lab kernel (default: the L1's own); 6.18 and 7.2 guests panic "
-                        "in their early FPU set-up in every lab L1, under QEMU as under Kestrel, because "
-                        "QEMU's TCG lets a guest's XSETBV past KVM (FINDINGS.md), so use --guest 6.1 "
-                        "with --kernel 6.18 or 7.2")
+    parser.add_argument("--guest", help="the L2 guest's lab kernel (default: the L1's own). Under --qemu 7.2, 6.18 and 7.2 "
+                        "guests panic in their early FPU set-up, because QEMU 7.2's TCG lets a guest's XSETBV past KVM "
+                        "(FINDINGS.md sections 10 and 11): use --guest 6.1 there")
+    parser.add_argument("--qemu", default="system", help="the lab's L0: system (QEMU 10.0) or 7.2")
+    parser.add_argument("--extra-cmdline", default="", help="appended to the guest's command line for both VMMs (e.g. noxsave)")
+    parser.add_argument("--raw", help="write the L1 run's whole output to this file")
     parser.add_argument("--memory-only", action="store_true",
                         help="boot Kestrel only, with and without --fault-around, for the memory figure and its control (no QEMU, no ratios)")
     parser.add_argument("--fault-around-control", action="store_true",
@@ -150,13 +153,19 @@ def main():
             vmms = "kestrel kestrel-fault-around"
         else:
             vmms = "kestrel qemu kestrel-fault-around" if options.fault_around_control else "kestrel qemu"
-        file.write(L1.replace("RUNS", str(options.runs)).replace("VMMS", vmms))
+        file.write(L1.replace("RUNS", str(options.runs)).replace("VMMS", vmms).replace("EXTRA_CMDLINE", options.extra_cmdline))
     guest = ["--guest", options.guest] if options.guest and options.guest != options.kernel else ["--guest-kernel"]
-    arguments = [KESTREL, "lab", "run", "--kernel", options.kernel] + guest + ["--memory", "3072", "--timeout", "3000",
+    # One boot: an L1 booted again would run the script again, and its
+    # samples would mix with the first boot's.
+    arguments = [KESTREL, "lab", "run", "--kernel", options.kernel, "--qemu", options.qemu, "--boot-attempts", "1"] + guest + [
+                 "--memory", "3072", "--timeout", "3000",
                  "--add", os.path.join(work, "guest.sh") + ":/lab/guest.sh", "--add", os.path.join(work, "l1.sh") + ":/lab/l1.sh"]
     for host, guest_path in lab_bench.qemu_bundle():
         arguments += ["--add", f"{host}:{guest_path}"]
     result = subprocess.run(arguments + ["--", "sh /lab/l1.sh"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if options.raw:
+        with open(options.raw, "w") as file:
+            file.write(result.stdout + "\n== stderr\n" + result.stderr)
     if result.returncode != 0:
         sys.exit(f"the lab run failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     samples = {}
