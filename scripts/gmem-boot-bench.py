@@ -77,9 +77,15 @@ for variant in anonymous guest_memfd anonymous-4k; do
   [ $variant = anonymous-4k ] && {{ backend=anonymous; echo never > /sys/kernel/mm/transparent_hugepage/enabled; }}
   {run} --memory-backend $backend >/dev/null 2>&1 &
   pid=$!
-  last="unreadable"
+  # Keep the fullest sample: the VM's teardown empties the counters before
+  # the process is gone, so the last sample can read 0 0.
+  last="unreadable"; most=-1
   while kill -0 $pid 2>/dev/null; do
-    for d in /sys/kernel/debug/kvm/$pid-*; do [ -r "$d/pages_2m" ] && last="$(cat $d/pages_4k) $(cat $d/pages_2m)"; done
+    for d in /sys/kernel/debug/kvm/$pid-*; do
+      [ -r "$d/pages_2m" ] || continue
+      small=$(cat $d/pages_4k); huge=$(cat $d/pages_2m)
+      [ $((small + huge * 512)) -gt $most ] && {{ most=$((small + huge * 512)); last="$small $huge"; }}
+    done
     sleep 0.2
   done
   echo $thp > /sys/kernel/mm/transparent_hugepage/enabled
