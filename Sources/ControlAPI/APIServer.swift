@@ -9,29 +9,48 @@ import Synchronization
 /// misbehaving client never holds up a vCPU or a device. Each connection
 /// has its own `HTTPRequestReader`; requests on one connection are answered
 /// in order; a request that cannot be read is answered with its status and
-/// the connection closed. At most `maximumConnections` are open at once.
+/// the connection closed.
+///
+/// At most `maximumConnections` are open at once. When a client connects to
+/// a full table, connections that cannot be serving anyone give way first:
+/// one whose request has been arriving for longer than `readTimeout` is
+/// answered 408 and closed, and otherwise the longest idle one (no partial
+/// request, nothing to send) is closed, as HTTP lets a server close an idle
+/// persistent connection. If every connection is busy, the new client is
+/// answered 503 with a `fault_message`, as Firecracker does, and the
+/// refusals are logged once until a slot is free again.
 public final class APIServer: Sendable {
     public static let maximumConnections = 16
 
     public let path: String
+    /// How long a request may take to arrive before its connection can be
+    /// taken back for another client.
+    public let readTimeout: Duration
     private let api: FirecrackerAPI
     private let loop: EventLoop
     private let listener: Int32
     private let connections = Mutex<[Int32: Connection]>([:])
+    /// Whether a full table's refusal was logged since the table last had room.
+    private let refusalLogged = Atomic<Bool>(false)
     private let log: @Sendable (String) -> Void
 
     struct Connection {
         var reader = HTTPRequestReader()
         var output: [UInt8] = []
         var closeWhenWritten = false
+        /// When the current request's first byte came, while it is incomplete.
+        var requestStarted: ContinuousClock.Instant?
+        /// When bytes last came in or went out.
+        var lastActivity = ContinuousClock.now
     }
 
     /// Listens at `path` (a socket left by a process that is gone is
     /// replaced; a live one is an error) and starts serving.
     /// `setUp` runs first on the server's thread (a seccomp filter).
-    public init(path: String, api: FirecrackerAPI, log: @escaping @Sendable (String) -> Void,
+    public init(path: String, api: FirecrackerAPI, readTimeout: Duration = .seconds(10), log: @escaping @Sendable (String) -> Void,
                 setUp: @escaping @Sendable () -> Void = {}) throws {
         self.path = path
+        self.readTimeout = readTimeout
         self.api = api
         self.log = log
         listener = try UnixSocket.listen(at: path)
@@ -58,22 +77,56 @@ public final class APIServer: Sendable {
 
     private func acceptAll() {
         while let fd = UnixSocket.accept(listener) {
+            if connections.withLock({ $0.count }) >= Self.maximumConnections { makeRoom() }
             let admitted = connections.withLock { table -> Bool in
                 guard table.count < Self.maximumConnections else { return false }
                 table[fd] = Connection()
                 return true
             }
             guard admitted else {
-                log("API: refused a connection, \(Self.maximumConnections) are open already")
+                if !refusalLogged.exchange(true, ordering: .relaxed) {
+                    log("API: \(Self.maximumConnections) connections are open and busy; answering new ones 503 until one closes")
+                }
+                // Best effort on a new socket with an empty buffer: one send of a short answer.
+                let answer = HTTPResponse.fault(503, "Kestrel's API serves at most \(Self.maximumConnections) connections at once, "
+                    + "and all of them are busy; try again").serialized(closing: true)
+                // Sound: send reads at most answer.count bytes from the array's storage.
+                _ = answer.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
                 close(fd)
                 continue
             }
+            refusalLogged.store(false, ordering: .relaxed)
             do {
                 try loop.add(fd, for: [.readable, .hangUp]) { [weak self] events in self?.serve(fd, events) }
             } catch {
                 connections.withLock { _ = $0.removeValue(forKey: fd) }
                 close(fd)
             }
+        }
+    }
+
+    /// Frees a slot for a new client, if a connection is not serving
+    /// anyone: a request slower than `readTimeout` (answered 408), else the
+    /// longest idle connection. Runs on the loop's thread.
+    private func makeRoom() {
+        let now = ContinuousClock.now
+        let (stale, idle): (Int32?, Int32?) = connections.withLock { table in
+            let stale = table.filter { _, connection in
+                connection.requestStarted.map { now - $0 > readTimeout } ?? false
+            }.min { $0.value.requestStarted! < $1.value.requestStarted! }?.key
+            let idle = table.filter { _, connection in
+                !connection.reader.isMidRequest && connection.output.isEmpty && !connection.closeWhenWritten
+            }.min { $0.value.lastActivity < $1.value.lastActivity }?.key
+            return (stale, idle)
+        }
+        if let stale {
+            let seconds = readTimeout.components.seconds
+            let answer = HTTPResponse.fault(408, "the request did not arrive whole within \(seconds) s").serialized(closing: true)
+            // Sound: send reads at most answer.count bytes from the array's storage.
+            _ = answer.withUnsafeBytes { send(stale, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            drop(stale)
+        } else if let idle {
+            drop(idle)
         }
     }
 
@@ -88,6 +141,7 @@ public final class APIServer: Sendable {
         var work: [Work] = []
         connections.withLock { table in
             guard var connection = table[fd], !connection.closeWhenWritten else { return }
+            connection.lastActivity = ContinuousClock.now
             connection.reader.append(buffer[..<count])
             do throws(HTTPParseError) {
                 while !connection.closeWhenWritten, let event = try connection.reader.next() {
@@ -101,6 +155,11 @@ public final class APIServer: Sendable {
             } catch {
                 work.append(.failure(error))
                 connection.closeWhenWritten = true
+            }
+            if connection.reader.isMidRequest {
+                if connection.requestStarted == nil { connection.requestStarted = connection.lastActivity }
+            } else {
+                connection.requestStarted = nil
             }
             table[fd] = connection
         }

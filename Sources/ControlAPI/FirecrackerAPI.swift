@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import HostSystem
 import Synchronization
 import VMM
 
@@ -175,6 +176,8 @@ public final class FirecrackerAPI: Sendable {
                 // Files and taps are checked when they are put, as Firecracker does.
                 for (what, path) in [("kernel", configuration.kernelPath), ("initrd", configuration.initrdPath ?? "")] where !path.isEmpty {
                     guard access(path, R_OK) == 0 else { throw ConfigurationError("cannot read the \(what) \(path)") }
+                    // A FIFO passes access(2), and its open at InstanceStart would block the API.
+                    try HostFile.require(path, is: [.regular], what: "the \(what)")
                 }
                 try configuration.validateDevices()
             } catch {

@@ -27,6 +27,10 @@ public struct HTTPRequestReader: Sendable {
     /// Bytes held that are not part of a returned request.
     public var bufferedCount: Int { buffer.count }
 
+    /// Whether part of a request has arrived (a head, or its body) and the
+    /// rest has not.
+    public var isMidRequest: Bool { pending != nil || buffer.contains { $0 != 0x0D && $0 != 0x0A } }
+
     public mutating func append(_ bytes: some Sequence<UInt8>) { buffer.append(contentsOf: bytes) }
 
     /// The next event, or nil until more bytes arrive.

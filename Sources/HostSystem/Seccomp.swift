@@ -12,7 +12,7 @@ public enum SystemCallNumber {
         "pread64": 17, "pwrite64": 18, "readv": 19, "writev": 20, "access": 21, "sched_yield": 24, "mremap": 25, "madvise": 28,
         "dup": 32, "nanosleep": 35, "getpid": 39, "socket": 41, "connect": 42, "accept": 43, "sendto": 44, "recvfrom": 45,
         "sendmsg": 46, "recvmsg": 47, "shutdown": 48, "setsockopt": 54, "getsockopt": 55, "clone": 56, "exit": 60,
-        "uname": 63, "fcntl": 72, "fsync": 74, "fdatasync": 75, "ftruncate": 77, "rename": 82, "unlink": 87,
+        "uname": 63, "fcntl": 72, "fsync": 74, "fdatasync": 75, "ftruncate": 77, "getcwd": 79, "rename": 82, "unlink": 87,
         "readlink": 89, "getuid": 102, "sigaltstack": 131, "fstatfs": 138, "prctl": 157, "gettid": 186, "futex": 202,
         "sched_getaffinity": 204, "getdents64": 217, "restart_syscall": 219, "fadvise64": 221, "clock_gettime": 228,
         "clock_nanosleep": 230, "exit_group": 231, "epoll_wait": 232, "epoll_ctl": 233, "tgkill": 234, "openat": 257,

@@ -15,6 +15,8 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
     private var machine: Machine?
     private var delivery = Delivery.none
     private let log: @Sendable (String) -> Void
+    /// The API's own socket, which no snapshot may replace.
+    private let apiSocket: String?
 
     /// How far the answer to a start or load has gone.
     private enum Delivery { case none, taken, sent }
@@ -26,9 +28,11 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
     }
 
     /// A host for a machine that is already running (started from flags or
-    /// a configuration file). `log` hears of snapshots taken.
-    init(running machine: Machine? = nil, log: @escaping @Sendable (String) -> Void = { _ in }) {
+    /// a configuration file). `log` hears of snapshots taken; `apiSocket` is
+    /// the socket the API is served on.
+    init(running machine: Machine? = nil, apiSocket: String? = nil, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.machine = machine
+        self.apiSocket = apiSocket
         self.log = log
     }
 
@@ -100,7 +104,8 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
 
     /// Writes the snapshot and logs one line: the files, their sizes and the time.
     func createSnapshot(statePath: String, memoryPath: String) throws {
-        let report = try runningMachine.createSnapshot(statePath: statePath, memoryPath: memoryPath, kestrelVersion: Kestrel.version)
+        let report = try runningMachine.createSnapshot(statePath: statePath, memoryPath: memoryPath, kestrelVersion: Kestrel.version,
+                                                       served: apiSocket.map { [("the API socket", $0)] } ?? [])
         let mib = { (bytes: UInt64) in "\(bytes >> 20) MiB" }
         log("snapshot: \(statePath) (\(report.stateBytes) bytes), \(memoryPath) (\(mib(report.memoryBytes)) of RAM, "
             + "\(mib(report.memoryBytesWritten)) written) in \(SecondsText.text(report.duration)) s")

@@ -44,7 +44,7 @@ struct MachineRunner: Sendable {
     /// `--api-sock` alone: serves the API and wait for InstanceStart; a start
     /// that fails is answered with 400 and the API waits for the next.
     func serveAPI(at apiSocket: String) throws {
-        let host = APIMachineHost(log: { printError("kestrel: \($0)") })
+        let host = APIMachineHost(apiSocket: apiSocket, log: { printError("kestrel: \($0)") })
         let api = FirecrackerAPI(instanceID: id, version: Kestrel.version, control: host)
         // Lists known before the configuration: an SNP machine (certificates
         // on vCPU threads) cannot be described through the API.

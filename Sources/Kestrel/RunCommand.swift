@@ -132,7 +132,11 @@ struct RunCommand: ParsableCommand {
         }
         var configuration: MachineConfiguration
         if let config {
-            configuration = try MachineConfigFile.load(path: config)
+            // A configuration Kestrel refuses is exit status 2, as for flags.
+            do { configuration = try MachineConfigFile.load(path: config) } catch {
+                printError("kestrel: \(error)")
+                throw ExitCode(2)
+            }
         } else {
             guard let kernel else { throw ValidationError("give --kernel PATH, --config-file FILE, or --api-sock PATH to configure the machine through the API") }
             guard let size = MachineConfiguration.parseSize(memory) else { throw ValidationError("--memory \(memory): expected a size such as 256M or 1G") }
@@ -195,7 +199,7 @@ struct RunCommand: ParsableCommand {
         var server: APIServer?
         if let apiSocket {
             let api = FirecrackerAPI(instanceID: id, version: Kestrel.version,
-                                     control: APIMachineHost(running: machine, log: { printError("kestrel: \($0)") }),
+                                     control: APIMachineHost(running: machine, apiSocket: apiSocket, log: { printError("kestrel: \($0)") }),
                                      running: MachineConfigFile.document(for: configuration))
             do {
                 server = try APIServer(path: apiSocket, api: api, log: { printError("kestrel: \($0)") }, setUp: { seccomp?.enter(.api) })

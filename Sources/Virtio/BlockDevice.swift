@@ -40,17 +40,13 @@ public final class BlockDevice: VirtioDevice {
     /// device offers no VIRTIO_BLK_F_FLUSH (Firecracker's "Unsafe" cache type):
     /// the guest then treats the disk as write-through and never asks.
     public init(path: String, readOnly: Bool, identifier: String, flush: Bool = true) throws {
-        let fd = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
-        guard fd >= 0 else { throw SystemCallError.current("open(\(path))") }
+        // Non-blocking open, then only a regular file is kept: a FIFO would block open(2).
+        let fd = try HostFile.open(path, readOnly ? O_RDONLY : O_RDWR, allowed: [.regular], what: "the drive")
         var info = stat()
         guard fstat(fd, &info) == 0 else {
             let error = SystemCallError.current("fstat(\(path))")
             close(fd)
             throw error
-        }
-        guard info.st_mode & S_IFMT == S_IFREG else {
-            close(fd)
-            throw SystemCallError(operation: "open(\(path)) as a raw image", errno: .invalidArgument)
         }
         do {
             try OFDLock.set(readOnly ? .shared : .exclusive, on: fd)

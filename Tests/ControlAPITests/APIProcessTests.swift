@@ -319,3 +319,86 @@ extension String {
         self = String(repeating: "0", count: 8 - digits.count) + digits
     }
 }
+
+extension APIProcessTests {
+    /// A snapshot create that fails has no side effects: a mistyped
+    /// snapshot_path, a FIFO, the API's own socket, the kernel the machine
+    /// booted from and a directory are each a 400 before a byte is written.
+    /// The earlier snapshot's files keep their inode and bytes, no partial
+    /// file is left, the socket stays, and the machine resumes.
+    @Test(.enabled(if: requireKVM(), "needs a usable /dev/kvm"), .timeLimit(.minutes(2)))
+    func aFailedSnapshotCreateChangesNothing() throws {
+        let directory = try TemporaryDirectory(prefix: "kestrel-snapfail")
+        let kernel = directory.path + "/counter.elf", state = directory.path + "/vm.state", memory = directory.path + "/vm.mem"
+        try writeFileAtomically(Self.counterKernel(), to: kernel)
+        let fifo = directory.path + "/fifo"
+        try #require(mkfifo(fifo, 0o600) == 0)
+        let socket = directory.path + "/a.sock", out = directory.path + "/out"
+        let vmm = try HostProcess.start([try Self.kestrel(), "run", "--api-sock", socket], stdout: .file(out), stderr: .file(directory.path + "/err"))
+        defer { if vmm.poll() == nil { vmm.signal(SIGKILL); _ = vmm.wait() } }
+        #expect(Self.waitFor(10) { access(socket, F_OK) == 0 })
+        #expect(try Self.curl(socket, "PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)"}"#).0 == 204)
+        #expect(try Self.curl(socket, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64}"#).0 == 204)
+        #expect(try Self.curl(socket, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 204)
+        #expect(Self.waitFor(20) { Self.lines(out) >= 2 }, "the guest printed \(Self.lines(out)) lines")
+        #expect(try Self.curl(socket, "PATCH", "/vm", #"{"state": "Paused"}"#).0 == 204)
+        func create(_ statePath: String, _ memoryPath: String) throws -> (Int, String) {
+            try Self.curl(socket, "PUT", "/snapshot/create", #"{"snapshot_path": "\#(statePath)", "mem_file_path": "\#(memoryPath)"}"#)
+        }
+        let first = try create(state, memory)
+        try #require(first.0 == 204, "\(first)")
+        func identity(_ path: String) -> (ino_t, Int, [UInt8]) {
+            var status = stat()
+            _ = stat(path, &status)
+            return (status.st_ino, Int(status.st_mtim.tv_nsec) + Int(status.st_mtim.tv_sec) * 1_000_000_000, (try? readBytes(path)) ?? [])
+        }
+        let stateBefore = identity(state), memoryBefore = identity(memory)
+        let refusals: [(String, String, String)] = [
+            (directory.path + "/no-such-dir/vm.state", memory, "cannot create the state file"),
+            (fifo, memory, "snapshot_path \(fifo) is a FIFO"),
+            (state, socket, "mem_file_path \(socket) is a socket"),
+            (state, kernel, "mem_file_path \(kernel) is the kernel this microVM uses"),
+            (directory.path, memory, "snapshot_path \(directory.path) is a directory"),
+        ]
+        for (statePath, memoryPath, expected) in refusals {
+            let answer = try create(statePath, memoryPath)
+            #expect(answer.0 == 400 && answer.1.contains(expected), "\(statePath), \(memoryPath): \(answer)")
+        }
+        let stateAfter = identity(state), memoryAfter = identity(memory)
+        #expect(stateAfter.0 == stateBefore.0 && stateAfter.1 == stateBefore.1 && stateAfter.2 == stateBefore.2, "the state file changed")
+        #expect(memoryAfter.0 == memoryBefore.0 && memoryAfter.1 == memoryBefore.1 && memoryAfter.2 == memoryBefore.2, "the memory file changed")
+        let names = try HostProcess.output(["ls", "-A", directory.path]).output.split(separator: "\n").map(String.init).sorted()
+        #expect(names == ["a.sock", "counter.elf", "err", "fifo", "out", "vm.mem", "vm.state"], "\(names)")
+        #expect(try Self.curl(socket, "PATCH", "/vm", #"{"state": "Resumed"}"#).0 == 204, "the API socket still answers")
+        let printed = Self.lines(out)
+        #expect(Self.waitFor(20) { Self.lines(out) > printed }, "the guest runs again")
+        vmm.signal(SIGTERM)
+        #expect(Self.exitStatus(vmm, within: 10) == 128 + SIGTERM)
+    }
+}
+
+extension APIProcessTests {
+    /// `kestrel run --config-file` with a configuration Kestrel refuses ends
+    /// with status 2 and one line, as the README says, without hanging on a
+    /// FIFO and without wrapping a huge mem_size_mib.
+    @Test(.timeLimit(.minutes(1))) func aRefusedConfigFileExitsWithStatus2() throws {
+        let directory = try TemporaryDirectory(prefix: "kestrel-badconfig")
+        let fifo = directory.path + "/vmlinux.fifo", kernel = directory.path + "/vmlinux"
+        try #require(mkfifo(fifo, 0o600) == 0)
+        try writeFileAtomically(Self.counterKernel(), to: kernel)
+        let cases: [(String, String)] = [
+            ("{not json", "is not valid JSON"),
+            (#"{"boot-source": {"kernel_image_path": "\#(kernel)"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 17592186044480}}"#,
+             "mem_size_mib 17592186044480 is more than Kestrel's maximum"),
+            (#"{"boot-source": {"kernel_image_path": "\#(kernel)"}, "machine-config": {"vcpu_count": 33, "mem_size_mib": 64}}"#,
+             "vcpu_count must be between 1 and 32, not 33"),
+            (#"{"boot-source": {"kernel_image_path": "\#(fifo)"}}"#, "the kernel \(fifo) is a FIFO, not a regular file"),
+        ]
+        for (index, (text, expected)) in cases.enumerated() {
+            let path = directory.path + "/vm-\(index).json"
+            try writeFileAtomically(Array(text.utf8), to: path)
+            let result = try HostProcess.output([try Self.kestrel(), "run", "--config-file", path])
+            #expect(result.status == 2 && result.errors.contains(expected), "\(text): \(result.status) \(result.errors)")
+        }
+    }
+}

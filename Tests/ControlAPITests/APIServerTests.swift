@@ -2,6 +2,7 @@
 import Glibc
 import HostSystem
 import Testing
+import Synchronization
 import VMM
 
 /// The API thread on a real Unix socket: keep-alive, pipelining, a client
@@ -114,5 +115,98 @@ import VMM
         #expect(throws: SystemCallError.self) { _ = try APIServer(path: path, api: api, log: { _ in }) }
         server.stop()
         #expect(access(path, F_OK) != 0)
+    }
+}
+
+/// Sixteen connections that send nothing, or half a request, no longer lock
+/// other clients out: idle ones give way, slow requests time out with 408,
+/// and a client that finds every slot busy gets a 503 with a fault_message.
+@Suite(.timeLimit(.minutes(2))) struct APIServerConnectionLimitTests {
+    static func connectAll(_ path: String, _ count: Int, sending text: String? = nil) throws -> [Int32] {
+        try (0..<count).map { _ in
+            let fd = try UnixSocket.connect(to: path)
+            if let text { _ = text.withCString { send(fd, $0, strlen($0), 0) } }
+            return fd
+        }
+    }
+
+    /// Waits until the server has every connection in its table.
+    static func settle() { usleep(200_000) }
+
+    @Test func idleConnectionsGiveWayToANewClient() throws {
+        let path = APIServerTests.path()
+        let lines = Mutex<[String]>([])
+        let server = try APIServer(path: path, api: FirecrackerAPI(instanceID: "limit", version: "0.1.0", control: RecordingControl()),
+                                   log: { line in lines.withLock { $0.append(line) } })
+        defer { server.stop() }
+        let idle = try Self.connectAll(path, APIServer.maximumConnections)
+        defer { idle.forEach { close($0) } }
+        Self.settle()
+        for _ in 0..<3 {
+            let client = try UnixSocket.connect(to: path)
+            defer { close(client) }
+            let answer = try APIServerTests.exchange(client, "GET / HTTP/1.1\r\n\r\n", responses: 1)
+            #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
+        }
+        #expect(lines.withLock { $0 }.isEmpty, "\(lines.withLock { $0 })")
+    }
+
+    @Test func halfSentRequestsTimeOutWith408() throws {
+        let path = APIServerTests.path()
+        let server = try APIServer(path: path, api: FirecrackerAPI(instanceID: "limit", version: "0.1.0", control: RecordingControl()),
+                                   readTimeout: .milliseconds(300), log: { _ in })
+        defer { server.stop() }
+        let slow = try Self.connectAll(path, APIServer.maximumConnections, sending: "PUT /boot-source HTTP/1.1\r\nContent-Length: 50\r\n\r\n{")
+        defer { slow.forEach { close($0) } }
+        usleep(500_000)
+        let client = try UnixSocket.connect(to: path)
+        defer { close(client) }
+        let answer = try APIServerTests.exchange(client, "GET / HTTP/1.1\r\n\r\n", responses: 1)
+        #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
+        // One of the slow clients was answered 408 and closed.
+        var timedOut = 0
+        for fd in slow {
+            try UnixSocket.setNonBlocking(fd, true)
+            var buffer = [UInt8](repeating: 0, count: 1024)
+            let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count > 0, String(decoding: buffer[..<count], as: UTF8.self).hasPrefix("HTTP/1.1 408") { timedOut += 1 }
+        }
+        #expect(timedOut == 1)
+    }
+
+    @Test func busyConnectionsMakeANewClientA503LoggedOnce() throws {
+        let path = APIServerTests.path()
+        let lines = Mutex<[String]>([])
+        let server = try APIServer(path: path, api: FirecrackerAPI(instanceID: "limit", version: "0.1.0", control: RecordingControl()),
+                                   readTimeout: .seconds(60), log: { line in lines.withLock { $0.append(line) } })
+        defer { server.stop() }
+        var busy = try Self.connectAll(path, APIServer.maximumConnections, sending: "PUT /boot-source HTTP/1.1\r\nContent-Length: 50\r\n\r\n{")
+        defer { busy.forEach { if $0 >= 0 { close($0) } } }
+        Self.settle()
+        for _ in 0..<5 {
+            // The 503 comes at once, before any request: the client only reads.
+            let client = try UnixSocket.connect(to: path)
+            defer { close(client) }
+            try UnixSocket.setNonBlocking(client, false)
+            var timeout = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var received: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 1024)
+            while true {
+                let count = buffer.withUnsafeMutableBytes { recv(client, $0.baseAddress, $0.count, 0) }
+                if count <= 0 { break }
+                received += buffer[..<count]
+            }
+            let answer = String(decoding: received, as: UTF8.self)
+            #expect(answer.hasPrefix("HTTP/1.1 503") && answer.contains(#""fault_message":"Kestrel's API serves at most 16 connections"#), "\(answer)")
+        }
+        #expect(lines.withLock { $0 }.count == 1, "\(lines.withLock { $0 })")
+        // A slot freed: the next client is served.
+        close(busy[0])
+        busy[0] = -1
+        Self.settle()
+        let client = try UnixSocket.connect(to: path)
+        defer { close(client) }
+        #expect(try APIServerTests.exchange(client, "GET / HTTP/1.1\r\n\r\n", responses: 1).hasPrefix("HTTP/1.1 200"))
     }
 }

@@ -159,6 +159,13 @@ final class RecordingControl: MicroVMControl {
             ("PUT", "/machine-config", #"{"vcpu_count": 2}"#, "mem_size_mib"),
             ("PUT", "/machine-config", #"{"vcpu_count": "two", "mem_size_mib": 128}"#, "vcpu_count must be a whole number"),
             ("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}"#, "huge_pages"),
+            // 2^44 + 64 MiB wrapped to 64 MiB once (shifted into bytes unchecked).
+            ("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 17592186044480}"#, "mem_size_mib 17592186044480 is more than"),
+            ("PATCH", "/machine-config", #"{"mem_size_mib": 1048577}"#, "more than Kestrel's maximum of 1048576"),
+            ("PUT", "/machine-config", #"{"vcpu_count": 0, "mem_size_mib": 128}"#, "vcpu_count must be between 1 and 32, not 0"),
+            ("PUT", "/machine-config", #"{"vcpu_count": -1, "mem_size_mib": 128}"#, "vcpu_count must be between 1 and 32, not -1"),
+            ("PUT", "/machine-config", #"{"vcpu_count": 33, "mem_size_mib": 128}"#, "vcpu_count must be between 1 and 32, not 33"),
+            ("PATCH", "/machine-config", #"{"vcpu_count": 1000}"#, "vcpu_count must be between 1 and 32, not 1000"),
             ("PUT", "/machine-config", "{not json", "not valid JSON"),
             ("PUT", "/machine-config", nil, "needs a JSON body"),
             ("PUT", "/drives/a", #"{"drive_id": "b", "path_on_host": "/x", "is_root_device": false}"#, "does not match"),
@@ -183,6 +190,24 @@ final class RecordingControl: MicroVMControl {
         #expect(kernel.0 == 400 && Self.fault(kernel.1).contains("cannot read the kernel /nonexistent/vmlinux"), "\(kernel)")
         #expect(Self.fault(Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).1).contains("boot-source"))
         #expect(control.calls.withLock { $0 }.isEmpty && api.vmState == .notStarted)
+    }
+
+    /// A FIFO as kernel, initrd or drive passes access(2), and its open at
+    /// InstanceStart would block the API thread: it is refused when it is put.
+    @Test(.timeLimit(.minutes(1))) func aFIFOIsRefusedWhenItIsPut() throws {
+        let fifo = "/tmp/kestrel-apitest-\(getpid()).fifo"
+        unlink(fifo)
+        try #require(mkfifo(fifo, 0o600) == 0)
+        defer { unlink(fifo) }
+        let control = RecordingControl()
+        let api = FirecrackerAPI(instanceID: "vm", version: "0.1.0", control: control)
+        let kernel = Self.send(api, "PUT", "/boot-source", #"{"kernel_image_path": "\#(fifo)"}"#)
+        #expect(kernel.0 == 400 && Self.fault(kernel.1) == "the kernel \(fifo) is a FIFO, not a regular file", "\(kernel)")
+        let initrd = Self.send(api, "PUT", "/boot-source", #"{"kernel_image_path": "\#(Self.file)", "initrd_path": "\#(fifo)"}"#)
+        #expect(initrd.0 == 400 && Self.fault(initrd.1) == "the initrd \(fifo) is a FIFO, not a regular file", "\(initrd)")
+        let drive = Self.send(api, "PUT", "/drives/root", #"{"drive_id": "root", "path_on_host": "\#(fifo)", "is_root_device": true}"#)
+        #expect(drive.0 == 400 && Self.fault(drive.1) == "drive root: \(fifo) is a FIFO, not a regular file", "\(drive)")
+        #expect(api.fullConfiguration() == FirecrackerAPI(instanceID: "vm", version: "0.1.0", control: control).fullConfiguration())
     }
 
     @Test func aStartTheVMMRefusesIsA400AndTheAPIStaysPreBoot() {

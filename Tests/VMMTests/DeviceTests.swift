@@ -275,6 +275,17 @@ final class Recorder: @unchecked Sendable {
         #expect(throws: ConfigurationError("vm.json: machine-config.mem_size_mib must be a positive whole number")) {
             try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"mem_size_mib": "lots"}}"#)
         }
+        // 2^44 + 64 MiB once wrapped to 64 MiB when shifted into bytes.
+        #expect(throws: ConfigurationError("vm.json: machine-config.mem_size_mib 17592186044480 is more than Kestrel's maximum of 1048576 (1 TiB)")) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"mem_size_mib": 17592186044480}}"#)
+        }
+        #expect(try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"mem_size_mib": 1048576}}"#).memorySize == 1 << 40)
+        for count in [0, -1, 33, 1000] {
+            #expect(throws: ConfigurationError("vm.json: machine-config.vcpu_count must be between 1 and 32, not \(count)")) {
+                try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": \#(count)}}"#)
+            }
+        }
+        #expect(try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 32}}"#).vcpuCount == 32)
         #expect(throws: ConfigurationError("vm.json: machine-config.vcpu_count must be a whole number")) {
             try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1.5}}"#)
         }

@@ -1,3 +1,4 @@
+import Glibc
 import KVM
 import Testing
 import Virtio
@@ -138,6 +139,36 @@ import X86
             Issue.record("an unknown section was read")
         } catch {
             #expect("\(error)".contains("unknown section \"XXXX\""), "\(error)")
+        }
+    }
+}
+
+/// Files a user names are opened without blocking: a FIFO as a kernel or a
+/// snapshot state file is refused at once instead of waiting for a writer.
+@Suite(.timeLimit(.minutes(1))) struct NamedFileTests {
+    static func fifo(_ name: String) throws -> String {
+        let path = "/tmp/kestrel-\(getpid())-\(name)"
+        unlink(path)
+        try #require(mkfifo(path, 0o600) == 0)
+        return path
+    }
+
+    @Test func aFIFOKernelIsRefusedWithoutBlocking() throws {
+        let path = try Self.fifo("vmlinux")
+        defer { unlink(path) }
+        #expect(throws: ConfigurationError("the kernel \(path) is a FIFO, not a regular file")) { try MachineBuilder.readFile(path, what: "kernel") }
+        let configuration = MachineConfiguration(kernelPath: path)
+        #expect(throws: ConfigurationError("the kernel \(path) is a FIFO, not a regular file")) { try configuration.validate() }
+    }
+
+    @Test func aFIFOSnapshotStateFileIsRefusedWithoutBlocking() throws {
+        let path = try Self.fifo("vm.state")
+        defer { unlink(path) }
+        do {
+            _ = try MachineBuilder.checkSnapshot(statePath: path, memoryPath: "/nonexistent")
+            Issue.record("a FIFO was read as a state file")
+        } catch {
+            #expect("\(error)" == "the snapshot state file \(path) is a FIFO, not a regular file", "\(error)")
         }
     }
 }

@@ -165,7 +165,22 @@ import Testing
     @Test func aSecondWriterOfTheImageIsRefused() throws {
         let setup = try setUp()
         #expect(throws: SystemCallError.self) { try BlockDevice(path: setup.image.path, readOnly: false, identifier: "x") }
-        #expect(throws: SystemCallError.self) { try BlockDevice(path: "/nonexistent/disk.img", readOnly: false, identifier: "x") }
-        #expect(throws: SystemCallError.self) { try BlockDevice(path: "/tmp", readOnly: true, identifier: "x") }
+        #expect(throws: HostFileError("cannot open the drive /nonexistent/disk.img: No such file or directory")) {
+            try BlockDevice(path: "/nonexistent/disk.img", readOnly: false, identifier: "x")
+        }
+        #expect(throws: HostFileError("the drive /tmp is a directory, not a regular file")) { try BlockDevice(path: "/tmp", readOnly: true, identifier: "x") }
+    }
+
+    /// A FIFO as the image is refused at once: open(2) would wait for a writer.
+    @Test(.timeLimit(.minutes(1))) func aFIFOIsRefusedWithoutBlocking() throws {
+        let fifo = "/tmp/kestrel-fifo-\(getpid())-disk.img"
+        unlink(fifo)
+        try #require(mkfifo(fifo, 0o600) == 0)
+        defer { unlink(fifo) }
+        for readOnly in [true, false] {
+            #expect(throws: HostFileError("the drive \(fifo) is a FIFO, not a regular file")) {
+                try BlockDevice(path: fifo, readOnly: readOnly, identifier: "x")
+            }
+        }
     }
 }

@@ -128,6 +128,9 @@ extension MachineConfiguration {
             try checkIdentifier(drive.id, what: "drive id")
             guard seen.insert(drive.id).inserted else { throw ConfigurationError("drive id \"\(drive.id)\" is used twice") }
             guard FileManager.default.fileExists(atPath: drive.path) else { throw ConfigurationError("drive \(drive.id): \(drive.path) does not exist") }
+            do { try HostFile.require(drive.path, is: [.regular], what: "drive \(drive.id):") } catch let error as HostFileError {
+                throw ConfigurationError(error.description)
+            }
             let writable = drive.readOnly || FileManager.default.isWritableFile(atPath: drive.path)
             guard FileManager.default.isReadableFile(atPath: drive.path), writable else {
                 throw ConfigurationError("drive \(drive.id): cannot \(drive.readOnly ? "read" : "read and write") \(drive.path)")

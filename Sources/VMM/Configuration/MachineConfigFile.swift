@@ -97,16 +97,29 @@ public enum MachineConfigFile {
         }
     }
 
+    /// The largest `vcpu_count` the swagger allows.
+    public static let maximumVCPUCount = 32
+    /// The largest `mem_size_mib`: `MachineConfiguration.validate()`'s 1 TiB.
+    public static let maximumMemoryMiB = Int(MachineConfiguration.maximumMemorySize >> 20)
+
     private static func machineConfig(_ machine: JSONValue, into configuration: inout MachineConfiguration, source: String) throws {
         guard let machine = machine.objectValue else { throw ConfigurationError("\(source): machine-config must be an object") }
         try refuseUnknownKeys(machine, allowed: ["vcpu_count", "mem_size_mib", "cpu_template", "smt", "track_dirty_pages", "huge_pages", "memory_backend"],
                               section: "machine-config", source: source)
         if let count = machine["vcpu_count"] {
             guard let count = count.wholeNumber else { throw ConfigurationError("\(source): machine-config.vcpu_count must be a whole number") }
+            // Firecracker's swagger: minimum 1, maximum 32.
+            guard (1...Self.maximumVCPUCount).contains(count) else {
+                throw ConfigurationError("\(source): machine-config.vcpu_count must be between 1 and \(Self.maximumVCPUCount), not \(count)")
+            }
             configuration.vcpuCount = count
         }
         if let size = machine["mem_size_mib"] {
             guard let size = size.wholeNumber, size > 0 else { throw ConfigurationError("\(source): machine-config.mem_size_mib must be a positive whole number") }
+            // Checked before the shift: 2^44 MiB and more would wrap to a small size.
+            guard size <= Self.maximumMemoryMiB else {
+                throw ConfigurationError("\(source): machine-config.mem_size_mib \(size) is more than Kestrel's maximum of \(Self.maximumMemoryMiB) (1 TiB)")
+            }
             configuration.memorySize = UInt64(size) << 20
         }
         if let template = machine["cpu_template"], template != .null {

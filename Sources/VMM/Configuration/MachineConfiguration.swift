@@ -1,5 +1,6 @@
 import Confidential
 import FoundationEssentials
+import HostSystem
 
 /// What to run: a kernel and how to boot it, vCPUs, memory and CPU template.
 /// `validate()` finds bad settings before anything is created.
@@ -51,13 +52,15 @@ public struct MachineConfiguration: Sendable {
     }
 
     public static let maximumVCPUs = 64
+    /// The most guest RAM a machine may have: 1 TiB.
+    public static let maximumMemorySize: UInt64 = 1 << 40
 
     public func validate() throws {
         guard (1...Self.maximumVCPUs).contains(vcpuCount) else {
             throw ConfigurationError("vcpus must be between 1 and \(Self.maximumVCPUs), not \(vcpuCount)")
         }
         guard memorySize >= 32 << 20 else { throw ConfigurationError("memory must be at least 32 MiB, not \(memorySize >> 20) MiB") }
-        guard memorySize <= 1 << 40, memorySize % 4096 == 0 else {
+        guard memorySize <= Self.maximumMemorySize, memorySize % 4096 == 0 else {
             throw ConfigurationError("memory must be a whole number of 4 KiB pages, at most 1 TiB")
         }
         guard CPUTemplate.named(cpuTemplate) != nil else {
@@ -66,6 +69,9 @@ public struct MachineConfiguration: Sendable {
         for (what, path) in [("kernel", kernelPath), ("initrd", initrdPath)] {
             guard let path else { continue }
             guard FileManager.default.isReadableFile(atPath: path) else { throw ConfigurationError("cannot read the \(what) \(path)") }
+            do { try HostFile.require(path, is: [.regular], what: "the \(what)") } catch let error as HostFileError {
+                throw ConfigurationError(error.description)
+            }
         }
         try validateDevices()
         if let path = snpCertificatesPath {

@@ -55,11 +55,13 @@ public struct SeccompPolicy: Sendable {
             "fsync", "fdatasync", "fallocate", "accept4", "accept", "socket", "connect", "shutdown", "fcntl", "getsockopt",
             "setsockopt", "recvfrom", "sendto", "recvmsg", "sendmsg", "ioctl",
         ]),
-        // Pre-boot requests check files; a snapshot is written from here.
+        // Pre-boot requests check files; a snapshot is written from here
+        // (getcwd: its targets are compared with the files in use as
+        // absolute paths).
         .api: common.union(files).union([
             "epoll_wait", "epoll_pwait", "epoll_ctl", "accept4", "accept", "fcntl", "recvfrom", "sendto", "shutdown", "ioctl",
             "pwrite64", "ftruncate", "fsync", "fdatasync", "rename", "renameat", "renameat2", "unlink", "unlinkat", "stat",
-            "lstat", "access", "faccessat", "faccessat2", "readlink", "socket",
+            "lstat", "access", "faccessat", "faccessat2", "readlink", "socket", "getcwd",
         ]),
         .vmm: common.union(files).union(["ioctl", "fsync", "fdatasync", "epoll_ctl", "unlink", "unlinkat", "readlink", "access", "faccessat2"]),
         .console: common.union(["read", "ioctl"]),

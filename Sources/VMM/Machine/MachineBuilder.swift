@@ -232,13 +232,14 @@ public struct MachineBuilder {
     /// Reads a whole file straight into an array (one copy: no Data in between,
     /// which matters for a 50 MB vmlinux on a slow, emulated host).
     static func readFile(_ path: String, what: String, limit: Int = .max) throws -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw ConfigurationError("cannot read the \(what) \(path): \(String(cString: strerror(errno)))") }
+        // Non-blocking open: a FIFO named as a kernel must be refused, not waited on.
+        let fd: Int32
+        do { fd = try HostFile.open(path, O_RDONLY, allowed: [.regular], what: "the \(what)") } catch let error as HostFileError {
+            throw ConfigurationError(error.description)
+        }
         defer { close(fd) }
         var status = stat()
-        guard fstat(fd, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
-            throw ConfigurationError("cannot read the \(what) \(path): not a regular file")
-        }
+        guard fstat(fd, &status) == 0 else { throw ConfigurationError("cannot read the \(what) \(path): \(String(cString: strerror(errno)))") }
         let size = Int(status.st_size)
         guard size <= limit else { throw ConfigurationError("cannot read the \(what) \(path): \(size) bytes, more than the \(limit) a \(what) can have") }
         var failure: Int32 = 0

@@ -2,6 +2,7 @@ import Boot
 import Confidential
 import Glibc
 import GuestMemory
+import HostSystem
 import KVM
 
 /// `kestrel run --confidential realm`: the realm a machine configuration
@@ -78,8 +79,10 @@ public enum RealmMachine {
     }
 
     static func readPrefix(_ path: String, _ count: Int) throws -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw ConfigurationError("cannot read the kernel \(path): \(String(cString: strerror(errno)))") }
+        let fd: Int32
+        do { fd = try HostFile.open(path, O_RDONLY, allowed: [.regular], what: "the kernel") } catch let error as HostFileError {
+            throw ConfigurationError(error.description)
+        }
         defer { close(fd) }
         var bytes = [UInt8](repeating: 0, count: count)
         let got = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress, count) }

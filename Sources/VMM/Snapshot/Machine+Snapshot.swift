@@ -16,32 +16,61 @@ extension Machine {
 
     /// Writes a full snapshot of the paused machine: the state file at
     /// `statePath` (`MachineSnapshot`'s format) and guest RAM at
-    /// `memoryPath`. Throws, writing nothing under either name, unless the
-    /// vCPUs are paused and the devices quiesced (`pause()`), or when a KVM
-    /// get ioctl or a write fails. The machine stays paused.
-    public func createSnapshot(statePath: String, memoryPath: String, kestrelVersion: String) throws -> SnapshotReport {
+    /// `memoryPath`. Both are written under temporary names beside their
+    /// targets and renamed into place only when both are whole, so a failure
+    /// at any step leaves the earlier files at those paths as they were and
+    /// nothing else behind. Refused before anything is written unless the
+    /// vCPUs are paused and the devices quiesced (`pause()`), when a target is
+    /// not a new name or a regular file, or when it is one of `served` or of
+    /// the machine's own files (`SnapshotTargets`). The machine stays paused.
+    public func createSnapshot(statePath: String, memoryPath: String, kestrelVersion: String,
+                               served: [(what: String, path: String)] = []) throws -> SnapshotReport {
         let start = ContinuousClock.now
         guard isPaused else { throw SnapshotError("the microVM must be paused to take a snapshot (PATCH /vm {\"state\": \"Paused\"})") }
         guard configuration.confidential == nil else {
             throw SnapshotError("a confidential guest's memory and state are not the host's to save")
         }
+        try SnapshotTargets.check(statePath: statePath, memoryPath: memoryPath, served: served + ownFiles)
         var snapshot = try captureState(kestrelVersion: kestrelVersion)
         let regions = virtualMachine.regions.compactMap { region in
             region.mapping.map { (start: region.start.rawValue, mapping: $0, fromFile: ramFromSnapshot || region.guestMemfd != nil) }
         }
-        let (ranges, written) = try SnapshotMemoryFile.write(regions, to: memoryPath)
-        snapshot.memory = ranges
-        let bytes = snapshot.encoded()
-        let file = try AtomicFile(creating: statePath, what: statePath)
+        // Both temporary files are created first: a target whose directory
+        // is missing fails here, before any RAM is written.
+        let memoryFile = try AtomicFile(creating: memoryPath, what: "the memory file \(memoryPath)")
+        let stateFile: AtomicFile
+        do { stateFile = try AtomicFile(creating: statePath, what: "the state file \(statePath)") } catch {
+            memoryFile.abandon()
+            throw error
+        }
+        let bytes: [UInt8]
+        let written: UInt64
         do {
-            try bytes.withUnsafeBytes { try file.write($0.baseAddress!, count: $0.count, at: 0) }
-            try file.commit()
+            let memory = try SnapshotMemoryFile.write(regions, into: memoryFile)
+            snapshot.memory = memory.ranges
+            written = memory.written
+            bytes = snapshot.encoded()
+            // Sound: the array's buffer holds bytes.count bytes.
+            try bytes.withUnsafeBytes { try stateFile.write($0.baseAddress!, count: $0.count, at: 0) }
+            try memoryFile.finish(size: memory.size)
+            try stateFile.finish()
+            try AtomicFile.publish([memoryFile, stateFile])
         } catch {
-            file.abandon()
+            memoryFile.abandon()
+            stateFile.abandon()
             throw error
         }
         return SnapshotReport(stateBytes: bytes.count, memoryBytes: snapshot.memoryFileSize, memoryBytesWritten: written,
                               duration: ContinuousClock.now - start)
+    }
+
+    /// The files this machine reads or serves, which a snapshot must not replace.
+    var ownFiles: [(what: String, path: String)] {
+        var files: [(what: String, path: String)] = [("the kernel", configuration.kernelPath)]
+        if let initrd = configuration.initrdPath { files.append(("the initrd", initrd)) }
+        files += configuration.drives.map { ("the image of drive \($0.id)", $0.path) }
+        if let vsock = configuration.vsock { files.append(("the vsock socket", vsock.udsPath)) }
+        return files
     }
 
     /// The machine's state apart from RAM (no memory ranges yet), read with KVM's get ioctls.

@@ -1,6 +1,7 @@
 import Boot
 import Glibc
 import GuestMemory
+import HostSystem
 import KVM
 import Virtio
 import X86
@@ -64,8 +65,10 @@ extension MachineBuilder {
         let kvm = try KVMSystem()
         let vm = try createVirtualMachine(kvm)
         let memory = GuestAddressSpace()
-        let memoryFile = open(memoryPath, O_RDONLY | O_CLOEXEC)
-        guard memoryFile >= 0 else { throw SnapshotError("cannot open the memory file \(memoryPath): \(String(cString: strerror(errno)))") }
+        let memoryFile: Int32
+        do { memoryFile = try HostFile.open(memoryPath, O_RDONLY, allowed: [.regular], what: "the memory file") } catch let error as HostFileError {
+            throw SnapshotError(error.description)
+        }
         defer { close(memoryFile) }
         let mapped = configuration.memoryBackend == .anonymous
         // A guest_memfd machine gets a new guest_memfd, filled from the file below.

@@ -11,32 +11,26 @@ enum SnapshotMemoryFile {
     /// only under _GNU_SOURCE).
     private static let seekData: Int32 = 3, seekHole: Int32 = 4
 
-    /// Writes `regions` to a new file at `path` (an `AtomicFile`: a failed
-    /// write never leaves half a file under the name). Returns the ranges
-    /// and the bytes written.
-    static func write(_ regions: [(start: UInt64, mapping: MemoryMapping, fromFile: Bool)], to path: String) throws -> (ranges: [MachineSnapshot.MemoryRange], written: UInt64) {
-        let file = try AtomicFile(creating: path, what: "the memory file \(path)")
+    /// Writes `regions` into `file` (an `AtomicFile` the caller commits, so
+    /// that the memory file and the state file are renamed into place
+    /// together). Returns the ranges, the file's size and the bytes written.
+    static func write(_ regions: [(start: UInt64, mapping: MemoryMapping, fromFile: Bool)], into file: AtomicFile) throws
+        -> (ranges: [MachineSnapshot.MemoryRange], size: UInt64, written: UInt64) {
         var ranges: [MachineSnapshot.MemoryRange] = []
         var offset: UInt64 = 0
         var written: UInt64 = 0
-        do {
-            for region in regions {
-                let size = UInt64(region.mapping.size)
-                ranges.append(.init(guestAddress: region.start, size: size, fileOffset: offset))
-                for run in try populatedRuns(of: region.mapping, fileBacked: region.fromFile) {
-                    // Sound: the run lies inside the guest mapping (whole pages of it).
-                    try file.write(UnsafeRawPointer(region.mapping.baseAddress + run.lowerBound), count: run.count,
-                                   at: off_t(offset) + off_t(run.lowerBound))
-                    written += UInt64(run.count)
-                }
-                offset += size
+        for region in regions {
+            let size = UInt64(region.mapping.size)
+            ranges.append(.init(guestAddress: region.start, size: size, fileOffset: offset))
+            for run in try populatedRuns(of: region.mapping, fileBacked: region.fromFile) {
+                // Sound: the run lies inside the guest mapping (whole pages of it).
+                try file.write(UnsafeRawPointer(region.mapping.baseAddress + run.lowerBound), count: run.count,
+                               at: off_t(offset) + off_t(run.lowerBound))
+                written += UInt64(run.count)
             }
-            try file.commit(size: offset)
-        } catch {
-            file.abandon()
-            throw error
+            offset += size
         }
-        return (ranges, written)
+        return (ranges, offset, written)
     }
 
     /// Byte ranges of `mapping` that may hold data, in page multiples.
@@ -113,13 +107,14 @@ enum SnapshotMemoryFile {
     }
 }
 
-/// A file written under a temporary name beside its path, synced, and
-/// renamed into place only when whole (`commit`); `abandon` removes it. The
-/// snapshot's state and memory files are written this way, mode 0600.
-struct AtomicFile {
+/// A file written under a temporary name beside its path, finished (sized
+/// and synced) and then renamed into place only when whole; `abandon`
+/// removes it. The snapshot's state and memory files are written this way,
+/// mode 0600, both finished before either is renamed (`publish`).
+final class AtomicFile {
     let path: String
     let temporary: String
-    let fd: Int32
+    private(set) var fd: Int32
     /// Names the file in errors ("the memory file /tmp/vm.mem").
     let what: String
 
@@ -127,7 +122,10 @@ struct AtomicFile {
         self.path = path
         self.what = what
         temporary = path + ".kestrel-partial"
-        fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        // Never through a link, and never waiting: O_NONBLOCK makes a FIFO
+        // under the temporary name fail (ENXIO) and changes nothing for a
+        // regular file.
+        fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SnapshotError("cannot create \(what): \(String(cString: strerror(errno)))") }
     }
 
@@ -143,21 +141,31 @@ struct AtomicFile {
         }
     }
 
-    /// Sets the size (when given), syncs, closes and renames into place.
-    func commit(size: UInt64? = nil) throws {
+    /// Sets the size (when given), syncs and closes: the temporary file is
+    /// whole, not yet under its name.
+    func finish(size: UInt64? = nil) throws {
         if let size, ftruncate(fd, off_t(size)) != 0 { throw SnapshotError("cannot finish \(what): \(String(cString: strerror(errno)))") }
         guard fsync(fd) == 0 else { throw SnapshotError("cannot finish \(what): \(String(cString: strerror(errno)))") }
         close(fd)
-        guard rename(temporary, path) == 0 else {
+        fd = -1
+    }
+
+    /// Renames finished files into place, in order. Each temporary file lies
+    /// in its target's directory and each target was checked to be a new
+    /// name or a regular file, so a rename can fail only if the file system
+    /// changed meanwhile; the files not yet renamed are then removed.
+    static func publish(_ files: [AtomicFile]) throws {
+        for (index, file) in files.enumerated() where rename(file.temporary, file.path) != 0 {
             let reason = String(cString: strerror(errno))
-            unlink(temporary)
-            throw SnapshotError("cannot rename \(what) into place: \(reason)")
+            for rest in files[index...] { unlink(rest.temporary) }
+            throw SnapshotError("cannot rename \(file.what) into place: \(reason)")
         }
     }
 
     /// Closes and removes the temporary file (after a failed write).
     func abandon() {
-        close(fd)
+        if fd >= 0 { close(fd) }
+        fd = -1
         unlink(temporary)
     }
 }
