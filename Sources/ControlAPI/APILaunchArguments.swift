@@ -45,13 +45,34 @@ public struct APILaunchArguments: Equatable, Sendable {
                 return nil
             }
         }
-        guard let socket else { return nil }
+        guard let socket, id.map(isValidInstanceID) ?? true else { return nil }
         var parsed = APILaunchArguments(apiSocket: socket, id: id ?? defaultID)
         parsed.noSeccomp = flags.contains("--no-seccomp")
         parsed.seccompLog = flags.contains("--seccomp-log")
         parsed.verbose = flags.contains("--verbose")
         parsed.seccompProbe = probe
         return parsed
+    }
+
+    /// Firecracker's rule for `--id`: 1 to 64 characters, each an ASCII
+    /// letter, digit or '-'.
+    public static func isValidInstanceID(_ id: String) -> Bool {
+        (1...64).contains(id.utf8.count) && id.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) || $0 == 0x2D }
+    }
+
+    /// The first option given twice in `arguments` (`--name value` or
+    /// `--name=value`), other than the `repeatable` ones; nil when there is
+    /// none. Arguments after `--` are not options.
+    public static func repeatedOption(in arguments: some Collection<String>, repeatable: Set<String>) -> String? {
+        var seen: Set<String> = []
+        for argument in arguments {
+            if argument == "--" { break }
+            guard argument.hasPrefix("--") else { continue }
+            let name = split(argument).0
+            if repeatable.contains(name) { continue }
+            if !seen.insert(name).inserted { return name }
+        }
+        return nil
     }
 
     /// "--name=value" as ("--name", "value"); other arguments whole.

@@ -350,10 +350,27 @@ public final class FirecrackerAPI: Sendable {
     /// The request's body as JSON, or the 400 that says why it is not.
     static func body(of request: HTTPRequest) -> Result<JSONValue, ResponseError> {
         guard !request.body.isEmpty else { return .failure(ResponseError(.fault(400, "\(request.method) \(request.path) needs a JSON body."))) }
-        do {
-            return .success(try JSONValue.parse(request.body))
-        } catch {
+        let value: JSONValue
+        do { value = try JSONValue.parse(request.body) } catch {
             return .failure(ResponseError(.fault(400, "\(request.method) \(request.path): the body is not valid JSON.")))
+        }
+        // A NUL would end a path or a command line early wherever it reaches C.
+        guard !containsNUL(value) else {
+            return .failure(ResponseError(.fault(400, "\(request.method) \(request.path): a string in the body contains NUL (\\u0000).")))
+        }
+        if request.method == "PATCH", value.objectValue?.isEmpty == true {
+            return .failure(ResponseError(.fault(400, "\(request.method) \(request.path): the body has no field to change.")))
+        }
+        return .success(value)
+    }
+
+    /// Whether any string (or object key) in `value` holds U+0000.
+    static func containsNUL(_ value: JSONValue) -> Bool {
+        switch value {
+        case .string(let text): return text.utf8.contains(0)
+        case .array(let items): return items.contains(where: containsNUL)
+        case .object(let fields): return fields.contains { $0.key.utf8.contains(0) || containsNUL($0.value) }
+        default: return false
         }
     }
 

@@ -121,6 +121,17 @@ struct RunCommand: ParsableCommand {
         throw ExitCode(2)
     }
 
+    func validate() throws {
+        guard APILaunchArguments.isValidInstanceID(id) else {
+            throw ValidationError("--id \(id): an instance id is 1 to 64 letters, digits and '-' (Firecracker's rule)")
+        }
+        // ArgumentParser keeps the last of a repeated option; Firecracker refuses it.
+        let arguments = CommandLine.arguments.drop { $0 != "run" }.dropFirst()
+        if let repeated = APILaunchArguments.repeatedOption(in: arguments, repeatable: ["--drive", "--net"]) {
+            throw ValidationError("\(repeated) is given more than once")
+        }
+    }
+
     func run() throws {
         if apiSocket != nil && noAPI { throw ValidationError("--api-sock and --no-api contradict each other") }
         if let apiSocket, config == nil, kernel == nil {

@@ -34,4 +34,24 @@ import Testing
             #expect(APILaunchArguments.parse(arguments) == nil, "\(arguments)")
         }
     }
+
+    @Test func instanceIDsFollowFirecrackersRule() {
+        for good in ["a", "vm-1", "ABC-def-123", String(repeating: "x", count: 64), "anonymous-instance"] {
+            #expect(APILaunchArguments.isValidInstanceID(good), "\(good)")
+        }
+        for bad in ["", String(repeating: "x", count: 65), "vm 1", "vm_1", "vm.1", "vm/1", "vm\u{0}", "ümlaut"] {
+            #expect(!APILaunchArguments.isValidInstanceID(bad), "\(bad)")
+        }
+        // The short path leaves a bad id to the full parse, which refuses it.
+        #expect(APILaunchArguments.parse(["--api-sock", "/a", "--id", "vm 1"]) == nil)
+        #expect(APILaunchArguments.parse(["--api-sock", "/a", "--id", "vm-1"])?.id == "vm-1")
+    }
+
+    @Test func aRepeatedOptionIsFound() {
+        #expect(APILaunchArguments.repeatedOption(in: ["--api-sock", "/a", "--api-sock=/b"], repeatable: []) == "--api-sock")
+        #expect(APILaunchArguments.repeatedOption(in: ["--id", "a", "--verbose", "--verbose"], repeatable: []) == "--verbose")
+        #expect(APILaunchArguments.repeatedOption(in: ["--drive", "a", "--drive", "b", "--kernel", "k"], repeatable: ["--drive"]) == nil)
+        #expect(APILaunchArguments.repeatedOption(in: ["--kernel", "k", "--", "--kernel"], repeatable: []) == nil)
+        #expect(APILaunchArguments.repeatedOption(in: ["--kernel", "--kernel"], repeatable: []) == "--kernel")
+    }
 }

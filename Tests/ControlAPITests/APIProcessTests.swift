@@ -380,7 +380,8 @@ extension APIProcessTests {
 extension APIProcessTests {
     /// `kestrel run --config-file` with a configuration Kestrel refuses ends
     /// with status 2 and one line, as the README says, without hanging on a
-    /// FIFO and without wrapping a huge mem_size_mib.
+    /// FIFO and without wrapping a huge mem_size_mib; a bad --id and a
+    /// repeated option are refused before anything starts.
     @Test(.timeLimit(.minutes(1))) func aRefusedConfigFileExitsWithStatus2() throws {
         let directory = try TemporaryDirectory(prefix: "kestrel-badconfig")
         let fifo = directory.path + "/vmlinux.fifo", kernel = directory.path + "/vmlinux"
@@ -399,6 +400,15 @@ extension APIProcessTests {
             try writeFileAtomically(Array(text.utf8), to: path)
             let result = try HostProcess.output([try Self.kestrel(), "run", "--config-file", path])
             #expect(result.status == 2 && result.errors.contains(expected), "\(text): \(result.status) \(result.errors)")
+        }
+        // Firecracker's launch rules: an instance id of its alphabet, and no option twice.
+        for (arguments, expected) in [(["--api-sock", directory.path + "/a.sock", "--id", "vm 1"], "--id vm 1: an instance id is 1 to 64"),
+                                      (["--api-sock", directory.path + "/a.sock", "--api-sock", directory.path + "/b.sock"],
+                                       "--api-sock is given more than once"),
+                                      (["--kernel", kernel, "--memory", "64M", "--memory=128M"], "--memory is given more than once")] {
+            let result = try HostProcess.output([try Self.kestrel(), "run"] + arguments)
+            #expect(result.status != 0 && result.errors.contains(expected), "\(arguments): \(result.status) \(result.errors)")
+            #expect(access(directory.path + "/a.sock", F_OK) != 0, "no socket was made")
         }
     }
 }

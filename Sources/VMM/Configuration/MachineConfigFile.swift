@@ -97,6 +97,9 @@ public enum MachineConfigFile {
         }
     }
 
+    /// Firecracker's static CPU template names (its swagger's CpuTemplate enum, x86 and Arm).
+    static let firecrackerTemplates: Set<String> = ["C3", "T2", "T2S", "T2CL", "T2A", "V1N1"]
+
     /// The largest `vcpu_count` the swagger allows.
     public static let maximumVCPUCount = 32
     /// The largest `mem_size_mib`: `MachineConfiguration.validate()`'s 1 TiB.
@@ -124,7 +127,17 @@ public enum MachineConfigFile {
         }
         if let template = machine["cpu_template"], template != .null {
             guard let template = template.stringValue else { throw ConfigurationError("\(source): machine-config.cpu_template must be a string") }
-            configuration.cpuTemplate = template == "None" ? CPUTemplate.defaultName : template.lowercased()
+            let name = template == "None" ? CPUTemplate.defaultName : template.lowercased()
+            // Refused when put, not at InstanceStart.
+            guard CPUTemplate.named(name) != nil else {
+                let known = CPUTemplate.all.map(\.name).joined(separator: ", ")
+                if Self.firecrackerTemplates.contains(template) {
+                    throw ConfigurationError("\(source): machine-config.cpu_template \"\(template)\" is one of Firecracker's static templates, "
+                        + "which Kestrel does not serve; give \"None\" or one of Kestrel's: \(known)")
+                }
+                throw ConfigurationError("\(source): machine-config.cpu_template \"\(template)\" is unknown; give \"None\" or one of: \(known)")
+            }
+            configuration.cpuTemplate = name
         }
         if let backend = machine["memory_backend"] {
             guard let name = backend.stringValue else { throw ConfigurationError("\(source): machine-config.memory_backend must be a string") }
