@@ -274,7 +274,8 @@ public final class FirecrackerAPI: Sendable {
         case .failure(let error): return error.response
         }
         guard let object = body.objectValue else { return .fault(400, "PUT /snapshot/load: the body must be a JSON object") }
-        let known = ["snapshot_path", "mem_file_path", "mem_backend", "resume_vm", "enable_diff_snapshots", "track_dirty_pages", "network_overrides"]
+        let known = ["snapshot_path", "mem_file_path", "mem_backend", "resume_vm", "enable_diff_snapshots", "track_dirty_pages", "network_overrides",
+                     "vsock_override", "clock_realtime", "huge_pages"]
         if let unknown = object.keys.sorted().first(where: { !known.contains($0) }) {
             return .fault(400, "PUT /snapshot/load: unknown field \(unknown)")
         }
@@ -303,6 +304,30 @@ public final class FirecrackerAPI: Sendable {
         if case .array(let overrides) = object["network_overrides"] ?? .array([]), !overrides.isEmpty {
             return .fault(400, "PUT /snapshot/load: network_overrides are not supported; the snapshot's taps are opened by name")
         }
+        var options = SnapshotLoadOptions()
+        if let override = object["vsock_override"], override != .null {
+            guard let fields = override.objectValue, let path = fields["uds_path"]?.stringValue, !path.isEmpty,
+                  fields.keys.allSatisfy({ $0 == "uds_path" }) else {
+                return .fault(400, "PUT /snapshot/load: vsock_override must be {\"uds_path\": PATH}")
+            }
+            options.vsockPath = path
+        }
+        if let realtime = object["clock_realtime"], realtime != .null {
+            guard let value = realtime.boolValue else { return .fault(400, "PUT /snapshot/load: clock_realtime must be a boolean") }
+            options.clockRealtime = value
+        }
+        switch object["huge_pages"] {
+        case nil, .null?, .string("Snapshot")?, .string("None")?:
+            // A Kestrel snapshot's machine has no huge pages (machine-config huge_pages is always None).
+            break
+        case .string("Transparent")?:
+            return .fault(400, "PUT /snapshot/load: huge_pages Transparent is not supported; Kestrel maps the memory file copy-on-write, "
+                + "which gets no transparent huge pages (give Snapshot or None)")
+        case .string("2M")?:
+            return .fault(400, "PUT /snapshot/load: huge_pages 2M needs a UFFD memory backend, which Kestrel does not have (give Snapshot or None)")
+        case let other?:
+            return .fault(400, "PUT /snapshot/load: huge_pages must be one of Snapshot, None, Transparent, 2M, not \(other.rendered)")
+        }
         let resume = object["resume_vm"]?.boolValue ?? false
         let fresh: Bool = state.withLock { state in
             state.vm == .notStarted && state.drives.isEmpty && state.interfaces.isEmpty
@@ -312,7 +337,7 @@ public final class FirecrackerAPI: Sendable {
             return .fault(400, "Loading a snapshot is only allowed on a fresh microVM, before any resource is configured or the microVM started.")
         }
         let configuration: MachineConfiguration
-        do { configuration = try control.loadSnapshot(statePath: statePath, memoryPath: memoryPath, resume: resume) } catch {
+        do { configuration = try control.loadSnapshot(statePath: statePath, memoryPath: memoryPath, resume: resume, options: options) } catch {
             return .fault(400, "Cannot load the snapshot: \(error)")
         }
         state.withLock { state in

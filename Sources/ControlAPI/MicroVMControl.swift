@@ -21,8 +21,9 @@ public protocol MicroVMControl: Sendable {
     func createSnapshot(statePath: String, memoryPath: String) throws
     /// Restores a snapshot in this fresh process instead of booting
     /// (`PUT /snapshot/load`) and returns the configuration it holds. The
-    /// machine runs at once when `resume` is true, else it waits paused.
-    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool) throws -> MachineConfiguration
+    /// machine runs at once when `resume` is true, else it waits paused;
+    /// `options` are the load's overrides (vsock path, realtime clock).
+    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool, options: SnapshotLoadOptions) throws -> MachineConfiguration
     /// Called on the API thread once the answers to the requests it has
     /// just handled are written to their connection (or queued there, when
     /// the client is slow to read). A start or a load can hold its vCPUs

@@ -56,6 +56,10 @@ public struct ClockState: Equatable, Sendable, StateBytes {
     public var nanoseconds: UInt64 { raw.clock }
     /// KVM_CLOCK_* flags KVM returned (TSC_STABLE 2, REALTIME 4, HOST_TSC 8).
     public var flags: UInt32 { raw.flags }
+    /// KVM_CLOCK_REALTIME: `realtime` holds CLOCK_REALTIME at the reading.
+    public static let realtimeFlag: UInt32 = 4
+    /// CLOCK_REALTIME in nanoseconds when the reading was taken (valid with `realtimeFlag`).
+    public var realtimeNanoseconds: UInt64 { raw.realtime }
 
     public static var byteCount: Int { MemoryLayout<ckvm_clock_data>.size }
     public var stateBytes: [UInt8] { bytes(of: raw) }
@@ -101,13 +105,19 @@ extension VirtualMachine {
     }
 
     /// Sets kvmclock to `state.nanoseconds`. The corresponding ioctl is
-    /// KVM_SET_CLOCK, with flags 0: the flags KVM_GET_CLOCK returns
-    /// (TSC_STABLE, HOST_TSC) describe a reading and KVM refuses them as
-    /// input, and REALTIME would move the clock on by the wall time since the
-    /// capture, which a restored guest must not see as a jump.
-    public func setClock(_ state: ClockState) throws {
+    /// KVM_SET_CLOCK. The flags KVM_GET_CLOCK returns (TSC_STABLE,
+    /// HOST_TSC) describe a reading and KVM refuses them as input, so only
+    /// KVM_CLOCK_REALTIME is ever passed: with `realtime` (and a reading
+    /// that has it), KVM moves the clock on by the wall time elapsed since
+    /// `state.realtimeNanoseconds`; without it the clock resumes where the
+    /// reading left it.
+    public func setClock(_ state: ClockState, realtime: Bool = false) throws {
         var raw = ckvm_clock_data()
         raw.clock = state.raw.clock
+        if realtime && state.flags & ClockState.realtimeFlag != 0 {
+            raw.flags = ClockState.realtimeFlag
+            raw.realtime = state.raw.realtime
+        }
         _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.setClock, &raw)
     }
 }

@@ -24,7 +24,7 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
     /// What the main thread is asked to make.
     enum Request {
         case boot(MachineConfiguration)
-        case restore(statePath: String, memoryPath: String, resume: Bool)
+        case restore(statePath: String, memoryPath: String, resume: Bool, options: SnapshotLoadOptions)
     }
 
     /// A host for a machine that is already running (started from flags or
@@ -51,8 +51,8 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
 
     func start(_ configuration: MachineConfiguration) throws { _ = try ask(.boot(configuration)) }
 
-    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool) throws -> MachineConfiguration {
-        try ask(.restore(statePath: statePath, memoryPath: memoryPath, resume: resume))
+    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool, options: SnapshotLoadOptions) throws -> MachineConfiguration {
+        try ask(.restore(statePath: statePath, memoryPath: memoryPath, resume: resume, options: options))
     }
 
     /// Blocks the main thread until the API asks for a start or a restore.

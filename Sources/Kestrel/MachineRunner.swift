@@ -77,8 +77,8 @@ struct MachineRunner: Sendable {
                 case .boot(var configuration):
                     applyBootFlags(to: &configuration)
                     machine = try Self.build(configuration, console: console)
-                case .restore(let statePath, let memoryPath, let resume):
-                    machine = try MachineBuilder.restore(statePath: statePath, memoryPath: memoryPath, console: { console.write($0) },
+                case .restore(let statePath, let memoryPath, let resume, let options):
+                    machine = try MachineBuilder.restore(statePath: statePath, memoryPath: memoryPath, options: options, console: { console.write($0) },
                                                          deviceLog: { printError("kestrel: \($0)") })
                     paused = !resume
                 }

@@ -12,6 +12,11 @@ final class RecordingControl: MicroVMControl {
     /// A client descriptor to look at when the server reports answers sent,
     /// and what was seen there each time: whether a byte was waiting.
     let watchedClient = Mutex<Int32>(-1)
+
+    /// A load's overrides as the recorded call shows them ("" when none).
+    static func describe(_ options: SnapshotLoadOptions) -> String {
+        (options.vsockPath.map { " vsock=\($0)" } ?? "") + (options.clockRealtime ? " realtime" : "")
+    }
     let bytesWaitingWhenSent = Mutex<[Bool]>([])
 
     init(failStart: String? = nil) { self.failStart = failStart }
@@ -27,8 +32,8 @@ final class RecordingControl: MicroVMControl {
     func createSnapshot(statePath: String, memoryPath: String) throws {
         calls.withLock { $0.append("snapshot \(statePath) \(memoryPath)") }
     }
-    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool) throws -> MachineConfiguration {
-        calls.withLock { $0.append("load \(statePath) \(memoryPath) \(resume)") }
+    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool, options: SnapshotLoadOptions) throws -> MachineConfiguration {
+        calls.withLock { $0.append("load \(statePath) \(memoryPath) \(resume)" + Self.describe(options)) }
         if let failStart { throw ConfigurationError(failStart) }
         return MachineConfiguration(kernelPath: "/restored/vmlinux", vcpuCount: 2, memorySize: 256 << 20)
     }
@@ -123,6 +128,12 @@ final class RecordingControl: MicroVMControl {
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "enable_diff_snapshots": true}"#, "Full snapshots only"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}]}"#, "network_overrides"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "bogus": 1}"#, "unknown field bogus"),
+            // Firecracker 1.17's fields: known, and checked like the swagger.
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"path": "/v"}}"#, "vsock_override must be"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "clock_realtime": "yes"}"#, "clock_realtime must be a boolean"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "huge_pages": "2M"}"#, "needs a UFFD memory backend"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "huge_pages": "Transparent"}"#, "no transparent huge pages"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "huge_pages": "1G"}"#, "must be one of Snapshot, None, Transparent, 2M"),
         ]
         for (body, expected) in loads {
             let (status, text) = Self.send(api, "PUT", "/snapshot/load", body)
@@ -135,8 +146,9 @@ final class RecordingControl: MicroVMControl {
         #expect(late.0 == 400 && Self.fault(late.1).contains("only allowed on a fresh microVM"), "\(late)")
         #expect(control.calls.withLock { $0 }.isEmpty, "no refused request reached the VMM")
 
-        let load = Self.send(api, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}, "resume_vm": false}"#)
+        let load = Self.send(api, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}, "resume_vm": false, "vsock_override": {"uds_path": "/v.sock"}, "clock_realtime": true, "huge_pages": "Snapshot"}"#)
         #expect(load.0 == 204, "\(load)")
+        #expect(control.calls.withLock { $0 } == ["load /s /m false vsock=/v.sock realtime"])
         #expect(Self.send(api, "GET", "/").1.contains(#""state":"Paused""#))
         let configuration = Self.send(api, "GET", "/vm/config").1
         #expect(configuration.contains(#""kernel_image_path":"/restored/vmlinux""#) && configuration.contains(#""vcpu_count":2"#), "\(configuration)")
@@ -148,7 +160,7 @@ final class RecordingControl: MicroVMControl {
         #expect(Self.send(api, "PATCH", "/vm", #"{"state": "Resumed"}"#).0 == 204)
         let running = Self.send(api, "PUT", "/snapshot/create", create)
         #expect(running.0 == 400 && Self.fault(running.1).contains("pause it first"), "\(running)")
-        #expect(control.calls.withLock { $0 } == ["load /s /m false", "snapshot /tmp/s /tmp/m", "resume"])
+        #expect(control.calls.withLock { $0 } == ["load /s /m false vsock=/v.sock realtime", "snapshot /tmp/s /tmp/m", "resume"])
     }
 
     @Test func badRequestsAreRefusedByNameAndChangeNothing() {

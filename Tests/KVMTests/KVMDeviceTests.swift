@@ -130,3 +130,29 @@ import Testing
         #expect(!(try kvm.featureMSRIndexList().isEmpty))
     }
 }
+
+/// KVM_SET_CLOCK from a KVM_GET_CLOCK reading of another VM, as a snapshot
+/// load does: without realtime the new VM's kvmclock resumes at the reading;
+/// with KVM_CLOCK_REALTIME, KVM moves it on by the wall time since then.
+@Suite(.timeLimit(.minutes(1))) struct ClockRestoreTests {
+    /// KVM_GET_CLOCK gives a realtime reading only while KVM's master clock
+    /// is in use (a TSC-based host clock; Linux 5.16 and later): the flags a
+    /// fresh VM's reading has.
+    static let readingFlags: UInt32? = KVMSystem.isAvailable() ? (try? KVMSystem().createVirtualMachine().clock().flags) : nil
+    static var realtime: Bool { (readingFlags ?? 0) & ClockState.realtimeFlag != 0 }
+
+    @Test(.enabled(if: realtime, "KVM_GET_CLOCK here gives no KVM_CLOCK_REALTIME (KVM's master clock is not in use)")) func realtimeMovesTheClockOnByTheWallTime() throws {
+        let kvm = try KVMSystem()
+        let reading = try kvm.createVirtualMachine().clock()
+        try #require(reading.flags & ClockState.realtimeFlag != 0, "KVM_GET_CLOCK gave flags 0x\(String(reading.flags, radix: 16))")
+        usleep(300_000)
+        let resumed = try kvm.createVirtualMachine()
+        try resumed.setClock(reading)
+        let plain = try resumed.clock().nanoseconds &- reading.nanoseconds
+        let moved = try kvm.createVirtualMachine()
+        try moved.setClock(reading, realtime: true)
+        let advanced = try moved.clock().nanoseconds &- reading.nanoseconds
+        #expect(plain < 200_000_000, "without realtime the clock resumed \(plain) ns on")
+        #expect(advanced >= 300_000_000 && advanced < 10_000_000_000, "with realtime the clock moved \(advanced) ns on")
+    }
+}

@@ -172,3 +172,27 @@ import X86
         }
     }
 }
+
+/// A snapshot load's overrides (Firecracker's vsock_override and
+/// clock_realtime), applied to the configuration the snapshot holds.
+@Suite(.timeLimit(.minutes(1))) struct SnapshotLoadOptionsTests {
+    @Test func theVsockPathIsReplacedOnlyWhereThereIsAVsock() throws {
+        var withVsock = MachineConfiguration(kernelPath: "/k")
+        withVsock.vsock = VsockConfiguration(guestCID: 7, udsPath: "/old/v.sock")
+        try SnapshotLoadOptions(vsockPath: "/new/v.sock").apply(to: &withVsock, clock: ClockState(nanoseconds: 1))
+        #expect(withVsock.vsock?.udsPath == "/new/v.sock" && withVsock.vsock?.guestCID == 7)
+        var without = MachineConfiguration(kernelPath: "/k")
+        #expect(throws: SnapshotError("vsock_override: the snapshot's machine has no vsock device")) {
+            try SnapshotLoadOptions(vsockPath: "/new/v.sock").apply(to: &without, clock: ClockState(nanoseconds: 1))
+        }
+    }
+
+    @Test func realtimeNeedsAReadingThatHasWallClockTime() throws {
+        var configuration = MachineConfiguration(kernelPath: "/k")
+        // ClockState(nanoseconds:) has flags 0, as KVM_GET_CLOCK gives without its master clock.
+        #expect(throws: SnapshotError.self) {
+            try SnapshotLoadOptions(clockRealtime: true).apply(to: &configuration, clock: ClockState(nanoseconds: 1))
+        }
+        try SnapshotLoadOptions(clockRealtime: false).apply(to: &configuration, clock: ClockState(nanoseconds: 1))
+    }
+}

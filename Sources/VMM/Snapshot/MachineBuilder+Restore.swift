@@ -52,10 +52,12 @@ extension MachineBuilder {
     /// file), the devices opened from the recorded configuration and put
     /// back in their state, the irqchip, PIT and kvmclock, and each vCPU's
     /// CPUID and state. No vCPU has run when this returns or throws.
-    public static func restore(statePath: String, memoryPath: String, console: @escaping @Sendable (UInt8) -> Void,
+    public static func restore(statePath: String, memoryPath: String, options: SnapshotLoadOptions = SnapshotLoadOptions(),
+                               console: @escaping @Sendable (UInt8) -> Void,
                                deviceLog: @escaping @Sendable (String) -> Void = { _ in }) throws -> Machine {
         var timer = StepTimer()
-        let (snapshot, configuration) = try checkSnapshot(statePath: statePath, memoryPath: memoryPath)
+        var (snapshot, configuration) = try checkSnapshot(statePath: statePath, memoryPath: memoryPath)
+        try options.apply(to: &configuration, clock: snapshot.clock)
         try configuration.validateDevices()
         timer.step("read and check the snapshot")
         let virtioDevices = try VirtioDeviceSet.devices(for: configuration, report: deviceLog)
@@ -89,7 +91,7 @@ extension MachineBuilder {
         for (transport, saved) in zip(wiring.devices.transports, snapshot.devices) { try transport.restore(saved) }
         for chip in snapshot.interruptControllers { try vm.setInterruptControllerState(chip) }
         try vm.setPITState(snapshot.pit)
-        try vm.setClock(snapshot.clock)
+        try vm.setClock(snapshot.clock, realtime: options.clockRealtime)
         wiring.keyboard.restore(snapshot.keyboard)
         var vcpus: [VCPU] = []
         for (index, saved) in snapshot.vcpus.enumerated() {
