@@ -11,7 +11,7 @@ struct RefusingControl: MicroVMControl {
     func resume() throws {}
     func sendCtrlAltDel() throws {}
     func createSnapshot(statePath: String, memoryPath: String) throws { throw ConfigurationError("fuzz: no machine") }
-    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool) throws -> MachineConfiguration {
+    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool, options: SnapshotLoadOptions) throws -> MachineConfiguration {
         throw ConfigurationError("fuzz: no snapshot")
     }
 }
