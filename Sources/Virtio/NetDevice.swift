@@ -28,8 +28,9 @@ extension TapDevice: PacketEndpoint {
 /// a MAC address and a link that is up. Offered offloads: checksum both ways
 /// (CSUM, GUEST_CSUM) and TCP segmentation both ways (HOST_TSO4/6,
 /// GUEST_TSO4/6); the 12-byte header passes between the guest and the tap
-/// unchanged, so the host kernel does the work. No mergeable receive buffers,
-/// no control queue, one queue pair.
+/// unchanged, so the host kernel does the work. With an MTU, VIRTIO_NET_F_MTU
+/// advertises it. No mergeable receive buffers, no control queue, one queue
+/// pair.
 public final class NetDevice: VirtioDevice {
     public enum Feature {
         public static let checksum: UInt64 = 1 << 0
@@ -38,6 +39,7 @@ public final class NetDevice: VirtioDevice {
         public static let guestTSO6: UInt64 = 1 << 8
         public static let hostTSO4: UInt64 = 1 << 11
         public static let hostTSO6: UInt64 = 1 << 12
+        public static let mtu: UInt64 = 1 << 3
         public static let mac: UInt64 = 1 << 5
         public static let status: UInt64 = 1 << 16
     }
@@ -47,9 +49,10 @@ public final class NetDevice: VirtioDevice {
 
     public let deviceType = VirtioDeviceType.network
     public let queueSizes: [UInt16] = [256, 256]
-    public let offeredFeatures = Feature.checksum | Feature.guestChecksum | Feature.guestTSO4 | Feature.guestTSO6
-        | Feature.hostTSO4 | Feature.hostTSO6 | Feature.mac | Feature.status
+    public let offeredFeatures: UInt64
     public let macAddress: [UInt8]
+    /// The MTU advertised to the driver (Firecracker's `mtu`), or nil for none.
+    public let mtu: UInt16?
     public let endpoint: any PacketEndpoint
     private let context = Mutex<VirtioContext?>(nil)
     private let counters = Mutex(Counters())
@@ -67,11 +70,19 @@ public final class NetDevice: VirtioDevice {
         return "sent \(counts.sentFrames) frames (\(counts.sentBytes) bytes), received \(counts.receivedFrames) (\(counts.receivedBytes) bytes), dropped \(counts.dropped)"
     }
 
-    /// `mac` is six bytes.
-    public init(endpoint: any PacketEndpoint, mac: [UInt8]) {
+    /// The MTU range virtio-net allows a device to advertise: 68 (IPv4's
+    /// minimum) to 65535.
+    public static let mtuRange: ClosedRange<Int> = 68...65535
+
+    /// `mac` is six bytes; `mtu`, when given, lies in `mtuRange`.
+    public init(endpoint: any PacketEndpoint, mac: [UInt8], mtu: UInt16? = nil) {
         precondition(mac.count == 6, "a MAC address has six bytes")
+        precondition(mtu.map { Self.mtuRange.contains(Int($0)) } ?? true, "an MTU lies in 68...65535")
         self.endpoint = endpoint
         macAddress = mac
+        self.mtu = mtu
+        offeredFeatures = Feature.checksum | Feature.guestChecksum | Feature.guestTSO4 | Feature.guestTSO6
+            | Feature.hostTSO4 | Feature.hostTSO6 | Feature.mac | Feature.status | (mtu == nil ? 0 : Feature.mtu)
     }
 
     /// A random locally administered unicast address.
@@ -90,8 +101,13 @@ public final class NetDevice: VirtioDevice {
         return bytes.count == 6 ? bytes : nil
     }
 
-    /// struct virtio_net_config: mac[6], then status with VIRTIO_NET_S_LINK_UP.
-    public var configurationSpace: [UInt8] { macAddress + [1, 0] }
+    /// struct virtio_net_config: mac[6], then status with VIRTIO_NET_S_LINK_UP;
+    /// with an MTU also max_virtqueue_pairs (1; read only with MQ, which is
+    /// not offered) and mtu at offset 10, little-endian.
+    public var configurationSpace: [UInt8] {
+        guard let mtu else { return macAddress + [1, 0] }
+        return macAddress + [1, 0] + [1, 0] + [UInt8(mtu & 0xFF), UInt8(mtu >> 8)]
+    }
 
     public func activate(_ context: VirtioContext) throws {
         try endpoint.acceptOffloads(guestFeatures: context.features)

@@ -300,6 +300,21 @@ final class Recorder: @unchecked Sendable {
         }
     }
 
+    @Test func anInterfacesMTUIsReadCheckedAndWrittenBack() throws {
+        let good = try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1400}]}"#)
+        #expect(good.networkInterfaces.first?.mtu == 1400)
+        #expect(MachineConfigFile.document(for: good).rendered.contains(#""mtu":1400"#))
+        for bad in ["67", "65536", "1500.5", "\"1500\""] {
+            #expect(throws: ConfigurationError("vm.json: network-interfaces[0] (eth0): mtu must be a whole number from 68 to 65535")) {
+                try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": \#(bad)}]}"#)
+            }
+        }
+        #expect(try NetworkInterfaceConfiguration.parse("tap0,mtu=9000", index: 0).mtu == 9000)
+        #expect(throws: ConfigurationError("--net tap0,mtu=20: mtu must be a whole number from 68 to 65535")) {
+            try NetworkInterfaceConfiguration.parse("tap0,mtu=20", index: 0)
+        }
+    }
+
     @Test func memoryBackendIsReadFromMachineConfig() throws {
         #expect(try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}}"#).memoryBackend == .anonymous)
         let gmem = try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"memory_backend": "guest_memfd"}}"#)

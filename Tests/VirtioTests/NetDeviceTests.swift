@@ -49,6 +49,20 @@ final class SocketPairEndpoint: PacketEndpoint {
         [UInt8](repeating: 0, count: NetDevice.headerSize) + (0..<size).map { UInt8(truncatingIfNeeded: Int(seed) &+ $0) }
     }
 
+    /// Firecracker's `mtu`: VIRTIO_NET_F_MTU offered, and the MTU at offset
+    /// 10 of the configuration; without one, neither.
+    @Test func anMTUIsAdvertisedOnlyWhenConfigured() throws {
+        let endpoint = try SocketPairEndpoint()
+        let driver = try TestDriver(NetDevice(endpoint: endpoint, mac: Self.mac, mtu: 1400))
+        #expect(driver.offeredFeatures & NetDevice.Feature.mtu != 0)
+        #expect(driver.initialise(queues: 2).contains(.driverOK))
+        var bytes = [UInt8](repeating: 0xFF, count: 12)
+        bytes.withUnsafeMutableBytes { driver.transport.read(offset: 0x100, into: $0) }
+        #expect(bytes == Self.mac + [1, 0, 1, 0, 0x78, 0x05])
+        let (_, _, plain) = try setUp()
+        #expect(plain.offeredFeatures & NetDevice.Feature.mtu == 0)
+    }
+
     @Test func configurationHasTheMACAndALinkThatIsUp() throws {
         let (_, _, driver) = try setUp()
         var bytes = [UInt8](repeating: 0xFF, count: 8)

@@ -63,22 +63,34 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
     public var tapName: String?
     /// `guest_mac`; nil picks a random locally administered address.
     public var guestMAC: String?
+    /// `mtu`: advertised to the guest with VIRTIO_NET_F_MTU (68 to 65535);
+    /// nil advertises none. The tap's own MTU is the host's to set.
+    public var mtu: Int?
+    /// The MTUs that may be advertised (virtio-net's 68 to 65535).
+    public static let mtuRange = NetDevice.mtuRange
 
-    public init(id: String, tapName: String?, guestMAC: String? = nil) {
+    public init(id: String, tapName: String?, guestMAC: String? = nil, mtu: Int? = nil) {
         self.id = id
         self.tapName = tapName
         self.guestMAC = guestMAC
+        self.mtu = mtu
     }
 
-    /// Reads the command-line form `TAP[,id=ID][,mac=MAC]`, where TAP `auto` has Kestrel create one.
+    /// Reads the command-line form `TAP[,id=ID][,mac=MAC][,mtu=N]`, where TAP `auto` has Kestrel create one.
     public static func parse(_ text: String, index: Int) throws -> NetworkInterfaceConfiguration {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-        guard let tap = parts.first, !tap.isEmpty else { throw ConfigurationError("--net \(text): expected TAP|auto[,id=ID][,mac=MAC]") }
+        guard let tap = parts.first, !tap.isEmpty else { throw ConfigurationError("--net \(text): expected TAP|auto[,id=ID][,mac=MAC][,mtu=N]") }
         var interface = NetworkInterfaceConfiguration(id: "eth\(index)", tapName: tap == "auto" ? nil : tap)
         for option in parts.dropFirst() {
             if option.hasPrefix("id=") { interface.id = String(option.dropFirst(3)) }
             else if option.hasPrefix("mac=") { interface.guestMAC = String(option.dropFirst(4)) }
-            else { throw ConfigurationError("--net \(text): unknown option \"\(option)\" (known: id=, mac=)") }
+            else if option.hasPrefix("mtu=") {
+                guard let mtu = Int(option.dropFirst(4)), Self.mtuRange.contains(mtu) else {
+                    throw ConfigurationError("--net \(text): mtu must be a whole number from 68 to 65535")
+                }
+                interface.mtu = mtu
+            }
+            else { throw ConfigurationError("--net \(text): unknown option \"\(option)\" (known: id=, mac=, mtu=)") }
         }
         return interface
     }

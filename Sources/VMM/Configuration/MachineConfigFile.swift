@@ -59,11 +59,18 @@ public enum MachineConfigFile {
             for (index, item) in items.enumerated() {
                 let place = "network-interfaces[\(index)]"
                 guard let object = item.objectValue else { throw ConfigurationError("\(source): \(place) must be an object") }
-                try refuseUnknownKeys(object, allowed: ["iface_id", "host_dev_name", "guest_mac"], section: place, source: source)
+                try refuseUnknownKeys(object, allowed: ["iface_id", "host_dev_name", "guest_mac", "mtu"], section: place, source: source)
                 let fields = Fields(object: object, place: place, source: source)
                 guard let id = try fields.string("iface_id") else { throw ConfigurationError("\(source): \(place).iface_id is required") }
                 guard let tap = try fields.string("host_dev_name") else { throw ConfigurationError("\(source): \(place) (\(id)): host_dev_name is required") }
-                configuration.networkInterfaces.append(NetworkInterfaceConfiguration(id: id, tapName: tap, guestMAC: try fields.string("guest_mac")))
+                var mtu: Int?
+                if let value = object["mtu"], value != .null {
+                    guard let number = value.wholeNumber, NetworkInterfaceConfiguration.mtuRange.contains(number) else {
+                        throw ConfigurationError("\(source): \(place) (\(id)): mtu must be a whole number from 68 to 65535")
+                    }
+                    mtu = number
+                }
+                configuration.networkInterfaces.append(NetworkInterfaceConfiguration(id: id, tapName: tap, guestMAC: try fields.string("guest_mac"), mtu: mtu))
             }
         }
         if let vsock = root["vsock"], vsock != .null {
@@ -177,6 +184,7 @@ public enum MachineConfigFile {
             var object: [String: JSONValue] = ["iface_id": .string(interface.id)]
             if let tap = interface.tapName { object["host_dev_name"] = .string(tap) }
             if let mac = interface.guestMAC { object["guest_mac"] = .string(mac) }
+            if let mtu = interface.mtu { object["mtu"] = .number(Double(mtu)) }
             return .object(object)
         })
         if let vsock = configuration.vsock {

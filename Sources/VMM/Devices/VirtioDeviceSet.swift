@@ -56,7 +56,7 @@ public final class VirtioDeviceSet: Sendable {
             }
             if interface.tapName == nil { report("created tap \(tap.name) for \(interface.id)") }
             let mac = interface.guestMAC.flatMap(NetDevice.parseMAC) ?? NetDevice.randomMAC()
-            devices.append(("virtio-net \(interface.id)", NetDevice(endpoint: tap, mac: mac)))
+            devices.append(("virtio-net \(interface.id)", NetDevice(endpoint: tap, mac: mac, mtu: interface.mtu.map { UInt16($0) })))
         }
         if let vsock = configuration.vsock {
             do {
