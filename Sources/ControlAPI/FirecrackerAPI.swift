@@ -103,7 +103,7 @@ public final class FirecrackerAPI: Sendable {
         switch (method, resource, second) {
         case ("GET", "", nil): return instanceInfo()
         case ("GET", "version", nil): return .json(200, JSONValue.object(["firecracker_version": .string(version)]).rendered)
-        case ("GET", "machine-config", nil): return .json(200, state.withLock { $0.sections["machine-config"] ?? Self.defaultMachineConfig }.rendered)
+        case ("GET", "machine-config", nil): return .json(200, effectiveMachineConfig().rendered)
         case ("GET", "vm", "config"?): return .json(200, fullConfiguration().rendered)
         case ("PUT", "actions", nil): return action(request)
         case ("PATCH", "vm", nil): return changeState(request)
@@ -148,6 +148,17 @@ public final class FirecrackerAPI: Sendable {
         .json(200, JSONValue.object([
             "app_name": .string("Kestrel"), "id": .string(instanceID), "state": .string(vmState.rawValue), "vmm_version": .string(version),
         ]).rendered)
+    }
+
+    /// The machine-config in effect: what was put, with every default filled
+    /// in (Firecracker's GET /machine-config). Every PUT was checked by the
+    /// same parse, so it cannot fail; the section as put is the fallback.
+    func effectiveMachineConfig() -> JSONValue {
+        let document = fullConfiguration()
+        guard let configuration = try? MachineConfigFile.parse(document, source: "GET /machine-config", requireBootSource: false) else {
+            return document.objectValue?["machine-config"] ?? Self.defaultMachineConfig
+        }
+        return MachineConfigFile.machineConfigSection(for: configuration)
     }
 
     /// The assembled resources as one Firecracker configuration document.

@@ -79,6 +79,11 @@ final class RecordingControl: MicroVMControl {
         #expect(Self.send(api, "PUT", "/boot-source", #"{"kernel_image_path": "\#(Self.file)", "boot_args": "console=ttyS0 reboot=k panic=1"}"#).0 == 204)
         #expect(Self.send(api, "PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 256, "smt": false}"#).0 == 204)
         #expect(Self.send(api, "PATCH", "/machine-config", #"{"mem_size_mib": 512}"#).0 == 204)
+        // GET gives the effective configuration: defaults filled in, not only what was put.
+        #expect(Self.send(api, "GET", "/machine-config").1 == #"{"huge_pages":"None","mem_size_mib":512,"smt":false,"track_dirty_pages":false,"vcpu_count":2}"#)
+        #expect(Self.send(api, "PATCH", "/machine-config", #"{"cpu_template": "conservative"}"#).0 == 204)
+        #expect(Self.send(api, "GET", "/machine-config").1.contains(#""cpu_template":"conservative""#))
+        #expect(Self.send(api, "PATCH", "/machine-config", #"{"cpu_template": "None"}"#).0 == 204)
         #expect(Self.send(api, "PUT", "/drives/rootfs", #"{"drive_id": "rootfs", "path_on_host": "\#(Self.file)", "is_root_device": true, "is_read_only": true}"#).0 == 204)
         #expect(Self.send(api, "PUT", "/drives/scratch", #"{"drive_id": "scratch", "path_on_host": "\#(Self.file)", "is_root_device": false, "is_read_only": false}"#).0 == 204)
         // A second PUT of the same id replaces the drive, in its place.

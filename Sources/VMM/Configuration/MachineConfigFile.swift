@@ -159,19 +159,27 @@ public enum MachineConfigFile {
         }
     }
 
+    /// The effective `machine-config` of `configuration`, in Firecracker's
+    /// shape (`GET /machine-config`): every field with its value, defaults
+    /// included; `cpu_template` only when one is set, and Kestrel's
+    /// `memory_backend` only when it is not anonymous memory.
+    public static func machineConfigSection(for configuration: MachineConfiguration) -> JSONValue {
+        var machine: [String: JSONValue] = [
+            "vcpu_count": .number(Double(configuration.vcpuCount)), "mem_size_mib": .number(Double(configuration.memorySize >> 20)),
+            "smt": .bool(false), "track_dirty_pages": .bool(false), "huge_pages": .string("None"),
+        ]
+        if configuration.cpuTemplate != CPUTemplate.defaultName { machine["cpu_template"] = .string(configuration.cpuTemplate) }
+        if configuration.memoryBackend != .anonymous { machine["memory_backend"] = .string(configuration.memoryBackend.rawValue) }
+        return .object(machine)
+    }
+
     /// `configuration` as a Firecracker-style description: what `GET
     /// /vm/config` shows for a machine started from flags or a file. Reading
     /// it back with `parse` gives the same configuration.
     public static func document(for configuration: MachineConfiguration) -> JSONValue {
         var boot: [String: JSONValue] = ["kernel_image_path": .string(configuration.kernelPath), "boot_args": .string(configuration.commandLine)]
         if let initrd = configuration.initrdPath { boot["initrd_path"] = .string(initrd) }
-        var machine: [String: JSONValue] = [
-            "vcpu_count": .number(Double(configuration.vcpuCount)), "mem_size_mib": .number(Double(configuration.memorySize >> 20)),
-            "smt": .bool(false), "track_dirty_pages": .bool(false),
-            "cpu_template": .string(configuration.cpuTemplate == CPUTemplate.defaultName ? "None" : configuration.cpuTemplate),
-        ]
-        if configuration.memoryBackend != .anonymous { machine["memory_backend"] = .string(configuration.memoryBackend.rawValue) }
-        var root: [String: JSONValue] = ["boot-source": .object(boot), "machine-config": .object(machine)]
+        var root: [String: JSONValue] = ["boot-source": .object(boot), "machine-config": machineConfigSection(for: configuration)]
         root["drives"] = .array(configuration.drives.map { drive in
             var object: [String: JSONValue] = [
                 "drive_id": .string(drive.id), "path_on_host": .string(drive.path), "is_root_device": .bool(drive.isRoot),
