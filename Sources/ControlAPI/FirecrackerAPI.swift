@@ -61,7 +61,7 @@ public final class FirecrackerAPI: Sendable {
     static let unsupportedResources: [String: String] = [
         "balloon": "a balloon device", "cpu-config": "custom CPU templates (use machine-config cpu_template)",
         "logger": "the logger (Kestrel logs to stderr)", "metrics": "metrics", "mmds": "the microVM metadata service",
-        "pmem": "virtio-pmem devices", "serial": "serial output redirection (COM1 is Kestrel's stdout)",
+        "pmem": "virtio-pmem devices",
         "hotplug": "memory hot-plug",
     ]
 
@@ -135,6 +135,10 @@ public final class FirecrackerAPI: Sendable {
         }
         case ("PUT", "entropy", nil): return preBoot(request) { body, state in
             state.sections["entropy"] = body
+        }
+        case ("PUT", "serial", nil): return preBoot(request) { body, state in
+            state.sections["serial"] = body
+            if let path = body.objectValue?["serial_out_path"]?.stringValue { try MachineConfiguration.checkSerialOutput(path) }
         }
         case ("PATCH", "drives", _?), ("PATCH", "network-interfaces", _?):
             return .fault(400, "\(method) \(request.path): Kestrel cannot change a drive or an interface after boot (no rate limiters, no hot swap).")

@@ -136,6 +136,7 @@ struct MachineRunner: Sendable {
     func runMachine(_ machine: Machine, console: ConsoleOutput, handlingSignals: Bool = true, seccomp: SeccompPolicy? = nil,
                     ready: () -> Void = {}) throws {
         let configuration = machine.configuration
+        if let path = configuration.serialOutputPath { try console.send(to: path) }
         if verbose || configuration.memoryBackend != .anonymous {
             printError("kestrel: guest memory: \(machine.memoryProtection)")
         }

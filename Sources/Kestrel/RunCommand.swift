@@ -233,20 +233,45 @@ struct RunCommand: ParsableCommand {
 /// Buffers guest output and writes it to stdout by line (or when 4 KiB gather).
 final class ConsoleOutput: Sendable {
     private let buffer = Mutex<[UInt8]>([])
+    /// Where the bytes go: standard output, or Firecracker's serial_out_path.
+    private let target = Atomic<Int32>(1)
+
+    /// Sends the guest's output to `path` from now on (Firecracker's
+    /// `serial.serial_out_path`): a regular file, created if missing and
+    /// appended to, or a FIFO, which must have a reader already (open with
+    /// O_NONBLOCK refuses rather than waits). Writes then block as for a file.
+    func send(to path: String) throws {
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            let reason = errno == ENXIO ? "a FIFO that no process reads" : String(cString: strerror(errno))
+            throw ConfigurationError("cannot open serial_out_path \(path): \(reason)")
+        }
+        var status = stat()
+        let kind = fstat(fd, &status) == 0 ? HostFile.Kind(mode: status.st_mode) : .unknown
+        let flags = fcntl(fd, F_GETFL)
+        guard kind == .regular || kind == .fifo, flags >= 0, fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0 else {
+            close(fd)
+            throw ConfigurationError("serial_out_path \(path) is \(kind), not a regular file or a FIFO")
+        }
+        flush()
+        let previous = target.exchange(fd, ordering: .acquiringAndReleasing)
+        if previous != 1 { close(previous) }
+    }
 
     func write(_ byte: UInt8) {
         buffer.withLock { buffer in
             buffer.append(byte)
-            if byte == 0x0A || buffer.count >= 4096 { Self.drain(&buffer) }
+            if byte == 0x0A || buffer.count >= 4096 { drain(&buffer) }
         }
     }
 
-    func flush() { buffer.withLock { Self.drain(&$0) } }
+    func flush() { buffer.withLock { drain(&$0) } }
 
-    private static func drain(_ buffer: inout [UInt8]) {
+    private func drain(_ buffer: inout [UInt8]) {
+        let fd = target.load(ordering: .acquiring)
         var offset = 0
         while offset < buffer.count {
-            let written = buffer[offset...].withUnsafeBytes { Glibc.write(1, $0.baseAddress, $0.count) }
+            let written = buffer[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
             if written <= 0 { if errno == EINTR { continue }; break }
             offset += written
         }

@@ -412,3 +412,31 @@ extension APIProcessTests {
         }
     }
 }
+
+extension APIProcessTests {
+    /// `PUT /serial` (Firecracker's serial_out_path): the guest's COM1 output
+    /// goes to the file instead of standard output; a directory is refused
+    /// when it is put.
+    @Test(.enabled(if: requireKVM(), "needs a usable /dev/kvm"), .timeLimit(.minutes(2)))
+    func serialOutputGoesToTheFileThatWasPut() throws {
+        let directory = try TemporaryDirectory(prefix: "kestrel-serial")
+        let kernel = directory.path + "/counter.elf", serial = directory.path + "/serial.log"
+        try writeFileAtomically(Self.counterKernel(), to: kernel)
+        let socket = directory.path + "/a.sock", out = directory.path + "/out"
+        let vmm = try HostProcess.start([try Self.kestrel(), "run", "--api-sock", socket], stdout: .file(out), stderr: .file(directory.path + "/err"))
+        defer { if vmm.poll() == nil { vmm.signal(SIGKILL); _ = vmm.wait() } }
+        #expect(Self.waitFor(10) { access(socket, F_OK) == 0 })
+        let refused = try Self.curl(socket, "PUT", "/serial", #"{"serial_out_path": "\#(directory.path)"}"#)
+        #expect(refused.0 == 400 && refused.1.contains("is a directory, not a regular file or a FIFO"), "\(refused)")
+        #expect(try Self.curl(socket, "PUT", "/serial", #"{"serial_out_path": "\#(serial)"}"#).0 == 204)
+        #expect(try Self.curl(socket, "PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)"}"#).0 == 204)
+        #expect(try Self.curl(socket, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64}"#).0 == 204)
+        #expect(try Self.curl(socket, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 204)
+        #expect(Self.waitFor(20) { Self.lines(serial) >= 3 }, "the guest wrote \(Self.lines(serial)) lines to the file")
+        #expect(try Self.curl(socket, "GET", "/vm/config").1.contains("serial_out_path"))
+        vmm.signal(SIGTERM)
+        #expect(Self.exitStatus(vmm, within: 10) == 128 + SIGTERM)
+        #expect(Self.lines(out) == 0, "nothing went to standard output: \((try? readText(out)) ?? "")")
+    }
+}
+

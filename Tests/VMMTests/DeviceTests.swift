@@ -315,6 +315,23 @@ final class Recorder: @unchecked Sendable {
         }
     }
 
+    @Test func serialOutputIsReadCheckedAndWrittenBack() throws {
+        let configuration = try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "serial": {"serial_out_path": "/tmp/serial.log"}}"#)
+        #expect(configuration.serialOutputPath == "/tmp/serial.log")
+        #expect(MachineConfigFile.document(for: configuration).rendered.contains(#""serial":{"serial_out_path":"\/tmp\/serial.log"}"#)
+                || MachineConfigFile.document(for: configuration).rendered.contains(#""serial":{"serial_out_path":"/tmp/serial.log"}"#))
+        #expect(throws: ConfigurationError("vm.json: serial.rate_limiter is not supported (Kestrel has no rate limiters yet)")) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "serial": {"serial_out_path": "/tmp/s", "rate_limiter": {"size": 1}}}"#)
+        }
+        #expect(throws: ConfigurationError("serial_out_path /tmp is a directory, not a regular file or a FIFO")) {
+            try MachineConfiguration.checkSerialOutput("/tmp")
+        }
+        #expect(throws: ConfigurationError("serial_out_path /nonexistent/s.log: the directory /nonexistent does not exist")) {
+            try MachineConfiguration.checkSerialOutput("/nonexistent/s.log")
+        }
+        try MachineConfiguration.checkSerialOutput("/tmp/kestrel-new-serial-\(getpid()).log")
+    }
+
     @Test func memoryBackendIsReadFromMachineConfig() throws {
         #expect(try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}}"#).memoryBackend == .anonymous)
         let gmem = try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"memory_backend": "guest_memfd"}}"#)

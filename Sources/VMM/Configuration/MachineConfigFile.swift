@@ -6,11 +6,12 @@ import FoundationEssentials
 /// `memory_backend` "anonymous" or "guest_memfd"), `drives` (`drive_id`,
 /// `path_on_host`, `is_root_device`, `is_read_only`, `partuuid`, `cache_type`,
 /// `io_engine` "Sync"), `network-interfaces` (`iface_id`, `host_dev_name`,
-/// `guest_mac`), `vsock` (`guest_cid`, `uds_path`, `vsock_id`) and `entropy`.
+/// `guest_mac`, `mtu`), `vsock` (`guest_cid`, `uds_path`, `vsock_id`), `entropy`
+/// and `serial` (`serial_out_path`).
 /// Sections and fields Kestrel does not support (rate limiters, `balloon`,
 /// ...) are refused by name.
 public enum MachineConfigFile {
-    static let supportedSections: Set<String> = ["boot-source", "machine-config", "drives", "entropy", "network-interfaces", "vsock"]
+    static let supportedSections: Set<String> = ["boot-source", "machine-config", "drives", "entropy", "network-interfaces", "vsock", "serial"]
     static let knownUnsupported: Set<String> = ["balloon", "logger", "metrics", "mmds-config"]
 
     public static func load(path: String) throws -> MachineConfiguration {
@@ -81,6 +82,14 @@ public enum MachineConfigFile {
             guard let path = try fields.string("uds_path") else { throw ConfigurationError("\(source): vsock.uds_path is required") }
             _ = try fields.string("vsock_id")
             configuration.vsock = VsockConfiguration(guestCID: UInt64(cid), udsPath: path)
+        }
+        if let serial = root["serial"], serial != .null {
+            guard let object = serial.objectValue else { throw ConfigurationError("\(source): serial must be an object") }
+            try refuseUnknownKeys(object, allowed: ["serial_out_path", "rate_limiter"], section: "serial", source: source)
+            if let limiter = object["rate_limiter"], limiter != .null {
+                throw ConfigurationError("\(source): serial.rate_limiter is not supported (Kestrel has no rate limiters yet)")
+            }
+            configuration.serialOutputPath = try Fields(object: object, place: "serial", source: source).string("serial_out_path")
         }
         if let entropy = root["entropy"] {
             guard let object = entropy.objectValue else { throw ConfigurationError("\(source): entropy must be an object") }
@@ -199,6 +208,7 @@ public enum MachineConfigFile {
             root["vsock"] = .object(["guest_cid": .number(Double(vsock.guestCID)), "uds_path": .string(vsock.udsPath)])
         }
         if configuration.entropy { root["entropy"] = .object([:]) }
+        if let path = configuration.serialOutputPath { root["serial"] = .object(["serial_out_path": .string(path)]) }
         return .object(root)
     }
 

@@ -24,6 +24,10 @@ public struct MachineConfiguration: Sendable {
     public var networkInterfaces: [NetworkInterfaceConfiguration] = []
     /// A virtio-vsock device.
     public var vsock: VsockConfiguration?
+    /// Firecracker's `serial.serial_out_path`: a regular file (created if
+    /// missing, appended to) or a FIFO that takes the guest's COM1 output
+    /// instead of standard output.
+    public var serialOutputPath: String?
     /// Where guest RAM comes from.
     public var memoryBackend: MemoryBackend = .anonymous
     /// Map all guest RAM into KVM's stage-2 tables before the guest starts
@@ -74,6 +78,7 @@ public struct MachineConfiguration: Sendable {
             }
         }
         try validateDevices()
+        if let path = serialOutputPath { try Self.checkSerialOutput(path) }
         if let path = snpCertificatesPath {
             guard confidential == .snp else { throw ConfigurationError("--snp-certs is for --confidential snp") }
             guard let blob = try? MachineBuilder.readFile(path, what: "SNP certificate blob") else {
@@ -82,6 +87,22 @@ public struct MachineConfiguration: Sendable {
             do { _ = try SNPCertificateTable(parsing: blob) } catch {
                 throw ConfigurationError("\(path) is not an SNP certificate table (kestrel snp-certs build writes one): \(error)")
             }
+        }
+    }
+
+    /// A serial output path must be an existing regular file or FIFO, or a
+    /// new name in an existing directory (checked with stat, never opened).
+    public static func checkSerialOutput(_ path: String) throws {
+        guard !path.isEmpty else { throw ConfigurationError("serial_out_path is empty") }
+        if let kind = try? HostFile.kind(atPath: path) {
+            guard kind == .regular || kind == .fifo else {
+                throw ConfigurationError("serial_out_path \(path) is \(kind), not a regular file or a FIFO")
+            }
+            return
+        }
+        let directory = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+        guard (try? HostFile.kind(atPath: directory.isEmpty ? "/" : directory)) == .directory else {
+            throw ConfigurationError("serial_out_path \(path): the directory \(directory) does not exist")
         }
     }
 
