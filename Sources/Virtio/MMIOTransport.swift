@@ -292,20 +292,24 @@ public final class MMIOTransport: Sendable {
     /// Runs device work on the loop's thread while the device is active, and
     /// turns a fault into DEVICE_NEEDS_RESET.
     private func run(_ work: () throws(QueueFault) -> Void) {
-        var fault: String?
+        var faulted = false
         state.withLock { state in
             guard state.active else { return }
             do throws(QueueFault) {
                 try work()
             } catch {
                 deactivate(&state)
-                state.status.insert(.needsReset)
                 if !state.faultLogged {
                     state.faultLogged = true
-                    fault = "\(error)"
+                    faulted = true
+                    // Logged before DEVICE_NEEDS_RESET can be read (reads take
+                    // this lock): a driver that sees the status on a vCPU
+                    // finds its reason already written.
+                    log("\(name): needs reset: \(error)")
                 }
+                state.status.insert(.needsReset)
             }
         }
-        if let fault { report(fault) }
+        if faulted { interrupt.raise(.configurationChange) }
     }
 }

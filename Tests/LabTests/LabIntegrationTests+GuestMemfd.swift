@@ -45,7 +45,7 @@ extension LabIntegrationTests {
                 until grep -q guest-userspace /tmp/$backend.out || ! kill -0 $vm 2>/dev/null; do sleep 0.2; done
                 mappings=$(grep -c kvm-gmem /proc/$vm/maps 2>/dev/null)
                 wait $vm; status=$?
-                grep -q 'KVM_INTERNAL_ERROR_DELIVERY_EV), data \[\(0xd000[0-9a-f]050\), 0x400, 0x10000000e, \1, 0x0\]$' /tmp/$backend.out || break
+                grep -q 'KVM_INTERNAL_ERROR_DELIVERY_EV), data \[\(0xd000[0-9a-f]050\), 0x400, 0x10000000e, \1, 0x0\] at RIP 0x[0-9a-f]*$' /tmp/$backend.out || break
                 echo "== $backend boot $attempt: KVM_INTERNAL_ERROR_DELIVERY_EV on an MMIO access (FINDINGS section 8), booting again"
               done
               echo "== $backend gmem-mappings $mappings"
