@@ -87,11 +87,8 @@ public final class APIServer: Sendable {
                 if !refusalLogged.exchange(true, ordering: .relaxed) {
                     log("API: \(Self.maximumConnections) connections are open and busy; answering new ones 503 until one closes")
                 }
-                // Best effort on a new socket with an empty buffer: one send of a short answer.
-                let answer = HTTPResponse.fault(503, "Kestrel's API serves at most \(Self.maximumConnections) connections at once, "
-                    + "and all of them are busy; try again").serialized(closing: true)
-                // Sound: send reads at most answer.count bytes from the array's storage.
-                _ = answer.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+                Self.answerOnce(fd, .fault(503, "Kestrel's API serves at most \(Self.maximumConnections) connections at once, "
+                    + "and all of them are busy; try again"))
                 close(fd)
                 continue
             }
@@ -111,23 +108,29 @@ public final class APIServer: Sendable {
     private func makeRoom() {
         let now = ContinuousClock.now
         let (stale, idle): (Int32?, Int32?) = connections.withLock { table in
-            let stale = table.filter { _, connection in
-                connection.requestStarted.map { now - $0 > readTimeout } ?? false
-            }.min { $0.value.requestStarted! < $1.value.requestStarted! }?.key
+            let stale = table.compactMap { fd, connection in
+                connection.requestStarted.flatMap { now - $0 > readTimeout ? (fd: fd, started: $0) : nil }
+            }.min { $0.started < $1.started }?.fd
             let idle = table.filter { _, connection in
                 !connection.reader.isMidRequest && connection.output.isEmpty && !connection.closeWhenWritten
             }.min { $0.value.lastActivity < $1.value.lastActivity }?.key
             return (stale, idle)
         }
         if let stale {
-            let seconds = readTimeout.components.seconds
-            let answer = HTTPResponse.fault(408, "the request did not arrive whole within \(seconds) s").serialized(closing: true)
-            // Sound: send reads at most answer.count bytes from the array's storage.
-            _ = answer.withUnsafeBytes { send(stale, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            Self.answerOnce(stale, .fault(408, "the request did not arrive whole within \(readTimeout.components.seconds) s"))
             drop(stale)
         } else if let idle {
             drop(idle)
         }
+    }
+
+    /// Sends a closing answer with one non-blocking send, best effort: for a
+    /// connection about to be closed, whose buffer is empty or holds only
+    /// what its client never read.
+    private static func answerOnce(_ fd: Int32, _ response: HTTPResponse) {
+        let bytes = response.serialized(closing: true)
+        // Sound: send reads at most bytes.count bytes from the array's storage.
+        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
     }
 
     private func serve(_ fd: Int32, _ events: ReadyEvents) {

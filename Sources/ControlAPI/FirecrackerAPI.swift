@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import HostSystem
 import Synchronization
 import VMM
 
@@ -190,9 +189,7 @@ public final class FirecrackerAPI: Sendable {
                 let configuration = try MachineConfigFile.parse(candidate.document, source: "\(request.method) \(request.path)", requireBootSource: false)
                 // Files and taps are checked when they are put, as Firecracker does.
                 for (what, path) in [("kernel", configuration.kernelPath), ("initrd", configuration.initrdPath ?? "")] where !path.isEmpty {
-                    guard access(path, R_OK) == 0 else { throw ConfigurationError("cannot read the \(what) \(path)") }
-                    // A FIFO passes access(2), and its open at InstanceStart would block the API.
-                    try HostFile.require(path, is: [.regular], what: "the \(what)")
+                    try MachineConfiguration.checkBootFile(path, what: what)
                 }
                 try configuration.validateDevices()
             } catch {

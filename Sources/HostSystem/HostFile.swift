@@ -61,14 +61,18 @@ public enum HostFile {
         guard allowed.contains(found) else { throw HostFileError(kindMismatch: found, allowed: allowed, path: path, what: what) }
     }
 
-    /// Opens `path` with `flags` (O_CLOEXEC is added) without blocking, and
-    /// returns the descriptor, in blocking mode, only if the file is of one of
-    /// the `allowed` kinds. O_NONBLOCK lets open(2) of a FIFO return at once
-    /// (fstat then refuses it); it is cleared again so that reads and writes
-    /// of the file behave as usual.
-    public static func open(_ path: String, _ flags: Int32, allowed: [Kind], what: String) throws -> Int32 {
-        let fd = Glibc.open(path, flags | O_NONBLOCK | O_CLOEXEC)
-        guard fd >= 0 else { throw HostFileError("cannot open \(what) \(path): \(String(cString: strerror(errno)))") }
+    /// Opens `path` with `flags` (O_CLOEXEC is added; `mode` is for
+    /// O_CREAT) without blocking, and returns the descriptor, in blocking
+    /// mode, only if the file is of one of the `allowed` kinds. O_NONBLOCK
+    /// lets open(2) of a FIFO return at once (fstat then refuses it, or a
+    /// write-only open of one with no reader fails with ENXIO); it is cleared
+    /// again so that reads and writes of the file behave as usual.
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0, allowed: [Kind], what: String) throws -> Int32 {
+        let fd = Glibc.open(path, flags | O_NONBLOCK | O_CLOEXEC, mode)
+        guard fd >= 0 else {
+            let reason = errno == ENXIO ? "a FIFO that no process reads" : String(cString: strerror(errno))
+            throw HostFileError("cannot open \(what) \(path): \(reason)")
+        }
         var status = stat()
         guard fstat(fd, &status) == 0 else {
             let reason = String(cString: strerror(errno))

@@ -241,18 +241,7 @@ final class ConsoleOutput: Sendable {
     /// appended to, or a FIFO, which must have a reader already (open with
     /// O_NONBLOCK refuses rather than waits). Writes then block as for a file.
     func send(to path: String) throws {
-        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK | O_CLOEXEC, 0o600)
-        guard fd >= 0 else {
-            let reason = errno == ENXIO ? "a FIFO that no process reads" : String(cString: strerror(errno))
-            throw ConfigurationError("cannot open serial_out_path \(path): \(reason)")
-        }
-        var status = stat()
-        let kind = fstat(fd, &status) == 0 ? HostFile.Kind(mode: status.st_mode) : .unknown
-        let flags = fcntl(fd, F_GETFL)
-        guard kind == .regular || kind == .fifo, flags >= 0, fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0 else {
-            close(fd)
-            throw ConfigurationError("serial_out_path \(path) is \(kind), not a regular file or a FIFO")
-        }
+        let fd = try HostFile.open(path, O_WRONLY | O_CREAT | O_APPEND, mode: 0o600, allowed: [.regular, .fifo], what: "serial_out_path")
         flush()
         let previous = target.exchange(fd, ordering: .acquiringAndReleasing)
         if previous != 1 { close(previous) }

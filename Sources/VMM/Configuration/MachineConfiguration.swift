@@ -72,10 +72,7 @@ public struct MachineConfiguration: Sendable {
         }
         for (what, path) in [("kernel", kernelPath), ("initrd", initrdPath)] {
             guard let path else { continue }
-            guard FileManager.default.isReadableFile(atPath: path) else { throw ConfigurationError("cannot read the \(what) \(path)") }
-            do { try HostFile.require(path, is: [.regular], what: "the \(what)") } catch let error as HostFileError {
-                throw ConfigurationError(error.description)
-            }
+            try Self.checkBootFile(path, what: what)
         }
         try validateDevices()
         if let path = serialOutputPath { try Self.checkSerialOutput(path) }
@@ -87,6 +84,15 @@ public struct MachineConfiguration: Sendable {
             do { _ = try SNPCertificateTable(parsing: blob) } catch {
                 throw ConfigurationError("\(path) is not an SNP certificate table (kestrel snp-certs build writes one): \(error)")
             }
+        }
+    }
+
+    /// A kernel or initrd must be readable and a regular file: a FIFO passes
+    /// access(2), and opening it would wait for a writer.
+    public static func checkBootFile(_ path: String, what: String) throws {
+        guard FileManager.default.isReadableFile(atPath: path) else { throw ConfigurationError("cannot read the \(what) \(path)") }
+        do { try HostFile.require(path, is: [.regular], what: "the \(what)") } catch let error as HostFileError {
+            throw ConfigurationError(error.description)
         }
     }
 

@@ -11,16 +11,17 @@ enum SnapshotTargets {
     /// `served` are the paths in use; they are compared with each target by
     /// device and inode when both exist, and by absolute path otherwise.
     static func check(statePath: String, memoryPath: String, served: [(what: String, path: String)]) throws {
-        for (field, path) in [("snapshot_path", statePath), ("mem_file_path", memoryPath)] {
-            let target = FileIdentity(path)
+        let state = FileIdentity(statePath), memory = FileIdentity(memoryPath)
+        let inUse = served.map { (what: $0.what, path: $0.path, identity: FileIdentity($0.path)) }
+        for (field, path, target) in [("snapshot_path", statePath, state), ("mem_file_path", memoryPath, memory)] {
             if let kind = target.kind, kind != .regular {
                 throw SnapshotError("\(field) \(path) is \(kind); a snapshot is written to a new name or over a regular file")
             }
-            for (what, servedPath) in served where target.isSame(as: FileIdentity(servedPath)) {
-                throw SnapshotError("\(field) \(path) is \(what) this microVM uses (\(servedPath)); choose another path")
+            for file in inUse where target.isSame(as: file.identity) {
+                throw SnapshotError("\(field) \(path) is \(file.what) this microVM uses (\(file.path)); choose another path")
             }
         }
-        if FileIdentity(statePath).isSame(as: FileIdentity(memoryPath)) {
+        if state.isSame(as: memory) {
             throw SnapshotError("snapshot_path and mem_file_path name the same file")
         }
     }
