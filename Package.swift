@@ -4,7 +4,9 @@
 // Targets form layers and import downwards only (the README's target table):
 // CHost <- HostSystem <- GuestMemory <- KVM (with CKVM, which nothing else
 // imports) <- X86 <- GuestKit, Confidential, Boot, VMM <- ControlAPI, Conformance, Lab <- kestrel;
-// Virtio (devices, no KVM) sits on GuestMemory and HostSystem, under VMM.
+// Virtio (devices, no KVM) sits on GuestMemory and HostSystem, under VMM;
+// WireFormats (JSON and HTTP/1.x from untrusted bytes) sits under Metadata (the
+// guest's MMDS), which sits on Virtio, under VMM.
 
 import PackageDescription
 
@@ -92,10 +94,17 @@ let package = Package(
         // Virtio devices and the virtio-mmio transport, with no KVM in them: the
         // tests play the driver in guest memory.
         .target(name: "Virtio", dependencies: ["HostSystem", "GuestMemory"], swiftSettings: swiftSettings),
-        .target(name: "VMM", dependencies: ["HostSystem", "KVM", "GuestMemory", "X86", "Boot", "Virtio", "Confidential"], swiftSettings: swiftSettings),
+        // JSON documents and HTTP/1.x requests read from untrusted bytes: the
+        // API's clients, configuration files and the guest's MMDS requests.
+        .target(name: "WireFormats", swiftSettings: swiftSettings),
+        // Firecracker's microVM metadata service: the data store, V2 session
+        // tokens, and the small ARP/IPv4/TCP stack a virtio-net device hands
+        // the guest's MMDS frames to.
+        .target(name: "Metadata", dependencies: ["WireFormats", "Virtio", "HostSystem"], swiftSettings: swiftSettings),
+        .target(name: "VMM", dependencies: ["HostSystem", "KVM", "GuestMemory", "X86", "Boot", "Virtio", "Confidential", "WireFormats", "Metadata"], swiftSettings: swiftSettings),
         // Firecracker's REST API on a Unix socket: the HTTP/1.1 reader, the
         // routes over the VMM's configuration, and the API thread.
-        .target(name: "ControlAPI", dependencies: ["VMM", "HostSystem"], swiftSettings: swiftSettings),
+        .target(name: "ControlAPI", dependencies: ["VMM", "HostSystem", "WireFormats", "Metadata"], swiftSettings: swiftSettings),
         // The lab: L1 KVM hosts under QEMU, Debian kernels fetched and cached, the
         // L1 initramfs, conformance matrices across hosts.
         .target(name: "Lab", dependencies: ["Boot", "Decompression", "TextFormat"], swiftSettings: swiftSettings),
@@ -132,6 +141,7 @@ let package = Package(
             name: "ConformanceTests", dependencies: ["Conformance"], swiftSettings: swiftSettings),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Boot", "TextFormat"], swiftSettings: swiftSettings),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory", "HostSystem"], swiftSettings: swiftSettings),
+        .testTarget(name: "MetadataTests", dependencies: ["Metadata", "WireFormats", "Virtio", "GuestMemory", "HostSystem"], swiftSettings: swiftSettings),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "HostSystem", "Lab"], swiftSettings: swiftSettings),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "HostSystem", "Boot", "Confidential", "GuestMemory", "KestrelTesting"], swiftSettings: swiftSettings),
         .testTarget(

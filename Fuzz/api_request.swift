@@ -16,7 +16,17 @@ struct RefusingControl: MicroVMControl {
     }
 }
 
-let api = FirecrackerAPI(instanceID: "fuzz", version: "0.0.0", control: RefusingControl())
+// The log and metrics are configured once, here, so that no input can make
+// the API create files elsewhere (a second configuration is refused).
+let api: FirecrackerAPI = {
+    let api = FirecrackerAPI(instanceID: "fuzz", version: "0.0.0", control: RefusingControl())
+    var log = EventLogger.Settings()
+    log.path = "/dev/null"
+    log.level = .off
+    try! api.logger.configure(log)
+    try! api.metrics.configure(MetricsReporter.Settings(path: "/dev/null"))
+    return api
+}()
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzAPIRequest(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
@@ -40,7 +50,7 @@ public func fuzzAPIRequest(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
             precondition((400..<600).contains(error.status))
             break reading
         }
-        precondition(reader.bufferedCount <= HTTPRequestReader.maximumHeadBytes + HTTPRequestReader.maximumBodyBytes + 64)
+        precondition(reader.bufferedCount <= HTTPRequestReader.maximumHeadBytes + reader.maximumBodyBytes + 64)
     }
     return 0
 }

@@ -19,7 +19,7 @@ result is ok, the JSON answer, or "fault <message>" for an APIError.
 import argparse
 import sys
 
-from firecracker.api import Api
+from firecracker.api import Api, Resource
 from firecracker.exceptions import APIError
 
 
@@ -73,8 +73,14 @@ def boot_pause_resume(api, options):
     step("boot", lambda: api.boot.put(kernel_image_path=options.kernel, boot_args=options.boot_args))
     step("machine", lambda: api.machine_config.put(vcpu_count=1, mem_size_mib=options.mem_mib, smt=False, track_dirty_pages=False))
     step("bad-drive", lambda: api.drive.put(drive_id="rootfs", path_on_host="/nonexistent.img", is_root_device=True, is_read_only=False))
-    step("logger", lambda: api.logger.put(log_path="/tmp/fc.log", level="Info"))
+    # The log and metrics beside the socket; the metadata store, as a client fills it.
+    step("logger", lambda: api.logger.put(log_path=options.socket + ".log", level="Info", show_level=True))
+    step("metrics", lambda: Resource(api, "/metrics").put(metrics_path=options.socket + ".metrics"))
+    step("mmds", lambda: api.mmds.put(latest={"meta-data": {"instance-id": "i-kestrel"}}))
     step("start", lambda: api.actions.put(action_type="InstanceStart"))
+    step("mmds-patch", lambda: api.mmds.patch(latest={"meta-data": {"note": "patched"}}))
+    step("mmds-get", lambda: api.mmds.get())
+    step("flush", lambda: api.actions.put(action_type="FlushMetrics"))
     step("running", lambda: api.describe.get())
     step("pause", lambda: api.vm.patch(state="Paused"))
     step("paused", lambda: api.describe.get())

@@ -286,3 +286,7 @@ int chost_forward_stop_signals(int fd) {
     if (sigaction(SIGINT, &action, NULL) != 0) return -1;
     return sigaction(SIGTERM, &action, NULL);
 }
+
+int chost_gettid(void) {
+    return (int)syscall(SYS_gettid);
+}

@@ -26,6 +26,8 @@ public final class APIServer: Sendable {
     /// How long a request may take to arrive before its connection can be
     /// taken back for another client.
     public let readTimeout: Duration
+    /// The largest request body (Firecracker's `--http-api-max-payload-size`).
+    public let maximumBodyBytes: Int
     private let api: FirecrackerAPI
     private let loop: EventLoop
     private let listener: Int32
@@ -35,7 +37,7 @@ public final class APIServer: Sendable {
     private let log: @Sendable (String) -> Void
 
     struct Connection {
-        var reader = HTTPRequestReader()
+        var reader: HTTPRequestReader
         var output: [UInt8] = []
         var closeWhenWritten = false
         /// When the current request's first byte came, while it is incomplete.
@@ -47,10 +49,12 @@ public final class APIServer: Sendable {
     /// Listens at `path` (a socket left by a process that is gone is
     /// replaced; a live one is an error) and starts serving.
     /// `setUp` runs first on the server's thread (a seccomp filter).
-    public init(path: String, api: FirecrackerAPI, readTimeout: Duration = .seconds(10), log: @escaping @Sendable (String) -> Void,
+    public init(path: String, api: FirecrackerAPI, readTimeout: Duration = .seconds(10),
+                maximumBodyBytes: Int = HTTPRequestReader.defaultMaximumBodyBytes, log: @escaping @Sendable (String) -> Void,
                 setUp: @escaping @Sendable () -> Void = {}) throws {
         self.path = path
         self.readTimeout = readTimeout
+        self.maximumBodyBytes = maximumBodyBytes
         self.api = api
         self.log = log
         listener = try UnixSocket.listen(at: path)
@@ -80,7 +84,7 @@ public final class APIServer: Sendable {
             if connections.withLock({ $0.count }) >= Self.maximumConnections { makeRoom() }
             let admitted = connections.withLock { table -> Bool in
                 guard table.count < Self.maximumConnections else { return false }
-                table[fd] = Connection()
+                table[fd] = Connection(reader: HTTPRequestReader(maximumBodyBytes: maximumBodyBytes))
                 return true
             }
             guard admitted else {

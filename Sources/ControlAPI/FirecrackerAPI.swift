@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Metadata
 import Synchronization
 import VMM
 
@@ -14,7 +15,14 @@ import VMM
 public final class FirecrackerAPI: Sendable {
     public let instanceID: String
     public let version: String
+    /// The MMDS data store (`/mmds`), shared with the machine's interfaces.
+    public let metadata: MetadataService
+    /// `/logger` and `/metrics`: the process's log and metrics.
+    public let logger: EventLogger
+    public let metrics: MetricsReporter
     private let control: any MicroVMControl
+    /// Requests by Firecracker's metric names ("put_api_requests.drive_count").
+    private let requestCounts = Mutex<[String: Int]>([:])
     private let state: Mutex<State>
 
     struct State {
@@ -59,17 +67,20 @@ public final class FirecrackerAPI: Sendable {
     /// Resources Firecracker has and Kestrel does not, refused by name.
     static let unsupportedResources: [String: String] = [
         "balloon": "a balloon device", "cpu-config": "custom CPU templates (use machine-config cpu_template)",
-        "logger": "the logger (Kestrel logs to stderr)", "metrics": "metrics", "mmds": "the microVM metadata service",
-        "pmem": "virtio-pmem devices",
+                "pmem": "virtio-pmem devices",
         "hotplug": "memory hot-plug",
     ]
 
     /// An API for a machine that `control` will start. `running` describes a
     /// machine already started from a configuration file (its sections
     /// become what `GET /vm/config` shows).
-    public init(instanceID: String, version: String, control: any MicroVMControl, running document: JSONValue? = nil) {
+    public init(instanceID: String, version: String, control: any MicroVMControl, running document: JSONValue? = nil,
+                metadata: MetadataService = MetadataService(), logger: EventLogger? = nil, metrics: MetricsReporter? = nil) {
         self.instanceID = instanceID
         self.version = version
+        self.metadata = metadata
+        self.logger = logger ?? EventLogger(instanceID: instanceID)
+        self.metrics = metrics ?? MetricsReporter(instanceID: instanceID)
         self.control = control
         var state = State(sections: ["machine-config": Self.defaultMachineConfig])
         if let document {
@@ -86,8 +97,68 @@ public final class FirecrackerAPI: Sendable {
     /// (`MicroVMControl.answersSent`); the server calls it after writing.
     public func answersSent() { control.answersSent() }
 
-    /// Answers one request.
+    /// Answers one request, and counts it under Firecracker's metric names.
     public func respond(to request: HTTPRequest) -> HTTPResponse {
+        // Firecracker's line for each request, where a log was asked for (not on stderr).
+        if logger.isConfigured {
+            logger.log(.info, "The API server received a \(request.method) request on \"\(request.path)\".", module: "ControlAPI")
+        }
+        // Counted before it is served, as Firecracker counts (a FlushMetrics line includes itself).
+        let metric = Self.metricName(request).flatMap { name in
+            ["GET": "get_api_requests", "PUT": "put_api_requests", "PATCH": "patch_api_requests"][request.method].map { "\($0).\(name)" }
+        }
+        if let metric { requestCounts.withLock { $0["\(metric)_count", default: 0] += 1 } }
+        let response = route(request)
+        if response.status >= 400, logger.isConfigured {
+            logger.log(.error, "Received Error. Status code: \(response.status). Message: \(String(decoding: response.body, as: UTF8.self))", module: "ControlAPI")
+        }
+        if let metric, response.status >= 400, request.method != "GET" { requestCounts.withLock { $0["\(metric)_fails", default: 0] += 1 } }
+        return response
+    }
+
+    /// Firecracker's metric name for a request's resource, if it has one.
+    static func metricName(_ request: HTTPRequest) -> String? {
+        let resource = request.path.split(separator: "/").first.map(String.init) ?? ""
+        switch (request.method, resource) {
+        case ("GET", ""): return "instance_info"
+        case ("GET", "version"): return "vmm_version"
+        case (_, "machine-config"): return "machine_cfg"
+        case (_, "mmds"): return "mmds"
+        case ("PUT", "actions"): return "actions"
+        case ("PUT", "boot-source"): return "boot_source"
+        case (_, "drives"): return "drive"
+        case (_, "network-interfaces"): return "network"
+        case ("PUT", "logger"): return "logger"
+        case ("PUT", "metrics"): return "metrics"
+        case ("PUT", "vsock"): return "vsock"
+        case ("PUT", "serial"): return "serial"
+        case ("PUT", "cpu-config"): return "cpu_cfg"
+        case ("PATCH", "vm"): return "vm"
+        default: return nil
+        }
+    }
+
+    /// The API's metric groups: every count Firecracker names, zero until used.
+    public func metricGroups() -> MetricsReporter.Groups {
+        let counts = requestCounts.withLock { $0 }
+        var groups: MetricsReporter.Groups = [
+            "get_api_requests": [:], "put_api_requests": [:], "patch_api_requests": [:],
+        ]
+        let names: [(String, [String], Bool)] = [
+            ("get_api_requests", ["instance_info", "machine_cfg", "mmds", "vmm_version"], false),
+            ("put_api_requests", ["actions", "boot_source", "cpu_cfg", "drive", "logger", "machine_cfg", "metrics", "mmds", "network", "serial", "vsock"], true),
+            ("patch_api_requests", ["drive", "machine_cfg", "mmds", "network", "vm"], true),
+        ]
+        for (group, fields, fails) in names {
+            for field in fields {
+                groups[group]!["\(field)_count"] = .counter(counts["\(group).\(field)_count"] ?? 0)
+                if fails { groups[group]!["\(field)_fails"] = .counter(counts["\(group).\(field)_fails"] ?? 0) }
+            }
+        }
+        return groups
+    }
+
+    private func route(_ request: HTTPRequest) -> HTTPResponse {
         let segments = request.path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
         let resource = segments.first ?? ""
         let method = request.method
@@ -141,6 +212,18 @@ public final class FirecrackerAPI: Sendable {
         }
         case ("PATCH", "drives", _?), ("PATCH", "network-interfaces", _?):
             return .fault(400, "\(method) \(request.path): Kestrel cannot change a drive or an interface after boot (no rate limiters, no hot swap).")
+        case ("PUT", "logger", nil): return configureObservability(request) { body in
+            try self.logger.configure(try EventLogger.Settings.parse(body, source: "PUT /logger"))
+        }
+        case ("PUT", "metrics", nil): return configureObservability(request) { body in
+            try self.metrics.configure(try MetricsReporter.Settings.parse(body, source: "PUT /metrics"))
+        }
+        case ("PUT", "mmds", "config"?): return preBoot(request) { body, state in
+            try Self.require(body, ["network_interfaces"], in: "MMDS configuration")
+            state.sections["mmds-config"] = body
+        }
+        case ("PUT", "mmds", nil), ("PATCH", "mmds", nil): return changeMetadata(request)
+        case ("GET", "mmds", nil): return .json(200, metadata.contents.rendered)
         case ("PUT", "snapshot", "create"?): return createSnapshot(request)
         case ("PUT", "snapshot", "load"?): return loadSnapshot(request)
         default: return invalid()
@@ -237,7 +320,10 @@ public final class FirecrackerAPI: Sendable {
             }
             return .noContent
         case "FlushMetrics":
-            return .fault(400, "FlushMetrics: Kestrel has no metrics system.")
+            guard metrics.flush() else {
+                return .fault(400, "FlushMetrics: the metrics system is not configured (PUT /metrics or --metrics-path first).")
+            }
+            return .noContent
         default:
             return .fault(400, "Unknown action_type \"\(type)\"; known: InstanceStart, SendCtrlAltDel, FlushMetrics.")
         }
@@ -355,6 +441,39 @@ public final class FirecrackerAPI: Sendable {
         state.withLock { state in
             state.adopt(MachineConfigFile.document(for: configuration))
             state.vm = resume ? .running : .paused
+        }
+        return .noContent
+    }
+
+    /// `PUT /logger` and `PUT /metrics`: before the machine starts, as in
+    /// Firecracker; a body or path that is refused changes nothing.
+    private func configureObservability(_ request: HTTPRequest, _ apply: (JSONValue) throws -> Void) -> HTTPResponse {
+        let body: JSONValue
+        switch Self.body(of: request) {
+        case .success(let value): body = value
+        case .failure(let error): return error.response
+        }
+        guard vmState == .notStarted else { return .fault(400, "The requested operation is not supported after starting the microVM.") }
+        do { try apply(body) } catch {
+            return .fault(400, "\(error)")
+        }
+        return .noContent
+    }
+
+    /// `PUT /mmds` replaces the data store, `PATCH /mmds` merges into it (RFC
+    /// 7396); both at any time, both with a JSON object, both within the
+    /// store's limit.
+    private func changeMetadata(_ request: HTTPRequest) -> HTTPResponse {
+        let body: JSONValue
+        switch Self.body(of: request) {
+        case .success(let value): body = value
+        case .failure(let error): return error.response
+        }
+        guard body.objectValue != nil else { return .fault(400, "\(request.method) /mmds: the body must be a JSON object") }
+        do {
+            if request.method == "PUT" { try metadata.put(body) } else { try metadata.patch(body) }
+        } catch {
+            return .fault(400, "\(request.method) /mmds: \(error)")
         }
         return .noContent
     }

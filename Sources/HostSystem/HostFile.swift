@@ -66,8 +66,11 @@ public enum HostFile {
     /// mode, only if the file is of one of the `allowed` kinds. O_NONBLOCK
     /// lets open(2) of a FIFO return at once (fstat then refuses it, or a
     /// write-only open of one with no reader fails with ENXIO); it is cleared
-    /// again so that reads and writes of the file behave as usual.
-    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0, allowed: [Kind], what: String) throws -> Int32 {
+    /// again so that reads and writes of the file behave as usual, unless
+    /// `keepNonBlocking` (a log or metrics FIFO: a write that would wait is
+    /// lost instead, as in Firecracker).
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0, allowed: [Kind], what: String,
+                            keepNonBlocking: Bool = false) throws -> Int32 {
         let fd = Glibc.open(path, flags | O_NONBLOCK | O_CLOEXEC, mode)
         guard fd >= 0 else {
             let reason = errno == ENXIO ? "a FIFO that no process reads" : String(cString: strerror(errno))
@@ -84,6 +87,7 @@ public enum HostFile {
             close(fd)
             throw HostFileError(kindMismatch: found, allowed: allowed, path: path, what: what)
         }
+        if keepNonBlocking { return fd }
         let current = fcntl(fd, F_GETFL)
         guard current >= 0, fcntl(fd, F_SETFL, current & ~O_NONBLOCK) == 0 else {
             let reason = String(cString: strerror(errno))

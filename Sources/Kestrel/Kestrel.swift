@@ -2,7 +2,15 @@ import ArgumentParser
 
 /// The `kestrel` command.
 struct Kestrel: ParsableCommand {
-    static let version = "0.1.0"
+    static let version = "0.2.0"
+    /// The Firecracker release whose API and command line Kestrel follows
+    /// (its swagger at 1.17.0-dev, less what the README lists as refused).
+    static let firecrackerAPIVersion = "1.16.0"
+    /// What Firecracker's clients read as its version (`GET /version`, and
+    /// `firecracker --version` when Kestrel is run under that name): the
+    /// API level, with Kestrel's own version as semver build metadata, which
+    /// version comparisons ignore.
+    static let firecrackerVersion = "\(firecrackerAPIVersion)+kestrel.\(version)"
 
     /// "release" or "debug", for benchmark lines.
     #if DEBUG
@@ -17,4 +25,16 @@ struct Kestrel: ParsableCommand {
         version: version,
         subcommands: [RunCommand.self, InitramfsCommand.self, VmlinuxCommand.self, CheckCommand.self, CapsCommand.self, LabCommand.self, SNPCommand.self, VsockCommand.self, BenchCommand.self],
         defaultSubcommand: nil)
+}
+
+/// The command line as Kestrel reads it: under the name `firecracker`,
+/// every argument belongs to `run`.
+enum LaunchLine {
+    static let isFirecracker = CommandLine.arguments.first.map { $0.split(separator: "/").last == "firecracker" } ?? false
+    /// The arguments after the program name, `run` first under Firecracker's name.
+    static let arguments: [String] = (isFirecracker ? ["run"] : []) + CommandLine.arguments.dropFirst()
+    /// When `main` began (CLOCK_MONOTONIC, µs): where the start-up time is
+    /// measured from, unless a jailer passes `--start-time-us`. Unsafe but
+    /// sound: `main` writes it once, before any other thread exists.
+    nonisolated(unsafe) static var startMicroseconds: Int64 = 0
 }

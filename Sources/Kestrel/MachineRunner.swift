@@ -21,6 +21,12 @@ struct MachineRunner: Sendable {
     var noPVH = false
     /// Leave fault-around on while the guest runs (`--fault-around`, the control).
     var keepFaultAround = false
+    /// Firecracker's `--boot-timer`.
+    var bootTimer = false
+    /// Firecracker's `--http-api-max-payload-size`.
+    var maximumBodyBytes = HTTPRequestReader.defaultMaximumBodyBytes
+    /// The log, the metrics and the MMDS data store.
+    let services: RunServices
 
     /// The API-only launch's settings.
     init(_ arguments: APILaunchArguments) {
@@ -29,7 +35,9 @@ struct MachineRunner: Sendable {
     }
 
     init(id: String, verbose: Bool, noSeccomp: Bool, seccompProbe: String?, seccompLog: Bool,
-         prefault: Bool = false, guestDecompression: Bool = false, noPVH: Bool = false, keepFaultAround: Bool = false) {
+         prefault: Bool = false, guestDecompression: Bool = false, noPVH: Bool = false, keepFaultAround: Bool = false,
+         services: RunServices? = nil) {
+        self.services = services ?? RunServices(instanceID: id, metadataSizeLimit: HTTPRequestReader.defaultMaximumBodyBytes)
         self.id = id
         self.verbose = verbose
         self.noSeccomp = noSeccomp
@@ -44,19 +52,15 @@ struct MachineRunner: Sendable {
     /// `--api-sock` alone: serves the API and wait for InstanceStart; a start
     /// that fails is answered with 400 and the API waits for the next.
     func serveAPI(at apiSocket: String) throws {
-        let host = APIMachineHost(apiSocket: apiSocket, log: { printError("kestrel: \($0)") })
-        let api = FirecrackerAPI(instanceID: id, version: Kestrel.version, control: host)
+        let services = services
+        let host = APIMachineHost(apiSocket: apiSocket, log: { services.log(.info, $0) })
+        let api = makeAPI(control: host)
         // Lists known before the configuration: an SNP machine (certificates
         // on vCPU threads) cannot be described through the API.
         let seccomp = try seccompPolicy(for: nil)
-        let server: APIServer
-        do {
-            server = try APIServer(path: apiSocket, api: api, log: { printError("kestrel: \($0)") }, setUp: { seccomp?.enter(.api) })
-        } catch {
-            printError("kestrel: --api-sock \(apiSocket): \(error)")
-            throw ExitCode(2)
-        }
+        let server = try startServer(at: apiSocket, api: api, seccomp: seccomp)
         defer { server.stop() }
+        defer { services.metrics.stop() }
         // SIGINT and SIGTERM stop the machine once it runs; until then they end
         // Kestrel here, taking the socket file with it.
         let running = Mutex<Machine?>(nil)
@@ -66,7 +70,7 @@ struct MachineRunner: Sendable {
             Glibc.exit(128 + number)
         }
         defer { withExtendedLifetime(signals) {} }
-        if verbose { printError("kestrel: API on \(apiSocket); waiting for InstanceStart") }
+        if verbose { services.log(.info, "API on \(apiSocket); waiting for InstanceStart") }
         let console = ConsoleOutput()
         while true {
             let request = host.nextRequest()
@@ -76,12 +80,13 @@ struct MachineRunner: Sendable {
                 switch request {
                 case .boot(var configuration):
                     applyBootFlags(to: &configuration)
-                    machine = try Self.build(configuration, console: console)
+                    machine = try build(configuration, console: console)
                 case .restore(let statePath, let memoryPath, let resume, let options):
-                    machine = try MachineBuilder.restore(statePath: statePath, memoryPath: memoryPath, options: options, console: { console.write($0) },
-                                                         deviceLog: { printError("kestrel: \($0)") })
+                    machine = try MachineBuilder.restore(statePath: statePath, memoryPath: memoryPath, options: options, metadata: services.metadata,
+                                                         console: { console.write($0) }, deviceLog: { services.log(.warn, $0) })
                     paused = !resume
                 }
+                services.addMachine(machine)
                 if paused { machine.pauseBeforeRun() }
                 running.withLock { $0 = machine }
                 // The API answers once the vCPUs run (a start or load that
@@ -111,9 +116,9 @@ struct MachineRunner: Sendable {
             probe = kind
         }
         let policy = try SeccompPolicy(snpCertificates: configuration?.snpCertificatesPath != nil, probe: probe, logOnly: seccompLog,
-                                       log: { printError("kestrel: \($0)") })
+                                       log: { [services] in services.log(.error, $0) })
         try policy.prepare()
-        if verbose { printError("kestrel: seccomp allow-lists (system calls): \(policy.summary)") }
+        if verbose { services.log(.info, "seccomp allow-lists (system calls): \(policy.summary)") }
         return policy
     }
 
@@ -124,10 +129,56 @@ struct MachineRunner: Sendable {
         if noPVH { configuration.preferPVH = false }
     }
 
-    static func build(_ configuration: MachineConfiguration, console: ConsoleOutput) throws -> Machine {
-        try MachineBuilder(configuration: configuration).build(console: { console.write($0) },
-                                                               deviceLog: { printError("kestrel: \($0)") },
-                                                               announce: { printError($0) })
+    /// Builds `configuration`'s machine with this process's MMDS store and,
+    /// with `--boot-timer`, the boot timer.
+    func build(_ configuration: MachineConfiguration, console: ConsoleOutput) throws -> Machine {
+        let services = services
+        var timerLog: (@Sendable (String) -> Void)?
+        if bootTimer { timerLog = { services.log(.info, $0) } }
+        let builder = MachineBuilder(configuration: configuration, metadataService: services.metadata, bootTimerLog: timerLog)
+        return try builder.build(console: { console.write($0) }, deviceLog: { services.log(.warn, $0) }, announce: { printError($0) })
+    }
+
+    /// The API over `control`, sharing this process's log, metrics and MMDS store.
+    func makeAPI(control: any MicroVMControl, running document: JSONValue? = nil) -> FirecrackerAPI {
+        FirecrackerAPI(instanceID: id, version: Kestrel.firecrackerVersion, control: control, running: document,
+                       metadata: services.metadata, logger: services.logger, metrics: services.metrics)
+    }
+
+    /// Serves `api` at `path` (exit status 2 when it cannot), records the
+    /// start-up time, and starts the metrics: the API's counts on every
+    /// line, a line every 60 s once a path is configured.
+    func startServer(at path: String, api: FirecrackerAPI, seccomp: SeccompPolicy?) throws -> APIServer {
+        let services = services
+        let server: APIServer
+        do {
+            server = try APIServer(path: path, api: api, maximumBodyBytes: maximumBodyBytes, log: { services.log(.warn, $0) },
+                                   setUp: { seccomp?.enter(.api) })
+        } catch {
+            printError("kestrel: --api-sock \(path): \(error)")
+            throw ExitCode(2)
+        }
+        services.recordStartup()
+        services.metrics.addSource { api.metricGroups() }
+        try startMetrics(seccomp: seccomp)
+        return server
+    }
+
+    /// A `--config-file`'s `logger` and `metrics` sections (Firecracker's
+    /// Logger and Metrics bodies), applied as the API's PUTs would.
+    func configureProcessSections(of document: JSONValue, source: String) throws {
+        if let logger = document.objectValue?["logger"], logger != .null {
+            try services.logger.configure(try EventLogger.Settings.parse(logger, source: "\(source): logger"))
+        }
+        if let metrics = document.objectValue?["metrics"], metrics != .null {
+            try services.metrics.configure(try MetricsReporter.Settings.parse(metrics, source: "\(source): metrics"))
+        }
+    }
+
+    /// The logger's counts on every metrics line, and the 60 s flush.
+    func startMetrics(seccomp: SeccompPolicy?) throws {
+        services.addLogger()
+        try services.metrics.startPeriodicFlush(setUp: { seccomp?.enter(.metrics) })
     }
 
     /// Runs a built machine to its end on this terminal; throws the exit code.
@@ -138,17 +189,17 @@ struct MachineRunner: Sendable {
         let configuration = machine.configuration
         if let path = configuration.serialOutputPath { try console.send(to: path) }
         if verbose || configuration.memoryBackend != .anonymous {
-            printError("kestrel: guest memory: \(machine.memoryProtection)")
+            services.log(.info, "guest memory: \(machine.memoryProtection)")
         }
         if verbose {
             if let plan = machine.plan {
-                printError("kestrel: \(plan.kind); \(plan.entry); kernel at 0x\(String(plan.kernelRange.lowerBound, radix: 16))-0x\(String(plan.kernelRange.upperBound, radix: 16))"
+                services.log(.info, "\(plan.kind); \(plan.entry); kernel at 0x\(String(plan.kernelRange.lowerBound, radix: 16))-0x\(String(plan.kernelRange.upperBound, radix: 16))"
                     + (plan.decompressionSeconds > 0 ? ", host decompression \(plan.decompressionSeconds.text(places: 3)) s" : ""))
-                for entry in plan.e820 { printError("kestrel: e820 \(entry)") }
+                for entry in plan.e820 { services.log(.info, "e820 \(entry)") }
             } else {
-                printError("kestrel: restored from a snapshot")
+                services.log(.info, "restored from a snapshot")
             }
-            printError("kestrel: set-up " + machine.setupSteps.map { "\($0.step) \(SecondsText.text($0.duration)) s" }.joined(separator: ", "))
+            services.log(.info, "set-up " + machine.setupSteps.map { "\($0.step) \(SecondsText.text($0.duration)) s" }.joined(separator: ", "))
         }
         let terminal = TerminalSession(serial: machine.serial, setUp: { seccomp?.enter(.console) })
         let signals = handlingSignals ? try StopSignalThread(setUp: { seccomp?.enter(.signals) }) { machine.finish(.stopped(signal: $0)) } : nil
@@ -184,7 +235,7 @@ struct MachineRunner: Sendable {
                 }
             }
             releasedAtStart = ProcessMemory.releaseReadOnlyFilePages()
-            if verbose { printError("kestrel: released start-up pages in \(SecondsText.text(ContinuousClock.now - releaseStart)) s \(housekeepingNice); \(faultAroundNote)") }
+            if verbose { services.log(.info, "released start-up pages in \(SecondsText.text(ContinuousClock.now - releaseStart)) s \(housekeepingNice); \(faultAroundNote)") }
         }
         withExtendedLifetime(faultAround) {}
         console.flush()
@@ -192,19 +243,19 @@ struct MachineRunner: Sendable {
         withExtendedLifetime(signals) {}
         if verbose, let footprint = machine.memoryFootprint() {
             let mib = { (bytes: UInt64) in (Double(bytes) / 1_048_576).text(places: 1) + " MiB" }
-            printError("kestrel: RSS \(mib(footprint.resident)), guest memory touched \(mib(footprint.guest)), Kestrel overhead \(mib(footprint.overhead)): "
+            services.log(.info, "RSS \(mib(footprint.resident)), guest memory touched \(mib(footprint.guest)), Kestrel overhead \(mib(footprint.overhead)): "
                 + "\(mib(footprint.fileBacked)) pages of the executable, \(mib(footprint.anonymous)) private memory; "
                 + "\(mib(releasedAtStart)) of start-up pages were released as the guest started")
         }
         if verbose {
             for transport in machine.devices.transports {
-                printError("kestrel: \(transport.name): status \(transport.status)" + (transport.device.activitySummary.map { "; " + $0 } ?? ""))
+                services.log(.info, "\(transport.name): status \(transport.status)" + (transport.device.activitySummary.map { "; " + $0 } ?? ""))
             }
         }
         if verbose, let start = machine.startTime {
-            printError("kestrel: ran \(ContinuousClock.now - start)")
+            services.log(.info, "ran \(ContinuousClock.now - start)")
         }
-        printError("kestrel: \(outcome.diagnosis)")
+        services.announce("\(outcome.diagnosis)")
         throw ExitCode(outcome.exitCode)
     }
 }

@@ -98,6 +98,37 @@ struct RunCommand: ParsableCommand {
     var noPVH = false
     @Flag(help: "Print boot timing and the layout on stderr.") var verbose = false
 
+    // Firecracker's other launch options (src/firecracker/src/main.rs), as orchestrators pass them.
+    @Option(name: .customLong("log-path"), help: "Log to this file or named pipe, in Firecracker's line format (as PUT /logger does).")
+    var logPath: String?
+    @Option(help: "With --log-path: the least severe level logged: Off, Error, Warning, Info (default), Debug, Trace.")
+    var level: String?
+    @Option(help: "With --log-path: log only lines from this Kestrel module (VMM, ControlAPI, Kestrel, ...).")
+    var module: String?
+    @Flag(name: .customLong("show-level"), help: "With --log-path: put the level in each line.") var showLevel = false
+    @Flag(name: .customLong("show-log-origin"), help: "With --log-path: put the source file and line in each line.") var showLogOrigin = false
+    @Option(name: .customLong("metrics-path"), help: "Write a JSON metrics line to this file or named pipe every 60 s and on FlushMetrics.")
+    var metricsPath: String?
+    @Option(help: ArgumentHelp("A JSON file whose object becomes the MMDS data store at start (Firecracker's --metadata).",
+                               discussion: "The guest reads it through an interface that mmds-config names (PUT /mmds/config, or the config file's mmds-config)."))
+    var metadata: String?
+    @Option(name: .customLong("mmds-size-limit"), help: "The largest MMDS data store, in bytes of JSON (default: the API's payload limit).")
+    var mmdsSizeLimit: Int?
+    @Option(name: .customLong("http-api-max-payload-size"), help: "The largest API request body, in bytes.")
+    var httpAPIMaxPayloadSize: Int = HTTPRequestReader.defaultMaximumBodyBytes
+    @Flag(name: .customLong("boot-timer"), help: "Log the time from start to the guest's write of 123 at 0xc0000000 (Firecracker's boot timer).")
+    var bootTimer = false
+    @Option(name: .customLong("seccomp-filter"), help: ArgumentHelp(
+        "Refused: Kestrel installs its own allow-list on each thread, and loads no compiled BPF (seccompiler-bin) file.",
+        discussion: "Run with the default lists, or --no-seccomp to debug. --verbose prints the lists' sizes."))
+    var seccompFilter: String?
+    @Option(name: .customLong("start-time-us"), help: ArgumentHelp("The process's start, CLOCK_MONOTONIC in µs (Firecracker's jailer passes it).", visibility: .hidden))
+    var startTimeMicroseconds: Int64?
+    @Option(name: .customLong("start-time-cpu-us"), help: ArgumentHelp("CPU time used before exec, in µs (from a jailer).", visibility: .hidden))
+    var startCPUMicroseconds: Int64?
+    @Option(name: .customLong("parent-cpu-time-us"), help: ArgumentHelp("The parent's CPU time, in µs (from a jailer); accepted and unused.", visibility: .hidden))
+    var parentCPUMicroseconds: Int64?
+
     /// `--confidential realm`: plan and check the realm; print the plan with
     /// `--dry-run`, otherwise refuse, naming what this host lacks.
     func runRealm(_ configuration: MachineConfiguration) throws {
@@ -122,11 +153,21 @@ struct RunCommand: ParsableCommand {
     }
 
     func validate() throws {
+        if let seccompFilter {
+            throw ValidationError("--seccomp-filter \(seccompFilter): Kestrel loads no compiled BPF filter; each of its threads installs "
+                + "Kestrel's own allow-list (the default), and --no-seccomp runs without them")
+        }
+        guard httpAPIMaxPayloadSize >= 1024, httpAPIMaxPayloadSize <= 64 << 20 else {
+            throw ValidationError("--http-api-max-payload-size \(httpAPIMaxPayloadSize): give 1024 to 67108864 bytes")
+        }
+        if let mmdsSizeLimit, mmdsSizeLimit < 2 || mmdsSizeLimit > 64 << 20 {
+            throw ValidationError("--mmds-size-limit \(mmdsSizeLimit): give 2 to 67108864 bytes")
+        }
         guard APILaunchArguments.isValidInstanceID(id) else {
             throw ValidationError("--id \(id): an instance id is 1 to 64 letters, digits and '-' (Firecracker's rule)")
         }
         // ArgumentParser keeps the last of a repeated option; Firecracker refuses it.
-        let arguments = CommandLine.arguments.drop { $0 != "run" }.dropFirst()
+        let arguments = LaunchLine.arguments.drop { $0 != "run" }.dropFirst()
         if let repeated = APILaunchArguments.repeatedOption(in: arguments, repeatable: ["--drive", "--net"]) {
             throw ValidationError("\(repeated) is given more than once")
         }
@@ -134,6 +175,7 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         if apiSocket != nil && noAPI { throw ValidationError("--api-sock and --no-api contradict each other") }
+        let runner = try makeRunner()
         if let apiSocket, config == nil, kernel == nil {
             guard drives.isEmpty, networkInterfaces.isEmpty, vsock == nil, !entropy, memoryBackend == nil, confidential == nil, !dryRun else {
                 throw ValidationError("with --api-sock and no --kernel or --config-file, give the devices and memory backend through the API")
@@ -144,7 +186,11 @@ struct RunCommand: ParsableCommand {
         var configuration: MachineConfiguration
         if let config {
             // A configuration Kestrel refuses is exit status 2, as for flags.
-            do { configuration = try MachineConfigFile.load(path: config) } catch {
+            do {
+                let document = try MachineConfigFile.loadDocument(path: config)
+                configuration = try MachineConfigFile.parse(document, source: config)
+                try runner.configureProcessSections(of: document, source: config)
+            } catch {
                 printError("kestrel: \(error)")
                 throw ExitCode(2)
             }
@@ -202,31 +248,70 @@ struct RunCommand: ParsableCommand {
         let seccomp = try runner.seccompPolicy(for: configuration)
         let machine: Machine
         do {
-            machine = try MachineRunner.build(configuration, console: console)
+            machine = try runner.build(configuration, console: console)
         } catch {
             printError("kestrel: cannot start the guest: \(error)")
             throw ExitCode(2)
         }
+        let services = runner.services
+        services.addMachine(machine)
         var server: APIServer?
         if let apiSocket {
-            let api = FirecrackerAPI(instanceID: id, version: Kestrel.version,
-                                     control: APIMachineHost(running: machine, apiSocket: apiSocket, log: { printError("kestrel: \($0)") }),
-                                     running: MachineConfigFile.document(for: configuration))
-            do {
-                server = try APIServer(path: apiSocket, api: api, log: { printError("kestrel: \($0)") }, setUp: { seccomp?.enter(.api) })
-            } catch {
-                printError("kestrel: --api-sock \(apiSocket): \(error)")
-                throw ExitCode(2)
-            }
+            let host = APIMachineHost(running: machine, apiSocket: apiSocket, log: { services.log(.info, $0) })
+            let api = runner.makeAPI(control: host, running: MachineConfigFile.document(for: configuration))
+            server = try runner.startServer(at: apiSocket, api: api, seccomp: seccomp)
+        } else {
+            services.recordStartup()
+            try runner.startMetrics(seccomp: seccomp)
         }
         defer { server?.stop() }
+        defer { services.metrics.stop() }
         try runner.runMachine(machine, console: console, seccomp: seccomp)
     }
 
-    /// The settings that outlive parsing, for `MachineRunner`.
-    var runner: MachineRunner {
-        MachineRunner(id: id, verbose: verbose, noSeccomp: noSeccomp, seccompProbe: seccompProbe, seccompLog: seccompLog,
-                      prefault: prefault, guestDecompression: guestDecompression, noPVH: noPVH, keepFaultAround: faultAround)
+    /// The settings that outlive parsing, for `MachineRunner`, with the log,
+    /// metrics and MMDS data store that `--log-path`, `--metrics-path` and
+    /// `--metadata` configure. A path that cannot be opened, or a metadata
+    /// file that is not a JSON object within the limit, is exit status 2.
+    func makeRunner() throws -> MachineRunner {
+        let services = RunServices(instanceID: id, metadataSizeLimit: mmdsSizeLimit ?? httpAPIMaxPayloadSize,
+                                   startMicroseconds: startTimeMicroseconds, startCPUMicroseconds: startCPUMicroseconds)
+        var runner = MachineRunner(id: id, verbose: verbose, noSeccomp: noSeccomp, seccompProbe: seccompProbe, seccompLog: seccompLog,
+                                   prefault: prefault, guestDecompression: guestDecompression, noPVH: noPVH, keepFaultAround: faultAround,
+                                   services: services)
+        runner.bootTimer = bootTimer
+        runner.maximumBodyBytes = httpAPIMaxPayloadSize
+        do {
+            if let logPath {
+                var settings = EventLogger.Settings()
+                settings.path = logPath
+                if let level {
+                    guard let known = EventLogger.Level(name: level) else {
+                        throw ConfigurationError("--level \(level): known levels are Off, Error, Warning, Info, Debug, Trace")
+                    }
+                    settings.level = known
+                }
+                settings.module = module
+                settings.showLevel = showLevel
+                settings.showOrigin = showLogOrigin
+                try services.logger.configure(settings)
+                services.log(.info, "Running Kestrel v\(Kestrel.version) (Firecracker API \(Kestrel.firecrackerAPIVersion))")
+            } else if level != nil || module != nil || showLevel || showLogOrigin {
+                throw ConfigurationError("--level, --module, --show-level and --show-log-origin need --log-path")
+            }
+            if let metricsPath { try services.metrics.configure(MetricsReporter.Settings(path: metricsPath)) }
+            if let metadata {
+                let bytes = try MachineBuilder.readFile(metadata, what: "--metadata file", limit: 64 << 20)
+                let value: JSONValue
+                do { value = try JSONValue.parse(bytes) } catch { throw ConfigurationError("--metadata \(metadata): not valid JSON") }
+                guard value.objectValue != nil else { throw ConfigurationError("--metadata \(metadata): the data store must be a JSON object") }
+                try services.metadata.put(value)
+            }
+        } catch {
+            printError("kestrel: \(error)")
+            throw ExitCode(2)
+        }
+        return runner
     }
 }
 

@@ -1,17 +1,28 @@
 import ArgumentParser
 import ControlAPI
 
+// Run under the name `firecracker` (a symlink or a copy, as orchestrators
+// install their VMM), Kestrel takes Firecracker's command line: the
+// arguments are `kestrel run`'s, and `--version` answers in Firecracker's
+// shape ("Firecracker v1.16.0+kestrel.0.2.0", then a blank line), which is
+// what Kata Containers parses.
+LaunchLine.startMicroseconds = RunServices.monotonicMicroseconds()
+if LaunchLine.isFirecracker, LaunchLine.arguments == ["run", "--version"] {
+    print("Firecracker v\(Kestrel.firecrackerVersion)\n")
+    Kestrel.exit()
+}
+let arguments = LaunchLine.arguments
+
 // `kestrel run --api-sock PATH` with only Firecracker's launch options skips
 // ArgumentParser: building every subcommand's argument tree was most of the
 // time from exec to the socket listening (issue 14's speed goal). Any other
 // command line, help included, goes through the full parse.
-if CommandLine.arguments.count > 2, CommandLine.arguments[1] == "run",
-   let launch = APILaunchArguments.parse(CommandLine.arguments.dropFirst(2)) {
+if arguments.count > 1, arguments[0] == "run", let launch = APILaunchArguments.parse(arguments.dropFirst()) {
     do {
         try MachineRunner(launch).serveAPI(at: launch.apiSocket)
     } catch {
         Kestrel.exit(withError: error)
     }
 } else {
-    Kestrel.main()
+    Kestrel.main(arguments)
 }

@@ -33,6 +33,15 @@ public final class BlockDevice: VirtioDevice {
     /// struct virtio_blk_config.
     public let configurationSpace: [UInt8]
     private let context = Mutex<VirtioContext?>(nil)
+    private let counts = Mutex<[String: Int]>([:])
+
+    /// Requests and bytes served (Firecracker's `block` fields).
+    public var metricCounts: [String: Int] {
+        let counted = counts.withLock { $0 }
+        return ["read_count", "write_count", "read_bytes", "write_bytes", "flush_count", "invalid_reqs_count"].reduce(into: [:]) {
+            $0[$1] = counted[$1] ?? 0
+        }
+    }
 
     /// Opens `path` (read-write unless `readOnly`) and takes an OFD lock on it,
     /// exclusive or shared, so two VMs never write one image. `identifier` is
@@ -111,7 +120,19 @@ public final class BlockDevice: VirtioDevice {
         let dataLength = writableLength - 1
         var status = BlockStatus.ioError
         if let header = reader.readBytes(BlockRequestHeader.size).flatMap(BlockRequestHeader.init) {
+            let remaining = reader.remaining
             status = serve(header, &reader, &writer, dataLength: dataLength)
+            counts.withLock { counts in
+                switch (header.kind, status) {
+                case (.read, .ok): counts["read_count", default: 0] += 1; counts["read_bytes", default: 0] += dataLength
+                case (.write, .ok): counts["write_count", default: 0] += 1; counts["write_bytes", default: 0] += remaining
+                case (.flush, .ok): counts["flush_count", default: 0] += 1
+                case (_, .ok): break
+                default: counts["invalid_reqs_count", default: 0] += 1
+                }
+            }
+        } else {
+            counts.withLock { $0["invalid_reqs_count", default: 0] += 1 }
         }
         // The data part may be partly filled on an error; the status goes last.
         let filled = writer.written

@@ -15,6 +15,8 @@ public final class EntropyDevice: VirtioDevice {
 
     public var bytesServed: Int { served.load(ordering: .relaxed) }
 
+    public var metricCounts: [String: Int] { ["entropy_bytes": bytesServed] }
+
     /// virtio-rng has no configuration space.
     public let configurationSpace: [UInt8] = []
 

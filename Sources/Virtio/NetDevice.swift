@@ -1,4 +1,5 @@
 import Glibc
+import GuestMemory
 import HostSystem
 import Synchronization
 
@@ -30,7 +31,8 @@ extension TapDevice: PacketEndpoint {
 /// GUEST_TSO4/6); the 12-byte header passes between the guest and the tap
 /// unchanged, so the host kernel does the work. With an MTU, VIRTIO_NET_F_MTU
 /// advertises it. No mergeable receive buffers, no control queue, one queue
-/// pair.
+/// pair. An `interceptor` (the MMDS) answers the frames it claims in place of
+/// the endpoint.
 public final class NetDevice: VirtioDevice {
     public enum Feature {
         public static let checksum: UInt64 = 1 << 0
@@ -54,6 +56,8 @@ public final class NetDevice: VirtioDevice {
     /// The MTU advertised to the driver (Firecracker's `mtu`), or nil for none.
     public let mtu: UInt16?
     public let endpoint: any PacketEndpoint
+    /// Takes the guest frames it claims, and has frames of its own for the guest.
+    public let interceptor: (any FrameInterceptor)?
     private let context = Mutex<VirtioContext?>(nil)
     private let counters = Mutex(Counters())
     /// Whether the endpoint is watched for frames (off while the guest has no receive buffers).
@@ -61,9 +65,18 @@ public final class NetDevice: VirtioDevice {
 
     public struct Counters: Equatable, Sendable {
         public var receivedFrames = 0, receivedBytes = 0, sentFrames = 0, sentBytes = 0, dropped = 0
+        /// Frames the interceptor took from the guest, and gave it.
+        public var interceptedFrames = 0, interceptorFrames = 0
     }
 
     public var statistics: Counters { counters.withLock { $0 } }
+
+    public var metricCounts: [String: Int] {
+        let counts = statistics
+        return ["rx_bytes_count": counts.receivedBytes, "rx_packets_count": counts.receivedFrames, "tx_bytes_count": counts.sentBytes,
+                "tx_packets_count": counts.sentFrames, "dropped_frames": counts.dropped,
+                "tx_mmds_frames": counts.interceptedFrames, "rx_mmds_frames": counts.interceptorFrames]
+    }
 
     public var activitySummary: String? {
         let counts = statistics
@@ -75,10 +88,11 @@ public final class NetDevice: VirtioDevice {
     public static let mtuRange: ClosedRange<Int> = 68...65535
 
     /// `mac` is six bytes; `mtu`, when given, lies in `mtuRange`.
-    public init(endpoint: any PacketEndpoint, mac: [UInt8], mtu: UInt16? = nil) {
+    public init(endpoint: any PacketEndpoint, mac: [UInt8], mtu: UInt16? = nil, interceptor: (any FrameInterceptor)? = nil) {
         precondition(mac.count == 6, "a MAC address has six bytes")
         precondition(mtu.map { Self.mtuRange.contains(Int($0)) } ?? true, "an MTU lies in 68...65535")
         self.endpoint = endpoint
+        self.interceptor = interceptor
         macAddress = mac
         self.mtu = mtu
         offeredFeatures = Feature.checksum | Feature.guestChecksum | Feature.guestTSO4 | Feature.guestTSO6
@@ -132,12 +146,27 @@ public final class NetDevice: VirtioDevice {
     func receive() throws(QueueFault) {
         guard let context = context.withLock({ $0 }) else { return }
         let queue = context.queues[Self.receiveQueue]
-        var received = 0, bytes = 0
+        var received = 0, bytes = 0, local = 0
         defer {
             if received > 0 {
-                counters.withLock { $0.receivedFrames += received; $0.receivedBytes += bytes }
+                counters.withLock { $0.receivedFrames += received; $0.receivedBytes += bytes; $0.interceptorFrames += local }
                 context.notifyIfNeeded(queue)
             }
+        }
+        // The interceptor's frames first: they wait in it until buffers come.
+        while let interceptor, let chain = try queue.nextOrEnableNotification() {
+            guard let frame = interceptor.nextFrame() else { queue.undoNext(); break }
+            var writer = ChainWriter(chain, memory: context.memory)
+            guard writer.remaining >= Self.headerSize + frame.count else {
+                throw QueueFault("virtio-net receive buffer \(chain.head) has \(writer.remaining) writable bytes, "
+                    + "less than the \(Self.headerSize + frame.count) of a frame")
+            }
+            // flags 0 (checksums are complete), no GSO, num_buffers 1.
+            _ = writer.write([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0] + frame)
+            queue.complete(chain.head, written: Self.headerSize + frame.count)
+            received += 1
+            bytes += frame.count
+            local += 1
         }
         while true {
             guard let chain = try queue.nextOrEnableNotification() else {
@@ -179,12 +208,16 @@ public final class NetDevice: VirtioDevice {
     func transmit() throws(QueueFault) {
         guard let context = context.withLock({ $0 }) else { return }
         let queue = context.queues[Self.transmitQueue]
-        var sent = 0, bytes = 0, dropped = 0
+        var sent = 0, bytes = 0, dropped = 0, intercepted = 0
         while let chain = try queue.nextOrEnableNotification() {
             var reader = ChainReader(chain, memory: context.memory)
             let length = reader.remaining
             if length < Self.headerSize {
                 dropped += 1
+            } else if let interceptor, interceptor.claims(Self.framePrefix(chain, memory: context.memory, count: interceptor.decisionLength)) {
+                reader.skip(Self.headerSize)
+                interceptor.receive(reader.readBytes(length - Self.headerSize) ?? [])
+                intercepted += 1
             } else if withIOVectors(reader.take(length), { writev(endpoint.fileDescriptor, $0, $1) }) == length {
                 sent += 1
                 bytes += length - Self.headerSize
@@ -193,7 +226,16 @@ public final class NetDevice: VirtioDevice {
             }
             queue.complete(chain.head, written: 0)
         }
-        counters.withLock { $0.sentFrames += sent; $0.sentBytes += bytes; $0.dropped += dropped }
+        counters.withLock { $0.sentFrames += sent; $0.sentBytes += bytes; $0.dropped += dropped; $0.interceptedFrames += intercepted }
         context.notifyIfNeeded(queue)
+        // The interceptor's answers go out now, into whatever buffers there are.
+        if intercepted > 0 { try receive() }
+    }
+
+    /// Up to `count` bytes of a transmitted frame after its virtio-net header.
+    private static func framePrefix(_ chain: DescriptorChain, memory: GuestAddressSpace, count: Int) -> [UInt8] {
+        var reader = ChainReader(chain, memory: memory)
+        reader.skip(headerSize)
+        return reader.readBytes(min(count, reader.remaining)) ?? []
     }
 }

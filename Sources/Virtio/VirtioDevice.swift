@@ -28,6 +28,9 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func reset()
     /// What the device did, for `kestrel run --verbose` (nil: nothing to say).
     var activitySummary: String? { get }
+    /// Running totals for the metrics, by Firecracker's field names where
+    /// they mean the same thing (`rx_bytes_count`, `read_count`, ...).
+    var metricCounts: [String: Int] { get }
     /// The device was activated again from a snapshot, in a new process:
     /// whatever it held outside guest memory (connections, pending host
     /// data) is gone, and it may tell the driver so.
@@ -37,6 +40,8 @@ public protocol VirtioDevice: AnyObject, Sendable {
 extension VirtioDevice {
     /// What the device did, for `kestrel run --verbose` (nil: nothing to say).
     public var activitySummary: String? { nil }
+    /// Nothing counted.
+    public var metricCounts: [String: Int] { [:] }
     /// Nothing to tell: the device keeps no state outside guest memory.
     public func restored() {}
 }

@@ -1,6 +1,7 @@
 import Glibc
 import Lab
 import Testing
+import VMM
 
 /// `kestrel run --api-sock` as a process on this machine's KVM, driven by
 /// curl and by firecracker-python (a client written for Firecracker, run
@@ -84,7 +85,7 @@ import Testing
         defer { if process.poll() == nil { process.signal(SIGKILL); _ = process.wait() } }
         #expect(Self.waitFor(10) { access(socket, F_OK) == 0 }, "the API socket never appeared")
         print("exec to API socket: \(ContinuousClock.now - start) (a debug build, polled every 20 ms)")
-        #expect(try Self.curl(socket, "GET", "/") == (200, #"{"app_name":"Kestrel","id":"curl-test","state":"Not started","vmm_version":"0.1.0"}"#))
+        #expect(try Self.curl(socket, "GET", "/") == (200, #"{"app_name":"Kestrel","id":"curl-test","state":"Not started","vmm_version":"1.16.0+kestrel.0.2.0"}"#))
         #expect(try Self.curl(socket, "PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)", "boot_args": "console=ttyS0"}"#).0 == 204)
         #expect(try Self.curl(socket, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64}"#).0 == 204)
         let missing = try Self.curl(socket, "PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0", "host_dev_name": "no-such-tap0"}"#)
@@ -156,7 +157,18 @@ import Testing
         #expect(result("describe").contains(#""state":"Not started""#), "\(text)")
         #expect(result("boot") == "ok" && result("machine") == "ok" && result("start") == "ok", "\(text)")
         #expect(result("bad-drive").hasPrefix("fault ") && result("bad-drive").contains("/nonexistent.img does not exist"), "\(text)")
-        #expect(result("logger").hasPrefix("fault ") && result("logger").contains("logger"), "\(text)")
+        // The logger, metrics and MMDS store, as the client set them up.
+        #expect(result("logger") == "ok" && result("metrics") == "ok" && result("mmds") == "ok" && result("flush") == "ok", "\(text)")
+        #expect(result("mmds-patch") == "ok" && result("mmds-get").contains(#""instance-id":"i-kestrel","note":"patched""#), "\(text)")
+        let log = (try? readText(socket + ".log")) ?? ""
+        #expect(log.contains(":INFO] The API server received a PUT request on \"/actions\".") && log.contains("[anonymous-instance:api:"), "\(log)")
+        let metricLines = ((try? readText(socket + ".metrics")) ?? "").split(separator: "\n")
+        let flushed = metricLines.first.flatMap { try? JSONValue.parse(Array($0.utf8)) }?.objectValue
+        #expect(metricLines.count == 1 && flushed?["utc_timestamp_ms"]?.wholeNumber != nil, "\(metricLines)")
+        #expect(flushed?["put_api_requests"]?.objectValue?["actions_count"] == .number(2), "InstanceStart and FlushMetrics: \(metricLines)")
+        #expect(flushed?["get_api_requests"]?.objectValue?["mmds_count"] == .number(1), "\(metricLines)")
+        unlink(socket + ".log")
+        unlink(socket + ".metrics")
         #expect(result("running").contains(#""state":"Running""#) && result("paused").contains(#""state":"Paused""#), "\(text)")
         #expect(result("late-machine").contains("not supported after starting"), "\(text)")
         #expect(result("resume") == "ok" && result("config").contains(#""vcpu_count":1"#) && result("version").contains("firecracker_version"), "\(text)")

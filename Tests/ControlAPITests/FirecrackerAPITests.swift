@@ -196,7 +196,16 @@ final class RecordingControl: MicroVMControl {
             ("PUT", "/drives/a", #"{"drive_id": "a", "path_on_host": "/x", "is_root_device": false, "rate_limiter": {}}"#, "rate_limiter"),
             ("PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0"}"#, "host_dev_name"),
             ("PUT", "/balloon", #"{"amount_mib": 1, "deflate_on_oom": true}"#, "balloon"),
-            ("PUT", "/logger", #"{"log_path": "/tmp/l"}"#, "logger"),
+            ("PUT", "/logger", #"{"log_path": "/nonexistent/l"}"#, "cannot open the log file /nonexistent/l"),
+            ("PUT", "/logger", #"{"level": "Loud"}"#, #"level "Loud" is not one of"#),
+            ("PUT", "/logger", #"{"show_level": "yes"}"#, "show_level must be true or false"),
+            ("PUT", "/metrics", #"{"emit_id": true}"#, "metrics_path is required"),
+            ("PUT", "/metrics", #"{"metrics_path": "/tmp/m", "extra": 1}"#, "metrics.extra is not supported"),
+            ("PUT", "/actions", #"{"action_type": "FlushMetrics"}"#, "the metrics system is not configured"),
+            ("PUT", "/mmds/config", #"{"network_interfaces": ["eth9"]}"#, #"no network interface has the id "eth9""#),
+            ("PUT", "/mmds/config", #"{"version": "V2"}"#, "needs the field network_interfaces"),
+            ("PUT", "/mmds", #"["not", "an", "object"]"#, "the body must be a JSON object"),
+            ("PATCH", "/mmds", #"{"a": 1}"#, "the MMDS data store is empty"),
             ("PUT", "/snapshot/create", #"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#, "before the microVM has started"),
             ("PUT", "/actions", #"{"action_type": "Reboot"}"#, "Unknown action_type"),
             ("PUT", "/actions", #"{"action_type": "SendCtrlAltDel"}"#, "not supported before starting"),
@@ -214,6 +223,65 @@ final class RecordingControl: MicroVMControl {
         #expect(kernel.0 == 400 && Self.fault(kernel.1).contains("cannot read the kernel /nonexistent/vmlinux"), "\(kernel)")
         #expect(Self.fault(Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).1).contains("boot-source"))
         #expect(control.calls.withLock { $0 }.isEmpty && api.vmState == .notStarted)
+    }
+
+    /// `/mmds` at any time, `/mmds/config` checked against the interfaces,
+    /// `/logger` and `/metrics` once and before boot, FlushMetrics writing
+    /// a line with the API's counts as changes since the last.
+    @Test func metadataLoggerAndMetricsAreServed() throws {
+        let control = RecordingControl()
+        let api = FirecrackerAPI(instanceID: "obs-1", version: "1.16.0+kestrel.0.2.0", control: control)
+        let directory = "/tmp/kestrel-apitest-obs-\(getpid())"
+        mkdir(directory, 0o700)
+        defer { for name in ["log", "metrics"] { unlink(directory + "/" + name) }; rmdir(directory) }
+        #expect(Self.send(api, "GET", "/mmds") == (200, "{}"))
+        #expect(Self.send(api, "PUT", "/mmds", #"{"latest": {"meta-data": {"id": "i-1", "gone": "x"}}}"#).0 == 204)
+        #expect(Self.send(api, "PATCH", "/mmds", #"{"latest": {"meta-data": {"gone": null, "new": "y"}}}"#).0 == 204)
+        #expect(Self.send(api, "GET", "/mmds") == (200, #"{"latest":{"meta-data":{"id":"i-1","new":"y"}}}"#))
+        #expect(Self.send(api, "PUT", "/logger", #"{"log_path": "\#(directory)/log", "level": "Warning", "show_level": true}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/metrics", #"{"metrics_path": "\#(directory)/metrics", "emit_id": true, "properties": {"team": "k"}}"#).0 == 204)
+        let again = Self.send(api, "PUT", "/metrics", #"{"metrics_path": "\#(directory)/metrics"}"#)
+        #expect(again.0 == 400 && Self.fault(again.1).contains("cannot be configured again"), "\(again)")
+        #expect(Self.send(api, "PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0", "host_dev_name": "lo"}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/mmds/config", #"{"network_interfaces": ["eth0"], "version": "V2", "ipv4_address": "169.254.170.2"}"#).0 == 204)
+        let badAddress = Self.send(api, "PUT", "/mmds/config", #"{"network_interfaces": ["eth0"], "ipv4_address": "10.0.0.1"}"#)
+        #expect(badAddress.0 == 400 && Self.fault(badAddress.1).contains("is not in 169.254.1.0 to 169.254.254.255"), "\(badAddress)")
+        #expect(api.fullConfiguration().objectValue?["mmds-config"]?.objectValue?["version"] == .string("V2"))
+        api.metrics.addSource { api.metricGroups() }
+        #expect(Self.send(api, "PUT", "/actions", #"{"action_type": "FlushMetrics"}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/actions", #"{"action_type": "FlushMetrics"}"#).0 == 204)
+        let lines = try String(decoding: Self.readAll(directory + "/metrics"), as: UTF8.self).split(separator: "\n")
+        try #require(lines.count == 2)
+        let first = try #require(try JSONValue.parse(Array(lines[0].utf8)).objectValue)
+        let second = try #require(try JSONValue.parse(Array(lines[1].utf8)).objectValue)
+        #expect(first["id"] == .string("obs-1") && first["properties"] == .object(["team": .string("k")]))
+        #expect(lines[0].hasPrefix(#"{"utc_timestamp_ms":"#) && lines[0].contains(#","id":"obs-1","properties":{"team":"k"},"#))
+        let puts = first["put_api_requests"]?.objectValue
+        #expect(puts?["mmds_count"] == .number(3) && puts?["mmds_fails"] == .number(1) && puts?["metrics_count"] == .number(2) && puts?["metrics_fails"] == .number(1), "\(lines[0])")
+        #expect(first["patch_api_requests"]?.objectValue?["mmds_count"] == .number(1) && first["get_api_requests"]?.objectValue?["mmds_count"] == .number(2))
+        // The second line counts only what came after the first: one FlushMetrics.
+        #expect(second["put_api_requests"]?.objectValue?["actions_count"] == .number(1) && second["put_api_requests"]?.objectValue?["mmds_count"] == .number(0))
+        // Warning and up reach the log: the refused second /metrics, not the accepted requests.
+        let log = String(decoding: try Self.readAll(directory + "/log"), as: UTF8.self)
+        #expect(log.contains("[obs-1:") && log.contains(":ERROR] Received Error. Status code: 400.") && !log.contains("received a PUT"), "\(log)")
+        // After the start, /logger and /metrics are refused; /mmds is still served.
+        #expect(Self.send(api, "PUT", "/boot-source", #"{"kernel_image_path": "\#(Self.file)"}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0", "host_dev_name": "lo"}"#).0 == 204)
+        _ = Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
+        #expect(Self.send(api, "PUT", "/logger", #"{"level": "Info"}"#).0 == 400)
+        #expect(Self.send(api, "PUT", "/mmds", #"{"after": "boot"}"#).0 == 204)
+    }
+
+    static func readAll(_ path: String) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw ConfigurationError("cannot open \(path)") }
+        defer { close(fd) }
+        var bytes: [UInt8] = [], buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = read(fd, &buffer, buffer.count)
+            if count <= 0 { return bytes }
+            bytes += buffer[0..<count]
+        }
     }
 
     /// A FIFO as kernel, initrd or drive passes access(2), and its open at

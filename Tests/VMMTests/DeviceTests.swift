@@ -1,5 +1,6 @@
 import Foundation
 import KVM
+import Synchronization
 import Testing
 @testable import VMM
 
@@ -421,5 +422,21 @@ final class Recorder: @unchecked Sendable {
         let outcome = RunOutcome.guestPanic(message: "Kernel panic - not syncing: x", then: .reset(source: "i8042 reset command"))
         #expect(outcome.exitCode == 70)
         #expect(outcome.diagnosis == "guest kernel panic: Kernel panic - not syncing: x; then guest reset (i8042 reset command)")
+    }
+}
+
+@Suite struct BootTimerTests {
+    /// Only a one-byte write of 123 at offset 0 logs, in Firecracker's words.
+    @Test func onlyTheSignalLogsTheBootTime() {
+        let lines = Mutex<[String]>([])
+        let timer = BootTimer { line in lines.withLock { $0.append(line) } }
+        [UInt8(122)].withUnsafeBytes { timer.write(offset: 0, from: $0) }
+        [UInt8(123)].withUnsafeBytes { timer.write(offset: 4, from: $0) }
+        [UInt8(123), 0].withUnsafeBytes { timer.write(offset: 0, from: $0) }
+        #expect(lines.withLock { $0 }.isEmpty)
+        [UInt8(123)].withUnsafeBytes { timer.write(offset: 0, from: $0) }
+        let logged = lines.withLock { $0 }
+        #expect(logged.count == 1 && logged[0].hasPrefix("Guest-boot-time = ") && logged[0].contains(" CPU us "), "\(logged)")
+        #expect(BootTimer.line(wall: 51234, cpu: 812) == "Guest-boot-time =  51234 us 51 ms,    812 CPU us 0 CPU ms")
     }
 }

@@ -124,3 +124,44 @@ final class SocketPairEndpoint: PacketEndpoint {
         #expect(driver.logLines.first?.contains("less than the 12-byte header") == true)
     }
 }
+
+/// An interceptor that claims frames whose first byte is 0xEE and answers
+/// each with its bytes reversed.
+final class EchoInterceptor: FrameInterceptor, @unchecked Sendable {
+    var taken: [[UInt8]] = []
+    var pending: [[UInt8]] = []
+    var decisionLength: Int { 1 }
+    func claims(_ prefix: [UInt8]) -> Bool { prefix.first == 0xEE }
+    func receive(_ frame: [UInt8]) { taken.append(frame); pending.append(frame.reversed()) }
+    func nextFrame() -> [UInt8]? { pending.isEmpty ? nil : pending.removeFirst() }
+}
+
+@Suite(.timeLimit(.minutes(5))) struct NetDeviceInterceptionTests {
+    /// A claimed frame never reaches the endpoint; the answer waits for a
+    /// receive buffer and arrives with a virtio-net header (num_buffers 1).
+    @Test func claimedFramesAreAnsweredInsteadOfForwarded() throws {
+        let endpoint = try SocketPairEndpoint()
+        let interceptor = EchoInterceptor()
+        let device = NetDevice(endpoint: endpoint, mac: NetDeviceTests.mac, interceptor: interceptor)
+        let driver = try TestDriver(device)
+        #expect(driver.initialise(queues: 2).contains(.driverOK))
+        let claimed: [UInt8] = [UInt8](repeating: 0, count: 12) + [0xEE, 1, 2, 3]
+        let frame = driver.allocate(claimed.count, filledWith: claimed)
+        driver.submit([.init(address: frame, length: UInt32(claimed.count), writable: false)], queue: 1)
+        driver.notify(1)
+        #expect(driver.waitForUsed(queue: 1) != nil)
+        #expect(interceptor.taken == [[0xEE, 1, 2, 3]])
+        // Another frame goes to the endpoint as before.
+        let passed: [UInt8] = [UInt8](repeating: 0, count: 12) + [0x01, 9]
+        driver.submit([.init(address: driver.allocate(passed.count, filledWith: passed), length: UInt32(passed.count), writable: false)], queue: 1, first: 1)
+        driver.notify(1)
+        #expect(endpoint.receive() == passed)
+        let buffer = driver.allocate(2048)
+        driver.submit([.init(address: buffer, length: 2048, writable: true)], queue: 0)
+        driver.notify(0)
+        let used = try #require(driver.waitForUsed(queue: 0))
+        #expect(used.length == 16)
+        #expect(driver.read(buffer, 16) == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 3, 2, 1, 0xEE])
+        #expect(device.statistics.interceptedFrames == 1 && device.statistics.interceptorFrames == 1 && device.statistics.sentFrames == 1)
+    }
+}

@@ -20,6 +20,9 @@ int chost_fallocate(int fd, int mode, long offset, long length);
 /* malloc_trim(3): return freed heap memory to the system (malloc.h is not in Swift's Glibc module). */
 int chost_malloc_trim(void);
 
+/* The calling thread's id (gettid(2), which glibc 2.36 does not declare). */
+int chost_gettid(void);
+
 /*
  * Open-file-description lock on the whole file, never waiting (F_OFD_SETLK).
  * kind: 0 shared (F_RDLCK), 1 exclusive (F_WRLCK), 2 unlock (F_UNLCK).

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import HostSystem
+import Metadata
 import Virtio
 
 /// A virtio-blk disk, with Firecracker's `drives` fields.
@@ -171,6 +172,15 @@ extension MachineConfiguration {
             let directory = vsock.udsPath.contains("/") ? String(vsock.udsPath[..<vsock.udsPath.lastIndex(of: "/")!]) : "."
             guard FileManager.default.fileExists(atPath: directory.isEmpty ? "/" : directory) else {
                 throw ConfigurationError("vsock uds_path \(vsock.udsPath): the directory \(directory) does not exist")
+            }
+        }
+        if let metadata {
+            guard !metadata.networkInterfaces.isEmpty else { throw ConfigurationError("mmds-config.network_interfaces must name at least one interface") }
+            for id in metadata.networkInterfaces where !interfaces.contains(id) {
+                throw ConfigurationError("mmds-config: no network interface has the id \"\(id)\" (put the interface first)")
+            }
+            guard MetadataConfiguration.isUsableLinkLocal(metadata.ipv4Address) else {
+                throw ConfigurationError("mmds-config.ipv4_address \(MetadataConfiguration.text(metadata.ipv4Address)) is not in 169.254.1.0 to 169.254.254.255 (RFC 3927)")
             }
         }
         let roots = drives.filter(\.isRoot)

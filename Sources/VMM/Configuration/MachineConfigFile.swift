@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Metadata
 
 /// Reads a Firecracker-style JSON machine description. Supported: `boot-source`
 /// (`kernel_image_path`, `initrd_path`, `boot_args`), `machine-config`
@@ -11,23 +12,33 @@ import FoundationEssentials
 /// Sections and fields Kestrel does not support (rate limiters, `balloon`,
 /// ...) are refused by name.
 public enum MachineConfigFile {
-    static let supportedSections: Set<String> = ["boot-source", "machine-config", "drives", "entropy", "network-interfaces", "vsock", "serial"]
-    static let knownUnsupported: Set<String> = ["balloon", "logger", "metrics", "mmds-config"]
+    static let supportedSections: Set<String> = ["boot-source", "machine-config", "drives", "entropy", "network-interfaces", "vsock", "serial", "mmds-config"]
+    /// Sections about the process, not the machine: `kestrel run` reads them
+    /// from the document itself (`--config-file`), and they are skipped here.
+    public static let processSections: Set<String> = ["logger", "metrics"]
+    static let knownUnsupported: Set<String> = ["balloon"]
 
     public static func load(path: String) throws -> MachineConfiguration {
+        try parse(try loadDocument(path: path), source: path)
+    }
+
+    /// The file's JSON document, unchecked beyond being JSON.
+    public static func loadDocument(path: String) throws -> JSONValue {
         guard let data = FileManager.default.contents(atPath: path) else { throw ConfigurationError("cannot read \(path)") }
-        return try parse([UInt8](data), source: path)
+        return try document([UInt8](data), source: path)
     }
 
     /// Reads the description from JSON text; `source` names it in errors.
     public static func parse(_ text: [UInt8], source: String) throws -> MachineConfiguration {
-        let document: JSONValue
-        do { document = try JSONValue.parse(text) } catch DecodingError.dataCorrupted(let context) {
+        try parse(try document(text, source: source), source: source)
+    }
+
+    static func document(_ text: [UInt8], source: String) throws -> JSONValue {
+        do { return try JSONValue.parse(text) } catch DecodingError.dataCorrupted(let context) {
             throw ConfigurationError("\(source) is not valid JSON (\(context.debugDescription))")
         } catch {
             throw ConfigurationError("\(source) is not valid JSON (\(error))")
         }
-        return try parse(document, source: source)
     }
 
     /// Reads a parsed description. `requireBootSource` false checks a
@@ -35,7 +46,7 @@ public enum MachineConfigFile {
     /// missing `boot-source` then leaves `kernelPath` empty.
     public static func parse(_ document: JSONValue, source: String, requireBootSource: Bool = true) throws -> MachineConfiguration {
         guard let root = document.objectValue else { throw ConfigurationError("\(source): the top level must be an object") }
-        for (key, value) in root where !supportedSections.contains(key) {
+        for (key, value) in root where !supportedSections.contains(key) && !processSections.contains(key) {
             if value == .array([]) { continue }
             if knownUnsupported.contains(key) { throw ConfigurationError("\(source): \"\(key)\" is not supported by Kestrel yet; remove it or leave it empty") }
             throw ConfigurationError("\(source): unknown section \"\(key)\"")
@@ -91,11 +102,42 @@ public enum MachineConfigFile {
             }
             configuration.serialOutputPath = try Fields(object: object, place: "serial", source: source).string("serial_out_path")
         }
+        if let metadata = root["mmds-config"], metadata != .null {
+            configuration.metadata = try metadataConfig(metadata, source: source)
+        }
         if let entropy = root["entropy"] {
             guard let object = entropy.objectValue else { throw ConfigurationError("\(source): entropy must be an object") }
             try refuseUnknownKeys(object, allowed: [], section: "entropy", source: source)
             configuration.entropy = true
         }
+        return configuration
+    }
+
+    /// Firecracker's MmdsConfig: `network_interfaces` (required), `version`
+    /// V1 or V2 (V1 when missing), `ipv4_address`, `imds_compat`.
+    static func metadataConfig(_ value: JSONValue, source: String) throws -> MetadataConfiguration {
+        guard let object = value.objectValue else { throw ConfigurationError("\(source): mmds-config must be an object") }
+        try refuseUnknownKeys(object, allowed: ["version", "network_interfaces", "ipv4_address", "imds_compat"], section: "mmds-config", source: source)
+        let fields = Fields(object: object, place: "mmds-config", source: source)
+        guard case .array(let items)? = object["network_interfaces"] else {
+            throw ConfigurationError("\(source): mmds-config.network_interfaces is required, an array of interface ids")
+        }
+        let ids = items.compactMap(\.stringValue)
+        guard ids.count == items.count else { throw ConfigurationError("\(source): mmds-config.network_interfaces must hold strings") }
+        var configuration = MetadataConfiguration(networkInterfaces: ids)
+        if let version = try fields.string("version") {
+            guard let known = MetadataConfiguration.Version(rawValue: version) else {
+                throw ConfigurationError("\(source): mmds-config.version \"\(version)\" is not V1 or V2")
+            }
+            configuration.version = known
+        }
+        if let text = try fields.string("ipv4_address") {
+            guard let address = MetadataConfiguration.parseIPv4(text) else {
+                throw ConfigurationError("\(source): mmds-config.ipv4_address \"\(text)\" is not an IPv4 address")
+            }
+            configuration.ipv4Address = address
+        }
+        configuration.imdsCompatible = try fields.bool("imds_compat") ?? false
         return configuration
     }
 
@@ -209,22 +251,34 @@ public enum MachineConfigFile {
         }
         if configuration.entropy { root["entropy"] = .object([:]) }
         if let path = configuration.serialOutputPath { root["serial"] = .object(["serial_out_path": .string(path)]) }
+        if let metadata = configuration.metadata {
+            root["mmds-config"] = .object([
+                "version": .string(metadata.version.rawValue), "network_interfaces": .array(metadata.networkInterfaces.map { .string($0) }),
+                "ipv4_address": .string(MetadataConfiguration.text(metadata.ipv4Address)), "imds_compat": .bool(metadata.imdsCompatible),
+            ])
+        }
         return .object(root)
     }
 
     /// Typed optional fields of one object, with errors naming the place.
-    struct Fields {
+    public struct Fields {
         let object: [String: JSONValue]
         let place: String
         let source: String
 
-        func string(_ key: String) throws -> String? {
+        public init(object: [String: JSONValue], place: String, source: String) {
+            self.object = object
+            self.place = place
+            self.source = source
+        }
+
+        public func string(_ key: String) throws -> String? {
             guard let value = object[key], value != .null else { return nil }
             guard let text = value.stringValue else { throw ConfigurationError("\(source): \(place).\(key) must be a string") }
             return text
         }
 
-        func bool(_ key: String) throws -> Bool? {
+        public func bool(_ key: String) throws -> Bool? {
             guard let value = object[key], value != .null else { return nil }
             guard let flag = value.boolValue else { throw ConfigurationError("\(source): \(place).\(key) must be true or false") }
             return flag
@@ -253,7 +307,7 @@ public enum MachineConfigFile {
         return drive
     }
 
-    private static func refuseUnknownKeys(_ object: [String: JSONValue], allowed: Set<String>, section: String, source: String) throws {
+    public static func refuseUnknownKeys(_ object: [String: JSONValue], allowed: Set<String>, section: String, source: String) throws {
         if let key = object.keys.sorted().first(where: { !allowed.contains($0) }) {
             throw ConfigurationError("\(source): \(section).\(key) is not supported (known: \(allowed.sorted().joined(separator: ", ")))")
         }

@@ -1,6 +1,7 @@
 import Confidential
 import FoundationEssentials
 import HostSystem
+import Metadata
 
 /// What to run: a kernel and how to boot it, vCPUs, memory and CPU template.
 /// `validate()` finds bad settings before anything is created.
@@ -24,6 +25,9 @@ public struct MachineConfiguration: Sendable {
     public var networkInterfaces: [NetworkInterfaceConfiguration] = []
     /// A virtio-vsock device.
     public var vsock: VsockConfiguration?
+    /// Firecracker's `mmds-config`: which interfaces carry the guest's MMDS
+    /// requests, at which address, with which version.
+    public var metadata: MetadataConfiguration?
     /// Firecracker's `serial.serial_out_path`: a regular file (created if
     /// missing, appended to) or a FIFO that takes the guest's COM1 output
     /// instead of standard output.

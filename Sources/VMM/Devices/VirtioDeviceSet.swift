@@ -2,6 +2,7 @@ import Boot
 import GuestMemory
 import HostSystem
 import KVM
+import Metadata
 import Virtio
 
 extension MMIOTransport: BusDevice {}
@@ -33,9 +34,15 @@ public final class VirtioDeviceSet: Sendable {
 
     /// The devices `configuration` asks for, in placement order: drives (root
     /// first), network interfaces, vsock, then the entropy device. `report`
-    /// hears of taps Kestrel created.
-    public static func devices(for configuration: MachineConfiguration,
+    /// hears of taps Kestrel created. The interfaces that `mmds-config` names
+    /// hand the guest's MMDS frames to `metadata` (a fresh, empty service
+    /// when nil).
+    public static func devices(for configuration: MachineConfiguration, metadata: MetadataService? = nil,
                                report: (String) -> Void = { _ in }) throws -> [(name: String, device: any VirtioDevice)] {
+        let service = configuration.metadata == nil ? nil : (metadata ?? MetadataService())
+        if let service, let metadata = configuration.metadata {
+            service.configure(version: metadata.version, imdsCompatible: metadata.imdsCompatible)
+        }
         var devices: [(String, any VirtioDevice)] = []
         for drive in configuration.orderedDrives {
             do {
@@ -56,7 +63,11 @@ public final class VirtioDeviceSet: Sendable {
             }
             if interface.tapName == nil { report("created tap \(tap.name) for \(interface.id)") }
             let mac = interface.guestMAC.flatMap(NetDevice.parseMAC) ?? NetDevice.randomMAC()
-            devices.append(("virtio-net \(interface.id)", NetDevice(endpoint: tap, mac: mac, mtu: interface.mtu.map { UInt16($0) })))
+            var stack: MetadataNetworkStack?
+            if let service, let metadata = configuration.metadata, metadata.networkInterfaces.contains(interface.id) {
+                stack = MetadataNetworkStack(service: service, ipv4Address: metadata.ipv4Address)
+            }
+            devices.append(("virtio-net \(interface.id)", NetDevice(endpoint: tap, mac: mac, mtu: interface.mtu.map { UInt16($0) }, interceptor: stack)))
         }
         if let vsock = configuration.vsock {
             do {

@@ -16,6 +16,8 @@ public enum KestrelThread: String, CaseIterable, Sendable {
     case console
     /// Receives SIGINT and SIGTERM and stops the machine.
     case signals
+    /// Writes a metrics line every 60 s (`--metrics-path`, `PUT /metrics`).
+    case metrics
 }
 
 /// Kestrel's seccomp-BPF allow-lists, one per thread kind, after
@@ -66,6 +68,8 @@ public struct SeccompPolicy: Sendable {
         .vmm: common.union(files).union(["ioctl", "fsync", "fdatasync", "epoll_ctl", "unlink", "unlinkat", "readlink", "access", "faccessat2"]),
         .console: common.union(["read", "ioctl"]),
         .signals: common.union(["read", "close", "epoll_ctl", "unlink", "unlinkat"]),
+        // Reads counters in memory and writes one line to an open file.
+        .metrics: common,
     ]
 
     /// The lists; `snpCertificates` adds the file calls the certificate
@@ -90,6 +94,7 @@ public struct SeccompPolicy: Sendable {
     /// be filtered must not go on unfiltered: the failure is logged and
     /// the process ends (status 1).
     public func enter(_ kind: KestrelThread) {
+        POSIXThread.setCurrentName(kind.rawValue)
         do {
             try filters[kind]!.install(logOnly: logOnly)
         } catch {

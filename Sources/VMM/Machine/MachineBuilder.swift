@@ -4,6 +4,7 @@ import Glibc
 import GuestMemory
 import HostSystem
 import KVM
+import Metadata
 import Virtio
 
 /// Turns a `MachineConfiguration` into a `Machine` ready to run: plans the boot
@@ -12,9 +13,18 @@ import Virtio
 /// where a configuration meets KVM; the machine it returns only runs.
 public struct MachineBuilder {
     public let configuration: MachineConfiguration
+    /// The MMDS data store that interfaces named by `mmds-config` serve (the
+    /// API's, so that `PUT /mmds` reaches the guest); a fresh one when nil.
+    public var metadataService: MetadataService?
+    /// With a log, the machine gets Firecracker's boot timer (`--boot-timer`),
+    /// which writes its line there.
+    public var bootTimerLog: (@Sendable (String) -> Void)?
 
-    public init(configuration: MachineConfiguration) {
+    public init(configuration: MachineConfiguration, metadataService: MetadataService? = nil,
+                bootTimerLog: (@Sendable (String) -> Void)? = nil) {
         self.configuration = configuration
+        self.metadataService = metadataService
+        self.bootTimerLog = bootTimerLog
     }
 
     /// Builds the machine. `console` receives every byte the guest writes to COM1.
@@ -43,7 +53,7 @@ public struct MachineBuilder {
         timer.step("read kernel and initrd")
         // Opening the disks (and locking them) before the VM exists refuses a
         // busy or unreadable image early.
-        let virtioDevices = try VirtioDeviceSet.devices(for: configuration, report: deviceLog)
+        let virtioDevices = try VirtioDeviceSet.devices(for: configuration, metadata: metadataService, report: deviceLog)
         var request = LinuxBootRequest(
             kernel: kernel, initrd: initrd, commandLine: configuration.effectiveCommandLine, memorySize: configuration.memorySize,
             decompressOnHost: configuration.decompressOnHost, preferPVH: configuration.preferPVH,
@@ -74,7 +84,7 @@ public struct MachineBuilder {
         timer.step("load into guest memory")
 
         let wiring = try Self.wireDevices(vm: vm, kvm: kvm, memory: memory, virtioDevices: virtioDevices, console: console,
-                                          deviceLog: deviceLog)
+                                          deviceLog: deviceLog, bootTimerLog: bootTimerLog)
         let (control, panicWatcher, serial, portBus, mmioBus, devices) =
             (wiring.control, wiring.panicWatcher, wiring.serial, wiring.portBus, wiring.mmioBus, wiring.devices)
 
@@ -142,7 +152,8 @@ public struct MachineBuilder {
     static func wireDevices(vm: VirtualMachine, kvm: KVMSystem, memory: GuestAddressSpace,
                             virtioDevices: [(name: String, device: any VirtioDevice)], platformFeatures: UInt64 = 0,
                             console: @escaping @Sendable (UInt8) -> Void,
-                            deviceLog: @escaping @Sendable (String) -> Void) throws -> DeviceWiring {
+                            deviceLog: @escaping @Sendable (String) -> Void,
+                            bootTimerLog: (@Sendable (String) -> Void)? = nil) throws -> DeviceWiring {
         let control = RunControl()
         let panicWatcher = GuestPanicWatcher()
         let serial = Serial16550(output: { byte in
@@ -165,6 +176,7 @@ public struct MachineBuilder {
         portBus.add(ACPISleepControl { control.finish(.poweredOff) },
                     at: UInt64(ACPITables.sleepControlPort)..<UInt64(ACPITables.sleepControlPort + 2))
         mmioBus.add(ExitDevice { status in control.finish(.guestExit(status: status)) }, at: ExitDevice.address..<(ExitDevice.address + 8))
+        if let bootTimerLog { mmioBus.add(BootTimer(log: bootTimerLog), at: BootTimer.address..<(BootTimer.address + 0x1000)) }
         let devices = try VirtioDeviceSet(devices: virtioDevices, vm: vm, kvm: kvm, memory: memory,
                                           platformFeatures: platformFeatures, mmioBus: &mmioBus,
                                           log: deviceLog)
@@ -231,7 +243,7 @@ public struct MachineBuilder {
 
     /// Reads a whole file straight into an array (one copy: no Data in between,
     /// which matters for a 50 MB vmlinux on a slow, emulated host).
-    static func readFile(_ path: String, what: String, limit: Int = .max) throws -> [UInt8] {
+    public static func readFile(_ path: String, what: String, limit: Int = .max) throws -> [UInt8] {
         // Non-blocking open: a FIFO named as a kernel must be refused, not waited on.
         let fd: Int32
         do { fd = try HostFile.open(path, O_RDONLY, allowed: [.regular], what: "the \(what)") } catch let error as HostFileError {

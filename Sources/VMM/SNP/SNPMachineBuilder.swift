@@ -2,6 +2,7 @@ import Boot
 import Confidential
 import GuestMemory
 import KVM
+import Metadata
 import Virtio
 
 /// `kestrel run --confidential snp`: the SNP machine a configuration asks
@@ -40,7 +41,7 @@ extension MachineBuilder {
         try configuration.validate()
         let kernel = try Self.readFile(configuration.kernelPath, what: "kernel")
         let initrd = try configuration.initrdPath.map { try Self.readFile($0, what: "initrd") }
-        let virtio = try VirtioDeviceSet.devices(for: configuration)
+        let virtio = try VirtioDeviceSet.devices(for: configuration, metadata: metadataService)
         let kvm = try KVMSystem()
         let (plan, bitFromHost) = try snpPlan(kvm: kvm, platformDevices: virtio.indices.map(VirtioPlacement.device), kernel: kernel, initrd: initrd)
         let image = GuestAddressSpace()
@@ -68,7 +69,7 @@ extension MachineBuilder {
         }
         let kernel = try Self.readFile(configuration.kernelPath, what: "kernel")
         let initrd = try configuration.initrdPath.map { try Self.readFile($0, what: "initrd") }
-        let virtioDevices = try VirtioDeviceSet.devices(for: configuration, report: deviceLog)
+        let virtioDevices = try VirtioDeviceSet.devices(for: configuration, metadata: metadataService, report: deviceLog)
         let (plan, bitFromHost) = try snpPlan(kvm: kvm, platformDevices: virtioDevices.indices.map(VirtioPlacement.device),
                                               kernel: kernel, initrd: initrd)
         guard bitFromHost else { throw ConfigurationError("--confidential snp: KVM reports no SEV CPUID leaf 0x8000001F, so the C-bit is unknown") }

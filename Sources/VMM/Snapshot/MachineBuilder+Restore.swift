@@ -3,6 +3,7 @@ import Glibc
 import GuestMemory
 import HostSystem
 import KVM
+import Metadata
 import Virtio
 import X86
 
@@ -51,8 +52,11 @@ extension MachineBuilder {
     /// machine's RAM is copied into its new guest_memfd, which cannot map a
     /// file), the devices opened from the recorded configuration and put
     /// back in their state, the irqchip, PIT and kvmclock, and each vCPU's
-    /// CPUID and state. No vCPU has run when this returns or throws.
+    /// CPUID and state. No vCPU has run when this returns or throws. The
+    /// MMDS configuration comes back with the machine; its data store does
+    /// not (as in Firecracker): interfaces serve `metadata`'s.
     public static func restore(statePath: String, memoryPath: String, options: SnapshotLoadOptions = SnapshotLoadOptions(),
+                               metadata metadataService: MetadataService? = nil,
                                console: @escaping @Sendable (UInt8) -> Void,
                                deviceLog: @escaping @Sendable (String) -> Void = { _ in }) throws -> Machine {
         var timer = StepTimer()
@@ -60,7 +64,7 @@ extension MachineBuilder {
         try options.apply(to: &configuration, clock: snapshot.clock)
         try configuration.validateDevices()
         timer.step("read and check the snapshot")
-        let virtioDevices = try VirtioDeviceSet.devices(for: configuration, report: deviceLog)
+        let virtioDevices = try VirtioDeviceSet.devices(for: configuration, metadata: metadataService, report: deviceLog)
         guard virtioDevices.count == snapshot.devices.count else {
             throw SnapshotError("the snapshot has \(snapshot.devices.count) virtio devices; its configuration makes \(virtioDevices.count)")
         }

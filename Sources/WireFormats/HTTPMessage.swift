@@ -1,5 +1,3 @@
-import VMM
-
 /// One HTTP/1.x request as the API reads it: what Firecracker's clients send
 /// over its Unix socket (a method, a path, a few headers, a JSON body given
 /// by Content-Length).
@@ -75,6 +73,7 @@ public struct HTTPResponse: Equatable, Sendable {
         case 200: "OK"
         case 204: "No Content"
         case 400: "Bad Request"
+        case 401: "Unauthorized"
         case 404: "Not Found"
         case 405: "Method Not Allowed"
         case 408: "Request Timeout"

@@ -1,12 +1,16 @@
 /// Reads HTTP/1.x requests from the bytes of one connection, as they arrive
 /// in pieces. It trusts nothing: the head is limited to
-/// `maximumHeadBytes`, a body to `maximumBodyBytes` (Firecracker's default
+/// `maximumHeadBytes`, a body to `maximumBodyBytes` (by default Firecracker's
 /// `--http-api-max-payload-size`), and a body comes only by Content-Length.
 /// Chunked bodies, obsolete header folding, bad tokens and conflicting
 /// lengths are errors; after one, the connection is answered and closed.
 public struct HTTPRequestReader: Sendable {
     public static let maximumHeadBytes = 8192
-    public static let maximumBodyBytes = 51_200
+    /// Firecracker's default `--http-api-max-payload-size`.
+    public static let defaultMaximumBodyBytes = 51_200
+
+    /// The largest body this reader takes; a longer Content-Length is a 413.
+    public let maximumBodyBytes: Int
 
     /// What the reader has for the server.
     public enum Event: Equatable, Sendable {
@@ -22,7 +26,10 @@ public struct HTTPRequestReader: Sendable {
     private var pending: (request: HTTPRequest, length: Int)?
     private var continueAnswered = false
 
-    public init() {}
+    public init(maximumBodyBytes: Int = defaultMaximumBodyBytes) {
+        precondition(maximumBodyBytes >= 0, "a body limit is not negative")
+        self.maximumBodyBytes = maximumBodyBytes
+    }
 
     /// Bytes held that are not part of a returned request.
     public var bufferedCount: Int { buffer.count }
@@ -49,6 +56,9 @@ public struct HTTPRequestReader: Sendable {
                 throw HTTPParseError(431, "the request head is longer than \(Self.maximumHeadBytes) bytes")
             }
             let head = try Self.parseHead(buffer[..<end.headLength])
+            guard head.1 <= maximumBodyBytes else {
+                throw HTTPParseError(413, "the body of \(head.1) bytes is larger than the \(maximumBodyBytes) bytes accepted")
+            }
             buffer.removeFirst(end.headLength + end.terminatorLength)
             pending = head
             continueAnswered = false
@@ -134,9 +144,6 @@ public struct HTTPRequestReader: Sendable {
                 throw HTTPParseError(400, "Content-Length \"\(text)\" is not a number")
             }
             length = value
-        }
-        guard length <= maximumBodyBytes else {
-            throw HTTPParseError(413, "the body of \(length) bytes is larger than the \(maximumBodyBytes) bytes the API accepts")
         }
         request.body = []
         return (request, length)
