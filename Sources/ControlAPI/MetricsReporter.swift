@@ -141,8 +141,11 @@ public final class MetricsReporter: Sendable {
         }
     }
 
+    /// Stops the periodic flush and writes a last line (as Firecracker does
+    /// when its VMM stops), once.
     public func stop() {
-        stopping.store(true, ordering: .releasing)
+        guard !stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
         wake.withLockBroadcasting {}
+        flush()
     }
 }

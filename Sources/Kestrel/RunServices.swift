@@ -69,9 +69,15 @@ final class RunServices: Sendable {
     func addMachine(_ machine: Machine) {
         let devices = machine.devices.transports.map { (name: $0.name, device: $0.device) }
         let metadata = metadata
-        let started = machine.startTime
-        metrics.addSource {
-            var groups: MetricsReporter.Groups = ["block": [:], "net": [:], "vsock": [:], "entropy": [:]]
+        let vcpuCount = machine.vcpuThreads.count
+        metrics.addSource { [machine] in
+            // Every aggregate group is on every line, zero without its device, as in Firecracker.
+            var groups: MetricsReporter.Groups = [
+                "block": Dictionary(uniqueKeysWithValues: ["read_count", "write_count", "read_bytes", "write_bytes", "flush_count", "invalid_reqs_count"].map { ($0, .counter(0)) }),
+                "net": Dictionary(uniqueKeysWithValues: ["rx_bytes_count", "rx_packets_count", "tx_bytes_count", "tx_packets_count", "dropped_frames",
+                                                         "tx_mmds_frames", "rx_mmds_frames"].map { ($0, .counter(0)) }),
+                "entropy": ["entropy_bytes": .counter(0)],
+            ]
             for (name, device) in devices {
                 let parts = name.split(separator: " ", maxSplits: 1).map(String.init)
                 let kind = ["virtio-blk": "block", "virtio-net": "net", "virtio-vsock": "vsock", "virtio-rng": "entropy"][parts[0]] ?? parts[0]
@@ -93,9 +99,9 @@ final class RunServices: Sendable {
             mmds["connections_created"] = .counter(stacks.map(\.connectionsCreated).reduce(0, +))
             mmds["connections_destroyed"] = .counter(stacks.map(\.connectionsDestroyed).reduce(0, +))
             groups["mmds"] = mmds
-            let uptime = started.map { ContinuousClock.now - $0 } ?? .zero
+            let uptime = machine.startTime.map { ContinuousClock.now - $0 } ?? .zero
             groups["kestrel"] = ["uptime_ms": .gauge(Int(uptime.components.seconds) * 1000 + Int(uptime.components.attoseconds / 1_000_000_000_000_000)),
-                                 "vcpu_count": .gauge(machine.vcpuThreads.count)]
+                                 "vcpu_count": .gauge(vcpuCount)]
             return groups
         }
     }

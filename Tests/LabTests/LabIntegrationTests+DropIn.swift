@@ -1,0 +1,126 @@
+import Glibc
+@testable import Lab
+import Testing
+import TextFormat
+import WireFormats
+
+/// Kestrel as a Firecracker drop-in, with a Linux guest in the lab: run
+/// under the name `firecracker` with a config file that has `mmds-config`,
+/// `logger` and `metrics` sections (the metrics to a FIFO, as Kata sets
+/// them up), `--metadata` and `--boot-timer`. The L1 PATCHes the data store
+/// through the API while the guest boots; the guest reads it over MMDS V2
+/// (a token from PUT, then GETs with it, in the IMDS and JSON formats, and a
+/// 20 KB value over several TCP segments), is refused without a token, and
+/// writes the boot timer. The L1 asks for FlushMetrics; every metrics line
+/// parses as JSON and counts the guest's MMDS traffic.
+extension LabIntegrationTests {
+    @Test func aFirecrackerConfiguredGuestReadsMMDSAndIsLoggedAndMeasured() throws {
+        let curl = try #require(HostProcess.find("curl"), "curl is not installed (scripts/prepare-host test installs it)")
+        let directory = try TemporaryDirectory(prefix: "kestrel-labdropin")
+        let big = String(repeating: "0123456789", count: 2000)
+        let metadata = #"{"latest": {"meta-data": {"instance-id": "i-lab", "big": "\#(big)"}}}"#
+        let guest = #"""
+            for i in $(seq 100); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
+            ip link set lo up; ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up
+            ip route add 169.254.169.254 dev eth0
+            devmem 0xc0000000 8 123
+            # busybox nc ends the connection when its input ends: the input stays open a second.
+            ask() { { printf "$1"; sleep 1; } | nc 169.254.169.254 80 > /tmp/answer; }
+            get() { wget -q -O - --header "X-metadata-token: $TOKEN" "$@"; }
+            ask 'PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nX-metadata-token-ttl-seconds: 60\r\nConnection: close\r\n\r\n'
+            TOKEN=$(tail -n 1 /tmp/answer)
+            echo "token-status $(head -n 1 /tmp/answer | tr -d '\r')"
+            echo "token-length ${#TOKEN}"
+            echo "v2-id $(get http://169.254.169.254/latest/meta-data/instance-id)"
+            echo "v2-patched $(get http://169.254.169.254//latest/meta-data/patched)"
+            echo "v2-json-length $(get --header 'Accept: application/json' http://169.254.169.254/latest/meta-data | wc -c)"
+            ask 'GET /latest/meta-data/instance-id HTTP/1.1\r\nConnection: close\r\n\r\n'
+            echo "no-token $(head -n 1 /tmp/answer | tr -d '\r')"
+            echo "wget-listing $(get http://169.254.169.254/latest/meta-data/ | tr '\n' ' ')"
+            echo "big-length $(get http://169.254.169.254/latest/meta-data/big | wc -c)"
+            echo reads-done
+            sleep 4
+            poweroff -f
+            """#
+        let l1 = #"""
+            set -u
+            ip tuntap add dev tap0 mode tap 2>/dev/null || tunctl -t tap0 >/dev/null
+            ip addr add 172.16.0.1/24 dev tap0 && ip link set tap0 up
+            ln -s "$(command -v kestrel)" /tmp/firecracker
+            echo "version $(/tmp/firecracker --version | head -n 1)"
+            mkfifo /tmp/metrics.fifo
+            cat /tmp/metrics.fifo > /tmp/metrics.out &
+            cat > /tmp/vm.json <<'JSON'
+            {"boot-source": {"kernel_image_path": "/lab/guest/vmlinux", "initrd_path": "/tmp/i.cpio",
+                             "boot_args": "console=ttyS0 reboot=k panic=-1 i8042.noaux pci=off quiet"},
+             "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+             "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}],
+             "mmds-config": {"version": "V2", "network_interfaces": ["eth0"]},
+             "logger": {"log_path": "/tmp/fc.log", "level": "Info", "show_level": true},
+             "metrics": {"metrics_path": "/tmp/metrics.fifo"}}
+            JSON
+            kestrel initramfs --modules /lab/guest/modules --command "$(cat /lab/guest.sh)" -o /tmp/i.cpio >/dev/null
+            /tmp/firecracker --api-sock /tmp/fc.sock --config-file /tmp/vm.json --metadata /lab/metadata.json --boot-timer > /tmp/l2.out 2>&1 &
+            vm=$!
+            i=0; until [ -S /tmp/fc.sock ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+            c() { method=$1; path=$2; shift 2; echo "$method $path $(CURL -s -S --max-time 60 --unix-socket /tmp/fc.sock -X $method -w ' %{http_code}' "$@" http://localhost$path 2>&1)"; }
+            c PATCH /mmds -d '{"latest": {"meta-data": {"patched": "by-the-host"}}}'
+            c GET /version
+            i=0; until grep -q '^reads-done' /tmp/l2.out; do i=$((i+1)); [ $i -gt 1200 ] && break; sleep 0.2; done
+            c PUT /actions -d '{"action_type": "FlushMetrics"}'
+            wait $vm; echo "l2-exit $?"
+            sleep 1
+            echo "== l2"; cat /tmp/l2.out
+            echo "== log"; cat /tmp/fc.log
+            echo "== metrics"; cat /tmp/metrics.out
+            echo "== end"
+            """#
+        try writeFileAtomically(Array(guest.utf8), to: directory.path + "/guest.sh")
+        try writeFileAtomically(Array(l1.replacing("CURL -s", with: curl + " -s").utf8), to: directory.path + "/l1.sh")
+        try writeFileAtomically(Array(metadata.utf8), to: directory.path + "/metadata.json")
+        let run = try LabIntegrationTests.run(
+            ["lab", "run", "--kernel", "6.1", "--guest-kernel", "--add", directory.path + "/guest.sh:/lab/guest.sh",
+             "--add", directory.path + "/metadata.json:/lab/metadata.json", "--add", directory.path + "/l1.sh:/lab/l1.sh"]
+                + (try Self.programWithLibraries(curl)) + ["--", "sh /lab/l1.sh"], timeout: 900)
+        print("Firecracker drop-in in the 6.1 lab: \(run.seconds.text(places: 2)) s\n\(run.output)")
+        #expect(run.status == 0, "\(run.errors.suffix(3000))")
+        // An L1 that died and was booted again ran the script again: read its last run.
+        let output = run.output.ranges(of: "\nversion ").last.map { String(run.output[$0.lowerBound...]) } ?? run.output
+        let lines = output.split(separator: "\n").map(String.init)
+        func value(_ key: String) -> String? {
+            lines.first { $0.hasPrefix(key + " ") }.map { String($0.dropFirst(key.count + 1).drop { $0 == " " }) }
+        }
+        func section(_ name: String) -> [String] {
+            guard let start = lines.firstIndex(of: "== \(name)") else { return [] }
+            return Array(lines[(start + 1)...].prefix { !$0.hasPrefix("== ") })
+        }
+        #expect(value("version") == "Firecracker v1.16.0+kestrel.0.2.0", "\(output)")
+        #expect(value("l2-exit") == "0", "\(output)")
+        #expect(value("PATCH /mmds") == "204", "\(output)")
+        #expect(value("GET /version") == #"{"firecracker_version":"1.16.0+kestrel.0.2.0"} 200"#, "\(output)")
+        #expect(value("PUT /actions") == "204", "FlushMetrics: \(output)")
+        #expect(value("token-status") == "HTTP/1.1 200 OK" && value("token-length") == "43", "\(output)")
+        #expect(value("v2-id") == "i-lab" && value("v2-patched") == "by-the-host", "\(output)")
+        #expect(value("v2-json-length").flatMap { Int($0) }.map { $0 > 20_000 } == true, "\(output)")
+        #expect(value("no-token") == "HTTP/1.1 401 Unauthorized", "\(output)")
+        #expect(value("wget-listing") == "big instance-id patched", "\(output)")
+        #expect(value("big-length") == "20000", "a 20 KB value over several segments: \(output)")
+        let log = section("log")
+        #expect(log.contains { $0.contains(":INFO] Guest-boot-time = ") }, "the boot timer's line: \(log)")
+        #expect(log.contains { $0.contains("[anonymous-instance:api:INFO] The API server received a PATCH request on \"/mmds\".") }, "\(log)")
+        let metrics = section("metrics")
+        let parsed = metrics.compactMap { try? JSONValue.parse(Array($0.utf8)).objectValue }
+        #expect(metrics.count >= 2 && parsed.count == metrics.count, "every metrics line is JSON (FlushMetrics, and the last at exit): \(metrics)")
+        func total(_ group: String, _ field: String) -> Int {
+            parsed.compactMap { $0[group]?.objectValue?[field]?.wholeNumber }.reduce(0, +)
+        }
+        #expect(total("mmds", "connections_created") >= 7 && total("mmds", "rx_count") >= 7, "the guest's MMDS requests: \(metrics)")
+        #expect(total("mmds", "rx_no_token") == 1 && total("mmds", "tokens_issued") == 1, "\(metrics)")
+        #expect(total("net", "tx_mmds_frames") > 0 && total("net_eth0", "rx_mmds_frames") > 0, "\(metrics)")
+        #expect(total("put_api_requests", "actions_count") == 1 && total("patch_api_requests", "mmds_count") == 1, "\(metrics)")
+        // FlushMetrics came after the guest's reads: its line has them already.
+        let flushed = parsed.first?["mmds"]?.objectValue
+        #expect(flushed?["connections_created"]?.wholeNumber == 7 && flushed?["tokens_issued"]?.wholeNumber == 1, "\(metrics)")
+        #expect((parsed.first?["kestrel"]?.objectValue?["uptime_ms"]?.wholeNumber ?? 0) > 0, "\(metrics)")
+    }
+}
