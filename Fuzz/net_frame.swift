@@ -19,7 +19,7 @@ final class PairEndpoint: PacketEndpoint {
 }
 
 let endpoint = PairEndpoint()
-let netDevice = NetDevice(endpoint: endpoint, mac: [2, 0, 0, 0, 0, 1])
+let netDevice = try! NetDevice(endpoint: endpoint, mac: [2, 0, 0, 0, 0, 1])
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzNetFrame(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {

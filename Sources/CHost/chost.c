@@ -21,6 +21,8 @@
 #include <net/if.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 int chost_fallocate(int fd, int mode, long offset, long length) {
@@ -289,4 +291,13 @@ int chost_forward_stop_signals(int fd) {
 
 int chost_gettid(void) {
     return (int)syscall(SYS_gettid);
+}
+
+int chost_timerfd_create(void) {
+    return timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+}
+
+int chost_timerfd_arm(int fd, long seconds, long nanoseconds) {
+    struct itimerspec setting = {.it_interval = {0, 0}, .it_value = {seconds, nanoseconds}};
+    return timerfd_settime(fd, 0, &setting, NULL);
 }

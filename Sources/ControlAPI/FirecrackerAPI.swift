@@ -210,8 +210,8 @@ public final class FirecrackerAPI: Sendable {
             state.sections["serial"] = body
             if let path = body.objectValue?["serial_out_path"]?.stringValue { try MachineConfiguration.checkSerialOutput(path) }
         }
-        case ("PATCH", "drives", _?), ("PATCH", "network-interfaces", _?):
-            return .fault(400, "\(method) \(request.path): Kestrel cannot change a drive or an interface after boot (no rate limiters, no hot swap).")
+        case ("PATCH", "drives", let id?): return patchDevice(request, id: id, kind: "drives")
+        case ("PATCH", "network-interfaces", let id?): return patchDevice(request, id: id, kind: "network-interfaces")
         case ("PUT", "logger", nil): return configureObservability(request) { body in
             try self.logger.configure(try EventLogger.Settings.parse(body, source: "PUT /logger"))
         }
@@ -441,6 +441,62 @@ public final class FirecrackerAPI: Sendable {
         state.withLock { state in
             state.adopt(MachineConfigFile.document(for: configuration))
             state.vm = resume ? .running : .paused
+        }
+        return .noContent
+    }
+
+    /// `PATCH /drives/{id}` (PartialDrive: `path_on_host`, `rate_limiter`) and
+    /// `PATCH /network-interfaces/{id}` (PartialNetworkInterface:
+    /// `rx_rate_limiter`, `tx_rate_limiter`), after the start, as in
+    /// Firecracker. The body is checked whole before anything changes; the
+    /// change then shows in `GET /vm/config`.
+    private func patchDevice(_ request: HTTPRequest, id: String, kind: String) -> HTTPResponse {
+        let body: JSONValue
+        switch Self.body(of: request) {
+        case .success(let value): body = value
+        case .failure(let error): return error.response
+        }
+        let source = "\(request.method) \(request.path)"
+        let isDrive = kind == "drives"
+        let idField = isDrive ? "drive_id" : "iface_id"
+        do {
+            try Self.require(body, [idField], in: isDrive ? "drive" : "network interface", matching: (idField, id))
+            let object = body.objectValue ?? [:]
+            let allowed: Set<String> = isDrive ? ["drive_id", "path_on_host", "rate_limiter"] : ["iface_id", "rx_rate_limiter", "tx_rate_limiter"]
+            try MachineConfigFile.refuseUnknownKeys(object, allowed: allowed, section: isDrive ? "drive" : "network interface", source: source)
+            guard vmState != .notStarted else {
+                return .fault(400, "The requested operation is not supported before starting the microVM.")
+            }
+            let known = state.withLock { state in (isDrive ? state.drives.map(\.id) : state.interfaces.map(\.id)).contains(id) }
+            guard known else { throw ConfigurationError("no \(isDrive ? "drive" : "network interface") has the id \"\(id)\"") }
+            var changes: [String: JSONValue] = [:]
+            if isDrive {
+                let path = try MachineConfigFile.Fields(object: object, place: "drive", source: source).string("path_on_host")
+                let limiter = try RateLimiterConfiguration.parse(object["rate_limiter"], place: "rate_limiter", source: source)
+                try control.updateDrive(id: id, path: path, rateLimiter: limiter)
+                if let path { changes["path_on_host"] = .string(path) }
+                if let limiter { changes["rate_limiter"] = limiter.document }
+            } else {
+                let receive = try RateLimiterConfiguration.parse(object["rx_rate_limiter"], place: "rx_rate_limiter", source: source)
+                let transmit = try RateLimiterConfiguration.parse(object["tx_rate_limiter"], place: "tx_rate_limiter", source: source)
+                try control.updateNetworkInterface(id: id, receive: receive, transmit: transmit)
+                if let receive { changes["rx_rate_limiter"] = receive.document }
+                if let transmit { changes["tx_rate_limiter"] = transmit.document }
+            }
+            state.withLock { state in
+                func apply(_ value: JSONValue) -> JSONValue {
+                    var fields = value.objectValue ?? [:]
+                    for (key, change) in changes {
+                        // A limiter's buckets merge into the one before.
+                        fields[key] = key.hasSuffix("rate_limiter") ? (fields[key] ?? .object([:])).merging(change) : change
+                    }
+                    return .object(fields)
+                }
+                if isDrive, let index = state.drives.firstIndex(where: { $0.id == id }) { state.drives[index].value = apply(state.drives[index].value) }
+                if !isDrive, let index = state.interfaces.firstIndex(where: { $0.id == id }) { state.interfaces[index].value = apply(state.interfaces[index].value) }
+            }
+        } catch {
+            return .fault(400, "\(error)")
         }
         return .noContent
     }

@@ -29,10 +29,20 @@ public protocol MicroVMControl: Sendable {
     /// the client is slow to read). A start or a load can hold its vCPUs
     /// until then, so that the answer does not queue behind them for a core.
     func answersSent()
+    /// `PATCH /drives/{id}`: a new image and/or rate limiter for a running microVM's drive.
+    func updateDrive(id: String, path: String?, rateLimiter: RateLimiterConfiguration?) throws
+    /// `PATCH /network-interfaces/{id}`: new rate limiters for a running microVM's interface.
+    func updateNetworkInterface(id: String, receive: RateLimiterConfiguration?, transmit: RateLimiterConfiguration?) throws
 }
 
 extension MicroVMControl {
     public func answersSent() {}
+    public func updateDrive(id: String, path: String?, rateLimiter: RateLimiterConfiguration?) throws {
+        throw ConfigurationError("this microVM's drives cannot be changed")
+    }
+    public func updateNetworkInterface(id: String, receive: RateLimiterConfiguration?, transmit: RateLimiterConfiguration?) throws {
+        throw ConfigurationError("this microVM's interfaces cannot be changed")
+    }
 }
 
 /// The state `GET /` reports, with Firecracker's names.

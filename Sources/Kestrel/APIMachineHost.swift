@@ -94,6 +94,15 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
     }
 
     func pause() throws { try runningMachine.pause() }
+
+    func updateDrive(id: String, path: String?, rateLimiter: RateLimiterConfiguration?) throws {
+        try runningMachine.updateDrive(id: id, path: path, rateLimiter: rateLimiter)
+        if let path { log("drive \(id) now serves \(path)") }
+    }
+
+    func updateNetworkInterface(id: String, receive: RateLimiterConfiguration?, transmit: RateLimiterConfiguration?) throws {
+        try runningMachine.updateNetworkInterface(id: id, receive: receive, transmit: transmit)
+    }
     func resume() throws { try runningMachine.resume() }
 
     func sendCtrlAltDel() throws {

@@ -24,23 +24,48 @@ public final class BlockDevice: VirtioDevice {
     public let deviceType = VirtioDeviceType.block
     public let queueSizes: [UInt16] = [BlockDevice.queueSize]
     public let offeredFeatures: UInt64
-    public let path: String
     public let isReadOnly: Bool
     /// Capacity in 512-byte sectors (a partial last sector is not exposed).
-    public let capacity: UInt64
-    private let file: Int32
     private let identifier: [UInt8]
     /// struct virtio_blk_config.
-    public let configurationSpace: [UInt8]
+    public var configurationSpace: [UInt8] { Self.configurationSpace(capacity: capacity) }
+    /// The image: replaced whole by `replaceImage` (Firecracker's PATCH of
+    /// `path_on_host`); a request in flight keeps the one it started with.
+    private let backing: Mutex<Backing>
+
+    /// An open, locked image and its size in sectors.
+    final class Backing: Sendable {
+        let fd: Int32
+        let path: String
+        let capacity: UInt64
+        init(fd: Int32, path: String, capacity: UInt64) {
+            self.fd = fd
+            self.path = path
+            self.capacity = capacity
+        }
+        deinit { close(fd) }
+    }
+
+    private let generation = Atomic<UInt32>(0)
+    public var configurationGeneration: UInt32 { generation.load(ordering: .relaxed) }
+
+    /// The image's path now.
+    public var path: String { backing.withLock { $0.path } }
+    /// Capacity in 512-byte sectors (a partial last sector is not exposed).
+    public var capacity: UInt64 { backing.withLock { $0.capacity } }
     private let context = Mutex<VirtioContext?>(nil)
     private let counts = Mutex<[String: Int]>([:])
+    /// Firecracker's drive `rate_limiter` (bandwidth in bytes, operations in requests).
+    public let rateLimit: LimitedQueue
 
     /// Requests and bytes served (Firecracker's `block` fields).
     public var metricCounts: [String: Int] {
         let counted = counts.withLock { $0 }
-        return ["read_count", "write_count", "read_bytes", "write_bytes", "flush_count", "invalid_reqs_count"].reduce(into: [:]) {
+        var fields = ["read_count", "write_count", "read_bytes", "write_bytes", "flush_count", "invalid_reqs_count"].reduce(into: [:]) {
             $0[$1] = counted[$1] ?? 0
         }
+        fields["rate_limiter_throttled_events"] = rateLimit.limiter.throttledEvents
+        return fields
     }
 
     /// Opens `path` (read-write unless `readOnly`) and takes an OFD lock on it,
@@ -48,7 +73,20 @@ public final class BlockDevice: VirtioDevice {
     /// what GET_ID returns (at most 20 bytes are used). Without `flush` the
     /// device offers no VIRTIO_BLK_F_FLUSH (Firecracker's "Unsafe" cache type):
     /// the guest then treats the disk as write-through and never asks.
-    public init(path: String, readOnly: Bool, identifier: String, flush: Bool = true) throws {
+    public init(path: String, readOnly: Bool, identifier: String, flush: Bool = true,
+                bandwidth: TokenBucket? = nil, operations: TokenBucket? = nil) throws {
+        rateLimit = try LimitedQueue(bandwidth: bandwidth, operations: operations)
+        backing = Mutex(try Self.open(path, readOnly: readOnly))
+        isReadOnly = readOnly
+        self.identifier = Array(identifier.utf8.prefix(Self.idLength))
+        var features = Feature.segmentMaximum | Feature.blockSize | (flush ? Feature.flush : 0)
+        features |= readOnly ? Feature.readOnly : Feature.discard | Feature.writeZeroes
+        offeredFeatures = features
+    }
+
+    /// Opens `path` (read-write unless `readOnly`), takes an OFD lock on it,
+    /// exclusive or shared, so two VMs never write one image, and reads its size.
+    static func open(_ path: String, readOnly: Bool) throws -> Backing {
         // Non-blocking open, then only a regular file is kept: a FIFO would block open(2).
         let fd = try HostFile.open(path, readOnly ? O_RDONLY : O_RDWR, allowed: [.regular], what: "the drive")
         var info = stat()
@@ -63,18 +101,20 @@ public final class BlockDevice: VirtioDevice {
             close(fd)
             throw SystemCallError(operation: "lock \(path) (another process uses the image)", errno: (error as? SystemCallError)?.errno ?? .resourceTemporarilyUnavailable)
         }
-        file = fd
-        self.path = path
-        isReadOnly = readOnly
-        capacity = UInt64(info.st_size) / UInt64(Self.sectorSize)
-        self.identifier = Array(identifier.utf8.prefix(Self.idLength))
-        var features = Feature.segmentMaximum | Feature.blockSize | (flush ? Feature.flush : 0)
-        features |= readOnly ? Feature.readOnly : Feature.discard | Feature.writeZeroes
-        offeredFeatures = features
-        configurationSpace = Self.configurationSpace(capacity: capacity)
+        return Backing(fd: fd, path: path, capacity: UInt64(info.st_size) / UInt64(sectorSize))
     }
 
-    deinit { close(file) }
+    /// Serves the guest from the image at `path` from now on (Firecracker's
+    /// `PATCH /drives/{id}` with `path_on_host`): opened and locked as the
+    /// first one was, with the device's read-only setting; then the driver is
+    /// told the configuration changed, so it reads the new capacity. A path
+    /// that cannot be opened changes nothing.
+    public func replaceImage(with path: String) throws {
+        let replacement = try Self.open(path, readOnly: isReadOnly)
+        backing.withLock { $0 = replacement }
+        generation.wrappingAdd(1, ordering: .relaxed)
+        context.withLock { $0 }?.interrupt.raise(.configurationChange)
+    }
 
     /// struct virtio_blk_config, up to write_zeroes_may_unmap.
     static func configurationSpace(capacity: UInt64) -> [UInt8] {
@@ -91,22 +131,28 @@ public final class BlockDevice: VirtioDevice {
         return bytes
     }
 
-    public func activate(_ context: VirtioContext) throws { self.context.withLock { $0 = context } }
+    public func activate(_ context: VirtioContext) throws {
+        self.context.withLock { $0 = context }
+        try rateLimit.activate(context) { [weak self] () throws(QueueFault) in try self?.process(queue: 0) }
+    }
     public func reset() { context.withLock { $0 = nil } }
 
     /// Makes everything written so far durable (fdatasync), as at power-off.
     public func synchronize() throws {
-        try SystemCallError.check(fdatasync(file), "fdatasync(\(path))")
+        let image = backing.withLock { $0 }
+        try SystemCallError.check(fdatasync(image.fd), "fdatasync(\(image.path))")
     }
 
     public func process(queue: Int) throws(QueueFault) {
         guard let context = context.withLock({ $0 }), queue == 0 else { return }
         let requests = context.queues[0]
-        while let chain = try requests.nextOrEnableNotification() {
+        defer { context.notifyIfNeeded(requests) }
+        while rateLimit.mayServe(), let chain = try requests.nextOrEnableNotification() {
             let written = try handle(chain, context)
             requests.complete(chain.head, written: written)
+            // The data moved: what follows the 16-byte header one way, all but the status byte the other.
+            rateLimit.limiter.consume(bytes: max(chain.readableLength - BlockRequestHeader.size, 0) + max(chain.writableLength - 1, 0))
         }
-        context.notifyIfNeeded(requests)
     }
 
     /// Serves one request; returns the bytes written into the chain.
@@ -121,7 +167,7 @@ public final class BlockDevice: VirtioDevice {
         var status = BlockStatus.ioError
         if let header = reader.readBytes(BlockRequestHeader.size).flatMap(BlockRequestHeader.init) {
             let remaining = reader.remaining
-            status = serve(header, &reader, &writer, dataLength: dataLength)
+            status = serve(header, &reader, &writer, dataLength: dataLength, image: backing.withLock { $0 })
             counts.withLock { counts in
                 switch (header.kind, status) {
                 case (.read, .ok): counts["read_count", default: 0] += 1; counts["read_bytes", default: 0] += dataLength
@@ -142,20 +188,20 @@ public final class BlockDevice: VirtioDevice {
     }
 
     private func serve(_ header: BlockRequestHeader, _ reader: inout ChainReader, _ writer: inout ChainWriter,
-                       dataLength: Int) -> BlockStatus {
+                       dataLength: Int, image: Backing) -> BlockStatus {
         switch header.kind {
         case .read:
-            guard dataLength % Self.sectorSize == 0, inRange(header.sector, bytes: dataLength) else { return .ioError }
+            guard dataLength % Self.sectorSize == 0, inRange(header.sector, bytes: dataLength, image) else { return .ioError }
             let pieces = writer.take(dataLength)
-            let done = transfer(pieces, at: header.sector, write: false)
+            let done = transfer(pieces, at: header.sector, write: false, image.fd)
             writer.unwrite(dataLength - done)
             return done == dataLength ? .ok : .ioError
         case .write:
             let length = reader.remaining
-            guard !isReadOnly, length % Self.sectorSize == 0, inRange(header.sector, bytes: length) else { return .ioError }
-            return transfer(reader.take(length), at: header.sector, write: true) == length ? .ok : .ioError
+            guard !isReadOnly, length % Self.sectorSize == 0, inRange(header.sector, bytes: length, image) else { return .ioError }
+            return transfer(reader.take(length), at: header.sector, write: true, image.fd) == length ? .ok : .ioError
         case .flush:
-            return fdatasync(file) == 0 ? .ok : .ioError
+            return fdatasync(image.fd) == 0 ? .ok : .ioError
         case .getID:
             guard dataLength >= Self.idLength else { return .ioError }
             writer.write(identifier + [UInt8](repeating: 0, count: Self.idLength - identifier.count))
@@ -166,21 +212,21 @@ public final class BlockDevice: VirtioDevice {
                   let range = BlockRange(bytes[...]) else { return .unsupported }
             guard range.flags & ~1 == 0, header.kind == .writeZeroes || range.flags == 0 else { return .unsupported }
             let length = Int(range.sectorCount) * Self.sectorSize
-            guard inRange(range.sector, bytes: length) else { return .ioError }
-            return zero(offset: Int(range.sector) * Self.sectorSize, length: length, deallocate: header.kind == .discard || range.flags & 1 == 1)
+            guard inRange(range.sector, bytes: length, image) else { return .ioError }
+            return zero(offset: Int(range.sector) * Self.sectorSize, length: length, deallocate: header.kind == .discard || range.flags & 1 == 1, image.fd)
         case .unsupported:
             return .unsupported
         }
     }
 
-    private func inRange(_ sector: UInt64, bytes: Int) -> Bool {
+    private func inRange(_ sector: UInt64, bytes: Int, _ image: Backing) -> Bool {
         let sectors = UInt64(bytes / Self.sectorSize)
-        return sector <= capacity && sectors <= capacity - sector
+        return sector <= image.capacity && sectors <= image.capacity - sector
     }
 
     /// preadv/pwritev between the file at `sector` and guest memory; returns the
     /// bytes moved (short only on an error or end of file).
-    private func transfer(_ pieces: [UnsafeMutableRawBufferPointer], at sector: UInt64, write: Bool) -> Int {
+    private func transfer(_ pieces: [UnsafeMutableRawBufferPointer], at sector: UInt64, write: Bool, _ file: Int32) -> Int {
         var vectors = pieces.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
         let total = pieces.reduce(0) { $0 + $1.count }
         var done = 0
@@ -208,7 +254,7 @@ public final class BlockDevice: VirtioDevice {
         return done
     }
 
-    private func zero(offset: Int, length: Int, deallocate: Bool) -> BlockStatus {
+    private func zero(offset: Int, length: Int, deallocate: Bool, _ file: Int32) -> BlockStatus {
         guard length > 0 else { return .ok }
         if deallocate, (try? FileSpace.allocate(file, mode: [.punchHole, .keepSize], offset: offset, length: length)) != nil { return .ok }
         if (try? FileSpace.allocate(file, mode: .zeroRange, offset: offset, length: length)) != nil { return .ok }

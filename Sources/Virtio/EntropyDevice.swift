@@ -11,7 +11,12 @@ public final class EntropyDevice: VirtioDevice {
     /// Bytes handed to the guest so far.
     private let served = Atomic<Int>(0)
 
-    public init() {}
+    /// Firecracker's entropy `rate_limiter` (bytes, and requests).
+    public let rateLimit: LimitedQueue
+
+    public init(bandwidth: TokenBucket? = nil, operations: TokenBucket? = nil) throws {
+        rateLimit = try LimitedQueue(bandwidth: bandwidth, operations: operations)
+    }
 
     public var bytesServed: Int { served.load(ordering: .relaxed) }
 
@@ -20,19 +25,23 @@ public final class EntropyDevice: VirtioDevice {
     /// virtio-rng has no configuration space.
     public let configurationSpace: [UInt8] = []
 
-    public func activate(_ context: VirtioContext) throws { self.context.withLock { $0 = context } }
+    public func activate(_ context: VirtioContext) throws {
+        self.context.withLock { $0 = context }
+        try rateLimit.activate(context) { [weak self] () throws(QueueFault) in try self?.process(queue: 0) }
+    }
     public func reset() { context.withLock { $0 = nil } }
 
     public func process(queue: Int) throws(QueueFault) {
         guard let context = context.withLock({ $0 }), queue == 0 else { return }
         let requests = context.queues[0]
-        while let chain = try requests.nextOrEnableNotification() {
+        while rateLimit.mayServe(), let chain = try requests.nextOrEnableNotification() {
             var writer = ChainWriter(chain, memory: context.memory)
             // At most 64 KiB per request: the driver asks for small amounts.
             for piece in writer.take(min(writer.remaining, 1 << 16)) {
                 writer.unwrite(piece.count - HostRandom.fill(piece))
             }
             served.add(writer.written, ordering: .relaxed)
+            rateLimit.limiter.consume(bytes: writer.written)
             requests.complete(chain.head, written: writer.written)
         }
         context.notifyIfNeeded(requests)

@@ -135,7 +135,7 @@ public final class MMIOTransport: Sendable {
         case Register.deviceID: return device.deviceType.rawValue
         case Register.vendorID: return Self.vendorID
         case Register.interruptStatus: return interrupt.status
-        case Register.configurationGeneration: return 0
+        case Register.configurationGeneration: return device.configurationGeneration
         case Register.sharedMemoryLengthLow, Register.sharedMemoryLengthHigh: return ~0  // no shared memory regions
         default: break
         }

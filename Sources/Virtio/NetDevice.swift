@@ -58,6 +58,10 @@ public final class NetDevice: VirtioDevice {
     public let endpoint: any PacketEndpoint
     /// Takes the guest frames it claims, and has frames of its own for the guest.
     public let interceptor: (any FrameInterceptor)?
+    /// Firecracker's `rx_rate_limiter` and `tx_rate_limiter` (bytes of frames,
+    /// and frames); the interceptor's frames are not counted.
+    public let receiveLimit: LimitedQueue
+    public let transmitLimit: LimitedQueue
     private let context = Mutex<VirtioContext?>(nil)
     private let counters = Mutex(Counters())
     /// Whether the endpoint is watched for frames (off while the guest has no receive buffers).
@@ -75,7 +79,8 @@ public final class NetDevice: VirtioDevice {
         let counts = statistics
         return ["rx_bytes_count": counts.receivedBytes, "rx_packets_count": counts.receivedFrames, "tx_bytes_count": counts.sentBytes,
                 "tx_packets_count": counts.sentFrames, "dropped_frames": counts.dropped,
-                "tx_mmds_frames": counts.interceptedFrames, "rx_mmds_frames": counts.interceptorFrames]
+                "tx_mmds_frames": counts.interceptedFrames, "rx_mmds_frames": counts.interceptorFrames,
+                "rx_rate_limiter_throttled": receiveLimit.limiter.throttledEvents, "tx_rate_limiter_throttled": transmitLimit.limiter.throttledEvents]
     }
 
     public var activitySummary: String? {
@@ -88,7 +93,10 @@ public final class NetDevice: VirtioDevice {
     public static let mtuRange: ClosedRange<Int> = 68...65535
 
     /// `mac` is six bytes; `mtu`, when given, lies in `mtuRange`.
-    public init(endpoint: any PacketEndpoint, mac: [UInt8], mtu: UInt16? = nil, interceptor: (any FrameInterceptor)? = nil) {
+    public init(endpoint: any PacketEndpoint, mac: [UInt8], mtu: UInt16? = nil, interceptor: (any FrameInterceptor)? = nil,
+                receiveLimit: LimitedQueue? = nil, transmitLimit: LimitedQueue? = nil) throws {
+        self.receiveLimit = try receiveLimit ?? LimitedQueue()
+        self.transmitLimit = try transmitLimit ?? LimitedQueue()
         precondition(mac.count == 6, "a MAC address has six bytes")
         precondition(mtu.map { Self.mtuRange.contains(Int($0)) } ?? true, "an MTU lies in 68...65535")
         self.endpoint = endpoint
@@ -128,6 +136,8 @@ public final class NetDevice: VirtioDevice {
         self.context.withLock { $0 = context }
         receiving.withLock { $0 = true }
         try context.watch(endpoint.fileDescriptor) { [weak self] _ throws(QueueFault) in try self?.receive() }
+        try receiveLimit.activate(context) { [weak self] () throws(QueueFault) in try self?.receive() }
+        try transmitLimit.activate(context) { [weak self] () throws(QueueFault) in try self?.transmit() }
     }
 
     public func reset() {
@@ -169,6 +179,11 @@ public final class NetDevice: VirtioDevice {
             local += 1
         }
         while true {
+            guard receiveLimit.mayServe() else {
+                // Throttled: the tap waits until the limiter's timer serves the queue again.
+                watchEndpoint(false, context)
+                return
+            }
             guard let chain = try queue.nextOrEnableNotification() else {
                 // No buffers: stop watching the endpoint until the driver adds some.
                 watchEndpoint(false, context)
@@ -194,6 +209,7 @@ public final class NetDevice: VirtioDevice {
             queue.complete(chain.head, written: count)
             received += 1
             bytes += count - Self.headerSize
+            receiveLimit.limiter.consume(bytes: count - Self.headerSize)
         }
     }
 
@@ -209,7 +225,7 @@ public final class NetDevice: VirtioDevice {
         guard let context = context.withLock({ $0 }) else { return }
         let queue = context.queues[Self.transmitQueue]
         var sent = 0, bytes = 0, dropped = 0, intercepted = 0
-        while let chain = try queue.nextOrEnableNotification() {
+        while transmitLimit.mayServe(), let chain = try queue.nextOrEnableNotification() {
             var reader = ChainReader(chain, memory: context.memory)
             let length = reader.remaining
             if length < Self.headerSize {
@@ -221,6 +237,7 @@ public final class NetDevice: VirtioDevice {
             } else if withIOVectors(reader.take(length), { writev(endpoint.fileDescriptor, $0, $1) }) == length {
                 sent += 1
                 bytes += length - Self.headerSize
+                transmitLimit.limiter.consume(bytes: length - Self.headerSize)
             } else {
                 dropped += 1  // the endpoint refused it (full, or down): a lost frame, as on a wire
             }

@@ -28,6 +28,9 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func reset()
     /// What the device did, for `kestrel run --verbose` (nil: nothing to say).
     var activitySummary: String? { get }
+    /// Changes whenever `configurationSpace` does (virtio-mmio's
+    /// ConfigGeneration), so a driver can tell a torn read.
+    var configurationGeneration: UInt32 { get }
     /// Running totals for the metrics, by Firecracker's field names where
     /// they mean the same thing (`rx_bytes_count`, `read_count`, ...).
     var metricCounts: [String: Int] { get }
@@ -42,6 +45,8 @@ extension VirtioDevice {
     public var activitySummary: String? { nil }
     /// Nothing counted.
     public var metricCounts: [String: Int] { [:] }
+    /// A configuration that never changes.
+    public var configurationGeneration: UInt32 { 0 }
     /// Nothing to tell: the device keeps no state outside guest memory.
     public func restored() {}
 }

@@ -46,6 +46,27 @@ final class RecordingControl: MicroVMControl {
     }
 }
 
+/// A control that records PATCHes, and refuses them when told to.
+final class PatchingControl: MicroVMControl {
+    let calls = Mutex<[String]>([])
+    let refuse = Mutex(false)
+    func start(_ configuration: MachineConfiguration) throws {}
+    func pause() throws {}
+    func resume() throws {}
+    func sendCtrlAltDel() throws {}
+    func createSnapshot(statePath: String, memoryPath: String) throws {}
+    func loadSnapshot(statePath: String, memoryPath: String, resume: Bool, options: SnapshotLoadOptions) throws -> MachineConfiguration {
+        throw ConfigurationError("no")
+    }
+    func updateDrive(id: String, path: String?, rateLimiter: RateLimiterConfiguration?) throws {
+        if refuse.withLock({ $0 }) { throw ConfigurationError("cannot open the drive \(path ?? "")") }
+        calls.withLock { $0.append("drive \(id) \(path ?? "-")" + (rateLimiter?.bandwidth.map { " bandwidth \($0.size)" } ?? "")) }
+    }
+    func updateNetworkInterface(id: String, receive: RateLimiterConfiguration?, transmit: RateLimiterConfiguration?) throws {
+        calls.withLock { $0.append("interface \(id) rx \(receive != nil) tx \(transmit != nil)") }
+    }
+}
+
 /// The routes of Firecracker's API over Kestrel's configuration, driven as
 /// a Firecracker client drives them, without sockets.
 @Suite(.timeLimit(.minutes(5))) struct FirecrackerAPITests {
@@ -193,7 +214,15 @@ final class RecordingControl: MicroVMControl {
             ("PUT", "/machine-config", "{not json", "not valid JSON"),
             ("PUT", "/machine-config", nil, "needs a JSON body"),
             ("PUT", "/drives/a", #"{"drive_id": "b", "path_on_host": "/x", "is_root_device": false}"#, "does not match"),
-            ("PUT", "/drives/a", #"{"drive_id": "a", "path_on_host": "/x", "is_root_device": false, "rate_limiter": {}}"#, "rate_limiter"),
+            ("PUT", "/drives/a", #"{"drive_id": "a", "path_on_host": "/x", "is_root_device": false, "rate_limiter": {"bandwidth": {"size": 1}}}"#,
+             "rate_limiter.bandwidth.refill_time is required"),
+            ("PUT", "/drives/a", #"{"drive_id": "a", "path_on_host": "/x", "is_root_device": false, "rate_limiter": {"ops": {"size": -1, "refill_time": 1}}}"#,
+             "rate_limiter.ops.size must be a whole number from 0 to 2^53"),
+            ("PUT", "/drives/a", #"{"drive_id": "a", "path_on_host": "/x", "is_root_device": false, "rate_limiter": {"bandwidth": {"size": 5, "refill_time": 0}}}"#,
+             "refill_time must be at least 1 ms"),
+            ("PATCH", "/drives/a", #"{"drive_id": "a", "path_on_host": "/x"}"#, "not supported before starting the microVM"),
+            ("PATCH", "/drives/a", #"{"drive_id": "a", "is_read_only": true}"#, "drive.is_read_only is not supported"),
+            ("PATCH", "/network-interfaces/eth0", #"{"iface_id": "eth0", "mtu": 1400}"#, "network interface.mtu is not supported"),
             ("PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0"}"#, "host_dev_name"),
             ("PUT", "/balloon", #"{"amount_mib": 1, "deflate_on_oom": true}"#, "balloon"),
             ("PUT", "/logger", #"{"log_path": "/nonexistent/l"}"#, "cannot open the log file /nonexistent/l"),
@@ -270,6 +299,32 @@ final class RecordingControl: MicroVMControl {
         _ = Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
         #expect(Self.send(api, "PUT", "/logger", #"{"level": "Info"}"#).0 == 400)
         #expect(Self.send(api, "PUT", "/mmds", #"{"after": "boot"}"#).0 == 204)
+    }
+
+    /// PATCH after the start: the control is asked, the configuration shows
+    /// the change (limiter buckets merged), and a refusal changes nothing.
+    @Test func drivesAndInterfacesArePatchedAfterTheStart() throws {
+        let control = PatchingControl()
+        let api = FirecrackerAPI(instanceID: "patch", version: "v", control: control)
+        #expect(Self.send(api, "PUT", "/boot-source", #"{"kernel_image_path": "\#(Self.file)"}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/drives/data", #"{"drive_id": "data", "path_on_host": "\#(Self.file)", "is_root_device": false, "rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0", "host_dev_name": "lo"}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 204)
+        let patched = Self.send(api, "PATCH", "/drives/data", #"{"drive_id": "data", "path_on_host": "/tmp/new.img", "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 1000}}}"#)
+        #expect(patched.0 == 204, "\(patched)")
+        #expect(control.calls.withLock { $0 } == ["drive data /tmp/new.img bandwidth 1048576"])
+        let drive = api.fullConfiguration().objectValue?["drives"]?.rendered ?? ""
+        #expect(drive.contains(#""path_on_host":"/tmp/new.img""#) && drive.contains(#""ops":{"refill_time":1000,"size":10}"#)
+                && drive.contains(#""bandwidth":{"one_time_burst":0,"refill_time":1000,"size":1048576}"#), "\(drive)")
+        #expect(Self.send(api, "PATCH", "/network-interfaces/eth0", #"{"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 100, "refill_time": 100}}}"#).0 == 204)
+        #expect(control.calls.withLock { $0 }.last == "interface eth0 rx true tx false")
+        let unknown = Self.send(api, "PATCH", "/drives/other", #"{"drive_id": "other", "path_on_host": "/tmp/x"}"#)
+        #expect(unknown.0 == 400 && Self.fault(unknown.1).contains(#"no drive has the id "other""#), "\(unknown)")
+        control.refuse.withLock { $0 = true }
+        let before = api.fullConfiguration()
+        let refused = Self.send(api, "PATCH", "/drives/data", #"{"drive_id": "data", "path_on_host": "/nonexistent"}"#)
+        #expect(refused.0 == 400 && Self.fault(refused.1).contains("cannot open"), "\(refused)")
+        #expect(api.fullConfiguration() == before)
     }
 
     static func readAll(_ path: String) throws -> [UInt8] {

@@ -39,7 +39,7 @@ final class SocketPairEndpoint: PacketEndpoint {
 
     func setUp() throws -> (SocketPairEndpoint, NetDevice, TestDriver) {
         let endpoint = try SocketPairEndpoint()
-        let device = NetDevice(endpoint: endpoint, mac: Self.mac)
+        let device = try NetDevice(endpoint: endpoint, mac: Self.mac)
         let driver = try TestDriver(device)
         #expect(driver.initialise(queues: 2).contains(.driverOK))
         return (endpoint, device, driver)
@@ -53,7 +53,7 @@ final class SocketPairEndpoint: PacketEndpoint {
     /// 10 of the configuration; without one, neither.
     @Test func anMTUIsAdvertisedOnlyWhenConfigured() throws {
         let endpoint = try SocketPairEndpoint()
-        let driver = try TestDriver(NetDevice(endpoint: endpoint, mac: Self.mac, mtu: 1400))
+        let driver = try TestDriver(try NetDevice(endpoint: endpoint, mac: Self.mac, mtu: 1400))
         #expect(driver.offeredFeatures & NetDevice.Feature.mtu != 0)
         #expect(driver.initialise(queues: 2).contains(.driverOK))
         var bytes = [UInt8](repeating: 0xFF, count: 12)
@@ -142,7 +142,7 @@ final class EchoInterceptor: FrameInterceptor, @unchecked Sendable {
     @Test func claimedFramesAreAnsweredInsteadOfForwarded() throws {
         let endpoint = try SocketPairEndpoint()
         let interceptor = EchoInterceptor()
-        let device = NetDevice(endpoint: endpoint, mac: NetDeviceTests.mac, interceptor: interceptor)
+        let device = try NetDevice(endpoint: endpoint, mac: NetDeviceTests.mac, interceptor: interceptor)
         let driver = try TestDriver(device)
         #expect(driver.initialise(queues: 2).contains(.driverOK))
         let claimed: [UInt8] = [UInt8](repeating: 0, count: 12) + [0xEE, 1, 2, 3]

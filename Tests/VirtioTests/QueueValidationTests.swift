@@ -135,7 +135,7 @@ import Testing
 
 @Suite(.timeLimit(.minutes(5))) struct EntropyDeviceTests {
     @Test func fillsWritableBuffersFromTheHost() throws {
-        let device = EntropyDevice()
+        let device = try EntropyDevice()
         let driver = try TestDriver(device)
         #expect(driver.initialise().contains(.driverOK))
         let first = driver.allocate(64), second = driver.allocate(200)

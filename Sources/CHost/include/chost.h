@@ -23,6 +23,12 @@ int chost_malloc_trim(void);
 /* The calling thread's id (gettid(2), which glibc 2.36 does not declare). */
 int chost_gettid(void);
 
+/* A non-blocking, close-on-exec timerfd on CLOCK_MONOTONIC; -1 with errno set. */
+int chost_timerfd_create(void);
+
+/* Arms `fd` to fire once, `seconds` and `nanoseconds` from now; 0 or -1 with errno. */
+int chost_timerfd_arm(int fd, long seconds, long nanoseconds);
+
 /*
  * Open-file-description lock on the whole file, never waiting (F_OFD_SETLK).
  * kind: 0 shared (F_RDLCK), 1 exclusive (F_WRLCK), 2 unlock (F_UNLCK).

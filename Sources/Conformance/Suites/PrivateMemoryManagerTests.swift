@@ -167,7 +167,7 @@ enum PrivateMemoryManagerTests {
         typealias R = MMIOTransport.Register
         let setup = try ConvertibleMachine(kvm: context.kvm, mmio: [("virtio-rng", deviceWindow)])
         let loop = try EventLoop(name: "private_mem virtio")
-        let entropy = EntropyDevice()
+        let entropy = try EntropyDevice()
         let interrupts = Atomic<Int>(0)
         let log = setup.log
         let transport = try MMIOTransport(device: entropy, name: "virtio-rng", memory: setup.machine.memory, loop: loop,

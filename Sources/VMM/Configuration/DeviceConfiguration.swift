@@ -24,6 +24,8 @@ public struct DriveConfiguration: Equatable, Sendable {
     /// `partuuid`: the root partition, when the image is partitioned.
     public var partUUID: String?
     public var cacheType: CacheType
+    /// Firecracker's `rate_limiter`.
+    public var rateLimiter: RateLimiterConfiguration?
 
     public init(id: String, path: String, readOnly: Bool = false, isRoot: Bool = false, partUUID: String? = nil,
                 cacheType: CacheType = .unsafe) {
@@ -67,6 +69,9 @@ public struct NetworkInterfaceConfiguration: Equatable, Sendable {
     /// `mtu`: advertised to the guest with VIRTIO_NET_F_MTU (68 to 65535);
     /// nil advertises none. The tap's own MTU is the host's to set.
     public var mtu: Int?
+    /// Firecracker's `rx_rate_limiter` and `tx_rate_limiter`.
+    public var receiveLimiter: RateLimiterConfiguration?
+    public var transmitLimiter: RateLimiterConfiguration?
     /// The MTUs that may be advertised (virtio-net's 68 to 65535).
     public static let mtuRange = NetDevice.mtuRange
 

@@ -71,7 +71,8 @@ public enum MachineConfigFile {
             for (index, item) in items.enumerated() {
                 let place = "network-interfaces[\(index)]"
                 guard let object = item.objectValue else { throw ConfigurationError("\(source): \(place) must be an object") }
-                try refuseUnknownKeys(object, allowed: ["iface_id", "host_dev_name", "guest_mac", "mtu"], section: place, source: source)
+                try refuseUnknownKeys(object, allowed: ["iface_id", "host_dev_name", "guest_mac", "mtu", "rx_rate_limiter", "tx_rate_limiter"],
+                                      section: place, source: source)
                 let fields = Fields(object: object, place: place, source: source)
                 guard let id = try fields.string("iface_id") else { throw ConfigurationError("\(source): \(place).iface_id is required") }
                 guard let tap = try fields.string("host_dev_name") else { throw ConfigurationError("\(source): \(place) (\(id)): host_dev_name is required") }
@@ -82,7 +83,10 @@ public enum MachineConfigFile {
                     }
                     mtu = number
                 }
-                configuration.networkInterfaces.append(NetworkInterfaceConfiguration(id: id, tapName: tap, guestMAC: try fields.string("guest_mac"), mtu: mtu))
+                var interface = NetworkInterfaceConfiguration(id: id, tapName: tap, guestMAC: try fields.string("guest_mac"), mtu: mtu)
+                interface.receiveLimiter = try RateLimiterConfiguration.parse(object["rx_rate_limiter"], place: place + ".rx_rate_limiter", source: source)
+                interface.transmitLimiter = try RateLimiterConfiguration.parse(object["tx_rate_limiter"], place: place + ".tx_rate_limiter", source: source)
+                configuration.networkInterfaces.append(interface)
             }
         }
         if let vsock = root["vsock"], vsock != .null {
@@ -107,8 +111,9 @@ public enum MachineConfigFile {
         }
         if let entropy = root["entropy"] {
             guard let object = entropy.objectValue else { throw ConfigurationError("\(source): entropy must be an object") }
-            try refuseUnknownKeys(object, allowed: [], section: "entropy", source: source)
+            try refuseUnknownKeys(object, allowed: ["rate_limiter"], section: "entropy", source: source)
             configuration.entropy = true
+            configuration.entropyLimiter = try RateLimiterConfiguration.parse(object["rate_limiter"], place: "entropy.rate_limiter", source: source)
         }
         return configuration
     }
@@ -237,6 +242,7 @@ public enum MachineConfigFile {
                 "is_read_only": .bool(drive.readOnly), "cache_type": .string(drive.cacheType.rawValue), "io_engine": .string("Sync"),
             ]
             if let uuid = drive.partUUID { object["partuuid"] = .string(uuid) }
+            if let limiter = drive.rateLimiter { object["rate_limiter"] = limiter.document }
             return .object(object)
         })
         root["network-interfaces"] = .array(configuration.networkInterfaces.map { interface in
@@ -244,12 +250,16 @@ public enum MachineConfigFile {
             if let tap = interface.tapName { object["host_dev_name"] = .string(tap) }
             if let mac = interface.guestMAC { object["guest_mac"] = .string(mac) }
             if let mtu = interface.mtu { object["mtu"] = .number(Double(mtu)) }
+            if let limiter = interface.receiveLimiter { object["rx_rate_limiter"] = limiter.document }
+            if let limiter = interface.transmitLimiter { object["tx_rate_limiter"] = limiter.document }
             return .object(object)
         })
         if let vsock = configuration.vsock {
             root["vsock"] = .object(["guest_cid": .number(Double(vsock.guestCID)), "uds_path": .string(vsock.udsPath)])
         }
-        if configuration.entropy { root["entropy"] = .object([:]) }
+        if configuration.entropy {
+            root["entropy"] = .object(configuration.entropyLimiter.map { ["rate_limiter": $0.document] } ?? [:])
+        }
         if let path = configuration.serialOutputPath { root["serial"] = .object(["serial_out_path": .string(path)]) }
         if let metadata = configuration.metadata {
             root["mmds-config"] = .object([
@@ -287,8 +297,8 @@ public enum MachineConfigFile {
 
     private static func drive(_ value: JSONValue, at place: String, source: String) throws -> DriveConfiguration {
         guard let object = value.objectValue else { throw ConfigurationError("\(source): \(place) must be an object") }
-        try refuseUnknownKeys(object, allowed: ["drive_id", "path_on_host", "is_root_device", "is_read_only", "partuuid", "cache_type", "io_engine"],
-                              section: place, source: source)
+        try refuseUnknownKeys(object, allowed: ["drive_id", "path_on_host", "is_root_device", "is_read_only", "partuuid", "cache_type", "io_engine",
+                                                "rate_limiter"], section: place, source: source)
         let fields = Fields(object: object, place: place, source: source)
         let string = fields.string, bool = fields.bool
         guard let id = try string("drive_id") else { throw ConfigurationError("\(source): \(place).drive_id is required") }
@@ -301,6 +311,7 @@ public enum MachineConfigFile {
             }
             drive.cacheType = type
         }
+        drive.rateLimiter = try RateLimiterConfiguration.parse(object["rate_limiter"], place: place + ".rate_limiter", source: source)
         if let engine = try string("io_engine"), engine != "Sync" {
             throw ConfigurationError("\(source): \(place).io_engine \"\(engine)\" is not supported; Kestrel serves disks with \"Sync\" I/O on its device thread")
         }

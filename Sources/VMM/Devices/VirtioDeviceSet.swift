@@ -47,7 +47,8 @@ public final class VirtioDeviceSet: Sendable {
         for drive in configuration.orderedDrives {
             do {
                 devices.append(("virtio-blk \(drive.id)", try BlockDevice(path: drive.path, readOnly: drive.readOnly, identifier: drive.id,
-                                                                            flush: drive.cacheType == .writeback)))
+                                                                            flush: drive.cacheType == .writeback,
+                                                                            bandwidth: drive.rateLimiter?.bandwidth, operations: drive.rateLimiter?.operations)))
             } catch {
                 throw ConfigurationError("drive \(drive.id): \(error)")
             }
@@ -67,7 +68,9 @@ public final class VirtioDeviceSet: Sendable {
             if let service, let metadata = configuration.metadata, metadata.networkInterfaces.contains(interface.id) {
                 stack = MetadataNetworkStack(service: service, ipv4Address: metadata.ipv4Address)
             }
-            devices.append(("virtio-net \(interface.id)", NetDevice(endpoint: tap, mac: mac, mtu: interface.mtu.map { UInt16($0) }, interceptor: stack)))
+            devices.append(("virtio-net \(interface.id)", try NetDevice(endpoint: tap, mac: mac, mtu: interface.mtu.map { UInt16($0) }, interceptor: stack,
+                                                                     receiveLimit: try interface.receiveLimiter?.makeQueue(),
+                                                                     transmitLimit: try interface.transmitLimiter?.makeQueue())))
         }
         if let vsock = configuration.vsock {
             do {
@@ -76,7 +79,10 @@ public final class VirtioDeviceSet: Sendable {
                 throw ConfigurationError("vsock: \(error)")
             }
         }
-        if configuration.entropy { devices.append(("virtio-rng", EntropyDevice())) }
+        if configuration.entropy {
+            devices.append(("virtio-rng", try EntropyDevice(bandwidth: configuration.entropyLimiter?.bandwidth,
+                                                            operations: configuration.entropyLimiter?.operations)))
+        }
         return devices
     }
 

@@ -55,7 +55,7 @@ public struct SeccompPolicy: Sendable {
         .virtio: common.union(files).union([
             "epoll_wait", "epoll_pwait", "epoll_ctl", "readv", "writev", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
             "fsync", "fdatasync", "fallocate", "accept4", "accept", "socket", "connect", "shutdown", "fcntl", "getsockopt",
-            "setsockopt", "recvfrom", "sendto", "recvmsg", "sendmsg", "ioctl",
+            "setsockopt", "recvfrom", "sendto", "recvmsg", "sendmsg", "ioctl", "timerfd_settime",
         ]),
         // Pre-boot requests check files; a snapshot is written from here
         // (getcwd: its targets are compared with the files in use as

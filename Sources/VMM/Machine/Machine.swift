@@ -11,7 +11,10 @@ import Synchronization
 /// `MachineBuilder` makes one; this type runs it, pauses it and ends it. What
 /// each exit means is `ExitHandler`'s business.
 public final class Machine: Sendable {
-    public let configuration: MachineConfiguration
+    /// What the machine was built from, with the changes made since
+    /// (`updateDrive`, `updateNetworkInterface`): what a snapshot records.
+    public var configuration: MachineConfiguration { current.withLock { $0 } }
+    let current: Mutex<MachineConfiguration>
     /// The boot that was set up (the image bytes themselves are not kept);
     /// nil for a machine restored from a snapshot.
     public let plan: LinuxBootSummary?
@@ -51,7 +54,7 @@ public final class Machine: Sendable {
          devices: VirtioDeviceSet, exitHandler: ExitHandler, control: RunControl, setupSteps: [(step: String, duration: Duration)],
          memoryProtection: String, certificates: (file: String, log: @Sendable (String) -> Void)? = nil) {
         self.certificates = certificates
-        self.configuration = configuration
+        current = Mutex(configuration)
         self.plan = plan
         self.ramFromSnapshot = ramFromSnapshot
         self.kvm = kvm
