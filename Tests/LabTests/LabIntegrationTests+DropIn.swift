@@ -124,3 +124,78 @@ extension LabIntegrationTests {
         #expect((parsed.first?["kestrel"]?.objectValue?["uptime_ms"]?.wholeNumber ?? 0) > 0, "\(metrics)")
     }
 }
+
+/// A drive's rate limiter and `PATCH /drives/{id}` with a Linux guest in the
+/// lab: the guest reads its disk with O_DIRECT under a 1 MiB/s bandwidth
+/// bucket (2 MiB to reach the steady state, then 6 MiB timed), the L1
+/// PATCHes the drive to another image with the limit removed, and the guest
+/// sees the new image's bytes and size and reads it unthrottled.
+extension LabIntegrationTests {
+    @Test func aRateLimitedDriveIsThrottledAndAPatchedDriveIsSeen() throws {
+        let curl = try #require(HostProcess.find("curl"), "curl is not installed (scripts/prepare-host test installs it)")
+        let directory = try TemporaryDirectory(prefix: "kestrel-labpatch")
+        let guest = #"""
+            for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
+            echo "size-before $(cat /sys/block/vda/size)"
+            first() { dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | head -c 12; }
+            # busybox date has no %N: /proc/uptime's hundredths, as milliseconds.
+            now() { read up idle < /proc/uptime; echo $(( ${up%.*} * 1000 + 1${up#*.} * 10 - 1000 )); }
+            timed() { s=$(now); dd if=/dev/vda of=/dev/null bs=64k count=96 skip=$1 iflag=direct 2>/dev/null || echo dd-failed; e=$(now); echo $(( e - s )); }
+            echo "first-read $(first)"
+            dd if=/dev/vda of=/dev/null bs=64k count=32 iflag=direct 2>/dev/null
+            echo "limited-ms $(timed 32)"
+            echo limited-done
+            i=0; until [ "$(first)" = second-image ]; do i=$((i+1)); [ $i -gt 600 ] && break; sleep 0.1; done
+            echo "patched-read $(first)"
+            echo "size-after $(cat /sys/block/vda/size)"
+            echo "unlimited-ms $(timed 32)"
+            poweroff -f
+            """#
+        let l1 = #"""
+            set -u
+            head -c 9437184 /dev/zero > /tmp/first.img; printf first-image | dd of=/tmp/first.img conv=notrunc 2>/dev/null
+            head -c 16777216 /dev/zero > /tmp/second.img; printf second-image | dd of=/tmp/second.img conv=notrunc 2>/dev/null
+            kestrel initramfs --modules /lab/guest/modules --command "$(cat /lab/guest.sh)" -o /tmp/i.cpio >/dev/null
+            cat > /tmp/vm.json <<'JSON'
+            {"boot-source": {"kernel_image_path": "/lab/guest/vmlinux", "initrd_path": "/tmp/i.cpio",
+                             "boot_args": "console=ttyS0 reboot=k panic=-1 i8042.noaux pci=off quiet"},
+             "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+             "drives": [{"drive_id": "data", "path_on_host": "/tmp/first.img", "is_root_device": false, "is_read_only": false,
+                         "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 1000}}}]}
+            JSON
+            kestrel run --api-sock /tmp/d.sock --config-file /tmp/vm.json > /tmp/l2.out 2>/tmp/l2.err &
+            vm=$!
+            c() { method=$1; path=$2; shift 2; echo "$method $path $(CURL -s -S --max-time 60 --unix-socket /tmp/d.sock -X $method -w ' %{http_code}' "$@" http://localhost$path 2>&1)"; }
+            i=0; until grep -q '^limited-done' /tmp/l2.out; do i=$((i+1)); [ $i -gt 1500 ] && break; sleep 0.2; done
+            c PATCH /drives/data -d '{"drive_id": "data", "path_on_host": "/tmp/second.img", "rate_limiter": {"bandwidth": {"size": 0, "refill_time": 1000}}}'
+            c GET /vm/config
+            wait $vm; echo "l2-exit $?"
+            echo "== l2"; cat /tmp/l2.out; tail -3 /tmp/l2.err
+            echo "== end"
+            """#
+        try writeFileAtomically(Array(guest.utf8), to: directory.path + "/guest.sh")
+        try writeFileAtomically(Array(l1.replacing("CURL -s", with: curl + " -s").utf8), to: directory.path + "/l1.sh")
+        let run = try LabIntegrationTests.run(
+            ["lab", "run", "--kernel", "6.1", "--guest-kernel", "--add", directory.path + "/guest.sh:/lab/guest.sh",
+             "--add", directory.path + "/l1.sh:/lab/l1.sh"] + (try Self.programWithLibraries(curl)) + ["--", "sh /lab/l1.sh"], timeout: 900)
+        print("rate limiter and PATCH in the 6.1 lab: \(run.seconds.text(places: 2)) s\n\(run.output)")
+        #expect(run.status == 0, "\(run.errors.suffix(3000))")
+        let output = run.output.ranges(of: "\nPATCH /drives/data").last.map { String(run.output[$0.lowerBound...]) } ?? run.output
+        let lines = output.split(separator: "\n").map(String.init)
+        func value(_ key: String) -> String? {
+            lines.first { $0.hasPrefix(key + " ") }.map { String($0.dropFirst(key.count + 1).drop { $0 == " " }) }
+        }
+        #expect(value("l2-exit") == "0", "\(output)")
+        #expect(value("PATCH /drives/data") == "204", "\(output)")
+        #expect(value("GET /vm/config")?.contains(#""path_on_host":"/tmp/second.img""#) == true, "\(output)")
+        #expect(value("size-before") == "18432" && value("first-read") == "first-image", "\(output)")
+        // 6 MiB at 1 MiB/s: 6 s, within 10%.
+        let limited = value("limited-ms").flatMap { Int($0) } ?? 0
+        print("6 MiB under a 1 MiB/s bucket: \(limited) ms, \((6000.0 / Double(max(limited, 1))).text(places: 3)) MiB/s")
+        #expect((5455...6667).contains(limited), "6 MiB at 1 MiB/s took \(limited) ms: \(output)")
+        #expect(value("patched-read") == "second-image" && value("size-after") == "32768", "the guest sees the new image and its size: \(output)")
+        let unlimited = value("unlimited-ms").flatMap { Int($0) } ?? .max
+        print("the same 6 MiB with the limit PATCHed away: \(unlimited) ms")
+        #expect(unlimited < limited / 2, "the PATCH removed the limit: \(unlimited) ms against \(limited) ms")
+    }
+}
