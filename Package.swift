@@ -104,7 +104,7 @@ let package = Package(
         .target(name: "VMM", dependencies: ["HostSystem", "KVM", "GuestMemory", "X86", "Boot", "Virtio", "Confidential", "WireFormats", "Metadata"], swiftSettings: swiftSettings),
         // Firecracker's REST API on a Unix socket: the HTTP/1.1 reader, the
         // routes over the VMM's configuration, and the API thread.
-        .target(name: "ControlAPI", dependencies: ["VMM", "HostSystem", "WireFormats", "Metadata"], swiftSettings: swiftSettings),
+        .target(name: "ControlAPI", dependencies: ["VMM", "Virtio", "HostSystem", "WireFormats", "Metadata"], swiftSettings: swiftSettings),
         // The lab: L1 KVM hosts under QEMU, Debian kernels fetched and cached, the
         // L1 initramfs, conformance matrices across hosts.
         .target(name: "Lab", dependencies: ["Boot", "Decompression", "TextFormat"], swiftSettings: swiftSettings),

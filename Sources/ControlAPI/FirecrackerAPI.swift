@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Metadata
 import Synchronization
+import Virtio
 import VMM
 
 /// Firecracker's REST API (src/firecracker/swagger/firecracker.yaml) over the
@@ -66,7 +67,7 @@ public final class FirecrackerAPI: Sendable {
 
     /// Resources Firecracker has and Kestrel does not, refused by name.
     static let unsupportedResources: [String: String] = [
-        "balloon": "a balloon device", "cpu-config": "custom CPU templates (use machine-config cpu_template)",
+        "cpu-config": "custom CPU templates (use machine-config cpu_template)",
                 "pmem": "virtio-pmem devices",
         "hotplug": "memory hot-plug",
     ]
@@ -133,6 +134,7 @@ public final class FirecrackerAPI: Sendable {
         case ("PUT", "vsock"): return "vsock"
         case ("PUT", "serial"): return "serial"
         case ("PUT", "cpu-config"): return "cpu_cfg"
+        case (_, "balloon"): return "balloon"
         case ("PATCH", "vm"): return "vm"
         default: return nil
         }
@@ -145,9 +147,10 @@ public final class FirecrackerAPI: Sendable {
             "get_api_requests": [:], "put_api_requests": [:], "patch_api_requests": [:],
         ]
         let names: [(String, [String], Bool)] = [
-            ("get_api_requests", ["instance_info", "machine_cfg", "mmds", "vmm_version"], false),
-            ("put_api_requests", ["actions", "boot_source", "cpu_cfg", "drive", "logger", "machine_cfg", "metrics", "mmds", "network", "serial", "vsock"], true),
-            ("patch_api_requests", ["drive", "machine_cfg", "mmds", "network", "vm"], true),
+            ("get_api_requests", ["balloon", "instance_info", "machine_cfg", "mmds", "vmm_version"], false),
+            ("put_api_requests", ["actions", "balloon", "boot_source", "cpu_cfg", "drive", "logger", "machine_cfg", "metrics", "mmds", "network", "serial",
+                                  "vsock"], true),
+            ("patch_api_requests", ["balloon", "drive", "machine_cfg", "mmds", "network", "vm"], true),
         ]
         for (group, fields, fails) in names {
             for field in fields {
@@ -167,6 +170,9 @@ public final class FirecrackerAPI: Sendable {
         }
         if let what = Self.unsupportedResources[resource] {
             return .fault(400, "\(request.method) /\(segments.joined(separator: "/")): Kestrel does not support \(what).")
+        }
+        if resource == "balloon", segments.count >= 2, segments[1] == "hinting" {
+            return .fault(400, "\(method) \(request.path): Kestrel has no free page hinting; the balloon's free_page_reporting returns free pages instead.")
         }
         guard segments.count <= 2 else { return invalid() }
         let second: String? = segments.count == 2 ? segments[1] : nil
@@ -218,6 +224,16 @@ public final class FirecrackerAPI: Sendable {
         case ("PUT", "metrics", nil): return configureObservability(request) { body in
             try self.metrics.configure(try MetricsReporter.Settings.parse(body, source: "PUT /metrics"))
         }
+        case ("PUT", "balloon", nil): return preBoot(request) { body, state in
+            try Self.require(body, ["amount_mib", "deflate_on_oom"], in: "balloon")
+            state.sections["balloon"] = body
+        }
+        case ("GET", "balloon", nil):
+            guard let balloon = fullConfiguration().objectValue?["balloon"] else { return .fault(400, "No balloon device configured.") }
+            return .json(200, balloon.rendered)
+        case ("PATCH", "balloon", nil): return patchBalloon(request)
+        case ("GET", "balloon", "statistics"?): return balloonStatistics()
+        case ("PATCH", "balloon", "statistics"?): return patchBalloon(request, statistics: true)
         case ("PUT", "mmds", "config"?): return preBoot(request) { body, state in
             try Self.require(body, ["network_interfaces"], in: "MMDS configuration")
             state.sections["mmds-config"] = body
@@ -499,6 +515,56 @@ public final class FirecrackerAPI: Sendable {
             return .fault(400, "\(error)")
         }
         return .noContent
+    }
+
+    /// `PATCH /balloon` (`amount_mib`) and `PATCH /balloon/statistics`
+    /// (`stats_polling_interval_s`): before the start they change the
+    /// balloon that will be made; after it, the running device.
+    private func patchBalloon(_ request: HTTPRequest, statistics: Bool = false) -> HTTPResponse {
+        let body: JSONValue
+        switch Self.body(of: request) {
+        case .success(let value): body = value
+        case .failure(let error): return error.response
+        }
+        let field = statistics ? "stats_polling_interval_s" : "amount_mib"
+        guard let object = body.objectValue, object.keys.allSatisfy({ $0 == field }), let value = object[field]?.wholeNumber, value >= 0,
+              value <= (statistics ? 86400 : Int(UInt32.max >> 8)) else {
+            return .fault(400, "\(request.method) \(request.path): the body must be {\"\(field)\": N}, N a whole number")
+        }
+        guard state.withLock({ $0.sections["balloon"] }) != nil else { return .fault(400, "No balloon device configured.") }
+        if vmState == .notStarted {
+            return preBoot(request) { _, state in
+                var balloon = state.sections["balloon"]?.objectValue ?? [:]
+                balloon[field] = .number(Double(value))
+                state.sections["balloon"] = .object(balloon)
+            }
+        }
+        do {
+            if statistics { try control.updateBalloonStatistics(intervalSeconds: value) } else { try control.updateBalloon(amountMiB: UInt32(value)) }
+        } catch {
+            return .fault(400, "\(request.method) \(request.path): \(error)")
+        }
+        state.withLock { state in
+            var balloon = state.sections["balloon"]?.objectValue ?? [:]
+            balloon[field] = .number(Double(value))
+            state.sections["balloon"] = .object(balloon)
+        }
+        return .noContent
+    }
+
+    /// `GET /balloon/statistics` (Firecracker's BalloonStats): the target and
+    /// actual size in pages and MiB, and the guest's last figures.
+    private func balloonStatistics() -> HTTPResponse {
+        guard vmState != .notStarted else { return .fault(400, "The requested operation is not supported before starting the microVM.") }
+        let status: BalloonDevice.Status
+        do { status = try control.balloonStatus() } catch { return .fault(400, "GET /balloon/statistics: \(error)") }
+        guard status.statisticsEnabled else { return .fault(400, "GET /balloon/statistics: statistics are not enabled (stats_polling_interval_s is 0).") }
+        var fields: [String: JSONValue] = [
+            "target_pages": .number(Double(status.targetPages)), "actual_pages": .number(Double(status.actualPages)),
+            "target_mib": .number(Double(status.targetPages >> 8)), "actual_mib": .number(Double(status.actualPages >> 8)),
+        ]
+        for (name, value) in status.statistics { fields[name] = .number(Double(value)) }
+        return .json(200, JSONValue.object(fields).rendered)
     }
 
     /// `PUT /logger` and `PUT /metrics`: before the machine starts, as in

@@ -1,3 +1,4 @@
+import Virtio
 import VMM
 
 /// What the API asks of the VMM behind it. `kestrel run --api-sock`
@@ -33,6 +34,12 @@ public protocol MicroVMControl: Sendable {
     func updateDrive(id: String, path: String?, rateLimiter: RateLimiterConfiguration?) throws
     /// `PATCH /network-interfaces/{id}`: new rate limiters for a running microVM's interface.
     func updateNetworkInterface(id: String, receive: RateLimiterConfiguration?, transmit: RateLimiterConfiguration?) throws
+    /// `PATCH /balloon` after the start.
+    func updateBalloon(amountMiB: UInt32) throws
+    /// `PATCH /balloon/statistics`.
+    func updateBalloonStatistics(intervalSeconds: Int) throws
+    /// `GET /balloon/statistics`: the balloon's state and the guest's last figures.
+    func balloonStatus() throws -> BalloonDevice.Status
 }
 
 extension MicroVMControl {
@@ -43,6 +50,9 @@ extension MicroVMControl {
     public func updateNetworkInterface(id: String, receive: RateLimiterConfiguration?, transmit: RateLimiterConfiguration?) throws {
         throw ConfigurationError("this microVM's interfaces cannot be changed")
     }
+    public func updateBalloon(amountMiB: UInt32) throws { throw ConfigurationError("this microVM's balloon cannot be changed") }
+    public func updateBalloonStatistics(intervalSeconds: Int) throws { throw ConfigurationError("this microVM's balloon cannot be changed") }
+    public func balloonStatus() throws -> BalloonDevice.Status { throw ConfigurationError("this microVM has no balloon to report") }
 }
 
 /// The state `GET /` reports, with Firecracker's names.

@@ -1,5 +1,6 @@
 import ControlAPI
 import HostSystem
+import Virtio
 import VMM
 
 /// `kestrel run --api-sock`: the API's `MicroVMControl`. The API thread asks
@@ -102,6 +103,14 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
 
     func updateNetworkInterface(id: String, receive: RateLimiterConfiguration?, transmit: RateLimiterConfiguration?) throws {
         try runningMachine.updateNetworkInterface(id: id, receive: receive, transmit: transmit)
+    }
+
+    func updateBalloon(amountMiB: UInt32) throws { try runningMachine.updateBalloon(amountMiB: amountMiB) }
+    func updateBalloonStatistics(intervalSeconds: Int) throws { try runningMachine.updateBalloonStatistics(intervalSeconds: intervalSeconds) }
+
+    func balloonStatus() throws -> BalloonDevice.Status {
+        guard let balloon = try runningMachine.balloon else { throw ConfigurationError("the microVM has no balloon") }
+        return balloon.status
     }
     func resume() throws { try runningMachine.resume() }
 

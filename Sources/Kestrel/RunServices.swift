@@ -77,10 +77,12 @@ final class RunServices: Sendable {
                 "net": Dictionary(uniqueKeysWithValues: ["rx_bytes_count", "rx_packets_count", "tx_bytes_count", "tx_packets_count", "dropped_frames",
                                                          "tx_mmds_frames", "rx_mmds_frames"].map { ($0, .counter(0)) }),
                 "entropy": ["entropy_bytes": .counter(0)],
+                "balloon": Dictionary(uniqueKeysWithValues: ["inflate_count", "deflate_count", "stats_updates_count", "stats_update_fails",
+                                                             "free_page_report_count", "free_page_report_freed", "discard_refused"].map { ($0, .counter(0)) }),
             ]
             for (name, device) in devices {
                 let parts = name.split(separator: " ", maxSplits: 1).map(String.init)
-                let kind = ["virtio-blk": "block", "virtio-net": "net", "virtio-vsock": "vsock", "virtio-rng": "entropy"][parts[0]] ?? parts[0]
+                let kind = ["virtio-blk": "block", "virtio-net": "net", "virtio-vsock": "vsock", "virtio-rng": "entropy", "virtio-balloon": "balloon"][parts[0]] ?? parts[0]
                 for (field, value) in device.metricCounts {
                     if case .counter(let sum)? = groups[kind]?[field] { groups[kind]![field] = .counter(sum + value) } else { groups[kind, default: [:]][field] = .counter(value) }
                     if parts.count == 2 { groups["\(kind)_\(parts[1])", default: [:]][field] = .counter(value) }

@@ -123,8 +123,12 @@ public final class MMIOTransport: Sendable {
     }
 
     public func write(offset: UInt64, from data: UnsafeRawBufferPointer) {
-        // Configuration space writes are dropped: no field Kestrel offers is writable.
-        guard offset < UInt64(Register.configuration), data.count == 4, offset % 4 == 0 else { return }
+        if offset >= UInt64(Register.configuration) {
+            // The device decides what a driver may write there (most: nothing).
+            device.writeConfiguration(offset: Int(offset) - Register.configuration, bytes: Array(data))
+            return
+        }
+        guard data.count == 4, offset % 4 == 0 else { return }
         writeRegister(Int(offset), UInt32(littleEndian: data.loadUnaligned(as: UInt32.self)))
     }
 

@@ -3,6 +3,7 @@ public enum VirtioDeviceType: UInt32, Sendable, CustomStringConvertible {
     case network = 1
     case block = 2
     case entropy = 4
+    case balloon = 5
     case socket = 19
 
     public var description: String {
@@ -10,6 +11,7 @@ public enum VirtioDeviceType: UInt32, Sendable, CustomStringConvertible {
         case .network: return "virtio-net"
         case .block: return "virtio-blk"
         case .entropy: return "virtio-rng"
+        case .balloon: return "virtio-balloon"
         case .socket: return "virtio-vsock"
         }
     }

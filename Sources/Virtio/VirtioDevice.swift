@@ -28,6 +28,9 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func reset()
     /// What the device did, for `kestrel run --verbose` (nil: nothing to say).
     var activitySummary: String? { get }
+    /// The driver wrote `bytes` at `offset` of the configuration space (only
+    /// the balloon has a field the driver writes: `actual`).
+    func writeConfiguration(offset: Int, bytes: [UInt8])
     /// Changes whenever `configurationSpace` does (virtio-mmio's
     /// ConfigGeneration), so a driver can tell a torn read.
     var configurationGeneration: UInt32 { get }
@@ -45,6 +48,8 @@ extension VirtioDevice {
     public var activitySummary: String? { nil }
     /// Nothing counted.
     public var metricCounts: [String: Int] { [:] }
+    /// Configuration writes are dropped: nothing else the driver may write.
+    public func writeConfiguration(offset: Int, bytes: [UInt8]) {}
     /// A configuration that never changes.
     public var configurationGeneration: UInt32 { 0 }
     /// Nothing to tell: the device keeps no state outside guest memory.

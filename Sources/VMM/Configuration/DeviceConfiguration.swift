@@ -188,6 +188,9 @@ extension MachineConfiguration {
                 throw ConfigurationError("mmds-config.ipv4_address \(MetadataConfiguration.text(metadata.ipv4Address)) is not in 169.254.1.0 to 169.254.254.255 (RFC 3927)")
             }
         }
+        if let balloon, UInt64(balloon.amountMiB) << 20 > memorySize {
+            throw ConfigurationError("balloon.amount_mib \(balloon.amountMiB) is more than the guest's \(memorySize >> 20) MiB")
+        }
         let roots = drives.filter(\.isRoot)
         guard roots.count <= 1 else { throw ConfigurationError("drives \(roots.map(\.id).joined(separator: " and ")) are both root devices") }
         guard virtioDeviceCount <= MachineConfiguration.maximumVirtioDevices else {
@@ -198,7 +201,7 @@ extension MachineConfiguration {
     /// GSIs 5 to 23 of the IOAPIC: 19 devices.
     public static let maximumVirtioDevices = 19
 
-    var virtioDeviceCount: Int { drives.count + networkInterfaces.count + (vsock == nil ? 0 : 1) + (entropy ? 1 : 0) }
+    var virtioDeviceCount: Int { drives.count + networkInterfaces.count + (vsock == nil ? 0 : 1) + (entropy ? 1 : 0) + (balloon == nil ? 0 : 1) }
 
     /// The drives in device order: the root drive first, as Firecracker does.
     var orderedDrives: [DriveConfiguration] { drives.filter(\.isRoot) + drives.filter { !$0.isRoot } }

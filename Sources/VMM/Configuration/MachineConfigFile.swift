@@ -12,11 +12,11 @@ import Metadata
 /// Sections and fields Kestrel does not support (rate limiters, `balloon`,
 /// ...) are refused by name.
 public enum MachineConfigFile {
-    static let supportedSections: Set<String> = ["boot-source", "machine-config", "drives", "entropy", "network-interfaces", "vsock", "serial", "mmds-config"]
+    static let supportedSections: Set<String> = ["boot-source", "machine-config", "drives", "entropy", "network-interfaces", "vsock", "serial", "mmds-config", "balloon"]
     /// Sections about the process, not the machine: `kestrel run` reads them
     /// from the document itself (`--config-file`), and they are skipped here.
     public static let processSections: Set<String> = ["logger", "metrics"]
-    static let knownUnsupported: Set<String> = ["balloon"]
+    static let knownUnsupported: Set<String> = []
 
     public static func load(path: String) throws -> MachineConfiguration {
         try parse(try loadDocument(path: path), source: path)
@@ -105,6 +105,9 @@ public enum MachineConfigFile {
                 throw ConfigurationError("\(source): serial.rate_limiter is not supported (Kestrel has no rate limiters yet)")
             }
             configuration.serialOutputPath = try Fields(object: object, place: "serial", source: source).string("serial_out_path")
+        }
+        if let balloon = root["balloon"], balloon != .null {
+            configuration.balloon = try BalloonConfiguration.parse(balloon, source: source)
         }
         if let metadata = root["mmds-config"], metadata != .null {
             configuration.metadata = try metadataConfig(metadata, source: source)
@@ -261,6 +264,7 @@ public enum MachineConfigFile {
             root["entropy"] = .object(configuration.entropyLimiter.map { ["rate_limiter": $0.document] } ?? [:])
         }
         if let path = configuration.serialOutputPath { root["serial"] = .object(["serial_out_path": .string(path)]) }
+        if let balloon = configuration.balloon { root["balloon"] = balloon.document }
         if let metadata = configuration.metadata {
             root["mmds-config"] = .object([
                 "version": .string(metadata.version.rawValue), "network_interfaces": .array(metadata.networkInterfaces.map { .string($0) }),

@@ -21,6 +21,8 @@ public struct MachineConfiguration: Sendable {
     public var drives: [DriveConfiguration] = []
     /// A virtio-rng device fed from the host's getrandom.
     public var entropy = false
+    /// A virtio-balloon device.
+    public var balloon: BalloonConfiguration?
     /// The entropy device's `rate_limiter`.
     public var entropyLimiter: RateLimiterConfiguration?
     /// virtio-net interfaces, in order (eth0, eth1, ...).

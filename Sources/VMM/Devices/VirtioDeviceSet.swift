@@ -79,6 +79,11 @@ public final class VirtioDeviceSet: Sendable {
                 throw ConfigurationError("vsock: \(error)")
             }
         }
+        if let balloon = configuration.balloon {
+            devices.append(("virtio-balloon", try BalloonDevice(targetMiB: balloon.amountMiB, deflateOnOOM: balloon.deflateOnOOM,
+                                                                statisticsInterval: .seconds(balloon.statisticsInterval),
+                                                                freePageReporting: balloon.freePageReporting)))
+        }
         if configuration.entropy {
             devices.append(("virtio-rng", try EntropyDevice(bandwidth: configuration.entropyLimiter?.bandwidth,
                                                             operations: configuration.entropyLimiter?.operations)))

@@ -51,7 +51,8 @@ public struct SeccompPolicy: Sendable {
         // guest_memfd pages on a private/shared conversion; a driver's
         // DRIVER_OK or reset, served on the vCPU, starts or stops the
         // device's watches (epoll_ctl) and closes its connections.
-        .vcpu: common.union(["ioctl", "fallocate", "epoll_ctl", "close"]),
+        // (timerfd_settime: the balloon's activation looks at its statistics queue soon after.)
+        .vcpu: common.union(["ioctl", "fallocate", "epoll_ctl", "close", "timerfd_settime"]),
         .virtio: common.union(files).union([
             "epoll_wait", "epoll_pwait", "epoll_ctl", "readv", "writev", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
             "fsync", "fdatasync", "fallocate", "accept4", "accept", "socket", "connect", "shutdown", "fcntl", "getsockopt",
@@ -64,6 +65,8 @@ public struct SeccompPolicy: Sendable {
             "epoll_wait", "epoll_pwait", "epoll_ctl", "accept4", "accept", "fcntl", "recvfrom", "sendto", "shutdown", "ioctl",
             "pwrite64", "ftruncate", "fsync", "fdatasync", "rename", "renameat", "renameat2", "unlink", "unlinkat", "stat",
             "lstat", "access", "faccessat", "faccessat2", "readlink", "socket", "getcwd",
+            // PATCH /balloon/statistics re-arms the balloon's polling timer.
+            "timerfd_settime",
         ]),
         .vmm: common.union(files).union(["ioctl", "fsync", "fdatasync", "epoll_ctl", "unlink", "unlinkat", "readlink", "access", "faccessat2"]),
         .console: common.union(["read", "ioctl"]),

@@ -42,6 +42,28 @@ extension Machine {
         }
     }
 
+    /// The balloon, if the machine has one.
+    public var balloon: BalloonDevice? { virtioDevice(named: "virtio-balloon") as? BalloonDevice }
+
+    /// A new balloon target (`PATCH /balloon`): at most the guest's memory.
+    public func updateBalloon(amountMiB: UInt32) throws {
+        guard let balloon else { throw ConfigurationError("the microVM has no balloon") }
+        guard UInt64(amountMiB) << 20 <= configuration.memorySize else {
+            throw ConfigurationError("amount_mib \(amountMiB) is more than the guest's \(configuration.memorySize >> 20) MiB")
+        }
+        balloon.setTarget(mib: amountMiB)
+        current.withLock { $0.balloon?.amountMiB = amountMiB }
+    }
+
+    /// A new statistics polling interval (`PATCH /balloon/statistics`).
+    public func updateBalloonStatistics(intervalSeconds: Int) throws {
+        guard let balloon else { throw ConfigurationError("the microVM has no balloon") }
+        do { try balloon.setStatisticsInterval(.seconds(intervalSeconds)) } catch let error as BalloonError {
+            throw ConfigurationError(error.description)
+        }
+        current.withLock { $0.balloon?.statisticsInterval = intervalSeconds }
+    }
+
     private func virtioDevice(named name: String) -> (any VirtioDevice)? {
         devices.transports.first { $0.name == name }?.device
     }

@@ -1,0 +1,253 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import GuestMemory
+import HostSystem
+import Synchronization
+
+/// virtio-balloon (virtio 1.2, section 5.5), as Firecracker offers it: the
+/// host sets a target (`num_pages`), the driver inflates by giving pages
+/// (their 4 KiB frame numbers on the inflate queue), which Kestrel returns
+/// to the host (madvise MADV_REMOVE, or MADV_DONTNEED for private memory),
+/// and deflates by taking them back. Optional: a statistics queue the device
+/// polls every `statisticsInterval`, DEFLATE_ON_OOM, and free page reporting
+/// (the driver hands over free ranges, which are returned to the host too).
+///
+/// Queues are numbered as the Linux driver numbers those it finds: inflate 0,
+/// deflate 1, then statistics and reporting when offered. Pages the guest
+/// keeps private (a confidential VM's) are never discarded.
+public final class BalloonDevice: VirtioDevice {
+    public enum Feature {
+        public static let mustTellHost: UInt64 = 1 << 0
+        public static let statisticsQueue: UInt64 = 1 << 1
+        public static let deflateOnOOM: UInt64 = 1 << 2
+        public static let freePageReporting: UInt64 = 1 << 5
+    }
+
+    /// The statistics the driver reports (tags 0 to 15), by Firecracker's names.
+    public static let statisticNames = [
+        "swap_in", "swap_out", "major_faults", "minor_faults", "free_memory", "total_memory", "available_memory", "disk_caches",
+        "hugetlb_allocations", "hugetlb_failures", "oom_kill", "alloc_stall", "async_scan", "direct_scan", "async_reclaim", "direct_reclaim",
+    ]
+    public static let pageSize = 4096
+
+    public let deviceType = VirtioDeviceType.balloon
+    public let offeredFeatures: UInt64
+    public let queueSizes: [UInt16]
+    let statisticsQueue: Int?
+    let reportingQueue: Int?
+    private let context = Mutex<VirtioContext?>(nil)
+    private let state: Mutex<State>
+    private let timer: TimerNotifier
+
+    struct State {
+        var targetPages: UInt32
+        var actualPages: UInt32 = 0
+        var interval: Duration
+        /// The driver's statistics buffer, kept until the next poll.
+        var heldStatistics: UInt16?
+        var statistics: [String: UInt64] = [:]
+        var counts: [String: Int] = [:]
+    }
+
+    /// `targetMiB` to take from the guest at start; `statisticsInterval` of
+    /// zero offers no statistics queue.
+    public init(targetMiB: UInt32, deflateOnOOM: Bool, statisticsInterval: Duration, freePageReporting: Bool) throws {
+        var features = deflateOnOOM ? Feature.deflateOnOOM : 0
+        var queues: [UInt16] = [256, 256]
+        if statisticsInterval > .zero {
+            features |= Feature.statisticsQueue
+            statisticsQueue = queues.count
+            queues.append(256)
+        } else {
+            statisticsQueue = nil
+        }
+        if freePageReporting {
+            features |= Feature.freePageReporting
+            reportingQueue = queues.count
+            queues.append(256)
+        } else {
+            reportingQueue = nil
+        }
+        offeredFeatures = features
+        queueSizes = queues
+        state = Mutex(State(targetPages: Self.pages(mib: targetMiB), interval: statisticsInterval))
+        timer = try TimerNotifier()
+    }
+
+    static func pages(mib: UInt32) -> UInt32 { UInt32(clamping: UInt64(mib) * (1 << 20) / UInt64(pageSize)) }
+
+    /// struct virtio_balloon_config: num_pages, actual, free_page_hint_cmd_id, poison_val.
+    public var configurationSpace: [UInt8] {
+        let (target, actual) = state.withLock { ($0.targetPages, $0.actualPages) }
+        var bytes = [UInt8](repeating: 0, count: 16)
+        bytes.storeLittleEndian(target, at: 0)
+        bytes.storeLittleEndian(actual, at: 4)
+        return bytes
+    }
+
+    /// The driver writes `actual`, the pages it holds; nothing else.
+    public func writeConfiguration(offset: Int, bytes: [UInt8]) {
+        guard offset == 4, bytes.count == 4 else { return }
+        let value = UInt32(bytes[0]) | UInt32(bytes[1]) << 8 | UInt32(bytes[2]) << 16 | UInt32(bytes[3]) << 24
+        state.withLock { $0.actualPages = value }
+    }
+
+    /// Sets the target (Firecracker's `PATCH /balloon`) and tells the driver.
+    public func setTarget(mib: UInt32) {
+        state.withLock { $0.targetPages = Self.pages(mib: mib) }
+        context.withLock { $0 }?.interrupt.raise(.configurationChange)
+    }
+
+    /// Changes the polling interval; the queue must exist (it was offered at
+    /// start), so a zero interval, or one for a balloon without statistics, is refused.
+    public func setStatisticsInterval(_ interval: Duration) throws {
+        guard statisticsQueue != nil else { throw BalloonError("the balloon was made without statistics (stats_polling_interval_s 0)") }
+        guard interval > .zero else { throw BalloonError("statistics cannot be turned off after the start") }
+        state.withLock { $0.interval = interval }
+        timer.arm(after: interval)
+    }
+
+    public struct Status: Equatable, Sendable {
+        public var targetPages: UInt32, actualPages: UInt32
+        public var statistics: [String: UInt64]
+        public var statisticsEnabled: Bool
+    }
+
+    public var status: Status {
+        state.withLock { Status(targetPages: $0.targetPages, actualPages: $0.actualPages, statistics: $0.statistics, statisticsEnabled: statisticsQueue != nil) }
+    }
+
+    public var metricCounts: [String: Int] {
+        let counts = state.withLock { $0.counts }
+        return ["inflate_count", "deflate_count", "stats_updates_count", "stats_update_fails", "free_page_report_count", "free_page_report_freed", "discard_refused"]
+            .reduce(into: [:]) { $0[$1] = counts[$1] ?? 0 }
+    }
+
+    public func activate(_ context: VirtioContext) throws {
+        self.context.withLock { $0 = context }
+        if statisticsQueue != nil {
+            try context.watch(timer.fileDescriptor) { [weak self] _ throws(QueueFault) in try self?.poll() }
+            // The driver primes the statistics queue before DRIVER_OK, when its
+            // notification finds no device to serve it: look at the queue soon.
+            timer.arm(after: .milliseconds(1))
+        }
+    }
+
+    public func reset() {
+        context.withLock { $0 = nil }
+        state.withLock { $0.heldStatistics = nil }
+    }
+
+    public func process(queue: Int) throws(QueueFault) {
+        guard let context = context.withLock({ $0 }), queue < context.queues.count else { return }
+        let virtqueue = context.queues[queue]
+        switch queue {
+        case 0, 1:
+            while let chain = try virtqueue.nextOrEnableNotification() {
+                var reader = ChainReader(chain, memory: context.memory)
+                let frames = (reader.readBytes(reader.remaining - reader.remaining % 4) ?? []).chunked(4).map {
+                    UInt64($0[0]) | UInt64($0[1]) << 8 | UInt64($0[2]) << 16 | UInt64($0[3]) << 24
+                }
+                if queue == 0 {
+                    // Runs of consecutive frames are returned with one call each.
+                    var runStart: UInt64?, runLength: UInt64 = 0
+                    for frame in frames.sorted() {
+                        if let start = runStart, start + runLength == frame { runLength += 1; continue }
+                        if let start = runStart { discard(GuestAddress(start << 12), length: runLength << 12, context.memory) }
+                        runStart = frame
+                        runLength = 1
+                    }
+                    if let start = runStart { discard(GuestAddress(start << 12), length: runLength << 12, context.memory) }
+                }
+                state.withLock { $0.counts[queue == 0 ? "inflate_count" : "deflate_count", default: 0] += 1 }
+                virtqueue.complete(chain.head, written: 0)
+            }
+        case statisticsQueue:
+            // The driver's buffer of {le16 tag, le64 value}: read it, and keep it until the next poll.
+            while let chain = try virtqueue.nextOrEnableNotification() {
+                var reader = ChainReader(chain, memory: context.memory)
+                let bytes = reader.readBytes(reader.remaining - reader.remaining % 10) ?? []
+                var statistics: [String: UInt64] = [:]
+                for entry in bytes.chunked(10) {
+                    let tag = Int(entry[0]) | Int(entry[1]) << 8
+                    var value: UInt64 = 0
+                    for index in 0..<8 { value |= UInt64(entry[2 + index]) << (8 * index) }
+                    if tag < Self.statisticNames.count { statistics[Self.statisticNames[tag]] = value }
+                }
+                let (previous, interval) = state.withLock { state -> (UInt16?, Duration) in
+                    defer {
+                        state.heldStatistics = chain.head
+                        state.statistics.merge(statistics) { $1 }
+                        state.counts["stats_updates_count", default: 0] += 1
+                    }
+                    return (state.heldStatistics, state.interval)
+                }
+                // A second buffer while one is held: give the older back.
+                if let previous { virtqueue.complete(previous, written: 0) }
+                timer.arm(after: interval)
+            }
+        case reportingQueue:
+            // Free page reporting: each buffer's device-writable ranges are free guest pages.
+            while let chain = try virtqueue.nextOrEnableNotification() {
+                var freed: UInt64 = 0
+                for segment in chain.writable {
+                    discard(segment.address, length: UInt64(segment.length), context.memory)
+                    freed += UInt64(segment.length)
+                }
+                state.withLock {
+                    $0.counts["free_page_report_count", default: 0] += 1
+                    $0.counts["free_page_report_freed", default: 0] += Int(freed)
+                }
+                virtqueue.complete(chain.head, written: 0)
+            }
+        default:
+            break
+        }
+        context.notifyIfNeeded(virtqueue)
+    }
+
+    /// The polling timer: hands the held statistics buffer back, which asks
+    /// the driver for new figures; with none held, reads the queue.
+    func poll() throws(QueueFault) {
+        timer.clear()
+        guard let context = context.withLock({ $0 }), let index = statisticsQueue, index < context.queues.count else { return }
+        guard let head = state.withLock({ state -> UInt16? in defer { state.heldStatistics = nil }; return state.heldStatistics }) else {
+            try process(queue: index)
+            return
+        }
+        context.queues[index].complete(head, written: 0)
+        context.interrupt.raise(.usedBuffer)
+    }
+
+    /// Gives the host back the pages of `[address, address + length)` that
+    /// are guest RAM and not private; a range outside RAM is ignored.
+    func discard(_ address: GuestAddress, length: UInt64, _ memory: GuestAddressSpace) {
+        guard length > 0, address.rawValue % UInt64(Self.pageSize) == 0, length % UInt64(Self.pageSize) == 0,
+              let region = memory.region(containing: address, length: length), memory.access(address, length: length) == .shared else {
+            state.withLock { $0.counts["discard_refused", default: 0] += 1 }
+            return
+        }
+        let offset = Int(address.rawValue - region.start.rawValue)
+        // Private anonymous mappings free their pages with MADV_DONTNEED; shared
+        // ones (a file, guest_memfd) need MADV_REMOVE, tried when DONTNEED would
+        // leave the pages in the file.
+        let advice = region.mapping.sharing == .shared ? MADV_REMOVE : MADV_DONTNEED
+        if (try? region.mapping.advise(offset: offset, length: Int(length), advice)) == nil {
+            state.withLock { $0.counts["discard_refused", default: 0] += 1 }
+        }
+    }
+}
+
+/// A refused balloon change.
+public struct BalloonError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+extension Array where Element == UInt8 {
+    /// The array in pieces of `size` (the last may be shorter).
+    func chunked(_ size: Int) -> [[UInt8]] {
+        stride(from: 0, to: count, by: size).map { Array(self[$0..<Swift.min($0 + size, count)]) }
+    }
+}
