@@ -105,6 +105,9 @@ let package = Package(
         // Firecracker's REST API on a Unix socket: the HTTP/1.1 reader, the
         // routes over the VMM's configuration, and the API thread.
         .target(name: "ControlAPI", dependencies: ["VMM", "Virtio", "HostSystem", "WireFormats", "Metadata"], swiftSettings: swiftSettings),
+        // Firecracker's jailer for Kestrel (or Firecracker): chroot, device
+        // nodes, cgroups, namespaces, limits, dropped privileges, exec.
+        .target(name: "Jail", dependencies: ["HostSystem", "CHost"], swiftSettings: swiftSettings),
         // The lab: L1 KVM hosts under QEMU, Debian kernels fetched and cached, the
         // L1 initramfs, conformance matrices across hosts.
         .target(name: "Lab", dependencies: ["Boot", "Decompression", "TextFormat"], swiftSettings: swiftSettings),
@@ -113,7 +116,7 @@ let package = Package(
         .executableTarget(
             name: "Kestrel",
             dependencies: [
-                "HostSystem", "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools", "Boot", "Decompression", "VMM", "ControlAPI", "Lab", "TextFormat",
+                "HostSystem", "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools", "Boot", "Decompression", "VMM", "ControlAPI", "Lab", "TextFormat", "Jail",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings,
@@ -141,6 +144,7 @@ let package = Package(
             name: "ConformanceTests", dependencies: ["Conformance"], swiftSettings: swiftSettings),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Boot", "TextFormat"], swiftSettings: swiftSettings),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory", "HostSystem"], swiftSettings: swiftSettings),
+        .testTarget(name: "JailTests", dependencies: ["Jail", "HostSystem"], swiftSettings: swiftSettings),
         .testTarget(name: "MetadataTests", dependencies: ["Metadata", "WireFormats", "Virtio", "GuestMemory", "HostSystem"], swiftSettings: swiftSettings),
         .testTarget(name: "ControlAPITests", dependencies: ["ControlAPI", "VMM", "HostSystem", "Lab"], swiftSettings: swiftSettings),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "HostSystem", "Boot", "Confidential", "GuestMemory", "KestrelTesting"], swiftSettings: swiftSettings),

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <string.h>
@@ -300,4 +301,12 @@ int chost_timerfd_create(void) {
 int chost_timerfd_arm(int fd, long seconds, long nanoseconds) {
     struct itimerspec setting = {.it_interval = {0, 0}, .it_value = {seconds, nanoseconds}};
     return timerfd_settime(fd, 0, &setting, NULL);
+}
+
+int chost_unshare(int flags) {
+    return unshare(flags);
+}
+
+int chost_setns(int fd, int nstype) {
+    return setns(fd, nstype);
 }

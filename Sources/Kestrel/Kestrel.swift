@@ -23,16 +23,19 @@ struct Kestrel: ParsableCommand {
         commandName: "kestrel",
         abstract: "A KVM toolkit: a Linux VMM, conformance checks, host capabilities and SEV-SNP certificate tools for guest_memfd, CET, FRED, SEV-SNP and CCA.",
         version: version,
-        subcommands: [RunCommand.self, InitramfsCommand.self, VmlinuxCommand.self, CheckCommand.self, CapsCommand.self, LabCommand.self, SNPCommand.self, VsockCommand.self, BenchCommand.self],
+        subcommands: [RunCommand.self, JailCommand.self, InitramfsCommand.self, VmlinuxCommand.self, CheckCommand.self, CapsCommand.self, LabCommand.self, SNPCommand.self, VsockCommand.self, BenchCommand.self],
         defaultSubcommand: nil)
 }
 
 /// The command line as Kestrel reads it: under the name `firecracker`,
 /// every argument belongs to `run`.
 enum LaunchLine {
-    static let isFirecracker = CommandLine.arguments.first.map { $0.split(separator: "/").last == "firecracker" } ?? false
-    /// The arguments after the program name, `run` first under Firecracker's name.
-    static let arguments: [String] = (isFirecracker ? ["run"] : []) + CommandLine.arguments.dropFirst()
+    static let programName = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? ""
+    static let isFirecracker = programName == "firecracker"
+    /// Under the name `jailer`, every argument belongs to `jail`.
+    static let isJailer = programName == "jailer"
+    /// The arguments after the program name, `run` (or `jail`) first under those names.
+    static let arguments: [String] = (isFirecracker ? ["run"] : isJailer ? ["jail"] : []) + CommandLine.arguments.dropFirst()
     /// When `main` began (CLOCK_MONOTONIC, µs): where the start-up time is
     /// measured from, unless a jailer passes `--start-time-us`. Unsafe but
     /// sound: `main` writes it once, before any other thread exists.

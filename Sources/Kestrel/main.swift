@@ -1,5 +1,6 @@
 import ArgumentParser
 import ControlAPI
+import Jail
 
 // Run under the name `firecracker` (a symlink or a copy, as orchestrators
 // install their VMM), Kestrel takes Firecracker's command line: the
@@ -12,6 +13,15 @@ if LaunchLine.isFirecracker, LaunchLine.arguments == ["run", "--version"] {
     Kestrel.exit()
 }
 let arguments = LaunchLine.arguments
+if arguments.first == "jail", !arguments.prefix { $0 != "--" }.contains(where: { $0 == "--help" || $0 == "-h" }) {
+    // The jailer's own line, not ArgumentParser's (its options look like none of ours).
+    do {
+        try Jail.run(try JailArguments.parse(Array(arguments.dropFirst())))
+    } catch {
+        printError("kestrel jail: \(error)")
+        Kestrel.exit(withError: ExitCode(2))
+    }
+}
 
 // `kestrel run --api-sock PATH` with only Firecracker's launch options skips
 // ArgumentParser: building every subcommand's argument tree was most of the

@@ -23,6 +23,10 @@ int chost_malloc_trim(void);
 /* The calling thread's id (gettid(2), which glibc 2.36 does not declare). */
 int chost_gettid(void);
 
+/* unshare(2) and setns(2), which the Glibc module does not declare; 0 or -1 with errno. */
+int chost_unshare(int flags);
+int chost_setns(int fd, int nstype);
+
 /* A non-blocking, close-on-exec timerfd on CLOCK_MONOTONIC; -1 with errno set. */
 int chost_timerfd_create(void);
 

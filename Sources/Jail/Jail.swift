@@ -1,0 +1,179 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CHost
+import HostSystem
+
+/// Firecracker's jailer (docs/jailer.md), for Kestrel or Firecracker: makes
+/// the chroot `<base>/<exec name>/<id>/root` with a copy of the VMM and the
+/// device nodes it needs (/dev/kvm, /dev/net/tun, /dev/userfaultfd where the
+/// host has them) owned by the jailed user; sets up the cgroups; joins the
+/// network namespace; sets the resource limits; enters a new mount namespace
+/// and chroots there; optionally a new PID namespace (the VMM is then its
+/// pid 1, and the jailer writes its pid to `<exec name>.pid` in the chroot)
+/// and a daemon (new session, stdio on /dev/null); for Kestrel, a procfs of
+/// its own (a Swift program reads /proc/self); drops to the uid and gid;
+/// and executes the VMM with `--id`, the start times, and the arguments
+/// after `--`. Everything that can fail is done before the first change
+/// that cannot be undone where it can.
+public enum Jail {
+    static let cloneNewNS: Int32 = 0x0002_0000, cloneNewPID: Int32 = 0x2000_0000, cloneNewNet: Int32 = 0x4000_0000
+
+    /// Runs the jail; returns only by throwing (the VMM replaces this process).
+    public static func run(_ arguments: JailArguments) throws(JailError) -> Never {
+        let startMicroseconds = microseconds(CLOCK_MONOTONIC)
+        guard getuid() == 0 else { throw JailError("the jailer must run as root (it makes device nodes, cgroups and a chroot)") }
+        do { try HostFile.require(arguments.execFile, is: [.regular], what: "--exec-file") } catch {
+            throw JailError("\(error)")
+        }
+        let root = arguments.chrootDirectory
+        try makeDirectories(root)
+        // The jail's root is the jailed user's (its API socket goes there), as Firecracker's jailer leaves it.
+        guard chown(root, arguments.uid, arguments.gid) == 0 else { throw JailError("cannot give \(root) to the jailed user: \(String(cString: strerror(errno)))") }
+        let name = arguments.execFileName
+        try copyFile(arguments.execFile, to: root + "/" + name)
+        try makeDirectories(root + "/dev/net")
+        for (path, required) in [("/dev/kvm", true), ("/dev/net/tun", false), ("/dev/userfaultfd", false)] {
+            try makeDeviceNode(like: path, in: root, uid: arguments.uid, gid: arguments.gid, required: required)
+        }
+        let mounts = String(decoding: (try? readAll("/proc/self/mounts")) ?? [], as: UTF8.self)
+        try Cgroups.apply(arguments, pid: getpid(), mountsText: mounts)
+        if let namespace = arguments.networkNamespace {
+            let fd = open(namespace, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0, chost_setns(fd, cloneNewNet) == 0 else {
+                throw JailError("--netns \(namespace): cannot join it: \(String(cString: strerror(errno)))")
+            }
+            close(fd)
+        }
+        try setLimits(arguments)
+        let devNull = arguments.daemonize ? open("/dev/null", O_RDWR) : -1
+        // A mount namespace of our own, so the chroot's mounts are nobody else's.
+        guard chost_unshare(cloneNewNS) == 0, mount(nil, "/", nil, UInt(MS_REC | MS_PRIVATE), nil) == 0,
+              chdir(root) == 0, chroot(".") == 0, chdir("/") == 0 else {
+            throw JailError("cannot enter the chroot \(root): \(String(cString: strerror(errno)))")
+        }
+        var parentCPU: Int64 = 0
+        if arguments.newPIDNamespace {
+            guard chost_unshare(cloneNewPID) == 0 else { throw JailError("cannot make a PID namespace: \(String(cString: strerror(errno)))") }
+            let child = fork()
+            guard child >= 0 else { throw JailError("fork: \(String(cString: strerror(errno)))") }
+            if child > 0 {
+                // The jailer's part ends here: it records the VMM's pid, as seen from outside.
+                try? writeText("\(child)\n", to: "/\(name).pid")
+                exit(0)
+            }
+            parentCPU = microseconds(CLOCK_PROCESS_CPUTIME_ID)
+        }
+        if !name.contains("firecracker") {
+            // A Swift VMM reads /proc/self (its arguments, its executable): the
+            // jail gets a procfs of its own that shows only the jailed user's
+            // processes and nothing but them (Firecracker's jails have none).
+            mkdir("/proc", 0o555)
+            let flags = UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            guard mount("proc", "/proc", "proc", flags, "hidepid=invisible,subset=pid") == 0 || mount("proc", "/proc", "proc", flags, "hidepid=2") == 0 else {
+                throw JailError("cannot mount /proc in the chroot: \(String(cString: strerror(errno)))")
+            }
+        }
+        if arguments.daemonize {
+            guard setsid() >= 0, devNull >= 0, dup2(devNull, 0) >= 0, dup2(devNull, 1) >= 0, dup2(devNull, 2) >= 0 else {
+                throw JailError("cannot become a daemon: \(String(cString: strerror(errno)))")
+            }
+        }
+        guard setgroups(0, nil) == 0, setgid(arguments.gid) == 0, setuid(arguments.uid) == 0 else {
+            throw JailError("cannot drop to uid \(arguments.uid) and gid \(arguments.gid): \(String(cString: strerror(errno)))")
+        }
+        var argv = ["/" + name]
+        if !name.contains("firecracker") { argv.append("run") }  // Kestrel under its own name takes run's options
+        argv += ["--id", arguments.id, "--start-time-us", String(startMicroseconds),
+                 "--start-time-cpu-us", String(microseconds(CLOCK_PROCESS_CPUTIME_ID)), "--parent-cpu-time-us", String(parentCPU)]
+        argv += arguments.vmmArguments
+        let cStrings = argv.map { strdup($0) } + [nil]
+        // Swift's crash backtracer would look for its helper program, which the chroot does not hold.
+        setenv("SWIFT_BACKTRACE", "enable=no", 1)
+        execv("/" + name, cStrings)
+        throw JailError("cannot execute /\(name) in the chroot: \(String(cString: strerror(errno)))")
+    }
+
+    static func microseconds(_ clock: clockid_t) -> Int64 {
+        var now = timespec()
+        clock_gettime(clock, &now)
+        return Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000
+    }
+
+    static func makeDirectories(_ path: String) throws(JailError) {
+        var current = ""
+        for component in path.split(separator: "/") {
+            current += "/" + component
+            if mkdir(current, 0o755) != 0 && errno != EEXIST {
+                throw JailError("cannot make \(current): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    /// A character device node in the chroot with the host node's numbers,
+    /// owned by the jailed user, read-write for it only.
+    static func makeDeviceNode(like path: String, in root: String, uid: UInt32, gid: UInt32, required: Bool) throws(JailError) {
+        var status = stat()
+        guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFCHR else {
+            if required { throw JailError("\(path) is not a character device on this host") }
+            return
+        }
+        let target = root + path
+        unlink(target)
+        guard mknod(target, S_IFCHR | 0o600, status.st_rdev) == 0, chown(target, uid, gid) == 0 else {
+            throw JailError("cannot make \(target): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    static func setLimits(_ arguments: JailArguments) throws(JailError) {
+        var limits: [(Int32, UInt64)] = [(Int32(RLIMIT_NOFILE.rawValue), JailArguments.defaultOpenFiles)]
+        for (resource, value) in arguments.resourceLimits {
+            switch resource {
+            case .openFiles: limits[0].1 = value
+            case .fileSize: limits.append((Int32(RLIMIT_FSIZE.rawValue), value))
+            }
+        }
+        for (resource, value) in limits {
+            var limit = rlimit(rlim_cur: rlim_t(value), rlim_max: rlim_t(value))
+            guard setrlimit(__rlimit_resource_t(UInt32(resource)), &limit) == 0 else {
+                throw JailError("cannot set the resource limit \(resource) to \(value): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    static func copyFile(_ source: String, to target: String) throws(JailError) {
+        let bytes: [UInt8]
+        do { bytes = try readAll(source) } catch { throw JailError("cannot read \(source): \(error)") }
+        unlink(target)
+        let fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o755)
+        guard fd >= 0 else { throw JailError("cannot write \(target): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            guard written > 0 else { throw JailError("cannot write \(target): \(String(cString: strerror(errno)))") }
+            offset += written
+        }
+        fchmod(fd, 0o755)
+    }
+
+    static func readAll(_ path: String) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemCallError.current("open(\(path))") }
+        defer { close(fd) }
+        var bytes: [UInt8] = [], buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = read(fd, &buffer, buffer.count)
+            if count < 0 { if errno == EINTR { continue }; throw SystemCallError.current("read(\(path))") }
+            if count == 0 { return bytes }
+            bytes += buffer[0..<count]
+        }
+    }
+
+    static func writeText(_ text: String, to path: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw SystemCallError.current("open(\(path))") }
+        defer { close(fd) }
+        _ = Array(text.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    }
+}

@@ -1,0 +1,57 @@
+import Glibc
+import Lab
+import Testing
+
+/// `kestrel jail` on this machine: Kestrel jailed as nobody in a chroot, in a
+/// pids cgroup, serves the API on a socket inside the chroot and boots the
+/// crafted ticker guest from a kernel inside it.
+@Suite(.timeLimit(.minutes(5))) struct JailProcessTests {
+    static func canJail() -> Bool { getuid() == 0 && APIProcessTests.requireKVM() && access("/sys/fs/cgroup/pids", W_OK) == 0 }
+
+    @Test(.enabled(if: canJail(), "needs root, /dev/kvm and a writable cgroup v1 pids hierarchy"))
+    func aJailedKestrelServesTheAPIAndBootsAGuest() throws {
+        let base = "/tmp/kestrel-jail-\(getpid())", id = "jail-\(getpid())"
+        let kestrel = try APIProcessTests.kestrel()
+        let root = base + "/kestrel/\(id)/root", socket = root + "/api.sock"
+        let log = try TemporaryDirectory(prefix: "kestrel-jail-out")
+        defer {
+            _ = try? HostProcess.output(["rm", "-rf", base])
+            rmdir("/sys/fs/cgroup/pids/kestrel/\(id)")
+        }
+        let process = try HostProcess.start([kestrel, "jail", "--id", id, "--exec-file", kestrel, "--uid", "65534", "--gid", "65534",
+                                             "--chroot-base-dir", base, "--cgroup", "pids.max=200", "--resource-limit", "no-file=512",
+                                             "--", "--api-sock", "/api.sock"],
+                                            stdout: .file(log.path + "/out"), stderr: .file(log.path + "/err"))
+        defer { if process.poll() == nil { process.signal(SIGKILL); _ = process.wait() } }
+        #expect(APIProcessTests.waitFor(30) { access(socket, F_OK) == 0 }, "no socket in the chroot: \((try? readText(log.path + "/err")) ?? "")")
+        let described = try APIProcessTests.curl(socket, "GET", "/")
+        #expect(described.0 == 200 && described.1.contains(#""id":"\#(id)""#), "\(described)")
+        // The process is the jailed VMM itself: nobody, chrooted, in the cgroup, with the limit.
+        let pid = process.process
+        let status = (try? readText("/proc/\(pid)/status")) ?? ""
+        #expect(status.contains("Uid:\t65534\t65534") && status.contains("Gid:\t65534\t65534"), "\(status)")
+        #expect((try? HostProcess.output(["readlink", "/proc/\(pid)/root"]))?.output.split(separator: "\n").first.map(String.init) == root)
+        #expect(((try? readText("/proc/\(pid)/cgroup")) ?? "").contains("pids:/kestrel/\(id)"))
+        #expect(((try? readText("/sys/fs/cgroup/pids/kestrel/\(id)/pids.max")) ?? "").hasPrefix("200"))
+        #expect(((try? readText("/proc/\(pid)/limits")) ?? "").contains("Max open files            512                  512"))
+        var device = stat()
+        #expect(stat(root + "/dev/kvm", &device) == 0 && device.st_uid == 65534 && device.st_mode & S_IFMT == S_IFCHR)
+        // A guest from a kernel inside the chroot, named by its path there.
+        try writeFileAtomically(APIProcessTests.tickerKernel(), to: root + "/ticker.elf")
+        chmod(root + "/ticker.elf", 0o644)
+        #expect(try APIProcessTests.curl(socket, "PUT", "/boot-source", #"{"kernel_image_path": "/ticker.elf", "boot_args": "console=ttyS0"}"#).0 == 204)
+        #expect(try APIProcessTests.curl(socket, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 64}"#).0 == 204)
+        #expect(try APIProcessTests.curl(socket, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 204)
+        #expect(APIProcessTests.waitFor(20) { APIProcessTests.lines(log.path + "/out") >= 3 }, "the jailed guest printed nothing")
+        process.signal(SIGTERM)
+        #expect(APIProcessTests.exitStatus(process, within: 10) == 128 + SIGTERM)
+    }
+
+    @Test func badJailLinesExitTwoWithTheReason() throws {
+        let kestrel = try APIProcessTests.kestrel()
+        let refused = try HostProcess.output([kestrel, "jail", "--id", "x", "--exec-file", "/bin/true", "--uid", "1", "--gid", "1"])
+        #expect(refused.status == 2 && refused.errors.contains("must contain \"firecracker\""), "\(refused)")
+        let help = try HostProcess.output([kestrel, "jail", "--help"])
+        #expect(help.status == 0 && help.output.contains("--exec-file"), "\(help.output.prefix(300))")
+    }
+}
