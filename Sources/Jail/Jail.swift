@@ -37,7 +37,16 @@ public enum Jail {
             try makeDeviceNode(like: path, in: root, uid: arguments.uid, gid: arguments.gid, required: required)
         }
         let mounts = String(decoding: (try? readAll("/proc/self/mounts")) ?? [], as: UTF8.self)
-        try Cgroups.apply(arguments, pid: getpid(), mountsText: mounts)
+        var settings = arguments
+        if let node = arguments.numaNode {
+            // --node N: that node's CPUs and memory, unless --cgroup names them itself.
+            let cpus = String(decoding: (try? readAll("/sys/devices/system/node/node\(node)/cpulist")) ?? [], as: UTF8.self)
+                .split(separator: "\n").first.map(String.init) ?? ""
+            guard !cpus.isEmpty else { throw JailError("--node \(node): this host has no NUMA node \(node)") }
+            if !settings.cgroups.contains(where: { $0.file == "cpuset.mems" }) { settings.cgroups.append(("cpuset.mems", String(node))) }
+            if !settings.cgroups.contains(where: { $0.file == "cpuset.cpus" }) { settings.cgroups.append(("cpuset.cpus", cpus)) }
+        }
+        try Cgroups.apply(settings, pid: getpid(), mountsText: mounts)
         if let namespace = arguments.networkNamespace {
             let fd = open(namespace, O_RDONLY | O_CLOEXEC)
             guard fd >= 0, chost_setns(fd, cloneNewNet) == 0 else {

@@ -4,7 +4,7 @@
 ///     jailer --id ID --exec-file PATH --uid UID --gid GID
 ///            [--parent-cgroup PATH] [--cgroup-version 1|2] [--cgroup FILE=VALUE]...
 ///            [--chroot-base-dir DIR] [--netns PATH] [--resource-limit NAME=VALUE]...
-///            [--daemonize] [--new-pid-ns] [-- VMM ARGUMENTS...]
+///            [--daemonize] [--new-pid-ns] [--node N] [-- VMM ARGUMENTS...]
 ///
 /// Each option is `--name value` or `--name=value`; `--cgroup` and
 /// `--resource-limit` may repeat, nothing else may. Everything after `--`
@@ -23,6 +23,9 @@ public struct JailArguments: Equatable, Sendable {
     public var resourceLimits: [(resource: ResourceLimit, value: UInt64)] = []
     public var daemonize = false
     public var newPIDNamespace = false
+    /// The older jailer's `--node N` (which Kata Containers still passes):
+    /// the VMM's cpuset is that NUMA node's CPUs and memory.
+    public var numaNode: Int?
     public var vmmArguments: [String] = []
 
     /// The limits the jailer sets (`--resource-limit`): file size and open files.
@@ -40,7 +43,7 @@ public struct JailArguments: Equatable, Sendable {
             && lhs.cgroups.map(\.value) == rhs.cgroups.map(\.value) && lhs.chrootBaseDirectory == rhs.chrootBaseDirectory
             && lhs.networkNamespace == rhs.networkNamespace && lhs.resourceLimits.map(\.resource) == rhs.resourceLimits.map(\.resource)
             && lhs.resourceLimits.map(\.value) == rhs.resourceLimits.map(\.value) && lhs.daemonize == rhs.daemonize
-            && lhs.newPIDNamespace == rhs.newPIDNamespace && lhs.vmmArguments == rhs.vmmArguments
+            && lhs.newPIDNamespace == rhs.newPIDNamespace && lhs.vmmArguments == rhs.vmmArguments && lhs.numaNode == rhs.numaNode
     }
 
     /// Reads the arguments after the program name; throws with the message
@@ -68,7 +71,7 @@ public struct JailArguments: Equatable, Sendable {
             case "daemonize", "new-pid-ns":
                 guard attached == nil else { throw JailError("--\(name) takes no value") }
                 guard flags.insert(name).inserted else { throw JailError("--\(name) is given more than once") }
-            case "id", "exec-file", "uid", "gid", "parent-cgroup", "cgroup-version", "chroot-base-dir", "netns", "cgroup", "resource-limit":
+            case "id", "exec-file", "uid", "gid", "parent-cgroup", "cgroup-version", "chroot-base-dir", "netns", "cgroup", "resource-limit", "node":
                 let value: String
                 if let attached { value = attached } else {
                     guard index < arguments.count, !arguments[index].hasPrefix("--") else { throw JailError("--\(name) needs a value") }
@@ -127,6 +130,10 @@ public struct JailArguments: Equatable, Sendable {
         parsed.daemonize = flags.contains("daemonize")
         parsed.newPIDNamespace = flags.contains("new-pid-ns")
         parsed.vmmArguments = vmm
+        if let node = values["node"] {
+            guard let number = Int(node), (0...1023).contains(number) else { throw JailError("--node \(node): a NUMA node number") }
+            parsed.numaNode = number
+        }
         let name = parsed.execFileName
         guard name.contains("firecracker") || name.contains("kestrel") else {
             throw JailError("--exec-file \(parsed.execFile): the file's name must contain \"firecracker\" (Firecracker's rule) or \"kestrel\"")

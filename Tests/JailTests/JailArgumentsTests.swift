@@ -16,6 +16,10 @@ import Testing
         #expect(arguments.vmmArguments == ["--api-sock", "/run/api.sock", "--"])
         let plain = try JailArguments.parse(["--id", "a", "--exec-file", "/opt/kestrel", "--uid", "0", "--gid", "0"])
         #expect(plain.chrootDirectory == "/srv/jailer/kestrel/a/root" && plain.cgroupPath == "kestrel/a" && plain.cgroupVersion == 1)
+        // Kata's line has the older --node.
+        let kata = try JailArguments.parse(["--id", "k", "--node", "0", "--exec-file", "/opt/kata/bin/firecracker", "--uid", "1", "--gid", "1",
+                                            "--chroot-base-dir", "/run/kata/firecracker", "--daemonize", "--", "--config-file", "/fc.json"])
+        #expect(kata.numaNode == 0 && kata.daemonize && kata.vmmArguments == ["--config-file", "/fc.json"])
     }
 
     @Test func badLinesAreRefusedByName() {
@@ -34,6 +38,7 @@ import Testing
             (base + ["--parent-cgroup", "../up"], "without .."),
             (base + ["--daemonize", "--daemonize"], "given more than once"),
             (base + ["--bogus"], "unknown option --bogus"),
+            (base + ["--node", "x"], "a NUMA node number"),
             (base + ["stray"], "unexpected argument"),
             (["--id"], "--id needs a value"),
             (["--uid", "x", "--id", "a", "--exec-file", "/f/firecracker", "--gid", "1"], "--uid and --gid are numbers"),
