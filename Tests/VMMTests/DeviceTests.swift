@@ -262,8 +262,11 @@ final class Recorder: @unchecked Sendable {
         #expect(configuration.memorySize == 512 << 20)
         #expect(configuration.cpuTemplate == "host")
 
-        #expect(throws: ConfigurationError("vm.json: \"balloon\" is not supported by Kestrel yet; remove it or leave it empty")) {
+        #expect(throws: ConfigurationError("vm.json: balloon must be an object")) {
             try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": [{"amount_mib": 1}]}"#)
+        }
+        #expect(throws: ConfigurationError("vm.json: balloon.free_page_hinting is not supported: Kestrel has free page reporting (free_page_reporting), not hinting")) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": {"amount_mib": 1, "deflate_on_oom": false, "free_page_hinting": true}}"#)
         }
         #expect(throws: ConfigurationError("vm.json: unknown section \"bogus\"")) {
             try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "bogus": 1}"#)
@@ -361,8 +364,11 @@ final class Recorder: @unchecked Sendable {
         #expect(configuration.effectiveCommandLine == "console=ttyS0 root=/dev/vda rw")
         #expect(configuration.orderedDrives.map(\.id) == ["rootfs", "data"], "the root drive is vda")
 
-        #expect(throws: ConfigurationError("vm.json: drives[0].rate_limiter is not supported (known: cache_type, drive_id, io_engine, is_read_only, is_root_device, partuuid, path_on_host)")) {
-            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a", "path_on_host": "/a", "rate_limiter": {}}]}"#)
+        #expect(throws: ConfigurationError("vm.json: drives[0].rate_limiter.bandwidth must be an object")) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a", "path_on_host": "/a", "rate_limiter": {"bandwidth": 5}}]}"#)
+        }
+        #expect(throws: ConfigurationError("vm.json: drives[0].rate_limiter.bogus is not supported (known: bandwidth, ops)")) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a", "path_on_host": "/a", "rate_limiter": {"bogus": {}}}]}"#)
         }
         #expect(throws: ConfigurationError("vm.json: drives[0] (a): path_on_host is required")) {
             try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a"}]}"#)
