@@ -6,7 +6,8 @@
 // imports) <- X86 <- GuestKit, Confidential, Boot, VMM <- ControlAPI, Conformance, Lab <- kestrel;
 // Virtio (devices, no KVM) sits on GuestMemory and HostSystem, under VMM;
 // WireFormats (JSON and HTTP/1.x from untrusted bytes) sits under Metadata (the
-// guest's MMDS), which sits on Virtio, under VMM.
+// guest's MMDS), which sits on Virtio, under VMM; Jail (the jailer) sits on
+// HostSystem alone.
 
 import PackageDescription
 

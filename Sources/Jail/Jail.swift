@@ -55,6 +55,8 @@ public enum Jail {
             close(fd)
         }
         try setLimits(arguments)
+        // Nothing the jailer's caller had open reaches the VMM, as in Firecracker's jailer.
+        closeInheritedDescriptors()
         let devNull = arguments.daemonize ? open("/dev/null", O_RDWR) : -1
         // A mount namespace of our own, so the chroot's mounts are nobody else's.
         guard chost_unshare(cloneNewNS) == 0, mount(nil, "/", nil, UInt(MS_REC | MS_PRIVATE), nil) == 0,
@@ -97,10 +99,26 @@ public enum Jail {
                  "--start-time-cpu-us", String(microseconds(CLOCK_PROCESS_CPUTIME_ID)), "--parent-cpu-time-us", String(parentCPU)]
         argv += arguments.vmmArguments
         let cStrings = argv.map { strdup($0) } + [nil]
-        // Swift's crash backtracer would look for its helper program, which the chroot does not hold.
+        // The VMM gets no environment from the jailer's caller (Firecracker's
+        // jailer clears it), only this: Swift's crash backtracer would look for
+        // its helper program, which the chroot does not hold.
+        clearenv()
         setenv("SWIFT_BACKTRACE", "enable=no", 1)
         execv("/" + name, cStrings)
         throw JailError("cannot execute /\(name) in the chroot: \(String(cString: strerror(errno)))")
+    }
+
+    /// Closes every descriptor above standard error (those listed in /proc/self/fd).
+    static func closeInheritedDescriptors() {
+        guard let directory = opendir("/proc/self/fd") else { return }
+        var open: [Int32] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if let fd = Int32(name), fd > 2 { open.append(fd) }
+        }
+        let own = dirfd(directory)
+        closedir(directory)
+        for fd in open where fd != own { close(fd) }
     }
 
     static func microseconds(_ clock: clockid_t) -> Int64 {

@@ -152,6 +152,9 @@ struct RunCommand: ParsableCommand {
         throw ExitCode(2)
     }
 
+    /// Firecracker's `--api-sock` default.
+    static let firecrackerDefaultSocket = "/run/firecracker.socket"
+
     func validate() throws {
         if let seccompFilter {
             throw ValidationError("--seccomp-filter \(seccompFilter): Kestrel loads no compiled BPF filter; each of its threads installs "
@@ -175,6 +178,8 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         if apiSocket != nil && noAPI { throw ValidationError("--api-sock and --no-api contradict each other") }
+        // Under Firecracker's name, its default: the API is served unless --no-api says not.
+        let apiSocket = self.apiSocket ?? (LaunchLine.isFirecracker && !noAPI ? Self.firecrackerDefaultSocket : nil)
         let runner = try makeRunner()
         if let apiSocket, config == nil, kernel == nil {
             guard drives.isEmpty, networkInterfaces.isEmpty, vsock == nil, !entropy, memoryBackend == nil, confidential == nil, !dryRun else {
