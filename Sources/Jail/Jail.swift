@@ -10,8 +10,8 @@ import HostSystem
 /// host has them) owned by the jailed user; sets up the cgroups; joins the
 /// network namespace; sets the resource limits; enters a new mount namespace
 /// and chroots there; optionally a new PID namespace (the VMM is then its
-/// pid 1, and the jailer writes its pid to `<exec name>.pid` in the chroot)
-/// and a daemon (new session, stdio on /dev/null); for Kestrel, a procfs of
+/// pid 1) and a daemon (a double fork, a new session, stdio on /dev/null);
+/// the VMM's pid in `<exec name>.pid` in the chroot; for Kestrel, a procfs of
 /// its own (a Swift program reads /proc/self); drops to the uid and gid;
 /// and executes the VMM with `--id`, the start times, and the arguments
 /// after `--`. Everything that can fail is done before the first change
@@ -28,12 +28,18 @@ public enum Jail {
         }
         let root = arguments.chrootDirectory
         try makeDirectories(root)
-        // The jail's root is the jailed user's (its API socket goes there), as Firecracker's jailer leaves it.
-        guard chown(root, arguments.uid, arguments.gid) == 0 else { throw JailError("cannot give \(root) to the jailed user: \(String(cString: strerror(errno)))") }
+        // As Firecracker's jailer leaves them: /, /dev, /dev/net and /run are the
+        // jailed user's, mode 0700 (the default API socket goes in /run).
+        for folder in ["", "/dev", "/dev/net", "/run"] {
+            let path = root + folder
+            if mkdir(path, 0o700) != 0 && errno != EEXIST { throw JailError("cannot make \(path): \(String(cString: strerror(errno)))") }
+            guard chmod(path, 0o700) == 0, chown(path, arguments.uid, arguments.gid) == 0 else {
+                throw JailError("cannot give \(path) to the jailed user: \(String(cString: strerror(errno)))")
+            }
+        }
         let name = arguments.execFileName
         try copyFile(arguments.execFile, to: root + "/" + name)
-        try makeDirectories(root + "/dev/net")
-        for (path, required) in [("/dev/kvm", true), ("/dev/net/tun", false), ("/dev/userfaultfd", false)] {
+        for (path, required) in [("/dev/kvm", true), ("/dev/net/tun", false), ("/dev/urandom", false), ("/dev/userfaultfd", false)] {
             try makeDeviceNode(like: path, in: root, uid: arguments.uid, gid: arguments.gid, required: required)
         }
         let mounts = String(decoding: (try? readAll("/proc/self/mounts")) ?? [], as: UTF8.self)
@@ -64,6 +70,22 @@ public enum Jail {
             throw JailError("cannot enter the chroot \(root): \(String(cString: strerror(errno)))")
         }
         var parentCPU: Int64 = 0
+        if arguments.daemonize {
+            // The double fork: the caller's process returns at once, and the
+            // daemon is in a session of its own with no controlling terminal.
+            guard devNull >= 0 else { throw JailError("cannot open /dev/null: \(String(cString: strerror(errno)))") }
+            let first = fork()
+            guard first >= 0 else { throw JailError("fork: \(String(cString: strerror(errno)))") }
+            if first > 0 { exit(0) }
+            guard setsid() >= 0 else { throw JailError("setsid: \(String(cString: strerror(errno)))") }
+            let second = fork()
+            guard second >= 0 else { throw JailError("fork: \(String(cString: strerror(errno)))") }
+            if second > 0 { exit(0) }
+            guard dup2(devNull, 0) >= 0, dup2(devNull, 1) >= 0, dup2(devNull, 2) >= 0 else {
+                throw JailError("cannot put standard input and output on /dev/null: \(String(cString: strerror(errno)))")
+            }
+            close(devNull)
+        }
         if arguments.newPIDNamespace {
             guard chost_unshare(cloneNewPID) == 0 else { throw JailError("cannot make a PID namespace: \(String(cString: strerror(errno)))") }
             let child = fork()
@@ -74,6 +96,9 @@ public enum Jail {
                 exit(0)
             }
             parentCPU = microseconds(CLOCK_PROCESS_CPUTIME_ID)
+        } else {
+            // The VMM will be this process: its pid, for orchestrators that read it (Kata does).
+            try? writeText("\(getpid())\n", to: "/\(name).pid")
         }
         if !name.contains("firecracker") {
             // A Swift VMM reads /proc/self (its arguments, its executable): the
@@ -83,11 +108,6 @@ public enum Jail {
             let flags = UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC)
             guard mount("proc", "/proc", "proc", flags, "hidepid=invisible,subset=pid") == 0 || mount("proc", "/proc", "proc", flags, "hidepid=2") == 0 else {
                 throw JailError("cannot mount /proc in the chroot: \(String(cString: strerror(errno)))")
-            }
-        }
-        if arguments.daemonize {
-            guard setsid() >= 0, devNull >= 0, dup2(devNull, 0) >= 0, dup2(devNull, 1) >= 0, dup2(devNull, 2) >= 0 else {
-                throw JailError("cannot become a daemon: \(String(cString: strerror(errno)))")
             }
         }
         guard setgroups(0, nil) == 0, setgid(arguments.gid) == 0, setuid(arguments.uid) == 0 else {

@@ -36,6 +36,9 @@ import Testing
         #expect(((try? readText("/proc/\(pid)/limits")) ?? "").contains("Max open files            512                  512"))
         var device = stat()
         #expect(stat(root + "/dev/kvm", &device) == 0 && device.st_uid == 65534 && device.st_mode & S_IFMT == S_IFCHR)
+        var run = stat()
+        #expect(stat(root + "/run", &run) == 0 && run.st_uid == 65534 && run.st_mode & 0o777 == 0o700)
+        #expect(((try? readText(root + "/kestrel.pid")) ?? "") == "\(pid)\n", "the pid file names the VMM")
         // A guest from a kernel inside the chroot, named by its path there.
         try writeFileAtomically(APIProcessTests.tickerKernel(), to: root + "/ticker.elf")
         chmod(root + "/ticker.elf", 0o644)
@@ -45,6 +48,31 @@ import Testing
         #expect(APIProcessTests.waitFor(20) { APIProcessTests.lines(log.path + "/out") >= 3 }, "the jailed guest printed nothing")
         process.signal(SIGTERM)
         #expect(APIProcessTests.exitStatus(process, within: 10) == 128 + SIGTERM)
+    }
+
+    /// --daemonize: the jailer's own process returns at once (a double fork),
+    /// and the daemon, found through the pid file, serves the API.
+    @Test(.enabled(if: canJail(), "needs root, /dev/kvm and a writable cgroup v1 pids hierarchy"))
+    func aDaemonizedJailReturnsAndTheDaemonServes() throws {
+        let base = "/tmp/kestrel-jaild-\(getpid())", id = "jaild-\(getpid())"
+        let root = base + "/kestrel/\(id)/root"
+        defer { _ = try? HostProcess.output(["rm", "-rf", base]) }
+        let kestrel = try APIProcessTests.kestrel()
+        let started = try HostProcess.output([kestrel, "jail", "--id", id, "--exec-file", kestrel, "--uid", "65534", "--gid", "65534",
+                                              "--chroot-base-dir", base, "--daemonize", "--", "--api-sock", "/run/api.sock"])
+        #expect(started.status == 0, "\(started)")
+        #expect(APIProcessTests.waitFor(30) { access(root + "/run/api.sock", F_OK) == 0 }, "the daemon's socket never appeared")
+        let pid = Int32(((try? readText(root + "/kestrel.pid")) ?? "").split(separator: "\n").first ?? "") ?? -1
+        #expect(pid > 0 && kill(pid, 0) == 0, "the pid file names a live process")
+        #expect(try APIProcessTests.curl(root + "/run/api.sock", "GET", "/").1.contains(#""id":"\#(id)""#))
+        let status = (try? readText("/proc/\(pid)/status")) ?? ""
+        #expect(status.contains("Uid:\t65534") && getsid(pid) != getsid(0), "in a session of its own, as nobody: \(status.prefix(200))")
+        if pid > 0 { kill(pid, SIGTERM) }
+        // It is init's child now: gone, or a zombie until init reaps it.
+        #expect(APIProcessTests.waitFor(10) {
+            let state = (try? readText("/proc/\(pid)/status")) ?? ""
+            return state.isEmpty || state.contains("State:\tZ")
+        }, "SIGTERM ended the daemon")
     }
 
     @Test func badJailLinesExitTwoWithTheReason() throws {
