@@ -27,7 +27,13 @@ public enum Jail {
             throw JailError("\(error)")
         }
         let root = arguments.chrootDirectory
-        try makeDirectories(root)
+        try makeDirectories(String(root.dropLast("/root".count)))
+        // A fresh root, never one a jailed VMM had (it could have left links in it
+        // that the root-run steps below would follow). Ids are unique.
+        guard mkdir(root, 0o700) == 0 else {
+            throw JailError(errno == EEXIST ? "\(root) already exists: an id is used once (remove the directory to reuse it)"
+                                            : "cannot make \(root): \(String(cString: strerror(errno)))")
+        }
         // As Firecracker's jailer leaves them: /, /dev, /dev/net and /run are the
         // jailed user's, mode 0700 (the default API socket goes in /run).
         for folder in ["", "/dev", "/dev/net", "/run"] {

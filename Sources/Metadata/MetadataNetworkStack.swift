@@ -30,6 +30,8 @@ public final class MetadataNetworkStack: FrameInterceptor, @unchecked Sendable {
     static let maximumQueuedFrames = 64
     /// The MSS we offer, and assume for a peer that offers none (RFC 9293's 536).
     static let ourMSS = 1460, defaultPeerMSS = 536
+    /// A peer's MSS below this (0 would stall the answer) counts as this.
+    static let minimumPeerMSS = 64
     static let ourWindow: UInt16 = 65535
 
     private var queued: [[UInt8]] = []
@@ -103,6 +105,8 @@ public final class MetadataNetworkStack: FrameInterceptor, @unchecked Sendable {
     /// Frames waiting for the guest.
     var queuedCount: Int { queued.count - queueStart }
     var connectionCount: Int { connections.count }
+    /// Answer bytes not yet acknowledged, over every connection.
+    var answerBytesWaiting: Int { connections.values.map(\.outgoing.count).reduce(0, +) }
 
     private func dropped() { statistics.withLock { $0.framesDropped += 1 } }
 
@@ -199,12 +203,22 @@ public final class MetadataNetworkStack: FrameInterceptor, @unchecked Sendable {
         guard var connection = connections[key] else { return reset(segment, to: address, guestMAC: guestMAC) }
         connection.lastActive = activity
         connection.peerWindow = Int(segment.window)
-        if segment.has(Segment.ack) { connection.acknowledge(segment.acknowledgment, pureAck: segment.payload.isEmpty && !segment.has(Segment.fin)) }
+        if segment.has(Segment.ack) {
+            connection.acknowledge(segment.acknowledgment, pureAck: segment.payload.isEmpty && !segment.has(Segment.fin))
+            // Answers were taken: requests read but not yet answered may be answered now.
+            if !connection.finQueued { connection.take([], service: service) }
+        }
         guard connection.synAcknowledged else {
             connections[key] = connection
             return
         }
         if segment.sequence == connection.receiveNext {
+            if !segment.payload.isEmpty && !connection.finQueued && !connection.canTake(segment.payload.count) {
+                // Requests it has not read yet: this data waits in the guest until they are.
+                connection.needsAcknowledgment = true
+                connections[key] = connection
+                return
+            }
             if !segment.payload.isEmpty {
                 connection.receiveNext &+= UInt32(segment.payload.count)
                 connection.needsAcknowledgment = true
@@ -239,7 +253,7 @@ public final class MetadataNetworkStack: FrameInterceptor, @unchecked Sendable {
         withUnsafeMutableBytes(of: &initial) { _ = HostRandom.fill($0) }
         let connection = TCPConnection(
             guestMAC: guestMAC, guestAddress: key.address, guestPort: key.port, ourInitial: initial,
-            peerInitial: segment.sequence, peerWindow: Int(segment.window), peerMSS: segment.mss ?? Self.defaultPeerMSS,
+            peerInitial: segment.sequence, peerWindow: Int(segment.window), peerMSS: max(segment.mss ?? Self.defaultPeerMSS, Self.minimumPeerMSS),
             lastActive: activity)
         connections[key] = connection
         statistics.withLock { $0.connectionsCreated += 1 }

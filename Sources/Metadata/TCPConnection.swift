@@ -80,12 +80,22 @@ struct TCPConnection {
         }
     }
 
+    /// The most answer bytes waiting for the peer before no further request
+    /// is read, and the most request bytes held unread: a guest that pipelines
+    /// requests and never reads the answers costs Kestrel no more than these.
+    static let outgoingLimit = 64 << 10, unreadLimit = 16 << 10
+
+    /// Whether `count` more bytes of data can be taken now; if not, the
+    /// segment is dropped unacknowledged and the peer sends it again later.
+    func canTake(_ count: Int) -> Bool { reader.bufferedCount + count <= Self.unreadLimit }
+
     /// Data from the peer, in order: the HTTP requests it completes are
-    /// answered into `outgoing`. A request that closes, or one that cannot
-    /// be read, ends the connection after its answer.
+    /// answered into `outgoing`, while less than `outgoingLimit` waits there
+    /// (the rest is read as the peer acknowledges). A request that closes, or
+    /// one that cannot be read, ends the connection after its answer.
     mutating func take(_ bytes: ArraySlice<UInt8>, service: MetadataService) {
         reader.append(bytes)
-        while !finQueued {
+        while !finQueued && outgoing.count < Self.outgoingLimit {
             do {
                 guard let event = try reader.next() else { return }
                 switch event {

@@ -30,6 +30,8 @@ public final class BalloonDevice: VirtioDevice {
         "hugetlb_allocations", "hugetlb_failures", "oom_kill", "alloc_stall", "async_scan", "direct_scan", "async_reclaim", "direct_reclaim",
     ]
     public static let pageSize = 4096
+    /// The largest inflate or deflate buffer taken: 16 Ki frames (64 MiB of guest pages).
+    static let largestFrameList = 64 << 10
 
     public let deviceType = VirtioDeviceType.balloon
     public let offeredFeatures: UInt64
@@ -146,6 +148,10 @@ public final class BalloonDevice: VirtioDevice {
         case 0, 1:
             while let chain = try virtqueue.nextOrEnableNotification() {
                 var reader = ChainReader(chain, memory: context.memory)
+                guard reader.remaining <= Self.largestFrameList else {
+                    throw QueueFault("virtio-balloon \(queue == 0 ? "inflate" : "deflate") buffer \(chain.head) has \(reader.remaining) bytes; "
+                        + "a driver sends at most \(Self.largestFrameList) (Linux: 1 KiB)")
+                }
                 let frames = (reader.readBytes(reader.remaining - reader.remaining % 4) ?? []).chunked(4).map {
                     UInt64($0[0]) | UInt64($0[1]) << 8 | UInt64($0[2]) << 16 | UInt64($0[3]) << 24
                 }
@@ -167,6 +173,9 @@ public final class BalloonDevice: VirtioDevice {
             // The driver's buffer of {le16 tag, le64 value}: read it, and keep it until the next poll.
             while let chain = try virtqueue.nextOrEnableNotification() {
                 var reader = ChainReader(chain, memory: context.memory)
+                guard reader.remaining <= 10 * 64 else {
+                    throw QueueFault("virtio-balloon statistics buffer \(chain.head) has \(reader.remaining) bytes, more than 64 entries")
+                }
                 let bytes = reader.readBytes(reader.remaining - reader.remaining % 10) ?? []
                 var statistics: [String: UInt64] = [:]
                 for entry in bytes.chunked(10) {

@@ -110,7 +110,17 @@ public final class BlockDevice: VirtioDevice {
     /// told the configuration changed, so it reads the new capacity. A path
     /// that cannot be opened changes nothing.
     public func replaceImage(with path: String) throws {
-        let replacement = try Self.open(path, readOnly: isReadOnly)
+        let current = backing.withLock { $0 }
+        var old = stat(), new = stat()
+        let replacement: Backing
+        if fstat(current.fd, &old) == 0, stat(path, &new) == 0, old.st_dev == new.st_dev, old.st_ino == new.st_ino {
+            // The same file (resized, say): its open description keeps the lock; only the size is read again.
+            let fd = dup(current.fd)
+            guard fd >= 0 else { throw SystemCallError.current("dup(\(path))") }
+            replacement = Backing(fd: fd, path: path, capacity: UInt64(max(new.st_size, 0)) / UInt64(Self.sectorSize))
+        } else {
+            replacement = try Self.open(path, readOnly: isReadOnly)
+        }
         backing.withLock { $0 = replacement }
         generation.wrappingAdd(1, ordering: .relaxed)
         context.withLock { $0 }?.interrupt.raise(.configurationChange)

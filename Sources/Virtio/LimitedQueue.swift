@@ -21,6 +21,13 @@ public final class LimitedQueue: Sendable {
         }
     }
 
+    /// New buckets (a PATCH); the queue is looked at again at once, in case it
+    /// waits on the old ones.
+    public func update(bandwidth: TokenBucket?, operations: TokenBucket?) {
+        limiter.update(bandwidth: bandwidth, operations: operations)
+        timer.arm(after: .microseconds(1))
+    }
+
     /// Whether a request may be served now; if not, the timer is armed for
     /// when one may.
     func mayServe() -> Bool {

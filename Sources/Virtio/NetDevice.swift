@@ -231,9 +231,14 @@ public final class NetDevice: VirtioDevice {
             if length < Self.headerSize {
                 dropped += 1
             } else if let interceptor, interceptor.claims(Self.framePrefix(chain, memory: context.memory, count: interceptor.decisionLength)) {
-                reader.skip(Self.headerSize)
-                interceptor.receive(reader.readBytes(length - Self.headerSize) ?? [])
-                intercepted += 1
+                // No frame for the interceptor is longer than an IPv4 packet and its Ethernet header.
+                if length - Self.headerSize <= 65535 + 14 {
+                    reader.skip(Self.headerSize)
+                    interceptor.receive(reader.readBytes(length - Self.headerSize) ?? [])
+                    intercepted += 1
+                } else {
+                    dropped += 1
+                }
             } else if withIOVectors(reader.take(length), { writev(endpoint.fileDescriptor, $0, $1) }) == length {
                 sent += 1
                 bytes += length - Self.headerSize

@@ -53,7 +53,8 @@ public final class RateLimiter: Sendable {
         }
 
         /// How long until the tokens are back to zero.
-        var shortfall: Duration { tokens >= 0 ? .zero : .seconds(-tokens / bucket.rate) }
+        /// (At most a day: a tiny rate and a huge request would otherwise pass Duration's range.)
+        var shortfall: Duration { tokens >= 0 ? .zero : .seconds(min(-tokens / bucket.rate, 86400)) }
     }
 
     private let state: Mutex<(bandwidth: Budget?, operations: Budget?)>

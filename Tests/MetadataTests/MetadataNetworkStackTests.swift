@@ -185,4 +185,30 @@ struct GuestWire {
         let again = wire.drain()
         #expect(again.first?.sequence == ours && again.map(\.payload.count).reduce(0, +) == 1000)
     }
+
+    /// A guest that pipelines requests and reads no answer costs a bounded
+    /// amount: answers stop at the limit, and unread requests wait in the guest.
+    @Test func pipelinedRequestsWithoutAcknowledgmentsAreBounded() throws {
+        stack.receive(wire.segment(port: 77, sequence: 0, acknowledgment: 0, flags: Flags.syn, window: 0))
+        let ours = try #require(wire.drain().first).sequence &+ 1
+        let request = Array("GET /latest/meta-data/id HTTP/1.1\r\n\r\n".utf8)
+        var sequence: UInt32 = 1
+        for _ in 0..<500 {
+            let burst = Array([[UInt8]](repeating: request, count: 30).joined())
+            stack.receive(wire.segment(port: 77, sequence: sequence, acknowledgment: ours, flags: Flags.ack, payload: burst, window: 0))
+            sequence &+= UInt32(burst.count)
+            _ = wire.drain()
+        }
+        #expect(stack.answerBytesWaiting < TCPConnection.outgoingLimit + 4096, "\(stack.answerBytesWaiting) bytes of answers wait")
+    }
+
+    /// An MSS of 0 in the SYN counts as the minimum: the answer still flows.
+    @Test func aZeroMSSStillMovesTheAnswer() throws {
+        stack.receive(wire.segment(port: 78, sequence: 0, acknowledgment: 0, flags: Flags.syn, options: [2, 4, 0, 0]))
+        let ours = try #require(wire.drain().first).sequence &+ 1
+        let request = Array("GET /latest/meta-data/id HTTP/1.1\r\n\r\n".utf8)
+        stack.receive(wire.segment(port: 78, sequence: 1, acknowledgment: ours, flags: Flags.ack, payload: request))
+        let segments = wire.drain()
+        #expect(!segments.isEmpty && segments.allSatisfy { !$0.payload.isEmpty } && segments.count <= 64, "\(segments.map(\.payload.count))")
+    }
 }

@@ -77,4 +77,14 @@ import Testing
         let (plain, _) = try setUp(statistics: false, reporting: false)
         #expect(throws: BalloonError.self) { try plain.setStatisticsInterval(.seconds(5)) }
     }
+
+    /// An inflate buffer larger than any driver sends is a fault, not a huge allocation.
+    @Test func anOversizedInflateBufferNeedsReset() throws {
+        let (_, driver) = try setUp()
+        let buffer = driver.allocate(40000)
+        driver.submit((0..<2).map { _ in .init(address: buffer, length: 40000, writable: false) }, queue: 0)
+        driver.notify(0)
+        #expect(driver.waitForStatus(.needsReset))
+        #expect(driver.logLines.first?.contains("a driver sends at most 65536") == true, "\(driver.logLines)")
+    }
 }

@@ -87,5 +87,9 @@ import Testing
         #expect(driver.waitForUsed()?.length == 513 && driver.read(data, 2) == [40, 40], "sector 40 exists only in the new image")
         #expect(throws: (any Error).self) { try device.replaceImage(with: "/nonexistent/image") }
         #expect(device.path == second.path && device.capacity == 64)
+        // The same file again, grown: its lock is kept (a second open would conflict with it) and the size read again.
+        #expect(truncate(second.path, 128 * 512) == 0)
+        try device.replaceImage(with: second.path)
+        #expect(device.capacity == 128 && driver.readRegister(MMIOTransport.Register.configurationGeneration) == 2)
     }
 }

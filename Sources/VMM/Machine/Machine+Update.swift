@@ -20,7 +20,7 @@ extension Machine {
             }
             try device.replaceImage(with: path)
         }
-        if let rateLimiter { device.rateLimit.limiter.update(bandwidth: rateLimiter.bandwidth, operations: rateLimiter.operations) }
+        if let rateLimiter { device.rateLimit.update(bandwidth: rateLimiter.bandwidth, operations: rateLimiter.operations) }
         current.withLock { configuration in
             guard let index = configuration.drives.firstIndex(where: { $0.id == id }) else { return }
             if let path { configuration.drives[index].path = path }
@@ -33,8 +33,8 @@ extension Machine {
         guard let device = virtioDevice(named: "virtio-net \(id)") as? NetDevice else {
             throw ConfigurationError("no network interface has the id \"\(id)\"")
         }
-        if let receive { device.receiveLimit.limiter.update(bandwidth: receive.bandwidth, operations: receive.operations) }
-        if let transmit { device.transmitLimit.limiter.update(bandwidth: transmit.bandwidth, operations: transmit.operations) }
+        if let receive { device.receiveLimit.update(bandwidth: receive.bandwidth, operations: receive.operations) }
+        if let transmit { device.transmitLimit.update(bandwidth: transmit.bandwidth, operations: transmit.operations) }
         current.withLock { configuration in
             guard let index = configuration.networkInterfaces.firstIndex(where: { $0.id == id }) else { return }
             if let receive { configuration.networkInterfaces[index].receiveLimiter = Self.merged(configuration.networkInterfaces[index].receiveLimiter, receive) }
