@@ -287,6 +287,7 @@ int chost_forward_stop_signals(int fd) {
     sigemptyset(&action.sa_mask);
     action.sa_flags = SA_RESTART;
     if (sigaction(SIGINT, &action, NULL) != 0) return -1;
+    if (sigaction(SIGHUP, &action, NULL) != 0) return -1;
     return sigaction(SIGTERM, &action, NULL);
 }
 

@@ -64,7 +64,8 @@ public struct SeccompFilter: Sendable {
     }
 }
 
-/// SIGINT and SIGTERM delivered to a thread of Kestrel's own, which can be
+/// SIGINT, SIGTERM and SIGHUP (flintlock stops its VMMs with it) delivered to
+/// a thread of Kestrel's own, which can be
 /// filtered like any other: a handler writes the signal's number to a pipe,
 /// and the thread reads it and calls `stop`.
 public final class StopSignalThread: Sendable {
@@ -79,7 +80,7 @@ public final class StopSignalThread: Sendable {
         _ = fcntl(writeEnd, F_SETFD, FD_CLOEXEC)
         guard chost_forward_stop_signals(writeEnd) == 0 else {
             close(readEnd); close(writeEnd)
-            throw SystemCallError.current("sigaction(SIGINT, SIGTERM)")
+            throw SystemCallError.current("sigaction(SIGINT, SIGTERM, SIGHUP)")
         }
         thread = try POSIXThread.start(stackSize: 256 << 10) {
             setUp()
