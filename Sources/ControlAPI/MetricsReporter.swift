@@ -121,11 +121,7 @@ public final class MetricsReporter: Sendable {
         return text + "}"
     }
 
-    static func utcMilliseconds() -> Int64 {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
-    }
+    static func utcMilliseconds() -> Int64 { HostClock.microseconds(CLOCK_REALTIME) / 1000 }
 
     /// Flushes every `interval` on a thread of its own (`setUp` runs on it
     /// first: its seccomp list) until `stop`.

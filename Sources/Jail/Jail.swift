@@ -21,7 +21,7 @@ public enum Jail {
 
     /// Runs the jail; returns only by throwing (the VMM replaces this process).
     public static func run(_ arguments: JailArguments) throws(JailError) -> Never {
-        let startMicroseconds = microseconds(CLOCK_MONOTONIC)
+        let startMicroseconds = HostClock.microseconds(CLOCK_MONOTONIC)
         guard getuid() == 0 else { throw JailError("the jailer must run as root (it makes device nodes, cgroups and a chroot)") }
         do { try HostFile.require(arguments.execFile, is: [.regular], what: "--exec-file") } catch {
             throw JailError("\(error)")
@@ -101,7 +101,7 @@ public enum Jail {
                 try? writeText("\(child)\n", to: "/\(name).pid")
                 exit(0)
             }
-            parentCPU = microseconds(CLOCK_PROCESS_CPUTIME_ID)
+            parentCPU = HostClock.microseconds(CLOCK_PROCESS_CPUTIME_ID)
         } else {
             // The VMM will be this process: its pid, for orchestrators that read it (Kata does).
             try? writeText("\(getpid())\n", to: "/\(name).pid")
@@ -122,7 +122,7 @@ public enum Jail {
         var argv = ["/" + name]
         if !name.contains("firecracker") { argv.append("run") }  // Kestrel under its own name takes run's options
         argv += ["--id", arguments.id, "--start-time-us", String(startMicroseconds),
-                 "--start-time-cpu-us", String(microseconds(CLOCK_PROCESS_CPUTIME_ID)), "--parent-cpu-time-us", String(parentCPU)]
+                 "--start-time-cpu-us", String(HostClock.microseconds(CLOCK_PROCESS_CPUTIME_ID)), "--parent-cpu-time-us", String(parentCPU)]
         argv += arguments.vmmArguments
         let cStrings = argv.map { strdup($0) } + [nil]
         // The VMM gets no environment from the jailer's caller (Firecracker's
@@ -145,12 +145,6 @@ public enum Jail {
         let own = dirfd(directory)
         closedir(directory)
         for fd in open where fd != own { close(fd) }
-    }
-
-    static func microseconds(_ clock: clockid_t) -> Int64 {
-        var now = timespec()
-        clock_gettime(clock, &now)
-        return Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000
     }
 
     static func makeDirectories(_ path: String) throws(JailError) {

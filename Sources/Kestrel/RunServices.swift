@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import ControlAPI
+import HostSystem
 import Metadata
 import Virtio
 import VMM
@@ -23,7 +24,7 @@ final class RunServices: Sendable {
         logger = EventLogger(instanceID: instanceID)
         metrics = MetricsReporter(instanceID: instanceID)
         metadata = MetadataService(sizeLimit: metadataSizeLimit)
-        self.startMicroseconds = startMicroseconds ?? (LaunchLine.startMicroseconds > 0 ? LaunchLine.startMicroseconds : Self.monotonicMicroseconds())
+        self.startMicroseconds = startMicroseconds ?? (LaunchLine.startMicroseconds > 0 ? LaunchLine.startMicroseconds : HostClock.microseconds(CLOCK_MONOTONIC))
         self.startCPUMicroseconds = startCPUMicroseconds ?? 0
     }
 
@@ -38,24 +39,13 @@ final class RunServices: Sendable {
         printError("kestrel: \(message)")
     }
 
-    static func monotonicMicroseconds() -> Int64 {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000
-    }
-
-    static func processCPUMicroseconds() -> Int64 {
-        var now = timespec()
-        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now)
-        return Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000
-    }
 
     /// Records Firecracker's `api_server` start-up gauges: the time from the
     /// process's start to now (the API listening, or the machine booting
     /// without one), wall and CPU.
     func recordStartup() {
-        let wall = Self.monotonicMicroseconds() - startMicroseconds
-        let cpu = Self.processCPUMicroseconds() + startCPUMicroseconds
+        let wall = HostClock.microseconds(CLOCK_MONOTONIC) - startMicroseconds
+        let cpu = HostClock.microseconds(CLOCK_PROCESS_CPUTIME_ID) + startCPUMicroseconds
         metrics.addSource {
             ["api_server": ["process_startup_time_us": .gauge(Int(wall)), "process_startup_time_cpu_us": .gauge(Int(cpu))]]
         }

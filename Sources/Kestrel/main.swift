@@ -1,5 +1,7 @@
 import ArgumentParser
 import ControlAPI
+import Glibc
+import HostSystem
 import Jail
 
 // Run under the name `firecracker` (a symlink or a copy, as orchestrators
@@ -7,7 +9,7 @@ import Jail
 // arguments are `kestrel run`'s, and `--version` answers in Firecracker's
 // shape ("Firecracker v1.16.0+kestrel.0.2.0", then a blank line), which is
 // what Kata Containers parses.
-LaunchLine.startMicroseconds = RunServices.monotonicMicroseconds()
+LaunchLine.startMicroseconds = HostClock.microseconds(CLOCK_MONOTONIC)
 if LaunchLine.isFirecracker, LaunchLine.arguments == ["run", "--version"] {
     print("Firecracker v\(Kestrel.firecrackerVersion)\n")
     Kestrel.exit()

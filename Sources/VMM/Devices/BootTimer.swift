@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import HostSystem
 
 /// Firecracker's boot timer (`--boot-timer`): a guest's one-byte write of
 /// 123 at offset 0 of 0xC000_0000 (the start of the 32-bit device hole,
@@ -19,8 +20,8 @@ public final class BootTimer: BusDevice {
     private let log: @Sendable (String) -> Void
 
     public init(log: @escaping @Sendable (String) -> Void) {
-        startWall = Self.microseconds(CLOCK_MONOTONIC)
-        startCPU = Self.microseconds(CLOCK_PROCESS_CPUTIME_ID)
+        startWall = HostClock.microseconds(CLOCK_MONOTONIC)
+        startCPU = HostClock.microseconds(CLOCK_PROCESS_CPUTIME_ID)
         self.log = log
     }
 
@@ -30,8 +31,8 @@ public final class BootTimer: BusDevice {
 
     public func write(offset: UInt64, from data: UnsafeRawBufferPointer) {
         guard offset == 0, data.count == 1, data[0] == Self.signal else { return }
-        let wall = Self.microseconds(CLOCK_MONOTONIC) - startWall
-        let cpu = Self.microseconds(CLOCK_PROCESS_CPUTIME_ID) - startCPU
+        let wall = HostClock.microseconds(CLOCK_MONOTONIC) - startWall
+        let cpu = HostClock.microseconds(CLOCK_PROCESS_CPUTIME_ID) - startCPU
         log(Self.line(wall: wall, cpu: cpu))
     }
 
@@ -42,11 +43,5 @@ public final class BootTimer: BusDevice {
             return String(repeating: " ", count: max(0, 6 - text.count)) + text
         }
         return "Guest-boot-time = \(padded(wall)) us \(wall / 1000) ms, \(padded(cpu)) CPU us \(cpu / 1000) CPU ms"
-    }
-
-    static func microseconds(_ clock: clockid_t) -> Int64 {
-        var now = timespec()
-        clock_gettime(clock, &now)
-        return Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000
     }
 }
