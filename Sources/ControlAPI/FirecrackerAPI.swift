@@ -109,7 +109,8 @@ public final class FirecrackerAPI: Sendable {
             ["GET": "get_api_requests", "PUT": "put_api_requests", "PATCH": "patch_api_requests"][request.method].map { "\($0).\(name)" }
         }
         if let metric { requestCounts.withLock { $0["\(metric)_count", default: 0] += 1 } }
-        let response = route(request)
+        let response: HTTPResponse
+        do { response = try route(request) } catch { response = error.response }
         if response.status >= 400, logger.isConfigured {
             logger.log(.error, "Received Error. Status code: \(response.status). Message: \(String(decoding: response.body, as: UTF8.self))", module: "ControlAPI")
         }
@@ -161,7 +162,7 @@ public final class FirecrackerAPI: Sendable {
         return groups
     }
 
-    private func route(_ request: HTTPRequest) -> HTTPResponse {
+    private func route(_ request: HTTPRequest) throws(ResponseError) -> HTTPResponse {
         let segments = request.path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
         let resource = segments.first ?? ""
         let method = request.method
@@ -181,67 +182,67 @@ public final class FirecrackerAPI: Sendable {
         case ("GET", "version", nil): return .json(200, JSONValue.object(["firecracker_version": .string(version)]).rendered)
         case ("GET", "machine-config", nil): return .json(200, effectiveMachineConfig().rendered)
         case ("GET", "vm", "config"?): return .json(200, fullConfiguration().rendered)
-        case ("PUT", "actions", nil): return action(request)
-        case ("PATCH", "vm", nil): return changeState(request)
-        case ("PUT", "boot-source", nil): return preBoot(request) { body, state in
+        case ("PUT", "actions", nil): return try action(request)
+        case ("PATCH", "vm", nil): return try changeState(request)
+        case ("PUT", "boot-source", nil): return try preBoot(request) { body, state in
             try Self.require(body, ["kernel_image_path"], in: "boot-source")
             state.sections["boot-source"] = body
         }
-        case ("PUT", "machine-config", nil): return preBoot(request) { body, state in
+        case ("PUT", "machine-config", nil): return try preBoot(request) { body, state in
             try Self.require(body, ["vcpu_count", "mem_size_mib"], in: "machine-config")
             state.sections["machine-config"] = body
         }
-        case ("PATCH", "machine-config", nil): return preBoot(request) { body, state in
+        case ("PATCH", "machine-config", nil): return try preBoot(request) { body, state in
             guard case .object(let changes) = body else { throw ConfigurationError("machine-config must be an object") }
             var merged = state.sections["machine-config"]?.objectValue ?? [:]
             for (key, value) in changes { merged[key] = value }
             state.sections["machine-config"] = .object(merged)
         }
-        case ("PUT", "drives", let id?): return preBoot(request) { body, state in
+        case ("PUT", "drives", let id?): return try preBoot(request) { body, state in
             try Self.require(body, ["drive_id", "is_root_device"], in: "drive", matching: ("drive_id", id))
             if let index = state.drives.firstIndex(where: { $0.id == id }) { state.drives[index].value = body } else { state.drives.append((id, body)) }
         }
-        case ("PUT", "network-interfaces", let id?): return preBoot(request) { body, state in
+        case ("PUT", "network-interfaces", let id?): return try preBoot(request) { body, state in
             try Self.require(body, ["iface_id", "host_dev_name"], in: "network interface", matching: ("iface_id", id))
             if let index = state.interfaces.firstIndex(where: { $0.id == id }) { state.interfaces[index].value = body } else { state.interfaces.append((id, body)) }
         }
-        case ("PUT", "vsock", nil): return preBoot(request) { body, state in
+        case ("PUT", "vsock", nil): return try preBoot(request) { body, state in
             try Self.require(body, ["guest_cid", "uds_path"], in: "vsock")
             state.sections["vsock"] = body
         }
-        case ("PUT", "entropy", nil): return preBoot(request) { body, state in
+        case ("PUT", "entropy", nil): return try preBoot(request) { body, state in
             state.sections["entropy"] = body
         }
-        case ("PUT", "serial", nil): return preBoot(request) { body, state in
+        case ("PUT", "serial", nil): return try preBoot(request) { body, state in
             state.sections["serial"] = body
             if let path = body.objectValue?["serial_out_path"]?.stringValue { try MachineConfiguration.checkSerialOutput(path) }
         }
-        case ("PATCH", "drives", let id?): return patchDevice(request, id: id, kind: "drives")
-        case ("PATCH", "network-interfaces", let id?): return patchDevice(request, id: id, kind: "network-interfaces")
-        case ("PUT", "logger", nil): return configureObservability(request) { body in
+        case ("PATCH", "drives", let id?): return try patchDevice(request, id: id, kind: "drives")
+        case ("PATCH", "network-interfaces", let id?): return try patchDevice(request, id: id, kind: "network-interfaces")
+        case ("PUT", "logger", nil): return try configureObservability(request) { body in
             try self.logger.configure(try EventLogger.Settings.parse(body, source: "PUT /logger"))
         }
-        case ("PUT", "metrics", nil): return configureObservability(request) { body in
+        case ("PUT", "metrics", nil): return try configureObservability(request) { body in
             try self.metrics.configure(try MetricsReporter.Settings.parse(body, source: "PUT /metrics"))
         }
-        case ("PUT", "balloon", nil): return preBoot(request) { body, state in
+        case ("PUT", "balloon", nil): return try preBoot(request) { body, state in
             try Self.require(body, ["amount_mib", "deflate_on_oom"], in: "balloon")
             state.sections["balloon"] = body
         }
         case ("GET", "balloon", nil):
             guard let balloon = fullConfiguration().objectValue?["balloon"] else { return .fault(400, "No balloon device configured.") }
             return .json(200, balloon.rendered)
-        case ("PATCH", "balloon", nil): return patchBalloon(request)
+        case ("PATCH", "balloon", nil): return try patchBalloon(request)
         case ("GET", "balloon", "statistics"?): return balloonStatistics()
-        case ("PATCH", "balloon", "statistics"?): return patchBalloon(request, statistics: true)
-        case ("PUT", "mmds", "config"?): return preBoot(request) { body, state in
+        case ("PATCH", "balloon", "statistics"?): return try patchBalloon(request, statistics: true)
+        case ("PUT", "mmds", "config"?): return try preBoot(request) { body, state in
             try Self.require(body, ["network_interfaces"], in: "MMDS configuration")
             state.sections["mmds-config"] = body
         }
-        case ("PUT", "mmds", nil), ("PATCH", "mmds", nil): return changeMetadata(request)
+        case ("PUT", "mmds", nil), ("PATCH", "mmds", nil): return try changeMetadata(request)
         case ("GET", "mmds", nil): return .json(200, metadata.contents.rendered)
-        case ("PUT", "snapshot", "create"?): return createSnapshot(request)
-        case ("PUT", "snapshot", "load"?): return loadSnapshot(request)
+        case ("PUT", "snapshot", "create"?): return try createSnapshot(request)
+        case ("PUT", "snapshot", "load"?): return try loadSnapshot(request)
         default: return invalid()
         }
     }
@@ -272,12 +273,8 @@ public final class FirecrackerAPI: Sendable {
     /// `change` applies the body to a copy of the state, the whole
     /// configuration is checked as `kestrel run --config-file` would check
     /// it (without needing a boot source yet), and only then kept.
-    private func preBoot(_ request: HTTPRequest, _ change: (JSONValue, inout State) throws -> Void) -> HTTPResponse {
-        let body: JSONValue
-        switch Self.body(of: request) {
-        case .success(let value): body = value
-        case .failure(let error): return error.response
-        }
+    private func preBoot(_ request: HTTPRequest, _ change: (JSONValue, inout State) throws -> Void) throws(ResponseError) -> HTTPResponse {
+        let body = try Self.jsonBody(request)
         return state.withLock { state in
             guard state.vm == .notStarted else {
                 return .fault(400, "The requested operation is not supported after starting the microVM.")
@@ -299,12 +296,8 @@ public final class FirecrackerAPI: Sendable {
         }
     }
 
-    private func action(_ request: HTTPRequest) -> HTTPResponse {
-        let body: JSONValue
-        switch Self.body(of: request) {
-        case .success(let value): body = value
-        case .failure(let error): return error.response
-        }
+    private func action(_ request: HTTPRequest) throws(ResponseError) -> HTTPResponse {
+        let body = try Self.jsonBody(request)
         guard let type = body.objectValue?["action_type"]?.stringValue else {
             return .fault(400, "PUT /actions: the body must be {\"action_type\": \"InstanceStart\"} (or another action)")
         }
@@ -347,12 +340,8 @@ public final class FirecrackerAPI: Sendable {
 
     /// `PUT /snapshot/create` (SnapshotCreateParams): a Full snapshot of the
     /// paused microVM; Diff is refused by name.
-    private func createSnapshot(_ request: HTTPRequest) -> HTTPResponse {
-        let body: JSONValue
-        switch Self.body(of: request) {
-        case .success(let value): body = value
-        case .failure(let error): return error.response
-        }
+    private func createSnapshot(_ request: HTTPRequest) throws(ResponseError) -> HTTPResponse {
+        let body = try Self.jsonBody(request)
         guard let object = body.objectValue else { return .fault(400, "PUT /snapshot/create: the body must be a JSON object") }
         if let unknown = object.keys.sorted().first(where: { !["snapshot_path", "mem_file_path", "snapshot_type", "version"].contains($0) }) {
             return .fault(400, "PUT /snapshot/create: unknown field \(unknown)")
@@ -381,12 +370,8 @@ public final class FirecrackerAPI: Sendable {
     /// `PUT /snapshot/load` (SnapshotLoadParams): only on a fresh microVM,
     /// with nothing configured; the memory comes from a File backend (or
     /// the older mem_file_path), and `resume_vm` says whether it runs at once.
-    private func loadSnapshot(_ request: HTTPRequest) -> HTTPResponse {
-        let body: JSONValue
-        switch Self.body(of: request) {
-        case .success(let value): body = value
-        case .failure(let error): return error.response
-        }
+    private func loadSnapshot(_ request: HTTPRequest) throws(ResponseError) -> HTTPResponse {
+        let body = try Self.jsonBody(request)
         guard let object = body.objectValue else { return .fault(400, "PUT /snapshot/load: the body must be a JSON object") }
         let known = ["snapshot_path", "mem_file_path", "mem_backend", "resume_vm", "enable_diff_snapshots", "track_dirty_pages", "network_overrides",
                      "vsock_override", "clock_realtime", "huge_pages"]
@@ -466,12 +451,8 @@ public final class FirecrackerAPI: Sendable {
     /// `rx_rate_limiter`, `tx_rate_limiter`), after the start, as in
     /// Firecracker. The body is checked whole before anything changes; the
     /// change then shows in `GET /vm/config`.
-    private func patchDevice(_ request: HTTPRequest, id: String, kind: String) -> HTTPResponse {
-        let body: JSONValue
-        switch Self.body(of: request) {
-        case .success(let value): body = value
-        case .failure(let error): return error.response
-        }
+    private func patchDevice(_ request: HTTPRequest, id: String, kind: String) throws(ResponseError) -> HTTPResponse {
+        let body = try Self.jsonBody(request)
         let source = "\(request.method) \(request.path)"
         let isDrive = kind == "drives"
         let idField = isDrive ? "drive_id" : "iface_id"
@@ -520,12 +501,8 @@ public final class FirecrackerAPI: Sendable {
     /// `PATCH /balloon` (`amount_mib`) and `PATCH /balloon/statistics`
     /// (`stats_polling_interval_s`): before the start they change the
     /// balloon that will be made; after it, the running device.
-    private func patchBalloon(_ request: HTTPRequest, statistics: Bool = false) -> HTTPResponse {
-        let body: JSONValue
-        switch Self.body(of: request) {
-        case .success(let value): body = value
-        case .failure(let error): return error.response
-        }
+    private func patchBalloon(_ request: HTTPRequest, statistics: Bool = false) throws(ResponseError) -> HTTPResponse {
+        let body = try Self.jsonBody(request)
         let field = statistics ? "stats_polling_interval_s" : "amount_mib"
         guard let object = body.objectValue, object.keys.allSatisfy({ $0 == field }), let value = object[field]?.wholeNumber, value >= 0,
               value <= (statistics ? 86400 : Int(UInt32.max >> 8)) else {
@@ -533,7 +510,7 @@ public final class FirecrackerAPI: Sendable {
         }
         guard state.withLock({ $0.sections["balloon"] }) != nil else { return .fault(400, "No balloon device configured.") }
         if vmState == .notStarted {
-            return preBoot(request) { _, state in
+            return try preBoot(request) { _, state in
                 var balloon = state.sections["balloon"]?.objectValue ?? [:]
                 balloon[field] = .number(Double(value))
                 state.sections["balloon"] = .object(balloon)
@@ -569,12 +546,8 @@ public final class FirecrackerAPI: Sendable {
 
     /// `PUT /logger` and `PUT /metrics`: before the machine starts, as in
     /// Firecracker; a body or path that is refused changes nothing.
-    private func configureObservability(_ request: HTTPRequest, _ apply: (JSONValue) throws -> Void) -> HTTPResponse {
-        let body: JSONValue
-        switch Self.body(of: request) {
-        case .success(let value): body = value
-        case .failure(let error): return error.response
-        }
+    private func configureObservability(_ request: HTTPRequest, _ apply: (JSONValue) throws -> Void) throws(ResponseError) -> HTTPResponse {
+        let body = try Self.jsonBody(request)
         guard vmState == .notStarted else { return .fault(400, "The requested operation is not supported after starting the microVM.") }
         do { try apply(body) } catch {
             return .fault(400, "\(error)")
@@ -585,12 +558,8 @@ public final class FirecrackerAPI: Sendable {
     /// `PUT /mmds` replaces the data store, `PATCH /mmds` merges into it (RFC
     /// 7396); both at any time, both with a JSON object, both within the
     /// store's limit.
-    private func changeMetadata(_ request: HTTPRequest) -> HTTPResponse {
-        let body: JSONValue
-        switch Self.body(of: request) {
-        case .success(let value): body = value
-        case .failure(let error): return error.response
-        }
+    private func changeMetadata(_ request: HTTPRequest) throws(ResponseError) -> HTTPResponse {
+        let body = try Self.jsonBody(request)
         guard body.objectValue != nil else { return .fault(400, "\(request.method) /mmds: the body must be a JSON object") }
         do {
             if request.method == "PUT" { try metadata.put(body) } else { try metadata.patch(body) }
@@ -600,12 +569,8 @@ public final class FirecrackerAPI: Sendable {
         return .noContent
     }
 
-    private func changeState(_ request: HTTPRequest) -> HTTPResponse {
-        let body: JSONValue
-        switch Self.body(of: request) {
-        case .success(let value): body = value
-        case .failure(let error): return error.response
-        }
+    private func changeState(_ request: HTTPRequest) throws(ResponseError) -> HTTPResponse {
+        let body = try Self.jsonBody(request)
         guard let wanted = body.objectValue?["state"]?.stringValue, wanted == "Paused" || wanted == "Resumed" else {
             return .fault(400, "PATCH /vm: the body must be {\"state\": \"Paused\"} or {\"state\": \"Resumed\"}")
         }
@@ -624,6 +589,10 @@ public final class FirecrackerAPI: Sendable {
         }
         return .noContent
     }
+
+    /// The request's body as JSON; throws the 400 that says why it is not
+    /// (`respond` answers with it).
+    static func jsonBody(_ request: HTTPRequest) throws(ResponseError) -> JSONValue { try body(of: request).get() }
 
     /// The request's body as JSON, or the 400 that says why it is not.
     static func body(of request: HTTPRequest) -> Result<JSONValue, ResponseError> {
