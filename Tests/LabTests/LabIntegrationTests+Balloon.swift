@@ -13,7 +13,6 @@ import TextFormat
 /// memory back to the guest.
 extension LabIntegrationTests {
     @Test func theBalloonTakesMemoryAndGivesItBack() throws {
-        let curl = try #require(HostProcess.find("curl"), "curl is not installed (scripts/prepare-host test installs it)")
         let images = directoryEntries("/boot").filter { $0.hasPrefix("vmlinuz-") && $0.hasSuffix("-cloud-amd64") }
         let image = try #require(images.last, "no /boot/vmlinuz-*-cloud-amd64 (apt-get install linux-image-cloud-amd64)")
         let release = String(image.dropFirst("vmlinuz-".count))
@@ -40,7 +39,7 @@ extension LabIntegrationTests {
             """#
         let l1 = #"""
             set -u
-            now() { read up idle < /proc/uptime; echo $(( ${up%.*} * 1000 + 1${up#*.} * 10 - 1000 )); }
+            \#(Self.nowFunction)
             rss() { awk '/VmRSS/ { print int($2 / 1024) }' /proc/$vm/status; }
             kestrel initramfs --modules /lab/guest/modules --add /lab/virtio_balloon.ko:/lab/virtio_balloon.ko --command "$(cat /lab/guest.sh)" -o /tmp/i.cpio >/dev/null
             cat > /tmp/vm.json <<'JSON'
@@ -51,7 +50,7 @@ extension LabIntegrationTests {
             JSON
             kestrel run --api-sock /tmp/b.sock --config-file /tmp/vm.json > /tmp/l2.out 2>/tmp/l2.err &
             vm=$!
-            c() { method=$1; path=$2; shift 2; echo "$method $path $(CURL -s -S --max-time 60 --unix-socket /tmp/b.sock -X $method -w ' %{http_code}' "$@" http://localhost$path 2>&1)"; }
+            \#(Self.curlFunction(socket: "/tmp/b.sock"))
             actual() { CURL -s --unix-socket /tmp/b.sock http://localhost/balloon/statistics | sed -n 's/.*"actual_mib":\([0-9]*\).*/\1/p'; }
             i=0; until grep -q '^filled-done' /tmp/l2.out; do i=$((i+1)); [ $i -gt 1500 ] && break; kill -0 $vm 2>/dev/null || break; sleep 0.2; done
             echo "rss-filled $(rss)"
@@ -74,20 +73,14 @@ extension LabIntegrationTests {
             echo "== l2"; cat /tmp/l2.out; tail -3 /tmp/l2.err
             echo "== end"
             """#
-        try writeFileAtomically(Array(guest.utf8), to: directory.path + "/guest.sh")
-        try writeFileAtomically(Array(l1.replacing("CURL -s", with: curl + " -s").utf8), to: directory.path + "/l1.sh")
-        let run = try LabIntegrationTests.run(
-            ["lab", "run", "--kernel-image", "/boot/" + image, "--modules", "/lib/modules/" + release, "--guest-kernel",
-             "--add", directory.path + "/guest.sh:/lab/guest.sh", "--add", balloonModule + ":/lab/virtio_balloon.ko",
-             "--add", directory.path + "/l1.sh:/lab/l1.sh"] + (try Self.programWithLibraries(curl)) + ["--", "sh /lab/l1.sh"], timeout: 900)
+        let run = try Self.runWithCurl(guest: guest, l1: l1, in: directory.path, labArguments: [
+            "--kernel-image", "/boot/" + image, "--modules", "/lib/modules/" + release, "--guest-kernel",
+            "--add", balloonModule + ":/lab/virtio_balloon.ko",
+        ])
         print("the balloon in a \(release) lab: \(run.seconds.text(places: 2)) s\n\(run.output)")
         #expect(run.status == 0, "\(run.errors.suffix(3000))")
-        let output = run.output.ranges(of: "\nrss-filled ").last.map { String(run.output[$0.lowerBound...]) } ?? run.output
-        let lines = output.split(separator: "\n").map(String.init)
-        func value(_ key: String) -> String? {
-            lines.first { $0.hasPrefix(key + " ") }.map { String($0.dropFirst(key.count + 1).drop { $0 == " " }) }
-        }
-        func number(_ key: String) -> Int { value(key).flatMap { Int($0.split(separator: " ").first ?? "") } ?? -1 }
+        let script = ScriptOutput(run.output, from: "\nrss-filled ")
+        let output = script.text, value = script.value, number = script.number
         #expect(value("l2-exit") == "0" && output.contains("balloon-driver-loaded"), "\(output)")
         #expect(value("PATCH /balloon") == "204", "\(output)")
         let start = number("free-start"), inflated = number("free-inflated"), deflated = number("free-deflated")

@@ -15,7 +15,6 @@ import WireFormats
 /// parses as JSON and counts the guest's MMDS traffic.
 extension LabIntegrationTests {
     @Test func aFirecrackerConfiguredGuestReadsMMDSAndIsLoggedAndMeasured() throws {
-        let curl = try #require(HostProcess.find("curl"), "curl is not installed (scripts/prepare-host test installs it)")
         let directory = try TemporaryDirectory(prefix: "kestrel-labdropin")
         let big = String(repeating: "0123456789", count: 2000)
         let metadata = #"{"latest": {"meta-data": {"instance-id": "i-lab", "big": "\#(big)"}}}"#
@@ -63,7 +62,7 @@ extension LabIntegrationTests {
             /tmp/firecracker --api-sock /tmp/fc.sock --config-file /tmp/vm.json --metadata /lab/metadata.json --boot-timer > /tmp/l2.out 2>&1 &
             vm=$!
             i=0; until [ -S /tmp/fc.sock ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
-            c() { method=$1; path=$2; shift 2; echo "$method $path $(CURL -s -S --max-time 60 --unix-socket /tmp/fc.sock -X $method -w ' %{http_code}' "$@" http://localhost$path 2>&1)"; }
+            \#(Self.curlFunction(socket: "/tmp/fc.sock"))
             c PATCH /mmds -d '{"latest": {"meta-data": {"patched": "by-the-host"}}}'
             c GET /version
             i=0; until grep -q '^reads-done' /tmp/l2.out; do i=$((i+1)); [ $i -gt 1200 ] && break; sleep 0.2; done
@@ -75,25 +74,14 @@ extension LabIntegrationTests {
             echo "== metrics"; cat /tmp/metrics.out
             echo "== end"
             """#
-        try writeFileAtomically(Array(guest.utf8), to: directory.path + "/guest.sh")
-        try writeFileAtomically(Array(l1.replacing("CURL -s", with: curl + " -s").utf8), to: directory.path + "/l1.sh")
         try writeFileAtomically(Array(metadata.utf8), to: directory.path + "/metadata.json")
-        let run = try LabIntegrationTests.run(
-            ["lab", "run", "--kernel", "6.1", "--guest-kernel", "--add", directory.path + "/guest.sh:/lab/guest.sh",
-             "--add", directory.path + "/metadata.json:/lab/metadata.json", "--add", directory.path + "/l1.sh:/lab/l1.sh"]
-                + (try Self.programWithLibraries(curl)) + ["--", "sh /lab/l1.sh"], timeout: 900)
+        let run = try Self.runWithCurl(guest: guest, l1: l1, in: directory.path, labArguments: [
+            "--kernel", "6.1", "--guest-kernel", "--add", directory.path + "/metadata.json:/lab/metadata.json",
+        ])
         print("Firecracker drop-in in the 6.1 lab: \(run.seconds.text(places: 2)) s\n\(run.output)")
         #expect(run.status == 0, "\(run.errors.suffix(3000))")
-        // An L1 that died and was booted again ran the script again: read its last run.
-        let output = run.output.ranges(of: "\nversion ").last.map { String(run.output[$0.lowerBound...]) } ?? run.output
-        let lines = output.split(separator: "\n").map(String.init)
-        func value(_ key: String) -> String? {
-            lines.first { $0.hasPrefix(key + " ") }.map { String($0.dropFirst(key.count + 1).drop { $0 == " " }) }
-        }
-        func section(_ name: String) -> [String] {
-            guard let start = lines.firstIndex(of: "== \(name)") else { return [] }
-            return Array(lines[(start + 1)...].prefix { !$0.hasPrefix("== ") })
-        }
+        let script = ScriptOutput(run.output, from: "\nversion ")
+        let output = script.text, value = script.value, section = script.section
         #expect(value("version") == "Firecracker v1.16.0+kestrel.0.2.0", "\(output)")
         #expect(value("l2-exit") == "0", "\(output)")
         #expect(value("PATCH /mmds") == "204", "\(output)")
@@ -132,14 +120,13 @@ extension LabIntegrationTests {
 /// sees the new image's bytes and size and reads it unthrottled.
 extension LabIntegrationTests {
     @Test func aRateLimitedDriveIsThrottledAndAPatchedDriveIsSeen() throws {
-        let curl = try #require(HostProcess.find("curl"), "curl is not installed (scripts/prepare-host test installs it)")
         let directory = try TemporaryDirectory(prefix: "kestrel-labpatch")
         let guest = #"""
             for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
             echo "size-before $(cat /sys/block/vda/size)"
             first() { dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | head -c 12; }
             # busybox date has no %N: /proc/uptime's hundredths, as milliseconds.
-            now() { read up idle < /proc/uptime; echo $(( ${up%.*} * 1000 + 1${up#*.} * 10 - 1000 )); }
+            \#(Self.nowFunction)
             timed() { s=$(now); dd if=/dev/vda of=/dev/null bs=64k count=96 skip=$1 iflag=direct 2>/dev/null || echo dd-failed; e=$(now); echo $(( e - s )); }
             echo "first-read $(first)"
             dd if=/dev/vda of=/dev/null bs=64k count=32 iflag=direct 2>/dev/null
@@ -165,7 +152,7 @@ extension LabIntegrationTests {
             JSON
             kestrel run --api-sock /tmp/d.sock --config-file /tmp/vm.json > /tmp/l2.out 2>/tmp/l2.err &
             vm=$!
-            c() { method=$1; path=$2; shift 2; echo "$method $path $(CURL -s -S --max-time 60 --unix-socket /tmp/d.sock -X $method -w ' %{http_code}' "$@" http://localhost$path 2>&1)"; }
+            \#(Self.curlFunction(socket: "/tmp/d.sock"))
             i=0; until grep -q '^limited-done' /tmp/l2.out; do i=$((i+1)); [ $i -gt 1500 ] && break; sleep 0.2; done
             c PATCH /drives/data -d '{"drive_id": "data", "path_on_host": "/tmp/second.img", "rate_limiter": {"bandwidth": {"size": 0, "refill_time": 1000}}}'
             c GET /vm/config
@@ -173,18 +160,11 @@ extension LabIntegrationTests {
             echo "== l2"; cat /tmp/l2.out; tail -3 /tmp/l2.err
             echo "== end"
             """#
-        try writeFileAtomically(Array(guest.utf8), to: directory.path + "/guest.sh")
-        try writeFileAtomically(Array(l1.replacing("CURL -s", with: curl + " -s").utf8), to: directory.path + "/l1.sh")
-        let run = try LabIntegrationTests.run(
-            ["lab", "run", "--kernel", "6.1", "--guest-kernel", "--add", directory.path + "/guest.sh:/lab/guest.sh",
-             "--add", directory.path + "/l1.sh:/lab/l1.sh"] + (try Self.programWithLibraries(curl)) + ["--", "sh /lab/l1.sh"], timeout: 900)
+        let run = try Self.runWithCurl(guest: guest, l1: l1, in: directory.path, labArguments: ["--kernel", "6.1", "--guest-kernel"])
         print("rate limiter and PATCH in the 6.1 lab: \(run.seconds.text(places: 2)) s\n\(run.output)")
         #expect(run.status == 0, "\(run.errors.suffix(3000))")
-        let output = run.output.ranges(of: "\nPATCH /drives/data").last.map { String(run.output[$0.lowerBound...]) } ?? run.output
-        let lines = output.split(separator: "\n").map(String.init)
-        func value(_ key: String) -> String? {
-            lines.first { $0.hasPrefix(key + " ") }.map { String($0.dropFirst(key.count + 1).drop { $0 == " " }) }
-        }
+        let script = ScriptOutput(run.output, from: "\nPATCH /drives/data")
+        let output = script.text, value = script.value
         #expect(value("l2-exit") == "0", "\(output)")
         #expect(value("PATCH /drives/data") == "204", "\(output)")
         #expect(value("GET /vm/config")?.contains(#""path_on_host":"/tmp/second.img""#) == true, "\(output)")
