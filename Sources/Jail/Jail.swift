@@ -28,25 +28,28 @@ public enum Jail {
         }
         let root = arguments.chrootDirectory
         try makeDirectories(String(root.dropLast("/root".count)))
-        // A fresh root, never one a jailed VMM had (it could have left links in it
-        // that the root-run steps below would follow). Ids are unique.
-        guard mkdir(root, 0o700) == 0 else {
-            throw JailError(errno == EEXIST ? "\(root) already exists: an id is used once (remove the directory to reuse it)"
-                                            : "cannot make \(root): \(String(cString: strerror(errno)))")
-        }
+        // The root may exist already: Kata makes it and bind-mounts the kernel,
+        // the drives, the FIFOs and the config file into it before it calls the
+        // jailer, which Firecracker's jailer allows. Every root-run step below
+        // works through descriptors opened with O_NOFOLLOW, so a link left in an
+        // existing root (by an earlier jailed VMM, say) is refused, never followed.
+        let parent = open(String(root.dropLast("/root".count)), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard parent >= 0 else { throw JailError("cannot open the chroot's parent: \(String(cString: strerror(errno)))") }
+        defer { close(parent) }
         // As Firecracker's jailer leaves them: /, /dev, /dev/net and /run are the
         // jailed user's, mode 0700 (the default API socket goes in /run).
-        for folder in ["", "/dev", "/dev/net", "/run"] {
-            let path = root + folder
-            if mkdir(path, 0o700) != 0 && errno != EEXIST { throw JailError("cannot make \(path): \(String(cString: strerror(errno)))") }
-            guard chmod(path, 0o700) == 0, chown(path, arguments.uid, arguments.gid) == 0 else {
-                throw JailError("cannot give \(path) to the jailed user: \(String(cString: strerror(errno)))")
-            }
-        }
+        let rootFD = try jailedDirectory("root", in: parent, path: root, arguments)
+        defer { close(rootFD) }
+        let devFD = try jailedDirectory("dev", in: rootFD, path: root + "/dev", arguments)
+        defer { close(devFD) }
+        let netFD = try jailedDirectory("net", in: devFD, path: root + "/dev/net", arguments)
+        defer { close(netFD) }
+        close(try jailedDirectory("run", in: rootFD, path: root + "/run", arguments))
         let name = arguments.execFileName
-        try copyFile(arguments.execFile, to: root + "/" + name)
-        for (path, required) in [("/dev/kvm", true), ("/dev/net/tun", false), ("/dev/urandom", false), ("/dev/userfaultfd", false)] {
-            try makeDeviceNode(like: path, in: root, uid: arguments.uid, gid: arguments.gid, required: required)
+        try copyFile(arguments.execFile, into: rootFD, name: name, path: root + "/" + name)
+        for (path, directory, required) in [("/dev/kvm", devFD, true), ("/dev/net/tun", netFD, false), ("/dev/urandom", devFD, false),
+                                            ("/dev/userfaultfd", devFD, false)] {
+            try makeDeviceNode(like: path, in: directory, path: root + path, uid: arguments.uid, gid: arguments.gid, required: required)
         }
         let mounts = String(decoding: (try? readAll("/proc/self/mounts")) ?? [], as: UTF8.self)
         var settings = arguments
@@ -157,18 +160,35 @@ public enum Jail {
         }
     }
 
-    /// A character device node in the chroot with the host node's numbers,
-    /// owned by the jailed user, read-write for it only.
-    static func makeDeviceNode(like path: String, in root: String, uid: UInt32, gid: UInt32, required: Bool) throws(JailError) {
+    /// The directory `name` in `parent` (made if missing), given to the jailed
+    /// user with mode 0700. Opened with O_NOFOLLOW: a link there is refused.
+    static func jailedDirectory(_ name: String, in parent: Int32, path: String, _ arguments: JailArguments) throws(JailError) -> Int32 {
+        if mkdirat(parent, name, 0o700) != 0 && errno != EEXIST { throw JailError("cannot make \(path): \(String(cString: strerror(errno)))") }
+        let fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw JailError(errno == ELOOP || errno == ENOTDIR ? "\(path) is a link or not a directory: the jailer follows no link in the chroot"
+                                                              : "cannot open \(path): \(String(cString: strerror(errno)))")
+        }
+        guard fchmod(fd, 0o700) == 0, fchown(fd, arguments.uid, arguments.gid) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw JailError("cannot give \(path) to the jailed user: \(reason)")
+        }
+        return fd
+    }
+
+    /// A character device node `path` in the chroot (in `directory`) with the
+    /// host node's numbers, owned by the jailed user, read-write for it only.
+    static func makeDeviceNode(like hostPath: String, in directory: Int32, path: String, uid: UInt32, gid: UInt32, required: Bool) throws(JailError) {
         var status = stat()
-        guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFCHR else {
-            if required { throw JailError("\(path) is not a character device on this host") }
+        guard stat(hostPath, &status) == 0, status.st_mode & S_IFMT == S_IFCHR else {
+            if required { throw JailError("\(hostPath) is not a character device on this host") }
             return
         }
-        let target = root + path
-        unlink(target)
-        guard mknod(target, S_IFCHR | 0o600, status.st_rdev) == 0, chown(target, uid, gid) == 0 else {
-            throw JailError("cannot make \(target): \(String(cString: strerror(errno)))")
+        let name = String(hostPath.split(separator: "/").last ?? "")
+        unlinkat(directory, name, 0)
+        guard mknodat(directory, name, S_IFCHR | 0o600, status.st_rdev) == 0, fchownat(directory, name, uid, gid, AT_SYMLINK_NOFOLLOW) == 0 else {
+            throw JailError("cannot make \(path): \(String(cString: strerror(errno)))")
         }
     }
 
@@ -188,17 +208,19 @@ public enum Jail {
         }
     }
 
-    static func copyFile(_ source: String, to target: String) throws(JailError) {
+    /// A copy of `source` as `name` in `directory`, made afresh (O_EXCL after
+    /// an unlink, so neither a link nor a hard link there is written through).
+    static func copyFile(_ source: String, into directory: Int32, name: String, path: String) throws(JailError) {
         let bytes: [UInt8]
         do { bytes = try readAll(source) } catch { throw JailError("cannot read \(source): \(error)") }
-        unlink(target)
-        let fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o755)
-        guard fd >= 0 else { throw JailError("cannot write \(target): \(String(cString: strerror(errno)))") }
+        unlinkat(directory, name, 0)
+        let fd = openat(directory, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o755)
+        guard fd >= 0 else { throw JailError("cannot write \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var offset = 0
         while offset < bytes.count {
             let written = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            guard written > 0 else { throw JailError("cannot write \(target): \(String(cString: strerror(errno)))") }
+            guard written > 0 else { throw JailError("cannot write \(path): \(String(cString: strerror(errno)))") }
             offset += written
         }
         fchmod(fd, 0o755)
@@ -218,7 +240,7 @@ public enum Jail {
     }
 
     static func writeText(_ text: String, to path: String) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw SystemCallError.current("open(\(path))") }
         defer { close(fd) }
         _ = Array(text.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }

@@ -75,6 +75,26 @@ import Testing
         }, "SIGTERM ended the daemon")
     }
 
+    /// A chroot that exists already (Kata makes it, with its files in it) is
+    /// taken; a link in it is refused with its path, and what it points to is
+    /// left untouched.
+    @Test(.enabled(if: getuid() == 0, "needs root"))
+    func anExistingChrootIsTakenButALinkInItIsNotFollowed() throws {
+        let base = try TemporaryDirectory(prefix: "kestrel-jaill"), outside = try TemporaryDirectory(prefix: "kestrel-jaill-outside")
+        let kestrel = try APIProcessTests.kestrel()
+        let root = base.path + "/kestrel/linked/root"
+        _ = try HostProcess.output(["mkdir", "-p", root])
+        try writeFileAtomically(Array("kata's file".utf8), to: root + "/placed")
+        #expect(symlink(outside.path, root + "/dev") == 0)
+        let refused = try HostProcess.output([kestrel, "jail", "--id", "linked", "--exec-file", kestrel, "--uid", "65534", "--gid", "65534",
+                                              "--chroot-base-dir", base.path, "--", "--api-sock", "/api.sock"])
+        #expect(refused.status == 2 && refused.errors.contains("\(root)/dev is a link or not a directory"), "\(refused)")
+        #expect(((try? HostProcess.output(["ls", "-A", outside.path]))?.output ?? "x").isEmpty, "nothing was made through the link")
+        var status = stat()
+        #expect(stat(outside.path, &status) == 0 && status.st_uid == 0, "the link's target kept its owner")
+        #expect((try? readText(root + "/placed")) == "kata's file")
+    }
+
     @Test func badJailLinesExitTwoWithTheReason() throws {
         let kestrel = try APIProcessTests.kestrel()
         let refused = try HostProcess.output([kestrel, "jail", "--id", "x", "--exec-file", "/bin/true", "--uid", "1", "--gid", "1"])
