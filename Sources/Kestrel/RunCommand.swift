@@ -30,6 +30,7 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Guest memory, e.g. 256M or 1G.") var memory: String = "256M"
     @Option(name: .customLong("cpu-template"), help: "CPU template: \(CPUTemplate.all.map(\.name).joined(separator: ", ")).")
     var cpuTemplate: String = CPUTemplate.defaultName
+    @Flag(help: "Two threads to a core in the guest's CPU topology (machine-config smt; --cpus must be 1 or even).") var smt = false
     @Option(name: [.customLong("config"), .customLong("config-file")],
             help: "A JSON machine description (Firecracker-style: boot-source, machine-config, drives, network-interfaces, vsock, entropy).")
     var config: String?
@@ -203,6 +204,7 @@ struct RunCommand: ParsableCommand {
             guard let kernel else { throw ValidationError("give --kernel PATH, --config-file FILE, or --api-sock PATH to configure the machine through the API") }
             guard let size = MachineConfiguration.parseSize(memory) else { throw ValidationError("--memory \(memory): expected a size such as 256M or 1G") }
             configuration = MachineConfiguration(kernelPath: kernel, initrdPath: initrd, commandLine: cmdline, vcpuCount: cpus, memorySize: size, cpuTemplate: cpuTemplate)
+            configuration.smt = smt
         }
         do {
             for text in drives {

@@ -190,7 +190,7 @@ final class Recorder: @unchecked Sendable {
             CPUIDEntry(function: 1, eax: 0, ebx: 0, ecx: 0xFFFF_FFFF, edx: 0),
             CPUIDEntry(function: 7, index: 0, flags: 1, eax: 0, ebx: 0xFFFF_FFFF, ecx: 0xFFFF_FFFF, edx: 0xFFFF_FFFF),
         ])
-        table = CPUTemplate.nested.table(from: table, vcpu: 3, of: 4)
+        table = CPUTemplate.nested.table(from: table, vcpu: 3, of: CPUTopology(count: 4, smt: false))
         let leaf1 = try #require(table.entry(function: 1))
         #expect(leaf1.ecx & (1 << 26) == 0)        // XSAVE hidden
         #expect(leaf1.ecx & (1 << 13) == 0)        // CX16 hidden
@@ -200,10 +200,54 @@ final class Recorder: @unchecked Sendable {
         #expect(leaf7.ebx & (1 << 16) == 0)        // AVX512F
         #expect(leaf7.ecx & (1 << 7) == 0)         // SHSTK
         #expect(leaf7.edx & (1 << 20) == 0)        // IBT
-        let host = CPUTemplate.host.table(from: table, vcpu: 0, of: 1)
+        let host = CPUTemplate.host.table(from: table, vcpu: 0, of: CPUTopology(count: 1, smt: false))
         #expect(host.entry(function: 7)?.ebx == leaf7.ebx)
         #expect(CPUTemplate.named("conservative")?.masked.map(\.name).contains("AVX512F") == true)
         #expect(CPUTemplate.named("turbo") == nil)
+    }
+
+    /// Firecracker's `smt`: two threads to a core in leaves 1, 4, 0xB,
+    /// 0x8000_0008 and 0x8000_001E; without it one; a lone vCPU has no sibling.
+    @Test func theTopologyLeavesFollowSMT() throws {
+        let supported = CPUIDTable(entries: [
+            CPUIDEntry(function: 1, ebx: 0xFFFF_FFFF, edx: 0),
+            CPUIDEntry(function: 4, index: 0, flags: 1, eax: 1 << 5 | 1),            // L1 data cache
+            CPUIDEntry(function: 4, index: 1, flags: 1, eax: 3 << 5 | 3),            // L3
+            CPUIDEntry(function: 4, index: 2, flags: 1),                             // the end of the list
+            CPUIDEntry(function: 0xB, index: 0, flags: 1, eax: 9, ebx: 9, ecx: 9, edx: 9),
+            CPUIDEntry(function: 0x8000_0008, ecx: 0xFFFF_FFFF),
+            CPUIDEntry(function: 0x8000_001E, eax: 9, ebx: 0xFFFF_FFFF, ecx: 0xFFFF_FFFF),
+        ])
+        let smt = CPUTemplate.host.table(from: supported, vcpu: 3, of: CPUTopology(count: 4, smt: true))
+        #expect(smt.entry(function: 1)?.ebx == 0x0304_FFFF && smt.entry(function: 1).map { $0.edx & 1 << 28 != 0 } == true)
+        #expect(smt.entry(function: 0xB, index: 0).map { [$0.eax, $0.ebx, $0.ecx, $0.edx] } == [1, 2, 0x100, 3])
+        #expect(smt.entry(function: 0xB, index: 1).map { [$0.eax, $0.ebx, $0.ecx, $0.edx] } == [6, 4, 0x201, 3], "sub-leaf 1 added")
+        #expect(smt.entry(function: 4, index: 0)?.eax == 1 << 26 | 1 << 14 | 1 << 5 | 1, "two cores; two threads share L1")
+        #expect(smt.entry(function: 4, index: 1)?.eax == 1 << 26 | 3 << 14 | 3 << 5 | 3, "every thread shares L3")
+        #expect(smt.entry(function: 4, index: 2)?.eax == 0)
+        #expect(smt.entry(function: 0x8000_0008)?.ecx == 0xFFFF_7F03)
+        #expect(smt.entry(function: 0x8000_001E).map { [$0.eax, $0.ebx, $0.ecx] } == [3, 0xFFFF_0101, 0xFFFF_F800], "core 1, two threads")
+        let single = CPUTemplate.host.table(from: supported, vcpu: 2, of: CPUTopology(count: 4, smt: false))
+        #expect(single.entry(function: 0xB, index: 0).map { [$0.eax, $0.ebx, $0.ecx, $0.edx] } == [0, 1, 0x100, 2])
+        #expect(single.entry(function: 4, index: 0)?.eax == 3 << 26 | 1 << 5 | 1, "four cores of one thread")
+        #expect(single.entry(function: 0x8000_001E)?.ebx == 0xFFFF_0002)
+        let lone = CPUTopology(count: 1, smt: true)
+        #expect(lone.threadsPerCore == 1 && CPUTopology(count: 2, smt: true).threadsPerCore == 2)
+        #expect(CPUTemplate.host.table(from: supported, vcpu: 0, of: lone).entry(function: 1).map { $0.edx & 1 << 28 } == 0)
+    }
+
+    @Test func smtIsReadCheckedAndReported() throws {
+        let base = #"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": VCPUS, "mem_size_mib": 256, "smt": SMT}}"#
+        func parse(_ count: Int, _ smt: String) throws -> MachineConfiguration {
+            try MachineConfigFile.parse(Array(base.replacing("VCPUS", with: String(count)).replacing("SMT", with: smt).utf8), source: "t")
+        }
+        let two = try parse(2, "true")
+        #expect(two.smt && two.topology.threadsPerCore == 2)
+        #expect(MachineConfigFile.machineConfigSection(for: two).objectValue?["smt"] == .bool(true))
+        #expect(try parse(1, "true").topology.threadsPerCore == 1)
+        #expect(throws: ConfigurationError.self) { try parse(3, "true") }
+        #expect(throws: ConfigurationError.self) { try parse(2, #""yes""#) }
+        #expect(try parse(3, "false").smt == false)
     }
 
     @Test func configurationValidationAndSizes() {

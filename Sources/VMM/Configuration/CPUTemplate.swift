@@ -77,25 +77,12 @@ public struct CPUTemplate: Sendable {
 
     public static func named(_ name: String) -> CPUTemplate? { all.first { $0.name == name } }
 
-    /// The CPUID table for vCPU `index` of `count`: the supported table with this
-    /// template's masks, the hypervisor bit, and the vCPU's APIC id.
-    public func table(from supported: CPUIDTable, vcpu index: Int, of count: Int) -> CPUIDTable {
+    /// The CPUID table for vCPU `index` of the machine `topology`: the
+    /// supported table with this template's masks, the hypervisor bit, and the
+    /// vCPU's APIC ids and topology.
+    public func table(from supported: CPUIDTable, vcpu index: Int, of topology: CPUTopology) -> CPUIDTable {
         var table = supported
         for feature in masked { table = feature.setting(false, in: table) }
-        if var leaf1 = table.entry(function: 1) {
-            leaf1.ecx |= 1 << 31                                    // running under a hypervisor
-            leaf1.ebx = (leaf1.ebx & 0x00FF_FFFF) | UInt32(index) << 24  // initial APIC id
-            leaf1.ebx = (leaf1.ebx & 0xFF00_FFFF) | UInt32(min(count, 255)) << 16
-            if count > 1 { leaf1.edx |= 1 << 28 }                     // HTT: several logical CPUs
-            table.set(leaf1)
-        }
-        for leaf in [UInt32(0xB), 0x1F] {
-            for subleaf in 0..<4 {
-                guard var entry = table.entry(function: leaf, index: UInt32(subleaf)) else { continue }
-                entry.edx = UInt32(index)                               // x2APIC id
-                table.set(entry)
-            }
-        }
-        return table
+        return topology.apply(to: table, vcpu: index)
     }
 }

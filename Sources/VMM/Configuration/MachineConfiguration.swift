@@ -12,6 +12,9 @@ public struct MachineConfiguration: Sendable {
     public var vcpuCount: Int
     public var memorySize: UInt64
     public var cpuTemplate: String
+    /// Firecracker's `smt`: two threads to a core in the guest's CPUID
+    /// topology (the vCPU count must then be 1 or even).
+    public var smt = false
     /// For a bzImage: decompress the payload on the host (default) or let the
     /// kernel's own decompressor run.
     public var decompressOnHost: Bool
@@ -64,13 +67,24 @@ public struct MachineConfiguration: Sendable {
     }
 
     public static let maximumVCPUs = 64
+
+    /// With SMT, two threads make a core: 1 vCPU or an even number (Firecracker's rule).
+    static func checkSMT(_ smt: Bool, vcpuCount: Int) throws {
+        guard !smt || vcpuCount == 1 || vcpuCount % 2 == 0 else {
+            throw ConfigurationError("vcpu_count \(vcpuCount) with smt: with SMT the vCPU count must be 1 or even")
+        }
+    }
     /// The most guest RAM a machine may have: 1 TiB.
     public static let maximumMemorySize: UInt64 = 1 << 40
+
+    /// The CPUID topology the vCPUs report.
+    public var topology: CPUTopology { CPUTopology(count: vcpuCount, smt: smt) }
 
     public func validate() throws {
         guard (1...Self.maximumVCPUs).contains(vcpuCount) else {
             throw ConfigurationError("vcpus must be between 1 and \(Self.maximumVCPUs), not \(vcpuCount)")
         }
+        try Self.checkSMT(smt, vcpuCount: vcpuCount)
         guard memorySize >= 32 << 20 else { throw ConfigurationError("memory must be at least 32 MiB, not \(memorySize >> 20) MiB") }
         guard memorySize <= Self.maximumMemorySize, memorySize % 4096 == 0 else {
             throw ConfigurationError("memory must be a whole number of 4 KiB pages, at most 1 TiB")

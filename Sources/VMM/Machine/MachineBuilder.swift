@@ -93,7 +93,7 @@ public struct MachineBuilder {
         var vcpus: [VCPU] = []
         for index in 0..<configuration.vcpuCount {
             let vcpu = try vm.createVCPU(id: index)
-            try vcpu.setCPUID(template.table(from: supported, vcpu: index, of: configuration.vcpuCount))
+            try vcpu.setCPUID(template.table(from: supported, vcpu: index, of: configuration.topology))
             try BootCPU.configureLocalInterrupts(vcpu)
             if index == 0 { try BootCPU.prepare(vcpu, entry: bootPlan.entry) }
             vcpus.append(vcpu)

@@ -26,7 +26,7 @@ extension MachineBuilder {
     func snpPlan(kvm: KVMSystem, platformDevices: [ACPITables.MMIODevice], kernel: [UInt8], initrd: [UInt8]?) throws -> (SNPBootPlan, Bool) {
         guard let template = CPUTemplate.named(configuration.cpuTemplate) else { throw ConfigurationError("unknown CPU template") }
         let supported = try kvm.supportedCPUID()
-        let table = template.table(from: supported, vcpu: 0, of: configuration.vcpuCount)
+        let table = template.table(from: supported, vcpu: 0, of: configuration.topology)
         var request = LinuxBootRequest(
             kernel: kernel, initrd: initrd, commandLine: configuration.effectiveCommandLine, memorySize: configuration.memorySize,
             decompressOnHost: configuration.decompressOnHost, preferPVH: false, vcpuCount: configuration.vcpuCount)
@@ -96,7 +96,7 @@ extension MachineBuilder {
         try SNPLaunchSequence.run(plan, measurement: measurement, on: launch, createVCPUs: {
             for index in 0..<configuration.vcpuCount {
                 let vcpu = try vm.createVCPU(id: index)
-                try vcpu.setCPUID(template.table(from: supported, vcpu: index, of: configuration.vcpuCount))
+                try vcpu.setCPUID(template.table(from: supported, vcpu: index, of: configuration.topology))
                 try BootCPU.configureLocalInterrupts(vcpu)
                 if index == 0 { try BootCPU.prepare(vcpu, entry: plan.boot.entry, pageTableRoot: plan.boot.pageTableRoot) }
                 vcpus.append(vcpu)
