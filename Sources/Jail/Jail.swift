@@ -73,8 +73,11 @@ public enum Jail {
         // Nothing the jailer's caller had open reaches the VMM, as in Firecracker's jailer.
         closeInheritedDescriptors()
         let devNull = arguments.daemonize ? open("/dev/null", O_RDWR) : -1
-        // A mount namespace of our own, so the chroot's mounts are nobody else's.
-        guard chost_unshare(cloneNewNS) == 0, mount(nil, "/", nil, UInt(MS_REC | MS_PRIVATE), nil) == 0,
+        // A mount namespace of our own, its mounts slaves of the host's, as in
+        // Firecracker's jailer: what the jail mounts stays in it, and what the
+        // host mounts later under a shared chroot reaches it (Kata bind-mounts a
+        // container's disk over a placeholder drive, then PATCHes the drive).
+        guard chost_unshare(cloneNewNS) == 0, mount(nil, "/", nil, UInt(MS_REC | MS_SLAVE), nil) == 0,
               chdir(root) == 0, chroot(".") == 0, chdir("/") == 0 else {
             throw JailError("cannot enter the chroot \(root): \(String(cString: strerror(errno)))")
         }

@@ -95,6 +95,31 @@ import Testing
         #expect((try? readText(root + "/placed")) == "kata's file")
     }
 
+    /// Kata's hot-plug: the chroot is a shared mount, and a disk the host
+    /// bind-mounts over a placeholder after the jail started reaches the
+    /// jailed VMM's mount namespace (a slave of the host's, as Firecracker's
+    /// jailer makes it; a private one would keep the placeholder).
+    @Test(.enabled(if: getuid() == 0 && APIProcessTests.requireKVM(), "needs root and /dev/kvm"))
+    func aDiskMountedIntoASharedChrootLaterReachesTheJailedVMM() throws {
+        let base = "/tmp/kestrel-jailp-\(getpid())", root = base + "/kestrel/shared/root"
+        let kestrel = try APIProcessTests.kestrel()
+        func sh(_ command: String) throws -> Int32 { try HostProcess.output(["sh", "-c", command]).status }
+        #expect(try sh("mkdir -p \(root) && : > \(root)/drive_0 && head -c 4096 /dev/zero > \(base)/disk.img") == 0)
+        #expect(try sh("mount --bind \(root) \(root) && mount --make-shared \(root)") == 0)
+        defer { _ = try? sh("umount \(root)/drive_0; umount \(root); rm -rf \(base)") }
+        let process = try HostProcess.start([kestrel, "jail", "--id", "shared", "--exec-file", kestrel, "--uid", "65534", "--gid", "65534",
+                                             "--chroot-base-dir", base, "--", "--api-sock", "/run/api.sock"], stdout: .null, stderr: .null)
+        defer { if process.poll() == nil { process.signal(SIGKILL); _ = process.wait() } }
+        #expect(APIProcessTests.waitFor(30) { access(root + "/run/api.sock", F_OK) == 0 }, "the jailed VMM's socket never appeared")
+        let mountsBefore = (try? readText("/proc/\(process.process)/mountinfo")) ?? ""
+        #expect(!mountsBefore.isEmpty && !mountsBefore.contains(" /drive_0 "), "\(mountsBefore)")
+        #expect(try sh("mount --bind \(base)/disk.img \(root)/drive_0") == 0)
+        let mountsAfter = (try? readText("/proc/\(process.process)/mountinfo")) ?? ""
+        #expect(mountsAfter.contains(" /drive_0 "), "the disk reached the jail's namespace: \(mountsAfter)")
+        process.signal(SIGTERM)
+        #expect(APIProcessTests.exitStatus(process, within: 10) == 128 + SIGTERM)
+    }
+
     @Test func badJailLinesExitTwoWithTheReason() throws {
         let kestrel = try APIProcessTests.kestrel()
         let refused = try HostProcess.output([kestrel, "jail", "--id", "x", "--exec-file", "/bin/true", "--uid", "1", "--gid", "1"])
