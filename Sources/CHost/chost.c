@@ -304,6 +304,10 @@ int chost_timerfd_arm(int fd, long seconds, long nanoseconds) {
     return timerfd_settime(fd, 0, &setting, NULL);
 }
 
+const void *chost_memmem(const void *haystack, size_t haystack_length, const void *needle, size_t needle_length) {
+    return memmem(haystack, haystack_length, needle, needle_length);
+}
+
 int chost_unshare(int flags) {
     return unshare(flags);
 }

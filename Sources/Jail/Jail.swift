@@ -46,7 +46,8 @@ public enum Jail {
         defer { close(netFD) }
         close(try jailedDirectory("run", in: rootFD, path: root + "/run", arguments))
         let name = arguments.execFileName
-        try copyFile(arguments.execFile, into: rootFD, name: name, path: root + "/" + name)
+        let executable = try copyFile(arguments.execFile, into: rootFD, name: name, path: root + "/" + name)
+        let isKestrel = isKestrelExecutable(executable)
         for (path, directory, required) in [("/dev/kvm", devFD, true), ("/dev/net/tun", netFD, false), ("/dev/urandom", devFD, false),
                                             ("/dev/userfaultfd", devFD, false)] {
             try makeDeviceNode(like: path, in: directory, path: root + path, uid: arguments.uid, gid: arguments.gid, required: required)
@@ -112,7 +113,7 @@ public enum Jail {
             // The VMM will be this process: its pid, for orchestrators that read it (Kata does).
             try? writeText("\(getpid())\n", to: "/\(name).pid")
         }
-        if !name.contains("firecracker") {
+        if isKestrel {
             // A Swift VMM reads /proc/self (its arguments, its executable): the
             // jail gets a procfs of its own that shows only the jailed user's
             // processes and nothing but them (Firecracker's jails have none).
@@ -126,7 +127,8 @@ public enum Jail {
             throw JailError("cannot drop to uid \(arguments.uid) and gid \(arguments.gid): \(String(cString: strerror(errno)))")
         }
         var argv = ["/" + name]
-        if !name.contains("firecracker") { argv.append("run") }  // Kestrel under its own name takes run's options
+        // Kestrel takes Firecracker's line under the name `firecracker`, and run's under any other.
+        if isKestrel && name != "firecracker" { argv.append("run") }
         argv += ["--id", arguments.id, "--start-time-us", String(startMicroseconds),
                  "--start-time-cpu-us", String(HostClock.microseconds(CLOCK_PROCESS_CPUTIME_ID)), "--parent-cpu-time-us", String(parentCPU)]
         argv += arguments.vmmArguments
@@ -211,9 +213,25 @@ public enum Jail {
         }
     }
 
+    /// Bytes only a Kestrel executable holds (this literal is in the jailer's
+    /// own binary, longer than Swift's inline strings so it is stored whole).
+    static let kestrelMarker = Array("Kestrel's jailer: this executable is Kestrel".utf8)
+
+    /// Whether `executable` is Kestrel, whatever its name: Kata and others
+    /// install the drop-in as `firecracker`, and Kestrel still needs its procfs.
+    static func isKestrelExecutable(_ executable: [UInt8]) -> Bool {
+        executable.withUnsafeBytes { haystack in
+            kestrelMarker.withUnsafeBytes { needle in
+                chost_memmem(haystack.baseAddress, haystack.count, needle.baseAddress, needle.count) != nil
+            }
+        }
+    }
+
     /// A copy of `source` as `name` in `directory`, made afresh (O_EXCL after
     /// an unlink, so neither a link nor a hard link there is written through).
-    static func copyFile(_ source: String, into directory: Int32, name: String, path: String) throws(JailError) {
+    /// Returns the bytes copied.
+    @discardableResult
+    static func copyFile(_ source: String, into directory: Int32, name: String, path: String) throws(JailError) -> [UInt8] {
         let bytes: [UInt8]
         do { bytes = try readAll(source) } catch { throw JailError("cannot read \(source): \(error)") }
         unlinkat(directory, name, 0)
@@ -227,6 +245,7 @@ public enum Jail {
             offset += written
         }
         fchmod(fd, 0o755)
+        return bytes
     }
 
     static func readAll(_ path: String) throws -> [UInt8] {

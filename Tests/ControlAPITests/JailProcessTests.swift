@@ -120,6 +120,27 @@ import Testing
         #expect(APIProcessTests.exitStatus(process, within: 10) == 128 + SIGTERM)
     }
 
+    /// Kestrel installed as `firecracker` (Kata's layout): the jailer knows it
+    /// by its contents, gives it its procfs and Firecracker's line unchanged,
+    /// and it serves the default socket /run/firecracker.socket.
+    @Test(.enabled(if: getuid() == 0 && APIProcessTests.requireKVM(), "needs root and /dev/kvm"))
+    func kestrelInstalledAsFirecrackerIsJailedAsFirecracker() throws {
+        let base = try TemporaryDirectory(prefix: "kestrel-jailfc")
+        let copy = base.path + "/bin/firecracker", root = base.path + "/firecracker/fc-1/root"
+        #expect(try HostProcess.output(["sh", "-c", "mkdir -p \(base.path)/bin && cp \(try APIProcessTests.kestrel()) \(copy)"]).status == 0)
+        let process = try HostProcess.start([try APIProcessTests.kestrel(), "jail", "--id", "fc-1", "--exec-file", copy, "--uid", "65534", "--gid", "65534",
+                                             "--chroot-base-dir", base.path], stdout: .null, stderr: .file(base.path + "/err"))
+        defer { if process.poll() == nil { process.signal(SIGKILL); _ = process.wait() } }
+        let socket = root + "/run/firecracker.socket"
+        #expect(APIProcessTests.waitFor(30) { access(socket, F_OK) == 0 }, "\((try? readText(base.path + "/err")) ?? "")")
+        let described = try APIProcessTests.curl(socket, "GET", "/")
+        #expect(described.0 == 200 && described.1.contains(#""id":"fc-1""#), "\(described)")
+        #expect(try APIProcessTests.curl(socket, "GET", "/version").1 == #"{"firecracker_version":"1.16.0+kestrel.0.2.0"}"#)
+        process.signal(SIGTERM)
+        #expect(APIProcessTests.exitStatus(process, within: 10) == 128 + SIGTERM)
+        withExtendedLifetime(base) {}
+    }
+
     @Test func badJailLinesExitTwoWithTheReason() throws {
         let kestrel = try APIProcessTests.kestrel()
         let refused = try HostProcess.output([kestrel, "jail", "--id", "x", "--exec-file", "/bin/true", "--uid", "1", "--gid", "1"])

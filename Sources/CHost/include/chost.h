@@ -25,6 +25,9 @@ int chost_gettid(void);
 
 /* unshare(2) and setns(2), which the Glibc module does not declare; 0 or -1 with errno. */
 int chost_unshare(int flags);
+
+/* memmem(3), declared only under _GNU_SOURCE: the first place `needle` occurs in `haystack`, or NULL. */
+const void *chost_memmem(const void *haystack, size_t haystack_length, const void *needle, size_t needle_length);
 int chost_setns(int fd, int nstype);
 
 /* A non-blocking, close-on-exec timerfd on CLOCK_MONOTONIC; -1 with errno set. */
