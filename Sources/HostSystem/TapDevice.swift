@@ -40,8 +40,9 @@ public final class TapDevice: Sendable {
         try SystemCallError.check(chost_tap_set_offload(fileDescriptor, offloads.rawValue), "TUNSETOFFLOAD(\(name), 0x\(String(offloads.rawValue, radix: 16)))")
     }
 
-    /// Whether an interface of that name exists (/sys/class/net/NAME).
+    /// Whether an interface of that name exists in this network namespace
+    /// (if_nametoindex(3), an ioctl on a socket: a jail has no /sys to look in).
     public static func interfaceExists(_ name: String) -> Bool {
-        !name.contains("/") && access("/sys/class/net/\(name)", F_OK) == 0
+        !name.isEmpty && !name.contains("/") && if_nametoindex(name) != 0
     }
 }

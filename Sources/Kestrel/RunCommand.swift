@@ -258,6 +258,9 @@ struct RunCommand: ParsableCommand {
             machine = try runner.build(configuration, console: console)
         } catch {
             printError("kestrel: cannot start the guest: \(error)")
+            // A daemonized VMM's standard error goes nowhere: the configured log
+            // (Kata's FIFO, flintlock's file) is where its orchestrator looks.
+            if runner.services.logger.isConfigured { runner.services.log(.error, "cannot start the guest: \(error)") }
             throw ExitCode(2)
         }
         let services = runner.services
