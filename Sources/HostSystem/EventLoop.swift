@@ -30,7 +30,16 @@ public final class EventLoop: Sendable {
     private let thread = Mutex<POSIXThread?>(nil)
     private let stopping = Atomic<Bool>(false)
     private let parking = Parking()
+    /// Run on the loop's thread before it parks.
+    private let parkingHooks = Mutex<[@Sendable () -> Void]>([])
     public let name: String
+
+    /// Calls `hook` on the loop's thread each time it is about to park for a
+    /// `pause`, after the handler it was in: work a handler started (I/O in a
+    /// ring, say) can be finished there, so a paused loop holds none.
+    public func beforeParking(_ hook: @escaping @Sendable () -> Void) {
+        parkingHooks.withLock { $0.append(hook) }
+    }
 
     /// Whether the loop is asked to park, and whether it has: the flags of
     /// `pause` and `resume`, read and written under `lock`.
@@ -127,6 +136,7 @@ public final class EventLoop: Sendable {
     /// Parks the loop's thread while a pause is requested.
     private func parkIfRequested() {
         guard parking.pending.load(ordering: .acquiring) else { return }
+        for hook in parkingHooks.withLock({ $0 }) { hook() }
         parking.lock.withLockBroadcasting { parking.parked = parking.requested }
         parking.lock.wait(until: { !parking.requested || stopping.load(ordering: .acquiring) }) { parking.parked = false }
     }

@@ -46,8 +46,7 @@ public enum Jail {
         defer { close(netFD) }
         close(try jailedDirectory("run", in: rootFD, path: root + "/run", arguments))
         let name = arguments.execFileName
-        let executable = try copyFile(arguments.execFile, into: rootFD, name: name, path: root + "/" + name)
-        let isKestrel = isKestrelExecutable(executable)
+        let isKestrel = try copyFile(arguments.execFile, into: rootFD, name: name, path: root + "/" + name)
         for (path, directory, required) in [("/dev/kvm", devFD, true), ("/dev/net/tun", netFD, false), ("/dev/urandom", devFD, false),
                                             ("/dev/userfaultfd", devFD, false)] {
             try makeDeviceNode(like: path, in: directory, path: root + path, uid: arguments.uid, gid: arguments.gid, required: required)
@@ -217,35 +216,38 @@ public enum Jail {
     /// own binary, longer than Swift's inline strings so it is stored whole).
     static let kestrelMarker = Array("Kestrel's jailer: this executable is Kestrel".utf8)
 
-    /// Whether `executable` is Kestrel, whatever its name: Kata and others
-    /// install the drop-in as `firecracker`, and Kestrel still needs its procfs.
-    static func isKestrelExecutable(_ executable: [UInt8]) -> Bool {
-        executable.withUnsafeBytes { haystack in
-            kestrelMarker.withUnsafeBytes { needle in
-                chost_memmem(haystack.baseAddress, haystack.count, needle.baseAddress, needle.count) != nil
-            }
-        }
+    /// Whether the open file `fd` of `size` bytes is Kestrel, whatever its
+    /// name: Kata and others install the drop-in as `firecracker`, and
+    /// Kestrel still needs its procfs. Searched in a read-only mapping.
+    static func isKestrelExecutable(_ fd: Int32, size: Int) -> Bool {
+        guard size > 0, let mapping = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), mapping != MAP_FAILED else { return false }
+        defer { munmap(mapping, size) }
+        // Sound: the mapping covers `size` readable bytes until the munmap above.
+        return kestrelMarker.withUnsafeBytes { chost_memmem(mapping, size, $0.baseAddress, $0.count) != nil }
     }
 
     /// A copy of `source` as `name` in `directory`, made afresh (O_EXCL after
-    /// an unlink, so neither a link nor a hard link there is written through).
-    /// Returns the bytes copied.
-    @discardableResult
-    static func copyFile(_ source: String, into directory: Int32, name: String, path: String) throws(JailError) -> [UInt8] {
-        let bytes: [UInt8]
-        do { bytes = try readAll(source) } catch { throw JailError("cannot read \(source): \(error)") }
+    /// an unlink, so neither a link nor a hard link there is written through),
+    /// by the kernel (sendfile). Returns whether the file is Kestrel.
+    static func copyFile(_ source: String, into directory: Int32, name: String, path: String) throws(JailError) -> Bool {
+        let input = open(source, O_RDONLY | O_CLOEXEC)
+        guard input >= 0 else { throw JailError("cannot read \(source): \(String(cString: strerror(errno)))") }
+        defer { close(input) }
+        var status = stat()
+        guard fstat(input, &status) == 0 else { throw JailError("cannot read \(source): \(String(cString: strerror(errno)))") }
+        let size = Int(status.st_size)
         unlinkat(directory, name, 0)
         let fd = openat(directory, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o755)
         guard fd >= 0 else { throw JailError("cannot write \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
-        var offset = 0
-        while offset < bytes.count {
-            let written = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            guard written > 0 else { throw JailError("cannot write \(path): \(String(cString: strerror(errno)))") }
-            offset += written
+        var offset = off_t(0)
+        while offset < size {
+            let sent = sendfile(fd, input, &offset, size - Int(offset))
+            if sent < 0 && errno == EINTR { continue }
+            guard sent > 0 else { throw JailError("cannot write \(path): \(sent < 0 ? String(cString: strerror(errno)) : "\(source) ended early")") }
         }
         fchmod(fd, 0o755)
-        return bytes
+        return isKestrelExecutable(input, size: size)
     }
 
     static func readAll(_ path: String) throws -> [UInt8] {

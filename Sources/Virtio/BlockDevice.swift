@@ -3,11 +3,19 @@ import HostSystem
 import Synchronization
 
 /// virtio-blk (virtio 1.2, section 5.2) over a raw image file: read, write,
-/// flush, get-ID, discard and write-zeroes, optionally read-only. Requests run
-/// on the event loop's thread with preadv/pwritev straight between the file
-/// and guest memory. A flush is fdatasync(2), so what the guest flushed is on
-/// disk when the request completes.
+/// flush, get-ID, discard and write-zeroes, optionally read-only. With the
+/// `sync` engine, requests run on the event loop's thread with
+/// preadv/pwritev straight between the file and guest memory; with `async`
+/// (Firecracker's `io_engine: Async`), reads, writes and flushes go to an
+/// io_uring and complete when the kernel says so, several at a time. A flush
+/// is fdatasync(2), so what the guest flushed is on disk when the request
+/// completes.
 public final class BlockDevice: VirtioDevice {
+    /// Firecracker's `io_engine`.
+    public enum IOEngine: String, Sendable, CaseIterable {
+        case sync = "Sync", async = "Async"
+    }
+
     public enum Feature {
         public static let segmentMaximum: UInt64 = 1 << 2
         public static let readOnly: UInt64 = 1 << 5
@@ -57,6 +65,30 @@ public final class BlockDevice: VirtioDevice {
     private let counts = Mutex<[String: Int]>([:])
     /// Firecracker's drive `rate_limiter` (bandwidth in bytes, operations in requests).
     public let rateLimit: LimitedQueue
+    public let engine: IOEngine
+    /// The `async` engine's ring, made with the device (before any seccomp
+    /// filter: io_uring_setup and io_uring_register are set-up calls).
+    private let ring: IOURing?
+    /// Requests the ring holds, by tag.
+    private let inFlight = Mutex<InFlight>(InFlight())
+
+    /// What the `async` engine has handed to the ring and not yet finished.
+    struct InFlight: ~Copyable {
+        var requests: [UInt64: Pending] = [:]
+        var nextTag: UInt64 = 1
+    }
+
+    /// A read, write or flush in the ring: the chain to finish, what a whole
+    /// transfer is, the image it started with, and its iovecs (freed when it completes).
+    struct Pending: @unchecked Sendable {
+        // @unchecked: the iovec buffer is owned by this record alone.
+        let chain: DescriptorChain
+        let kind: BlockRequestHeader.Kind
+        let dataLength: Int
+        let expected: Int
+        let image: Backing
+        let vectors: UnsafeMutableBufferPointer<iovec>?
+    }
 
     /// Requests and bytes served (Firecracker's `block` fields).
     public var metricCounts: [String: Int] {
@@ -74,8 +106,10 @@ public final class BlockDevice: VirtioDevice {
     /// device offers no VIRTIO_BLK_F_FLUSH (Firecracker's "Unsafe" cache type):
     /// the guest then treats the disk as write-through and never asks.
     public init(path: String, readOnly: Bool, identifier: String, flush: Bool = true,
-                bandwidth: TokenBucket? = nil, operations: TokenBucket? = nil) throws {
+                bandwidth: TokenBucket? = nil, operations: TokenBucket? = nil, engine: IOEngine = .sync) throws {
         rateLimit = try LimitedQueue(bandwidth: bandwidth, operations: operations)
+        self.engine = engine
+        ring = engine == .async ? try IOURing(entries: UInt32(Self.queueSize)) : nil
         backing = Mutex(try Self.open(path, readOnly: readOnly))
         isReadOnly = readOnly
         self.identifier = Array(identifier.utf8.prefix(Self.idLength))
@@ -144,11 +178,34 @@ public final class BlockDevice: VirtioDevice {
     public func activate(_ context: VirtioContext) throws {
         self.context.withLock { $0 = context }
         try rateLimit.activate(context) { [weak self] () throws(QueueFault) in try self?.process(queue: 0) }
+        if let ring {
+            try context.watch(ring.completions.fileDescriptor) { [weak self] _ throws(QueueFault) in
+                guard let self else { return }
+                _ = ring.completions.drain()
+                self.finishCompletions(context, waitForAll: false)
+            }
+        }
     }
-    public func reset() { context.withLock { $0 = nil } }
 
-    /// Makes everything written so far durable (fdatasync), as at power-off.
+    /// Forgets the driver; requests still in the ring are waited for and
+    /// dropped (their memory and chains belong to the driver being reset).
+    public func reset() {
+        context.withLock { $0 = nil }
+        dropInFlight()
+    }
+
+    /// Before the device's loop parks (a pause, a snapshot): every request in
+    /// the ring completes and is given back, so no saved queue holds one
+    /// that would never end. Runs on the loop's thread.
+    public func quiesce() {
+        guard ring != nil, let context = context.withLock({ $0 }) else { return }
+        finishCompletions(context, waitForAll: true)
+    }
+
+    /// Makes everything written so far durable (fdatasync), as at power-off,
+    /// once the ring has nothing left in flight.
     public func synchronize() throws {
+        dropInFlight()
         let image = backing.withLock { $0 }
         try SystemCallError.check(fdatasync(image.fd), "fdatasync(\(image.path))")
     }
@@ -157,16 +214,26 @@ public final class BlockDevice: VirtioDevice {
         guard let context = context.withLock({ $0 }), queue == 0 else { return }
         let requests = context.queues[0]
         defer { context.notifyIfNeeded(requests) }
+        var queued = false
         while rateLimit.mayServe(), let chain = try requests.nextOrEnableNotification() {
-            let written = try handle(chain, context)
-            requests.complete(chain.head, written: written)
+            if let written = try handle(chain, context) {
+                requests.complete(chain.head, written: written)
+            } else {
+                queued = true
+            }
             // The data moved: what follows the 16-byte header one way, all but the status byte the other.
             rateLimit.limiter.consume(bytes: max(chain.readableLength - BlockRequestHeader.size, 0) + max(chain.writableLength - 1, 0))
         }
+        if queued, let ring {
+            // The kernel took none of them (out of memory): the device faults,
+            // and its reset waits for what the ring holds.
+            do { try ring.submit() } catch { throw QueueFault("virtio-blk: \(error)") }
+        }
     }
 
-    /// Serves one request; returns the bytes written into the chain.
-    func handle(_ chain: DescriptorChain, _ context: VirtioContext) throws(QueueFault) -> Int {
+    /// Serves one request; returns the bytes written into the chain, or nil
+    /// when the request went to the ring and completes later.
+    func handle(_ chain: DescriptorChain, _ context: VirtioContext) throws(QueueFault) -> Int? {
         let writableLength = chain.writableLength
         guard writableLength >= 1 else {
             throw QueueFault("virtio-blk request \(chain.head) has no device-writable status byte")
@@ -177,16 +244,10 @@ public final class BlockDevice: VirtioDevice {
         var status = BlockStatus.ioError
         if let header = reader.readBytes(BlockRequestHeader.size).flatMap(BlockRequestHeader.init) {
             let remaining = reader.remaining
-            status = serve(header, &reader, &writer, dataLength: dataLength, image: backing.withLock { $0 })
-            counts.withLock { counts in
-                switch (header.kind, status) {
-                case (.read, .ok): counts["read_count", default: 0] += 1; counts["read_bytes", default: 0] += dataLength
-                case (.write, .ok): counts["write_count", default: 0] += 1; counts["write_bytes", default: 0] += remaining
-                case (.flush, .ok): counts["flush_count", default: 0] += 1
-                case (_, .ok): break
-                default: counts["invalid_reqs_count", default: 0] += 1
-                }
-            }
+            let image = backing.withLock { $0 }
+            if ring != nil, let queued = queue(header, chain, &reader, &writer, dataLength: dataLength, image: image) { return queued ? nil : 0 }
+            status = serve(header, &reader, &writer, dataLength: dataLength, image: image)
+            count(header.kind, status, bytes: header.kind == .read ? dataLength : remaining)
         } else {
             counts.withLock { $0["invalid_reqs_count", default: 0] += 1 }
         }
@@ -195,6 +256,104 @@ public final class BlockDevice: VirtioDevice {
         writer.skip(to: dataLength)
         writer.write([status.rawValue])
         return min(filled, dataLength) + 1
+    }
+
+    /// Firecracker's `block` counts for a request that ended with `status`.
+    private func count(_ kind: BlockRequestHeader.Kind, _ status: BlockStatus, bytes: Int) {
+        counts.withLock { counts in
+            switch (kind, status) {
+            case (.read, .ok): counts["read_count", default: 0] += 1; counts["read_bytes", default: 0] += bytes
+            case (.write, .ok): counts["write_count", default: 0] += 1; counts["write_bytes", default: 0] += bytes
+            case (.flush, .ok): counts["flush_count", default: 0] += 1
+            case (_, .ok): break
+            default: counts["invalid_reqs_count", default: 0] += 1
+            }
+        }
+    }
+
+    /// The `async` engine: a well-formed read, write or flush goes to the ring
+    /// (true). Anything else, and any request the sync path would refuse, is
+    /// left to `serve` (nil). False: the ring was full, which a queue no
+    /// longer than the ring cannot make happen; the request then fails.
+    private func queue(_ header: BlockRequestHeader, _ chain: DescriptorChain, _ reader: inout ChainReader, _ writer: inout ChainWriter,
+                       dataLength: Int, image: Backing) -> Bool? {
+        guard let ring else { return nil }
+        let pieces: [UnsafeMutableRawBufferPointer], write: Bool
+        switch header.kind {
+        case .read:
+            guard dataLength % Self.sectorSize == 0, inRange(header.sector, bytes: dataLength, image) else { return nil }
+            pieces = writer.take(dataLength)
+            write = false
+        case .write:
+            let length = reader.remaining
+            guard !isReadOnly, length % Self.sectorSize == 0, inRange(header.sector, bytes: length, image) else { return nil }
+            pieces = reader.take(length)
+            write = true
+        case .flush:
+            pieces = []
+            write = false
+        default:
+            return nil
+        }
+        let expected = pieces.reduce(0) { $0 + $1.count }
+        let vectors = pieces.isEmpty ? nil : UnsafeMutableBufferPointer<iovec>.allocate(capacity: pieces.count)
+        // Sound: `vectors` has room for every piece; each names checked guest RAM, mapped for the VM's life.
+        for (index, piece) in pieces.enumerated() { vectors?[index] = iovec(iov_base: piece.baseAddress, iov_len: piece.count) }
+        let pending = Pending(chain: chain, kind: header.kind, dataLength: dataLength, expected: expected, image: image, vectors: vectors)
+        return inFlight.withLock { state in
+            let tag = state.nextTag
+            let offset = header.sector * UInt64(Self.sectorSize)
+            let accepted = if let vectors {
+                ring.queue(UnsafePointer(vectors.baseAddress!), count: vectors.count, file: image.fd, offset: offset, write: write, tag: tag)
+            } else {
+                ring.queueDataSync(file: image.fd, tag: tag)
+            }
+            guard accepted else {
+                vectors?.deallocate()
+                return false
+            }
+            state.nextTag += 1
+            state.requests[tag] = pending
+            return true
+        }
+    }
+
+    /// Finishes the requests whose completions are waiting (all of those in
+    /// flight with `waitForAll`): the status byte, the used ring, the interrupt.
+    private func finishCompletions(_ context: VirtioContext, waitForAll: Bool) {
+        guard let ring else { return }
+        let requests = context.queues[0]
+        inFlight.withLock { state in
+            while !state.requests.isEmpty, let (tag, result) = ring.nextCompletion(wait: waitForAll) {
+                guard let pending = state.requests.removeValue(forKey: tag) else { continue }
+                requests.complete(pending.chain.head, written: finish(pending, result: result, context))
+            }
+        }
+        context.notifyIfNeeded(requests)
+    }
+
+    /// Writes `pending`'s status from the ring's `result`; returns the bytes written into its chain.
+    private func finish(_ pending: Pending, result: Int32, _ context: VirtioContext) -> Int {
+        pending.vectors?.deallocate()
+        let ok = pending.kind == .flush ? result == 0 : Int(result) == pending.expected
+        let status: BlockStatus = ok ? .ok : .ioError
+        count(pending.kind, status, bytes: pending.expected)
+        var writer = ChainWriter(pending.chain, memory: context.memory)
+        let filled = pending.kind == .read ? min(max(Int(result), 0), pending.dataLength) : 0
+        writer.skip(to: pending.dataLength)
+        writer.write([status.rawValue])
+        return filled + 1
+    }
+
+    /// Waits for every request in the ring and drops it (a reset, the end).
+    private func dropInFlight() {
+        guard let ring else { return }
+        inFlight.withLock { state in
+            if !state.requests.isEmpty { try? ring.submit() }  // any queued but never handed over
+            while !state.requests.isEmpty, let (tag, _) = ring.nextCompletion(wait: true) {
+                state.requests.removeValue(forKey: tag)?.vectors?.deallocate()
+            }
+        }
     }
 
     private func serve(_ header: BlockRequestHeader, _ reader: inout ChainReader, _ writer: inout ChainWriter,

@@ -41,6 +41,10 @@ public protocol VirtioDevice: AnyObject, Sendable {
     /// whatever it held outside guest memory (connections, pending host
     /// data) is gone, and it may tell the driver so.
     func restored()
+    /// The device's loop is about to park (a pause, before a snapshot): work
+    /// it started outside the guest's view (I/O in a ring) is finished and
+    /// given back now, on the loop's thread.
+    func quiesce()
 }
 
 extension VirtioDevice {
@@ -54,6 +58,8 @@ extension VirtioDevice {
     public var configurationGeneration: UInt32 { 0 }
     /// Nothing to tell: the device keeps no state outside guest memory.
     public func restored() {}
+    /// Nothing in flight between handlers.
+    public func quiesce() {}
 }
 
 /// What an active device works with.

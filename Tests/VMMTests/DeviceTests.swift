@@ -222,15 +222,24 @@ final class Recorder: @unchecked Sendable {
         #expect(smt.entry(function: 1)?.ebx == 0x0304_FFFF && smt.entry(function: 1).map { $0.edx & 1 << 28 != 0 } == true)
         #expect(smt.entry(function: 0xB, index: 0).map { [$0.eax, $0.ebx, $0.ecx, $0.edx] } == [1, 2, 0x100, 3])
         #expect(smt.entry(function: 0xB, index: 1).map { [$0.eax, $0.ebx, $0.ecx, $0.edx] } == [6, 4, 0x201, 3], "sub-leaf 1 added")
-        #expect(smt.entry(function: 4, index: 0)?.eax == 1 << 26 | 1 << 14 | 1 << 5 | 1, "two cores; two threads share L1")
-        #expect(smt.entry(function: 4, index: 1)?.eax == 1 << 26 | 3 << 14 | 3 << 5 | 3, "every thread shares L3")
+        #expect(smt.entry(function: 4, index: 0)?.eax == UInt32(1 << 26 | 1 << 14 | 1 << 5 | 1), "two cores; two threads share L1")
+        #expect(smt.entry(function: 4, index: 1)?.eax == UInt32(1 << 26 | 3 << 14 | 3 << 5 | 3), "every thread shares L3")
         #expect(smt.entry(function: 4, index: 2)?.eax == 0)
         #expect(smt.entry(function: 0x8000_0008)?.ecx == 0xFFFF_7F03)
         #expect(smt.entry(function: 0x8000_001E).map { [$0.eax, $0.ebx, $0.ecx] } == [3, 0xFFFF_0101, 0xFFFF_F800], "core 1, two threads")
         let single = CPUTemplate.host.table(from: supported, vcpu: 2, of: CPUTopology(count: 4, smt: false))
         #expect(single.entry(function: 0xB, index: 0).map { [$0.eax, $0.ebx, $0.ecx, $0.edx] } == [0, 1, 0x100, 2])
-        #expect(single.entry(function: 4, index: 0)?.eax == 3 << 26 | 1 << 5 | 1, "four cores of one thread")
+        #expect(single.entry(function: 4, index: 0)?.eax == UInt32(3 << 26 | 1 << 5 | 1), "four cores of one thread")
         #expect(single.entry(function: 0x8000_001E)?.ebx == 0xFFFF_0002)
+        #expect(smt.entry(function: 0x8000_0001) == nil, "no vendor leaf: not AMD, TOPOEXT left alone")
+        var amd = supported
+        amd.set(CPUIDEntry(function: 0, eax: 0x10, ebx: 0x6874_7541, ecx: 0x444D_4163, edx: 0x6974_6E65))
+        amd.set(CPUIDEntry(function: 0x8000_0000, eax: 0x8000_0021))
+        amd.set(CPUIDEntry(function: 0x8000_0001, ecx: 0))
+        amd.entries.removeAll { $0.function == 0x8000_001E }
+        let amdTable = CPUTemplate.host.table(from: amd, vcpu: 1, of: CPUTopology(count: 2, smt: true))
+        #expect(amdTable.entry(function: 0x8000_0001).map { $0.ecx & 1 << 22 != 0 } == true, "TOPOEXT set on AMD")
+        #expect(amdTable.entry(function: 0x8000_001E).map { [$0.eax, $0.ebx] } == [1, 0x100], "the leaf added: thread 1 of core 0")
         let lone = CPUTopology(count: 1, smt: true)
         #expect(lone.threadsPerCore == 1 && CPUTopology(count: 2, smt: true).threadsPerCore == 2)
         #expect(CPUTemplate.host.table(from: supported, vcpu: 0, of: lone).entry(function: 1).map { $0.edx & 1 << 28 } == 0)
@@ -417,8 +426,10 @@ final class Recorder: @unchecked Sendable {
         #expect(throws: ConfigurationError("vm.json: drives[0] (a): path_on_host is required")) {
             try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a"}]}"#)
         }
-        #expect(throws: ConfigurationError.self) {
-            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a", "path_on_host": "/a", "io_engine": "Async"}]}"#)
+        #expect(try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a", "path_on_host": "/a", "io_engine": "Async"}]}"#)
+                    .drives.first?.ioEngine == .async)
+        #expect(throws: ConfigurationError("vm.json: drives[0].io_engine \"Uring\" is not Sync or Async")) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a", "path_on_host": "/a", "io_engine": "Uring"}]}"#)
         }
         #expect(throws: ConfigurationError.self) {
             try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "a", "path_on_host": "/a", "cache_type": "Fast"}]}"#)

@@ -35,9 +35,9 @@ import Testing
         let driver: TestDriver
     }
 
-    func setUp(sectors: Int = 64, readOnly: Bool = false) throws -> Setup {
+    func setUp(sectors: Int = 64, readOnly: Bool = false, engine: BlockDevice.IOEngine = .sync) throws -> Setup {
         let image = try Image(sectors: sectors)
-        let device = try BlockDevice(path: image.path, readOnly: readOnly, identifier: "disk-one")
+        let device = try BlockDevice(path: image.path, readOnly: readOnly, identifier: "disk-one", engine: engine)
         let driver = try TestDriver(device)
         #expect(driver.initialise().contains(.driverOK))
         return Setup(image: image, device: device, driver: driver)
@@ -81,8 +81,8 @@ import Testing
         #expect(features & BlockDevice.Feature.discard != 0)
     }
 
-    @Test func readsSectorsIntoSplitBuffers() throws {
-        let setup = try setUp()
+    @Test(arguments: BlockDevice.IOEngine.allCases) func readsSectorsIntoSplitBuffers(engine: BlockDevice.IOEngine) throws {
+        let setup = try setUp(engine: engine)
         let result = try request(setup.driver, type: 0, sector: 3, dataLength: 1024, splitData: true)
         #expect(result.status == 0)
         #expect(result.used == 1025)
@@ -90,8 +90,8 @@ import Testing
         #expect(data[0..<512].allSatisfy { $0 == 3 } && data[512...].allSatisfy { $0 == 4 })
     }
 
-    @Test func writesReachTheImageAndFlushSucceeds() throws {
-        let setup = try setUp()
+    @Test(arguments: BlockDevice.IOEngine.allCases) func writesReachTheImageAndFlushSucceeds(engine: BlockDevice.IOEngine) throws {
+        let setup = try setUp(engine: engine)
         let payload = [UInt8](repeating: 0xAB, count: 512)
         #expect(try request(setup.driver, type: 1, sector: 5, payload: payload).status == 0)
         #expect(try request(setup.driver, type: 4, sector: 0).status == 0)
@@ -100,16 +100,16 @@ import Testing
         #expect(contents[(6 * 512)..<(7 * 512)].allSatisfy { $0 == 6 }, "the next sector is untouched")
     }
 
-    @Test func outOfRangeAndUnalignedRequestsFailWithIOError() throws {
-        let setup = try setUp(sectors: 8)
+    @Test(arguments: BlockDevice.IOEngine.allCases) func outOfRangeAndUnalignedRequestsFailWithIOError(engine: BlockDevice.IOEngine) throws {
+        let setup = try setUp(sectors: 8, engine: engine)
         #expect(try request(setup.driver, type: 0, sector: 7, dataLength: 1024).status == 1, "runs past the end")
         #expect(try request(setup.driver, type: 0, sector: UInt64.max, dataLength: 512).status == 1, "sector overflow")
         #expect(try request(setup.driver, type: 0, sector: 0, dataLength: 100).status == 1, "not whole sectors")
         #expect(try request(setup.driver, type: 1, sector: 8, payload: [UInt8](repeating: 1, count: 512)).status == 1)
     }
 
-    @Test func getIDReturnsTheIdentifierPadded() throws {
-        let setup = try setUp()
+    @Test(arguments: BlockDevice.IOEngine.allCases) func getIDReturnsTheIdentifierPadded(engine: BlockDevice.IOEngine) throws {
+        let setup = try setUp(engine: engine)
         let result = try request(setup.driver, type: 8, sector: 0, dataLength: 20)
         #expect(result.status == 0)
         #expect(setup.driver.read(result.data, 20) == Array("disk-one".utf8) + [UInt8](repeating: 0, count: 12))
@@ -120,16 +120,16 @@ import Testing
         #expect(try request(setup.driver, type: 77, sector: 0).status == 2)
     }
 
-    @Test func readOnlyDeviceRefusesWritesAndOffersRO() throws {
-        let setup = try setUp(readOnly: true)
+    @Test(arguments: BlockDevice.IOEngine.allCases) func readOnlyDeviceRefusesWritesAndOffersRO(engine: BlockDevice.IOEngine) throws {
+        let setup = try setUp(readOnly: true, engine: engine)
         #expect(setup.driver.offeredFeatures & BlockDevice.Feature.readOnly != 0)
         #expect(try request(setup.driver, type: 1, sector: 0, payload: [UInt8](repeating: 1, count: 512)).status == 1)
         #expect(setup.image.contents()[0..<512].allSatisfy { $0 == 0 })
         #expect(try request(setup.driver, type: 0, sector: 1, dataLength: 512).status == 0)
     }
 
-    @Test func discardAndWriteZeroesReadBackAsZeros() throws {
-        let setup = try setUp(sectors: 64)
+    @Test(arguments: BlockDevice.IOEngine.allCases) func discardAndWriteZeroesReadBackAsZeros(engine: BlockDevice.IOEngine) throws {
+        let setup = try setUp(sectors: 64, engine: engine)
         func range(_ sector: UInt64, _ count: UInt32, _ flags: UInt32) -> [UInt8] {
             withUnsafeBytes(of: sector.littleEndian) { Array($0) } + withUnsafeBytes(of: count.littleEndian) { Array($0) }
                 + withUnsafeBytes(of: flags.littleEndian) { Array($0) }
@@ -145,6 +145,58 @@ import Testing
         #expect(contents.count == 64 * 512, "the image keeps its size")
     }
 
+    /// io_engine Async: several requests (five: the test queue has 16 descriptors) in the ring at once, finished as the
+    /// kernel completes them (in any order), each with its own data.
+    @Test func asyncRequestsAreInFlightTogether() throws {
+        let setup = try setUp(sectors: 64, engine: .async)
+        let driver = setup.driver
+        var statuses: [GuestAddress] = [], data: [GuestAddress] = []
+        for index in 0..<5 {
+            let head = UInt16(index * 3)
+            let header = driver.allocate(16, filledWith: Self.header(0, sector: UInt64(index * 2)))
+            data.append(driver.allocate(1024))
+            statuses.append(driver.allocate(1, filledWith: [0xFF]))
+            for (offset, buffer) in [TestDriver.Buffer(address: header, length: 16, writable: false),
+                                     .init(address: data[index], length: 1024, writable: true),
+                                     .init(address: statuses[index], length: 1, writable: true)].enumerated() {
+                driver.writeDescriptor(0, head + UInt16(offset), address: buffer.address, length: buffer.length,
+                                       flags: (offset < 2 ? 1 : 0) | (buffer.writable ? 2 : 0), next: head + UInt16(offset) + 1)
+            }
+            driver.publish(head: head)
+        }
+        driver.notify()
+        var heads: Set<UInt32> = []
+        for _ in 0..<5 {
+            let used = try #require(driver.waitForUsed())
+            #expect(used.length == 1025)
+            heads.insert(used.head)
+        }
+        #expect(heads == Set((0..<5).map { UInt32($0 * 3) }))
+        for index in 0..<5 {
+            #expect(driver.read(statuses[index], 1) == [0])
+            let bytes = driver.read(data[index], 1024)
+            #expect(bytes[0..<512].allSatisfy { $0 == UInt8(index * 2) } && bytes[512...].allSatisfy { $0 == UInt8(index * 2 + 1) })
+        }
+        #expect(setup.device.metricCounts["read_count"] == 5 && setup.device.metricCounts["read_bytes"] == 5 * 1024)
+    }
+
+    /// A pause parks the device's loop only once the ring is empty: a write
+    /// sent just before it is finished (used, and on disk) when pause returns.
+    @Test func aPauseFinishesWhatTheRingHolds() throws {
+        let setup = try setUp(sectors: 64, engine: .async)
+        let driver = setup.driver
+        let status = driver.allocate(1, filledWith: [0xFF])
+        driver.submit([.init(address: driver.allocate(16, filledWith: Self.header(1, sector: 9)), length: 16, writable: false),
+                       .init(address: driver.allocate(4096, filledWith: [UInt8](repeating: 0x5A, count: 4096)), length: 4096, writable: false),
+                       .init(address: status, length: 1, writable: true)])
+        driver.notify()
+        usleep(20_000)  // the loop has taken the notification (the pause would otherwise park before it)
+        driver.loop.pause()
+        #expect(driver.usedIndex == 1 && driver.read(status, 1) == [0], "finished before the loop parked")
+        #expect(setup.image.contents()[(9 * 512)..<(17 * 512)].allSatisfy { $0 == 0x5A })
+        driver.loop.resume()
+    }
+
     @Test func requestWithoutStatusByteNeedsReset() throws {
         let setup = try setUp()
         setup.driver.submit([.init(address: setup.driver.allocate(16, filledWith: Self.header(0, sector: 0)), length: 16, writable: false)])
@@ -153,8 +205,8 @@ import Testing
         #expect(setup.driver.logLines.first?.contains("status byte") == true)
     }
 
-    @Test func shortHeaderIsAnIOError() throws {
-        let setup = try setUp()
+    @Test(arguments: BlockDevice.IOEngine.allCases) func shortHeaderIsAnIOError(engine: BlockDevice.IOEngine) throws {
+        let setup = try setUp(engine: engine)
         let status = setup.driver.allocate(1, filledWith: [0xFF])
         setup.driver.submit([.init(address: setup.driver.allocate(8), length: 8, writable: false), .init(address: status, length: 1, writable: true)])
         setup.driver.notify()

@@ -63,6 +63,14 @@ public struct CPUTopology: Sendable, Equatable {
                 table.set(entry)
             }
         }
+        // AMD: Linux reads 0x8000_001E and leaf 0xB only with TOPOEXT, which
+        // Firecracker sets too; the leaf is added where the extended range reaches it.
+        let extendedMaximum = table.entry(function: 0x8000_0000)?.eax ?? 0
+        if Self.isAMD(table), extendedMaximum >= 0x8000_001E, var features = table.entry(function: 0x8000_0001) {
+            features.ecx |= 1 << 22
+            table.set(features)
+            if table.entry(function: 0x8000_001E) == nil { table.set(CPUIDEntry(function: 0x8000_001E)) }
+        }
         // AMD: threads in the package, and this thread's core and threads per core.
         if var entry = table.entry(function: 0x8000_0008) {
             entry.ecx = (entry.ecx & ~0xF0FF) | 7 << 12 | UInt32(count - 1)
@@ -75,6 +83,15 @@ public struct CPUTopology: Sendable, Equatable {
             table.set(entry)
         }
         return table
+    }
+}
+
+extension CPUTopology {
+    /// Whether leaf 0 names AuthenticAMD (or Hygon, which shares its topology leaves).
+    static func isAMD(_ table: CPUIDTable) -> Bool {
+        guard let leaf0 = table.entry(function: 0) else { return false }
+        return (leaf0.ebx, leaf0.edx, leaf0.ecx) == (0x6874_7541, 0x6974_6E65, 0x444D_4163)      // "Auth" "enti" "cAMD"
+            || (leaf0.ebx, leaf0.edx, leaf0.ecx) == (0x6F67_7948, 0x6E65_476E, 0x656E_6975)   // "Hygo" "nGen" "uine"
     }
 }
 

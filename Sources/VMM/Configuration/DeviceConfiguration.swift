@@ -26,6 +26,8 @@ public struct DriveConfiguration: Equatable, Sendable {
     public var cacheType: CacheType
     /// Firecracker's `rate_limiter`.
     public var rateLimiter: RateLimiterConfiguration?
+    /// Firecracker's `io_engine`: `Sync` on the device thread, or `Async` through io_uring.
+    public var ioEngine: BlockDevice.IOEngine = .sync
 
     public init(id: String, path: String, readOnly: Bool = false, isRoot: Bool = false, partUUID: String? = nil,
                 cacheType: CacheType = .unsafe) {
@@ -37,7 +39,7 @@ public struct DriveConfiguration: Equatable, Sendable {
         self.cacheType = cacheType
     }
 
-    /// Reads the command-line form `PATH[,id=ID][,ro][,root][,cache=writeback|unsafe]`.
+    /// Reads the command-line form `PATH[,id=ID][,ro][,root][,cache=writeback|unsafe][,io=sync|async]`.
     public static func parse(_ text: String, index: Int) throws -> DriveConfiguration {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         guard let path = parts.first, !path.isEmpty else { throw ConfigurationError("--drive \(text): expected PATH[,id=ID][,ro][,root][,cache=writeback]") }
@@ -48,9 +50,11 @@ public struct DriveConfiguration: Equatable, Sendable {
             case "root": drive.isRoot = true
             case "cache=writeback": drive.cacheType = .writeback
             case "cache=unsafe": drive.cacheType = .unsafe
+            case "io=async": drive.ioEngine = .async
+            case "io=sync": drive.ioEngine = .sync
             case _ where option.hasPrefix("id="): drive.id = String(option.dropFirst(3))
             case _ where option.hasPrefix("partuuid="): drive.partUUID = String(option.dropFirst(9))
-            default: throw ConfigurationError("--drive \(text): unknown option \"\(option)\" (known: id=, ro, root, partuuid=, cache=writeback|unsafe)")
+            default: throw ConfigurationError("--drive \(text): unknown option \"\(option)\" (known: id=, ro, root, partuuid=, cache=writeback|unsafe, io=sync|async)")
             }
         }
         return drive

@@ -1,12 +1,13 @@
 import FoundationEssentials
 import Metadata
+import Virtio
 
 /// Reads a Firecracker-style JSON machine description. Supported: `boot-source`
 /// (`kernel_image_path`, `initrd_path`, `boot_args`), `machine-config`
 /// (`vcpu_count`, `mem_size_mib`, `cpu_template`, and Kestrel's
 /// `memory_backend` "anonymous" or "guest_memfd"), `drives` (`drive_id`,
 /// `path_on_host`, `is_root_device`, `is_read_only`, `partuuid`, `cache_type`,
-/// `io_engine` "Sync"), `network-interfaces` (`iface_id`, `host_dev_name`,
+/// `io_engine` "Sync" or "Async"), `network-interfaces` (`iface_id`, `host_dev_name`,
 /// `guest_mac`, `mtu`), `vsock` (`guest_cid`, `uds_path`, `vsock_id`), `entropy`
 /// and `serial` (`serial_out_path`).
 /// Sections and fields Kestrel does not support (rate limiters, `balloon`,
@@ -248,7 +249,7 @@ public enum MachineConfigFile {
         root["drives"] = .array(configuration.drives.map { drive in
             var object: [String: JSONValue] = [
                 "drive_id": .string(drive.id), "path_on_host": .string(drive.path), "is_root_device": .bool(drive.isRoot),
-                "is_read_only": .bool(drive.readOnly), "cache_type": .string(drive.cacheType.rawValue), "io_engine": .string("Sync"),
+                "is_read_only": .bool(drive.readOnly), "cache_type": .string(drive.cacheType.rawValue), "io_engine": .string(drive.ioEngine.rawValue),
             ]
             if let uuid = drive.partUUID { object["partuuid"] = .string(uuid) }
             if let limiter = drive.rateLimiter { object["rate_limiter"] = limiter.document }
@@ -322,8 +323,11 @@ public enum MachineConfigFile {
             drive.cacheType = type
         }
         drive.rateLimiter = try RateLimiterConfiguration.parse(object["rate_limiter"], place: place + ".rate_limiter", source: source)
-        if let engine = try string("io_engine"), engine != "Sync" {
-            throw ConfigurationError("\(source): \(place).io_engine \"\(engine)\" is not supported; Kestrel serves disks with \"Sync\" I/O on its device thread")
+        if let engine = try string("io_engine") {
+            guard let known = BlockDevice.IOEngine(rawValue: engine) else {
+                throw ConfigurationError("\(source): \(place).io_engine \"\(engine)\" is not Sync or Async")
+            }
+            drive.ioEngine = known
         }
         return drive
     }

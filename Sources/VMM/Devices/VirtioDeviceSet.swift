@@ -48,7 +48,8 @@ public final class VirtioDeviceSet: Sendable {
             do {
                 devices.append(("virtio-blk \(drive.id)", try BlockDevice(path: drive.path, readOnly: drive.readOnly, identifier: drive.id,
                                                                             flush: drive.cacheType == .writeback,
-                                                                            bandwidth: drive.rateLimiter?.bandwidth, operations: drive.rateLimiter?.operations)))
+                                                                            bandwidth: drive.rateLimiter?.bandwidth, operations: drive.rateLimiter?.operations,
+                                                                            engine: drive.ioEngine)))
             } catch {
                 throw ConfigurationError("drive \(drive.id): \(error)")
             }
@@ -128,6 +129,8 @@ public final class VirtioDeviceSet: Sendable {
         self.transports = transports
         self.interruptNotifiers = interruptNotifiers
         blockDevices = devices.compactMap { $0.device as? BlockDevice }
+        let quiescing = devices.map(\.device)
+        loop.beforeParking { for device in quiescing { device.quiesce() } }
     }
 
     /// The devices' MMIO windows by name, which a conversion must not touch.

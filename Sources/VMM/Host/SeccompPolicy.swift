@@ -52,11 +52,14 @@ public struct SeccompPolicy: Sendable {
         // DRIVER_OK or reset, served on the vCPU, starts or stops the
         // device's watches (epoll_ctl) and closes its connections.
         // (timerfd_settime: the balloon's activation looks at its statistics queue soon after.)
-        .vcpu: common.union(["ioctl", "fallocate", "epoll_ctl", "close", "timerfd_settime"]),
+        // (io_uring_enter: a reset waits for an Async drive's requests in flight.)
+        .vcpu: common.union(["ioctl", "fallocate", "epoll_ctl", "close", "timerfd_settime", "io_uring_enter"]),
         .virtio: common.union(files).union([
             "epoll_wait", "epoll_pwait", "epoll_ctl", "readv", "writev", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
             "fsync", "fdatasync", "fallocate", "accept4", "accept", "socket", "connect", "shutdown", "fcntl", "getsockopt",
             "setsockopt", "recvfrom", "sendto", "recvmsg", "sendmsg", "ioctl", "timerfd_settime",
+            // An Async drive's ring: submissions and completions.
+            "io_uring_enter",
         ]),
         // Pre-boot requests check files; a snapshot is written from here
         // (getcwd: its targets are compared with the files in use as
@@ -67,8 +70,11 @@ public struct SeccompPolicy: Sendable {
             "lstat", "access", "faccessat", "faccessat2", "readlink", "socket", "getcwd",
             // PATCH /balloon/statistics re-arms the balloon's polling timer.
             "timerfd_settime",
+            // InstanceStart builds the devices here: an Async drive's ring.
+            "io_uring_setup", "io_uring_register", "io_uring_enter", "eventfd2",
         ]),
-        .vmm: common.union(files).union(["ioctl", "fsync", "fdatasync", "epoll_ctl", "unlink", "unlinkat", "readlink", "access", "faccessat2"]),
+        .vmm: common.union(files).union(["ioctl", "fsync", "fdatasync", "epoll_ctl", "unlink", "unlinkat", "readlink", "access", "faccessat2",
+                                         "io_uring_enter"]),
         .console: common.union(["read", "ioctl"]),
         .signals: common.union(["read", "close", "epoll_ctl", "unlink", "unlinkat"]),
         // Reads counters in memory and writes one line to an open file.
