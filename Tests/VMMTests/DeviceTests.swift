@@ -234,12 +234,13 @@ final class Recorder: @unchecked Sendable {
         #expect(smt.entry(function: 0x8000_0001) == nil, "no vendor leaf: not AMD, TOPOEXT left alone")
         var amd = supported
         amd.set(CPUIDEntry(function: 0, eax: 0x10, ebx: 0x6874_7541, ecx: 0x444D_4163, edx: 0x6974_6E65))
-        amd.set(CPUIDEntry(function: 0x8000_0000, eax: 0x8000_0021))
+        amd.set(CPUIDEntry(function: 0x8000_0000, eax: 0x8000_000A))
         amd.set(CPUIDEntry(function: 0x8000_0001, ecx: 0))
         amd.entries.removeAll { $0.function == 0x8000_001E }
         let amdTable = CPUTemplate.host.table(from: amd, vcpu: 1, of: CPUTopology(count: 2, smt: true))
         #expect(amdTable.entry(function: 0x8000_0001).map { $0.ecx & 1 << 22 != 0 } == true, "TOPOEXT set on AMD")
         #expect(amdTable.entry(function: 0x8000_001E).map { [$0.eax, $0.ebx] } == [1, 0x100], "the leaf added: thread 1 of core 0")
+        #expect(amdTable.entry(function: 0x8000_0000)?.eax == 0x8000_001E, "the extended range reaches it")
         let lone = CPUTopology(count: 1, smt: true)
         #expect(lone.threadsPerCore == 1 && CPUTopology(count: 2, smt: true).threadsPerCore == 2)
         #expect(CPUTemplate.host.table(from: supported, vcpu: 0, of: lone).entry(function: 1).map { $0.edx & 1 << 28 } == 0)

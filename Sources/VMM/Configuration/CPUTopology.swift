@@ -64,9 +64,15 @@ public struct CPUTopology: Sendable, Equatable {
             }
         }
         // AMD: Linux reads 0x8000_001E and leaf 0xB only with TOPOEXT, which
-        // Firecracker sets too; the leaf is added where the extended range reaches it.
-        let extendedMaximum = table.entry(function: 0x8000_0000)?.eax ?? 0
-        if Self.isAMD(table), extendedMaximum >= 0x8000_001E, var features = table.entry(function: 0x8000_0001) {
+        // Firecracker sets too. Where the extended range stops short of
+        // 0x8000_001E (an emulated CPU's, say), it is raised to reach it: the
+        // leaves between read as zeros, as an AMD CPU's absent leaves do.
+        if Self.isAMD(table), var range = table.entry(function: 0x8000_0000), range.eax >= 0x8000_0008,
+           var features = table.entry(function: 0x8000_0001) {
+            if range.eax < 0x8000_001E {
+                range.eax = 0x8000_001E
+                table.set(range)
+            }
             features.ecx |= 1 << 22
             table.set(features)
             if table.entry(function: 0x8000_001E) == nil { table.set(CPUIDEntry(function: 0x8000_001E)) }

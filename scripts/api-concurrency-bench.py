@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""How Kestrel's API holds up under many clients: GET / from one client, then
+from 200 at once, against one `kestrel run --api-sock` in the same run.
+
+The 200 clients poll, as orchestrators do: each sends a GET every --interval
+ms (100 by default, 2,000 requests a second in all), starting at random
+offsets, so the time per GET shows queueing behind the others rather than
+the arithmetic of a saturated queue. With --interval 0 they send back to
+back, and a single-threaded server's p99 is then about the client count
+times one request's time (Little's law); that run is informative only.
+
+Each request is a fresh Unix-socket connection (as curl and the Firecracker
+SDKs make them): connect, send GET /, read the whole answer, close. Past
+Kestrel's 16 open connections the API answers 503, as Firecracker does; a
+client that gets one tries again after 1 ms, and the request's time runs from
+its first attempt, so a 503 costs the client what it would cost a real one.
+
+Prints, for one client and for 200: the median, p99 and maximum time per GET
+in microseconds, the 503s, and the ratios of the 200-client p99 to the
+one-client median and p99 (issue 36 asks that the p99 stays within 3x of the
+one-client time). A client starves if it cannot finish its requests within
+--deadline seconds; the count of those is printed and makes the exit status 1.
+
+  scripts/api-concurrency-bench.py [--clients 200] [--requests 20] [--single 1000] [--kestrel PATH]
+
+Needs a release build of kestrel (swift build -c release) unless --kestrel
+names another; no /dev/kvm (the machine is never started).
+"""
+import argparse, asyncio, os, random, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\r\n"
+
+
+async def one_get(socket_path):
+    """One GET /: the status and the number of 503s before it."""
+    refused = 0
+    while True:
+        reader, writer = await asyncio.open_unix_connection(socket_path)
+        writer.write(REQUEST)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        if length:
+            await reader.readexactly(length)
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        if status == 503:
+            refused += 1
+            await asyncio.sleep(0.001)
+            continue
+        return status, refused
+
+
+async def client(socket_path, count, times, failures, interval):
+    refused = 0
+    if interval:
+        await asyncio.sleep(random.uniform(0, interval))
+    for _ in range(count):
+        start = time.perf_counter()
+        status, retries = await one_get(socket_path)
+        times.append((time.perf_counter() - start) * 1e6)
+        refused += retries
+        if status != 200:
+            failures.append(status)
+        if interval:
+            await asyncio.sleep(max(0.0, interval - (time.perf_counter() - start)))
+    return refused
+
+
+async def run(socket_path, clients, requests, deadline, interval=0.0):
+    times, failures = [], []
+    tasks = [asyncio.create_task(client(socket_path, requests, times, failures, interval)) for _ in range(clients)]
+    done, pending = await asyncio.wait(tasks, timeout=deadline)
+    for task in pending:
+        task.cancel()
+    refused = sum(task.result() for task in done if not task.exception())
+    errors = [task.exception() for task in done if task.exception()]
+    return times, refused, len(pending), failures, errors
+
+
+def summary(times):
+    ordered = sorted(times)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return statistics.median(ordered), p99, ordered[-1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=20, help="GETs per client under load")
+    parser.add_argument("--single", type=int, default=1000, help="GETs from the lone client")
+    parser.add_argument("--interval", type=float, default=100.0, help="ms between one client's GETs under load (0: back to back)")
+    parser.add_argument("--deadline", type=float, default=120.0)
+    parser.add_argument("--kestrel", default=os.path.join(ROOT, ".build", "release", "kestrel"))
+    args = parser.parse_args()
+    if not os.access(args.kestrel, os.X_OK):
+        sys.exit(f"api-concurrency-bench: {args.kestrel} is not built (swift build -c release, or give --kestrel)")
+    with tempfile.TemporaryDirectory(prefix="kestrel-apibench") as directory:
+        socket_path = os.path.join(directory, "api.sock")
+        process = subprocess.Popen([args.kestrel, "run", "--api-sock", socket_path],
+                                   stdout=subprocess.DEVNULL, stderr=open(os.path.join(directory, "err"), "w"))
+        try:
+            for _ in range(300):
+                if os.path.exists(socket_path):
+                    break
+                time.sleep(0.05)
+            else:
+                sys.exit("api-concurrency-bench: the API socket never appeared")
+            asyncio.run(run(socket_path, 1, 50, args.deadline))  # warm-up
+            single, _, _, single_failures, single_errors = asyncio.run(run(socket_path, 1, args.single, args.deadline))
+            loaded, refused, starved, failures, errors = asyncio.run(
+                run(socket_path, args.clients, args.requests, args.deadline, args.interval / 1000.0))
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    if single_errors or errors or single_failures or failures:
+        print(f"errors: {single_errors + errors}, non-200 answers: {single_failures + failures}")
+    one = summary(single)
+    many = summary(loaded) if loaded else (0, 0, 0)
+    print(f"one client, {len(single)} GETs: median {one[0]:.0f} us, p99 {one[1]:.0f} us, max {one[2]:.0f} us")
+    pace = f"every {args.interval:g} ms each" if args.interval else "back to back"
+    print(f"{args.clients} clients ({pace}), {len(loaded)} GETs: median {many[0]:.0f} us, p99 {many[1]:.0f} us, max {many[2]:.0f} us, "
+          f"{refused} answered 503 first, {starved} clients starved")
+    print(f"ratio of the {args.clients}-client p99 to the one-client median {many[1] / one[0]:.2f}, "
+          f"to the one-client p99 {many[1] / one[1]:.2f}")
+    sys.exit(1 if starved or errors or failures else 0)
+
+
+if __name__ == "__main__":
+    main()
