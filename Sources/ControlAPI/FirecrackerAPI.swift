@@ -67,7 +67,6 @@ public final class FirecrackerAPI: Sendable {
 
     /// Resources Firecracker has and Kestrel does not, refused by name.
     static let unsupportedResources: [String: String] = [
-        "cpu-config": "custom CPU templates (use machine-config cpu_template)",
                 "pmem": "virtio-pmem devices",
         "hotplug": "memory hot-plug",
     ]
@@ -212,6 +211,9 @@ public final class FirecrackerAPI: Sendable {
         }
         case ("PUT", "entropy", nil): return try preBoot(request) { body, state in
             state.sections["entropy"] = body
+        }
+        case ("PUT", "cpu-config", nil): return try preBoot(request) { body, state in
+            state.sections["cpu-config"] = body
         }
         case ("PUT", "serial", nil): return try preBoot(request) { body, state in
             state.sections["serial"] = body

@@ -140,6 +140,23 @@ final class PatchingControl: MicroVMControl {
         #expect(control.calls.withLock { $0 } == ["start", "pause", "resume", "ctrl-alt-del"])
     }
 
+    /// PUT /cpu-config: a custom CPU template, checked when put (a bad one is
+    /// a 400 naming the field and changes nothing), reaching the machine
+    /// InstanceStart builds; refused once it runs.
+    @Test func aCustomCPUTemplateIsPutCheckedAndStarted() throws {
+        let control = RecordingControl()
+        let api = FirecrackerAPI(instanceID: "vm", version: "0.1.0", control: control)
+        #expect(Self.send(api, "PUT", "/boot-source", #"{"kernel_image_path": "\#(Self.file)"}"#).0 == 204)
+        let bad = Self.send(api, "PUT", "/cpu-config", #"{"cpuid_modifiers": [{"leaf": "1", "modifiers": []}]}"#)
+        #expect(bad.0 == 400 && Self.fault(bad.1).contains("leaf \"1\" is not a 32-bit number"), "\(bad)")
+        let body = #"{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0, "modifiers": [{"register": "ecx", "bitmap": "0bxxxxxxxx0xxxxxxxxxxxxxxxxxxxxxxx"}]}]}"#
+        #expect(Self.send(api, "PUT", "/cpu-config", body).0 == 204)
+        #expect(Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 204)
+        let started = try #require(control.started.withLock { $0 })
+        #expect(started.customCPUTemplate?.cpuid.first?.registers.first?.filter.mask == 1 << 23)
+        #expect(Self.send(api, "PUT", "/cpu-config", body).0 == 400)
+    }
+
     /// Snapshots the Firecracker way: create only while paused, Full only;
     /// load only on a fresh microVM, from a File backend, and then the API
     /// shows the restored configuration and state.

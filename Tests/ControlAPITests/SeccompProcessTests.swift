@@ -15,7 +15,8 @@ import Testing
         while let entry = readdir(directory) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             guard !name.hasPrefix(".") else { continue }
-            let status = (try? readText("/proc/\(pid)/task/\(name)/status")) ?? ""
+            // A thread that ended between the listing and the read has no status: it is not counted.
+            guard let status = try? readText("/proc/\(pid)/task/\(name)/status"), status.contains("Seccomp:") else { continue }
             let comm = ((try? readText("/proc/\(pid)/task/\(name)/comm")) ?? "").split(separator: "\n").first.map(String.init) ?? ""
             // KVM's own kernel threads (kvm-nx-lpage-recovery) are children, not Kestrel's.
             guard !comm.hasPrefix("kvm") else { continue }

@@ -13,7 +13,8 @@ import Virtio
 /// Sections and fields Kestrel does not support (rate limiters, `balloon`,
 /// ...) are refused by name.
 public enum MachineConfigFile {
-    static let supportedSections: Set<String> = ["boot-source", "machine-config", "drives", "entropy", "network-interfaces", "vsock", "serial", "mmds-config", "balloon"]
+    static let supportedSections: Set<String> = ["boot-source", "machine-config", "drives", "entropy", "network-interfaces", "vsock", "serial", "mmds-config", "balloon",
+                                                 "cpu-config"]
     /// Sections about the process, not the machine: `kestrel run` reads them
     /// from the document itself (`--config-file`), and they are skipped here.
     public static let processSections: Set<String> = ["logger", "metrics"]
@@ -60,6 +61,9 @@ public enum MachineConfigFile {
         }
         if let machine = root["machine-config"] {
             try machineConfig(machine, into: &configuration, source: source)
+        }
+        if let template = root["cpu-config"], template != .null {
+            configuration.customCPUTemplate = try customCPUTemplate(template, source: source)
         }
         if let drives = root["drives"] {
             guard case .array(let items) = drives else { throw ConfigurationError("\(source): drives must be an array") }
@@ -223,6 +227,17 @@ public enum MachineConfigFile {
         if let pages = machine["huge_pages"], pages != .null, pages != .string("None") {
             throw ConfigurationError("\(source): machine-config.huge_pages \(pages.rendered) is not supported (anonymous guest RAM is advised for transparent huge pages already); give \"None\"")
         }
+    }
+
+    /// A config file's `cpu-config`: the template itself, or (as Firecracker
+    /// allows) the path of a JSON file holding it.
+    static func customCPUTemplate(_ value: JSONValue, source: String) throws -> CustomCPUTemplate {
+        guard let path = value.stringValue else { return try CustomCPUTemplate.parse(value, source: "\(source): cpu-config") }
+        let document: JSONValue
+        do { document = try loadDocument(path: path) } catch {
+            throw ConfigurationError("\(source): cpu-config \(path): \(error)")
+        }
+        return try CustomCPUTemplate.parse(document, source: "\(path): cpu-config")
     }
 
     /// The effective `machine-config` of `configuration`, in Firecracker's

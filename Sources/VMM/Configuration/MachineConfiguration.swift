@@ -12,6 +12,8 @@ public struct MachineConfiguration: Sendable {
     public var vcpuCount: Int
     public var memorySize: UInt64
     public var cpuTemplate: String
+    /// Firecracker's custom CPU template (`cpu-config`), applied over `cpuTemplate`.
+    public var customCPUTemplate: CustomCPUTemplate?
     /// Firecracker's `smt`: two threads to a core in the guest's CPUID
     /// topology (the vCPU count must then be 1 or even).
     public var smt = false

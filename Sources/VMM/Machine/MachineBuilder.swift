@@ -90,10 +90,17 @@ public struct MachineBuilder {
 
         guard let template = CPUTemplate.named(configuration.cpuTemplate) else { throw ConfigurationError("unknown CPU template") }
         let supported = try kvm.supportedCPUID()
+        let custom = configuration.customCPUTemplate
+        for capability in custom?.requiredCapabilities ?? []
+        where (Int32(exactly: capability).flatMap { try? kvm.checkExtension(Capability($0, name: "capability \($0)")) } ?? 0) <= 0 {
+            throw ConfigurationError("cpu-config: this host's KVM lacks capability \(capability), which kvm_capabilities requires")
+        }
         var vcpus: [VCPU] = []
         for index in 0..<configuration.vcpuCount {
             let vcpu = try vm.createVCPU(id: index)
-            try vcpu.setCPUID(template.table(from: supported, vcpu: index, of: configuration.topology))
+            let table = template.table(from: supported, vcpu: index, of: configuration.topology)
+            try vcpu.setCPUID(custom?.apply(to: table) ?? table)
+            try custom?.applyMSRs(to: vcpu)
             try BootCPU.configureLocalInterrupts(vcpu)
             if index == 0 { try BootCPU.prepare(vcpu, entry: bootPlan.entry) }
             vcpus.append(vcpu)
