@@ -18,7 +18,9 @@ its first attempt, so a 503 costs the client what it would cost a real one.
 Prints, for one client and for 200: the median, p99 and maximum time per GET
 in microseconds, the 503s, and the ratios of the 200-client p99 to the
 one-client median and p99 (issue 36 asks that the p99 stays within 3x of the
-one-client time). A client starves if it cannot finish its requests within
+one-client time). The same two phases then run against a control: a minimal
+asyncio server in its own process answering every request at once, so the
+share of the clients' own cost (and of the 2 cores they share) shows. A client starves if it cannot finish its requests within
 --deadline seconds; the count of those is printed and makes the exit status 1.
 
   scripts/api-concurrency-bench.py [--clients 200] [--requests 20] [--single 1000] [--kestrel PATH]
@@ -92,6 +94,59 @@ def summary(times):
     return statistics.median(ordered), p99, ordered[-1]
 
 
+CONTROL_SERVER = r"""
+import asyncio, sys
+BODY = b'{"app_name":"control","id":"control","state":"Not started","vmm_version":"0"}'
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY
+async def serve(reader, writer):
+    try:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(ANSWER)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionResetError):
+        pass
+    writer.close()
+async def main():
+    server = await asyncio.start_unix_server(serve, sys.argv[1], backlog=1024)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def measure(command, socket_path, args):
+    """Starts `command` (which serves `socket_path`), runs both phases, stops it."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            if os.path.exists(socket_path):
+                break
+            time.sleep(0.05)
+        else:
+            sys.exit(f"api-concurrency-bench: {socket_path} never appeared")
+        asyncio.run(run(socket_path, 1, 50, args.deadline))  # warm-up
+        single = asyncio.run(run(socket_path, 1, args.single, args.deadline))
+        loaded = asyncio.run(run(socket_path, args.clients, args.requests, args.deadline, args.interval / 1000.0))
+        return single, loaded
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def report(name, single, loaded, args):
+    (single_times, _, _, single_failures, single_errors), (times, refused, starved, failures, errors) = single, loaded
+    if single_errors or errors or single_failures or failures:
+        print(f"{name}: errors: {single_errors + errors}, non-200 answers: {single_failures + failures}")
+    one = summary(single_times)
+    many = summary(times) if times else (0, 0, 0)
+    pace = f"every {args.interval:g} ms each" if args.interval else "back to back"
+    print(f"{name}: one client, {len(single_times)} GETs: median {one[0]:.0f} us, p99 {one[1]:.0f} us, max {one[2]:.0f} us")
+    print(f"{name}: {args.clients} clients ({pace}), {len(times)} GETs: median {many[0]:.0f} us, p99 {many[1]:.0f} us, "
+          f"max {many[2]:.0f} us, {refused} answered 503 first, {starved} clients starved")
+    print(f"{name}: ratio of the {args.clients}-client p99 to the one-client median {many[1] / one[0]:.2f}, to the one-client p99 {many[1] / one[1]:.2f}")
+    return bool(starved or errors or failures)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=200)
@@ -100,38 +155,21 @@ def main():
     parser.add_argument("--interval", type=float, default=100.0, help="ms between one client's GETs under load (0: back to back)")
     parser.add_argument("--deadline", type=float, default=120.0)
     parser.add_argument("--kestrel", default=os.path.join(ROOT, ".build", "release", "kestrel"))
+    parser.add_argument("--no-control", action="store_true", help="skip the control server")
     args = parser.parse_args()
     if not os.access(args.kestrel, os.X_OK):
         sys.exit(f"api-concurrency-bench: {args.kestrel} is not built (swift build -c release, or give --kestrel)")
     with tempfile.TemporaryDirectory(prefix="kestrel-apibench") as directory:
-        socket_path = os.path.join(directory, "api.sock")
-        process = subprocess.Popen([args.kestrel, "run", "--api-sock", socket_path],
-                                   stdout=subprocess.DEVNULL, stderr=open(os.path.join(directory, "err"), "w"))
-        try:
-            for _ in range(300):
-                if os.path.exists(socket_path):
-                    break
-                time.sleep(0.05)
-            else:
-                sys.exit("api-concurrency-bench: the API socket never appeared")
-            asyncio.run(run(socket_path, 1, 50, args.deadline))  # warm-up
-            single, _, _, single_failures, single_errors = asyncio.run(run(socket_path, 1, args.single, args.deadline))
-            loaded, refused, starved, failures, errors = asyncio.run(
-                run(socket_path, args.clients, args.requests, args.deadline, args.interval / 1000.0))
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-    if single_errors or errors or single_failures or failures:
-        print(f"errors: {single_errors + errors}, non-200 answers: {single_failures + failures}")
-    one = summary(single)
-    many = summary(loaded) if loaded else (0, 0, 0)
-    print(f"one client, {len(single)} GETs: median {one[0]:.0f} us, p99 {one[1]:.0f} us, max {one[2]:.0f} us")
-    pace = f"every {args.interval:g} ms each" if args.interval else "back to back"
-    print(f"{args.clients} clients ({pace}), {len(loaded)} GETs: median {many[0]:.0f} us, p99 {many[1]:.0f} us, max {many[2]:.0f} us, "
-          f"{refused} answered 503 first, {starved} clients starved")
-    print(f"ratio of the {args.clients}-client p99 to the one-client median {many[1] / one[0]:.2f}, "
-          f"to the one-client p99 {many[1] / one[1]:.2f}")
-    sys.exit(1 if starved or errors or failures else 0)
+        kestrel_socket = os.path.join(directory, "api.sock")
+        kestrel = measure([args.kestrel, "run", "--api-sock", kestrel_socket], kestrel_socket, args)
+        failed = report("kestrel", *kestrel, args)
+        if not args.no_control:
+            control_socket = os.path.join(directory, "control.sock")
+            control = measure([sys.executable, "-c", CONTROL_SERVER, control_socket], control_socket, args)
+            report("control", *control, args)
+            ratio = summary(kestrel[1][0])[1] / summary(control[1][0])[1]
+            print(f"Kestrel's {args.clients}-client p99 against the control server's: {ratio:.2f}")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

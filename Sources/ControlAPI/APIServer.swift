@@ -15,8 +15,9 @@ import Synchronization
 /// a full table, connections that cannot be serving anyone give way first:
 /// one whose request has been arriving for longer than `readTimeout` is
 /// answered 408 and closed, and otherwise the longest idle one (no partial
-/// request, nothing to send) is closed, as HTTP lets a server close an idle
-/// persistent connection. If every connection is busy, the new client is
+/// request, nothing to send, nothing unread in its socket, quiet for
+/// `idleGrace`) is closed, as HTTP lets a server close an idle persistent
+/// connection. If every connection is busy, the new client is
 /// answered 503 with a `fault_message`, as Firecracker does, and the
 /// refusals are logged once until a slot is free again.
 public final class APIServer: Sendable {
@@ -115,8 +116,12 @@ public final class APIServer: Sendable {
             let stale = table.compactMap { fd, connection in
                 connection.requestStarted.flatMap { now - $0 > readTimeout ? (fd: fd, started: $0) : nil }
             }.min { $0.started < $1.started }?.fd
-            let idle = table.filter { _, connection in
+            // Idle: nothing half-read, nothing to send, quiet for a moment, and
+            // no request waiting unread in its socket (a client that sent one
+            // the moment it connected must get its answer, not a reset).
+            let idle = table.filter { fd, connection in
                 !connection.reader.isMidRequest && connection.output.isEmpty && !connection.closeWhenWritten
+                    && now - connection.lastActivity >= Self.idleGrace && !Self.hasUnreadInput(fd)
             }.min { $0.value.lastActivity < $1.value.lastActivity }?.key
             return (stale, idle)
         }
@@ -126,6 +131,16 @@ public final class APIServer: Sendable {
         } else if let idle {
             drop(idle)
         }
+    }
+
+    /// How long a connection must have been quiet before it counts as idle.
+    static let idleGrace: Duration = .milliseconds(100)
+
+    /// Whether bytes wait unread in `fd`'s socket (a non-blocking peek).
+    private static func hasUnreadInput(_ fd: Int32) -> Bool {
+        var byte: UInt8 = 0
+        // Sound: recv writes at most one byte into `byte`.
+        return recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) > 0
     }
 
     /// Sends a closing answer with one non-blocking send, best effort: for a
