@@ -64,10 +64,19 @@ int curing_submit(struct curing *ring) {
     return io_uring_submit(&ring->ring);
 }
 
+unsigned curing_unsubmitted(struct curing *ring) {
+    return io_uring_sq_ready(&ring->ring);
+}
+
 int curing_next_completion(struct curing *ring, int wait, uint64_t *user_data, int32_t *result) {
     struct io_uring_cqe *completion = NULL;
-    int status = wait ? io_uring_wait_cqe(&ring->ring, &completion) : io_uring_peek_cqe(&ring->ring, &completion);
-    if (status == -EAGAIN && !wait) return 0;
+    int status = io_uring_peek_cqe(&ring->ring, &completion);
+    if (status == -EAGAIN && wait) {
+        status = io_uring_submit_and_wait(&ring->ring, 1);
+        if (status < 0) return status;
+        status = io_uring_peek_cqe(&ring->ring, &completion);
+    }
+    if (status == -EAGAIN) return 0;
     if (status < 0) return status;
     *user_data = (uint64_t)(uintptr_t)io_uring_cqe_get_data(completion);
     *result = completion->res;

@@ -94,7 +94,7 @@ public final class APIServer: Sendable {
                 }
                 Self.answerOnce(fd, .fault(503, "Kestrel's API serves at most \(Self.maximumConnections) connections at once, "
                     + "and all of them are busy; try again"))
-                close(fd)
+                Self.closeQuietly(fd)
                 continue
             }
             refusalLogged.store(false, ordering: .relaxed)
@@ -217,7 +217,11 @@ public final class APIServer: Sendable {
             while !connection.output.isEmpty {
                 // Sound: write reads at most output.count bytes from the array's storage.
                 let written = connection.output.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                if written > 0 { connection.output.removeFirst(written); continue }
+                if written > 0 {
+                    connection.output.removeFirst(written)
+                    connection.lastActivity = ContinuousClock.now
+                    continue
+                }
                 if written < 0 && errno == EINTR { continue }
                 if written < 0 && errno == EAGAIN { return .wait }
                 return .close
@@ -234,6 +238,16 @@ public final class APIServer: Sendable {
     private func drop(_ fd: Int32) {
         guard connections.withLock({ $0.removeValue(forKey: fd) }) != nil else { return }
         loop.remove(fd)
+        Self.closeQuietly(fd)
+    }
+
+    /// Closes `fd` after reading away what its client sent and nobody will
+    /// read: a Unix socket closed with unread input resets its peer, whose
+    /// next read then fails before it reaches the answer it was sent (a 503).
+    private static func closeQuietly(_ fd: Int32) {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        // Sound: recv writes at most buffer.count bytes; at most 64 KiB is read away.
+        for _ in 0..<16 where buffer.withUnsafeMutableBytes({ recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }) > 0 {}
         close(fd)
     }
 }

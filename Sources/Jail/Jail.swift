@@ -28,29 +28,8 @@ public enum Jail {
         }
         let root = arguments.chrootDirectory
         try makeDirectories(String(root.dropLast("/root".count)))
-        // The root may exist already: Kata makes it and bind-mounts the kernel,
-        // the drives, the FIFOs and the config file into it before it calls the
-        // jailer, which Firecracker's jailer allows. Every root-run step below
-        // works through descriptors opened with O_NOFOLLOW, so a link left in an
-        // existing root (by an earlier jailed VMM, say) is refused, never followed.
-        let parent = open(String(root.dropLast("/root".count)), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard parent >= 0 else { throw JailError("cannot open the chroot's parent: \(String(cString: strerror(errno)))") }
-        defer { close(parent) }
-        // As Firecracker's jailer leaves them: /, /dev, /dev/net and /run are the
-        // jailed user's, mode 0700 (the default API socket goes in /run).
-        let rootFD = try jailedDirectory("root", in: parent, path: root, arguments)
-        defer { close(rootFD) }
-        let devFD = try jailedDirectory("dev", in: rootFD, path: root + "/dev", arguments)
-        defer { close(devFD) }
-        let netFD = try jailedDirectory("net", in: devFD, path: root + "/dev/net", arguments)
-        defer { close(netFD) }
-        close(try jailedDirectory("run", in: rootFD, path: root + "/run", arguments))
         let name = arguments.execFileName
-        let isKestrel = try copyFile(arguments.execFile, into: rootFD, name: name, path: root + "/" + name)
-        for (path, directory, required) in [("/dev/kvm", devFD, true), ("/dev/net/tun", netFD, false), ("/dev/urandom", devFD, false),
-                                            ("/dev/userfaultfd", devFD, false)] {
-            try makeDeviceNode(like: path, in: directory, path: root + path, uid: arguments.uid, gid: arguments.gid, required: required)
-        }
+        let isKestrel = try prepareRoot(root, arguments)
         let mounts = String(decoding: (try? readAll("/proc/self/mounts")) ?? [], as: UTF8.self)
         var settings = arguments
         if let node = arguments.numaNode {
@@ -164,19 +143,55 @@ public enum Jail {
         }
     }
 
-    /// The directory `name` in `parent` (made if missing), given to the jailed
-    /// user with mode 0700. Opened with O_NOFOLLOW: a link there is refused.
-    static func jailedDirectory(_ name: String, in parent: Int32, path: String, _ arguments: JailArguments) throws(JailError) -> Int32 {
+    /// Fills the chroot `root`: /, /dev, /dev/net and /run, the copy of the
+    /// exec file and the device nodes; returns whether the exec file is
+    /// Kestrel. The root may exist already: Kata makes it and bind-mounts the
+    /// kernel, drives, FIFOs and config file into it before it calls the
+    /// jailer, which Firecracker's jailer allows. So every step goes through
+    /// descriptors opened with O_NOFOLLOW (a link left in an existing root is
+    /// refused, never followed), and the directories are root's while the
+    /// nodes are made in them: only then are they given to the jailed user
+    /// (mode 0700, as Firecracker's jailer leaves them; the default API
+    /// socket goes in /run), so nobody can swap an entry in between.
+    static func prepareRoot(_ root: String, _ arguments: JailArguments) throws(JailError) -> Bool {
+        let parent = open(String(root.dropLast("/root".count)), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard parent >= 0 else { throw JailError("cannot open the chroot's parent: \(String(cString: strerror(errno)))") }
+        var opened = [parent]
+        defer { opened.forEach { close($0) } }
+        func directory(_ name: String, in parent: Int32, path: String) throws(JailError) -> Int32 {
+            let fd = try rootOwnedDirectory(name, in: parent, path: path)
+            opened.append(fd)
+            return fd
+        }
+        let rootFD = try directory("root", in: parent, path: root)
+        let devFD = try directory("dev", in: rootFD, path: root + "/dev")
+        let netFD = try directory("net", in: devFD, path: root + "/dev/net")
+        let runFD = try directory("run", in: rootFD, path: root + "/run")
+        let name = arguments.execFileName
+        let isKestrel = try copyFile(arguments.execFile, into: rootFD, name: name, path: root + "/" + name)
+        for (path, folder, required) in [("/dev/kvm", devFD, true), ("/dev/net/tun", netFD, false), ("/dev/urandom", devFD, false),
+                                         ("/dev/userfaultfd", devFD, false)] {
+            try makeDeviceNode(like: path, in: folder, path: root + path, uid: arguments.uid, gid: arguments.gid, required: required)
+        }
+        for (fd, path) in [(netFD, "/dev/net"), (devFD, "/dev"), (runFD, "/run"), (rootFD, "")] where fchown(fd, arguments.uid, arguments.gid) != 0 {
+            throw JailError("cannot give \(root + path) to the jailed user: \(String(cString: strerror(errno)))")
+        }
+        return isKestrel
+    }
+
+    /// The directory `name` in `parent` (made if missing), root's with mode
+    /// 0700 for now. Opened with O_NOFOLLOW: a link there is refused.
+    static func rootOwnedDirectory(_ name: String, in parent: Int32, path: String) throws(JailError) -> Int32 {
         if mkdirat(parent, name, 0o700) != 0 && errno != EEXIST { throw JailError("cannot make \(path): \(String(cString: strerror(errno)))") }
         let fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else {
             throw JailError(errno == ELOOP || errno == ENOTDIR ? "\(path) is a link or not a directory: the jailer follows no link in the chroot"
                                                               : "cannot open \(path): \(String(cString: strerror(errno)))")
         }
-        guard fchmod(fd, 0o700) == 0, fchown(fd, arguments.uid, arguments.gid) == 0 else {
+        guard fchown(fd, 0, 0) == 0, fchmod(fd, 0o700) == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
-            throw JailError("cannot give \(path) to the jailed user: \(reason)")
+            throw JailError("cannot take \(path) for the set-up: \(reason)")
         }
         return fd
     }
@@ -263,8 +278,11 @@ public enum Jail {
         }
     }
 
+    /// Writes `text` to a fresh file at `path` (unlinked first, then made with
+    /// O_EXCL: no link or hard link left there is written through).
     static func writeText(_ text: String, to path: String) throws {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        unlink(path)
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw SystemCallError.current("open(\(path))") }
         defer { close(fd) }
         _ = Array(text.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }

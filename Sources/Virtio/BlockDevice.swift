@@ -245,8 +245,11 @@ public final class BlockDevice: VirtioDevice {
         if let header = reader.readBytes(BlockRequestHeader.size).flatMap(BlockRequestHeader.init) {
             let remaining = reader.remaining
             let image = backing.withLock { $0 }
-            if ring != nil, let queued = queue(header, chain, &reader, &writer, dataLength: dataLength, image: image) { return queued ? nil : 0 }
-            status = serve(header, &reader, &writer, dataLength: dataLength, image: image)
+            switch ring == nil ? nil : queue(header, chain, &reader, &writer, dataLength: dataLength, image: image) {
+            case .queued?: return nil
+            case .served(let done)?: status = done
+            case nil: status = serve(header, &reader, &writer, dataLength: dataLength, image: image)
+            }
             count(header.kind, status, bytes: header.kind == .read ? dataLength : remaining)
         } else {
             counts.withLock { $0["invalid_reqs_count", default: 0] += 1 }
@@ -271,22 +274,30 @@ public final class BlockDevice: VirtioDevice {
         }
     }
 
-    /// The `async` engine: a well-formed read, write or flush goes to the ring
-    /// (true). Anything else, and any request the sync path would refuse, is
-    /// left to `serve` (nil). False: the ring was full, which a queue no
-    /// longer than the ring cannot make happen; the request then fails.
+    /// What the `async` engine did with a request.
+    enum AsyncOutcome {
+        /// In the ring: it completes later.
+        case queued
+        /// The ring was full even after handing it over (a queue no longer than
+        /// the ring cannot fill it): served synchronously instead, with this status.
+        case served(BlockStatus)
+    }
+
+    /// The `async` engine: a well-formed read or write with data, or a flush,
+    /// goes to the ring. Anything else, and any request the sync path would
+    /// refuse, is left to `serve` (nil).
     private func queue(_ header: BlockRequestHeader, _ chain: DescriptorChain, _ reader: inout ChainReader, _ writer: inout ChainWriter,
-                       dataLength: Int, image: Backing) -> Bool? {
+                       dataLength: Int, image: Backing) -> AsyncOutcome? {
         guard let ring else { return nil }
         let pieces: [UnsafeMutableRawBufferPointer], write: Bool
         switch header.kind {
         case .read:
-            guard dataLength % Self.sectorSize == 0, inRange(header.sector, bytes: dataLength, image) else { return nil }
+            guard dataLength > 0, dataLength % Self.sectorSize == 0, inRange(header.sector, bytes: dataLength, image) else { return nil }
             pieces = writer.take(dataLength)
             write = false
         case .write:
             let length = reader.remaining
-            guard !isReadOnly, length % Self.sectorSize == 0, inRange(header.sector, bytes: length, image) else { return nil }
+            guard length > 0, !isReadOnly, length % Self.sectorSize == 0, inRange(header.sector, bytes: length, image) else { return nil }
             pieces = reader.take(length)
             write = true
         case .flush:
@@ -296,26 +307,32 @@ public final class BlockDevice: VirtioDevice {
             return nil
         }
         let expected = pieces.reduce(0) { $0 + $1.count }
-        let vectors = pieces.isEmpty ? nil : UnsafeMutableBufferPointer<iovec>.allocate(capacity: pieces.count)
+        let isFlush = header.kind == .flush
+        let vectors = isFlush ? nil : UnsafeMutableBufferPointer<iovec>.allocate(capacity: pieces.count)
         // Sound: `vectors` has room for every piece; each names checked guest RAM, mapped for the VM's life.
         for (index, piece) in pieces.enumerated() { vectors?[index] = iovec(iov_base: piece.baseAddress, iov_len: piece.count) }
         let pending = Pending(chain: chain, kind: header.kind, dataLength: dataLength, expected: expected, image: image, vectors: vectors)
-        return inFlight.withLock { state in
+        let offset = header.sector * UInt64(Self.sectorSize)
+        let queued = inFlight.withLock { state in
             let tag = state.nextTag
-            let offset = header.sector * UInt64(Self.sectorSize)
-            let accepted = if let vectors {
-                ring.queue(UnsafePointer(vectors.baseAddress!), count: vectors.count, file: image.fd, offset: offset, write: write, tag: tag)
-            } else {
-                ring.queueDataSync(file: image.fd, tag: tag)
+            func put() -> Bool {
+                if let vectors {
+                    return ring.queue(UnsafePointer(vectors.baseAddress!), count: vectors.count, file: image.fd, offset: offset, write: write, tag: tag)
+                }
+                return ring.queueDataSync(file: image.fd, tag: tag)
             }
-            guard accepted else {
-                vectors?.deallocate()
-                return false
-            }
+            // A full submission queue is handed to the kernel, and the entry tried again.
+            guard put() || ((try? ring.submit()) != nil && put()) else { return false }
             state.nextTag += 1
             state.requests[tag] = pending
             return true
         }
+        if queued { return .queued }
+        vectors?.deallocate()
+        if isFlush { return .served(fdatasync(image.fd) == 0 ? .ok : .ioError) }
+        let done = transfer(pieces, at: header.sector, write: write, image.fd)
+        if !write { writer.unwrite(dataLength - done) }
+        return .served(done == expected ? .ok : .ioError)
     }
 
     /// Finishes the requests whose completions are waiting (all of those in
@@ -346,13 +363,15 @@ public final class BlockDevice: VirtioDevice {
     }
 
     /// Waits for every request in the ring and drops it (a reset, the end).
+    /// Should the kernel refuse to take or finish them, their iovecs are kept
+    /// (it may still hold them) and the requests forgotten.
     private func dropInFlight() {
         guard let ring else { return }
         inFlight.withLock { state in
-            if !state.requests.isEmpty { try? ring.submit() }  // any queued but never handed over
             while !state.requests.isEmpty, let (tag, _) = ring.nextCompletion(wait: true) {
                 state.requests.removeValue(forKey: tag)?.vectors?.deallocate()
             }
+            state.requests.removeAll()
         }
     }
 

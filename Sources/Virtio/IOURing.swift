@@ -36,21 +36,19 @@ final class IOURing: @unchecked Sendable {
     /// Queues an fdatasync of `file`, tagged `tag`; false when the queue is full.
     func queueDataSync(file: Int32, tag: UInt64) -> Bool { curing_queue_fdatasync(ring, file, tag) == 0 }
 
-    /// Hands what was queued to the kernel (io_uring_enter).
+    /// Hands everything queued to the kernel (io_uring_enter), until none is left.
     func submit() throws {
-        while true {
+        while curing_unsubmitted(ring) > 0 {
             let result = curing_submit(ring)
-            if result == -EINTR { continue }
-            if result < 0 {
-                errno = -result
-                throw SystemCallError.current("io_uring_submit")
-            }
-            return
+            if result == -EINTR || result > 0 { continue }
+            errno = result < 0 ? -result : EAGAIN
+            throw SystemCallError.current("io_uring_submit")
         }
     }
 
     /// The next completion's tag and result (bytes moved, or -errno); nil
-    /// when none is waiting, unless `wait`, which blocks for one.
+    /// when none is waiting, unless `wait`, which hands over anything still
+    /// queued and blocks for one (nil then only when the kernel refuses).
     func nextCompletion(wait: Bool = false) -> (tag: UInt64, result: Int32)? {
         var tag: UInt64 = 0, result: Int32 = 0
         while true {

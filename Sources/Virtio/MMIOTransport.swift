@@ -229,6 +229,10 @@ public final class MMIOTransport: Sendable {
                     do {
                         var queues: [SplitQueue] = []
                         for index in state.queues.indices where state.ready[index] {
+                            // Virtio 1.2, 4.2.2.2: the driver writes no QueueNum above QueueNumMax.
+                            guard state.queues[index].size <= device.queueSizes[index] else {
+                                throw QueueFault("queue \(index): size \(state.queues[index].size) is over its maximum \(device.queueSizes[index])")
+                            }
                             queues.append(try SplitQueue(index: index, configuration: state.queues[index], memory: memory,
                                                          features: state.driverFeatures))
                         }

@@ -41,6 +41,15 @@ import Testing
                     .entries.first?.edx == 0xFFFF_FFFD, "0b1_0x: bit 2 set, bit 1 cleared, the rest kept")
     }
 
+    /// An entry without the significant-index flag serves every sub-leaf: a
+    /// modifier naming sub-leaf 2 changes it in place rather than adding one
+    /// KVM would never read.
+    @Test func anEntryForEverySubleafIsChangedInPlace() throws {
+        let template = try Self.parse(#"{"cpuid_modifiers": [{"leaf": "0x6", "subleaf": "0x2", "modifiers": [{"register": "eax", "bitmap": "0b0"}]}]}"#)
+        let table = template.apply(to: CPUIDTable(entries: [CPUIDEntry(function: 6, eax: 0xFF)]))
+        #expect(table.entries.count == 1 && table.entries.first?.index == 0 && table.entries.first?.eax == 0xFE)
+    }
+
     @Test func badTemplatesAreRefusedByField() {
         let tooLong = String(repeating: "x", count: 33)
         let cases: [(String, String)] = [

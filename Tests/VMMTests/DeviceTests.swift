@@ -210,6 +210,7 @@ final class Recorder: @unchecked Sendable {
     /// 0x8000_0008 and 0x8000_001E; without it one; a lone vCPU has no sibling.
     @Test func theTopologyLeavesFollowSMT() throws {
         let supported = CPUIDTable(entries: [
+            CPUIDEntry(function: 0, eax: 0x1F, ebx: 0x6874_7541, ecx: 0x444D_4163, edx: 0x6974_6E65),   // AuthenticAMD
             CPUIDEntry(function: 1, ebx: 0xFFFF_FFFF, edx: 0),
             CPUIDEntry(function: 4, index: 0, flags: 1, eax: 1 << 5 | 1),            // L1 data cache
             CPUIDEntry(function: 4, index: 1, flags: 1, eax: 3 << 5 | 3),            // L3
@@ -231,7 +232,14 @@ final class Recorder: @unchecked Sendable {
         #expect(single.entry(function: 0xB, index: 0).map { [$0.eax, $0.ebx, $0.ecx, $0.edx] } == [0, 1, 0x100, 2])
         #expect(single.entry(function: 4, index: 0)?.eax == UInt32(3 << 26 | 1 << 5 | 1), "four cores of one thread")
         #expect(single.entry(function: 0x8000_001E)?.ebx == 0xFFFF_0002)
-        #expect(smt.entry(function: 0x8000_0001) == nil, "no vendor leaf: not AMD, TOPOEXT left alone")
+        #expect(smt.entry(function: 0x8000_0001) == nil, "no extended range given: TOPOEXT left alone")
+        // Intel: 0x8000_0008 ECX and 0x8000_001E are reserved and kept; 0x1F gets its core level too.
+        var intel = supported
+        intel.set(CPUIDEntry(function: 0, eax: 0x1F, ebx: 0x756E_6547, ecx: 0x6C65_746E, edx: 0x4965_6E69))   // GenuineIntel
+        intel.set(CPUIDEntry(function: 0x1F, index: 0, flags: 1))
+        let intelTable = CPUTemplate.host.table(from: intel, vcpu: 1, of: CPUTopology(count: 2, smt: true))
+        #expect(intelTable.entry(function: 0x8000_0008)?.ecx == 0xFFFF_FFFF && intelTable.entry(function: 0x8000_001E)?.eax == 9)
+        #expect(intelTable.entry(function: 0x1F, index: 1).map { [$0.eax, $0.ebx, $0.ecx, $0.edx] } == [6, 2, 0x201, 1])
         var amd = supported
         amd.set(CPUIDEntry(function: 0, eax: 0x10, ebx: 0x6874_7541, ecx: 0x444D_4163, edx: 0x6974_6E65))
         amd.set(CPUIDEntry(function: 0x8000_0000, eax: 0x8000_000A))

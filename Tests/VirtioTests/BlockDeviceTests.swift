@@ -197,6 +197,21 @@ import Testing
         driver.loop.resume()
     }
 
+    /// A read with no data is served at once (not sent to the ring, and never
+    /// as a flush), and a queue set larger than its maximum is refused.
+    @Test func anEmptyAsyncReadAndAnOversizedQueue() throws {
+        let setup = try setUp(sectors: 8, engine: .async)
+        let result = try request(setup.driver, type: 0, sector: 0)
+        #expect(result.status == 0 && result.used == 1)
+        #expect(setup.device.metricCounts["flush_count"] == 0)
+        let image = try Image(sectors: 8)
+        let driver = try TestDriver(try BlockDevice(path: image.path, readOnly: false, identifier: "big", engine: .async))
+        driver.queueSize = 512
+        _ = driver.initialise()
+        #expect(driver.waitForStatus(.needsReset))
+        #expect(driver.logLines.first?.contains("size 512 is over its maximum 256") == true, "\(driver.logLines)")
+    }
+
     @Test func requestWithoutStatusByteNeedsReset() throws {
         let setup = try setUp()
         setup.driver.submit([.init(address: setup.driver.allocate(16, filledWith: Self.header(0, sector: 0)), length: 16, writable: false)])

@@ -27,8 +27,12 @@ int curing_queue_fdatasync(struct curing *ring, int fd, uint64_t user_data);
 /* Hands the queued submissions to the kernel (io_uring_submit): how many, or -errno. */
 int curing_submit(struct curing *ring);
 
+/* How many queued submissions the kernel has not taken yet (io_uring_sq_ready). */
+unsigned curing_unsubmitted(struct curing *ring);
+
 /* Takes one completion: 1 with its tag and result (bytes, or -errno), 0 when
- * there is none and `wait` is 0, or -errno. With `wait`, blocks for one. */
+ * there is none and `wait` is 0, or -errno. With `wait`, hands over anything
+ * still queued and blocks for one (io_uring_submit_and_wait). */
 int curing_next_completion(struct curing *ring, int wait, uint64_t *user_data, int32_t *result);
 
 #endif

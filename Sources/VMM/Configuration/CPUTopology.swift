@@ -46,9 +46,10 @@ public struct CPUTopology: Sendable, Equatable {
                 table.set(entry)
             }
         }
-        // Leaf 0xB (and 0x1F where KVM offers it): the thread domain, then the core domain.
-        if table.entry(function: 0xB) != nil, table.entry(function: 0xB, index: 1) == nil {
-            table.set(CPUIDEntry(function: 0xB, index: 1, flags: CPUIDEntry.significantIndexFlag))
+        // Leaf 0xB (and 0x1F where KVM offers it): the thread domain, then the
+        // core domain (sub-leaf 1 is added to each: KVM stopped returning it in 6.2).
+        for leaf in [UInt32(0xB), 0x1F] where table.entry(function: leaf) != nil && !table.entries.contains(where: { $0.function == leaf && $0.index == 1 }) {
+            table.set(CPUIDEntry(function: leaf, index: 1, flags: CPUIDEntry.significantIndexFlag))
         }
         for leaf in [UInt32(0xB), 0x1F] {
             for subleaf in UInt32(0)..<4 {
@@ -77,12 +78,13 @@ public struct CPUTopology: Sendable, Equatable {
             table.set(features)
             if table.entry(function: 0x8000_001E) == nil { table.set(CPUIDEntry(function: 0x8000_001E)) }
         }
-        // AMD: threads in the package, and this thread's core and threads per core.
-        if var entry = table.entry(function: 0x8000_0008) {
+        // AMD: threads in the package, and this thread's core and threads per core
+        // (on Intel, 0x8000_0008 ECX is reserved and left as KVM gives it).
+        if Self.isAMD(table), var entry = table.entry(function: 0x8000_0008) {
             entry.ecx = (entry.ecx & ~0xF0FF) | 7 << 12 | UInt32(count - 1)
             table.set(entry)
         }
-        if var entry = table.entry(function: 0x8000_001E) {
+        if Self.isAMD(table), var entry = table.entry(function: 0x8000_001E) {
             entry.eax = id
             entry.ebx = (entry.ebx & ~0xFFFF) | UInt32(threadsPerCore - 1) << 8 | id / UInt32(threadsPerCore)
             entry.ecx &= ~0x7FF                                                         // node 0, one node per processor

@@ -134,12 +134,9 @@ public struct CustomCPUTemplate: Equatable, Sendable {
     public func apply(to table: CPUIDTable) -> CPUIDTable {
         var table = table
         for modifier in cpuid {
-            var entry = table.entries.first { $0.function == modifier.leaf && $0.index == modifier.subleaf }
-                ?? table.entry(function: modifier.leaf, index: modifier.subleaf).map { existing in
-                    var copy = existing
-                    copy.index = modifier.subleaf
-                    return copy
-                }
+            // The entry KVM would use for this leaf and sub-leaf (one without the
+            // significant-index flag serves every sub-leaf), changed in place.
+            var entry = table.entry(function: modifier.leaf, index: modifier.subleaf)
                 ?? CPUIDEntry(function: modifier.leaf, index: modifier.subleaf, flags: modifier.flags)
             for (register, filter) in modifier.registers {
                 switch register {
