@@ -65,7 +65,8 @@ public final class BlockDevice: VirtioDevice {
     private let counts = Mutex<[String: Int]>([:])
     /// Firecracker's drive `rate_limiter` (bandwidth in bytes, operations in requests).
     public let rateLimit: LimitedQueue
-    public let engine: IOEngine
+    /// The engine: `async` when the device has a ring.
+    public var engine: IOEngine { ring == nil ? .sync : .async }
     /// The `async` engine's ring, made with the device (before any seccomp
     /// filter: io_uring_setup and io_uring_register are set-up calls).
     private let ring: IOURing?
@@ -108,7 +109,6 @@ public final class BlockDevice: VirtioDevice {
     public init(path: String, readOnly: Bool, identifier: String, flush: Bool = true,
                 bandwidth: TokenBucket? = nil, operations: TokenBucket? = nil, engine: IOEngine = .sync) throws {
         rateLimit = try LimitedQueue(bandwidth: bandwidth, operations: operations)
-        self.engine = engine
         ring = engine == .async ? try IOURing(entries: UInt32(Self.queueSize)) : nil
         backing = Mutex(try Self.open(path, readOnly: readOnly))
         isReadOnly = readOnly
@@ -291,15 +291,10 @@ public final class BlockDevice: VirtioDevice {
         guard let ring else { return nil }
         let pieces: [UnsafeMutableRawBufferPointer], write: Bool
         switch header.kind {
-        case .read:
-            guard dataLength > 0, dataLength % Self.sectorSize == 0, inRange(header.sector, bytes: dataLength, image) else { return nil }
-            pieces = writer.take(dataLength)
-            write = false
-        case .write:
-            let length = reader.remaining
-            guard length > 0, !isReadOnly, length % Self.sectorSize == 0, inRange(header.sector, bytes: length, image) else { return nil }
-            pieces = reader.take(length)
-            write = true
+        case .read, .write:
+            // A refused or empty transfer is `serve`'s (nothing was taken from the chain).
+            guard let data = dataPieces(header, &reader, &writer, dataLength: dataLength, image: image), !data.pieces.isEmpty else { return nil }
+            (pieces, write) = data
         case .flush:
             pieces = []
             write = false
@@ -330,9 +325,7 @@ public final class BlockDevice: VirtioDevice {
         if queued { return .queued }
         vectors?.deallocate()
         if isFlush { return .served(fdatasync(image.fd) == 0 ? .ok : .ioError) }
-        let done = transfer(pieces, at: header.sector, write: write, image.fd)
-        if !write { writer.unwrite(dataLength - done) }
-        return .served(done == expected ? .ok : .ioError)
+        return .served(transferNow(pieces, write: write, at: header.sector, &writer, image: image))
     }
 
     /// Finishes the requests whose completions are waiting (all of those in
@@ -378,16 +371,9 @@ public final class BlockDevice: VirtioDevice {
     private func serve(_ header: BlockRequestHeader, _ reader: inout ChainReader, _ writer: inout ChainWriter,
                        dataLength: Int, image: Backing) -> BlockStatus {
         switch header.kind {
-        case .read:
-            guard dataLength % Self.sectorSize == 0, inRange(header.sector, bytes: dataLength, image) else { return .ioError }
-            let pieces = writer.take(dataLength)
-            let done = transfer(pieces, at: header.sector, write: false, image.fd)
-            writer.unwrite(dataLength - done)
-            return done == dataLength ? .ok : .ioError
-        case .write:
-            let length = reader.remaining
-            guard !isReadOnly, length % Self.sectorSize == 0, inRange(header.sector, bytes: length, image) else { return .ioError }
-            return transfer(reader.take(length), at: header.sector, write: true, image.fd) == length ? .ok : .ioError
+        case .read, .write:
+            guard let (pieces, write) = dataPieces(header, &reader, &writer, dataLength: dataLength, image: image) else { return .ioError }
+            return transferNow(pieces, write: write, at: header.sector, &writer, image: image)
         case .flush:
             return fdatasync(image.fd) == 0 ? .ok : .ioError
         case .getID:
@@ -405,6 +391,28 @@ public final class BlockDevice: VirtioDevice {
         case .unsupported:
             return .unsupported
         }
+    }
+
+    /// A read's or write's guest memory, taken from the chain (the writable
+    /// data for a read, the readable data after the header for a write), or
+    /// nil for one that is refused: not whole sectors, past the end, or a
+    /// write to a read-only disk. Nothing is taken from a refused request.
+    private func dataPieces(_ header: BlockRequestHeader, _ reader: inout ChainReader, _ writer: inout ChainWriter,
+                            dataLength: Int, image: Backing) -> (pieces: [UnsafeMutableRawBufferPointer], write: Bool)? {
+        let write = header.kind == .write
+        let length = write ? reader.remaining : dataLength
+        guard !(write && isReadOnly), length % Self.sectorSize == 0, inRange(header.sector, bytes: length, image) else { return nil }
+        return (write ? reader.take(length) : writer.take(length), write)
+    }
+
+    /// Moves `pieces` now (preadv/pwritev); a short read gives back what it
+    /// did not fill.
+    private func transferNow(_ pieces: [UnsafeMutableRawBufferPointer], write: Bool, at sector: UInt64, _ writer: inout ChainWriter,
+                             image: Backing) -> BlockStatus {
+        let expected = pieces.reduce(0) { $0 + $1.count }
+        let done = transfer(pieces, at: sector, write: write, image.fd)
+        if !write { writer.unwrite(expected - done) }
+        return done == expected ? .ok : .ioError
     }
 
     private func inRange(_ sector: UInt64, bytes: Int, _ image: Backing) -> Bool {
