@@ -65,15 +65,20 @@ def l1_ready(kernel, runs):
 MICROVM_FIRMWARE = "-bios /usr/share/qemu/qboot.rom"
 
 
-def qemu_bundle():
-    """(host path, guest path) pairs that let qemu-system-x86_64 run in the L1."""
-    binary = "/usr/bin/qemu-system-x86_64"
+def with_libraries(binary):
+    """(host path, guest path) pairs for `binary` and the libraries ldd names, to add to an L1."""
     pairs = [(binary, binary)]
     for line in run(["ldd", binary]).stdout.splitlines():
         parts = line.split()
         path = parts[2] if "=>" in parts and len(parts) > 2 and parts[2].startswith("/") else (parts[0] if parts and parts[0].startswith("/") else None)
         if path:
             pairs.append((os.path.realpath(path), path))
+    return pairs
+
+
+def qemu_bundle():
+    """(host path, guest path) pairs that let qemu-system-x86_64 run in the L1."""
+    pairs = with_libraries("/usr/bin/qemu-system-x86_64")
     # QEMU 7.2 keeps microvm's firmware in /usr/share/qemu; 10.0 finds
     # bios-microvm.bin in seabios's directory, on its firmware path.
     for directory in ["/usr/share/qemu", "/usr/share/seabios"]:

@@ -171,8 +171,8 @@ public final class FirecrackerAPI: Sendable {
         if let what = Self.unsupportedResources[resource] {
             return .fault(400, "\(request.method) /\(segments.joined(separator: "/")): Kestrel does not support \(what).")
         }
-        if resource == "balloon", segments.count >= 2, segments[1] == "hinting" {
-            return .fault(400, "\(method) \(request.path): Kestrel has no free page hinting; the balloon's free_page_reporting returns free pages instead.")
+        if resource == "balloon", segments.count == 3, segments[1] == "hinting" {
+            return try balloonHinting(request, segments[2]) ?? invalid()
         }
         guard segments.count <= 2 else { return invalid() }
         let second: String? = segments.count == 2 ? segments[1] : nil
@@ -544,6 +544,49 @@ public final class FirecrackerAPI: Sendable {
         ]
         for (name, value) in status.statistics { fields[name] = .number(Double(value)) }
         return .json(200, JSONValue.object(fields).rendered)
+    }
+
+    /// `PATCH /balloon/hinting/start` (an optional BalloonStartCmd,
+    /// `acknowledge_on_stop` true unless it says otherwise), `PATCH
+    /// /balloon/hinting/stop` and `GET /balloon/hinting/status`
+    /// (BalloonHintingStatus): a running balloon made with
+    /// `free_page_hinting`. Nil for a method and path that name none of them.
+    private func balloonHinting(_ request: HTTPRequest, _ action: String) throws(ResponseError) -> HTTPResponse? {
+        let place = "\(request.method) \(request.path)"
+        switch (request.method, action) {
+        case ("PATCH", "start"), ("PATCH", "stop"), ("GET", "status"): break
+        default: return nil
+        }
+        var acknowledge = true
+        if !request.body.isEmpty {
+            guard let value = try? JSONValue.parse(request.body), let object = value.objectValue else {
+                return .fault(400, "\(place): the body must be a JSON object")
+            }
+            let allowed: Set<String> = action == "start" ? ["acknowledge_on_stop"] : []
+            if let unknown = object.keys.sorted().first(where: { !allowed.contains($0) }) {
+                return .fault(400, "\(place): unknown field \"\(unknown)\"")
+            }
+            if let value = object["acknowledge_on_stop"], value != .null {
+                guard case .bool(let flag) = value else { return .fault(400, "\(place): acknowledge_on_stop must be true or false") }
+                acknowledge = flag
+            }
+        }
+        guard state.withLock({ $0.sections["balloon"] }) != nil else { return .fault(400, "No balloon device configured.") }
+        guard vmState != .notStarted else { return .fault(400, "The requested operation is not supported before starting the microVM.") }
+        do {
+            switch action {
+            case "start": try control.startBalloonHinting(acknowledgeOnStop: acknowledge)
+            case "stop": try control.stopBalloonHinting()
+            default:
+                let status = try control.balloonHintingStatus()
+                var fields: [String: JSONValue] = ["host_cmd": .number(Double(status.host))]
+                if let guest = status.guest { fields["guest_cmd"] = .number(Double(guest)) }
+                return .json(200, JSONValue.object(fields).rendered)
+            }
+        } catch {
+            return .fault(400, "\(place): \(error)")
+        }
+        return .noContent
     }
 
     /// `PUT /logger` and `PUT /metrics`: before the machine starts, as in

@@ -40,6 +40,12 @@ public protocol MicroVMControl: Sendable {
     func updateBalloonStatistics(intervalSeconds: Int) throws
     /// `GET /balloon/statistics`: the balloon's state and the guest's last figures.
     func balloonStatus() throws -> BalloonDevice.Status
+    /// `PATCH /balloon/hinting/start`: a new free page hinting run.
+    func startBalloonHinting(acknowledgeOnStop: Bool) throws
+    /// `PATCH /balloon/hinting/stop`: the driver takes its hinted pages back.
+    func stopBalloonHinting() throws
+    /// `GET /balloon/hinting/status`: the host's and the driver's last command ids.
+    func balloonHintingStatus() throws -> (host: UInt32, guest: UInt32?)
 }
 
 extension MicroVMControl {
@@ -53,6 +59,9 @@ extension MicroVMControl {
     public func updateBalloon(amountMiB: UInt32) throws { throw ConfigurationError("this microVM's balloon cannot be changed") }
     public func updateBalloonStatistics(intervalSeconds: Int) throws { throw ConfigurationError("this microVM's balloon cannot be changed") }
     public func balloonStatus() throws -> BalloonDevice.Status { throw ConfigurationError("this microVM has no balloon to report") }
+    public func startBalloonHinting(acknowledgeOnStop: Bool) throws { throw ConfigurationError("this microVM's balloon cannot be changed") }
+    public func stopBalloonHinting() throws { throw ConfigurationError("this microVM's balloon cannot be changed") }
+    public func balloonHintingStatus() throws -> (host: UInt32, guest: UInt32?) { throw ConfigurationError("this microVM has no balloon to report") }
 }
 
 /// The state `GET /` reports, with Firecracker's names.

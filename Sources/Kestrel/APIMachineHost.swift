@@ -112,6 +112,12 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
         guard let balloon = try runningMachine.balloon else { throw ConfigurationError("the microVM has no balloon") }
         return balloon.status
     }
+
+    func startBalloonHinting(acknowledgeOnStop: Bool) throws {
+        try runningMachine.withBalloon { try $0.startHinting(acknowledgeOnStop: acknowledgeOnStop) }
+    }
+    func stopBalloonHinting() throws { try runningMachine.withBalloon { try $0.stopHinting() } }
+    func balloonHintingStatus() throws -> (host: UInt32, guest: UInt32?) { try runningMachine.withBalloon { try $0.hintingStatus() } }
     func resume() throws { try runningMachine.resume() }
 
     func sendCtrlAltDel() throws {

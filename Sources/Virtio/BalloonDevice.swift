@@ -10,18 +10,30 @@ import Synchronization
 /// (their 4 KiB frame numbers on the inflate queue), which Kestrel returns
 /// to the host (madvise MADV_REMOVE, or MADV_DONTNEED for private memory),
 /// and deflates by taking them back. Optional: a statistics queue the device
-/// polls every `statisticsInterval`, DEFLATE_ON_OOM, and free page reporting
-/// (the driver hands over free ranges, which are returned to the host too).
+/// polls every `statisticsInterval`, DEFLATE_ON_OOM, free page reporting
+/// (the driver hands over free ranges, which are returned to the host too),
+/// and free page hinting (the host asks for a run with a new command id; the
+/// driver lends the free blocks it can find until the host says DONE).
 ///
 /// Queues are numbered as the Linux driver numbers those it finds: inflate 0,
-/// deflate 1, then statistics and reporting when offered. Pages the guest
-/// keeps private (a confidential VM's) are never discarded.
+/// deflate 1, then statistics, hinting and reporting when offered. Pages the
+/// guest keeps private (a confidential VM's) are never discarded.
 public final class BalloonDevice: VirtioDevice {
     public enum Feature {
         public static let mustTellHost: UInt64 = 1 << 0
         public static let statisticsQueue: UInt64 = 1 << 1
         public static let deflateOnOOM: UInt64 = 1 << 2
+        public static let freePageHinting: UInt64 = 1 << 3
         public static let freePageReporting: UInt64 = 1 << 5
+    }
+
+    /// The two reserved values of `free_page_hint_cmd_id`: STOP (no run; the
+    /// driver also sends it when its run is over) and DONE (the host is
+    /// finished with the hinted blocks, which the driver takes back). A run
+    /// is any other value.
+    public enum HintCommand {
+        public static let stop: UInt32 = 0
+        public static let done: UInt32 = 1
     }
 
     /// The statistics the driver reports (tags 0 to 15), by Firecracker's names.
@@ -37,6 +49,7 @@ public final class BalloonDevice: VirtioDevice {
     public let offeredFeatures: UInt64
     public let queueSizes: [UInt16]
     let statisticsQueue: Int?
+    let hintingQueue: Int?
     let reportingQueue: Int?
     private let context = Mutex<VirtioContext?>(nil)
     private let state: Mutex<State>
@@ -50,11 +63,22 @@ public final class BalloonDevice: VirtioDevice {
         var heldStatistics: UInt16?
         var statistics: [String: UInt64] = [:]
         var counts: [String: Int] = [:]
+        /// `free_page_hint_cmd_id` as the host last set it.
+        var hostCommand = HintCommand.stop
+        /// The last command id the driver sent (nil: none since the reset).
+        var guestCommand: UInt32?
+        /// The last run's id, so the next one differs.
+        var lastRun: UInt32 = HintCommand.done
+        /// Say DONE as soon as the driver says its run is over.
+        var acknowledgeOnStop = true
+        /// Bumped with every change of the configuration space.
+        var generation: UInt32 = 0
     }
 
     /// `targetMiB` to take from the guest at start; `statisticsInterval` of
     /// zero offers no statistics queue.
-    public init(targetMiB: UInt32, deflateOnOOM: Bool, statisticsInterval: Duration, freePageReporting: Bool) throws {
+    public init(targetMiB: UInt32, deflateOnOOM: Bool, statisticsInterval: Duration, freePageHinting: Bool = false,
+                freePageReporting: Bool) throws {
         var features = deflateOnOOM ? Feature.deflateOnOOM : 0
         var queues: [UInt16] = [256, 256]
         if statisticsInterval > .zero {
@@ -63,6 +87,13 @@ public final class BalloonDevice: VirtioDevice {
             queues.append(256)
         } else {
             statisticsQueue = nil
+        }
+        if freePageHinting {
+            features |= Feature.freePageHinting
+            hintingQueue = queues.count
+            queues.append(256)
+        } else {
+            hintingQueue = nil
         }
         if freePageReporting {
             features |= Feature.freePageReporting
@@ -81,12 +112,15 @@ public final class BalloonDevice: VirtioDevice {
 
     /// struct virtio_balloon_config: num_pages, actual, free_page_hint_cmd_id, poison_val.
     public var configurationSpace: [UInt8] {
-        let (target, actual) = state.withLock { ($0.targetPages, $0.actualPages) }
+        let (target, actual, command) = state.withLock { ($0.targetPages, $0.actualPages, $0.hostCommand) }
         var bytes = [UInt8](repeating: 0, count: 16)
         bytes.storeLittleEndian(target, at: 0)
         bytes.storeLittleEndian(actual, at: 4)
+        bytes.storeLittleEndian(command, at: 8)
         return bytes
     }
+
+    public var configurationGeneration: UInt32 { state.withLock { $0.generation } }
 
     /// The driver writes `actual`, the pages it holds; nothing else.
     public func writeConfiguration(offset: Int, bytes: [UInt8]) {
@@ -97,7 +131,51 @@ public final class BalloonDevice: VirtioDevice {
 
     /// Sets the target (Firecracker's `PATCH /balloon`) and tells the driver.
     public func setTarget(mib: UInt32) {
-        state.withLock { $0.targetPages = Self.pages(mib: mib) }
+        state.withLock {
+            $0.targetPages = Self.pages(mib: mib)
+            $0.generation &+= 1
+        }
+        context.withLock { $0 }?.interrupt.raise(.configurationChange)
+    }
+
+    /// Starts a free page hinting run (Firecracker's `PATCH
+    /// /balloon/hinting/start`): a new command id, which the driver answers by
+    /// sending it back and then the free blocks it finds, each returned to
+    /// the host. With `acknowledgeOnStop` the device says DONE when the driver
+    /// ends its run, and the driver takes the blocks back; without, they stay
+    /// lent until `stopHinting()`.
+    public func startHinting(acknowledgeOnStop: Bool) throws {
+        guard hintingQueue != nil else { throw BalloonError("free page hinting was not enabled when the balloon was configured (free_page_hinting)") }
+        state.withLock { state in
+            var run = state.lastRun &+ 1
+            if run == HintCommand.stop || run == HintCommand.done { run = 2 }
+            state.lastRun = run
+            state.acknowledgeOnStop = acknowledgeOnStop
+            state.hostCommand = run
+            state.generation &+= 1
+        }
+        context.withLock { $0 }?.interrupt.raise(.configurationChange)
+    }
+
+    /// Ends a run (`PATCH /balloon/hinting/stop`): DONE, so the driver takes
+    /// back every block it lent; blocks still in flight are not discarded.
+    public func stopHinting() throws {
+        guard hintingQueue != nil else { throw BalloonError("free page hinting was not enabled when the balloon was configured (free_page_hinting)") }
+        setHostCommand(HintCommand.done)
+    }
+
+    /// `GET /balloon/hinting/status`: the host's last command id and the
+    /// driver's (nil: it sent none since its reset).
+    public func hintingStatus() throws -> (host: UInt32, guest: UInt32?) {
+        guard hintingQueue != nil else { throw BalloonError("free page hinting was not enabled when the balloon was configured (free_page_hinting)") }
+        return state.withLock { ($0.hostCommand, $0.guestCommand) }
+    }
+
+    private func setHostCommand(_ command: UInt32) {
+        state.withLock {
+            $0.hostCommand = command
+            $0.generation &+= 1
+        }
         context.withLock { $0 }?.interrupt.raise(.configurationChange)
     }
 
@@ -122,7 +200,8 @@ public final class BalloonDevice: VirtioDevice {
 
     public var metricCounts: [String: Int] {
         let counts = state.withLock { $0.counts }
-        return ["inflate_count", "deflate_count", "stats_updates_count", "stats_update_fails", "free_page_report_count", "free_page_report_freed", "discard_refused"]
+        return ["inflate_count", "deflate_count", "stats_updates_count", "stats_update_fails", "free_page_report_count", "free_page_report_freed",
+                "free_page_hint_count", "free_page_hint_freed", "discard_refused"]
             .reduce(into: [:]) { $0[$1] = counts[$1] ?? 0 }
     }
 
@@ -138,7 +217,18 @@ public final class BalloonDevice: VirtioDevice {
 
     public func reset() {
         context.withLock { $0 = nil }
-        state.withLock { $0.heldStatistics = nil }
+        state.withLock {
+            $0.heldStatistics = nil
+            $0.guestCommand = nil
+            $0.hostCommand = HintCommand.stop
+            $0.generation &+= 1
+        }
+    }
+
+    /// After a restore the driver may still hold blocks lent to a run of the
+    /// process that was snapshotted: DONE gives them back to it.
+    public func restored() {
+        if hintingQueue != nil { setHostCommand(HintCommand.done) }
     }
 
     public func process(queue: Int) throws(QueueFault) {
@@ -196,6 +286,8 @@ public final class BalloonDevice: VirtioDevice {
                 if let previous { virtqueue.complete(previous, written: 0) }
                 timer.arm(after: interval)
             }
+        case hintingQueue:
+            try processHints(virtqueue, context)
         case reportingQueue:
             // Free page reporting: each buffer's device-writable ranges are free guest pages.
             while let chain = try virtqueue.nextOrEnableNotification() {
@@ -214,6 +306,42 @@ public final class BalloonDevice: VirtioDevice {
             break
         }
         context.notifyIfNeeded(virtqueue)
+    }
+
+    /// The hinting queue. The driver sends its command id in a 4-byte
+    /// device-readable buffer (the run's id as it starts, STOP when it has
+    /// no more), and each free block as a device-writable buffer. A block is
+    /// returned to the host only while its run is the host's current one:
+    /// after DONE or a newer run, the driver may already be using it again.
+    func processHints(_ virtqueue: SplitQueue, _ context: VirtioContext) throws(QueueFault) {
+        var runEnded = false
+        while let chain = try virtqueue.nextOrEnableNotification() {
+            var reader = ChainReader(chain, memory: context.memory)
+            if reader.remaining == 4, let bytes = reader.readBytes(4) {
+                let command = UInt32(bytes[0]) | UInt32(bytes[1]) << 8 | UInt32(bytes[2]) << 16 | UInt32(bytes[3]) << 24
+                state.withLock { $0.guestCommand = command }
+                // DONE is the host's word; a driver that sends it has ended its run too.
+                runEnded = command == HintCommand.stop || command == HintCommand.done
+            }
+            let (host, guest) = state.withLock { ($0.hostCommand, $0.guestCommand) }
+            if host != HintCommand.stop, host != HintCommand.done, guest == host {
+                var freed: UInt64 = 0
+                for segment in chain.writable {
+                    discard(segment.address, length: UInt64(segment.length), context.memory)
+                    freed += UInt64(segment.length)
+                }
+                if freed > 0 {
+                    state.withLock {
+                        $0.counts["free_page_hint_count", default: 0] += 1
+                        $0.counts["free_page_hint_freed", default: 0] += Int(freed)
+                    }
+                }
+            }
+            virtqueue.complete(chain.head, written: 0)
+        }
+        if runEnded, state.withLock({ $0.acknowledgeOnStop && $0.hostCommand != HintCommand.stop && $0.hostCommand != HintCommand.done }) {
+            setHostCommand(HintCommand.done)
+        }
     }
 
     /// The polling timer: hands the held statistics buffer back, which asks

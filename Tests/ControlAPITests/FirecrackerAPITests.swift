@@ -65,6 +65,12 @@ final class PatchingControl: MicroVMControl {
     func updateNetworkInterface(id: String, receive: RateLimiterConfiguration?, transmit: RateLimiterConfiguration?) throws {
         calls.withLock { $0.append("interface \(id) rx \(receive != nil) tx \(transmit != nil)") }
     }
+    func startBalloonHinting(acknowledgeOnStop: Bool) throws {
+        if refuse.withLock({ $0 }) { throw ConfigurationError("free page hinting was not enabled") }
+        calls.withLock { $0.append("hinting start \(acknowledgeOnStop)") }
+    }
+    func stopBalloonHinting() throws { calls.withLock { $0.append("hinting stop") } }
+    func balloonHintingStatus() throws -> (host: UInt32, guest: UInt32?) { (2, calls.withLock { $0.count } > 1 ? 0 : nil) }
 }
 
 /// The routes of Firecracker's API over Kestrel's configuration, driven as
@@ -244,7 +250,7 @@ final class PatchingControl: MicroVMControl {
             ("PUT", "/balloon", #"{"amount_mib": 1}"#, "needs the field deflate_on_oom"),
             ("PUT", "/balloon", #"{"amount_mib": 1024, "deflate_on_oom": true}"#, "balloon.amount_mib 1024 is more than the guest's 128 MiB"),
             ("PATCH", "/balloon", #"{"amount_mib": 1}"#, "No balloon device configured"),
-            ("PATCH", "/balloon/hinting/start", "{}", "Kestrel has no free page hinting"),
+            ("PATCH", "/balloon/hinting/start", "{}", "No balloon device configured"),
             ("PUT", "/logger", #"{"log_path": "/nonexistent/l"}"#, "cannot open the log file /nonexistent/l"),
             ("PUT", "/logger", #"{"level": "Loud"}"#, #"level "Loud" is not one of"#),
             ("PUT", "/logger", #"{"show_level": "yes"}"#, "show_level must be true or false"),
@@ -319,6 +325,44 @@ final class PatchingControl: MicroVMControl {
         _ = Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
         #expect(Self.send(api, "PUT", "/logger", #"{"level": "Info"}"#).0 == 400)
         #expect(Self.send(api, "PUT", "/mmds", #"{"after": "boot"}"#).0 == 204)
+    }
+
+    /// Free page hinting's three routes, as the swagger has them: PATCH start
+    /// (an optional body, acknowledge_on_stop true by default) and stop, GET
+    /// status; only once the machine runs, and bodies checked.
+    @Test func balloonHintingIsStartedStoppedAndReported() throws {
+        let control = PatchingControl()
+        let api = FirecrackerAPI(instanceID: "hint", version: "v", control: control)
+        #expect(Self.send(api, "PUT", "/boot-source", #"{"kernel_image_path": "\#(Self.file)"}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/balloon", #"{"amount_mib": 0, "deflate_on_oom": false, "free_page_hinting": true}"#).0 == 204)
+        let early = Self.send(api, "PATCH", "/balloon/hinting/start", nil)
+        #expect(early.0 == 400 && Self.fault(early.1).contains("not supported before starting the microVM"), "\(early)")
+        #expect(Self.send(api, "GET", "/balloon", nil).1.contains(#""free_page_hinting":true"#))
+        #expect(Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 204)
+        #expect(Self.send(api, "PATCH", "/balloon/hinting/start", nil).0 == 204)
+        #expect(Self.send(api, "GET", "/balloon/hinting/status", nil) == (200, #"{"host_cmd":2}"#))
+        #expect(Self.send(api, "PATCH", "/balloon/hinting/start", #"{"acknowledge_on_stop": false}"#).0 == 204)
+        #expect(Self.send(api, "PATCH", "/balloon/hinting/stop", "{}").0 == 204)
+        #expect(Self.send(api, "GET", "/balloon/hinting/status", nil) == (200, #"{"guest_cmd":0,"host_cmd":2}"#))
+        #expect(control.calls.withLock { $0 } == ["hinting start true", "hinting start false", "hinting stop"])
+        for (method, path, body, expected) in [
+            ("PATCH", "/balloon/hinting/start", #"{"acknowledge_on_stop": "yes"}"#, "acknowledge_on_stop must be true or false"),
+            ("PATCH", "/balloon/hinting/start", #"{"ack": true}"#, #"unknown field "ack""#),
+            ("PATCH", "/balloon/hinting/start", "[true]", "the body must be a JSON object"),
+            ("PATCH", "/balloon/hinting/stop", #"{"acknowledge_on_stop": true}"#, #"unknown field "acknowledge_on_stop""#),
+            ("POST", "/balloon/hinting/start", nil, "Invalid request method and/or path"),
+            ("GET", "/balloon/hinting/start", nil, "Invalid request method and/or path"),
+            ("PATCH", "/balloon/hinting/status", nil, "Invalid request method and/or path"),
+            ("GET", "/balloon/hinting", nil, "Invalid request method and/or path"),
+            ("GET", "/balloon/hinting/status/x", nil, "Invalid request method and/or path"),
+        ] as [(String, String, String?, String)] {
+            let (status, text) = Self.send(api, method, path, body)
+            #expect(status == 400 && Self.fault(text).contains(expected), "\(method) \(path): \(status) \(text)")
+        }
+        control.refuse.withLock { $0 = true }
+        let refused = Self.send(api, "PATCH", "/balloon/hinting/start", nil)
+        #expect(refused.0 == 400 && Self.fault(refused.1).contains("free page hinting was not enabled"), "\(refused)")
+        #expect(control.calls.withLock { $0 }.count == 3)
     }
 
     /// PATCH after the start: the control is asked, the configuration shows

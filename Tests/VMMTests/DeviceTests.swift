@@ -327,8 +327,10 @@ final class Recorder: @unchecked Sendable {
         #expect(throws: ConfigurationError("vm.json: balloon must be an object")) {
             try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": [{"amount_mib": 1}]}"#)
         }
-        #expect(throws: ConfigurationError("vm.json: balloon.free_page_hinting is not supported: Kestrel has free page reporting (free_page_reporting), not hinting")) {
-            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": {"amount_mib": 1, "deflate_on_oom": false, "free_page_hinting": true}}"#)
+        let hinting = try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": {"amount_mib": 1, "deflate_on_oom": false, "free_page_hinting": true}}"#)
+        #expect(hinting.balloon?.freePageHinting == true && hinting.balloon?.freePageReporting == false)
+        #expect(throws: ConfigurationError("vm.json: balloon.free_page_hinting must be true or false")) {
+            try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": {"amount_mib": 1, "deflate_on_oom": false, "free_page_hinting": 1}}"#)
         }
         #expect(throws: ConfigurationError("vm.json: unknown section \"bogus\"")) {
             try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "bogus": 1}"#)

@@ -78,6 +78,75 @@ import Testing
         #expect(throws: BalloonError.self) { try plain.setStatisticsInterval(.seconds(5)) }
     }
 
+    /// A free page hinting run, as the Linux driver runs one: the host's new
+    /// command id, the driver's echo of it in a device-readable buffer, free
+    /// blocks in device-writable ones (returned to the host), then STOP,
+    /// which the device acknowledges with DONE. Blocks of a stale run, or
+    /// sent after DONE, are left alone: the driver may be using them again.
+    @Test func aHintingRunReturnsItsBlocksAndEndsWithDone() throws {
+        let device = try BalloonDevice(targetMiB: 0, deflateOnOOM: false, statisticsInterval: .seconds(1), freePageHinting: true,
+                                       freePageReporting: true)
+        #expect(device.queueSizes.count == 5 && device.statisticsQueue == 2 && device.hintingQueue == 3 && device.reportingQueue == 4)
+        let driver = try TestDriver(device)
+        #expect(driver.initialise(queues: device.queueSizes.count).contains(.driverOK))
+        #expect(driver.offeredFeatures & BalloonDevice.Feature.freePageHinting != 0)
+        func command() -> UInt32 {
+            var value: UInt32 = 0
+            withUnsafeMutableBytes(of: &value) { driver.transport.read(offset: 0x108, into: $0) }
+            return value
+        }
+        #expect(command() == BalloonDevice.HintCommand.stop)
+        let generation = device.configurationGeneration, interrupts = driver.interruptCount
+        try device.startHinting(acknowledgeOnStop: true)
+        #expect(command() == 2 && device.configurationGeneration != generation && driver.interruptCount == interrupts + 1)
+        let started = try device.hintingStatus()
+        #expect(started == (2, nil))
+
+        let area = driver.allocate(4 * 4096)
+        let block = GuestAddress((area.rawValue + 4095) & ~4095)
+        try driver.memory.write([UInt8](repeating: 0xAB, count: 3 * 4096), at: block)
+        var descriptor: UInt16 = 0
+        func send(_ buffers: [TestDriver.Buffer]) {
+            driver.submit(buffers, queue: 3, first: descriptor)
+            descriptor += UInt16(buffers.count)
+            driver.notify(3)
+            #expect(driver.waitForUsed(queue: 3) != nil)
+        }
+        func sendCommand(_ value: UInt32) {
+            send([.init(address: driver.allocate(4, filledWith: littleEndian([value])), length: 4, writable: false)])
+        }
+        sendCommand(2)
+        send([.init(address: block, length: 8192, writable: true)])
+        #expect(try driver.memory.read(at: block, length: 8192) == [UInt8](repeating: 0, count: 8192), "the run's block went back to the host")
+        #expect(device.metricCounts["free_page_hint_count"] == 1 && device.metricCounts["free_page_hint_freed"] == 8192)
+        sendCommand(BalloonDevice.HintCommand.stop)
+        let afterStop = try device.hintingStatus()
+        #expect(command() == BalloonDevice.HintCommand.done && afterStop == (1, 0), "STOP is acknowledged with DONE")
+        send([.init(address: block + 8192, length: 4096, writable: true)])
+        #expect(try driver.memory.read(at: block + 8192, length: 4) == [0xAB, 0xAB, 0xAB, 0xAB], "after DONE a block is the guest's again")
+
+        // Without acknowledge_on_stop the blocks stay lent until stopHinting.
+        try device.startHinting(acknowledgeOnStop: false)
+        #expect(command() == 3)
+        sendCommand(2)
+        send([.init(address: block + 8192, length: 4096, writable: true)])
+        #expect(try driver.memory.read(at: block + 8192, length: 4) == [0xAB, 0xAB, 0xAB, 0xAB], "a block of a stale run is left alone")
+        sendCommand(3)
+        sendCommand(BalloonDevice.HintCommand.stop)
+        #expect(command() == 3, "no DONE without acknowledge_on_stop")
+        try device.stopHinting()
+        #expect(command() == BalloonDevice.HintCommand.done)
+        device.reset()
+        let afterReset = try device.hintingStatus()
+        #expect(command() == BalloonDevice.HintCommand.stop && afterReset == (0, nil))
+
+        let plain = try BalloonDevice(targetMiB: 0, deflateOnOOM: false, statisticsInterval: .zero, freePageReporting: false)
+        #expect(plain.queueSizes.count == 2 && plain.hintingQueue == nil)
+        #expect(throws: BalloonError.self) { try plain.startHinting(acknowledgeOnStop: true) }
+        #expect(throws: BalloonError.self) { try plain.stopHinting() }
+        #expect(throws: BalloonError.self) { _ = try plain.hintingStatus() }
+    }
+
     /// An inflate buffer larger than any driver sends is a fault, not a huge allocation.
     @Test func anOversizedInflateBufferNeedsReset() throws {
         let (_, driver) = try setUp()

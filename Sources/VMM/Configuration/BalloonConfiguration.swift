@@ -1,17 +1,18 @@
 /// Firecracker's Balloon body: `amount_mib` to take from the guest,
-/// `deflate_on_oom`, `stats_polling_interval_s` (0: no statistics), and
-/// `free_page_reporting`. `free_page_hinting` is refused: Kestrel has no
-/// free page hinting yet.
+/// `deflate_on_oom`, `stats_polling_interval_s` (0: no statistics),
+/// `free_page_hinting` and `free_page_reporting`.
 public struct BalloonConfiguration: Equatable, Sendable {
     public var amountMiB: UInt32
     public var deflateOnOOM: Bool
     public var statisticsInterval: Int
+    public var freePageHinting: Bool
     public var freePageReporting: Bool
 
-    public init(amountMiB: UInt32, deflateOnOOM: Bool, statisticsInterval: Int = 0, freePageReporting: Bool = false) {
+    public init(amountMiB: UInt32, deflateOnOOM: Bool, statisticsInterval: Int = 0, freePageHinting: Bool = false, freePageReporting: Bool = false) {
         self.amountMiB = amountMiB
         self.deflateOnOOM = deflateOnOOM
         self.statisticsInterval = statisticsInterval
+        self.freePageHinting = freePageHinting
         self.freePageReporting = freePageReporting
     }
 
@@ -31,15 +32,14 @@ public struct BalloonConfiguration: Equatable, Sendable {
             }
             interval = seconds
         }
-        if try fields.bool("free_page_hinting") == true {
-            throw ConfigurationError("\(source): balloon.free_page_hinting is not supported: Kestrel has free page reporting (free_page_reporting), not hinting")
-        }
         return BalloonConfiguration(amountMiB: UInt32(amount), deflateOnOOM: deflate, statisticsInterval: interval,
+                                    freePageHinting: try fields.bool("free_page_hinting") ?? false,
                                     freePageReporting: try fields.bool("free_page_reporting") ?? false)
     }
 
     public var document: JSONValue {
         .object(["amount_mib": .number(Double(amountMiB)), "deflate_on_oom": .bool(deflateOnOOM),
-                 "stats_polling_interval_s": .number(Double(statisticsInterval)), "free_page_reporting": .bool(freePageReporting)])
+                 "stats_polling_interval_s": .number(Double(statisticsInterval)), "free_page_hinting": .bool(freePageHinting),
+                 "free_page_reporting": .bool(freePageReporting)])
     }
 }

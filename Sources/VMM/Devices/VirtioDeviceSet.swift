@@ -83,6 +83,7 @@ public final class VirtioDeviceSet: Sendable {
         if let balloon = configuration.balloon {
             devices.append(("virtio-balloon", try BalloonDevice(targetMiB: balloon.amountMiB, deflateOnOOM: balloon.deflateOnOOM,
                                                                 statisticsInterval: .seconds(balloon.statisticsInterval),
+                                                                freePageHinting: balloon.freePageHinting,
                                                                 freePageReporting: balloon.freePageReporting)))
         }
         if configuration.entropy {

@@ -64,6 +64,13 @@ extension Machine {
         current.withLock { $0.balloon?.statisticsInterval = intervalSeconds }
     }
 
+    /// `body` with the balloon, its refusals as ConfigurationErrors (the
+    /// free page hinting calls: BalloonDevice.startHinting and the rest).
+    public func withBalloon<T>(_ body: (BalloonDevice) throws -> T) throws -> T {
+        guard let balloon else { throw ConfigurationError("the microVM has no balloon") }
+        do { return try body(balloon) } catch let error as BalloonError { throw ConfigurationError(error.description) }
+    }
+
     private func virtioDevice(named name: String) -> (any VirtioDevice)? {
         devices.transports.first { $0.name == name }?.device
     }
