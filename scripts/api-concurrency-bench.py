@@ -23,7 +23,13 @@ asyncio server in its own process answering every request at once, so the
 share of the clients' own cost (and of the 2 cores they share) shows. A client starves if it cannot finish its requests within
 --deadline seconds; the count of those is printed and makes the exit status 1.
 
-  scripts/api-concurrency-bench.py [--clients 200] [--requests 20] [--single 1000] [--kestrel PATH]
+With --native the clients are scripts/api-load.c (built with gcc): one C
+process driving every client with epoll, so a GET costs the client a few
+system calls instead of a turn of Python's event loop, and what is left of
+the ratio is the server's and the machine's. The control is the same asyncio
+server either way.
+
+  scripts/api-concurrency-bench.py [--native] [--clients 200] [--requests 20] [--single 1000] [--kestrel PATH]
 
 Needs a release build of kestrel (swift build -c release) unless --kestrel
 names another; no /dev/kvm (the machine is never started).
@@ -135,6 +141,28 @@ asyncio.run(main())
 """
 
 
+def native_run(socket_path, clients, requests, deadline, interval=0.0):
+    """run()'s figures from scripts/api-load.c's clients."""
+    result = subprocess.run([NATIVE[0], socket_path, str(clients), str(requests), str(interval * 1000), str(deadline)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=deadline + 30)
+    if result.returncode != 0:
+        sys.exit(f"api-load failed ({result.returncode}): {result.stderr}")
+    times, failures, refused, starved = [], [], 0, 0
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if fields[0] == "t":
+            times.append(float(fields[1]))
+            if fields[2] != "200":
+                failures.append(int(fields[2]))
+        elif fields[0] == "refused":
+            refused, starved = int(fields[1]), int(fields[5])
+            RESETS[0] += int(fields[3])
+    return times, refused, starved, failures, []
+
+
+NATIVE = []
+
+
 def measure(command, socket_path, args):
     """Starts `command` (which serves `socket_path`), runs both phases, stops it."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -145,6 +173,11 @@ def measure(command, socket_path, args):
             time.sleep(0.05)
         else:
             sys.exit(f"api-concurrency-bench: {socket_path} never appeared")
+        if NATIVE:
+            native_run(socket_path, 1, 50, args.deadline)  # warm-up
+            single = native_run(socket_path, 1, args.single, args.deadline)
+            loaded = native_run(socket_path, args.clients, args.requests, args.deadline, args.interval / 1000.0)
+            return single, loaded
         asyncio.run(run(socket_path, 1, 50, args.deadline))  # warm-up
         single = asyncio.run(run(socket_path, 1, args.single, args.deadline))
         loaded = asyncio.run(run(socket_path, args.clients, args.requests, args.deadline, args.interval / 1000.0))
@@ -179,10 +212,14 @@ def main():
     parser.add_argument("--deadline", type=float, default=120.0)
     parser.add_argument("--kestrel", default=os.path.join(ROOT, ".build", "release", "kestrel"))
     parser.add_argument("--no-control", action="store_true", help="skip the control server")
+    parser.add_argument("--native", action="store_true", help="the clients are scripts/api-load.c, in C (needs gcc)")
     args = parser.parse_args()
     if not os.access(args.kestrel, os.X_OK):
         sys.exit(f"api-concurrency-bench: {args.kestrel} is not built (swift build -c release, or give --kestrel)")
     with tempfile.TemporaryDirectory(prefix="kestrel-apibench") as directory:
+        if args.native:
+            NATIVE.append(os.path.join(directory, "api-load"))
+            subprocess.run(["gcc", "-O2", "-Wall", "-o", NATIVE[0], os.path.join(ROOT, "scripts", "api-load.c")], check=True)
         kestrel_socket = os.path.join(directory, "api.sock")
         kestrel = measure([args.kestrel, "run", "--api-sock", kestrel_socket], kestrel_socket, args)
         failed = report("kestrel", *kestrel, args)

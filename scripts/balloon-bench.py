@@ -8,7 +8,8 @@ virtio-balloon device (virtio-mmio) and no deflate_on_oom; Kestrel's polls
 statistics every second so that `actual_mib` can be read. Runs alternate
 between the VMMs within the one L1 run.
 
-For each boot, once the driver is loaded and the guest idle, the L1 asks for
+For each boot, once the driver is loaded and the guest idle (it prints its
+MemFree every 5 s, and the L1 stops the VMM when done), the L1 asks for
 256 MiB (Kestrel: PATCH /balloon {"amount_mib": 256}; QEMU: the monitor's
 `balloon 256`, which sets the guest's size) and times until the device
 reports the driver holds all of it (Kestrel: GET /balloon/statistics
@@ -45,13 +46,8 @@ GUEST = r"""
 insmod /lab/virtio_balloon.ko && echo balloon-driver-loaded
 free_mib() { awk '/MemFree/ { print int($2 / 1024) }' /proc/meminfo; }
 sleep 5
-start=$(free_mib)
-echo "balloon-ready $start"
-i=0; until [ $(free_mib) -lt $((start - 230)) ]; do i=$((i+1)); [ $i -gt 3000 ] && break; sleep 0.1; done
-echo "free-inflated $(free_mib)"
-i=0; until [ $(free_mib) -gt $((start - 30)) ]; do i=$((i+1)); [ $i -gt 3000 ] && break; sleep 0.1; done
-echo "free-deflated $(free_mib)"
-poweroff -f
+echo "balloon-ready $(free_mib)"
+while :; do sleep 5; echo "free $(free_mib)"; done
 """
 
 L1 = r"""
@@ -73,8 +69,8 @@ qset() { echo "balloon $((512 - $1))" > /tmp/mon.in; }
 timed() {
   vmm=$1 want=$2 t0=$(now)
   ${vmm}set $want
-  until [ "$(${vmm}actual)" = "$want" ] || [ $(( $(now) - t0 )) -gt 300000 ] || ! kill -0 $vm 2>/dev/null; do sleep 0.02; done
-  [ "$(${vmm}actual)" = "$want" ] && echo $(( $(now) - t0 )) || echo "timeout"
+  until [ "$(${vmm}actual)" = "$want" ] || [ $(( $(now) - t0 )) -gt 180000 ] || ! kill -0 $vm 2>/dev/null; do sleep 0.02; done
+  [ "$(${vmm}actual)" = "$want" ] && echo $(( $(now) - t0 )) || echo "timeout:actual=$(${vmm}actual)"
 }
 for i in $(seq RUNS); do
   if [ $((i % 2)) = 1 ]; then order="kestrel qemu"; else order="qemu kestrel"; fi
@@ -91,14 +87,18 @@ for i in $(seq RUNS); do
             vm=$!; short=q
             cat /tmp/mon.out >> /tmp/mon.log & ;;
     esac
-    until grep -q '^balloon-ready' /tmp/out.txt 2>/dev/null || ! kill -0 $vm 2>/dev/null; do sleep 0.5; done
+    t0=$(now)
+    until grep -q '^balloon-ready' /tmp/out.txt 2>/dev/null || ! kill -0 $vm 2>/dev/null || [ $(( $(now) - t0 )) -gt 300000 ]; do sleep 0.5; done
     sleep 2
     echo "$vmm inflate-ms $(timed $short 256)"
-    until grep -q '^free-inflated' /tmp/out.txt 2>/dev/null || ! kill -0 $vm 2>/dev/null; do sleep 0.2; done
+    sleep 12
+    echo "$vmm free-inflated $(grep '^free ' /tmp/out.txt | tail -1 | tr -d '\r' | cut -d' ' -f2)"
     echo "$vmm deflate-ms $(timed $short 0)"
-    wait $vm
-    grep -E '^(balloon-ready|free-inflated|free-deflated) ' /tmp/out.txt | tr -d '\r' | sed "s/^/$vmm /"
-    grep -q '^free-deflated' /tmp/out.txt || { echo "$vmm run $i incomplete:"; tail -20 /tmp/out.txt | sed 's/^/  /'; }
+    sleep 12
+    echo "$vmm free-deflated $(grep '^free ' /tmp/out.txt | tail -1 | tr -d '\r' | cut -d' ' -f2)"
+    grep '^balloon-ready ' /tmp/out.txt | tr -d '\r' | sed "s/^/$vmm /"
+    grep -q '^balloon-driver-loaded' /tmp/out.txt || { echo "$vmm run $i incomplete:"; tail -20 /tmp/out.txt | sed 's/^/  /'; }
+    kill $vm; wait $vm 2>/dev/null
     killall cat 2>/dev/null; sleep 1
   done
 done
@@ -108,7 +108,7 @@ done
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--raw", help="write the L1 run's whole output to this file")
+    parser.add_argument("--raw", help="write the L1 run's whole output to this file (default: one in a temporary directory)")
     options = parser.parse_args()
     if not os.path.exists(KESTREL):
         sys.exit("build the release kestrel first: swift build -c release --product kestrel")
@@ -131,14 +131,17 @@ def main():
                  "--add", os.path.join(work, "guest.sh") + ":/lab/guest.sh", "--add", os.path.join(work, "l1.sh") + ":/lab/l1.sh"]
     for host, guest_path in lab_bench.qemu_bundle() + lab_bench.with_libraries(curl):
         arguments += ["--add", f"{host}:{guest_path}"]
-    result = subprocess.run(arguments + ["--", "sh /lab/l1.sh"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if options.raw:
-        with open(options.raw, "w") as file:
-            file.write(result.stdout + "\n== stderr\n" + result.stderr)
+    # The L1's output goes to a file as it comes, so a long run can be watched (tail -f).
+    raw = options.raw or os.path.join(work, "l1.out")
+    print(f"the L1's output: {raw}", flush=True)
+    with open(raw, "w") as output:
+        result = subprocess.run(arguments + ["--", "sh /lab/l1.sh"], stdout=output, stderr=subprocess.STDOUT, text=True)
+    with open(raw) as output:
+        text = output.read()
     if result.returncode != 0:
-        sys.exit(f"the lab run failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        sys.exit(f"the lab run failed ({result.returncode}):\n{text[-3000:]}")
     samples, failures = {}, []
-    for line in result.stdout.splitlines():
+    for line in text.splitlines():
         match = re.match(r"(kestrel|qemu) (inflate|deflate)-ms (\S+)$", line.strip())
         if match:
             if match.group(3).isdigit():

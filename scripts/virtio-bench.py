@@ -31,14 +31,24 @@ Measured in the L1:
   Kestrel with --fault-around (the kernel's fault-around kept for its code),
   for that figure's control; use an L1 of 6.7 or later (--kernel 6.18 or 7.2),
   where Kestrel can turn fault-around off.
+- With --all-devices, the memory figure with everything on: Kestrel alone,
+  from a config file with the four devices, a balloon (statistics every
+  second, free page hinting and reporting), MMDS (V1 on eth0, with a
+  --metadata data store), --metrics-path and the API socket. The L1 and L2
+  are then this machine's cloud kernel, whose virtio_balloon module the guest
+  loads; besides the four devices' traffic the guest reads MMDS, and the L1
+  inflates the balloon by 64 MiB, runs a hinting run, reads the statistics
+  and flushes the metrics.
 
 Needs: a release kestrel (swift build -c release --product kestrel),
-qemu-system-x86 and the 6.1 lab kernel. Usage: scripts/virtio-bench.py [--runs 5] [--kernel 7.2 --guest 6.1] [--fault-around-control | --memory-only]
+qemu-system-x86 and the 6.1 lab kernel. Usage: scripts/virtio-bench.py [--runs 5] [--kernel 7.2 --guest 6.1] [--fault-around-control | --memory-only | --all-devices]
 """
 import argparse
+import glob
 import importlib.util
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,9 +61,11 @@ lab_bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(lab_bench)
 
 GUEST = r"""
+[ -e /lab/virtio_balloon.ko ] && insmod /lab/virtio_balloon.ko
 for i in $(seq 100); do [ -b /dev/vda ] && [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
 ip link set lo up; ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up
 ping -c 1 -W 5 172.16.0.1 >/dev/null
+[ -e /lab/virtio_balloon.ko ] && { ip route add 169.254.169.254 dev eth0; echo "mmds-read $(wget -q -T 5 -O - http://169.254.169.254/instance-id)"; }
 head -c 32 /dev/hwrng >/dev/null
 t() { cut -d' ' -f1 /proc/uptime; }
 a=$(t); dd if=/dev/vda of=/dev/null bs=1M iflag=direct 2>/dev/null; b=$(t); echo "seqread $a $b 64"
@@ -68,7 +80,7 @@ L1 = r"""
 set -u
 ip tuntap add dev tap0 mode tap 2>/dev/null || tunctl -t tap0 >/dev/null
 ip addr add 172.16.0.1/24 dev tap0 && ip link set tap0 up
-kestrel initramfs --modules /lab/guest/modules --add /bin/kestrel --command "$(cat /lab/guest.sh)" -o /tmp/i.cpio >/dev/null
+kestrel initramfs --modules /lab/guest/modules --add /bin/kestrel INITRAMFS_EXTRA --command "$(cat /lab/guest.sh)" -o /tmp/i.cpio >/dev/null
 dd if=/dev/urandom of=/tmp/disk.img bs=1M count=64 2>/dev/null
 cmdline='console=ttyS0 reboot=k panic=-1 i8042.noaux pci=off quiet EXTRA_CMDLINE'
 guest_ram_kib=262144
@@ -100,6 +112,23 @@ for i in $(seq RUNS); do
                  --vsock /tmp/v.sock --entropy --verbose $control > /tmp/out.txt 2>&1 &
                vm=$!; sample_kestrel $vm > /tmp/peak.txt & sampler=$!
                ping="kestrel vsock ping --uds /tmp/v.sock --port 52 --count 300" ;;
+      kestrel-all)
+               cat > /tmp/all.json <<JSON
+{"boot-source": {"kernel_image_path": "/lab/guest/vmlinux", "initrd_path": "/tmp/i.cpio", "boot_args": "$cmdline"},
+ "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+ "drives": [{"drive_id": "bench", "path_on_host": "/tmp/disk.img", "is_root_device": false, "cache_type": "Writeback"}],
+ "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}],
+ "vsock": {"guest_cid": 3, "uds_path": "/tmp/v.sock"},
+ "entropy": {},
+ "balloon": {"amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 1, "free_page_hinting": true, "free_page_reporting": true},
+ "mmds-config": {"version": "V1", "network_interfaces": ["eth0"]}}
+JSON
+               echo '{"instance-id": "i-bench"}' > /tmp/md.json
+               rm -f /tmp/api.sock /tmp/metrics.json
+               kestrel run --api-sock /tmp/api.sock --config-file /tmp/all.json --metadata /tmp/md.json --metrics-path /tmp/metrics.json \
+                 --verbose > /tmp/out.txt 2>&1 &
+               vm=$!; sample_kestrel $vm > /tmp/peak.txt & sampler=$!
+               ping="kestrel vsock ping --uds /tmp/v.sock --port 52 --count 300" ;;
       qemu) /usr/bin/qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=off -accel kvm -cpu host -m 256 -smp 1 -nodefaults \
               -no-user-config -display none -serial stdio -L /usr/share/qemu -bios /usr/share/qemu/qboot.rom -kernel /lab/guest/vmlinux -initrd /tmp/i.cpio \
               -append "$cmdline" -no-reboot \
@@ -115,6 +144,19 @@ for i in $(seq RUNS); do
     until $ping > /tmp/ping.txt 2>/dev/null; do
       tries=$((tries+1)); [ $tries -gt 60 ] || ! kill -0 $vm 2>/dev/null && break; sleep 1
     done
+    if [ $vmm = kestrel-all ]; then
+      c() { m=$1 p=$2; shift 2; echo "$vmm api $m $p $(CURL -s --max-time 60 --unix-socket /tmp/api.sock -X $m -w ' %{http_code}' "$@" http://localhost$p)"; }
+      c PATCH /balloon -d '{"amount_mib": 64}'
+      t0=$(cut -d. -f1 /proc/uptime)
+      until CURL -s --unix-socket /tmp/api.sock http://localhost/balloon/statistics | grep -q '"actual_mib":64' || [ $(( $(cut -d. -f1 /proc/uptime) - t0 )) -gt 300 ]; do sleep 1; done
+      c PATCH /balloon/hinting/start
+      sleep 5
+      c GET /balloon/hinting/status
+      c GET /balloon/statistics
+      c PUT /actions -d '{"action_type": "FlushMetrics"}'
+      echo "$vmm metrics-lines $(wc -l < /tmp/metrics.json)"
+      grep '^mmds-read' /tmp/out.txt | tr -d '\r' | sed "s/^/$vmm /"
+    fi
     # the echo server ends with the connection, the guest's init then powers off
     wait $vm
     [ -n "$sampler" ] && { wait $sampler; { cat /tmp/peak.txt; grep -o 'Kestrel overhead [0-9.]* MiB' /tmp/out.txt; } | sed "s/^/$vmm /"; }
@@ -139,6 +181,9 @@ def main():
     parser.add_argument("--raw", help="write the L1 run's whole output to this file")
     parser.add_argument("--memory-only", action="store_true",
                         help="boot Kestrel only, with and without --fault-around, for the memory figure and its control (no QEMU, no ratios)")
+    parser.add_argument("--all-devices", action="store_true",
+                        help="boot Kestrel only, with every device, MMDS and metrics on, for the memory figure "
+                             "(this machine's cloud kernel as L1 and L2; no QEMU, no ratios)")
     parser.add_argument("--fault-around-control", action="store_true",
                         help="also boot Kestrel with --fault-around (the kernel's fault-around kept) in each run, "
                              "for the memory figure's control")
@@ -149,18 +194,34 @@ def main():
     with open(os.path.join(work, "guest.sh"), "w") as file:
         file.write(GUEST)
     with open(os.path.join(work, "l1.sh"), "w") as file:
-        if options.memory_only:
+        if options.all_devices:
+            vmms = "kestrel-all"
+        elif options.memory_only:
             vmms = "kestrel kestrel-fault-around"
         else:
             vmms = "kestrel qemu kestrel-fault-around" if options.fault_around_control else "kestrel qemu"
-        file.write(L1.replace("RUNS", str(options.runs)).replace("VMMS", vmms).replace("EXTRA_CMDLINE", options.extra_cmdline))
+        extra = "--add /lab/virtio_balloon.ko:/lab/virtio_balloon.ko" if options.all_devices else ""
+        curl = shutil.which("curl") or ""
+        file.write(L1.replace("RUNS", str(options.runs)).replace("VMMS", vmms).replace("EXTRA_CMDLINE", options.extra_cmdline)
+                   .replace("INITRAMFS_EXTRA", extra).replace("CURL -s", curl + " -s"))
     guest = ["--guest", options.guest] if options.guest and options.guest != options.kernel else ["--guest-kernel"]
+    l1_kernel = ["--kernel", options.kernel, "--qemu", options.qemu]
+    added = lab_bench.qemu_bundle()
+    if options.all_devices:
+        # This machine's cloud kernel, which has the balloon driver the lab's kernels leave out.
+        images = sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"))
+        if not images or not shutil.which("curl"):
+            sys.exit("--all-devices needs linux-image-cloud-amd64 and curl (apt-get install)")
+        release = os.path.basename(images[-1])[len("vmlinuz-"):]
+        l1_kernel = ["--kernel-image", images[-1], "--modules", f"/lib/modules/{release}", "--qemu", options.qemu]
+        guest = ["--guest-kernel"]
+        added = [(f"/lib/modules/{release}/kernel/drivers/virtio/virtio_balloon.ko", "/lab/virtio_balloon.ko")] + lab_bench.with_libraries(shutil.which("curl"))
     # One boot: an L1 booted again would run the script again, and its
     # samples would mix with the first boot's.
-    arguments = [KESTREL, "lab", "run", "--kernel", options.kernel, "--qemu", options.qemu, "--boot-attempts", "1"] + guest + [
+    arguments = [KESTREL, "lab", "run"] + l1_kernel + ["--boot-attempts", "1"] + guest + [
                  "--memory", "3072", "--timeout", "3000",
                  "--add", os.path.join(work, "guest.sh") + ":/lab/guest.sh", "--add", os.path.join(work, "l1.sh") + ":/lab/l1.sh"]
-    for host, guest_path in lab_bench.qemu_bundle():
+    for host, guest_path in added:
         arguments += ["--add", f"{host}:{guest_path}"]
     result = subprocess.run(arguments + ["--", "sh /lab/l1.sh"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if options.raw:
@@ -183,14 +244,19 @@ def main():
         seconds = max(float(end) - float(start), 0.01)
         # MB/s for transfers (MiB counted), requests per second for qd1.
         samples.setdefault((vmm, what), []).append(float(amount) / seconds)
-    memory = [float(m) for m in re.findall(r"^kestrel Kestrel overhead ([0-9.]+) MiB", result.stdout, re.M)]
-    peaks = [int(k) / 1024 for k in re.findall(r"^kestrel peak-kib ([0-9]+)", result.stdout, re.M)]
+    if options.all_devices:
+        for line in result.stdout.splitlines():
+            if line.startswith("kestrel-all ") and " peak-kib " not in line and "Kestrel overhead" not in line:
+                print(line)
+    measured = "kestrel-all" if options.all_devices else "kestrel"
+    memory = [float(m) for m in re.findall(rf"^{measured} Kestrel overhead ([0-9.]+) MiB", result.stdout, re.M)]
+    peaks = [int(k) / 1024 for k in re.findall(rf"^{measured} peak-kib ([0-9]+)", result.stdout, re.M)]
     control_peaks = [int(k) / 1024 for k in re.findall(r"^kestrel-fault-around peak-kib ([0-9]+)", result.stdout, re.M)]
     names = {"seqread": "virtio-blk sequential read (MiB/s)", "qd1": "virtio-blk 4 KiB reads at QD1 (IOPS)",
              "tcpup": "TCP guest to host over virtio-net (MiB/s)", "tcpdown": "TCP host to guest over virtio-net (MiB/s)",
              "vsockrtt": "vsock round trip, 64 bytes (median us; QEMU: vhost-vsock)"}
     print(f"{options.runs} runs each, interleaved, one L1 ({options.kernel}); medians; ratio = how many times better Kestrel is (goal >= 1.0)")
-    for what, name in ({} if options.memory_only else names).items():
+    for what, name in ({} if options.memory_only or options.all_devices else names).items():
         k, q = samples.get(("kestrel", what), []), samples.get(("qemu", what), [])
         if not k or not q:
             print(f"{name}: missing samples (kestrel {len(k)}, qemu {len(q)})")
@@ -201,13 +267,15 @@ def main():
         print(f"{name}: kestrel {km:.1f}, qemu {qm:.1f}, ratio {ratio:.2f}   "
               f"(kestrel {', '.join(f'{v:.1f}' for v in k)}; qemu {', '.join(f'{v:.1f}' for v in q)})")
     if peaks:
-        print(f"Kestrel's peak overhead while the guest ran (smaps, guest RAM excluded), all four devices attached and used: "
+        attached = ("the four devices, the balloon, MMDS, metrics and the API" if options.all_devices else "all four devices")
+        print(f"Kestrel's peak overhead while the guest ran (smaps, guest RAM excluded), {attached} attached and used: "
               f"median {statistics.median(peaks):.2f} MiB, max {max(peaks):.2f} ({', '.join(f'{v:.2f}' for v in peaks)}); goal < 5 MiB")
     if control_peaks:
         print(f"the control, Kestrel with --fault-around (the kernel's fault-around kept): "
               f"median {statistics.median(control_peaks):.2f} MiB, max {max(control_peaks):.2f} ({', '.join(f'{v:.2f}' for v in control_peaks)})")
     if memory:
-        print(f"Kestrel's own overhead figure at the end of each run, with virtio-blk, -net, -vsock and -rng attached and used: "
+        attached = ("the four devices, the balloon, MMDS, metrics and the API" if options.all_devices else "virtio-blk, -net, -vsock and -rng")
+        print(f"Kestrel's own overhead figure at the end of each run, with {attached} attached and used: "
               f"median {statistics.median(memory):.1f} MiB ({', '.join(f'{v:.1f}' for v in memory)}); goal < 5 MiB")
 
 

@@ -100,7 +100,7 @@ public struct LinuxBootPlan: Sendable {
         e820 = E820Entry.reserving(request.confidential?.reserved ?? [], in: GuestLayout.e820Map(memorySize: memorySize))
         var writes = kernel.writes
 
-        commandLine = try Self.commandLine(request.commandLine, limit: kernel.commandLineLimit)
+        commandLine = try Self.commandLine(Self.withDeviceEntries(request.commandLine, request.mmioDevices), limit: kernel.commandLineLimit)
         writes.append((GuestLayout.commandLineAddress, commandLine[...]))
 
         initrdRange = try request.initrd.map {
@@ -113,6 +113,7 @@ public struct LinuxBootPlan: Sendable {
         for write in request.confidential?.writes ?? [] { writes.append((write.address, write.bytes[...])) }
         writes.append((GuestLayout.gdtAddress, BootGDT.bytes[...]))
         for table in ACPITables.build(vcpuCount: request.vcpuCount, devices: request.mmioDevices) { writes.append((table.address, table.bytes[...])) }
+        for table in MPTable.build(vcpuCount: request.vcpuCount) { writes.append((table.address, table.bytes[...])) }
 
         kind = kernel.kind
         entry = kernel.entry
@@ -134,6 +135,21 @@ public struct LinuxBootPlan: Sendable {
         }
         throw BootError.badMagic(what: "kernel image", expected: "a bzImage (0xaa55 at 0x1FE, \"HdrS\" at 0x202) or an ELF vmlinux",
                                  found: request.kernel.prefix(4).map { String($0, radix: 16) }.joined(separator: " "))
+    }
+
+    /// `text`, and when it turns ACPI off (`acpi=off`, as Kata Containers
+    /// boots every guest) a `virtio_mmio.device=<size>K@<base>:<gsi>` entry for
+    /// each device, as Firecracker writes them: such a kernel cannot read the
+    /// DSDT, and finds virtio-mmio devices only there (with
+    /// CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES). They go before a `--` that starts
+    /// the init's own arguments. With ACPI on they are left out: the DSDT has
+    /// the devices, and a kernel that read both would claim each window twice.
+    static func withDeviceEntries(_ text: String, _ devices: [ACPITables.MMIODevice]) -> String {
+        let words = text.split(separator: " ", omittingEmptySubsequences: true)
+        let initArguments = words.firstIndex(of: "--") ?? words.endIndex
+        guard !devices.isEmpty, words[..<initArguments].contains("acpi=off") else { return text }
+        let entries = devices.map { "virtio_mmio.device=\($0.length / 1024)K@0x\(String($0.base, radix: 16)):\($0.gsi)" }
+        return (words[..<initArguments].map(String.init) + entries + words[initArguments...].map(String.init)).joined(separator: " ")
     }
 
     /// The command line, NUL-terminated, refused when too long or holding a NUL.

@@ -213,7 +213,11 @@ int chost_userfaultfd_register_wp(int fd, uint64_t start, uint64_t length) {
 
 static __thread char chost_seccomp_kind[24] = "unfiltered";
 
-int chost_seccomp_install(const uint32_t *allowed, size_t count, const char *thread_kind, int log_only) {
+int chost_set_thread_name(const char *name) {
+    return prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+
+int chost_seccomp_install(const uint32_t *allowed, size_t count, const char *thread_kind, const char *thread_name, int log_only) {
     enum { maximum = 400 };
     if (count > maximum) { errno = E2BIG; return -1; }
     struct sock_filter program[5 + 2 * maximum];
@@ -233,7 +237,7 @@ int chost_seccomp_install(const uint32_t *allowed, size_t count, const char *thr
     chost_seccomp_kind[copied] = 0;
     char name[16] = "k-";
     for (size_t index = 0; index < 13 && thread_kind[index] != 0; index++) name[2 + index] = thread_kind[index];
-    prctl(PR_SET_NAME, name, 0, 0, 0);
+    prctl(PR_SET_NAME, thread_name ? thread_name : name, 0, 0, 0);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
     return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &filter);
 }

@@ -23,6 +23,13 @@ extension POSIXThread {
         free(old)
     }
 
+    /// Sets the calling thread's name as the kernel shows it (/proc/PID/task/TID/comm,
+    /// prctl(PR_SET_NAME)): at most 15 bytes are kept.
+    public static func setKernelName(_ name: String) {
+        // Sound: the string is a NUL-terminated copy that lives through the call.
+        _ = name.withCString { chost_set_thread_name($0) }
+    }
+
     /// The name the calling thread gave itself; "main" for the process's
     /// first thread when it gave none; nil otherwise.
     public static var currentName: String? {

@@ -53,9 +53,13 @@ public struct SeccompFilter: Sendable {
     /// seccomp(SECCOMP_SET_MODE_FILTER).
     /// With `logOnly`, calls outside the list are allowed and the kernel
     /// logs each (SECCOMP_RET_LOG), for checking a list against a workload.
-    /// The thread is named "k-<kind>" (PR_SET_NAME) either way.
-    public func install(logOnly: Bool = false) throws {
-        let result = numbers.withUnsafeBufferPointer { chost_seccomp_install($0.baseAddress, $0.count, threadKind, logOnly ? 1 : 0) }
+    /// The thread is named `threadName`, or "k-<kind>" (PR_SET_NAME), either way.
+    public func install(logOnly: Bool = false, threadName: String? = nil) throws {
+        let result = numbers.withUnsafeBufferPointer { numbers in
+            // Sound: both strings are NUL-terminated copies that live through the call.
+            threadName.map { name in name.withCString { chost_seccomp_install(numbers.baseAddress, numbers.count, threadKind, $0, logOnly ? 1 : 0) } }
+                ?? chost_seccomp_install(numbers.baseAddress, numbers.count, threadKind, nil, logOnly ? 1 : 0)
+        }
         if result != 0 { throw SystemCallError.current("seccomp(SECCOMP_SET_MODE_FILTER) for the \(threadKind) thread") }
     }
 

@@ -53,7 +53,7 @@ struct RunCommand: ParsableCommand {
         discussion: "Shows on a host that the filters are in force: Kestrel must end with status 159 and the seccomp line.", visibility: .hidden))
     var seccompProbe: String?
     @Flag(name: .customLong("seccomp-log"), help: ArgumentHelp(
-        "Let calls outside the allow-lists through, logged by the kernel (SECCOMP_RET_LOG: audit lines in dmesg naming the thread, k-vcpu and so on).",
+        "Let calls outside the allow-lists through, logged by the kernel (SECCOMP_RET_LOG: audit lines in dmesg naming the thread: fc_vcpu N, k-virtio and so on).",
         visibility: .hidden))
     var seccompLog = false
     @Flag(name: .customLong("fault-around"), help: ArgumentHelp(

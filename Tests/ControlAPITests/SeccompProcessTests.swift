@@ -25,6 +25,19 @@ import Testing
         return result
     }
 
+    /// The kernel's name (comm) of each thread of `pid`.
+    static func threadNames(_ pid: pid_t) -> [String] {
+        guard let directory = opendir("/proc/\(pid)/task") else { return [] }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard !name.hasPrefix("."), let comm = try? readText("/proc/\(pid)/task/\(name)/comm") else { continue }
+            names.append(comm.split(separator: "\n").first.map(String.init) ?? "")
+        }
+        return names
+    }
+
     func runCounter(_ extra: [String], in directory: TemporaryDirectory) throws -> HostProcess {
         let kernel = directory.path + "/counter.elf"
         try writeFileAtomically(APIProcessTests.counterKernel(), to: kernel)
@@ -44,6 +57,9 @@ import Testing
             #expect(try APIProcessTests.curl(socket, "PATCH", "/vm", #"{"state": "Resumed"}"#).0 == 204)
             let modes = Self.modes(process.process)
             #expect(modes.count >= 4 && modes.values.allSatisfy { $0 == expected }, "\(flags): \(modes)")
+            // Firecracker's vCPU thread name, which Kata Containers looks for, with the filters or without.
+            let names = Self.threadNames(process.process)
+            #expect(names.contains("fc_vcpu 0") && !names.contains("k-vcpu"), "\(flags): \(names)")
             process.signal(SIGTERM)
             #expect(APIProcessTests.exitStatus(process, within: 10) == 128 + SIGTERM, "\((try? readText(directory.path + "/err")) ?? "")")
             let errors = (try? readText(directory.path + "/err")) ?? ""

@@ -139,6 +139,8 @@ extension LabIntegrationTests {
             echo "vmm-netns $( [ "$(readlink /proc/$PID/ns/net)" = "$(nsenter --net=/var/run/netns/cni-kata readlink /proc/self/ns/net)" ] && echo sandbox || echo other)"
             chmod 0640 $R/kata.hvsock && echo "hvsock-mode $(stat -c %a $R/kata.hvsock)"
             echo "threads $(cat /proc/$PID/task/*/comm | sort | uniq -c | tr -s ' \n' ' ')"
+            # GetThreadIDs: the threads whose comm is "fc_vcpu N", by N.
+            echo "kata-vcpus $(for t in /proc/$PID/task/*; do c=$(cat $t/comm); case "$c" in fc_vcpu*) printf '%s=%s ' "${c#fc_vcpu }" "${t##*/}";; esac; done)"
             \#(Self.curlFunction(socket: "$S"))
             until [ "$(echo ping | timeout 5 kestrel vsock connect --uds $R/kata.hvsock --port 1024 2>/tmp/connect.err)" = ping ]; do
                 [ $(( $(now) - start )) -gt 180000 ] || [ ! -e /proc/$PID ] && { echo "connect-error $(tail -n 1 /tmp/connect.err)"; break; }
@@ -189,6 +191,9 @@ extension LabIntegrationTests {
         #expect(value("pid-root")?.hasPrefix("/run/vc/firecracker/") == true && value("pid-root")?.hasSuffix("/root") == true,
                 "the pid file names the jailed VMM: \(output)")
         #expect(value("vmm-netns") == "sandbox" && value("hvsock-mode") == "640", "\(output)")
+        // Kata's GetThreadIDs finds the one vCPU thread by its name, "fc_vcpu 0".
+        let vcpus = (value("kata-vcpus") ?? "").split(separator: " ")
+        #expect(vcpus.count == 1 && vcpus.first?.hasPrefix("0=") == true, "Kata finds vCPU 0's thread: \(output)")
         #expect(script.number("agent-ms") > 0 && script.number("agent-ms") < 180_000, "the agent's port answered over the hybrid vsock: \(output)")
         #expect(value("PATCH /drives/drive_0") == "204", "\(output)")
         let report = value("report") ?? ""

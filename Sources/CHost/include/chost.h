@@ -92,6 +92,10 @@ long chost_get_mempolicy(int *mode, unsigned long *nodemask, unsigned long maxno
                         unsigned long flags);
 long chost_move_pages(int pid, unsigned long count, void **pages, const int *nodes, int *status, int flags);
 
+/* Names the calling thread as the kernel shows it (comm; prctl(PR_SET_NAME),
+ * at most 15 bytes kept). Returns 0 or -1 with errno. */
+int chost_set_thread_name(const char *name);
+
 /*
  * seccomp-BPF for the calling thread (and the threads it creates later):
  * sets no_new_privs, then installs a filter that allows exactly the `count`
@@ -99,13 +103,14 @@ long chost_move_pages(int pid, unsigned long count, void **pages, const int *nod
  * (SECCOMP_RET_TRAP, so SIGSYS reaches the handler below); a call made with
  * another architecture's convention (x32, i386) kills the process.
  * `thread_kind` (at most 23 bytes kept) names the thread in the trap's line,
- * and the thread itself becomes "k-<kind>" (PR_SET_NAME). With `log_only`,
+ * and the thread itself becomes `thread_name`, or "k-<kind>" when that is
+ * NULL (PR_SET_NAME, at most 15 bytes). With `log_only`,
  * a call outside the list is allowed and logged by the kernel
  * (SECCOMP_RET_LOG: an audit line with the call's number and the thread's
  * name), which is how the lists are checked against a workload.
  * Returns 0 or -1 with errno.
  */
-int chost_seccomp_install(const uint32_t *allowed, size_t count, const char *thread_kind, int log_only);
+int chost_seccomp_install(const uint32_t *allowed, size_t count, const char *thread_kind, const char *thread_name, int log_only);
 
 /*
  * The SIGSYS handler for trapped calls: writes one line to stderr, "kestrel:

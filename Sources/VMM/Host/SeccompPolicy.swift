@@ -33,7 +33,7 @@ public struct SeccompPolicy: Sendable {
     public let probe: KestrelThread?
     /// Calls outside a list are logged by the kernel, not trapped
     /// (`kestrel run --seccomp-log`): the audit lines in dmesg name the
-    /// thread ("k-vcpu") and the call, to check the lists against a workload.
+    /// thread ("fc_vcpu 0", "k-virtio") and the call, to check the lists against a workload.
     public let logOnly: Bool
     private let log: @Sendable (String) -> Void
 
@@ -99,13 +99,14 @@ public struct SeccompPolicy: Sendable {
     /// Installs the SIGSYS handler; the process needs it before any filter.
     public func prepare() throws { try SeccompFilter.installTrapHandler() }
 
-    /// Installs `kind`'s list on the calling thread. A thread that cannot
-    /// be filtered must not go on unfiltered: the failure is logged and
-    /// the process ends (status 1).
-    public func enter(_ kind: KestrelThread) {
+    /// Installs `kind`'s list on the calling thread, which the kernel then
+    /// calls `threadName` (default "k-<kind>"). A thread that cannot be
+    /// filtered must not go on unfiltered: the failure is logged and the
+    /// process ends (status 1).
+    public func enter(_ kind: KestrelThread, threadName: String? = nil) {
         POSIXThread.setCurrentName(kind.rawValue)
         do {
-            try filters[kind]!.install(logOnly: logOnly)
+            try filters[kind]!.install(logOnly: logOnly, threadName: threadName)
         } catch {
             log("seccomp: cannot filter the \(kind.rawValue) thread: \(error); ending (--no-seccomp runs without filters)")
             Glibc.exit(1)

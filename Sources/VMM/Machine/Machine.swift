@@ -122,7 +122,10 @@ public final class Machine: Sendable {
         for (index, vcpuThread) in vcpuThreads.enumerated() {
             do {
                 threads.append(try vcpuThread.spawn { [self] thread in
-                    seccomp?.enter(.vcpu)
+                    // Firecracker's name for a vCPU thread, by which Kata
+                    // Containers finds the threads to place in its cgroups.
+                    let name = "fc_vcpu \(index)"
+                    if let seccomp { seccomp.enter(.vcpu, threadName: name) } else { POSIXThread.setKernelName(name) }
                     firstRunGate.wait(until: { firstRunAllowed.withLock { $0 } }) {}
                     runLoop(thread, index: index)
                 })
