@@ -180,8 +180,10 @@ int main(int argc, char **argv) {
             }
         }
         struct epoll_event events[64];
-        int timeout = (int)((soonest - now()) * 1000);
-        int n = epoll_wait(epoll_fd, events, 64, timeout < 0 ? 0 : timeout > 100 ? 100 : timeout);
+        /* Rounded up, so that a client due within a millisecond is waited for, not spun on. */
+        double wait = soonest - now();
+        int timeout = wait <= 0 ? 0 : (int)(wait * 1000) + 1;
+        int n = epoll_wait(epoll_fd, events, 64, timeout > 100 ? 100 : timeout);
         for (int i = 0; i < n; i++) ready(events[i].data.ptr, interval);
     }
     long starved = 0;

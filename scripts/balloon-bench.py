@@ -75,7 +75,7 @@ timed() {
 for i in $(seq RUNS); do
   if [ $((i % 2)) = 1 ]; then order="kestrel qemu"; else order="qemu kestrel"; fi
   for vmm in $order; do
-    rm -f /tmp/out.txt /tmp/b.sock /tmp/mon.in /tmp/mon.out /tmp/mon.log
+    rm -f /tmp/out.txt /tmp/b.sock /tmp/mon.in /tmp/mon.out /tmp/mon.log; reader=
     case $vmm in
       kestrel) kestrel run --api-sock /tmp/b.sock --config-file /tmp/vm.json > /tmp/out.txt 2>&1 &
                vm=$!; short=k ;;
@@ -85,7 +85,7 @@ for i in $(seq RUNS); do
               -initrd /tmp/i.cpio -append "$cmdline" -no-reboot -monitor pipe:/tmp/mon -device virtio-balloon-device \
               > /tmp/out.txt 2>&1 &
             vm=$!; short=q
-            cat /tmp/mon.out >> /tmp/mon.log & ;;
+            cat /tmp/mon.out >> /tmp/mon.log & reader=$! ;;
     esac
     t0=$(now)
     until grep -q '^balloon-ready' /tmp/out.txt 2>/dev/null || ! kill -0 $vm 2>/dev/null || [ $(( $(now) - t0 )) -gt 300000 ]; do sleep 0.5; done
@@ -99,7 +99,7 @@ for i in $(seq RUNS); do
     grep '^balloon-ready ' /tmp/out.txt | tr -d '\r' | sed "s/^/$vmm /"
     grep -q '^balloon-driver-loaded' /tmp/out.txt || { echo "$vmm run $i incomplete:"; tail -20 /tmp/out.txt | sed 's/^/  /'; }
     kill $vm; wait $vm 2>/dev/null
-    killall cat 2>/dev/null; sleep 1
+    [ $vmm = qemu ] && kill $reader 2>/dev/null; sleep 1
   done
 done
 """

@@ -36,7 +36,8 @@ Measured in the L1:
   second, free page hinting and reporting), MMDS (V1 on eth0, with a
   --metadata data store), --metrics-path and the API socket. The L1 and L2
   are then this machine's cloud kernel, whose virtio_balloon module the guest
-  loads; besides the four devices' traffic the guest reads MMDS, and the L1
+  loads, or with --balloon-module the --kernel lab kernel and that module
+  (use 7.2: from 6.7 on Kestrel turns fault-around off); besides the four devices' traffic the guest reads MMDS, and the L1
   inflates the balloon by 64 MiB, runs a hinting run, reads the statistics
   and flushes the metrics.
 
@@ -65,7 +66,7 @@ GUEST = r"""
 for i in $(seq 100); do [ -b /dev/vda ] && [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
 ip link set lo up; ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up
 ping -c 1 -W 5 172.16.0.1 >/dev/null
-[ -e /lab/virtio_balloon.ko ] && { ip route add 169.254.169.254 dev eth0; echo "mmds-read $(wget -q -T 5 -O - http://169.254.169.254/instance-id)"; }
+[ -e /lab/virtio_balloon.ko ] && { ip route add 169.254.169.254 dev eth0; echo "mmds-read $(wget -T 5 -O - http://169.254.169.254/latest/meta-data/instance-id 2>&1 | tr "\n" " ")"; }
 head -c 32 /dev/hwrng >/dev/null
 t() { cut -d' ' -f1 /proc/uptime; }
 a=$(t); dd if=/dev/vda of=/dev/null bs=1M iflag=direct 2>/dev/null; b=$(t); echo "seqread $a $b 64"
@@ -123,7 +124,7 @@ for i in $(seq RUNS); do
  "balloon": {"amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 1, "free_page_hinting": true, "free_page_reporting": true},
  "mmds-config": {"version": "V1", "network_interfaces": ["eth0"]}}
 JSON
-               echo '{"instance-id": "i-bench"}' > /tmp/md.json
+               echo '{"latest": {"meta-data": {"instance-id": "i-bench"}}}' > /tmp/md.json
                rm -f /tmp/api.sock /tmp/metrics.json
                kestrel run --api-sock /tmp/api.sock --config-file /tmp/all.json --metadata /tmp/md.json --metrics-path /tmp/metrics.json \
                  --verbose > /tmp/out.txt 2>&1 &
@@ -140,15 +141,13 @@ JSON
             ping="kestrel vsock ping --cid 3 --port 52 --count 300" ;;
     esac
     until grep -q vsock-listening /tmp/out.txt 2>/dev/null || ! kill -0 $vm 2>/dev/null; do sleep 1; done
-    tries=0
-    until $ping > /tmp/ping.txt 2>/dev/null; do
-      tries=$((tries+1)); [ $tries -gt 60 ] || ! kill -0 $vm 2>/dev/null && break; sleep 1
-    done
+    # The guest waits in its vsock listener: the balloon and the API are driven now, before the ping ends the run.
     if [ $vmm = kestrel-all ]; then
       c() { m=$1 p=$2; shift 2; echo "$vmm api $m $p $(CURL -s --max-time 60 --unix-socket /tmp/api.sock -X $m -w ' %{http_code}' "$@" http://localhost$p)"; }
       c PATCH /balloon -d '{"amount_mib": 64}'
       t0=$(cut -d. -f1 /proc/uptime)
-      until CURL -s --unix-socket /tmp/api.sock http://localhost/balloon/statistics | grep -q '"actual_mib":64' || [ $(( $(cut -d. -f1 /proc/uptime) - t0 )) -gt 300 ]; do sleep 1; done
+      until CURL -s --unix-socket /tmp/api.sock http://localhost/balloon/statistics | grep -q '"actual_mib":64' || [ $(( $(cut -d. -f1 /proc/uptime) - t0 )) -gt 120 ] || ! kill -0 $vm 2>/dev/null; do sleep 1; done
+      echo "$vmm inflate-64-s $(( $(cut -d. -f1 /proc/uptime) - t0 ))"
       c PATCH /balloon/hinting/start
       sleep 5
       c GET /balloon/hinting/status
@@ -157,6 +156,10 @@ JSON
       echo "$vmm metrics-lines $(wc -l < /tmp/metrics.json)"
       grep '^mmds-read' /tmp/out.txt | tr -d '\r' | sed "s/^/$vmm /"
     fi
+    tries=0
+    until $ping > /tmp/ping.txt 2>/dev/null; do
+      tries=$((tries+1)); [ $tries -gt 60 ] || ! kill -0 $vm 2>/dev/null && break; sleep 1
+    done
     # the echo server ends with the connection, the guest's init then powers off
     wait $vm
     [ -n "$sampler" ] && { wait $sampler; { cat /tmp/peak.txt; grep -o 'Kestrel overhead [0-9.]* MiB' /tmp/out.txt; } | sed "s/^/$vmm /"; }
@@ -184,6 +187,10 @@ def main():
     parser.add_argument("--all-devices", action="store_true",
                         help="boot Kestrel only, with every device, MMDS and metrics on, for the memory figure "
                              "(this machine's cloud kernel as L1 and L2; no QEMU, no ratios)")
+    parser.add_argument("--balloon-module", help="with --all-devices: the virtio_balloon.ko of the --kernel lab kernel, uncompressed, "
+                        "which then serves as L1 and guest (the lab keeps only the four devices' drivers). Debian ships it in "
+                        "linux-modules-RELEASE: apt-get download it with the lab's apt options (~/.cache/kestrel/lab/apt), "
+                        "dpkg-deb -x, xz -d")
     parser.add_argument("--fault-around-control", action="store_true",
                         help="also boot Kestrel with --fault-around (the kernel's fault-around kept) in each run, "
                              "for the memory figure's control")
@@ -207,7 +214,12 @@ def main():
     guest = ["--guest", options.guest] if options.guest and options.guest != options.kernel else ["--guest-kernel"]
     l1_kernel = ["--kernel", options.kernel, "--qemu", options.qemu]
     added = lab_bench.qemu_bundle()
-    if options.all_devices:
+    if options.all_devices and options.balloon_module:
+        # The lab kernel as L1 and guest, with the balloon driver built for it.
+        if not os.path.isfile(options.balloon_module) or not shutil.which("curl") or guest != ["--guest-kernel"]:
+            sys.exit("--balloon-module needs the module's file, curl (apt-get install curl), and the L1's own kernel as the guest (no --guest)")
+        added = [(options.balloon_module, "/lab/virtio_balloon.ko")] + lab_bench.with_libraries(shutil.which("curl"))
+    elif options.all_devices:
         # This machine's cloud kernel, which has the balloon driver the lab's kernels leave out.
         images = sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"))
         if not images or not shutil.which("curl"):

@@ -145,11 +145,15 @@ public struct LinuxBootPlan: Sendable {
     /// the init's own arguments. With ACPI on they are left out: the DSDT has
     /// the devices, and a kernel that read both would claim each window twice.
     static func withDeviceEntries(_ text: String, _ devices: [ACPITables.MMIODevice]) -> String {
-        let words = text.split(separator: " ", omittingEmptySubsequences: true)
-        let initArguments = words.firstIndex(of: "--") ?? words.endIndex
-        guard !devices.isEmpty, words[..<initArguments].contains("acpi=off") else { return text }
-        let entries = devices.map { "virtio_mmio.device=\($0.length / 1024)K@0x\(String($0.base, radix: 16)):\($0.gsi)" }
-        return (words[..<initArguments].map(String.init) + entries + words[initArguments...].map(String.init)).joined(separator: " ")
+        // The kernel's part ends at the first word that is exactly "--".
+        let words = text.split(whereSeparator: \.isWhitespace)
+        let separator = words.first { $0 == "--" }
+        let kernelWords = separator.map { words[..<words.firstIndex(of: $0)!] } ?? words[...]
+        guard !devices.isEmpty, kernelWords.contains("acpi=off") else { return text }
+        let entries = devices.map { "virtio_mmio.device=\($0.length / 1024)K@0x\(String($0.base, radix: 16)):\($0.gsi)" }.joined(separator: " ")
+        // The text is kept as it is; the entries go just before "--", or at the end.
+        guard let separator else { return text + " " + entries }
+        return String(text[..<separator.startIndex]) + entries + " " + String(text[separator.startIndex...])
     }
 
     /// The command line, NUL-terminated, refused when too long or holding a NUL.

@@ -53,6 +53,11 @@ public final class BalloonDevice: VirtioDevice {
     let reportingQueue: Int?
     private let context = Mutex<VirtioContext?>(nil)
     private let state: Mutex<State>
+    /// Held while a hinted block is checked against the host's command id
+    /// and returned, and while the host changes that id: once DONE (or a
+    /// newer run) is visible to the driver, which may then reuse its blocks,
+    /// no block of the old run is still being discarded.
+    private let hinting = Mutex(())
     private let timer: TimerNotifier
 
     struct State {
@@ -67,6 +72,8 @@ public final class BalloonDevice: VirtioDevice {
         var hostCommand = HintCommand.stop
         /// The last command id the driver sent (nil: none since the reset).
         var guestCommand: UInt32?
+        /// The driver echoed the host's current run before its STOP.
+        var runEchoed = false
         /// The last run's id, so the next one differs.
         var lastRun: UInt32 = HintCommand.done
         /// Say DONE as soon as the driver says its run is over.
@@ -81,27 +88,16 @@ public final class BalloonDevice: VirtioDevice {
                 freePageReporting: Bool) throws {
         var features = deflateOnOOM ? Feature.deflateOnOOM : 0
         var queues: [UInt16] = [256, 256]
-        if statisticsInterval > .zero {
-            features |= Feature.statisticsQueue
-            statisticsQueue = queues.count
+        // Each optional queue, when offered, takes the next index and its feature bit.
+        func optionalQueue(_ offered: Bool, _ feature: UInt64) -> Int? {
+            guard offered else { return nil }
+            features |= feature
             queues.append(256)
-        } else {
-            statisticsQueue = nil
+            return queues.count - 1
         }
-        if freePageHinting {
-            features |= Feature.freePageHinting
-            hintingQueue = queues.count
-            queues.append(256)
-        } else {
-            hintingQueue = nil
-        }
-        if freePageReporting {
-            features |= Feature.freePageReporting
-            reportingQueue = queues.count
-            queues.append(256)
-        } else {
-            reportingQueue = nil
-        }
+        statisticsQueue = optionalQueue(statisticsInterval > .zero, Feature.statisticsQueue)
+        hintingQueue = optionalQueue(freePageHinting, Feature.freePageHinting)
+        reportingQueue = optionalQueue(freePageReporting, Feature.freePageReporting)
         offeredFeatures = features
         queueSizes = queues
         state = Mutex(State(targetPages: Self.pages(mib: targetMiB), interval: statisticsInterval))
@@ -145,23 +141,34 @@ public final class BalloonDevice: VirtioDevice {
     /// ends its run, and the driver takes the blocks back; without, they stay
     /// lent until `stopHinting()`.
     public func startHinting(acknowledgeOnStop: Bool) throws {
-        guard hintingQueue != nil else { throw BalloonError("free page hinting was not enabled when the balloon was configured (free_page_hinting)") }
-        state.withLock { state in
-            var run = state.lastRun &+ 1
-            if run == HintCommand.stop || run == HintCommand.done { run = 2 }
-            state.lastRun = run
-            state.acknowledgeOnStop = acknowledgeOnStop
-            state.hostCommand = run
-            state.generation &+= 1
+        let context = try activeForHinting()
+        hinting.withLock { _ in
+            state.withLock { state in
+                var run = state.lastRun &+ 1
+                if run == HintCommand.stop || run == HintCommand.done { run = 2 }
+                state.lastRun = run
+                state.acknowledgeOnStop = acknowledgeOnStop
+                state.hostCommand = run
+                state.runEchoed = false
+                state.generation &+= 1
+            }
         }
-        context.withLock { $0 }?.interrupt.raise(.configurationChange)
+        context.interrupt.raise(.configurationChange)
     }
 
     /// Ends a run (`PATCH /balloon/hinting/stop`): DONE, so the driver takes
     /// back every block it lent; blocks still in flight are not discarded.
     public func stopHinting() throws {
-        guard hintingQueue != nil else { throw BalloonError("free page hinting was not enabled when the balloon was configured (free_page_hinting)") }
+        _ = try activeForHinting()
         setHostCommand(HintCommand.done)
+    }
+
+    /// The context of a balloon that offers hinting and whose driver is
+    /// running (a command id set before that would be lost to its reset).
+    private func activeForHinting() throws -> VirtioContext {
+        guard hintingQueue != nil else { throw BalloonError("free page hinting was not enabled when the balloon was configured (free_page_hinting)") }
+        guard let context = context.withLock({ $0 }) else { throw BalloonError("the guest's balloon driver is not running") }
+        return context
     }
 
     /// `GET /balloon/hinting/status`: the host's last command id and the
@@ -172,9 +179,11 @@ public final class BalloonDevice: VirtioDevice {
     }
 
     private func setHostCommand(_ command: UInt32) {
-        state.withLock {
-            $0.hostCommand = command
-            $0.generation &+= 1
+        hinting.withLock { _ in
+            state.withLock {
+                $0.hostCommand = command
+                $0.generation &+= 1
+            }
         }
         context.withLock { $0 }?.interrupt.raise(.configurationChange)
     }
@@ -217,18 +226,25 @@ public final class BalloonDevice: VirtioDevice {
 
     public func reset() {
         context.withLock { $0 = nil }
-        state.withLock {
-            $0.heldStatistics = nil
-            $0.guestCommand = nil
-            $0.hostCommand = HintCommand.stop
-            $0.generation &+= 1
+        hinting.withLock { _ in
+            state.withLock {
+                $0.heldStatistics = nil
+                $0.guestCommand = nil
+                $0.runEchoed = false
+                $0.hostCommand = HintCommand.stop
+                $0.generation &+= 1
+            }
         }
     }
 
     /// After a restore the driver may still hold blocks lent to a run of the
-    /// process that was snapshotted: DONE gives them back to it.
+    /// process that was snapshotted: DONE gives them back to it. That
+    /// process's run ids are not in the snapshot, and a driver skips a run
+    /// whose id it last served, so the next run starts from a random id.
     public func restored() {
-        if hintingQueue != nil { setHostCommand(HintCommand.done) }
+        guard hintingQueue != nil else { return }
+        state.withLock { $0.lastRun = UInt32.random(in: 2...UInt32.max - 1) }
+        setHostCommand(HintCommand.done)
     }
 
     public func process(queue: Int) throws(QueueFault) {
@@ -314,17 +330,27 @@ public final class BalloonDevice: VirtioDevice {
     /// returned to the host only while its run is the host's current one:
     /// after DONE or a newer run, the driver may already be using it again.
     func processHints(_ virtqueue: SplitQueue, _ context: VirtioContext) throws(QueueFault) {
-        var runEnded = false
+        var acknowledge = false
         while let chain = try virtqueue.nextOrEnableNotification() {
             var reader = ChainReader(chain, memory: context.memory)
-            if reader.remaining == 4, let bytes = reader.readBytes(4) {
-                let command = UInt32(bytes[0]) | UInt32(bytes[1]) << 8 | UInt32(bytes[2]) << 16 | UInt32(bytes[3]) << 24
-                state.withLock { $0.guestCommand = command }
-                // DONE is the host's word; a driver that sends it has ended its run too.
-                runEnded = command == HintCommand.stop || command == HintCommand.done
-            }
-            let (host, guest) = state.withLock { ($0.hostCommand, $0.guestCommand) }
-            if host != HintCommand.stop, host != HintCommand.done, guest == host {
+            let command: UInt32? = reader.remaining == 4 ? reader.readBytes(4).map {
+                UInt32($0[0]) | UInt32($0[1]) << 8 | UInt32($0[2]) << 16 | UInt32($0[3]) << 24
+            } : nil
+            hinting.withLock { _ in
+                let (host, guest) = state.withLock { state -> (UInt32, UInt32?) in
+                    if let command {
+                        state.guestCommand = command
+                        let isRun = state.hostCommand != HintCommand.stop && state.hostCommand != HintCommand.done
+                        if command == state.hostCommand { state.runEchoed = true }
+                        // STOP (or DONE, the host's word) ends the driver's run; only
+                        // the current run's end is acknowledged.
+                        if command == HintCommand.stop || command == HintCommand.done, isRun, state.runEchoed, state.acknowledgeOnStop {
+                            acknowledge = true
+                        }
+                    }
+                    return (state.hostCommand, state.guestCommand)
+                }
+                guard host != HintCommand.stop, host != HintCommand.done, guest == host, !acknowledge else { return }
                 var freed: UInt64 = 0
                 for segment in chain.writable {
                     discard(segment.address, length: UInt64(segment.length), context.memory)
@@ -339,8 +365,18 @@ public final class BalloonDevice: VirtioDevice {
             }
             virtqueue.complete(chain.head, written: 0)
         }
-        if runEnded, state.withLock({ $0.acknowledgeOnStop && $0.hostCommand != HintCommand.stop && $0.hostCommand != HintCommand.done }) {
-            setHostCommand(HintCommand.done)
+        if acknowledge {
+            // DONE, unless the host started another run meanwhile.
+            let done = hinting.withLock { _ in
+                state.withLock { state -> Bool in
+                    guard state.runEchoed, state.hostCommand != HintCommand.stop, state.hostCommand != HintCommand.done,
+                          state.guestCommand == HintCommand.stop || state.guestCommand == HintCommand.done else { return false }
+                    state.hostCommand = HintCommand.done
+                    state.generation &+= 1
+                    return true
+                }
+            }
+            if done { context.interrupt.raise(.configurationChange) }
         }
     }
 
@@ -377,7 +413,7 @@ public final class BalloonDevice: VirtioDevice {
 }
 
 /// A refused balloon change.
-public struct BalloonError: Error, CustomStringConvertible, Sendable {
+public struct BalloonError: Error, CustomStringConvertible, Equatable, Sendable {
     public let description: String
     public init(_ description: String) { self.description = description }
 }

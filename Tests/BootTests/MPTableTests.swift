@@ -74,5 +74,7 @@ import Testing
         #expect(LinuxBootPlan.withDeviceEntries("acpi=off -- init-arg", devices)
                 == "acpi=off virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 -- init-arg")
         #expect(LinuxBootPlan.withDeviceEntries("quiet -- acpi=off", devices) == "quiet -- acpi=off", "an init's argument is not the kernel's")
+        #expect(LinuxBootPlan.withDeviceEntries("a=\"x  y\"\tacpi=off", [devices[0]]) == "a=\"x  y\"\tacpi=off virtio_mmio.device=4K@0xd0000000:5",
+                "the user's text is kept as it was")
     }
 }

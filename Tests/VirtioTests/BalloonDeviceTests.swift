@@ -136,10 +136,15 @@ import Testing
         #expect(command() == 3, "no DONE without acknowledge_on_stop")
         try device.stopHinting()
         #expect(command() == BalloonDevice.HintCommand.done)
+        // A STOP the driver sends before it has seen a run is not that run's end.
+        try device.startHinting(acknowledgeOnStop: true)
+        sendCommand(BalloonDevice.HintCommand.stop)
+        #expect(command() == 4, "a STOP without the run's echo is not acknowledged")
         device.reset()
         let afterReset = try device.hintingStatus()
         #expect(command() == BalloonDevice.HintCommand.stop && afterReset == (0, nil))
 
+        #expect(throws: BalloonError("the guest's balloon driver is not running")) { try device.startHinting(acknowledgeOnStop: true) }
         let plain = try BalloonDevice(targetMiB: 0, deflateOnOOM: false, statisticsInterval: .zero, freePageReporting: false)
         #expect(plain.queueSizes.count == 2 && plain.hintingQueue == nil)
         #expect(throws: BalloonError.self) { try plain.startHinting(acknowledgeOnStop: true) }
