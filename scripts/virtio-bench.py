@@ -66,7 +66,8 @@ GUEST = r"""
 for i in $(seq 100); do [ -b /dev/vda ] && [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
 ip link set lo up; ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up
 ping -c 1 -W 5 172.16.0.1 >/dev/null
-[ -e /lab/virtio_balloon.ko ] && { ip route add 169.254.169.254 dev eth0; echo "mmds-read $(wget -T 5 -O - http://169.254.169.254/latest/meta-data/instance-id 2>&1 | tr "\n" " ")"; }
+# (Not wget -T: Debian 12's busybox 1.35 wget crashes with it.)
+[ -e /lab/virtio_balloon.ko ] && { ip route add 169.254.169.254 dev eth0; echo "mmds-read $(timeout 10 wget -q -O - http://169.254.169.254/latest/meta-data/instance-id)"; }
 head -c 32 /dev/hwrng >/dev/null
 t() { cut -d' ' -f1 /proc/uptime; }
 a=$(t); dd if=/dev/vda of=/dev/null bs=1M iflag=direct 2>/dev/null; b=$(t); echo "seqread $a $b 64"
