@@ -26,7 +26,6 @@ qemu-system-x86, curl and linux-image-cloud-amd64. Usage:
 scripts/balloon-bench.py [--runs 3] [--raw FILE]
 """
 import argparse
-import glob
 import importlib.util
 import os
 import re
@@ -113,19 +112,13 @@ def main():
     if not os.path.exists(KESTREL):
         sys.exit("build the release kestrel first: swift build -c release --product kestrel")
     curl = shutil.which("curl") or sys.exit("curl is not installed (apt-get install curl)")
-    images = sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"))
-    if not images:
-        sys.exit("no /boot/vmlinuz-*-cloud-amd64 (apt-get install linux-image-cloud-amd64)")
-    release = os.path.basename(images[-1])[len("vmlinuz-"):]
-    module = f"/lib/modules/{release}/kernel/drivers/virtio/virtio_balloon.ko"
-    if not os.path.exists(module):
-        sys.exit(f"{release} has no virtio_balloon module")
+    image, release, module = lab_bench.cloud_kernel_with_balloon()
     work = tempfile.mkdtemp(prefix="kestrel-balloon-bench-")
     with open(os.path.join(work, "guest.sh"), "w") as file:
         file.write(GUEST)
     with open(os.path.join(work, "l1.sh"), "w") as file:
         file.write(L1.replace("RUNS", str(options.runs)).replace("CURL -s", curl + " -s"))
-    arguments = [KESTREL, "lab", "run", "--kernel-image", images[-1], "--modules", f"/lib/modules/{release}", "--guest-kernel",
+    arguments = [KESTREL, "lab", "run", "--kernel-image", image, "--modules", f"/lib/modules/{release}", "--guest-kernel",
                  "--boot-attempts", "1", "--memory", "3072", "--timeout", "3000",
                  "--add", f"{module}:/lab/virtio_balloon.ko",
                  "--add", os.path.join(work, "guest.sh") + ":/lab/guest.sh", "--add", os.path.join(work, "l1.sh") + ":/lab/l1.sh"]

@@ -19,6 +19,7 @@ qemu-system-x86, and the lab kernels (kestrel lab kernels --fetch all).
 Usage: scripts/lab-bench.py [--runs 5] [--l1 6.1] [--guest 6.1] [--skip-ready] [--skip-matrix]
 """
 import argparse
+import glob
 import os
 import re
 import statistics
@@ -74,6 +75,20 @@ def with_libraries(binary):
         if path:
             pairs.append((os.path.realpath(path), path))
     return pairs
+
+
+def cloud_kernel_with_balloon():
+    """(image, release, virtio_balloon.ko) of this machine's newest Debian cloud
+    kernel, for an L1 and L2 whose guest loads the balloon driver (the lab's
+    kernels keep only the four devices' drivers). Exits when one is missing."""
+    images = sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"))
+    if not images:
+        sys.exit("no /boot/vmlinuz-*-cloud-amd64 (apt-get install linux-image-cloud-amd64)")
+    release = os.path.basename(images[-1])[len("vmlinuz-"):]
+    module = f"/lib/modules/{release}/kernel/drivers/virtio/virtio_balloon.ko"
+    if not os.path.exists(module):
+        sys.exit(f"{release} has no virtio_balloon module")
+    return images[-1], release, module
 
 
 def qemu_bundle():

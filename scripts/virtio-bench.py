@@ -45,7 +45,6 @@ Needs: a release kestrel (swift build -c release --product kestrel),
 qemu-system-x86 and the 6.1 lab kernel. Usage: scripts/virtio-bench.py [--runs 5] [--kernel 7.2 --guest 6.1] [--fault-around-control | --memory-only | --all-devices]
 """
 import argparse
-import glob
 import importlib.util
 import os
 import re
@@ -222,13 +221,12 @@ def main():
         added = [(options.balloon_module, "/lab/virtio_balloon.ko")] + lab_bench.with_libraries(shutil.which("curl"))
     elif options.all_devices:
         # This machine's cloud kernel, which has the balloon driver the lab's kernels leave out.
-        images = sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"))
-        if not images or not shutil.which("curl"):
-            sys.exit("--all-devices needs linux-image-cloud-amd64 and curl (apt-get install)")
-        release = os.path.basename(images[-1])[len("vmlinuz-"):]
-        l1_kernel = ["--kernel-image", images[-1], "--modules", f"/lib/modules/{release}", "--qemu", options.qemu]
+        if not shutil.which("curl"):
+            sys.exit("--all-devices needs curl (apt-get install curl)")
+        image, release, module = lab_bench.cloud_kernel_with_balloon()
+        l1_kernel = ["--kernel-image", image, "--modules", f"/lib/modules/{release}", "--qemu", options.qemu]
         guest = ["--guest-kernel"]
-        added = [(f"/lib/modules/{release}/kernel/drivers/virtio/virtio_balloon.ko", "/lab/virtio_balloon.ko")] + lab_bench.with_libraries(shutil.which("curl"))
+        added = [(module, "/lab/virtio_balloon.ko")] + lab_bench.with_libraries(shutil.which("curl"))
     # One boot: an L1 booted again would run the script again, and its
     # samples would mix with the first boot's.
     arguments = [KESTREL, "lab", "run"] + l1_kernel + ["--boot-attempts", "1"] + guest + [

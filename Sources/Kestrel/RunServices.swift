@@ -67,9 +67,7 @@ final class RunServices: Sendable {
                 "net": Dictionary(uniqueKeysWithValues: ["rx_bytes_count", "rx_packets_count", "tx_bytes_count", "tx_packets_count", "dropped_frames",
                                                          "tx_mmds_frames", "rx_mmds_frames"].map { ($0, .counter(0)) }),
                 "entropy": ["entropy_bytes": .counter(0)],
-                "balloon": Dictionary(uniqueKeysWithValues: ["inflate_count", "deflate_count", "stats_updates_count", "stats_update_fails",
-                                                             "free_page_report_count", "free_page_report_freed", "free_page_hint_count", "free_page_hint_freed",
-                                                             "discard_refused"].map { ($0, .counter(0)) }),
+                "balloon": Dictionary(uniqueKeysWithValues: BalloonDevice.metricNames.map { ($0, .counter(0)) }),
             ]
             for (name, device) in devices {
                 let parts = name.split(separator: " ", maxSplits: 1).map(String.init)

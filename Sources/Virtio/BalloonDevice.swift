@@ -80,6 +80,9 @@ public final class BalloonDevice: VirtioDevice {
         var acknowledgeOnStop = true
         /// Bumped with every change of the configuration space.
         var generation: UInt32 = 0
+
+        /// The host's command id names a run (it is neither STOP nor DONE).
+        var runInProgress: Bool { hostCommand != HintCommand.stop && hostCommand != HintCommand.done }
     }
 
     /// `targetMiB` to take from the guest at start; `statisticsInterval` of
@@ -121,7 +124,7 @@ public final class BalloonDevice: VirtioDevice {
     /// The driver writes `actual`, the pages it holds; nothing else.
     public func writeConfiguration(offset: Int, bytes: [UInt8]) {
         guard offset == 4, bytes.count == 4 else { return }
-        let value = UInt32(bytes[0]) | UInt32(bytes[1]) << 8 | UInt32(bytes[2]) << 16 | UInt32(bytes[3]) << 24
+        let value = bytes.littleEndian(at: 0, as: UInt32.self)
         state.withLock { $0.actualPages = value }
     }
 
@@ -141,51 +144,56 @@ public final class BalloonDevice: VirtioDevice {
     /// ends its run, and the driver takes the blocks back; without, they stay
     /// lent until `stopHinting()`.
     public func startHinting(acknowledgeOnStop: Bool) throws {
-        let context = try activeForHinting()
-        hinting.withLock { _ in
-            state.withLock { state in
-                var run = state.lastRun &+ 1
-                if run == HintCommand.stop || run == HintCommand.done { run = 2 }
-                state.lastRun = run
-                state.acknowledgeOnStop = acknowledgeOnStop
-                state.hostCommand = run
-                state.runEchoed = false
-                state.generation &+= 1
-            }
+        _ = try activeForHinting()
+        changeHostCommand { state in
+            var run = state.lastRun &+ 1
+            if run == HintCommand.stop || run == HintCommand.done { run = 2 }
+            state.lastRun = run
+            state.acknowledgeOnStop = acknowledgeOnStop
+            state.hostCommand = run
+            state.runEchoed = false
+            return true
         }
-        context.interrupt.raise(.configurationChange)
     }
 
     /// Ends a run (`PATCH /balloon/hinting/stop`): DONE, so the driver takes
     /// back every block it lent; blocks still in flight are not discarded.
     public func stopHinting() throws {
         _ = try activeForHinting()
-        setHostCommand(HintCommand.done)
+        changeHostCommand { $0.hostCommand = HintCommand.done; return true }
     }
 
-    /// The context of a balloon that offers hinting and whose driver is
-    /// running (a command id set before that would be lost to its reset).
+    /// A balloon that offers hinting and whose driver is running (a command
+    /// id set before that would be lost to its reset).
     private func activeForHinting() throws -> VirtioContext {
-        guard hintingQueue != nil else { throw BalloonError("free page hinting was not enabled when the balloon was configured (free_page_hinting)") }
+        try requireHinting()
         guard let context = context.withLock({ $0 }) else { throw BalloonError("the guest's balloon driver is not running") }
         return context
+    }
+
+    private func requireHinting() throws {
+        guard hintingQueue != nil else { throw BalloonError("free page hinting was not enabled when the balloon was configured (free_page_hinting)") }
     }
 
     /// `GET /balloon/hinting/status`: the host's last command id and the
     /// driver's (nil: it sent none since its reset).
     public func hintingStatus() throws -> (host: UInt32, guest: UInt32?) {
-        guard hintingQueue != nil else { throw BalloonError("free page hinting was not enabled when the balloon was configured (free_page_hinting)") }
+        try requireHinting()
         return state.withLock { ($0.hostCommand, $0.guestCommand) }
     }
 
-    private func setHostCommand(_ command: UInt32) {
-        hinting.withLock { _ in
-            state.withLock {
-                $0.hostCommand = command
-                $0.generation &+= 1
+    /// Changes `free_page_hint_cmd_id` with `change` (false: it left it as it
+    /// was), under the hinting lock, so that no block is being discarded as
+    /// the driver sees the new id; then tells an active driver.
+    private func changeHostCommand(_ change: (inout State) -> Bool) {
+        let changed = hinting.withLock { _ in
+            state.withLock { state in
+                guard change(&state) else { return false }
+                state.generation &+= 1
+                return true
             }
         }
-        context.withLock { $0 }?.interrupt.raise(.configurationChange)
+        if changed { context.withLock { $0 }?.interrupt.raise(.configurationChange) }
     }
 
     /// Changes the polling interval; the queue must exist (it was offered at
@@ -207,11 +215,13 @@ public final class BalloonDevice: VirtioDevice {
         state.withLock { Status(targetPages: $0.targetPages, actualPages: $0.actualPages, statistics: $0.statistics, statisticsEnabled: statisticsQueue != nil) }
     }
 
+    /// The counters `metricCounts` reports, by Firecracker's names where it has them.
+    public static let metricNames = ["inflate_count", "deflate_count", "stats_updates_count", "stats_update_fails", "free_page_report_count",
+                                     "free_page_report_freed", "free_page_hint_count", "free_page_hint_freed", "discard_refused"]
+
     public var metricCounts: [String: Int] {
         let counts = state.withLock { $0.counts }
-        return ["inflate_count", "deflate_count", "stats_updates_count", "stats_update_fails", "free_page_report_count", "free_page_report_freed",
-                "free_page_hint_count", "free_page_hint_freed", "discard_refused"]
-            .reduce(into: [:]) { $0[$1] = counts[$1] ?? 0 }
+        return Self.metricNames.reduce(into: [:]) { $0[$1] = counts[$1] ?? 0 }
     }
 
     public func activate(_ context: VirtioContext) throws {
@@ -243,8 +253,11 @@ public final class BalloonDevice: VirtioDevice {
     /// whose id it last served, so the next run starts from a random id.
     public func restored() {
         guard hintingQueue != nil else { return }
-        state.withLock { $0.lastRun = UInt32.random(in: 2...UInt32.max - 1) }
-        setHostCommand(HintCommand.done)
+        changeHostCommand { state in
+            state.lastRun = UInt32.random(in: 2...UInt32.max - 1)
+            state.hostCommand = HintCommand.done
+            return true
+        }
     }
 
     public func process(queue: Int) throws(QueueFault) {
@@ -259,7 +272,7 @@ public final class BalloonDevice: VirtioDevice {
                         + "a driver sends at most \(Self.largestFrameList) (Linux: 1 KiB)")
                 }
                 let frames = (reader.readBytes(reader.remaining - reader.remaining % 4) ?? []).chunked(4).map {
-                    UInt64($0[0]) | UInt64($0[1]) << 8 | UInt64($0[2]) << 16 | UInt64($0[3]) << 24
+                    UInt64($0.littleEndian(at: 0, as: UInt32.self))
                 }
                 if queue == 0 {
                     // Runs of consecutive frames are returned with one call each.
@@ -285,9 +298,8 @@ public final class BalloonDevice: VirtioDevice {
                 let bytes = reader.readBytes(reader.remaining - reader.remaining % 10) ?? []
                 var statistics: [String: UInt64] = [:]
                 for entry in bytes.chunked(10) {
-                    let tag = Int(entry[0]) | Int(entry[1]) << 8
-                    var value: UInt64 = 0
-                    for index in 0..<8 { value |= UInt64(entry[2 + index]) << (8 * index) }
+                    let tag = Int(entry.littleEndian(at: 0, as: UInt16.self))
+                    let value = entry.littleEndian(at: 2, as: UInt64.self)
                     if tag < Self.statisticNames.count { statistics[Self.statisticNames[tag]] = value }
                 }
                 let (previous, interval) = state.withLock { state -> (UInt16?, Duration) in
@@ -333,24 +345,21 @@ public final class BalloonDevice: VirtioDevice {
         var acknowledge = false
         while let chain = try virtqueue.nextOrEnableNotification() {
             var reader = ChainReader(chain, memory: context.memory)
-            let command: UInt32? = reader.remaining == 4 ? reader.readBytes(4).map {
-                UInt32($0[0]) | UInt32($0[1]) << 8 | UInt32($0[2]) << 16 | UInt32($0[3]) << 24
-            } : nil
+            let command = reader.remaining == 4 ? reader.readBytes(4)?.littleEndian(at: 0, as: UInt32.self) : nil
             hinting.withLock { _ in
-                let (host, guest) = state.withLock { state -> (UInt32, UInt32?) in
+                let (host, guest, running) = state.withLock { state -> (UInt32, UInt32?, Bool) in
                     if let command {
                         state.guestCommand = command
-                        let isRun = state.hostCommand != HintCommand.stop && state.hostCommand != HintCommand.done
                         if command == state.hostCommand { state.runEchoed = true }
                         // STOP (or DONE, the host's word) ends the driver's run; only
                         // the current run's end is acknowledged.
-                        if command == HintCommand.stop || command == HintCommand.done, isRun, state.runEchoed, state.acknowledgeOnStop {
+                        if command == HintCommand.stop || command == HintCommand.done, state.runInProgress, state.runEchoed, state.acknowledgeOnStop {
                             acknowledge = true
                         }
                     }
-                    return (state.hostCommand, state.guestCommand)
+                    return (state.hostCommand, state.guestCommand, state.runInProgress)
                 }
-                guard host != HintCommand.stop, host != HintCommand.done, guest == host, !acknowledge else { return }
+                guard running, guest == host, !acknowledge else { return }
                 var freed: UInt64 = 0
                 for segment in chain.writable {
                     discard(segment.address, length: UInt64(segment.length), context.memory)
@@ -367,16 +376,12 @@ public final class BalloonDevice: VirtioDevice {
         }
         if acknowledge {
             // DONE, unless the host started another run meanwhile.
-            let done = hinting.withLock { _ in
-                state.withLock { state -> Bool in
-                    guard state.runEchoed, state.hostCommand != HintCommand.stop, state.hostCommand != HintCommand.done,
-                          state.guestCommand == HintCommand.stop || state.guestCommand == HintCommand.done else { return false }
-                    state.hostCommand = HintCommand.done
-                    state.generation &+= 1
-                    return true
-                }
+            changeHostCommand { state in
+                guard state.runEchoed, state.runInProgress,
+                      state.guestCommand == HintCommand.stop || state.guestCommand == HintCommand.done else { return false }
+                state.hostCommand = HintCommand.done
+                return true
             }
-            if done { context.interrupt.raise(.configurationChange) }
         }
     }
 

@@ -57,15 +57,11 @@ extension Machine {
 
     /// A new statistics polling interval (`PATCH /balloon/statistics`).
     public func updateBalloonStatistics(intervalSeconds: Int) throws {
-        guard let balloon else { throw ConfigurationError("the microVM has no balloon") }
-        do { try balloon.setStatisticsInterval(.seconds(intervalSeconds)) } catch let error as BalloonError {
-            throw ConfigurationError(error.description)
-        }
+        try withBalloon { try $0.setStatisticsInterval(.seconds(intervalSeconds)) }
         current.withLock { $0.balloon?.statisticsInterval = intervalSeconds }
     }
 
-    /// `body` with the balloon, its refusals as ConfigurationErrors (the
-    /// free page hinting calls: BalloonDevice.startHinting and the rest).
+    /// `body` with the balloon, its refusals (BalloonError) as ConfigurationErrors.
     public func withBalloon<T>(_ body: (BalloonDevice) throws -> T) throws -> T {
         guard let balloon else { throw ConfigurationError("the microVM has no balloon") }
         do { return try body(balloon) } catch let error as BalloonError { throw ConfigurationError(error.description) }
