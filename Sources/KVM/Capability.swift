@@ -26,6 +26,9 @@ public struct Capability: Hashable, Sendable, CustomStringConvertible {
     public static let xcrs = Capability(56, name: "KVM_CAP_XCRS")
     public static let maximumVCPUs = Capability(66, name: "KVM_CAP_MAX_VCPUS")
     public static let oneRegister = Capability(70, name: "KVM_CAP_ONE_REG")
+    /// The in-kernel local APIC emulates TSC-deadline mode (whether or not
+    /// KVM_GET_SUPPORTED_CPUID lists it: KVM added it there only in 6.x).
+    public static let tscDeadlineTimer = Capability(72, name: "KVM_CAP_TSC_DEADLINE_TIMER")
     public static let readOnlyMemory = Capability(81, name: "KVM_CAP_READONLY_MEM")
     public static let immediateExit = Capability(136, name: "KVM_CAP_IMMEDIATE_EXIT")
     public static let msrFeatures = Capability(153, name: "KVM_CAP_GET_MSR_FEATURES")

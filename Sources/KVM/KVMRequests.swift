@@ -32,6 +32,8 @@ public enum KVMRequest {
     public static let createInterruptController = IoctlRequest("KVM_CREATE_IRQCHIP", .none, 0x60)
     public static let interruptLine = IoctlRequest(
         "KVM_IRQ_LINE", .write, 0x61, size: MemoryLayout<ckvm_irq_level>.size)
+    public static let setGSIRouting = IoctlRequest(
+        "KVM_SET_GSI_ROUTING", .write, 0x6A, size: MemoryLayout<ckvm_irq_routing_header>.size)
     public static let irqfd = IoctlRequest("KVM_IRQFD", .write, 0x76, size: MemoryLayout<ckvm_irqfd>.size)
     public static let ioeventfd = IoctlRequest("KVM_IOEVENTFD", .write, 0x79, size: MemoryLayout<ckvm_ioeventfd>.size)
     public static let createPIT2 = IoctlRequest(

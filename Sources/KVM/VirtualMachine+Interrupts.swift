@@ -22,3 +22,43 @@ extension VirtualMachine {
         _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.interruptLine, &level)
     }
 }
+
+/// One route of the in-kernel irqchip's GSI table: GSI `gsi` drives pin
+/// `pin` of `chip` (a KVM_IRQ_ROUTING_IRQCHIP entry; PIC pins are 0 to 7).
+public struct InterruptRoute: Equatable, Sendable {
+    public var gsi: UInt32
+    public var chip: InterruptControllerState.Chip
+    public var pin: UInt32
+
+    public init(gsi: UInt32, chip: InterruptControllerState.Chip, pin: UInt32) {
+        self.gsi = gsi
+        self.chip = chip
+        self.pin = pin
+    }
+}
+
+extension VirtualMachine {
+    /// Replaces the whole GSI routing table of the in-kernel irqchip (which
+    /// must exist): a GSI absent from `routes` then reaches no pin. KVM_IRQ_LINE,
+    /// irqfds and the in-kernel PIT (GSI 0) all go through this table.
+    /// The corresponding ioctl is KVM_SET_GSI_ROUTING.
+    public func setInterruptRouting(_ routes: [InterruptRoute]) throws {
+        let headerSize = MemoryLayout<ckvm_irq_routing_header>.size
+        let stride = MemoryLayout<ckvm_irq_routing_entry>.stride
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: headerSize + routes.count * stride,
+                                                      alignment: MemoryLayout<ckvm_irq_routing_entry>.alignment)
+        defer { buffer.deallocate() }
+        // Sound: the header and `routes.count` entries fit in the allocation,
+        // each at its own aligned offset; KVM reads exactly `nr` entries.
+        buffer.storeBytes(of: ckvm_irq_routing_header(nr: UInt32(routes.count), flags: 0), as: ckvm_irq_routing_header.self)
+        for (position, route) in routes.enumerated() {
+            var entry = ckvm_irq_routing_entry()
+            entry.gsi = route.gsi
+            entry.type = 1  // KVM_IRQ_ROUTING_IRQCHIP
+            entry.irqchip = route.chip.rawValue
+            entry.pin = route.pin
+            buffer.storeBytes(of: entry, toByteOffset: headerSize + position * stride, as: ckvm_irq_routing_entry.self)
+        }
+        _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.setGSIRouting, buffer)
+    }
+}

@@ -16,6 +16,14 @@ public struct InterruptControllerState: Equatable, Sendable, StateBytes {
     /// Which controller this is (nil for an id KVM does not define).
     public var chip: Chip? { Chip(rawValue: raw.chip_id) }
 
+    /// The IOAPIC's interrupt request register (struct kvm_ioapic_state's
+    /// `irr`, after base_address, ioregsel and id): bit N is set while input N
+    /// is asserted and not yet delivered. Nil for a PIC.
+    public var ioapicRequests: UInt32? {
+        guard chip == .ioapic else { return nil }
+        return stateBytes[24..<28].reversed().reduce(0) { $0 << 8 | UInt32($1) }
+    }
+
     public static var byteCount: Int { MemoryLayout<ckvm_irqchip>.size }
     public var stateBytes: [UInt8] { bytes(of: raw) }
     public init(stateBytes: [UInt8]) throws {

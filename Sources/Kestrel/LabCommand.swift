@@ -59,8 +59,8 @@ struct LabMachineOptions: ParsableArguments {
     var fileLists: [String] = []
     @Flag(name: .customLong("guest-kernel"), help: "Also put this kernel's vmlinux at /lab/guest/vmlinux and its virtio drivers in /lab/guest/modules (for `kestrel initramfs --modules`), to boot it as an L2 guest with `kestrel run`.")
     var guestKernel = false
-    @Option(help: ArgumentHelp("Like --guest-kernel, with another lab kernel's vmlinux and virtio drivers: \(KernelFetcher.catalog.map(\.name).joined(separator: ", ")).",
-                               discussion: "For a guest kernel that differs from the L1's, such as a 6.1 guest on a 6.18 host."))
+    @Option(help: ArgumentHelp("Like --guest-kernel, with another lab kernel's vmlinux and virtio drivers: \((KernelFetcher.catalog.map(\.name) + GuestKernelBuild.builtIn.map(\.name)).joined(separator: ", ")).",
+                               discussion: "For a guest kernel that differs from the L1's, such as a 6.1 guest on a 6.18 host. \(GuestKernelBuild.microVM.name) is compiled from Debian's 6.1 source with its drivers built in, the virtio_mmio.device= parameter and an MP table parser, like Kata's and Firecracker's guest kernels (built once, about 7 minutes)."))
     var guest: String?
     @Option(help: "The static kestrel executable to put into the L1 (default: this one).") var kestrel: String?
     @Flag(name: .customLong("refresh"), help: "Look for a newer kernel package even when one is cached.") var refresh = false
@@ -88,7 +88,11 @@ struct LabMachineOptions: ParsableArguments {
         guard let chosen = name ?? kernel else {
             throw ValidationError("give --kernel (\(KernelFetcher.names.joined(separator: ", "))) or --kernel-image with --modules")
         }
-        return try KernelFetcher(cache: cache, progress: { printError("lab: \($0)") }).kernel(chosen, refresh: refresh)
+        let kernel = try KernelFetcher(cache: cache, progress: { printError("lab: \($0)") }).kernel(chosen, refresh: refresh)
+        if kernel.isGuestOnly {
+            throw ValidationError("\(chosen) is a guest kernel, without KVM: give it with --guest, and the L1 with --kernel")
+        }
+        return kernel
     }
 
     func machine(for kernel: LabKernel) throws -> LabMachine {
@@ -232,6 +236,11 @@ struct LabKernelsCommand: ParsableCommand {
             let release = (try? readText(cache.aliasPath(series.name)))?.split(separator: "\n").first.map(String.init)
             let cached = release.flatMap { LabKernel.load(from: cache.kernelDirectory($0)) }
             print("\(series.name.padded(to: 5)) \(series.suite.padded(to: 19)) " + (cached.map { "cached: \($0.release)" } ?? "not fetched"))
+        }
+        for build in GuestKernelBuild.builtIn {
+            let built = directoryEntries(cache.root + "/kernels").first { $0.hasSuffix("+\(build.name)-\(build.fingerprint)") }
+                .flatMap { LabKernel.load(from: cache.kernelDirectory($0)) }
+            print("\(build.name) (a guest kernel compiled from \(build.base)'s source, for --guest) " + (built.map { "cached: \($0.release)" } ?? "not built"))
         }
         for name in KVMRebuild.builtIn.map(\.name) + KVMRebuild.recordedNames(cache: cache) {
             guard let recipe = KVMRebuild.recipe(named: name, cache: cache) else { continue }

@@ -26,14 +26,18 @@ public struct KernelFetcher {
 
     public static func series(named name: String) -> Series? { catalog.first { $0.name == name } }
 
-    /// Every name `kernel(_:)` takes: the catalog, then the built-in KVM rebuilds.
+    /// Every name `kernel(_:)` takes: the catalog, the built-in KVM rebuilds,
+    /// then the guest kernels built from source.
     /// Rebuilds recorded in a cache (`kestrel lab kernels --build`) are taken too.
-    public static var names: [String] { catalog.map(\.name) + KVMRebuild.builtIn.map(\.name) }
+    public static var names: [String] { catalog.map(\.name) + KVMRebuild.builtIn.map(\.name) + GuestKernelBuild.builtIn.map(\.name) }
 
     /// The kernel for `name`: from the cache when it was fetched before (no
     /// network), otherwise the newest matching package from the archive.
     /// `refresh` looks for a newer package even when one is cached.
     public func kernel(_ name: String, refresh: Bool = false) throws -> LabKernel {
+        if let guestBuild = GuestKernelBuild.recipe(named: name) {
+            return try guestBuild.kernel(fetcher: self, refresh: refresh)
+        }
         if Self.series(named: name) == nil, let rebuild = KVMRebuild.recipe(named: name, cache: cache) {
             return try rebuild.kernel(fetcher: self, refresh: refresh)
         }

@@ -30,6 +30,9 @@ import Testing
         #expect(MemoryLayout<ckvm_memory_attributes>.size == 32)
         #expect(MemoryLayout<ckvm_device_attr>.size == 24)
         #expect(MemoryLayout<ckvm_irqfd>.size == 32)
+        #expect(MemoryLayout<ckvm_irq_routing_header>.size == 8)
+        #expect(MemoryLayout<ckvm_irq_routing_entry>.size == 48)
+        #expect(MemoryLayout<ckvm_irq_routing_entry>.offset(of: \.irqchip) == 16)
         #expect(MemoryLayout<ckvm_ioeventfd>.size == 64)
         #expect(MemoryLayout<ckvm_ioeventfd>.offset(of: \.fd) == 20)
         #expect(MemoryLayout<ckvm_exit_info>.size == 256)
@@ -115,6 +118,7 @@ import Testing
         (KVMRequest.memoryEncryptOperation, 0xC008_AEBA),
         (KVMRequest.getAPIVersion, 0xAE00),
         (KVMRequest.irqfd, 0x4020_AE76),
+        (KVMRequest.setGSIRouting, 0x4008_AE6A),
         (KVMRequest.ioeventfd, 0x4040_AE79),
         (KVMRequest.createVM, 0xAE01),
         (KVMRequest.checkExtension, 0xAE03),

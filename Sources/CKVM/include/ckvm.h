@@ -289,6 +289,26 @@ struct ckvm_irq_level {
     uint32_t level;
 };
 
+/* struct kvm_irq_routing_entry of type KVM_IRQ_ROUTING_IRQCHIP (1): GSI `gsi`
+ * drives pin `pin` of irqchip `irqchip` (PIC master 0, PIC slave 1, IOAPIC 2).
+ * The kernel's union is 32 bytes; the irqchip member uses the first 8. */
+struct ckvm_irq_routing_entry {
+    uint32_t gsi;
+    uint32_t type;
+    uint32_t flags;
+    uint32_t pad;
+    uint32_t irqchip;
+    uint32_t pin;
+    uint32_t union_pad[6];
+};
+
+/* struct kvm_irq_routing: the header of KVM_SET_GSI_ROUTING's argument,
+ * followed by `nr` entries. */
+struct ckvm_irq_routing_header {
+    uint32_t nr;
+    uint32_t flags;
+};
+
 /* struct kvm_pit_config: the argument of KVM_CREATE_PIT2. */
 /* struct kvm_irqfd: the argument of KVM_IRQFD. */
 struct ckvm_irqfd {

@@ -82,8 +82,7 @@ extension MachineBuilder {
         // Certificate requests exit to userspace only if asked before any vCPU exists.
         if configuration.snpCertificatesPath != nil { try launch.enableCertificateRequests(kvm: kvm) }
         try vm.enableCapability(.exitHypercall, arguments: [1 << UInt64(ConversionManager.mapGPARangeHypercall)])
-        try vm.createInterruptController()
-        try vm.createPIT()
+        try Self.createInterruptControllers(vm)
         let memory = GuestAddressSpace()
         try memory.add(launch.sharedMemory, at: GuestAddress(0))
         try plan.boot.write(into: memory)
