@@ -39,7 +39,8 @@ Measured in the L1:
   loads, or with --balloon-module the --kernel lab kernel and that module
   (use 7.2: from 6.7 on Kestrel turns fault-around off); besides the four devices' traffic the guest reads MMDS, and the L1
   inflates the balloon by 64 MiB, runs a hinting run, reads the statistics
-  and flushes the metrics.
+  and flushes the metrics. Each run also prints where its peak was: resident
+  KiB by mapping, largest first (`peak-map-kib KIB MAPPINGS NAME`).
 
 Needs: a release kestrel (swift build -c release --product kestrel),
 qemu-system-x86 and the 6.1 lab kernel. Usage: scripts/virtio-bench.py [--runs 5] [--kernel 7.2 --guest 6.1] [--fault-around-control | --memory-only | --all-devices]
@@ -94,7 +95,7 @@ sample_kestrel() {
   while kill -0 $1 2>/dev/null; do
     now=$(awk -v guest=$guest_ram_kib '/^[0-9a-f]+-[0-9a-f]+ /{perm=$2; path=$6; next}
       /^Size:/{size=$2} /^Rss:/{if (!(path == "" && perm ~ /^rw/ && size == guest)) total += $2} END{print total+0}' /proc/$1/smaps 2>/dev/null)
-    [ -n "$now" ] && [ "$now" -gt "$peak" ] && peak=$now
+    [ -n "$now" ] && [ "$now" -gt "$peak" ] && { peak=$now; cp /proc/$1/smaps /tmp/peak-smaps 2>/dev/null; }
     sleep 0.5
   done
   echo "peak-kib $peak"
@@ -163,6 +164,13 @@ JSON
     # the echo server ends with the connection, the guest's init then powers off
     wait $vm
     [ -n "$sampler" ] && { wait $sampler; { cat /tmp/peak.txt; grep -o 'Kestrel overhead [0-9.]* MiB' /tmp/out.txt; } | sed "s/^/$vmm /"; }
+    # Where the peak was: resident KiB by mapping (anonymous ones by permissions and size), largest first.
+    [ -n "$sampler" ] && [ -s /tmp/peak-smaps ] && awk -v guest=$guest_ram_kib '
+      /^[0-9a-f]+-[0-9a-f]+ /{perm=$2; path=$6; next}
+      /^Size:/{size=$2}
+      /^Rss:/{key = path == "" ? "anon " perm " " size "K" : path; if (!(path == "" && perm ~ /^rw/ && size == guest)) { rss[key] += $2; count[key]++ }}
+      END{for (k in rss) if (rss[k] > 0) print rss[k], count[k], k}' /tmp/peak-smaps | sort -rn | head -12 | sed "s/^/$vmm peak-map-kib /"
+    rm -f /tmp/peak-smaps
     grep -E '^(seqread|qd1|tcpup|tcpdown) ' /tmp/out.txt | tr -d '\r' | sed "s/^/$vmm /"
     sed -n 's/^round-trips .* median-us \([0-9.]*\) .*/vsockrtt \1/p' /tmp/ping.txt | sed "s/^/$vmm /"
     grep -q 'median-us' /tmp/ping.txt && grep -q '^tcpdown ' /tmp/out.txt || { echo "$vmm run $i incomplete:"; tail -20 /tmp/out.txt | sed 's/^/  /'; }

@@ -108,6 +108,29 @@ func craftedModule(modinfo: [String]) -> [UInt8] {
         #expect(["linux-image-6.1.0-9-cloud-amd64", "linux-image-6.1.0-50-cloud-amd64"].max(by: KernelFetcher.versionOrder) == "linux-image-6.1.0-50-cloud-amd64")
     }
 
+    /// The microVM guest kernel is a lab kernel name, is found by it, and
+    /// its recipe asks for what `acpi=off` guests and Kestrel's devices need.
+    @Test func theMicroVMGuestKernelIsNamedAndAsksForWhatAnACPIOffGuestNeeds() {
+        let recipe = GuestKernelBuild.microVM
+        #expect(KernelFetcher.names.contains(recipe.name))
+        #expect(GuestKernelBuild.recipe(named: "6.1-microvm") == recipe)
+        #expect(GuestKernelBuild.recipe(named: "6.1") == nil)
+        #expect(KernelFetcher.series(named: recipe.base) != nil)
+        for option in ["X86_MPPARSE", "VIRTIO_MMIO_CMDLINE_DEVICES", "ACPI", "DEVMEM", "SERIAL_8250_CONSOLE",
+                       "VIRTIO_BLK", "VIRTIO_NET", "VIRTIO_VSOCKETS", "HW_RANDOM_VIRTIO", "VIRTIO_BALLOON"] {
+            #expect(recipe.options.contains(option), "\(option)")
+        }
+        var changed = recipe
+        changed.options.append("IKCONFIG")
+        #expect(changed.fingerprint != recipe.fingerprint, "a changed recipe builds anew")
+        let guestOnly = LabKernel(name: recipe.name, release: "6.1.176-kestrel-microvm", packages: [], directory: "/nowhere",
+                                  amdModules: [], intelModules: [], hostModules: [], guestModules: [], modulesLookedFor: nil)
+        #expect(guestOnly.isGuestOnly)
+        var host = guestOnly
+        host.amdModules = ["kvm", "kvm_amd"]
+        #expect(!host.isGuestOnly)
+    }
+
     @Test func staticExecutablesHaveNoInterpreter() throws {
         #expect(LabExecutable.isStatic(try readBytes("/bin/busybox")))
         #expect(!LabExecutable.isStatic(try readBytes("/bin/ls")))
