@@ -89,6 +89,8 @@ public final class BlockDevice: VirtioDevice {
         let expected: Int
         let image: Backing
         let vectors: UnsafeMutableBufferPointer<iovec>?
+        /// The transfer's byte offset in the image.
+        let offset: UInt64
     }
 
     /// Requests and bytes served (Firecracker's `block` fields).
@@ -306,8 +308,9 @@ public final class BlockDevice: VirtioDevice {
         let vectors = isFlush ? nil : UnsafeMutableBufferPointer<iovec>.allocate(capacity: pieces.count)
         // Sound: `vectors` has room for every piece; each names checked guest RAM, mapped for the VM's life.
         for (index, piece) in pieces.enumerated() { vectors?[index] = iovec(iov_base: piece.baseAddress, iov_len: piece.count) }
-        let pending = Pending(chain: chain, kind: header.kind, dataLength: dataLength, expected: expected, image: image, vectors: vectors)
         let offset = header.sector * UInt64(Self.sectorSize)
+        let pending = Pending(chain: chain, kind: header.kind, dataLength: dataLength, expected: expected, image: image,
+                              vectors: vectors, offset: offset)
         let queued = inFlight.withLock { state in
             let tag = state.nextTag
             func put() -> Bool {
@@ -342,8 +345,17 @@ public final class BlockDevice: VirtioDevice {
         context.notifyIfNeeded(requests)
     }
 
-    /// Writes `pending`'s status from the ring's `result`; returns the bytes written into its chain.
-    private func finish(_ pending: Pending, result: Int32, _ context: VirtioContext) -> Int {
+    /// Writes `pending`'s status from the ring's `result`; returns the bytes
+    /// written into its chain. A read or write the ring moved only in part
+    /// (the kernel may stop short, or answer EAGAIN or EINTR) is finished
+    /// here with preadv/pwritev, so that it fails only as the sync engine would.
+    private func finish(_ pending: Pending, result ringResult: Int32, _ context: VirtioContext) -> Int {
+        var result = ringResult
+        if pending.kind != .flush, let vectors = pending.vectors, Int(result) != pending.expected,
+           result >= 0 || result == -EAGAIN || result == -EINTR {
+            result = Int32(Self.finishTransfer(vectors, moved: max(Int(result), 0), at: pending.offset,
+                                               write: pending.kind == .write, pending.image.fd))
+        }
         pending.vectors?.deallocate()
         let ok = pending.kind == .flush ? result == 0 : Int(result) == pending.expected
         let status: BlockStatus = ok ? .ok : .ioError
@@ -410,7 +422,8 @@ public final class BlockDevice: VirtioDevice {
     private func transferNow(_ pieces: [UnsafeMutableRawBufferPointer], write: Bool, at sector: UInt64, _ writer: inout ChainWriter,
                              image: Backing) -> BlockStatus {
         let expected = pieces.reduce(0) { $0 + $1.count }
-        let done = transfer(pieces, at: sector, write: write, image.fd)
+        let done = Self.transfer(pieces.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) },
+                                 at: sector * UInt64(Self.sectorSize), write: write, image.fd)
         if !write { writer.unwrite(expected - done) }
         return done == expected ? .ok : .ioError
     }
@@ -420,15 +433,30 @@ public final class BlockDevice: VirtioDevice {
         return sector <= image.capacity && sectors <= image.capacity - sector
     }
 
-    /// preadv/pwritev between the file at `sector` and guest memory; returns the
-    /// bytes moved (short only on an error or end of file).
-    private func transfer(_ pieces: [UnsafeMutableRawBufferPointer], at sector: UInt64, write: Bool, _ file: Int32) -> Int {
-        var vectors = pieces.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
-        let total = pieces.reduce(0) { $0 + $1.count }
+    /// The rest of a transfer of which `moved` bytes are done: preadv/pwritev
+    /// of `vectors` past those bytes, at `offset` past them. Returns all the
+    /// bytes moved, `moved` included.
+    static func finishTransfer(_ vectors: UnsafeMutableBufferPointer<iovec>, moved: Int, at offset: UInt64, write: Bool, _ file: Int32) -> Int {
+        var rest: [iovec] = []
+        var skip = moved
+        for vector in vectors {
+            if skip >= vector.iov_len { skip -= vector.iov_len; continue }
+            // Sound: the vectors name checked guest RAM; this one is trimmed within its own length.
+            rest.append(iovec(iov_base: vector.iov_base + skip, iov_len: vector.iov_len - skip))
+            skip = 0
+        }
+        return moved + transfer(rest, at: offset + UInt64(moved), write: write, file)
+    }
+
+    /// preadv/pwritev between the file at byte `start` and the memory
+    /// `vectors` name; returns the bytes moved (short only on an error or end of file).
+    static func transfer(_ vectors: [iovec], at start: UInt64, write: Bool, _ file: Int32) -> Int {
+        var vectors = vectors
+        let total = vectors.reduce(0) { $0 + $1.iov_len }
         var done = 0
         var first = 0
         while done < total {
-            let offset = off_t(Int(sector) * Self.sectorSize + done)
+            let offset = off_t(Int(start) + done)
             // Sound: the iovecs cover checked guest RAM, from `first` to the end of the array.
             let result = vectors.withUnsafeMutableBufferPointer { buffer in
                 let base = buffer.baseAddress! + first

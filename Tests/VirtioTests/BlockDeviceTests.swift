@@ -250,4 +250,39 @@ import Testing
             }
         }
     }
+
+    /// A read or write that io_uring moved only in part is finished with
+    /// preadv/pwritev from where it stopped, across vector boundaries: the
+    /// async engine once answered VIRTIO_BLK_S_IOERR for any short result.
+    @Test func aTransferTheRingMovedInPartIsFinishedFromWhereItStopped() throws {
+        let image = try Image(sectors: 8)
+        let fd = open(image.path, O_RDWR)
+        defer { close(fd) }
+        // Three vectors over 2.5 sectors read from sector 2; the ring "moved" 700 bytes.
+        let buffers = [UnsafeMutableRawBufferPointer.allocate(byteCount: 300, alignment: 8),
+                       UnsafeMutableRawBufferPointer.allocate(byteCount: 700, alignment: 8),
+                       UnsafeMutableRawBufferPointer.allocate(byteCount: 280, alignment: 8)]
+        defer { buffers.forEach { $0.deallocate() } }
+        for buffer in buffers { buffer.initializeMemory(as: UInt8.self, repeating: 0xEE) }
+        let vectors = UnsafeMutableBufferPointer<iovec>.allocate(capacity: 3)
+        defer { vectors.deallocate() }
+        for (index, buffer) in buffers.enumerated() { vectors[index] = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count) }
+        let moved = BlockDevice.finishTransfer(vectors, moved: 700, at: 1024, write: false, fd)
+        #expect(moved == 1280)
+        let read = buffers.flatMap { Array($0) }
+        let file = Array(image.contents()[1024..<2304])
+        #expect(read[..<700].allSatisfy { $0 == 0xEE }, "the bytes the ring moved are left alone")
+        #expect(Array(read[700...]) == Array(file[700...]), "the rest comes from the file, from byte 700 on")
+
+        // A write: the ring wrote the first 300 bytes; the rest is written now.
+        for buffer in buffers { buffer.initializeMemory(as: UInt8.self, repeating: 0x5A) }
+        #expect(BlockDevice.finishTransfer(vectors, moved: 300, at: 0, write: true, fd) == 1280)
+        let written = image.contents()
+        #expect(written[..<300].allSatisfy { $0 == 0 }, "sector 0's bytes the ring wrote are not written again")
+        #expect(written[300..<1280].allSatisfy { $0 == 0x5A })
+        #expect(written[1280] == 2, "nothing past the transfer")
+
+        // Past the end of the file a read stops short: the total says so.
+        #expect(BlockDevice.finishTransfer(vectors, moved: 0, at: 8 * 512 - 100, write: false, fd) == 100)
+    }
 }
