@@ -66,6 +66,8 @@ public final class BalloonDevice: VirtioDevice {
         var interval: Duration
         /// The driver's statistics buffer, kept until the next poll.
         var heldStatistics: UInt16?
+        /// Restored from a snapshot: the buffer held then is to be read again.
+        var rereadStatistics = false
         var statistics: [String: UInt64] = [:]
         var counts: [String: Int] = [:]
         /// `free_page_hint_cmd_id` as the host last set it.
@@ -247,11 +249,19 @@ public final class BalloonDevice: VirtioDevice {
         }
     }
 
-    /// After a restore the driver may still hold blocks lent to a run of the
+    /// After a restore the driver still waits for the statistics buffer it
+    /// had handed over, which the snapshot does not name: the next poll takes
+    /// it from the queue again (see `poll`), so statistics go on.
+    ///
+    /// The driver may also still hold blocks lent to a hinting run of the
     /// process that was snapshotted: DONE gives them back to it. That
     /// process's run ids are not in the snapshot, and a driver skips a run
     /// whose id it last served, so the next run starts from a random id.
     public func restored() {
+        if statisticsQueue != nil {
+            state.withLock { $0.rereadStatistics = true }
+            timer.arm(after: .milliseconds(1))
+        }
         guard hintingQueue != nil else { return }
         changeHostCommand { state in
             state.lastRun = UInt32.random(in: 2...UInt32.max - 1)
@@ -386,11 +396,18 @@ public final class BalloonDevice: VirtioDevice {
     }
 
     /// The polling timer: hands the held statistics buffer back, which asks
-    /// the driver for new figures; with none held, reads the queue.
+    /// the driver for new figures; with none held, reads the queue. After a
+    /// restore, the one buffer the queue's positions say was taken and not
+    /// returned (the device keeps at most one) is the driver's, and is read again.
     func poll() throws(QueueFault) {
         timer.clear()
         guard let context = context.withLock({ $0 }), let index = statisticsQueue, index < context.queues.count else { return }
         guard let head = state.withLock({ state -> UInt16? in defer { state.heldStatistics = nil }; return state.heldStatistics }) else {
+            let queue = context.queues[index]
+            if state.withLock({ state in defer { state.rereadStatistics = false }; return state.rereadStatistics }),
+               queue.nextAvailable &- queue.nextUsed == 1 {
+                queue.undoNext()
+            }
             try process(queue: index)
             return
         }

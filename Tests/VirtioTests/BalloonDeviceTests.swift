@@ -78,6 +78,31 @@ import Testing
         #expect(throws: BalloonError.self) { try plain.setStatisticsInterval(.seconds(5)) }
     }
 
+    /// A restored balloon reads again the statistics buffer the driver had
+    /// handed over before the snapshot (the snapshot does not name it, and
+    /// the driver waits for it), and gives it back at its poll: statistics
+    /// go on. Before, they stopped until the guest reset the device.
+    @Test func aRestoredBalloonReadsTheHeldStatisticsBufferAgain() throws {
+        let (_, driver) = try setUp()
+        let entries = withUnsafeBytes(of: UInt16(4).littleEndian) { Array($0) } + withUnsafeBytes(of: UInt64(42 << 20).littleEndian) { Array($0) }
+        let buffer = driver.allocate(entries.count, filledWith: entries)
+        driver.submit([.init(address: buffer, length: UInt32(entries.count), writable: false)], queue: 2)
+        driver.notify(2)
+        usleep(200_000)
+        let saved = driver.transport.savedState()
+        #expect(saved.queues[2].nextAvailable == 1 && saved.queues[2].nextUsed == 0, "one buffer held at the snapshot")
+        driver.writeRegister(MMIOTransport.Register.status, 0)  // the snapshotted process is gone
+
+        let device = try BalloonDevice(targetMiB: 64, deflateOnOOM: true, statisticsInterval: .seconds(1), freePageReporting: true)
+        let restored = try MMIOTransport(device: device, name: "restored", memory: driver.memory, loop: driver.loop,
+                                         interruptLine: {}, log: { _ in })
+        try restored.restore(saved)
+        usleep(300_000)
+        #expect(device.status.statistics == ["free_memory": 42 << 20], "the held buffer was read again")
+        #expect(driver.waitForUsed(queue: 2, seconds: 5)?.head == 0, "and handed back at the poll")
+        #expect(restored.savedState().queues[2].nextAvailable == 1 && restored.savedState().queues[2].nextUsed == 1)
+    }
+
     /// A free page hinting run, as the Linux driver runs one: the host's new
     /// command id, the driver's echo of it in a device-readable buffer, free
     /// blocks in device-writable ones (returned to the host), then STOP,
