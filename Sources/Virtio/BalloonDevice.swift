@@ -241,6 +241,7 @@ public final class BalloonDevice: VirtioDevice {
         hinting.withLock { _ in
             state.withLock {
                 $0.heldStatistics = nil
+                $0.rereadStatistics = false
                 $0.guestCommand = nil
                 $0.runEchoed = false
                 $0.hostCommand = HintCommand.stop
