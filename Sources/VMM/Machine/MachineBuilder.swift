@@ -189,11 +189,9 @@ public struct MachineBuilder {
         var portBus = DeviceBus()
         var mmioBus = DeviceBus()
         portBus.add(serial, at: Serial16550.com1Base..<(Serial16550.com1Base + 8))
-        let keyboard = I8042Controller(reset: { control.finish(.reset(source: "i8042 reset command")) }) {
-            // An edge on IRQ 1.
-            try? vm.setInterruptLine(I8042Controller.keyboardInterrupt, active: true)
-            try? vm.setInterruptLine(I8042Controller.keyboardInterrupt, active: false)
-        }
+        // An edge on IRQ 1, whole even when the API thread and a vCPU raise it at once.
+        let keyboardEdge = EdgePulse { try? vm.setInterruptLine(I8042Controller.keyboardInterrupt, active: $0) }
+        let keyboard = I8042Controller(reset: { control.finish(.reset(source: "i8042 reset command")) }) { keyboardEdge.pulse() }
         portBus.add(keyboard, at: 0x60..<0x65)
         portBus.add(ACPISleepControl { control.finish(.poweredOff) },
                     at: UInt64(ACPITables.sleepControlPort)..<UInt64(ACPITables.sleepControlPort + 2))
