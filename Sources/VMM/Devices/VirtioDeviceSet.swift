@@ -111,10 +111,8 @@ public final class VirtioDeviceSet: Sendable {
                 interruptNotifiers.append(notifier)
                 line = { notifier.signal() }
             } else {
-                line = {
-                    try? vm.setInterruptLine(placement.gsi, active: true)
-                    try? vm.setInterruptLine(placement.gsi, active: false)
-                }
+                let edge = EdgePulse { try? vm.setInterruptLine(placement.gsi, active: $0) }
+                line = { edge.pulse() }
             }
             let transport = try MMIOTransport(device: entry.device, name: entry.name, memory: memory, loop: loop,
                                               platformFeatures: platformFeatures, interruptLine: line, log: log)

@@ -135,11 +135,6 @@ public struct MachineBuilder {
         return vm
     }
 
-    /// The in-kernel irqchip (PICs, IOAPIC, LAPICs) and PIT, after the RAM's
-    /// memory slots: with the irqchip made first, the first
-    /// KVM_SET_USER_MEMORY_REGION took 7.6 ms instead of 0.12 ms on this
-    /// machine's kvm_pvm (6.18) and 3.4 ms instead of 0.9 ms on a 7.2 lab L1
-    /// (the same calls in the other order; 6.1 showed no difference).
     /// KVM's supported CPUID, with TSC-deadline mode added when the in-kernel
     /// local APIC emulates it (KVM_CAP_TSC_DEADLINE_TIMER), as Firecracker
     /// and QEMU offer it. KVM lists it in KVM_GET_SUPPORTED_CPUID only from 6.x
@@ -151,6 +146,11 @@ public struct MachineBuilder {
         return try kvm.checkExtension(.tscDeadlineTimer) > 0 ? CPUFeature.tscDeadline.setting(true, in: table) : table
     }
 
+    /// The in-kernel irqchip (PICs, IOAPIC, LAPICs) and PIT, after the RAM's
+    /// memory slots: with the irqchip made first, the first
+    /// KVM_SET_USER_MEMORY_REGION took 7.6 ms instead of 0.12 ms on this
+    /// machine's kvm_pvm (6.18) and 3.4 ms instead of 0.9 ms on a 7.2 lab L1
+    /// (the same calls in the other order; 6.1 showed no difference).
     /// The GSI table is Kestrel's (`InterruptRouting.legacyPC`), so that the
     /// PIT arrives where the MADT and the MP table say.
     static func createInterruptControllers(_ vm: VirtualMachine) throws {
@@ -178,19 +178,17 @@ public struct MachineBuilder {
                             bootTimerLog: (@Sendable (String) -> Void)? = nil) throws -> DeviceWiring {
         let control = RunControl()
         let panicWatcher = GuestPanicWatcher()
+        // Edges on IRQ 4 and IRQ 1, each whole even when two threads raise it at
+        // once (vCPUs and the console's input; the API thread and a vCPU).
+        let serialEdge = EdgePulse { try? vm.setInterruptLine(Serial16550.com1Interrupt, active: $0) }
+        let keyboardEdge = EdgePulse { try? vm.setInterruptLine(I8042Controller.keyboardInterrupt, active: $0) }
         let serial = Serial16550(output: { byte in
             console(byte)
             panicWatcher.consume(byte)
-        }) {
-            // An edge on IRQ 4.
-            try? vm.setInterruptLine(Serial16550.com1Interrupt, active: true)
-            try? vm.setInterruptLine(Serial16550.com1Interrupt, active: false)
-        }
+        }) { serialEdge.pulse() }
         var portBus = DeviceBus()
         var mmioBus = DeviceBus()
         portBus.add(serial, at: Serial16550.com1Base..<(Serial16550.com1Base + 8))
-        // An edge on IRQ 1, whole even when the API thread and a vCPU raise it at once.
-        let keyboardEdge = EdgePulse { try? vm.setInterruptLine(I8042Controller.keyboardInterrupt, active: $0) }
         let keyboard = I8042Controller(reset: { control.finish(.reset(source: "i8042 reset command")) }) { keyboardEdge.pulse() }
         portBus.add(keyboard, at: 0x60..<0x65)
         portBus.add(ACPISleepControl { control.finish(.poweredOff) },
