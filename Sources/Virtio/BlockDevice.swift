@@ -353,8 +353,8 @@ public final class BlockDevice: VirtioDevice {
         var result = ringResult
         if pending.kind != .flush, let vectors = pending.vectors, Int(result) != pending.expected,
            result >= 0 || result == -EAGAIN || result == -EINTR {
-            result = Int32(Self.finishTransfer(vectors, moved: max(Int(result), 0), at: pending.offset,
-                                               write: pending.kind == .write, pending.image.fd))
+            result = Int32(Self.transfer(Array(vectors), at: pending.offset, moved: max(Int(result), 0),
+                                         write: pending.kind == .write, pending.image.fd))
         }
         pending.vectors?.deallocate()
         let ok = pending.kind == .flush ? result == 0 : Int(result) == pending.expected
@@ -433,28 +433,27 @@ public final class BlockDevice: VirtioDevice {
         return sector <= image.capacity && sectors <= image.capacity - sector
     }
 
-    /// The rest of a transfer of which `moved` bytes are done: preadv/pwritev
-    /// of `vectors` past those bytes, at `offset` past them. Returns all the
-    /// bytes moved, `moved` included.
-    static func finishTransfer(_ vectors: UnsafeMutableBufferPointer<iovec>, moved: Int, at offset: UInt64, write: Bool, _ file: Int32) -> Int {
-        var rest: [iovec] = []
-        var skip = moved
-        for vector in vectors {
-            if skip >= vector.iov_len { skip -= vector.iov_len; continue }
-            // Sound: the vectors name checked guest RAM; this one is trimmed within its own length.
-            rest.append(iovec(iov_base: vector.iov_base + skip, iov_len: vector.iov_len - skip))
-            skip = 0
-        }
-        return moved + transfer(rest, at: offset + UInt64(moved), write: write, file)
-    }
-
     /// preadv/pwritev between the file at byte `start` and the memory
-    /// `vectors` name; returns the bytes moved (short only on an error or end of file).
-    static func transfer(_ vectors: [iovec], at start: UInt64, write: Bool, _ file: Int32) -> Int {
+    /// `vectors` name, of which the first `moved` bytes are already done (an
+    /// io_uring transfer that stopped short); returns all the bytes moved,
+    /// `moved` included (short only on an error or end of file).
+    static func transfer(_ vectors: [iovec], at start: UInt64, moved: Int = 0, write: Bool, _ file: Int32) -> Int {
         var vectors = vectors
         let total = vectors.reduce(0) { $0 + $1.iov_len }
-        var done = 0
         var first = 0
+        // Drops the vectors `count` bytes finish, and trims the one they stop in.
+        func advance(_ count: Int) {
+            var left = count
+            while left > 0, first < vectors.count {
+                if left >= vectors[first].iov_len { left -= vectors[first].iov_len; first += 1; continue }
+                // Sound: trimmed within the vector's own length, inside checked guest RAM.
+                vectors[first].iov_base += left
+                vectors[first].iov_len -= left
+                left = 0
+            }
+        }
+        var done = moved
+        advance(done)
         while done < total {
             let offset = off_t(Int(start) + done)
             // Sound: the iovecs cover checked guest RAM, from `first` to the end of the array.
@@ -466,14 +465,7 @@ public final class BlockDevice: VirtioDevice {
             if result < 0 { if errno == EINTR { continue } else { break } }
             if result == 0 { break }
             done += result
-            // Drop the vectors the call finished, and trim the one it stopped in.
-            var left = result
-            while left > 0, first < vectors.count {
-                if left >= vectors[first].iov_len { left -= vectors[first].iov_len; first += 1; continue }
-                vectors[first].iov_base += left
-                vectors[first].iov_len -= left
-                left = 0
-            }
+            advance(result)
         }
         return done
     }

@@ -267,7 +267,7 @@ import Testing
         let vectors = UnsafeMutableBufferPointer<iovec>.allocate(capacity: 3)
         defer { vectors.deallocate() }
         for (index, buffer) in buffers.enumerated() { vectors[index] = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count) }
-        let moved = BlockDevice.finishTransfer(vectors, moved: 700, at: 1024, write: false, fd)
+        let moved = BlockDevice.transfer(Array(vectors), at: 1024, moved: 700, write: false, fd)
         #expect(moved == 1280)
         let read = buffers.flatMap { Array($0) }
         let file = Array(image.contents()[1024..<2304])
@@ -276,13 +276,13 @@ import Testing
 
         // A write: the ring wrote the first 300 bytes; the rest is written now.
         for buffer in buffers { buffer.initializeMemory(as: UInt8.self, repeating: 0x5A) }
-        #expect(BlockDevice.finishTransfer(vectors, moved: 300, at: 0, write: true, fd) == 1280)
+        #expect(BlockDevice.transfer(Array(vectors), at: 0, moved: 300, write: true, fd) == 1280)
         let written = image.contents()
         #expect(written[..<300].allSatisfy { $0 == 0 }, "sector 0's bytes the ring wrote are not written again")
         #expect(written[300..<1280].allSatisfy { $0 == 0x5A })
         #expect(written[1280] == 2, "nothing past the transfer")
 
         // Past the end of the file a read stops short: the total says so.
-        #expect(BlockDevice.finishTransfer(vectors, moved: 0, at: 8 * 512 - 100, write: false, fd) == 100)
+        #expect(BlockDevice.transfer(Array(vectors), at: 8 * 512 - 100, write: false, fd) == 100)
     }
 }
