@@ -237,15 +237,18 @@ struct LabKernelsCommand: ParsableCommand {
             let cached = release.flatMap { LabKernel.load(from: cache.kernelDirectory($0)) }
             print("\(series.name.padded(to: 5)) \(series.suite.padded(to: 19)) " + (cached.map { "cached: \($0.release)" } ?? "not fetched"))
         }
-        for build in GuestKernelBuild.builtIn {
-            let built = directoryEntries(cache.root + "/kernels").first { $0.hasSuffix("+\(build.name)-\(build.fingerprint)") }
+        // A built kernel's cache directory ends in "+NAME-FINGERPRINT".
+        func cachedBuild(_ name: String, _ fingerprint: String) -> LabKernel? {
+            directoryEntries(cache.root + "/kernels").first { $0.hasSuffix("+\(name)-\(fingerprint)") }
                 .flatMap { LabKernel.load(from: cache.kernelDirectory($0)) }
+        }
+        for build in GuestKernelBuild.builtIn {
+            let built = cachedBuild(build.name, build.fingerprint)
             print("\(build.name) (a guest kernel compiled from \(build.base)'s source, for --guest) " + (built.map { "cached: \($0.release)" } ?? "not built"))
         }
         for name in KVMRebuild.builtIn.map(\.name) + KVMRebuild.recordedNames(cache: cache) {
             guard let recipe = KVMRebuild.recipe(named: name, cache: cache) else { continue }
-            let built = directoryEntries(cache.root + "/kernels").first { $0.hasSuffix("+\(name)-\(recipe.fingerprint)") }
-                .flatMap { LabKernel.load(from: cache.kernelDirectory($0)) }
+            let built = cachedBuild(name, recipe.fingerprint)
             let what = "\(recipe.base) with KVM rebuilt" + (recipe.options.isEmpty ? "" : ", " + recipe.options.joined(separator: ", "))
                 + (recipe.patches.isEmpty ? "" : ", " + recipe.patches.map(\.name).joined(separator: ", "))
             print("\(name) (\(what)) " + (built.map { "cached: \($0.release)" } ?? "not built"))

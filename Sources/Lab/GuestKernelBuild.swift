@@ -72,9 +72,7 @@ public struct GuestKernelBuild: Equatable, Sendable {
         defer { removeTree(work.host) }
         for deb in debs { try HostProcess.check(["dpkg-deb", "-x", deb, work.host], what: "unpacking \(deb)") }
         let sources = work.host + "/usr/src"
-        guard let tarball = directoryEntries(sources).first(where: { $0.hasPrefix(sourceName) && $0.hasSuffix(".tar.xz") }) else {
-            throw LabError("\(sourceName) holds no source tarball in /usr/src")
-        }
+        let tarball = try KVMRebuild.sourceTarball(in: sources, of: sourceName)
         fetcher.progress("extracting \(tarball)")
         try HostProcess.check(["tar", "-xJf", "\(sources)/\(tarball)", "-C", sources], what: "extracting \(tarball)")
         let top = String(tarball.dropLast(".tar.xz".count))

@@ -128,9 +128,7 @@ public struct KVMRebuild: Codable, Equatable, Sendable {
         }
         let source = work.host + "/usr/src"
         let common = "\(source)/linux-headers-\(abi)-common", headers = "\(source)/linux-headers-\(baseKernel.release)"
-        guard let tarball = directoryEntries(source).first(where: { $0.hasPrefix(sourceName) && $0.hasSuffix(".tar.xz") }) else {
-            throw LabError("\(sourceName) holds no source tarball in /usr/src")
-        }
+        let tarball = try Self.sourceTarball(in: source, of: sourceName)
         fetcher.progress("extracting arch/x86/kvm and virt/kvm from \(tarball)")
         let top = String(tarball.dropLast(".tar.xz".count))
         try HostProcess.check(["tar", "-xJf", "\(source)/\(tarball)", "-C", source, "\(top)/arch/x86/kvm", "\(top)/virt/kvm"],
@@ -202,6 +200,15 @@ public struct KVMRebuild: Codable, Equatable, Sendable {
         }
         guard kernel.release.hasSuffix(flavour) else { throw LabError("\(kernel.release) is not a cloud-amd64 kernel") }
         return ("linux-source-" + kernel.release.split(separator: ".").prefix(2).joined(separator: "."), version)
+    }
+
+    /// The name of the tarball a linux-source package unpacked into
+    /// `directory` (its usr/src).
+    static func sourceTarball(in directory: String, of sourceName: String) throws -> String {
+        guard let tarball = directoryEntries(directory).first(where: { $0.hasPrefix(sourceName) && $0.hasSuffix(".tar.xz") }) else {
+            throw LabError("\(sourceName) holds no source tarball in /usr/src")
+        }
+        return tarball
     }
 
     /// The version in a .deb file name (`name_version_arch.deb`).

@@ -53,9 +53,7 @@ public struct KVMSelftests: Codable, Equatable, Sendable {
         defer { removeTree(work) }
         try makeDirectories(work)
         for deb in debs { try HostProcess.check(["dpkg-deb", "-x", deb, work], what: "unpacking \(deb)") }
-        guard let tarball = directoryEntries(work + "/usr/src").first(where: { $0.hasPrefix(sourceName) && $0.hasSuffix(".tar.xz") }) else {
-            throw LabError("\(sourceName) holds no source tarball in /usr/src")
-        }
+        let tarball = try KVMRebuild.sourceTarball(in: work + "/usr/src", of: sourceName)
         fetcher.progress("extracting \(tarball)")
         try HostProcess.check(["tar", "-xJf", "\(work)/usr/src/\(tarball)", "-C", work], what: "extracting \(tarball)")
         let top = String(tarball.dropLast(".tar.xz".count))
