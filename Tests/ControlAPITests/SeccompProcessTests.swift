@@ -55,6 +55,12 @@ import Testing
             // The API is served under its list: a request, then a snapshot-free pause and resume.
             #expect(try APIProcessTests.curl(socket, "PATCH", "/vm", #"{"state": "Paused"}"#).0 == 204)
             #expect(try APIProcessTests.curl(socket, "PATCH", "/vm", #"{"state": "Resumed"}"#).0 == 204)
+            // The main thread takes its list last, after the vCPUs run and the
+            // start-up pages are released, which a loaded machine delays.
+            _ = APIProcessTests.waitFor(20) {
+                let modes = Self.modes(process.process)
+                return modes.count >= 4 && modes.values.allSatisfy { $0 == expected }
+            }
             let modes = Self.modes(process.process)
             #expect(modes.count >= 4 && modes.values.allSatisfy { $0 == expected }, "\(flags): \(modes)")
             // Firecracker's vCPU thread name, which Kata Containers looks for, with the filters or without.
