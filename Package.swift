@@ -123,13 +123,18 @@ let package = Package(
                 "HostSystem", "KVM", "X86", "Conformance", "Confidential", "ConfidentialTools", "Boot", "Decompression", "VMM", "ControlAPI", "Lab", "TextFormat", "Jail",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
+            exclude: ["link-symbol-order.txt"],
             swiftSettings: swiftSettings,
             // One static executable: nothing to install beside it, and only the pages
             // it uses are resident (shared libraries bring whole 64 KiB fault-around
             // windows and relocations). FoundationEssentials' own dependencies are
             // not in the toolchain's static link list, so they are named here.
+            // Linked by the toolchain's lld, which gathers the symbols that
+            // link-symbol-order.txt names (scripts/symbol-order says why).
             linkerSettings: [.unsafeFlags([
                 "-static-executable", "-l_FoundationCShims", "-l_FoundationCollections", "-lswiftSynchronization",
+                "-use-ld=lld", "-Xlinker", "--symbol-ordering-file=\(Context.packageDirectory)/Sources/Kestrel/link-symbol-order.txt",
+                "-Xlinker", "--no-warn-symbol-ordering",
             ])]),
         // The C baseline for the exit round-trip benchmark.
         .target(name: "CBenchLoop"),

@@ -40,7 +40,10 @@ Measured in the L1:
   (use 7.2: from 6.7 on Kestrel turns fault-around off); besides the four devices' traffic the guest reads MMDS, and the L1
   inflates the balloon by 64 MiB, runs a hinting run, reads the statistics
   and flushes the metrics. Each run also prints where its peak was: resident
-  KiB by mapping, largest first (`peak-map-kib KIB MAPPINGS NAME`).
+  KiB by mapping, largest first (`peak-map-kib KIB MAPPINGS NAME`), and with
+  --present-pages the executable's resident pages, to attribute them to
+  symbols with nm. --control-binary runs a second static kestrel (another
+  build of the same source) the same way, interleaved, as the control.
 
 Needs: a release kestrel (swift build -c release --product kestrel),
 qemu-system-x86 and the 6.1 lab kernel. Usage: scripts/virtio-bench.py [--runs 5] [--kernel 7.2 --guest 6.1] [--fault-around-control | --memory-only | --all-devices]
@@ -95,7 +98,8 @@ sample_kestrel() {
   while kill -0 $1 2>/dev/null; do
     now=$(awk -v guest=$guest_ram_kib '/^[0-9a-f]+-[0-9a-f]+ /{perm=$2; path=$6; next}
       /^Size:/{size=$2} /^Rss:/{if (!(path == "" && perm ~ /^rw/ && size == guest)) total += $2} END{print total+0}' /proc/$1/smaps 2>/dev/null)
-    [ -n "$now" ] && [ "$now" -gt "$peak" ] && { peak=$now; cp /proc/$1/smaps /tmp/peak-smaps 2>/dev/null; }
+    [ -n "$now" ] && [ "$now" -gt "$peak" ] && { peak=$now; cp /proc/$1/smaps /tmp/peak-smaps 2>/dev/null
+      [ -n "PAGES" ] && dd if=/proc/$1/pagemap of=/tmp/peak-pagemap bs=8 skip=512 count=6656 2>/dev/null; }
     sleep 0.5
   done
   echo "peak-kib $peak"
@@ -114,7 +118,8 @@ for i in $(seq RUNS); do
                  --vsock /tmp/v.sock --entropy --verbose $control > /tmp/out.txt 2>&1 &
                vm=$!; sample_kestrel $vm > /tmp/peak.txt & sampler=$!
                ping="kestrel vsock ping --uds /tmp/v.sock --port 52 --count 300" ;;
-      kestrel-all)
+      kestrel-all|kestrel-all-control)
+               binary=kestrel; [ $vmm = kestrel-all-control ] && binary=/lab/kestrel-control
                cat > /tmp/all.json <<JSON
 {"boot-source": {"kernel_image_path": "/lab/guest/vmlinux", "initrd_path": "/tmp/i.cpio", "boot_args": "$cmdline"},
  "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
@@ -127,7 +132,7 @@ for i in $(seq RUNS); do
 JSON
                echo '{"latest": {"meta-data": {"instance-id": "i-bench"}}}' > /tmp/md.json
                rm -f /tmp/api.sock /tmp/metrics.json
-               kestrel run --api-sock /tmp/api.sock --config-file /tmp/all.json --metadata /tmp/md.json --metrics-path /tmp/metrics.json \
+               $binary run --api-sock /tmp/api.sock --config-file /tmp/all.json --metadata /tmp/md.json --metrics-path /tmp/metrics.json \
                  --verbose > /tmp/out.txt 2>&1 &
                vm=$!; sample_kestrel $vm > /tmp/peak.txt & sampler=$!
                ping="kestrel vsock ping --uds /tmp/v.sock --port 52 --count 300" ;;
@@ -143,7 +148,7 @@ JSON
     esac
     until grep -q vsock-listening /tmp/out.txt 2>/dev/null || ! kill -0 $vm 2>/dev/null; do sleep 1; done
     # The guest waits in its vsock listener: the balloon and the API are driven now, before the ping ends the run.
-    if [ $vmm = kestrel-all ]; then
+    if [ $vmm = kestrel-all ] || [ $vmm = kestrel-all-control ]; then
       c() { m=$1 p=$2; shift 2; echo "$vmm api $m $p $(CURL -s --max-time 60 --unix-socket /tmp/api.sock -X $m -w ' %{http_code}' "$@" http://localhost$p)"; }
       c PATCH /balloon -d '{"amount_mib": 64}'
       t0=$(cut -d. -f1 /proc/uptime)
@@ -168,9 +173,11 @@ JSON
     [ -n "$sampler" ] && [ -s /tmp/peak-smaps ] && awk -v guest=$guest_ram_kib '
       /^[0-9a-f]+-[0-9a-f]+ /{perm=$2; path=$6; next}
       /^Size:/{size=$2}
-      /^Rss:/{key = path == "" ? "anon " perm " " size "K" : path; if (!(path == "" && perm ~ /^rw/ && size == guest)) { rss[key] += $2; count[key]++ }}
+      /^Rss:/{key = path == "" ? "anon " perm " " size "K" : path " " perm; if (!(path == "" && perm ~ /^rw/ && size == guest)) { rss[key] += $2; count[key]++ }}
       END{for (k in rss) if (rss[k] > 0) print rss[k], count[k], k}' /tmp/peak-smaps | sort -rn | head -12 | sed "s/^/$vmm peak-map-kib /"
     rm -f /tmp/peak-smaps
+    [ -s /tmp/peak-pagemap ] && echo "$vmm peak-present-pages $(od -An -tx8 -w8 -v /tmp/peak-pagemap | awk '/^ *[89a-f]/{printf "%d%s ", NR - 1 + 512, $1 ~ /^[ab]/ ? "" : "a"}')"
+    rm -f /tmp/peak-pagemap
     grep -E '^(seqread|qd1|tcpup|tcpdown) ' /tmp/out.txt | tr -d '\r' | sed "s/^/$vmm /"
     sed -n 's/^round-trips .* median-us \([0-9.]*\) .*/vsockrtt \1/p' /tmp/ping.txt | sed "s/^/$vmm /"
     grep -q 'median-us' /tmp/ping.txt && grep -q '^tcpdown ' /tmp/out.txt || { echo "$vmm run $i incomplete:"; tail -20 /tmp/out.txt | sed 's/^/  /'; }
@@ -199,6 +206,11 @@ def main():
                         "which then serves as L1 and guest (the lab keeps only the four devices' drivers). Debian ships it in "
                         "linux-modules-RELEASE: apt-get download it with the lab's apt options (~/.cache/kestrel/lab/apt), "
                         "dpkg-deb -x, xz -d")
+    parser.add_argument("--present-pages", action="store_true",
+                        help="also print, for Kestrel's peak, the page numbers (address / 4096) of the executable's resident pages "
+                             "(`peak-present-pages N ...`, from /proc/PID/pagemap; `Na` for a private anonymous copy), to attribute them to symbols")
+    parser.add_argument("--control-binary", help="with --all-devices: a second static kestrel (another build of the same "
+                        "source, say) run the same way in the same L1, interleaved, as the memory figure's control")
     parser.add_argument("--fault-around-control", action="store_true",
                         help="also boot Kestrel with --fault-around (the kernel's fault-around kept) in each run, "
                              "for the memory figure's control")
@@ -210,7 +222,7 @@ def main():
         file.write(GUEST)
     with open(os.path.join(work, "l1.sh"), "w") as file:
         if options.all_devices:
-            vmms = "kestrel-all"
+            vmms = "kestrel-all kestrel-all-control" if options.control_binary else "kestrel-all"
         elif options.memory_only:
             vmms = "kestrel kestrel-fault-around"
         else:
@@ -218,7 +230,8 @@ def main():
         extra = "--add /lab/virtio_balloon.ko:/lab/virtio_balloon.ko" if options.all_devices else ""
         curl = shutil.which("curl") or ""
         file.write(L1.replace("RUNS", str(options.runs)).replace("VMMS", vmms).replace("EXTRA_CMDLINE", options.extra_cmdline)
-                   .replace("INITRAMFS_EXTRA", extra).replace("CURL -s", curl + " -s"))
+                   .replace("INITRAMFS_EXTRA", extra).replace("CURL -s", curl + " -s")
+                   .replace('"PAGES"', '"yes"' if options.present_pages else '""'))
     guest = ["--guest", options.guest] if options.guest and options.guest != options.kernel else ["--guest-kernel"]
     l1_kernel = ["--kernel", options.kernel, "--qemu", options.qemu]
     added = lab_bench.qemu_bundle()
@@ -240,6 +253,8 @@ def main():
     arguments = [KESTREL, "lab", "run"] + l1_kernel + ["--boot-attempts", "1"] + guest + [
                  "--memory", "3072", "--timeout", "3000",
                  "--add", os.path.join(work, "guest.sh") + ":/lab/guest.sh", "--add", os.path.join(work, "l1.sh") + ":/lab/l1.sh"]
+    if options.control_binary:
+        added.append((os.path.abspath(options.control_binary), "/lab/kestrel-control"))
     for host, guest_path in added:
         arguments += ["--add", f"{host}:{guest_path}"]
     result = subprocess.run(arguments + ["--", "sh /lab/l1.sh"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -265,12 +280,13 @@ def main():
         samples.setdefault((vmm, what), []).append(float(amount) / seconds)
     if options.all_devices:
         for line in result.stdout.splitlines():
-            if line.startswith("kestrel-all ") and " peak-kib " not in line and "Kestrel overhead" not in line:
+            if line.startswith(("kestrel-all ", "kestrel-all-control ")) and " peak-kib " not in line and "Kestrel overhead" not in line:
                 print(line)
     measured = "kestrel-all" if options.all_devices else "kestrel"
     memory = [float(m) for m in re.findall(rf"^{measured} Kestrel overhead ([0-9.]+) MiB", result.stdout, re.M)]
     peaks = [int(k) / 1024 for k in re.findall(rf"^{measured} peak-kib ([0-9]+)", result.stdout, re.M)]
-    control_peaks = [int(k) / 1024 for k in re.findall(r"^kestrel-fault-around peak-kib ([0-9]+)", result.stdout, re.M)]
+    control_name = "kestrel-all-control" if options.control_binary else "kestrel-fault-around"
+    control_peaks = [int(k) / 1024 for k in re.findall(rf"^{control_name} peak-kib ([0-9]+)", result.stdout, re.M)]
     names = {"seqread": "virtio-blk sequential read (MiB/s)", "qd1": "virtio-blk 4 KiB reads at QD1 (IOPS)",
              "tcpup": "TCP guest to host over virtio-net (MiB/s)", "tcpdown": "TCP host to guest over virtio-net (MiB/s)",
              "vsockrtt": "vsock round trip, 64 bytes (median us; QEMU: vhost-vsock)"}
@@ -290,7 +306,8 @@ def main():
         print(f"Kestrel's peak overhead while the guest ran (smaps, guest RAM excluded), {attached} attached and used: "
               f"median {statistics.median(peaks):.2f} MiB, max {max(peaks):.2f} ({', '.join(f'{v:.2f}' for v in peaks)}); goal < 5 MiB")
     if control_peaks:
-        print(f"the control, Kestrel with --fault-around (the kernel's fault-around kept): "
+        label = "the --control-binary" if options.control_binary else "Kestrel with --fault-around (the kernel's fault-around kept)"
+        print(f"the control, {label}: "
               f"median {statistics.median(control_peaks):.2f} MiB, max {max(control_peaks):.2f} ({', '.join(f'{v:.2f}' for v in control_peaks)})")
     if memory:
         attached = ("the four devices, the balloon, MMDS, metrics and the API" if options.all_devices else "virtio-blk, -net, -vsock and -rng")
