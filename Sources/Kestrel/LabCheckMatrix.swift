@@ -1,3 +1,4 @@
+import ArgumentParser
 import Dispatch
 import FoundationEssentials
 import Glibc
@@ -14,9 +15,31 @@ struct LabCheckMatrix {
 
     var checkWords: [String] { ["check", "--json"] + filters.flatMap { ["-f", $0] } }
 
+    /// One column: a kernel, on QEMU or (`NAME@bochs[:MODEL]`) on Bochs.
+    struct Column {
+        let title: String
+        let kernel: LabKernel
+        let bochsModel: String?
+
+        static func parse(_ name: String, options: LabMachineOptions) throws -> Column {
+            let parts = name.split(separator: "@", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { return Column(title: name, kernel: try options.resolveKernel(named: name), bochsModel: nil) }
+            let host = parts[1].split(separator: ":", maxSplits: 1).map(String.init)
+            guard host[0] == "bochs" else { throw ValidationError("\(name): the host after @ is bochs (or bochs:MODEL)") }
+            let model = host.count > 1 ? host[1] : LabBochs.defaultModel
+            guard LabBochs.models.contains(model) else {
+                throw ValidationError("\(name): \(model) is not a CPU model the Bochs host runs (\(LabBochs.models.joined(separator: ", ")))")
+            }
+            return Column(title: name, kernel: try options.resolveKernel(named: parts[0]), bochsModel: model)
+        }
+    }
+
     func run(kernels names: [String], includeLocal: Bool) throws -> LabMatrix {
         // Fetch sequentially (one apt run at a time), and strip kestrel once.
-        let kernels = try names.map { try options.resolveKernel(named: $0) }
+        let kernels = try names.map { try Column.parse($0, options: options) }
+        if kernels.contains(where: { $0.bochsModel != nil }) {
+            _ = try LabBochs.prepare(cache: LabCache(), progress: { printError("lab: \($0)") })
+        }
         _ = try LabExecutable.prepare(options.kestrel ?? "/proc/self/exe", cache: LabCache())
         let started = ContinuousClock.now
         let columns = Mutex([MatrixColumn?](repeating: nil, count: kernels.count))
@@ -27,7 +50,7 @@ struct LabCheckMatrix {
             DispatchQueue.global().async(group: group) {
                 defer { slots.signal() }
                 let column = l1Column(kernel)
-                printError("lab: \(kernel.name): \(column.document.map { "\($0.totals.passed) passed, \($0.totals.failed) failed, \($0.totals.skipped) skipped" } ?? "no result") in \((column.seconds ?? 0).text(places: 1)) s")
+                printError("lab: \(kernel.title): \(column.document.map { "\($0.totals.passed) passed, \($0.totals.failed) failed, \($0.totals.skipped) skipped" } ?? "no result") in \((column.seconds ?? 0).text(places: 1)) s")
                 columns.withLock { $0[index] = column }
             }
         }
@@ -38,18 +61,23 @@ struct LabCheckMatrix {
         return LabMatrix(columns: (local.map { [$0] } ?? []) + columns.withLock { $0.compactMap { $0 } })
     }
 
-    func l1Column(_ kernel: LabKernel) -> MatrixColumn {
+    func l1Column(_ column: Column) -> MatrixColumn {
         let start = ContinuousClock.now
+        let kernel = column.kernel
         do {
             let output = try TemporaryDirectory(prefix: "kestrel-matrix")
             let path = output.path + "/check.json"
-            let machine = try options.machine(for: kernel)
+            var machine = try options.machine(for: kernel)
+            if let model = column.bochsModel {
+                machine.bochs = try LabBochs.prepare(cache: LabCache(), progress: { printError("lab: \($0)") })
+                machine.cpuModel = model
+            }
             let image = try options.initramfs(kernel: kernel, command: .script((["kestrel"] + checkWords).map(shellQuoted).joined(separator: " ")))
             let result = try machine.run(image, stdout: .file(path), stderr: nil)
             let retried = result.deaths.isEmpty ? ""
                 : " (booted \(result.boots) time\(result.boots == 1 ? "" : "s"); the L1's \(result.deaths.map(\.summary).joined(separator: "; the L1's ")))"
             let seconds = LabMachine.seconds(ContinuousClock.now - start)
-            let title = kernel.name
+            let title = column.title
             guard result.status != nil, result.failingDeath == nil else {
                 return MatrixColumn(title: title, host: result.host.summary + retried, document: nil, error: result.failureDiagnosis, seconds: seconds)
             }
@@ -59,7 +87,7 @@ struct LabCheckMatrix {
                 return MatrixColumn(title: title, host: result.host.summary + retried, document: nil, error: "\(error)", seconds: seconds)
             }
         } catch {
-            return MatrixColumn(title: kernel.name, host: "L1 \(kernel.release)", document: nil, error: "\(error)", seconds: nil)
+            return MatrixColumn(title: column.title, host: "L1 \(kernel.release)", document: nil, error: "\(error)", seconds: nil)
         }
     }
 

@@ -29,6 +29,11 @@ struct LabCommand: ParsableCommand {
         subcommands: [LabKernelsCommand.self, LabRunCommand.self, LabCheckCommand.self, LabShellCommand.self, LabSelftestsCommand.self])
 }
 
+/// The emulator under the L1.
+enum LabHostKind: String, ExpressibleByArgument, CaseIterable {
+    case qemu, bochs
+}
+
 /// Options every lab command shares: which kernel, and how QEMU runs it.
 struct LabMachineOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The L1 kernel: \(KernelFetcher.names.joined(separator: ", ")).",
@@ -36,9 +41,15 @@ struct LabMachineOptions: ParsableArguments {
     var kernel: String?
     @Option(name: .customLong("kernel-image"), help: "Your own L1 bzImage (with --modules).") var kernelImage: String?
     @Option(help: "The modules tree of --kernel-image (lib/modules/RELEASE).") var modules: String?
+    @Option(help: ArgumentHelp("The L0 that runs the L1: qemu (default; AMD SVM under TCG) or bochs (Intel VMX with CET).",
+                               discussion: "bochs is Debian trixie's Bochs 3.0, run from a trixie root the lab builds with debootstrap once (root only) and caches; CPU models \(LabBochs.models.joined(separator: ", ")) (default \(LabBochs.defaultModel)). One boot takes minutes. Its L1s get `\(LabBochs.kernelArguments)`; it has no interactive shell."))
+    var host: LabHostKind = .qemu
+    @Flag(name: .customLong("keep-apicv"),
+          help: "With --host bochs: load kvm_intel with its default enable_apicv (on). Bochs 3.0 then fails every VM entry of a vCPU with an in-kernel APIC (reason 0x7), so the lab turns APICv off unless asked.")
+    var keepAPICv = false
     @Option(help: "QEMU accelerator: kvm or tcg (default: kvm when nested virtualization is available, else tcg).")
     var accel: LabAccelerator?
-    @Option(name: .customLong("cpu-model"), help: "QEMU CPU model (default: max under TCG, host under KVM).") var cpuModel: String?
+    @Option(name: .customLong("cpu-model"), help: "CPU model: QEMU's (default: max under TCG, host under KVM), or with --host bochs \(LabBochs.models.joined(separator: " or ")).") var cpuModel: String?
     @Option(help: ArgumentHelp("The L0, the QEMU that runs the L1: system (default), \(LabQEMU.catalog.map(\.name).joined(separator: ", ")), or a path.",
                                discussion: "system is this machine's qemu-system-x86_64 (scripts/prepare-host installs QEMU 10.0 from bookworm-backports). \(LabQEMU.catalog.map { "\($0.name) is Debian \($0.suite)'s QEMU \($0.name), fetched once into the lab's cache" }.joined(separator: "; ")), to reproduce what FINDINGS.md says of it. Every result names the L0's version."))
     var qemu: String?
@@ -74,6 +85,15 @@ struct LabMachineOptions: ParsableArguments {
         if timeout <= 0 { throw ValidationError("--timeout must be positive") }
         if bootAttempts < 1 { throw ValidationError("--boot-attempts must be at least 1") }
         if guest != nil && guestKernel { throw ValidationError("give --guest-kernel or --guest NAME, not both") }
+        if host != .bochs && keepAPICv { throw ValidationError("--keep-apicv goes with --host bochs") }
+        if host == .bochs {
+            if let cpuModel, !LabBochs.models.contains(cpuModel) {
+                throw ValidationError("--cpu-model \(cpuModel) is not one the Bochs host runs: give \(LabBochs.models.joined(separator: " or "))")
+            }
+            if accel != nil || qemu != nil || multiThreadedTCG || numaNodes > 1 {
+                throw ValidationError("--accel, --qemu, --multi-threaded-tcg and --numa-nodes are QEMU's; --host bochs takes none of them")
+            }
+        }
         if numaNodes < 1 || numaNodes > 8 || memory % numaNodes != 0 || memory / numaNodes < 128 {
             throw ValidationError("--numa-nodes must be 1 to 8 and divide --memory into parts of at least 128 MiB")
         }
@@ -97,9 +117,15 @@ struct LabMachineOptions: ParsableArguments {
 
     func machine(for kernel: LabKernel) throws -> LabMachine {
         let detected = LabAccelerator.detect()
-        if verbose && accel == nil { printError("lab: accelerator \(detected.accelerator.rawValue) (\(detected.reason))") }
+        if verbose && accel == nil && host == .qemu { printError("lab: accelerator \(detected.accelerator.rawValue) (\(detected.reason))") }
         var machine = LabMachine(kernel: kernel, accelerator: accel ?? detected.accelerator, cpuModel: cpuModel)
-        machine.qemu = try LabQEMU.resolve(qemu, cache: LabCache(), progress: { printError("lab: \($0)") })
+        switch host {
+        case .qemu: machine.qemu = try LabQEMU.resolve(qemu, cache: LabCache(), progress: { printError("lab: \($0)") })
+        case .bochs:
+            machine.bochs = try LabBochs.prepare(cache: LabCache(), progress: { printError("lab: \($0)") })
+            machine.cpuModel = cpuModel ?? LabBochs.defaultModel
+            machine.keepAPICv = keepAPICv
+        }
         machine.cpus = cpus
         machine.memoryMiB = memory
         machine.timeoutSeconds = timeout
@@ -350,7 +376,9 @@ struct LabCheckCommand: ParsableCommand {
             """)
 
     @OptionGroup var options: LabMachineOptions
-    @Option(help: "Comma-separated kernels for a matrix, e.g. 6.1,6.12,6.18,7.2.") var kernels: String?
+    @Option(help: ArgumentHelp("Comma-separated kernels for a matrix, e.g. 6.1,6.12,6.18,7.2.",
+                               discussion: "KERNEL@bochs (or KERNEL@bochs:MODEL) is a column on the Bochs host (Intel VMX with CET; see --host), e.g. 7.2@bochs."))
+    var kernels: String?
     @Flag(name: .customLong("no-local"), help: "Leave this machine's /dev/kvm out of the matrix.") var noLocal = false
     @Option(help: "L1s to run at a time for a matrix (default 1: under QEMU 7.2, two TCG L1s on two cores killed 6.12 L1s in a quarter of the boots; FINDINGS.md section 6).")
     var jobs: Int = 1
@@ -368,7 +396,7 @@ struct LabCheckCommand: ParsableCommand {
 
     /// `--label` arguments recording the L1's host in the check's JSON document.
     func hostLabels(_ machine: LabMachine) -> [String] {
-        ["lab.qemu=\(machine.qemuVersion())", "lab.accelerator=\(machine.accelerator.rawValue)", "lab.cpu_model=\(machine.cpuModel)",
+        ["lab.qemu=\(machine.qemuVersion())", "lab.accelerator=\(machine.acceleratorName)", "lab.cpu_model=\(machine.cpuModel)",
          "lab.kernel_series=\(machine.kernel.name)"].flatMap { ["--label", $0] }
     }
 

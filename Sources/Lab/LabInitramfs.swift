@@ -52,6 +52,9 @@ public struct LabInitramfs {
     public var kestrel: String
     public var files: [File]
     public var command: Command
+    /// Parameters for the modules /init loads, by module name
+    /// ("kvm_intel": "enable_apicv=0").
+    public var moduleParameters: [String: String] = [:]
 
     public init(kernel: LabKernel, busybox: String = "/bin/busybox", kestrel: String, files: [File] = [], command: Command) {
         self.kernel = kernel
@@ -94,7 +97,8 @@ public struct LabInitramfs {
             else kvm=none; modules=""; echo "kestrel lab: this CPU has neither SVM nor VMX" >/dev/ttyS1
             fi
             for module in $modules \((kernel.hostModules ?? []).joined(separator: " ")); do
-                insmod /\(Self.moduleDirectory)/$module.ko || echo "kestrel lab: insmod $module failed" >/dev/ttyS1
+                parameters=
+            \(moduleParameterCases)    insmod /\(Self.moduleDirectory)/$module.ko $parameters || echo "kestrel lab: insmod $module failed" >/dev/ttyS1
             done
             # Forced emulation (the kernel's KVM_FEP prefix, ud2 then "kvm") for the
             # tests that drive KVM's instruction emulator on purpose.
@@ -116,8 +120,20 @@ public struct LabInitramfs {
             """
     }
 
+    /// A `case` that sets `$parameters` for the modules that have some
+    /// (`build` refuses names and values with shell metacharacters).
+    var moduleParameterCases: String {
+        let cases = moduleParameters.sorted { $0.key < $1.key }
+        guard !cases.isEmpty else { return "" }
+        return "    case $module in " + cases.map { "\($0.key)) parameters=\"\($0.value)\";;" }.joined(separator: " ") + " esac\n"
+    }
+
     /// The archive.
     public func build() throws -> [UInt8] {
+        let plain = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_=,.- ")
+        for (module, parameters) in moduleParameters where !(module + parameters).allSatisfy(plain.contains) || module.isEmpty {
+            throw LabError("module parameters \"\(module): \(parameters)\" hold characters other than letters, digits, _=,.- and spaces")
+        }
         var archive = CPIOArchive()
         func addDirectory(_ path: String) throws { try archive.addWithParents(path, .directory, mode: 0o755) }
         func addFile(_ path: String, _ bytes: [UInt8], mode: UInt32, time: UInt32 = 0) throws {

@@ -68,6 +68,8 @@ public struct LabRunResult: Sendable {
     public var console: String
     /// QEMU's own exit status.
     public var qemuStatus: Int32
+    /// The end of the L0's own log (Bochs's), for a diagnosis; empty under QEMU.
+    public var emulatorLog = ""
     /// Every boot of this run that died or whose kernel logged a trace in KVM
     /// or in a Kestrel process, in order, each with its kept console. The
     /// last boot is among them when it failed too.
@@ -93,7 +95,7 @@ public struct LabRunResult: Sendable {
         } ?? (froze ? "the L1 stopped responding (no heartbeat for \(Int(LabMachine.frozenAfterSeconds)) s) and was stopped"
             : timedOut ? "the L1 did not finish in time and was stopped"
             : "the L1 ended without reporting a status (QEMU exited with \(qemuStatus))")
-        return "\(why)\nthe end of its console:\n\(tail)"
+        return "\(why)\nthe end of its console:\n\(tail)" + (emulatorLog.isEmpty ? "" : "\nthe end of the emulator's log:\n" + emulatorLog)
     }
 }
 
@@ -126,6 +128,14 @@ public struct LabMachine {
     public var qemuArguments: [String] = []
     /// The L0: the system's QEMU unless another is chosen (`--qemu`).
     public var qemu = LabQEMU.system
+    /// Bochs instead of QEMU as the L0 (`--host bochs`): an Intel CPU with
+    /// VMX, `cpuModel` one of `LabBochs.models`.
+    public var bochs: LabBochs?
+    /// Under Bochs, kvm_intel is loaded with `enable_apicv=0` unless this is
+    /// set: Bochs 3.0 demands a 4 KiB-aligned posted-interrupt descriptor
+    /// (the SDM asks 64 bytes), so with APICv every vCPU with an in-kernel
+    /// local APIC fails VM entry (KVM_EXIT_FAIL_ENTRY, reason 0x7).
+    public var keepAPICv = false
     /// TCG with one host thread for all vCPUs (the default) or one per vCPU.
     /// Multi-threaded TCG with 2 vCPUs once oopsed a 7.2 L1 on an int3 during
     /// kernel text patching; scripts/lab-stability.py measures both.
@@ -139,8 +149,17 @@ public struct LabMachine {
         self.cpuModel = cpuModel ?? (accelerator == .kvm ? "host" : "max")
     }
 
-    /// QEMU's version ("QEMU 10.0.2"), or a note that it is missing.
-    public func qemuVersion() -> String { qemu.version() }
+    /// How the L1's CPU runs: QEMU's accelerator, or "bochs".
+    public var acceleratorName: String { bochs != nil ? "bochs" : accelerator.rawValue }
+
+    /// The L0's version ("QEMU 10.0.2", "Bochs 3.0+dfsg-1"), or a note that it is missing.
+    public func qemuVersion() -> String { bochs?.version() ?? qemu.version() }
+
+    /// The L1 kernel's command line.
+    public var commandLine: String {
+        "console=ttyS1 panic=-1 quiet loglevel=5 8250.nr_uarts=4" + (bochs != nil ? " " + LabBochs.kernelArguments : "")
+            + (kernelArguments.isEmpty ? "" : " " + kernelArguments)
+    }
 
     /// QEMU's command line for an initramfs at `initrd`, with the serial ports
     /// wired as `LabInitramfs` expects; console and status go to files in `directory`.
@@ -150,7 +169,7 @@ public struct LabMachine {
             "-M", "pc", "-accel", acceleratorOption, "-cpu", cpuModel, "-smp", String(cpus), "-m", String(memoryMiB),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", kernel.bzImage, "-initrd", initrd,
-            "-append", "console=ttyS1 panic=-1 quiet loglevel=5 8250.nr_uarts=4" + (kernelArguments.isEmpty ? "" : " " + kernelArguments),
+            "-append", commandLine,
             "-chardev", "stdio,id=out,signal=\(interactive ? "off" : "on")",
             "-chardev", "file,id=console,path=\(directory)/console.log",
             "-chardev", "file,id=err,path=\(directory)/errors",
@@ -190,6 +209,10 @@ public struct LabMachine {
                     onReady: (Double) -> Void = { _ in }) throws -> LabRunResult {
         let work = try TemporaryDirectory(prefix: "kestrel-lab")
         let initrd = work.path + "/l1.cpio"
+        var initramfs = initramfs
+        if bochs != nil, !keepAPICv, initramfs.moduleParameters["kvm_intel"] == nil {
+            initramfs.moduleParameters["kvm_intel"] = "enable_apicv=0"
+        }
         try writeFileAtomically(try initramfs.build(), to: initrd)
         var deaths: [L1Death] = []
         var boot = 1
@@ -199,14 +222,21 @@ public struct LabMachine {
             let plainTimeout = result.timedOut && !result.froze
             if var death = L1Death.classify(console: result.console, statusReported: result.status != nil || plainTimeout || interactive,
                                             froze: result.froze, whileCommandRan: result.commandStarted, boot: boot) {
-                death.keptConsole = try L1Death.keep(console: work.path + "/console.log", kernel: kernel.name, boot: boot, in: crashDirectory)
+                let kept = try L1Death.keep(console: work.path + "/console.log", kernel: kernel.name, boot: boot, in: crashDirectory)
+                death.keptConsole = kept
+                // Bochs's own log (its panics, and the CPU state it dumps) beside the console.
+                if bochs != nil, let log = try? readBytes(work.path + "/bochs.log") {
+                    try writeFileAtomically(log, to: String(kept.dropLast(".console.log".count)) + ".bochs.log")
+                }
                 deaths.append(death)
             }
             result.deaths = deaths
             result.boots = boot
-            guard let death = result.failingDeath, death.kind.retried, !interactive, boot < bootAttempts else { return result }
+            // Under Bochs nothing is booted again: the deaths section 6 classifies
+            // are TCG's, and none of Bochs's has been classified yet.
+            guard let death = result.failingDeath, death.kind.retried, !interactive, bochs == nil, boot < bootAttempts else { return result }
             boot += 1
-            for name in ["status", "errors", "console.log"] { unlink(work.path + "/" + name) }
+            for name in ["status", "errors", "console.log", "out"] { unlink(work.path + "/" + name) }
         }
     }
 
@@ -227,8 +257,30 @@ public struct LabMachine {
               onReady: (Double) -> Void) throws -> LabRunResult {
         let interactive = initramfs.command == .interactiveShell
         let start = ContinuousClock.now
-        let process = try HostProcess.start(arguments(initrd: initrd, directory: directory, interactive: interactive),
+        let process: HostProcess
+        // Bochs writes the command's standard output (COM1) to a file, copied to `stdout` from there.
+        var output: FileFollower?
+        var outputDescriptor: Int32?
+        defer { if case .file = stdout, let outputDescriptor { close(outputDescriptor) } }
+        if let bochs {
+            guard !interactive else { throw LabError("the Bochs host has no interactive shell (its serial ports write to files); use kestrel lab run") }
+            try bochs.prepareBoot(kernel: kernel.bzImage, initrd: initrd, commandLine: commandLine, model: cpuModel, cpus: cpus,
+                                  memoryMiB: memoryMiB, directory: directory)
+            switch stdout {
+            case .inherit: outputDescriptor = 1
+            case .null: outputDescriptor = nil
+            case .descriptor(let fd): outputDescriptor = fd
+            case .file(let path):
+                outputDescriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+                guard outputDescriptor! >= 0 else { throw LabError("cannot write \(path): \(String(cString: strerror(errno)))") }
+            }
+            output = FileFollower(path: directory + "/out", destination: outputDescriptor)
+            process = try HostProcess.start(bochs.command(directory: directory), stdin: .null, stdout: .null,
+                                            stderr: .file(directory + "/bochs.stderr"))
+        } else {
+            process = try HostProcess.start(arguments(initrd: initrd, directory: directory, interactive: interactive),
                                             stdin: interactive ? .inherit : .null, stdout: stdout)
+        }
         // The L1 writes the command's standard error to a file; copying it from
         // there keeps this process's own writes to the same destination in order.
         var errors = FileFollower(path: directory + "/errors", destination: stderr)
@@ -245,6 +297,7 @@ public struct LabMachine {
         while qemuStatus == nil {
             qemuStatus = process.poll()
             errors.forward()
+            output?.forward()
             if qemuStatus != nil { break }
             if readySeconds == nil, let line = Self.statusLines(directory).first(where: { $0.hasPrefix("ready ") }) {
                 readySeconds = Self.seconds(ContinuousClock.now - start)
@@ -289,6 +342,7 @@ public struct LabMachine {
             usleep(20_000)
         }
         errors.forward()
+        output?.forward()
         let total = Self.seconds(ContinuousClock.now - start)
         let lines = Self.statusLines(directory)
         if readySeconds == nil, let line = lines.first(where: { $0.hasPrefix("ready ") }) {
@@ -296,10 +350,14 @@ public struct LabMachine {
         }
         let status = lines.last(where: { $0.hasPrefix("status ") }).flatMap { Int32($0.dropFirst(7)) }
         let host = LabHostDescription(kernelName: kernel.name, kernelRelease: kernel.release, qemuVersion: qemuVersion(),
-                                      accelerator: accelerator.rawValue, cpuModel: cpuModel, kvmModule: kvmModule)
+                                      accelerator: acceleratorName, cpuModel: cpuModel, kvmModule: kvmModule)
         var result = LabRunResult(status: status, host: host, readySeconds: readySeconds, totalSeconds: total, timedOut: timedOut,
                                   froze: froze, console: (try? readText(directory + "/console.log")) ?? "", qemuStatus: qemuStatus ?? -1)
         result.sawReady = lines.contains { $0.hasPrefix("ready ") }
+        if bochs != nil {
+            let log = consoleLines(((try? readText(directory + "/bochs.log")) ?? "") + ((try? readText(directory + "/bochs.stderr")) ?? ""))
+            result.emulatorLog = log.suffix(20).joined(separator: "\n")
+        }
         return result
     }
 
