@@ -49,10 +49,9 @@ extension LabIntegrationTests {
     /// turns off on Bochs, the same guest fails VM entry at once (reason 0x7:
     /// Bochs 3.0 refuses a posted-interrupt descriptor that is not 4 KiB-aligned).
     ///
-    /// Each guest gets an L1 of its own: a second L2 in one Bochs L1 has
-    /// stalled it in 6 of 7 boots (its CPU stays in the L2 and the L1's
-    /// heartbeat stops), which is not yet explained; only two 1-vCPU guests
-    /// with anonymous memory in a row got through.
+    /// Each guest gets an L1 of its own: every Bochs L1 that started more
+    /// than one L2 stalled (9 of 9 boots: its CPU stays in the L2 and the
+    /// L1's heartbeat stops), which is not yet explained.
     @Test func kestrelRunTakesALinuxGuestToUserspaceOnKVMIntel() throws {
         let prologue = #"""
             cmdline='console=ttyS0 reboot=k panic=-1 i8042.noaux quiet'
