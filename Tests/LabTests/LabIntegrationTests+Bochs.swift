@@ -49,9 +49,10 @@ extension LabIntegrationTests {
     /// turns off on Bochs, the same guest fails VM entry at once (reason 0x7:
     /// Bochs 3.0 refuses a posted-interrupt descriptor that is not 4 KiB-aligned).
     ///
-    /// Each guest gets an L1 of its own: every Bochs L1 that started more
-    /// than one L2 stalled (9 of 9 boots: its CPU stays in the L2 and the
-    /// L1's heartbeat stops), which is not yet explained.
+    /// Each guest gets an L1 of its own: the L1's clock nearly stops while
+    /// an L2 runs on Bochs, so its heartbeat goes silent, and L2s that run
+    /// longer than the lab's 60 s freeze limit in all get the L1 stopped
+    /// (README, the lab's Bochs host).
     @Test func kestrelRunTakesALinuxGuestToUserspaceOnKVMIntel() throws {
         let prologue = #"""
             cmdline='console=ttyS0 reboot=k panic=-1 i8042.noaux quiet'
