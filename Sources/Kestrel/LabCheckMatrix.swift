@@ -67,11 +67,7 @@ struct LabCheckMatrix {
         do {
             let output = try TemporaryDirectory(prefix: "kestrel-matrix")
             let path = output.path + "/check.json"
-            var machine = try options.machine(for: kernel)
-            if let model = column.bochsModel {
-                machine.bochs = try LabBochs.prepare(cache: LabCache(), progress: { printError("lab: \($0)") })
-                machine.cpuModel = model
-            }
+            let machine = try options.machine(for: kernel, bochsModel: column.bochsModel)
             let image = try options.initramfs(kernel: kernel, command: .script((["kestrel"] + checkWords).map(shellQuoted).joined(separator: " ")))
             let result = try machine.run(image, stdout: .file(path), stderr: nil)
             let retried = result.deaths.isEmpty ? ""

@@ -115,16 +115,19 @@ struct LabMachineOptions: ParsableArguments {
         return kernel
     }
 
-    func machine(for kernel: LabKernel) throws -> LabMachine {
+    /// The machine for `kernel`, on `--host`, or on Bochs with `bochsModel`
+    /// (a matrix's `KERNEL@bochs:MODEL` column).
+    func machine(for kernel: LabKernel, bochsModel: String? = nil) throws -> LabMachine {
+        let onBochs = host == .bochs || bochsModel != nil
         let detected = LabAccelerator.detect()
-        if verbose && accel == nil && host == .qemu { printError("lab: accelerator \(detected.accelerator.rawValue) (\(detected.reason))") }
+        if verbose && accel == nil && !onBochs { printError("lab: accelerator \(detected.accelerator.rawValue) (\(detected.reason))") }
         var machine = LabMachine(kernel: kernel, accelerator: accel ?? detected.accelerator, cpuModel: cpuModel)
-        switch host {
-        case .qemu: machine.qemu = try LabQEMU.resolve(qemu, cache: LabCache(), progress: { printError("lab: \($0)") })
-        case .bochs:
+        if onBochs {
             machine.bochs = try LabBochs.prepare(cache: LabCache(), progress: { printError("lab: \($0)") })
-            machine.cpuModel = cpuModel ?? LabBochs.defaultModel
+            machine.cpuModel = bochsModel ?? cpuModel ?? LabBochs.defaultModel
             machine.keepAPICv = keepAPICv
+        } else {
+            machine.qemu = try LabQEMU.resolve(qemu, cache: LabCache(), progress: { printError("lab: \($0)") })
         }
         machine.cpus = cpus
         machine.memoryMiB = memory

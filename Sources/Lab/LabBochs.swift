@@ -58,6 +58,7 @@ public struct LabBochs: Sendable, Equatable {
 
     /// Writes the CD (`boot.iso`) and the configuration (`bochsrc`) for one
     /// boot into `directory`, where the serial ports' files will be too.
+    /// `initrd` must be in `directory`: the CD takes it from there.
     public func prepareBoot(kernel: String, initrd: String, commandLine: String, model: String, cpus: Int, memoryMiB: Int,
                             directory: String) throws {
         let tree = directory + "/iso"
@@ -65,12 +66,15 @@ public struct LabBochs: Sendable, Equatable {
         try copyFile(root.hostPath("/usr/lib/ISOLINUX/isolinux.bin"), to: tree + "/isolinux/isolinux.bin")
         try copyFile(root.hostPath("/usr/lib/syslinux/modules/bios/ldlinux.c32"), to: tree + "/isolinux/ldlinux.c32")
         try copyFile(kernel, to: tree + "/vmlinuz")
-        try copyFile(initrd, to: tree + "/initrd")
+        guard initrd.hasPrefix(directory + "/"), !initrd.dropFirst(directory.count + 1).contains("/") else {
+            throw LabError("the L1's initramfs \(initrd) is not in the boot directory \(directory)")
+        }
         try writeFileAtomically(Array(Self.isolinuxConfiguration(commandLine: commandLine).utf8), to: tree + "/isolinux/isolinux.cfg")
         let inside = DebianRoot.boundDirectory
         try root.run(["xorriso", "-as", "mkisofs", "-quiet", "-R", "-o", inside + "/boot.iso",
                       "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
-                      inside + "/iso"], binding: directory, what: "building the L1's boot CD with xorriso")
+                      "-graft-points", "/=" + inside + "/iso", "/initrd=" + inside + "/" + initrd.dropFirst(directory.count + 1)],
+                     binding: directory, what: "building the L1's boot CD with xorriso")
         removeTree(tree)
         let configuration = Self.configuration(model: model, cpus: cpus, memoryMiB: memoryMiB, directory: inside)
         try writeFileAtomically(Array(configuration.utf8), to: directory + "/bochsrc")
