@@ -62,11 +62,22 @@ public enum InitramfsBuilder {
         ( \(command) )
         status=$?
         echo "kestrel-init: exit status $status"
+        \(drainConsole)
         /bin/busybox devmem 0x\(String(0xD000_0000, radix: 16)) 8 $status
         /bin/busybox poweroff -f
 
         """
     }
+
+    /// Waits until the console has sent everything written to it. A write to
+    /// the serial console returns once its bytes are in the UART driver's
+    /// transmit buffer (up to 4 KiB), which then drains a byte per interrupt;
+    /// the exit device stops the VM at once, and whatever was still buffered
+    /// was lost (the lab saw a guest's last 379 of 400 lines go, with its
+    /// status delivered). Setting the console's own settings again through
+    /// `stty` is a `tcsetattr(TCSADRAIN)`, which returns only once the driver's
+    /// buffer is empty; `timeout` bounds it should the transmitter be stuck.
+    static let drainConsole = "/bin/busybox timeout 10 /bin/busybox stty -F /dev/console \"$(/bin/busybox stty -F /dev/console -g)\" 2>/dev/null"
 
     /// Kernel modules in load order from `directory`: its `modules.order`
     /// names them (one per line, without `.ko`), each in `NAME.ko`.

@@ -37,7 +37,7 @@ public struct L1Death: Codable, Equatable, Sendable {
             case .kvmTrace: return "a kernel trace in KVM (a failure; not booted again)"
             case .kestrelTrace: return "a kernel trace in a Kestrel process (a failure; not booted again)"
             case .bootCorruption: return "an Oops or panic while booting, outside KVM (the emulator under the L1, FINDINGS.md section 6)"
-            case .frozen: return "the L1 stopped responding (no heartbeat for \(Int(LabMachine.frozenAfterSeconds)) s), with no kernel message (FINDINGS.md section 6)"
+            case .frozen: return "the L1 stopped responding (its heartbeat went silent for longer than the lab allows), with no kernel message (FINDINGS.md section 6)"
             case .unclassified: return "an end without a status that matches no known class (a failure; not booted again)"
             }
         }

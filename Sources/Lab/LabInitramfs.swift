@@ -107,7 +107,7 @@ public struct LabInitramfs {
             cd /lab
             echo "ready $(cut -d' ' -f1 /proc/uptime) $kvm" >/dev/ttyS3
             # A heartbeat for the host: an L1 that stops running its own
-            # processes is caught by its silence (LabMachine.frozenAfterSeconds).
+            # processes is caught by its silence (LabMachine.heartbeatSilenceLimit).
             # Its PID is in /run/heartbeat.pid (a test stops it to play a frozen L1).
             sh -c 'echo $$ >/run/heartbeat.pid; while :; do sleep \(Self.heartbeatSeconds); echo "alive $(cut -d" " -f1 /proc/uptime)" >/dev/ttyS3; done' &
             exec </dev/ttyS0 >/dev/ttyS0 2>&1

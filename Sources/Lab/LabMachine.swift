@@ -61,9 +61,11 @@ public struct LabRunResult: Sendable {
     var sawReady = false
     public var timedOut: Bool
     /// The L1 stopped running its own processes: its heartbeat went silent
-    /// for `LabMachine.frozenAfterSeconds` while the command ran, and it was
+    /// for `heartbeatSilenceLimit` seconds while the command ran, and it was
     /// stopped.
     public var froze = false
+    /// The machine's `LabMachine.heartbeatSilenceLimit`, for the messages.
+    public var heartbeatSilenceLimit = LabMachine.frozenAfterSecondsUnderQEMU
     /// The L1 kernel's console (COM2).
     public var console: String
     /// QEMU's own exit status.
@@ -92,7 +94,7 @@ public struct LabRunResult: Sendable {
         let tail = consoleLines(console).suffix(25).joined(separator: "\n")
         let why = failingDeath.map { death in
             "the L1's \(death.summary)" + (death.trace.isEmpty ? "" : "\n" + death.trace.joined(separator: "\n"))
-        } ?? (froze ? "the L1 stopped responding (no heartbeat for \(Int(LabMachine.frozenAfterSeconds)) s) and was stopped"
+        } ?? (froze ? "the L1 stopped responding (no heartbeat for \(Int(heartbeatSilenceLimit)) s) and was stopped"
             : timedOut ? "the L1 did not finish in time and was stopped"
             : "the L1 ended without reporting a status (QEMU exited with \(qemuStatus))")
         return "\(why)\nthe end of its console:\n\(tail)" + (emulatorLog.isEmpty ? "" : "\nthe end of the emulator's log:\n" + emulatorLog)
@@ -248,10 +250,27 @@ public struct LabMachine {
     public var bootAttempts = 3
 
     /// How long the L1's heartbeat may be silent, once the command runs,
-    /// before the L1 counts as frozen. Single-CPU TCG L1s now and then stop
-    /// running their own processes altogether while a 2-vCPU L2 boots
-    /// (FINDINGS.md, section 6); the heartbeat comes every 5 s otherwise.
-    public static let frozenAfterSeconds = 60.0
+    /// before the L1 counts as frozen: `frozenAfterSeconds` when set, else
+    /// `frozenAfterSecondsUnderQEMU` or `frozenAfterSecondsUnderBochs`.
+    public var frozenAfterSeconds: Double?
+
+    /// Single-CPU TCG L1s now and then stop running their own processes
+    /// altogether while a 2-vCPU L2 boots (FINDINGS.md, section 6); the
+    /// heartbeat comes every 5 s of the L1's time otherwise, and under QEMU
+    /// the L1's clock keeps pace with the host's.
+    public static let frozenAfterSecondsUnderQEMU = 60.0
+
+    /// Under Bochs the L1's clock nearly stops while an L2 runs (its uptime
+    /// went from 27.47 to 27.90 s over about 35 s of host time), so the
+    /// heartbeat, which sleeps in the L1's time, is silent for as long as
+    /// the L1's L2s run, back to back: about 145 s for three. Ten minutes
+    /// still stops an L1 that stopped for good well inside the run's timeout.
+    public static let frozenAfterSecondsUnderBochs = 600.0
+
+    /// The heartbeat silence that stops this machine (see `frozenAfterSeconds`).
+    public var heartbeatSilenceLimit: Double {
+        frozenAfterSeconds ?? (bochs == nil ? Self.frozenAfterSecondsUnderQEMU : Self.frozenAfterSecondsUnderBochs)
+    }
 
     func boot(_ initramfs: LabInitramfs, initrd: String, directory: String, stdout: HostProcess.Stream, stderr: Int32?,
               onReady: (Double) -> Void) throws -> LabRunResult {
@@ -324,7 +343,7 @@ public struct LabMachine {
                 if size != statusSize {
                     statusSize = size
                     lastStatusChange = .now
-                } else if Self.seconds(ContinuousClock.now - lastStatusChange) > Self.frozenAfterSeconds {
+                } else if Self.seconds(ContinuousClock.now - lastStatusChange) > heartbeatSilenceLimit {
                     froze = true
                     process.signal(SIGKILL)
                     qemuStatus = process.wait()
@@ -354,6 +373,7 @@ public struct LabMachine {
         var result = LabRunResult(status: status, host: host, readySeconds: readySeconds, totalSeconds: total, timedOut: timedOut,
                                   froze: froze, console: (try? readText(directory + "/console.log")) ?? "", qemuStatus: qemuStatus ?? -1)
         result.sawReady = lines.contains { $0.hasPrefix("ready ") }
+        result.heartbeatSilenceLimit = heartbeatSilenceLimit
         if bochs != nil {
             let log = consoleLines(((try? readText(directory + "/bochs.log")) ?? "") + ((try? readText(directory + "/bochs.stderr")) ?? ""))
             result.emulatorLog = log.suffix(20).joined(separator: "\n")

@@ -58,6 +58,18 @@ import Testing
         #expect(try cpioList(archive).contains("lib/modules/kestrel/virtio.ko"))
     }
 
+    /// The console drains between the status line and the exit device, so
+    /// that the exit device does not cut off lines still in the UART
+    /// driver's buffer (the lab tests show it on each host).
+    @Test func theConsoleDrainsBeforeTheExitDeviceStopsTheVM() throws {
+        let script = InitramfsBuilder.initScript(command: "true")
+        let status = try #require(script.firstRange(of: #"echo "kestrel-init: exit status $status""#))
+        let drain = try #require(script.firstRange(of: InitramfsBuilder.drainConsole))
+        let exit = try #require(script.firstRange(of: "devmem 0xd0000000 8 $status"))
+        #expect(status.upperBound < drain.lowerBound && drain.upperBound < exit.lowerBound)
+        #expect(InitramfsBuilder.drainConsole.contains(#"stty -F /dev/console "$(/bin/busybox stty -F /dev/console -g)""#))
+    }
+
     @Test func directoryArchive() throws {
         let root = NSTemporaryDirectory() + "kestrel-root-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: root + "/etc", withIntermediateDirectories: true)
