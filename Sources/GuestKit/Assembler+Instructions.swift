@@ -215,6 +215,11 @@ extension Assembler {
     public func rdmsr() { bytes.append(contentsOf: [0x0F, 0x32]) }
     /// `wrmsr` (0F 30): MSR[ECX] = EDX:EAX.
     public func wrmsr() { bytes.append(contentsOf: [0x0F, 0x30]) }
+    /// `xsetbv` (0F 01 D1): XCR[ECX] = EDX:EAX.
+    public func xsetbv() { bytes.append(contentsOf: [0x0F, 0x01, 0xD1]) }
+    /// `xrstors64 [mem]` (REX.W 0F C7 /3): restores, from the compacted image
+    /// at `memory`, the components in EDX:EAX that XCR0 or IA32_XSS enables.
+    public func xrstors64(_ memory: MemoryOperand) { memoryInstruction(w: true, opcode: [0x0F, 0xC7], reg: 3, memory) }
     /// `cpuid` (0F A2).
     public func cpuid() { bytes.append(contentsOf: [0x0F, 0xA2]) }
     /// `vmcall` (0F 01 C1): Intel's hypercall instruction.

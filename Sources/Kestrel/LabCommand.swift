@@ -47,6 +47,9 @@ struct LabMachineOptions: ParsableArguments {
     @Flag(name: .customLong("keep-apicv"),
           help: "With --host bochs: load kvm_intel with its default enable_apicv (on). Bochs 3.0 then fails every VM entry of a vCPU with an in-kernel APIC (reason 0x7), so the lab turns APICv off unless asked.")
     var keepAPICv = false
+    @Flag(name: .customLong("keep-pku"),
+          help: "With --host bochs: boot the L1 without `nopku`. Bochs 3.0's XRSTORS then loads KVM's guests' CET state from the wrong offsets (FINDINGS.md section 18), so the lab turns protection keys off unless asked.")
+    var keepPKU = false
     @Option(help: "QEMU accelerator: kvm or tcg (default: kvm when nested virtualization is available, else tcg).")
     var accel: LabAccelerator?
     @Option(name: .customLong("cpu-model"), help: "CPU model: QEMU's (default: max under TCG, host under KVM), or with --host bochs \(LabBochs.models.joined(separator: " or ")).") var cpuModel: String?
@@ -86,6 +89,7 @@ struct LabMachineOptions: ParsableArguments {
         if bootAttempts < 1 { throw ValidationError("--boot-attempts must be at least 1") }
         if guest != nil && guestKernel { throw ValidationError("give --guest-kernel or --guest NAME, not both") }
         if host != .bochs && keepAPICv { throw ValidationError("--keep-apicv goes with --host bochs") }
+        if host != .bochs && keepPKU { throw ValidationError("--keep-pku goes with --host bochs") }
         if host == .bochs {
             if let cpuModel, !LabBochs.models.contains(cpuModel) {
                 throw ValidationError("--cpu-model \(cpuModel) is not one the Bochs host runs: give \(LabBochs.models.joined(separator: " or "))")
@@ -126,6 +130,7 @@ struct LabMachineOptions: ParsableArguments {
             machine.bochs = try LabBochs.prepare(cache: LabCache(), progress: { printError("lab: \($0)") })
             machine.cpuModel = bochsModel ?? cpuModel ?? LabBochs.defaultModel
             machine.keepAPICv = keepAPICv
+            machine.keepPKU = keepPKU
         } else {
             machine.qemu = try LabQEMU.resolve(qemu, cache: LabCache(), progress: { printError("lab: \($0)") })
         }

@@ -29,9 +29,12 @@ public struct LabBochs: Sendable, Equatable {
     /// The model used when none is named.
     public static let defaultModel = "arrow_lake"
 
-    /// Kernel arguments every Bochs L1 gets. `nopku`: with protection keys
-    /// on, the CET state KVM restores for its guests reads back as 0 (the
-    /// Bochs issue's trial; the mechanism is under investigation).
+    /// Kernel arguments every Bochs L1 gets unless `--keep-pku`. `nopku`
+    /// keeps PKRU out of the L1's XCR0. With it in, KVM restores a guest's
+    /// FPU state with XRSTORS and a mask without PKRU, and Bochs 3.0 places
+    /// the compacted components after PKRU as though PKRU took no space, so
+    /// the guest's CET state is loaded from the wrong offsets (FINDINGS.md
+    /// section 18; `cet_msrs.xrstors_compacted_offsets` shows it in a guest).
     public static let kernelArguments = "nopku"
 
     /// The root with Bochs, from the cache or built now (debootstrap of

@@ -138,6 +138,12 @@ public struct LabMachine {
     /// (the SDM asks 64 bytes), so with APICv every vCPU with an in-kernel
     /// local APIC fails VM entry (KVM_EXIT_FAIL_ENTRY, reason 0x7).
     public var keepAPICv = false
+    /// Under Bochs, the L1 boots with `nopku` (`LabBochs.kernelArguments`)
+    /// unless this is set: with PKRU in the L1's XCR0, KVM restores its
+    /// guests' FPU state with a mask without PKRU, and Bochs 3.0's XRSTORS
+    /// then reads the CET components from the wrong offsets (FINDINGS.md
+    /// section 18).
+    public var keepPKU = false
     /// TCG with one host thread for all vCPUs (the default) or one per vCPU.
     /// Multi-threaded TCG with 2 vCPUs once oopsed a 7.2 L1 on an int3 during
     /// kernel text patching; scripts/lab-stability.py measures both.
@@ -159,7 +165,7 @@ public struct LabMachine {
 
     /// The L1 kernel's command line.
     public var commandLine: String {
-        "console=ttyS1 panic=-1 quiet loglevel=5 8250.nr_uarts=4" + (bochs != nil ? " " + LabBochs.kernelArguments : "")
+        "console=ttyS1 panic=-1 quiet loglevel=5 8250.nr_uarts=4" + (bochs != nil && !keepPKU ? " " + LabBochs.kernelArguments : "")
             + (kernelArguments.isEmpty ? "" : " " + kernelArguments)
     }
 

@@ -29,6 +29,7 @@ public struct CPUFeature: Hashable, Sendable, CustomStringConvertible {
     public static let lkgs = CPUFeature(name: "LKGS", leaf: 7, subleaf: 1, register: .eax, bit: 18)
     /// XSAVES/XRSTORS and IA32_XSS: CPUID.(EAX=0xD,ECX=1):EAX[3].
     public static let xsaves = CPUFeature(name: "XSAVES", leaf: 0xD, subleaf: 1, register: .eax, bit: 3)
+    public static let avx = CPUFeature(name: "AVX", leaf: 1, register: .ecx, bit: 28)
     public static let tscDeadline = CPUFeature(name: "TSC_DEADLINE", leaf: 1, register: .ecx, bit: 24)
     /// 1 GiB pages: CPUID.80000001H:EDX[26].
     public static let gigabytePages = CPUFeature(name: "PDPE1GB", leaf: 0x8000_0001, register: .edx, bit: 26)

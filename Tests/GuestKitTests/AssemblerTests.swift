@@ -97,6 +97,10 @@ import Testing
         #expect(try bytes { $0.inDX(size: 1) } == [0xEC])
         #expect(try bytes { $0.outb(port: 0x80) } == [0xE6, 0x80])
         #expect(try bytes { $0.rdmsr(); $0.wrmsr(); $0.cpuid() } == [0x0F, 0x32, 0x0F, 0x30, 0x0F, 0xA2])
+        #expect(try bytes { $0.xsetbv() } == [0x0F, 0x01, 0xD1])
+        // xrstors64 [rdi]: REX.W 0F C7, ModRM mod 00 reg 3 rm rdi; [r12] needs a SIB byte.
+        #expect(try bytes { $0.xrstors64(.at(.rdi)) } == [0x48, 0x0F, 0xC7, 0x1F])
+        #expect(try bytes { $0.xrstors64(.at(.r12)) } == [0x49, 0x0F, 0xC7, 0x1C, 0x24])
         #expect(try bytes { $0.iretq() } == [0x48, 0xCF])
         #expect(try bytes { $0.int3(); $0.icebp(); $0.int(0x20) } == [0xCC, 0xF1, 0xCD, 0x20])
         #expect(try bytes { $0.hlt(); $0.ud2(); $0.cli(); $0.sti() } == [0xF4, 0x0F, 0x0B, 0xFA, 0xFB])

@@ -52,6 +52,7 @@ public enum FREDSuite {
             switch step {
             case .read(let index): what = "guest RDMSR \(ModelSpecificRegister.catalogue[index]!)"
             case .write(let index, _): what = "guest WRMSR \(ModelSpecificRegister.catalogue[index]!)"
+            case .emulatedWrite(let index, _): what = "emulated guest WRMSR \(ModelSpecificRegister.catalogue[index]!)"
             }
             try context.expectGeneralProtection(outcome.exception, "\(what) without FRED")
         }

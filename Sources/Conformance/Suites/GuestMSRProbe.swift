@@ -8,6 +8,10 @@ struct GuestMSRProbe {
     enum Access {
         case read(UInt32)
         case write(UInt32, UInt64)
+        /// A WRMSR behind the forced-emulation prefix: KVM's instruction
+        /// emulator performs it, whatever the MSR intercepts say (needs
+        /// kvm.force_emulation_prefix).
+        case emulatedWrite(UInt32, UInt64)
     }
 
     /// What one step produced.
@@ -31,11 +35,18 @@ struct GuestMSRProbe {
                 program.expectingException { a.rdmsr() }
                 a.shl(.rdx, 32)
                 a.or(.rax, .rdx)
-            case .write(let index, let value):
+            case .write(let index, let value), .emulatedWrite(let index, let value):
                 a.mov(.rcx, UInt64(index))
                 a.mov(.rax, value & 0xFFFF_FFFF)
                 a.mov(.rdx, value >> 32)
-                program.expectingException { a.wrmsr() }
+                if case .emulatedWrite = step {
+                    program.expectingException {
+                        a.forcedEmulationPrefix()
+                        a.wrmsr()
+                    }
+                } else {
+                    program.expectingException { a.wrmsr() }
+                }
                 a.mov(.rax, 0)
             }
             program.sync(stage: UInt64(stage), .reg(.rax))
