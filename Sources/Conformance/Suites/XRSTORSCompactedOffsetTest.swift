@@ -16,6 +16,7 @@ import X86
 enum XRSTORSCompactedOffsetTest {
     static let cetUserComponent = 11
     static let avxComponent = 2
+    static let pkruComponent = 9
     /// ENDBR_EN | NO_TRACK_EN: the U_CET value CET_U's slot holds.
     static let cetValue: UInt64 = CETControl.endbranchEnable.rawValue | (1 << 4)
     /// ENDBR_EN alone: what the first quadword of the AVX slot holds, so a
@@ -35,6 +36,17 @@ enum XRSTORSCompactedOffsetTest {
         Case(name: "AVX and CET_U in the image, both requested", components: [avxComponent, cetUserComponent],
              requested: [avxComponent, cetUserComponent]),
     ]
+
+    /// The gap KVM's own restore leaves: PKRU in the image, not requested.
+    /// Run only when the vCPU has PKU (not in an L1 booted with nopku,
+    /// whose KVM does not offer it).
+    static let pkruCase = Case(name: "PKRU and CET_U in the image, CET_U requested", components: [pkruComponent, cetUserComponent],
+                               requested: [cetUserComponent])
+
+    /// Whether the vCPU can put PKRU in XCR0: CPUID PKU and XSAVE component 9.
+    static func offersPKRU(_ cpuid: CPUIDTable) -> Bool {
+        (cpuid.entry(function: 7)?.ecx ?? 0) & (1 << 3) != 0 && (cpuid.entry(function: 0xD)?.eax ?? 0) & (1 << 9) != 0
+    }
 
     static let test = ConformanceTest(
         suite: CETMSRSuite.name, name: "xrstors_compacted_offsets",
@@ -73,25 +85,28 @@ enum XRSTORSCompactedOffsetTest {
         store(mask(testCase.components), at: 512)
         store(mask(testCase.components) | (1 << 63), at: 520)
         let offsets = try offsets(of: testCase.components, cpuid: cpuid)
-        if let avx = offsets[avxComponent] { store(gapValue, at: avx) }
+        for gap in [avxComponent, pkruComponent] { if let offset = offsets[gap] { store(gapValue, at: offset) } }
         store(cetValue, at: offsets[cetUserComponent]!)
         return bytes
     }
 
     static func run(_ context: TestContext) throws {
         let cpuid = context.host.supportedCPUID
+        let pkru = offersPKRU(cpuid)
+        let cases = Self.cases + (pkru ? [pkruCase] : [])
+        if !pkru { context.note("the vCPU has no PKU (KVM does not offer it, as in an L1 booted with nopku): the PKRU case did not run") }
         let machine = try GuestMachine(kvm: context.kvm, cpuid: cpuid)
         let program = GuestProgram()
         let a = program.assembler
         let imageBase = program.layout.scratchAddress
-        // CR4.OSXSAVE, XCR0 = x87 | SSE | AVX, IA32_XSS = CET_U.
+        // CR4.OSXSAVE, XCR0 = x87 | SSE | AVX (| PKRU), IA32_XSS = CET_U.
         a.mov(.rax, .cr4)
         a.mov(.rdx, ControlBits.cr4OSXSAVE)
         a.or(.rax, .rdx)
         a.mov(.cr4, .rax)
         a.mov(.rcx, 0)
         a.mov(.rdx, 0)
-        a.mov(.rax, 0x7)
+        a.mov(.rax, pkru ? 0x207 : 0x7)
         a.xsetbv()
         a.mov(.rcx, UInt64(ModelSpecificRegister.xss.index))
         a.mov(.rdx, 0)
@@ -134,11 +149,13 @@ enum XRSTORSCompactedOffsetTest {
         guard !wrong.isEmpty else { return }
         let each = cases.indices.map { "\(cases[$0].name): \(hex(loaded[$0]))" }.joined(separator: "; ")
         var text = "XRSTORS loaded U_CET wrongly (want \(hex(cetValue)) each time): \(each)"
-        if wrong == [1] && loaded[1] == gapValue {
+        let gapped = cases.indices.filter { cases[$0].components.count > cases[$0].requested.count }
+        if wrong == gapped && gapped.allSatisfy({ loaded[$0] == gapValue }) {
             text += ". With AVX in XCOMP_BV but not requested, U_CET came from the AVX slot (offset \(offsets[avxComponent]!)),"
                 + " not CET_U's (offset \(offsets[cetUserComponent]!)): the CPU advanced the compacted offset only past the"
                 + " components it restored, while the same image restores right with AVX requested too, and CET_U alone"
-                + " restores right. Bochs 3.0's XRSTOR/XRSTORS does this (FINDINGS.md section 18); KVM's own XRSTORS of a"
+                + " restores right" + (pkru ? "; PKRU left out of the restore misplaces it the same way" : "")
+                + ". Bochs 3.0's XRSTOR/XRSTORS does this (FINDINGS.md section 18); KVM's own XRSTORS of a"
                 + " guest's FPU state without PKRU then loads CET state from the wrong place, which is why the lab's Bochs L1s boot with nopku"
         }
         throw TestFailure(text)
