@@ -77,7 +77,7 @@ public enum InitramfsBuilder {
     /// status delivered). Setting the console's own settings again through
     /// `stty` is a `tcsetattr(TCSADRAIN)`, which returns only once the driver's
     /// buffer is empty; `timeout` bounds it should the transmitter be stuck.
-    static let drainConsole = "/bin/busybox timeout 10 /bin/busybox stty -F /dev/console \"$(/bin/busybox stty -F /dev/console -g)\" 2>/dev/null"
+    static let drainConsole = "/bin/busybox timeout 10 /bin/busybox stty -F /dev/console \"$(/bin/busybox stty -F /dev/console -g 2>/dev/null)\" 2>/dev/null"
 
     /// Kernel modules in load order from `directory`: its `modules.order`
     /// names them (one per line, without `.ko`), each in `NAME.ko`.

@@ -42,7 +42,7 @@ struct LabMachineOptions: ParsableArguments {
     @Option(name: .customLong("kernel-image"), help: "Your own L1 bzImage (with --modules).") var kernelImage: String?
     @Option(help: "The modules tree of --kernel-image (lib/modules/RELEASE).") var modules: String?
     @Option(help: ArgumentHelp("The L0 that runs the L1: qemu (default; AMD SVM under TCG) or bochs (Intel VMX with CET).",
-                               discussion: "bochs is Debian trixie's Bochs 3.0, run from a trixie root the lab builds with debootstrap once (root only) and caches; CPU models \(LabBochs.models.joined(separator: ", ")) (default \(LabBochs.defaultModel)). One boot takes minutes. Its L1s get `\(LabBochs.kernelArguments)`; it has no interactive shell."))
+                               discussion: "bochs is Debian trixie's Bochs 3.0, run from a trixie root the lab builds with debootstrap once (root only) and caches; CPU models \(LabBochs.models.joined(separator: ", ")) (default \(LabBochs.defaultModel)). One boot takes minutes. Its L1s get `\(LabBochs.kernelArguments)`; under `kestrel lab shell` the L1's COM1 is your terminal."))
     var host: LabHostKind = .qemu
     @Flag(name: .customLong("keep-apicv"),
           help: "With --host bochs: load kvm_intel with its default enable_apicv (on). Bochs 3.0 then fails every VM entry of a vCPU with an in-kernel APIC (reason 0x7), so the lab turns APICv off unless asked.")
@@ -80,6 +80,14 @@ struct LabMachineOptions: ParsableArguments {
     @Flag(name: .customLong("refresh"), help: "Look for a newer kernel package even when one is cached.") var refresh = false
     @Flag(name: [.short, .long], help: "Print progress, L1 timings and the L1 console on stderr.") var verbose = false
 
+    /// --keep-apicv and --keep-pku change Bochs L1s only: refused unless one
+    /// runs (`--host bochs`, or a matrix column `KERNEL@bochs`).
+    func validateBochsFlags(bochsColumns: Bool = false) throws {
+        guard host != .bochs, !bochsColumns else { return }
+        if keepAPICv { throw ValidationError("--keep-apicv goes with --host bochs or a KERNEL@bochs column") }
+        if keepPKU { throw ValidationError("--keep-pku goes with --host bochs or a KERNEL@bochs column") }
+    }
+
     func validate() throws {
         if kernel != nil && kernelImage != nil { throw ValidationError("give --kernel or --kernel-image, not both") }
         if (kernelImage == nil) != (modules == nil) { throw ValidationError("--kernel-image and --modules go together") }
@@ -88,8 +96,6 @@ struct LabMachineOptions: ParsableArguments {
         if timeout <= 0 { throw ValidationError("--timeout must be positive") }
         if bootAttempts < 1 { throw ValidationError("--boot-attempts must be at least 1") }
         if guest != nil && guestKernel { throw ValidationError("give --guest-kernel or --guest NAME, not both") }
-        if host != .bochs && keepAPICv { throw ValidationError("--keep-apicv goes with --host bochs") }
-        if host != .bochs && keepPKU { throw ValidationError("--keep-pku goes with --host bochs") }
         if host == .bochs {
             if let cpuModel, !LabBochs.models.contains(cpuModel) {
                 throw ValidationError("--cpu-model \(cpuModel) is not one the Bochs host runs: give \(LabBochs.models.joined(separator: " or "))")
@@ -346,6 +352,8 @@ struct LabRunCommand: ParsableCommand {
     @OptionGroup var options: LabMachineOptions
     @Argument(parsing: .postTerminator, help: "The command, after --.") var command: [String] = []
 
+    func validate() throws { try options.validateBochsFlags() }
+
     func run() throws {
         // ArgumentParser drops the terminator itself; a later "--" is the command's own.
         guard !command.isEmpty else { throw ValidationError("give the command after --, e.g. kestrel lab run --kernel 6.1 -- uname -r") }
@@ -361,6 +369,8 @@ struct LabShellCommand: ParsableCommand {
         commandName: "shell", abstract: "An interactive shell in an L1 on this terminal ('exit' powers it off).")
 
     @OptionGroup var options: LabMachineOptions
+
+    func validate() throws { try options.validateBochsFlags() }
 
     func run() throws {
         let kernel = try options.resolveKernel()
@@ -400,6 +410,7 @@ struct LabCheckCommand: ParsableCommand {
         if kernels != nil && options.kernel != nil { throw ValidationError("give --kernel or --kernels, not both") }
         if kernels != nil && tap { throw ValidationError("a matrix is printed as text or --json, not TAP") }
         if jobs < 1 { throw ValidationError("--jobs must be at least 1") }
+        try options.validateBochsFlags(bochsColumns: kernels?.contains("@bochs") == true)
     }
 
     /// `--label` arguments recording the L1's host in the check's JSON document.

@@ -76,12 +76,19 @@ public struct DebianRoot: Sendable, Equatable {
     /// command is killed, so is everything it started.
     /// With `terminals`, the root also gets pseudo-terminals: a devpts
     /// instance of its own on /dev/pts, with /dev/ptmx its multiplexer.
-    public func command(_ arguments: [String], binding directory: String? = nil, terminals: Bool = false) -> [String] {
+    public func command(_ arguments: [String], binding directory: String? = nil, terminals: Bool = false,
+                        terminal: String? = nil) -> [String] {
         let bind = directory.map { _ in #"mkdir -p "$0\#(Self.boundDirectory)" && mount --bind "$1" "$0\#(Self.boundDirectory)" && "# } ?? ""
         let devpts = terminals ? #"mount -t devpts -o newinstance,ptmxmode=0666 devpts "$0/dev/pts" && mount --bind "$0/dev/pts/ptmx" "$0/dev/ptmx" && "# : ""
+        let device = terminal.map { _ in #"touch "$0\#(Self.boundTerminal)" && mount --bind "$2" "$0\#(Self.boundTerminal)" && "# } ?? ""
         return ["unshare", "--mount", "--fork", "--kill-child", "--", "sh", "-c",
-                bind + devpts + #"mount -t proc proc "$0/proc" && shift && exec chroot "$0" "$@""#, path, directory ?? "-"] + arguments
+                bind + devpts + device + #"mount -t proc proc "$0/proc" && shift 2 && exec chroot "$0" "$@""#,
+                path, directory ?? "-", terminal ?? "-"] + arguments
     }
+
+    /// Where `command(_:terminal:)` binds the host's terminal device inside
+    /// the root (a file bound over a file, as `mount --bind` allows).
+    public static let boundTerminal = "/run/kestrel-terminal"
 
     /// A host path inside the root for a path seen from inside it.
     public func hostPath(_ inside: String) -> String { path + inside }

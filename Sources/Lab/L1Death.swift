@@ -37,7 +37,7 @@ public struct L1Death: Codable, Equatable, Sendable {
             case .kvmTrace: return "a kernel trace in KVM (a failure; not booted again)"
             case .kestrelTrace: return "a kernel trace in a Kestrel process (a failure; not booted again)"
             case .bootCorruption: return "an Oops or panic while booting, outside KVM (the emulator under the L1, FINDINGS.md section 6)"
-            case .frozen: return "the L1 stopped responding (its heartbeat went silent for longer than the lab allows), with no kernel message (FINDINGS.md section 6)"
+            case .frozen: return "the L1 stopped responding (no heartbeat for the lab's limit), with no kernel message (FINDINGS.md section 6)"
             case .unclassified: return "an end without a status that matches no known class (a failure; not booted again)"
             }
         }
@@ -56,8 +56,15 @@ public struct L1Death: Codable, Equatable, Sendable {
     public var keptConsole: String?
 
     /// One line for results and the matrix legend.
+    /// For a freeze, how long the heartbeat had been silent when the lab
+    /// stopped the L1 (`LabMachine.heartbeatSilenceLimit`), when known.
+    public var silentSeconds: Double?
+
     public var summary: String {
-        "boot \(boot) \(whileCommandRan ? "while the command ran" : "while booting"): \(kind.explanation): \(firstLine)"
+        let what = kind == .frozen && silentSeconds != nil
+            ? "the L1 stopped responding (no heartbeat for \(Int(silentSeconds!)) s), with no kernel message (FINDINGS.md section 6)"
+            : kind.explanation
+        return "boot \(boot) \(whileCommandRan ? "while the command ran" : "while booting"): \(what): \(firstLine)"
             + (keptConsole.map { "; console kept at \($0)" } ?? "")
     }
 

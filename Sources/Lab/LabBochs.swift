@@ -62,8 +62,10 @@ public struct LabBochs: Sendable, Equatable {
     /// Writes the CD (`boot.iso`) and the configuration (`bochsrc`) for one
     /// boot into `directory`, where the serial ports' files will be too.
     /// `initrd` must be in `directory`: the CD takes it from there.
+    /// With `interactive`, COM1 (the L1's shell) is the terminal that
+    /// `command(directory:terminal:)` binds into the root, in Bochs's `term` mode.
     public func prepareBoot(kernel: String, initrd: String, commandLine: String, model: String, cpus: Int, memoryMiB: Int,
-                            directory: String) throws {
+                            directory: String, interactive: Bool = false) throws {
         let tree = directory + "/iso"
         try makeDirectories(tree + "/isolinux")
         try copyFile(root.hostPath("/usr/lib/ISOLINUX/isolinux.bin"), to: tree + "/isolinux/isolinux.bin")
@@ -79,13 +81,16 @@ public struct LabBochs: Sendable, Equatable {
                       "-graft-points", "/=" + inside + "/iso", "/initrd=" + inside + "/" + initrd.dropFirst(directory.count + 1)],
                      binding: directory, what: "building the L1's boot CD with xorriso")
         removeTree(tree)
-        let configuration = Self.configuration(model: model, cpus: cpus, memoryMiB: memoryMiB, directory: inside)
+        let configuration = Self.configuration(model: model, cpus: cpus, memoryMiB: memoryMiB, directory: inside,
+                                               terminal: interactive ? DebianRoot.boundTerminal : nil)
         try writeFileAtomically(Array(configuration.utf8), to: directory + "/bochsrc")
     }
 
-    /// The command that runs Bochs on what `prepareBoot` wrote.
-    public func command(directory: String) -> [String] {
-        root.command(["script", "-q", "-f", "-e", "-c", "bochs -q -f \(DebianRoot.boundDirectory)/bochsrc", "/dev/null"], binding: directory, terminals: true)
+    /// The command that runs Bochs on what `prepareBoot` wrote; `terminal`
+    /// is the host's terminal device for an interactive boot's COM1.
+    public func command(directory: String, terminal: String? = nil) -> [String] {
+        root.command(["script", "-q", "-f", "-e", "-c", "bochs -q -f \(DebianRoot.boundDirectory)/bochsrc", "/dev/null"], binding: directory,
+                     terminals: true, terminal: terminal)
     }
 
     /// ISOLINUX's configuration: boot the kernel at once with the initramfs.
@@ -105,7 +110,7 @@ public struct LabBochs: Sendable, Equatable {
     /// Bochs's configuration. `directory` is where the CD is and where the
     /// serial ports' files go, as Bochs sees it. The clock follows the host's,
     /// so that the L1's timers (its heartbeat among them) tick in real time.
-    static func configuration(model: String, cpus: Int, memoryMiB: Int, directory: String) -> String {
+    static func configuration(model: String, cpus: Int, memoryMiB: Int, directory: String, terminal: String? = nil) -> String {
         var lines = [
             "megs: \(memoryMiB)",
             "cpu: model=\(model), count=\(cpus), reset_on_triple_fault=0",
@@ -123,7 +128,12 @@ public struct LabBochs: Sendable, Equatable {
             "debug: action=ignore",
         ]
         for (index, port) in LabSerialPorts.all.enumerated() {
-            lines.append("com\(index + 1): enabled=1, mode=file, dev=\(directory)/\(Self.serialFiles[port.chardev] ?? port.chardev)")
+            if index == 0, let terminal {
+                // Bochs puts the device in raw mode (keeping Ctrl-C as a signal) and reads and writes it directly.
+                lines.append("com1: enabled=1, mode=term, dev=\(terminal)")
+            } else {
+                lines.append("com\(index + 1): enabled=1, mode=file, dev=\(directory)/\(Self.serialFiles[port.chardev] ?? port.chardev)")
+            }
         }
         return lines.joined(separator: "\n") + "\n"
     }

@@ -96,6 +96,11 @@ import Testing
         let frozen = try #require(L1Death.classify(console: "[ 1.0] Run /init as init process\n", statusReported: false, froze: true,
                                                    whileCommandRan: true, boot: 1))
         #expect(frozen.kind == .frozen && frozen.kind.retried && frozen.firstLine == "no kernel message")
+        // The summary names the machine's silence limit once the lab has set it (60 s under QEMU, 600 s under Bochs).
+        var stopped = frozen
+        stopped.silentSeconds = LabMachine.frozenAfterSecondsUnderBochs
+        #expect(stopped.summary.contains("stopped responding (no heartbeat for 600 s), with no kernel message"))
+        #expect(frozen.summary.contains("no heartbeat for the lab's limit"))
         // The same boot trace once the command ran, and an end with no message at all, match no class.
         let later = try #require(L1Death.classify(console: Self.bootCorruption, statusReported: false, froze: false, whileCommandRan: true, boot: 1))
         #expect(later.kind == .unclassified && !later.kind.retried)

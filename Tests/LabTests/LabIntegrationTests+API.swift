@@ -36,8 +36,9 @@ extension LabIntegrationTests {
     }
 
     /// On the Bochs host (`7.2@bochs`) the guest is the 7.2 kernel itself,
-    /// with kernel IBT on: the snapshot carries S_CET, U_CET and GUEST_SSP
-    /// through kvm_intel's save/restore lists.
+    /// which turns on kernel IBT there: the snapshot goes through kvm_intel's
+    /// save/restore lists, CET's MSRs among them, and the guest must run on
+    /// after the restore (the test does not read S_CET itself).
     @Test(arguments: [("6.1", "anonymous"), ("7.2", "guest_memfd"), ("7.2@bochs", "anonymous")])
     func curlBootsPausesSnapshotsAndRestoresALinuxGuest(l1: String, backend: String) throws {
         let curl = try #require(HostProcess.find("curl"), "curl is not installed (scripts/prepare-host test installs it)")

@@ -181,48 +181,32 @@ import TextFormat
     /// A terminal session: tmux types into `kestrel lab shell`, whose L1 shell
     /// starts `kestrel run` with an interactive L2 shell on its console.
     @Test func aTerminalSessionReachesTheGuestShell() throws {
-        guard HostProcess.find("tmux") != nil else {
-            Issue.record("tmux is not installed (apt-get install tmux); .ci/run installs it")
-            return
-        }
-        let server = "kestrel-labtest-\(getpid())"
-        func tmux(_ arguments: [String]) throws -> String {
-            try HostProcess.output(["tmux", "-L", server] + arguments).output
-        }
-        defer { _ = try? tmux(["kill-server"]) }
-        _ = try tmux(["new-session", "-d", "-s", "lab", "-x", "200", "-y", "50",
-                      "\(try Self.kestrel()) lab shell --kernel 6.1 --guest-kernel; echo lab-shell-exit=$?; sleep 60"])
-        var screen = ""
-        /// Waits until `text` appears, and then `then` after it (when given).
-        func waitFor(_ text: String, then: String? = nil, seconds: Double) throws {
-            let start = ContinuousClock.now
-            while LabMachine.seconds(ContinuousClock.now - start) < seconds {
-                screen = try tmux(["capture-pane", "-p", "-t", "lab", "-S", "-500"])
-                if let range = screen.ranges(of: text).last, then.map({ screen[range.upperBound...].contains($0) }) ?? true {
-                    return
-                }
-                usleep(250_000)
-            }
-            Issue.record("\"\(text)\"\(then.map { " and then \"\($0)\"" } ?? "") did not appear within \(seconds) s; the terminal shows:\n\(screen)")
-            throw LabError("timeout")
-        }
-        func type(_ line: String) throws {
-            _ = try tmux(["send-keys", "-t", "lab", "-l", line])
-            _ = try tmux(["send-keys", "-t", "lab", "Enter"])
-        }
-        try waitFor("'exit' or Ctrl-D powers off", seconds: 300)
-        try type("kestrel initramfs --command sh -o /tmp/shell.cpio && kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/shell.cpio "
-                 + "--cmdline 'console=ttyS0 reboot=k panic=-1 nomodule i8042.noaux quiet'")
-        try waitFor("kestrel-init: running: sh", seconds: 300)
+        let session = try TmuxSession("\(try Self.kestrel()) lab shell --kernel 6.1 --guest-kernel; echo lab-shell-exit=$?; sleep 60")
+        try session.waitFor("'exit' or Ctrl-D powers off", seconds: 300)
+        try session.type("kestrel initramfs --command sh -o /tmp/shell.cpio && kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/shell.cpio "
+                         + "--cmdline 'console=ttyS0 reboot=k panic=-1 nomodule i8042.noaux quiet'")
+        try session.waitFor("kestrel-init: running: sh", seconds: 300)
         usleep(2_000_000)
-        try type("echo $((6*7))-answer")
-        try waitFor("42-answer", seconds: 120)
-        try type("exit")
+        try session.type("echo $((6*7))-answer")
+        try session.waitFor("42-answer", seconds: 120)
+        try session.type("exit")
         // Type only at the L1's prompt: until `kestrel run` has exited, its
         // console reader takes what is typed for the (stopped) guest.
-        try waitFor("kestrel: guest exited with status 0", then: "/lab #", seconds: 120)
-        try type("exit")
-        try waitFor("lab-shell-exit=0", seconds: 120)
+        try session.waitFor("kestrel: guest exited with status 0", then: "/lab #", seconds: 120)
+        try session.type("exit")
+        try session.waitFor("lab-shell-exit=0", seconds: 120)
+    }
+
+    /// The same on the Bochs host: COM1 is the terminal tmux gives `kestrel
+    /// lab shell`, and the terminal is handed back when the L1 powers off.
+    @Test func aTerminalSessionReachesTheBochsL1Shell() throws {
+        let session = try TmuxSession("\(try Self.kestrel()) lab shell --host bochs --kernel 7.2; echo lab-shell-exit=$?; stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon; sleep 60")
+        try session.waitFor("'exit' or Ctrl-D powers off", seconds: 400)
+        try session.type("echo $((6*7))-answer $(grep -m1 -o -w vmx /proc/cpuinfo)-flag $(cat /sys/module/kvm_intel/parameters/enable_apicv)-apicv")
+        try session.waitFor("42-answer vmx-flag N-apicv", seconds: 120)
+        try session.type("exit")
+        // The shell's status, then the terminal in canonical mode again (Bochs had made it raw).
+        try session.waitFor("lab-shell-exit=0", then: "\nicanon", seconds: 300)
     }
 
     /// The guest_memfd NUMA cases need two nodes: an L1 with two runs them.

@@ -221,10 +221,13 @@ public enum CETMSRSuite {
         } else {
             text += "; kvm.force_emulation_prefix is off, so the emulator control did not run"
         }
-        if hostWritten == 0, emulatorRefused != false {
+        if hostWritten == 0, emulatorRefused == true {
             text += ". KVM's own check refuses the value, so the guest's WRMSR did not reach KVM: the MSR is not intercepted"
                 + " for this vCPU and the CPU, which has \(row.feature.name), accepted the bit"
                 + " (kvm_intel passes U_CET and S_CET through when the vCPU has IBT or SHSTK; FINDINGS.md section 17)"
+        } else if hostWritten == 0, emulatorRefused == nil {
+            text += ". KVM's check refuses the value from the host, so the guest's write probably did not reach KVM"
+                + " (with kvm.force_emulation_prefix on, the emulator control tells; FINDINGS.md section 17)"
         }
         return text
     }
