@@ -27,9 +27,7 @@ struct LabCheckMatrix {
             let host = parts[1].split(separator: ":", maxSplits: 1).map(String.init)
             guard host[0] == "bochs" else { throw ValidationError("\(name): the host after @ is bochs (or bochs:MODEL)") }
             let model = host.count > 1 ? host[1] : LabBochs.defaultModel
-            guard LabBochs.models.contains(model) else {
-                throw ValidationError("\(name): \(model) is not a CPU model the Bochs host runs (\(LabBochs.models.joined(separator: ", ")))")
-            }
+            if let why = LabBochs.unknownModel(model) { throw ValidationError("\(name): " + why) }
             return Column(title: name, kernel: try options.resolveKernel(named: parts[0]), bochsModel: model)
         }
     }

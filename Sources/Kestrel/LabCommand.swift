@@ -97,9 +97,7 @@ struct LabMachineOptions: ParsableArguments {
         if bootAttempts < 1 { throw ValidationError("--boot-attempts must be at least 1") }
         if guest != nil && guestKernel { throw ValidationError("give --guest-kernel or --guest NAME, not both") }
         if host == .bochs {
-            if let cpuModel, !LabBochs.models.contains(cpuModel) {
-                throw ValidationError("--cpu-model \(cpuModel) is not one the Bochs host runs: give \(LabBochs.models.joined(separator: " or "))")
-            }
+            if let cpuModel, let why = LabBochs.unknownModel(cpuModel) { throw ValidationError("--cpu-model " + why) }
             if accel != nil || qemu != nil || multiThreadedTCG || numaNodes > 1 {
                 throw ValidationError("--accel, --qemu, --multi-threaded-tcg and --numa-nodes are QEMU's; --host bochs takes none of them")
             }

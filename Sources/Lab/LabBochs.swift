@@ -29,6 +29,11 @@ public struct LabBochs: Sendable, Equatable {
     /// The model used when none is named.
     public static let defaultModel = "arrow_lake"
 
+    /// Why `model` cannot be used, or nil when it is one of `models`.
+    public static func unknownModel(_ model: String) -> String? {
+        models.contains(model) ? nil : "\(model) is not a CPU model the Bochs host runs (\(models.joined(separator: ", ")))"
+    }
+
     /// Kernel arguments every Bochs L1 gets unless `--keep-pku`. `nopku`
     /// keeps PKRU out of the L1's XCR0. With it in, KVM restores a guest's
     /// FPU state with XRSTORS and a mask without PKRU, and Bochs 3.0 places

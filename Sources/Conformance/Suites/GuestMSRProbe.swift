@@ -39,13 +39,9 @@ struct GuestMSRProbe {
                 a.mov(.rcx, UInt64(index))
                 a.mov(.rax, value & 0xFFFF_FFFF)
                 a.mov(.rdx, value >> 32)
-                if case .emulatedWrite = step {
-                    program.expectingException {
-                        a.forcedEmulationPrefix()
-                        a.wrmsr()
-                    }
-                } else {
-                    program.expectingException { a.wrmsr() }
+                program.expectingException {
+                    if case .emulatedWrite = step { a.forcedEmulationPrefix() }
+                    a.wrmsr()
                 }
                 a.mov(.rax, 0)
             }
