@@ -30,6 +30,11 @@ int chost_fallocate(int fd, int mode, long offset, long length) {
     return fallocate(fd, mode, (off_t)offset, (off_t)length);
 }
 
+long chost_copy_file_range(int in_fd, long in_offset, int out_fd, long out_offset, size_t length) {
+    off64_t from = in_offset, to = out_offset;
+    return (long)copy_file_range(in_fd, &from, out_fd, &to, length, 0);
+}
+
 int chost_malloc_trim(void) { return malloc_trim(0); }
 
 static short chost_lock_type(int kind) {

@@ -340,8 +340,8 @@ public final class FirecrackerAPI: Sendable {
         }
     }
 
-    /// `PUT /snapshot/create` (SnapshotCreateParams): a Full snapshot of the
-    /// paused microVM; Diff is refused by name.
+    /// `PUT /snapshot/create` (SnapshotCreateParams): a Full or Diff
+    /// snapshot of the paused microVM (Full when `snapshot_type` is absent).
     private func createSnapshot(_ request: HTTPRequest) throws(ResponseError) -> HTTPResponse {
         let body = try Self.jsonBody(request)
         guard let object = body.objectValue else { return .fault(400, "PUT /snapshot/create: the body must be a JSON object") }
@@ -353,17 +353,19 @@ public final class FirecrackerAPI: Sendable {
             return .fault(400, "PUT /snapshot/create: snapshot_path and mem_file_path are required strings")
         }
         guard statePath != memoryPath else { return .fault(400, "PUT /snapshot/create: snapshot_path and mem_file_path must differ") }
-        if let type = object["snapshot_type"], type != .null {
-            guard type.stringValue == "Full" else {
-                return .fault(400, "PUT /snapshot/create: snapshot_type \(type.rendered) is not supported; Kestrel takes Full snapshots only")
+        var type = SnapshotType.full
+        if let given = object["snapshot_type"], given != .null {
+            guard let name = given.stringValue, let known = SnapshotType(rawValue: name) else {
+                return .fault(400, "PUT /snapshot/create: snapshot_type must be \"Full\" or \"Diff\", not \(given.rendered)")
             }
+            type = known
         }
         switch vmState {
         case .notStarted: return .fault(400, "Cannot create a snapshot before the microVM has started.")
         case .running: return .fault(400, "Cannot create a snapshot of a running microVM; pause it first (PATCH /vm {\"state\": \"Paused\"}).")
         case .paused: break
         }
-        do { try control.createSnapshot(statePath: statePath, memoryPath: memoryPath) } catch {
+        do { try control.createSnapshot(statePath: statePath, memoryPath: memoryPath, type: type) } catch {
             return .fault(400, "Cannot create the snapshot: \(error)")
         }
         return .noContent
@@ -399,13 +401,15 @@ public final class FirecrackerAPI: Sendable {
         default:
             return .fault(400, "PUT /snapshot/load: give exactly one of mem_backend and mem_file_path")
         }
-        for flag in ["enable_diff_snapshots", "track_dirty_pages"] where object[flag]?.boolValue == true {
-            return .fault(400, "PUT /snapshot/load: \(flag) is not supported; Kestrel takes Full snapshots only")
+        var options = SnapshotLoadOptions()
+        for flag in ["enable_diff_snapshots", "track_dirty_pages"] {
+            guard let value = object[flag], value != .null else { continue }
+            guard let track = value.boolValue else { return .fault(400, "PUT /snapshot/load: \(flag) must be a boolean") }
+            options.trackDirtyPages = options.trackDirtyPages || track
         }
         if case .array(let overrides) = object["network_overrides"] ?? .array([]), !overrides.isEmpty {
             return .fault(400, "PUT /snapshot/load: network_overrides are not supported; the snapshot's taps are opened by name")
         }
-        var options = SnapshotLoadOptions()
         if let override = object["vsock_override"], override != .null {
             guard let fields = override.objectValue, let path = fields["uds_path"]?.stringValue, !path.isEmpty,
                   fields.keys.allSatisfy({ $0 == "uds_path" }) else {

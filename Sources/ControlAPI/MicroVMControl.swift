@@ -18,8 +18,9 @@ public protocol MicroVMControl: Sendable {
     /// (`PUT /actions {"action_type": "SendCtrlAltDel"}`); keys typed while
     /// paused reach the guest when it resumes.
     func sendCtrlAltDel() throws
-    /// Writes a full snapshot of the paused machine (`PUT /snapshot/create`).
-    func createSnapshot(statePath: String, memoryPath: String) throws
+    /// Writes a snapshot of the paused machine, of all its RAM or of the
+    /// pages changed since the last one (`PUT /snapshot/create`).
+    func createSnapshot(statePath: String, memoryPath: String, type: SnapshotType) throws
     /// Restores a snapshot in this fresh process instead of booting
     /// (`PUT /snapshot/load`) and returns the configuration it holds. The
     /// machine runs at once when `resume` is true, else it waits paused;

@@ -42,6 +42,9 @@ public final class GuestAddressSpace: Sendable {
         var regions: [GuestRegion] = []
         /// Sorted, disjoint and not touching: merged on every change.
         var privateRanges: [Range<UInt64>] = []
+        /// While writes are tracked: by region start, one bit per page the
+        /// host may have written through this space since the bitmap was taken.
+        var written: [UInt64: [UInt64]]?
     }
     private let state = Mutex(State())
 
@@ -62,6 +65,7 @@ public final class GuestAddressSpace: Sendable {
             }
             state.regions.append(GuestRegion(start: start, mapping: mapping))
             state.regions.sort { $0.start < $1.start }
+            if state.written != nil { state.written![start.rawValue] = Self.emptyBitmap(for: mapping) }
         }
     }
 
@@ -129,18 +133,75 @@ public final class GuestAddressSpace: Sendable {
         return ranges.contains { $0.lowerBound < end && address < $0.upperBound }
     }
 
+    // MARK: Written pages
+
+    /// Starts recording the pages the host writes through this space (for
+    /// diff snapshots: KVM's dirty log sees only the guest's own writes).
+    /// Every mutable view `buffer` hands out counts as a write; reads pass
+    /// `writing: false`. Bitmaps start empty.
+    public func startTrackingWrites() {
+        state.withLock { state in
+            var written: [UInt64: [UInt64]] = [:]
+            for region in state.regions { written[region.start.rawValue] = Self.emptyBitmap(for: region.mapping) }
+            state.written = written
+        }
+    }
+
+    /// Stops recording and drops the bitmaps.
+    public func stopTrackingWrites() { state.withLock { $0.written = nil } }
+
+    /// Whether host writes are recorded.
+    public var tracksWrites: Bool { state.withLock { $0.written != nil } }
+
+    /// The pages of the region at `start` written through this space since
+    /// the last call (or since tracking started), one bit per page, and an
+    /// empty bitmap in their place; nil while writes are not tracked.
+    public func takeWrittenPages(regionStart start: GuestAddress) -> [UInt64]? {
+        state.withLock { state in
+            guard let bitmap = state.written?[start.rawValue] else { return nil }
+            state.written![start.rawValue] = [UInt64](repeating: 0, count: bitmap.count)
+            return bitmap
+        }
+    }
+
+    /// Records a host write to `[address, address + length)` made without a
+    /// view from `buffer` (madvise, for one): the range reads differently
+    /// now. Outside RAM it records nothing.
+    public func markWritten(_ address: GuestAddress, length: UInt64) {
+        state.withLock { state in
+            guard state.written != nil, let region = state.regions.first(where: { $0.contains(address, length: length) }) else { return }
+            Self.mark(&state, region: region, offset: address - region.start, length: length)
+        }
+    }
+
+    private static func emptyBitmap(for mapping: MemoryMapping) -> [UInt64] {
+        [UInt64](repeating: 0, count: (mapping.size / MemoryMapping.pageSize + 63) / 64)
+    }
+
+    /// Sets the bits of the pages `[offset, offset + length)` of `region` touches (under the lock).
+    private static func mark(_ state: inout State, region: GuestRegion, offset: UInt64, length: UInt64) {
+        guard length > 0 else { return }
+        let page = UInt64(MemoryMapping.pageSize)
+        let first = Int(offset / page), last = Int((offset + length - 1) / page)
+        state.written![region.start.rawValue]!.withUnsafeMutableBufferPointer { bits in
+            for index in first...last { bits[index / 64] |= 1 << UInt64(index % 64) }
+        }
+    }
+
     // MARK: Access
 
     /// A host view of `[address, address + length)`; throws when the range is not
     /// inside one region, or touches private memory. The buffer is valid while
-    /// the region's mapping lives.
-    public func buffer(at address: GuestAddress, length: Int) throws -> UnsafeMutableRawBufferPointer {
+    /// the region's mapping lives. While writes are tracked, the view's pages
+    /// count as written unless `writing` is false (a view only read).
+    public func buffer(at address: GuestAddress, length: Int, writing: Bool = true) throws -> UnsafeMutableRawBufferPointer {
         guard length >= 0 else { throw GuestMemoryError.outOfBounds(address: address.rawValue, length: length) }
         let found: GuestRegion? = try state.withLock { state in
             guard let region = state.regions.first(where: { $0.contains(address, length: UInt64(length)) }) else { return nil }
             if Self.overlapsPrivate(state.privateRanges, address.rawValue, UInt64(length)) {
                 throw GuestMemoryError.privateMemory(address: address.rawValue, length: length)
             }
+            if writing, state.written != nil { Self.mark(&state, region: region, offset: address - region.start, length: UInt64(length)) }
             return region
         }
         guard let region = found else { throw GuestMemoryError.outOfBounds(address: address.rawValue, length: length) }
@@ -157,7 +218,7 @@ public final class GuestAddressSpace: Sendable {
 
     /// Copies bytes out of guest memory.
     public func read(at address: GuestAddress, length: Int) throws -> [UInt8] {
-        Array(try buffer(at: address, length: length))
+        Array(try buffer(at: address, length: length, writing: false))
     }
 
     /// Stores a little-endian integer.
@@ -168,7 +229,7 @@ public final class GuestAddressSpace: Sendable {
 
     /// Loads a little-endian integer.
     public func load<T: FixedWidthInteger>(_ type: T.Type = T.self, at address: GuestAddress) throws -> T {
-        let source = try buffer(at: address, length: MemoryLayout<T>.size)
+        let source = try buffer(at: address, length: MemoryLayout<T>.size, writing: false)
         return T(littleEndian: source.loadUnaligned(fromByteOffset: 0, as: T.self))
     }
 
@@ -179,7 +240,7 @@ public final class GuestAddressSpace: Sendable {
             throw GuestMemoryError.outOfBounds(address: address.rawValue, length: 1)
         }
         let available = Int(min(UInt64(limit), region.end - address))
-        let bytes = try buffer(at: address, length: available)
+        let bytes = try buffer(at: address, length: available, writing: false)
         let length = bytes.firstIndex(of: 0) ?? available
         return String(decoding: bytes.prefix(length), as: UTF8.self)
     }

@@ -24,6 +24,18 @@ public enum FileSpace {
     }
 }
 
+/// copy_file_range(2) (declared only under _GNU_SOURCE).
+public enum FileCopy {
+    /// Copies up to `length` bytes from `source` at `sourceOffset` to
+    /// `target` at `targetOffset`, in the kernel (a reflink where the file
+    /// system shares extents); neither file position moves. Returns the
+    /// bytes copied (0 at the source's end), or -1 with errno set: EXDEV,
+    /// EINVAL or EOPNOTSUPP where the files cannot be copied this way.
+    public static func copyRange(from source: Int32, at sourceOffset: Int, to target: Int32, at targetOffset: Int, length: Int) -> Int {
+        chost_copy_file_range(source, sourceOffset, target, targetOffset, length)
+    }
+}
+
 /// The C library's heap.
 public enum ProcessHeap {
     /// Returns freed heap memory to the system; the corresponding call is

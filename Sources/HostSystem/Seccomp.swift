@@ -9,7 +9,7 @@ public enum SystemCallNumber {
     public static let x86_64: [String: UInt32] = [
         "read": 0, "write": 1, "close": 3, "stat": 4, "fstat": 5, "lstat": 6, "poll": 7, "lseek": 8, "mmap": 9,
         "mprotect": 10, "munmap": 11, "brk": 12, "rt_sigaction": 13, "rt_sigprocmask": 14, "rt_sigreturn": 15, "ioctl": 16,
-        "pread64": 17, "pwrite64": 18, "readv": 19, "writev": 20, "access": 21, "sched_yield": 24, "mremap": 25, "madvise": 28,
+        "pread64": 17, "pwrite64": 18, "readv": 19, "writev": 20, "access": 21, "sched_yield": 24, "mremap": 25, "mincore": 27, "madvise": 28,
         "dup": 32, "nanosleep": 35, "getpid": 39, "socket": 41, "connect": 42, "accept": 43, "sendto": 44, "recvfrom": 45,
         "sendmsg": 46, "recvmsg": 47, "shutdown": 48, "setsockopt": 54, "getsockopt": 55, "clone": 56, "exit": 60,
         "uname": 63, "fcntl": 72, "fsync": 74, "fdatasync": 75, "ftruncate": 77, "getcwd": 79, "rename": 82, "unlink": 87,
@@ -18,7 +18,7 @@ public enum SystemCallNumber {
         "clock_nanosleep": 230, "exit_group": 231, "epoll_wait": 232, "epoll_ctl": 233, "tgkill": 234, "openat": 257,
         "newfstatat": 262, "unlinkat": 263, "renameat": 264, "faccessat": 269, "ppoll": 271, "set_robust_list": 273,
         "epoll_pwait": 281, "fallocate": 285, "accept4": 288, "eventfd2": 290, "epoll_create1": 291, "pipe2": 293,
-        "timerfd_settime": 286, "preadv": 295, "pwritev": 296, "preadv2": 327, "pwritev2": 328, "renameat2": 316, "getrandom": 318,
+        "timerfd_settime": 286, "preadv": 295, "pwritev": 296, "preadv2": 327, "pwritev2": 328, "renameat2": 316, "getrandom": 318, "copy_file_range": 326,
         "statx": 332, "rseq": 334, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "clone3": 435,
         "faccessat2": 439, "epoll_pwait2": 441,
     ]

@@ -34,8 +34,16 @@ public struct Capability: Hashable, Sendable, CustomStringConvertible {
     public static let msrFeatures = Capability(153, name: "KVM_CAP_GET_MSR_FEATURES")
     /// Its value is the mask of hypercalls KVM can hand to userspace
     /// (bit 12, KVM_HC_MAP_GPA_RANGE); KVM_ENABLE_CAP on a VM chooses them.
+    /// KVM_GET_DIRTY_LOG may leave pages protected until KVM_CLEAR_DIRTY_LOG
+    /// (enabled with KVM_ENABLE_CAP; its value is the flags it accepts).
+    public static let manualDirtyLogProtect = Capability(168, name: "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2")
+    /// Per-vCPU dirty rings; its value is the largest ring in bytes.
+    public static let dirtyLogRing = Capability(192, name: "KVM_CAP_DIRTY_LOG_RING")
     public static let exitHypercall = Capability(201, name: "KVM_CAP_EXIT_HYPERCALL")
     public static let xsave2 = Capability(208, name: "KVM_CAP_XSAVE2")
+    /// Dirty rings with acquire/release ordering on the entries' flags (the
+    /// only kind on arm64); its value is the largest ring in bytes.
+    public static let dirtyLogRingAcquireRelease = Capability(223, name: "KVM_CAP_DIRTY_LOG_RING_ACQ_REL")
     public static let userMemory2 = Capability(231, name: "KVM_CAP_USER_MEMORY2")
     public static let memoryFaultInfo = Capability(232, name: "KVM_CAP_MEMORY_FAULT_INFO")
     public static let memoryAttributes = Capability(233, name: "KVM_CAP_MEMORY_ATTRIBUTES")

@@ -18,6 +18,10 @@ public enum KVMRequest {
     public static let createVCPU = IoctlRequest("KVM_CREATE_VCPU", .none, 0x41)
     public static let setUserMemoryRegion = IoctlRequest(
         "KVM_SET_USER_MEMORY_REGION", .write, 0x46, size: MemoryLayout<ckvm_userspace_memory_region>.size)
+    public static let getDirtyLog = IoctlRequest("KVM_GET_DIRTY_LOG", .write, 0x42, size: MemoryLayout<ckvm_dirty_log>.size)
+    public static let clearDirtyLog = IoctlRequest(
+        "KVM_CLEAR_DIRTY_LOG", .readWrite, 0xC0, size: MemoryLayout<ckvm_clear_dirty_log>.size)
+    public static let resetDirtyRings = IoctlRequest("KVM_RESET_DIRTY_RINGS", .none, 0xC7)
     public static let setTSSAddress = IoctlRequest("KVM_SET_TSS_ADDR", .none, 0x47)
     public static let setIdentityMapAddress = IoctlRequest(
         "KVM_SET_IDENTITY_MAP_ADDR", .write, 0x48, size: MemoryLayout<UInt64>.size)

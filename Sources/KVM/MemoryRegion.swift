@@ -83,8 +83,8 @@ extension VirtualMachine {
     }
 
     /// Guest RAM in one call: maps `size` bytes (aligned to `alignment`) from
-    /// `backing`, installs them in `slot` at `start`, and adds the mapping to
-    /// `space` for bounds-checked access.
+    /// `backing`, installs them in `slot` at `start` with `flags` (such as
+    /// `logDirtyPages`), and adds the mapping to `space` for bounds-checked access.
     ///
     /// A `.guestMemfd` backing creates the file (KVM_CREATE_GUEST_MEMFD), maps
     /// it MAP_SHARED and installs the slot with KVM_SET_USER_MEMORY_REGION2,
@@ -94,7 +94,7 @@ extension VirtualMachine {
     /// `userspace_addr` 0 would leave KVM no host address to use.
     @discardableResult
     public func addMemory(slot: UInt32, at start: GuestAddress, size: Int, alignment: Int = 0, backing: RAMBacking = .anonymous(.private),
-                          to space: GuestAddressSpace) throws -> MemoryRegion {
+                          flags: MemorySlotFlags = [], to space: GuestAddressSpace) throws -> MemoryRegion {
         let mapping: MemoryMapping, file: GuestMemfd?
         switch backing {
         case .anonymous(let sharing):
@@ -110,7 +110,7 @@ extension VirtualMachine {
             mapping = try MemoryMapping(fileDescriptor: descriptor, size: size, offset: offset, sharing: .private, alignment: alignment)
             file = nil
         }
-        let region = try MemoryRegion(slot: slot, start: start, mapping: mapping, guestMemfd: file)
+        let region = try MemoryRegion(slot: slot, start: start, mapping: mapping, flags: flags, guestMemfd: file)
         try install(region)
         do {
             try space.add(mapping, at: start)

@@ -127,11 +127,13 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
     }
 
     /// Writes the snapshot and logs one line: the files, their sizes and the time.
-    func createSnapshot(statePath: String, memoryPath: String) throws {
-        let report = try runningMachine.createSnapshot(statePath: statePath, memoryPath: memoryPath, kestrelVersion: Kestrel.version,
+    func createSnapshot(statePath: String, memoryPath: String, type: SnapshotType) throws {
+        let report = try runningMachine.createSnapshot(statePath: statePath, memoryPath: memoryPath, type: type, kestrelVersion: Kestrel.version,
                                                        served: apiSocket.map { [("the API socket", $0)] } ?? [])
         let mib = { (bytes: UInt64) in "\(bytes >> 20) MiB" }
-        log("snapshot: \(statePath) (\(report.stateBytes) bytes), \(memoryPath) (\(mib(report.memoryBytes)) of RAM, "
-            + "\(mib(report.memoryBytesWritten)) written) in \(SecondsText.text(report.duration)) s")
+        let pages = report.type == .diff ? ", \(report.memoryBytesWritten / 4096) pages changed" : ""
+        log("snapshot: \(report.type.rawValue) \(statePath) (\(report.stateBytes) bytes), \(memoryPath) (\(mib(report.memoryBytes)) of RAM, "
+            + "\(mib(report.memoryBytesWritten)) written\(pages)\(report.mergedOnto ? ", onto the earlier file's data" : "")) "
+            + "in \(SecondsText.text(report.duration)) s")
     }
 }

@@ -23,7 +23,7 @@ struct Kestrel: ParsableCommand {
         commandName: "kestrel",
         abstract: "A KVM toolkit: a Linux VMM, conformance checks, host capabilities and SEV-SNP certificate tools for guest_memfd, CET, FRED, SEV-SNP and CCA.",
         version: version,
-        subcommands: [RunCommand.self, JailCommand.self, InitramfsCommand.self, VmlinuxCommand.self, CheckCommand.self, CapsCommand.self, LabCommand.self, SNPCommand.self, VsockCommand.self, BenchCommand.self],
+        subcommands: [RunCommand.self, JailCommand.self, InitramfsCommand.self, VmlinuxCommand.self, CheckCommand.self, CapsCommand.self, LabCommand.self, SNPCommand.self, VsockCommand.self, SnapshotCommand.self, BenchCommand.self],
         defaultSubcommand: nil)
 }
 

@@ -431,6 +431,10 @@ public final class BalloonDevice: VirtioDevice {
         let advice = region.mapping.sharing == .shared ? MADV_REMOVE : MADV_DONTNEED
         if (try? region.mapping.advise(offset: offset, length: Int(length), advice)) == nil {
             state.withLock { $0.counts["discard_refused", default: 0] += 1 }
+        } else {
+            // The pages read as zero (or as the file under a private mapping)
+            // now, and the guest's dirty log does not know it.
+            memory.markWritten(address, length: length)
         }
     }
 }

@@ -30,14 +30,17 @@ public struct DescriptorChain: Sendable {
 struct SegmentCursor {
     private let memory: GuestAddressSpace
     private let segments: ArraySlice<DescriptorSegment>
+    /// Whether the views are written (they then count as written pages).
+    private let writing: Bool
     private var segment: Int
     private var offset: UInt32 = 0
     /// Bytes not passed yet.
     private(set) var remaining: Int
 
-    init(_ segments: ArraySlice<DescriptorSegment>, memory: GuestAddressSpace) {
+    init(_ segments: ArraySlice<DescriptorSegment>, memory: GuestAddressSpace, writing: Bool) {
         self.memory = memory
         self.segments = segments
+        self.writing = writing
         segment = segments.startIndex
         remaining = segments.reduce(0) { $0 + Int($1.length) }
     }
@@ -52,7 +55,7 @@ struct SegmentCursor {
             let available = Int(current.length - offset)
             if available == 0 { segment += 1; offset = 0; continue }
             let count = min(available, left)
-            guard let view = try? memory.buffer(at: current.address + UInt64(offset), length: count) else {
+            guard let view = try? memory.buffer(at: current.address + UInt64(offset), length: count, writing: writing) else {
                 remaining = 0
                 break
             }
@@ -73,7 +76,7 @@ public struct ChainReader {
     public var remaining: Int { cursor.remaining }
 
     public init(_ chain: DescriptorChain, memory: GuestAddressSpace) {
-        cursor = SegmentCursor(chain.readable, memory: memory)
+        cursor = SegmentCursor(chain.readable, memory: memory, writing: false)
     }
 
     /// Copies up to `buffer.count` bytes; returns how many.
@@ -121,7 +124,7 @@ public struct ChainWriter {
     public var remaining: Int { cursor.remaining }
 
     public init(_ chain: DescriptorChain, memory: GuestAddressSpace) {
-        cursor = SegmentCursor(chain.writable, memory: memory)
+        cursor = SegmentCursor(chain.writable, memory: memory, writing: true)
     }
 
     /// Copies as many of `bytes` as fit; returns how many.

@@ -133,7 +133,7 @@ public final class SplitQueue {
     }
 
     private func descriptor(in table: GuestAddress, at position: UInt16) -> RawDescriptor? {
-        guard let bytes = try? memory.buffer(at: table + Self.descriptorSize * UInt64(position), length: Int(Self.descriptorSize)) else { return nil }
+        guard let bytes = try? memory.buffer(at: table + Self.descriptorSize * UInt64(position), length: Int(Self.descriptorSize), writing: false) else { return nil }
         return RawDescriptor(
             address: UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
             length: UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),

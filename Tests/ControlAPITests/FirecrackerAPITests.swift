@@ -15,7 +15,7 @@ final class RecordingControl: MicroVMControl {
 
     /// A load's overrides as the recorded call shows them ("" when none).
     static func describe(_ options: SnapshotLoadOptions) -> String {
-        (options.vsockPath.map { " vsock=\($0)" } ?? "") + (options.clockRealtime ? " realtime" : "")
+        (options.vsockPath.map { " vsock=\($0)" } ?? "") + (options.clockRealtime ? " realtime" : "") + (options.trackDirtyPages ? " track" : "")
     }
     let bytesWaitingWhenSent = Mutex<[Bool]>([])
 
@@ -29,8 +29,8 @@ final class RecordingControl: MicroVMControl {
     func pause() throws { calls.withLock { $0.append("pause") } }
     func resume() throws { calls.withLock { $0.append("resume") } }
     func sendCtrlAltDel() throws { calls.withLock { $0.append("ctrl-alt-del") } }
-    func createSnapshot(statePath: String, memoryPath: String) throws {
-        calls.withLock { $0.append("snapshot \(statePath) \(memoryPath)") }
+    func createSnapshot(statePath: String, memoryPath: String, type: SnapshotType) throws {
+        calls.withLock { $0.append("snapshot \(type.rawValue) \(statePath) \(memoryPath)") }
     }
     func loadSnapshot(statePath: String, memoryPath: String, resume: Bool, options: SnapshotLoadOptions) throws -> MachineConfiguration {
         calls.withLock { $0.append("load \(statePath) \(memoryPath) \(resume)" + Self.describe(options)) }
@@ -54,7 +54,7 @@ final class PatchingControl: MicroVMControl {
     func pause() throws {}
     func resume() throws {}
     func sendCtrlAltDel() throws {}
-    func createSnapshot(statePath: String, memoryPath: String) throws {}
+    func createSnapshot(statePath: String, memoryPath: String, type: SnapshotType) throws {}
     func loadSnapshot(statePath: String, memoryPath: String, resume: Bool, options: SnapshotLoadOptions) throws -> MachineConfiguration {
         throw ConfigurationError("no")
     }
@@ -163,9 +163,9 @@ final class PatchingControl: MicroVMControl {
         #expect(Self.send(api, "PUT", "/cpu-config", body).0 == 400)
     }
 
-    /// Snapshots the Firecracker way: create only while paused, Full only;
-    /// load only on a fresh microVM, from a File backend, and then the API
-    /// shows the restored configuration and state.
+    /// Snapshots the Firecracker way: create only while paused, Full or
+    /// Diff; load only on a fresh microVM, from a File backend, and then the
+    /// API shows the restored configuration and state.
     @Test func snapshotsAreTakenWhenPausedAndLoadedOnlyIntoAFreshMicroVM() throws {
         let control = RecordingControl()
         let api = FirecrackerAPI(instanceID: "vm", version: "0.1.0", control: control)
@@ -174,7 +174,8 @@ final class PatchingControl: MicroVMControl {
             (#"{"snapshot_path": "/s"}"#, "exactly one of mem_backend and mem_file_path"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#, "exactly one"),
             (#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/uffd.sock"}}"#, "\"Uffd\" is not supported"),
-            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "enable_diff_snapshots": true}"#, "Full snapshots only"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "enable_diff_snapshots": "yes"}"#, "enable_diff_snapshots must be a boolean"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "track_dirty_pages": 1}"#, "track_dirty_pages must be a boolean"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}]}"#, "network_overrides"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "bogus": 1}"#, "unknown field bogus"),
             // Firecracker 1.17's fields: known, and checked like the swagger.
@@ -195,21 +196,27 @@ final class PatchingControl: MicroVMControl {
         #expect(late.0 == 400 && Self.fault(late.1).contains("only allowed on a fresh microVM"), "\(late)")
         #expect(control.calls.withLock { $0 }.isEmpty, "no refused request reached the VMM")
 
-        let load = Self.send(api, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}, "resume_vm": false, "vsock_override": {"uds_path": "/v.sock"}, "clock_realtime": true, "huge_pages": "Snapshot"}"#)
+        let load = Self.send(api, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}, "resume_vm": false, "vsock_override": {"uds_path": "/v.sock"}, "clock_realtime": true, "huge_pages": "Snapshot", "track_dirty_pages": true}"#)
         #expect(load.0 == 204, "\(load)")
-        #expect(control.calls.withLock { $0 } == ["load /s /m false vsock=/v.sock realtime"])
+        #expect(control.calls.withLock { $0 } == ["load /s /m false vsock=/v.sock realtime track"])
         #expect(Self.send(api, "GET", "/").1.contains(#""state":"Paused""#))
         let configuration = Self.send(api, "GET", "/vm/config").1
         #expect(configuration.contains(#""kernel_image_path":"/restored/vmlinux""#) && configuration.contains(#""vcpu_count":2"#), "\(configuration)")
         let again = Self.send(api, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_file_path": "/m"}"#)
         #expect(again.0 == 400, "a second load: \(again)")
-        let diff = Self.send(api, "PUT", "/snapshot/create", #"{"snapshot_type": "Diff", "snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#)
-        #expect(diff.0 == 400 && Self.fault(diff.1).contains("Full snapshots only"), "\(diff)")
+        for type in [#""Incremental""#, "1", "null"] {
+            let bad = Self.send(api, "PUT", "/snapshot/create", #"{"snapshot_type": \#(type), "snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#)
+            if type == "null" { continue }  // absent: Full
+            #expect(bad.0 == 400 && Self.fault(bad.1).contains("snapshot_type must be \"Full\" or \"Diff\""), "\(type): \(bad)")
+        }
+        let diff = Self.send(api, "PUT", "/snapshot/create", #"{"snapshot_type": "Diff", "snapshot_path": "/tmp/s", "mem_file_path": "/tmp/d"}"#)
+        #expect(diff.0 == 204, "\(diff)")
         #expect(Self.send(api, "PUT", "/snapshot/create", create).0 == 204)
         #expect(Self.send(api, "PATCH", "/vm", #"{"state": "Resumed"}"#).0 == 204)
         let running = Self.send(api, "PUT", "/snapshot/create", create)
         #expect(running.0 == 400 && Self.fault(running.1).contains("pause it first"), "\(running)")
-        #expect(control.calls.withLock { $0 } == ["load /s /m false vsock=/v.sock realtime", "snapshot /tmp/s /tmp/m", "resume"])
+        #expect(control.calls.withLock { $0 } == ["load /s /m false vsock=/v.sock realtime track", "snapshot Full /tmp/s /tmp/m",
+                                                  "snapshot Diff /tmp/s /tmp/d", "snapshot Full /tmp/s /tmp/m", "resume"])
     }
 
     @Test func badRequestsAreRefusedByNameAndChangeNothing() {

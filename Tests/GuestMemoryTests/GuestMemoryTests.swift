@@ -33,6 +33,37 @@ import Testing
         #expect(try space.load(UInt64.self, at: GuestAddress(0x10FFC)) == 0)
     }
 
+    /// Host writes are recorded per page while tracked: stores, writes and
+    /// mutable views count; loads, reads and read-only views do not; taking
+    /// a bitmap starts it over; a region added later is tracked too.
+    @Test func hostWritesAreRecordedByPageWhileTracked() throws {
+        let memory = try space()
+        try memory.store(UInt8(1), at: 0x1000)
+        #expect(memory.takeWrittenPages(regionStart: 0x1000) == nil, "nothing is recorded before tracking starts")
+        memory.startTrackingWrites()
+        #expect(memory.tracksWrites)
+        #expect(memory.takeWrittenPages(regionStart: 0x1000) == [0], "tracking starts empty")
+        _ = try memory.load(UInt64.self, at: 0x1ff8)
+        _ = try memory.read(at: 0x1000, length: 0x2000)
+        _ = try memory.string(at: 0x1000)
+        _ = try memory.buffer(at: 0x2000, length: 16, writing: false)
+        #expect(memory.takeWrittenPages(regionStart: 0x1000) == [0], "reads mark nothing")
+        try memory.store(UInt32(7), at: 0x1ffe)  // straddles the region's two pages
+        #expect(memory.takeWrittenPages(regionStart: 0x1000) == [0b11])
+        try memory.write([1, 2, 3], at: 0x2800)
+        _ = try memory.buffer(at: 0x10000, length: 1)
+        #expect(memory.takeWrittenPages(regionStart: 0x1000) == [0b10])
+        #expect(memory.takeWrittenPages(regionStart: 0x10000) == [0b1], "a mutable view counts as written")
+        memory.markWritten(0x1000, length: 0x1000)
+        memory.markWritten(0x40000, length: 0x1000)  // outside RAM: nothing
+        #expect(memory.takeWrittenPages(regionStart: 0x1000) == [0b1])
+        try memory.add(MemoryMapping(anonymousSize: 0x41000), at: 0x100000)
+        try memory.store(UInt8(1), at: 0x100000 + 0x40000)
+        #expect(memory.takeWrittenPages(regionStart: 0x100000) == [0, 0b1], "page 64 of a region added while tracking")
+        memory.stopTrackingWrites()
+        #expect(!memory.tracksWrites && memory.takeWrittenPages(regionStart: 0x1000) == nil)
+    }
+
     @Test func loadsAndStoresInsideARegion() throws {
         let memory = try space()
         try memory.store(UInt64(0x1122_3344_5566_7788), at: 0x1ff8)

@@ -28,6 +28,11 @@ import Testing
         #expect(MemoryLayout<ckvm_guest_debug>.size == 72)
         #expect(MemoryLayout<ckvm_debug_exit>.size == 32)
         #expect(MemoryLayout<ckvm_memory_attributes>.size == 32)
+        #expect(MemoryLayout<ckvm_dirty_log>.size == 16)
+        #expect(MemoryLayout<ckvm_dirty_log>.offset(of: \.dirty_bitmap) == 8)
+        #expect(MemoryLayout<ckvm_clear_dirty_log>.size == 24)
+        #expect(MemoryLayout<ckvm_clear_dirty_log>.offset(of: \.first_page) == 8)
+        #expect(MemoryLayout<ckvm_dirty_gfn>.size == 16)
         #expect(MemoryLayout<ckvm_device_attr>.size == 24)
         #expect(MemoryLayout<ckvm_irqfd>.size == 32)
         #expect(MemoryLayout<ckvm_irq_routing_header>.size == 8)
@@ -112,6 +117,9 @@ import Testing
         (KVMRequest.preFaultMemory, 0xC040_AED5),
         (KVMRequest.setGuestDebug, 0x4048_AE9B),
         (KVMRequest.setMemoryAttributes, 0x4020_AED2),
+        (KVMRequest.getDirtyLog, 0x4010_AE42),
+        (KVMRequest.clearDirtyLog, 0xC018_AEC0),
+        (KVMRequest.resetDirtyRings, 0xAEC7),
         (KVMRequest.enableCapability, 0x4068_AEA3),
         (KVMRequest.getOneRegister, 0x4010_AEAB),
         (KVMRequest.setOneRegister, 0x4010_AEAC),

@@ -23,6 +23,13 @@ import TextFormat
         let output: String
         let errors: String
         let seconds: Double
+
+        /// `kestrel lab run`'s notes on L1s it booted again (FINDINGS.md,
+        /// section 6): the command ran again after the first boot's output,
+        /// which `ScriptOutput` skips.
+        var rebootNotes: [String] {
+            errors.split(separator: "\n").filter { $0.hasPrefix("lab: the L1's") && $0.hasSuffix("booted it again") }.map(String.init)
+        }
     }
 
     /// Runs kestrel with `arguments`, killing it after `timeout` seconds.

@@ -17,6 +17,11 @@
 /* fallocate(2) is declared only under _GNU_SOURCE, which Swift's Glibc module lacks. */
 int chost_fallocate(int fd, int mode, long offset, long length);
 
+/* copy_file_range(2), declared only under _GNU_SOURCE: `length` bytes from
+   `in_offset` of `in_fd` to `out_offset` of `out_fd`, neither file position
+   moved. Returns the bytes copied, or -1 with errno. */
+long chost_copy_file_range(int in_fd, long in_offset, int out_fd, long out_offset, size_t length);
+
 /* malloc_trim(3): return freed heap memory to the system (malloc.h is not in Swift's Glibc module). */
 int chost_malloc_trim(void);
 

@@ -260,6 +260,34 @@ struct ckvm_arm_rmi_populate {
     uint32_t reserved;
 };
 
+/* KVM_GET_DIRTY_LOG's argument (struct kvm_dirty_log): a slot and the user
+   address of a bitmap with one bit per page of the slot, in 64-bit words.
+   16 bytes. */
+struct ckvm_dirty_log {
+    uint32_t slot;
+    uint32_t padding;
+    uint64_t dirty_bitmap;
+};
+
+/* KVM_CLEAR_DIRTY_LOG's argument (struct kvm_clear_dirty_log): pages
+   [first_page, first_page + num_pages) of a slot, re-protected where the
+   bitmap has a bit set. 24 bytes. */
+struct ckvm_clear_dirty_log {
+    uint32_t slot;
+    uint32_t num_pages;
+    uint64_t first_page;
+    uint64_t dirty_bitmap;
+};
+
+/* One entry of a vCPU's dirty ring (struct kvm_dirty_gfn): flags (DIRTY 1,
+   RESET 2), then the slot (address space in bits 31:16) and the page's
+   offset in it. 16 bytes. */
+struct ckvm_dirty_gfn {
+    uint32_t flags;
+    uint32_t slot;
+    uint64_t offset;
+};
+
 struct ckvm_memory_attributes {
     uint64_t address;
     uint64_t size;

@@ -223,7 +223,13 @@ public enum MachineConfigFile {
         do { try MachineConfiguration.checkSMT(configuration.smt, vcpuCount: configuration.vcpuCount) } catch let error as ConfigurationError {
             throw ConfigurationError("\(source): machine-config: \(error.description)")
         }
-        if machine["track_dirty_pages"]?.boolValue == true { throw ConfigurationError("\(source): machine-config.track_dirty_pages true is not supported") }
+        if let track = machine["track_dirty_pages"], track != .null {
+            guard let track = track.boolValue else { throw ConfigurationError("\(source): machine-config.track_dirty_pages must be true or false") }
+            configuration.trackDirtyPages = track
+        }
+        do { try configuration.checkDirtyTracking() } catch let error as ConfigurationError {
+            throw ConfigurationError("\(source): machine-config: \(error.description)")
+        }
         if let pages = machine["huge_pages"], pages != .null, pages != .string("None") {
             throw ConfigurationError("\(source): machine-config.huge_pages \(pages.rendered) is not supported (anonymous guest RAM is advised for transparent huge pages already); give \"None\"")
         }
@@ -247,7 +253,7 @@ public enum MachineConfigFile {
     public static func machineConfigSection(for configuration: MachineConfiguration) -> JSONValue {
         var machine: [String: JSONValue] = [
             "vcpu_count": .number(Double(configuration.vcpuCount)), "mem_size_mib": .number(Double(configuration.memorySize >> 20)),
-            "smt": .bool(configuration.smt), "track_dirty_pages": .bool(false), "huge_pages": .string("None"),
+            "smt": .bool(configuration.smt), "track_dirty_pages": .bool(configuration.trackDirtyPages), "huge_pages": .string("None"),
         ]
         if configuration.cpuTemplate != CPUTemplate.defaultName { machine["cpu_template"] = .string(configuration.cpuTemplate) }
         if configuration.memoryBackend != .anonymous { machine["memory_backend"] = .string(configuration.memoryBackend.rawValue) }

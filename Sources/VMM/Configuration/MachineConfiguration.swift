@@ -47,6 +47,10 @@ public struct MachineConfiguration: Sendable {
     /// (KVM_PRE_FAULT_MEMORY): no first-touch faults, at the price of
     /// allocating every page of guest memory up front.
     public var prefault = false
+    /// Firecracker's `track_dirty_pages`: log the pages the guest and the
+    /// devices write (KVM_MEM_LOG_DIRTY_PAGES on every RAM slot), so that a
+    /// Diff snapshot writes only those since the last snapshot.
+    public var trackDirtyPages = false
     /// A confidential VM type, or nil for an ordinary VM.
     public var confidential: ConfidentialMode?
     /// The SEV-SNP certificate blob (GHCB certificate table) served to the
@@ -99,6 +103,7 @@ public struct MachineConfiguration: Sendable {
             try Self.checkBootFile(path, what: what)
         }
         try validateDevices()
+        try checkDirtyTracking()
         if let path = serialOutputPath { try Self.checkSerialOutput(path) }
         if let path = snpCertificatesPath {
             guard confidential == .snp else { throw ConfigurationError("--snp-certs is for --confidential snp") }
@@ -109,6 +114,18 @@ public struct MachineConfiguration: Sendable {
                 throw ConfigurationError("\(path) is not an SNP certificate table (kestrel snp-certs build writes one): \(error)")
             }
         }
+    }
+
+    /// Dirty page tracking needs slots KVM can log: KVM refuses
+    /// KVM_MEM_LOG_DIRTY_PAGES on a guest_memfd slot, and a confidential
+    /// guest's memory is not the host's to snapshot.
+    func checkDirtyTracking() throws {
+        guard trackDirtyPages else { return }
+        if memoryBackend != .anonymous {
+            throw ConfigurationError("track_dirty_pages needs anonymous guest RAM: KVM does not log the dirty pages of guest_memfd slots "
+                + "(it refuses KVM_MEM_LOG_DIRTY_PAGES with KVM_MEM_GUEST_MEMFD)")
+        }
+        if confidential != nil { throw ConfigurationError("track_dirty_pages: a confidential guest's memory cannot be snapshotted") }
     }
 
     /// A kernel or initrd must be readable and a regular file: a FIFO passes

@@ -70,6 +70,9 @@ public struct SeccompPolicy: Sendable {
             "lstat", "access", "faccessat", "faccessat2", "readlink", "socket", "getcwd",
             // PATCH /balloon/statistics re-arms the balloon's polling timer.
             "timerfd_settime",
+            // A Diff snapshot: the earlier memory file's data copied under it,
+            // and without dirty tracking, the pages resident in a mapped file.
+            "copy_file_range", "mincore",
             // InstanceStart builds the devices here: an Async drive's ring.
             "io_uring_setup", "io_uring_register", "io_uring_enter", "eventfd2",
         ]),

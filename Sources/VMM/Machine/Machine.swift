@@ -36,6 +36,8 @@ public final class Machine: Sendable {
     public let setupSteps: [(step: String, duration: Duration)]
     /// What backs guest RAM and whether it is still in the host's direct map.
     public let memoryProtection: String
+    /// The pages changed since the last snapshot, for Diff snapshots.
+    let dirtyPages: DirtyPageTracker
     /// For an SNP guest with `--snp-certs`: the certificate file each vCPU's
     /// responder serves, and where its refusals are logged.
     let certificates: (file: String, log: @Sendable (String) -> Void)?
@@ -69,6 +71,8 @@ public final class Machine: Sendable {
         self.control = control
         self.setupSteps = setupSteps
         self.memoryProtection = memoryProtection
+        dirtyPages = DirtyPageTracker(virtualMachine: virtualMachine, memory: memory, logsWrites: configuration.trackDirtyPages)
+        if configuration.trackDirtyPages { memory.startTrackingWrites() }
     }
 
     /// The vCPUs, in id order.

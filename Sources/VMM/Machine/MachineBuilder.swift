@@ -76,7 +76,8 @@ public struct MachineBuilder {
             // 2 MiB-aligned and advised for huge pages: with 4 KiB host pages every
             // first touch of guest RAM is a stage-2 fault, costly on nested hosts.
             let region = try vm.addMemory(slot: UInt32(slot), at: GuestAddress(range.lowerBound), size: Int(range.count),
-                                          alignment: MemoryMapping.hugePageAlignment, backing: backing, to: memory)
+                                          alignment: MemoryMapping.hugePageAlignment, backing: backing,
+                                          flags: configuration.trackDirtyPages ? [.logDirtyPages] : [], to: memory)
             if backing == .anonymous(.private) { try? region.mapping?.advise(MADV_HUGEPAGE) }
         }
         try Self.createInterruptControllers(vm)

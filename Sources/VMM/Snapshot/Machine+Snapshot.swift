@@ -3,27 +3,49 @@ import KVM
 import Virtio
 import X86
 
+/// Firecracker's `snapshot_type`.
+public enum SnapshotType: String, Sendable, CaseIterable {
+    /// All of guest RAM.
+    case full = "Full"
+    /// Only the pages changed since the last snapshot (`DirtyPageTracker`);
+    /// every other page is a hole.
+    case diff = "Diff"
+}
+
 extension Machine {
     /// What `createSnapshot` wrote and how long it took.
     public struct SnapshotReport: Sendable {
+        public let type: SnapshotType
         public let stateBytes: Int
         /// Guest RAM the memory file holds (its apparent size).
         public let memoryBytes: UInt64
-        /// Bytes of RAM actually written (pages the guest has; the rest are holes).
+        /// Bytes of RAM actually written (pages the guest has, or for a Diff
+        /// the pages changed; the rest are holes).
         public let memoryBytesWritten: UInt64
+        /// For a Diff written over an earlier memory file of the same size:
+        /// that file's data, copied under the diff (Firecracker merges a diff
+        /// into such a file).
+        public let mergedOnto: Bool
         public let duration: Duration
     }
 
-    /// Writes a full snapshot of the paused machine: the state file at
+    /// Writes a snapshot of the paused machine: the state file at
     /// `statePath` (`MachineSnapshot`'s format) and guest RAM at
-    /// `memoryPath`. Both are written under temporary names beside their
-    /// targets and renamed into place only when both are whole, so a failure
-    /// at any step leaves the earlier files at those paths as they were and
-    /// nothing else behind. Refused before anything is written unless the
-    /// vCPUs are paused and the devices quiesced (`pause()`), when a target is
-    /// not a new name or a regular file, or when it is one of `served` or of
-    /// the machine's own files (`SnapshotTargets`). The machine stays paused.
-    public func createSnapshot(statePath: String, memoryPath: String, kestrelVersion: String,
+    /// `memoryPath`, all of it (`.full`) or the pages changed since the last
+    /// snapshot (`.diff`, a sparse file laid out like a full one, whose holes
+    /// are the pages not changed). As Firecracker does, a Diff over an
+    /// existing memory file of the same size lands on that file's data; any
+    /// other existing file is replaced.
+    ///
+    /// Both files are written under temporary names beside their targets
+    /// and renamed into place only when both are whole, so a failure at any
+    /// step leaves the earlier files at those paths as they were, nothing
+    /// else behind, and the changed pages still counted for the next Diff.
+    /// Refused before anything is written unless the vCPUs are paused and
+    /// the devices quiesced (`pause()`), when a target is not a new name or
+    /// a regular file, or when it is one of `served` or of the machine's own
+    /// files (`SnapshotTargets`). The machine stays paused.
+    public func createSnapshot(statePath: String, memoryPath: String, type: SnapshotType = .full, kestrelVersion: String,
                                served: [(what: String, path: String)] = []) throws -> SnapshotReport {
         let start = ContinuousClock.now
         guard isPaused else { throw SnapshotError("the microVM must be paused to take a snapshot (PATCH /vm {\"state\": \"Paused\"})") }
@@ -32,21 +54,40 @@ extension Machine {
         }
         try SnapshotTargets.check(statePath: statePath, memoryPath: memoryPath, served: served + ownFiles)
         var snapshot = try captureState(kestrelVersion: kestrelVersion)
-        let regions = virtualMachine.regions.compactMap { region in
-            region.mapping.map { (start: region.start.rawValue, mapping: $0, fromFile: ramFromSnapshot || region.guestMemfd != nil) }
-        }
+        // The pages changed since the last snapshot, taken now: a Full one
+        // starts the count over, a Diff writes them.
+        let changed = type == .diff || dirtyPages.logsWrites ? try dirtyPages.take() : []
         // Both temporary files are created first: a target whose directory
         // is missing fails here, before any RAM is written.
-        let memoryFile = try AtomicFile(creating: memoryPath, what: "the memory file \(memoryPath)")
-        let stateFile: AtomicFile
-        do { stateFile = try AtomicFile(creating: statePath, what: "the state file \(statePath)") } catch {
-            memoryFile.abandon()
+        let memoryFile: AtomicFile, stateFile: AtomicFile
+        do {
+            memoryFile = try AtomicFile(creating: memoryPath, what: "the memory file \(memoryPath)")
+            do { stateFile = try AtomicFile(creating: statePath, what: "the state file \(statePath)") } catch {
+                memoryFile.abandon()
+                throw error
+            }
+        } catch {
+            dirtyPages.giveBack(changed)
             throw error
         }
         let bytes: [UInt8]
         let written: UInt64
+        var merged = false
         do {
-            let memory = try SnapshotMemoryFile.write(regions, into: memoryFile)
+            let memory: (ranges: [MachineSnapshot.MemoryRange], size: UInt64, written: UInt64)
+            switch type {
+            case .full:
+                let regions = virtualMachine.regions.compactMap { region in
+                    region.mapping.map { (start: region.start.rawValue, mapping: $0, fromFile: ramFromSnapshot || region.guestMemfd != nil) }
+                }
+                memory = try SnapshotMemoryFile.write(regions, into: memoryFile)
+            case .diff:
+                let size = changed.reduce(UInt64(0)) { $0 + $1.region.size }
+                merged = try SnapshotMemoryFile.copyEarlierFile(memoryPath, ofSize: size, into: memoryFile)
+                memory = try SnapshotMemoryFile.writeChanged(changed.compactMap { entry in
+                    entry.region.mapping.map { (start: entry.region.start.rawValue, mapping: $0, bitmap: entry.bitmap) }
+                }, into: memoryFile)
+            }
             snapshot.memory = memory.ranges
             written = memory.written
             bytes = snapshot.encoded()
@@ -58,10 +99,11 @@ extension Machine {
         } catch {
             memoryFile.abandon()
             stateFile.abandon()
+            dirtyPages.giveBack(changed)
             throw error
         }
-        return SnapshotReport(stateBytes: bytes.count, memoryBytes: snapshot.memoryFileSize, memoryBytesWritten: written,
-                              duration: ContinuousClock.now - start)
+        return SnapshotReport(type: type, stateBytes: bytes.count, memoryBytes: snapshot.memoryFileSize, memoryBytesWritten: written,
+                              mergedOnto: merged, duration: ContinuousClock.now - start)
     }
 
     /// The files this machine reads or serves, which a snapshot must not replace.

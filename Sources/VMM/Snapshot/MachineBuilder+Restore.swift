@@ -82,7 +82,8 @@ extension MachineBuilder {
         for (slot, range) in snapshot.memory.enumerated() {
             let region = try vm.addMemory(
                 slot: UInt32(slot), at: GuestAddress(range.guestAddress), size: Int(range.size), alignment: MemoryMapping.hugePageAlignment,
-                backing: guestMemfd ?? .file(descriptor: memoryFile, offset: Int(range.fileOffset)), to: memory)
+                backing: guestMemfd ?? .file(descriptor: memoryFile, offset: Int(range.fileOffset)),
+                flags: configuration.trackDirtyPages ? [.logDirtyPages] : [], to: memory)
             if !mapped, let mapping = region.mapping {
                 try SnapshotMemoryFile.copy(from: memoryFile, range: range, into: mapping, path: memoryPath)
             }

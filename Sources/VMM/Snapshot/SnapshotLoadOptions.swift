@@ -10,10 +10,15 @@ public struct SnapshotLoadOptions: Equatable, Sendable {
     /// snapshot was taken (KVM_SET_CLOCK with KVM_CLOCK_REALTIME), instead
     /// of resuming it where it stopped.
     public var clockRealtime: Bool
+    /// `track_dirty_pages` (or the older `enable_diff_snapshots`): log the
+    /// pages the restored guest and its devices change, for Diff snapshots
+    /// against the loaded one. The snapshot's own setting does not carry over.
+    public var trackDirtyPages: Bool
 
-    public init(vsockPath: String? = nil, clockRealtime: Bool = false) {
+    public init(vsockPath: String? = nil, clockRealtime: Bool = false, trackDirtyPages: Bool = false) {
         self.vsockPath = vsockPath
         self.clockRealtime = clockRealtime
+        self.trackDirtyPages = trackDirtyPages
     }
 
     /// Applies the overrides to the snapshot's configuration; throws when
@@ -26,6 +31,8 @@ public struct SnapshotLoadOptions: Equatable, Sendable {
             }
             configuration.vsock?.udsPath = vsockPath
         }
+        configuration.trackDirtyPages = trackDirtyPages
+        try configuration.checkDirtyTracking()
         if clockRealtime && clock.flags & ClockState.realtimeFlag == 0 {
             throw SnapshotError("clock_realtime: the snapshot's kvmclock reading carries no wall-clock time "
                 + "(KVM_GET_CLOCK did not set KVM_CLOCK_REALTIME on the host that took it)")

@@ -33,6 +33,107 @@ enum SnapshotMemoryFile {
         return (ranges, offset, written)
     }
 
+    /// Writes the pages each bitmap marks (bit `n` for the region's page
+    /// `n`) at their places in a file laid out like `write`'s, zero pages
+    /// included: in a diff a hole means "not changed", so a page the guest
+    /// cleared must be there as zeros. Returns the ranges, the file's size
+    /// and the bytes written.
+    static func writeChanged(_ regions: [(start: UInt64, mapping: MemoryMapping, bitmap: [UInt64])], into file: AtomicFile) throws
+        -> (ranges: [MachineSnapshot.MemoryRange], size: UInt64, written: UInt64) {
+        let page = MemoryMapping.pageSize
+        var ranges: [MachineSnapshot.MemoryRange] = []
+        var offset: UInt64 = 0
+        var written: UInt64 = 0
+        for region in regions {
+            let size = UInt64(region.mapping.size)
+            ranges.append(.init(guestAddress: region.start, size: size, fileOffset: offset))
+            for run in pageRuns(region.bitmap, pages: region.mapping.size / page) {
+                let bytes = run.lowerBound * page..<run.upperBound * page
+                // Sound: the run's pages are pages of the mapping (runs stop at its page count).
+                try file.write(UnsafeRawPointer(region.mapping.baseAddress + bytes.lowerBound), count: bytes.count,
+                               at: off_t(offset) + off_t(bytes.lowerBound))
+                written += UInt64(bytes.count)
+            }
+            offset += size
+        }
+        return (ranges, offset, written)
+    }
+
+    /// The runs of set bits among the first `pages` bits of `bitmap`, as page ranges.
+    static func pageRuns(_ bitmap: [UInt64], pages: Int) -> [Range<Int>] {
+        func isSet(_ index: Int) -> Bool { index / 64 < bitmap.count && bitmap[index / 64] & (1 << UInt64(index % 64)) != 0 }
+        var runs: [Range<Int>] = []
+        var index = 0
+        while index < pages {
+            // Whole empty words are skipped at once.
+            if index % 64 == 0, index / 64 < bitmap.count, bitmap[index / 64] == 0 { index += 64; continue }
+            guard isSet(index) else { index += 1; continue }
+            let first = index
+            while index < pages && isSet(index) { index += 1 }
+            runs.append(first..<index)
+        }
+        return runs
+    }
+
+    /// For a Diff: when `path` is a regular file of exactly `size` bytes (an
+    /// earlier snapshot's memory file), copies its data extents into `file`
+    /// and returns true, so that the diff lands on it; otherwise (no file,
+    /// another size) returns false and the diff starts from holes.
+    static func copyEarlierFile(_ path: String, ofSize size: UInt64, into file: AtomicFile) throws -> Bool {
+        let source = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        guard source >= 0 else { return false }
+        defer { close(source) }
+        var status = stat()
+        guard fstat(source, &status) == 0, status.st_mode & S_IFMT == S_IFREG, UInt64(status.st_size) == size else { return false }
+        try copyDataExtents(from: source, to: file.fd, size: off_t(size), what: "the earlier memory file \(path)")
+        return true
+    }
+
+    /// Copies every data extent of `source` (lseek SEEK_DATA/SEEK_HOLE) in
+    /// `[0, size)` to the same offsets of `target`, leaving its holes alone;
+    /// returns the bytes copied. copy_file_range where the file systems
+    /// allow it, pread/pwrite otherwise.
+    @discardableResult
+    static func copyDataExtents(from source: Int32, to target: Int32, size: off_t, what: String) throws -> UInt64 {
+        var position: off_t = 0
+        var copied: UInt64 = 0
+        var useCopyRange = true
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while position < size {
+            let data = lseek(source, position, seekData)
+            if data < 0 && errno == ENXIO { break }
+            guard data >= 0 else { throw SnapshotError("cannot read \(what): \(String(cString: strerror(errno)))") }
+            if data >= size { break }
+            let hole = min(lseek(source, data, seekHole), size)
+            var done = data
+            while done < hole {
+                var result = -1
+                if useCopyRange {
+                    result = FileCopy.copyRange(from: source, at: Int(done), to: target, at: Int(done), length: Int(hole - done))
+                    if result < 0, [EXDEV, ENOSYS, EINVAL, EOPNOTSUPP].contains(errno) { useCopyRange = false; continue }
+                } else {
+                    let count = min(buffer.count, Int(hole - done))
+                    // Sound: at most `count` bytes, no more than the buffer holds, are read into it and written from it.
+                    result = buffer.withUnsafeMutableBytes { pread(source, $0.baseAddress, count, done) }
+                    if result > 0 {
+                        let got = result
+                        // A short write counts what it wrote; the rest is read again.
+                        result = buffer.withUnsafeBytes { pwrite(target, $0.baseAddress, got, done) }
+                        if result == 0 { result = -1; errno = ENOSPC }
+                    }
+                }
+                if result < 0 && errno == EINTR { continue }
+                guard result > 0 else {
+                    throw SnapshotError("cannot copy \(what): \(result == 0 ? "it ends early" : String(cString: strerror(errno)))")
+                }
+                done += off_t(result)
+                copied += UInt64(result)
+            }
+            position = hole
+        }
+        return copied
+    }
+
     /// Byte ranges of `mapping` that may hold data, in page multiples.
     /// - Anonymous private memory: pages /proc/self/pagemap shows present or
     ///   swapped; any other page was never written and reads as zero.
@@ -43,24 +144,7 @@ enum SnapshotMemoryFile {
     static func populatedRuns(of mapping: MemoryMapping, fileBacked: Bool) throws -> [Range<Int>] {
         let page = MemoryMapping.pageSize
         let pages = mapping.size / page
-        var present = [Bool](repeating: true, count: pages)
-        if !fileBacked && mapping.sharing == .private {
-            let fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw SnapshotError("cannot read /proc/self/pagemap: \(String(cString: strerror(errno)))") }
-            defer { close(fd) }
-            let chunk = 65536
-            var entries = [UInt64](repeating: 0, count: chunk)
-            var first = 0
-            while first < pages {
-                let count = min(chunk, pages - first)
-                let offset = off_t((Int(bitPattern: mapping.baseAddress) / page + first) * 8)
-                // Sound: pread writes at most count * 8 bytes into the buffer of `chunk` entries.
-                let got = entries.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count * 8, offset) }
-                guard got == count * 8 else { throw SnapshotError("cannot read /proc/self/pagemap: \(String(cString: strerror(errno)))") }
-                for index in 0..<count { present[first + index] = entries[index] & (3 << 62) != 0 }
-                first += count
-            }
-        }
+        var present = !fileBacked && mapping.sharing == .private ? try pagemapPresence(of: mapping) : [Bool](repeating: true, count: pages)
         // Of the pages that may hold data, those that are all zero need not be
         // written either (a huge page the guest touched in one place is
         // mostly zeros).
@@ -80,6 +164,30 @@ enum SnapshotMemoryFile {
             runs.append((start * page)..<(index * page))
         }
         return runs
+    }
+
+    /// For each page of `mapping`, whether /proc/self/pagemap shows it
+    /// present or swapped (bits 63 and 62).
+    static func pagemapPresence(of mapping: MemoryMapping) throws -> [Bool] {
+        let page = MemoryMapping.pageSize
+        let pages = mapping.size / page
+        var present = [Bool](repeating: false, count: pages)
+        let fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SnapshotError("cannot read /proc/self/pagemap: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let chunk = 65536
+        var entries = [UInt64](repeating: 0, count: chunk)
+        var first = 0
+        while first < pages {
+            let count = min(chunk, pages - first)
+            let offset = off_t((Int(bitPattern: mapping.baseAddress) / page + first) * 8)
+            // Sound: pread writes at most count * 8 bytes into the buffer of `chunk` entries.
+            let got = entries.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count * 8, offset) }
+            guard got == count * 8 else { throw SnapshotError("cannot read /proc/self/pagemap: \(String(cString: strerror(errno)))") }
+            for index in 0..<count { present[first + index] = entries[index] & (3 << 62) != 0 }
+            first += count
+        }
+        return present
     }
 
     /// Copies the data extents of the memory file (seekData/seekHole) into
@@ -114,6 +222,7 @@ enum SnapshotMemoryFile {
 final class AtomicFile {
     let path: String
     let temporary: String
+    /// The temporary file's descriptor (-1 once finished or abandoned).
     private(set) var fd: Int32
     /// Names the file in errors ("the memory file /tmp/vm.mem").
     let what: String

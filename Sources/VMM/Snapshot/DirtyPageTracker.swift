@@ -1,0 +1,106 @@
+import Glibc
+import GuestMemory
+import KVM
+import Synchronization
+
+/// Which pages of guest RAM changed since the last snapshot, for Diff
+/// snapshots, per RAM slot, one bit per 4 KiB page.
+///
+/// With `track_dirty_pages`, two logs together: KVM's dirty log of each slot
+/// (KVM_GET_DIRTY_LOG: the guest's own writes, and KVM's) and the address
+/// space's record of what the devices wrote through it (used rings, block
+/// reads, received packets, balloon discards), which KVM never sees.
+/// Without it, as Firecracker does since 1.13, every page the host has
+/// resident for the guest counts (/proc/self/pagemap for private anonymous
+/// RAM, mincore(2) for mappings of a file): more than changed, never less.
+///
+/// Taking the bitmaps starts both logs over. A snapshot that then fails
+/// hands them back (`giveBack`), so the next Diff still has those pages.
+final class DirtyPageTracker: Sendable {
+    let virtualMachine: VirtualMachine
+    let memory: GuestAddressSpace
+    /// Whether the slots log dirty pages (KVM_MEM_LOG_DIRTY_PAGES) and the address space records device writes.
+    let logsWrites: Bool
+    /// Bitmaps of a failed snapshot, by slot, merged into the next take.
+    private let returned = Mutex<[UInt32: [UInt64]]>([:])
+
+    init(virtualMachine: VirtualMachine, memory: GuestAddressSpace, logsWrites: Bool) {
+        self.virtualMachine = virtualMachine
+        self.memory = memory
+        self.logsWrites = logsWrites
+    }
+
+    /// The changed pages of every RAM region with a host mapping, by
+    /// address; the logs start over.
+    func take() throws -> [(region: MemoryRegion, bitmap: [UInt64])] {
+        let given = returned.withLock { returned in defer { returned = [:] }; return returned }
+        var result: [(region: MemoryRegion, bitmap: [UInt64])] = []
+        do {
+            for region in virtualMachine.regions {
+                guard let mapping = region.mapping else { continue }
+                let pages = mapping.size / MemoryMapping.pageSize
+                var bitmap: [UInt64]
+                if logsWrites {
+                    bitmap = try virtualMachine.dirtyLog(slot: region.slot, pages: pages)
+                    if let written = memory.takeWrittenPages(regionStart: region.start) { Self.merge(written, into: &bitmap) }
+                } else {
+                    bitmap = try Self.residentPages(of: mapping)
+                }
+                if let earlier = given[region.slot] { Self.merge(earlier, into: &bitmap) }
+                result.append((region, bitmap))
+            }
+        } catch {
+            // What was taken before the failure is not lost either.
+            giveBack(result)
+            returned.withLock { returned in for (slot, bitmap) in given { Self.merge(bitmap, into: &returned[slot, default: []]) } }
+            throw error
+        }
+        return result
+    }
+
+    /// Hands back bitmaps from `take` whose snapshot failed.
+    func giveBack(_ taken: [(region: MemoryRegion, bitmap: [UInt64])]) {
+        returned.withLock { returned in
+            for (region, bitmap) in taken { Self.merge(bitmap, into: &returned[region.slot, default: []]) }
+        }
+    }
+
+    /// Starts the logs over without looking (after a Full snapshot, which
+    /// holds every page).
+    func reset() throws {
+        returned.withLock { $0 = [:] }
+        guard logsWrites else { return }
+        for region in virtualMachine.regions {
+            guard let mapping = region.mapping else { continue }
+            _ = try virtualMachine.dirtyLog(slot: region.slot, pages: mapping.size / MemoryMapping.pageSize)
+            _ = memory.takeWrittenPages(regionStart: region.start)
+        }
+    }
+
+    /// ORs `bits` into `bitmap`, growing it to fit.
+    static func merge(_ bits: [UInt64], into bitmap: inout [UInt64]) {
+        if bitmap.count < bits.count { bitmap += [UInt64](repeating: 0, count: bits.count - bitmap.count) }
+        for (index, word) in bits.enumerated() { bitmap[index] |= word }
+    }
+
+    /// Pages of `mapping` that may hold what the guest wrote: present or
+    /// swapped in /proc/self/pagemap for private anonymous memory (mincore
+    /// misses swapped pages); resident in mincore(2) otherwise, where a
+    /// page of the file is the guest's whether or not this process has
+    /// touched it.
+    static func residentPages(of mapping: MemoryMapping) throws -> [UInt64] {
+        let pages = mapping.size / MemoryMapping.pageSize
+        var bitmap = [UInt64](repeating: 0, count: (pages + 63) / 64)
+        if mapping.isAnonymousPrivate {
+            let present = try SnapshotMemoryFile.pagemapPresence(of: mapping)
+            for index in 0..<pages where present[index] { bitmap[index / 64] |= 1 << UInt64(index % 64) }
+            return bitmap
+        }
+        var vector = [UInt8](repeating: 0, count: pages)
+        // Sound: mincore writes one byte per page of the range, `pages` bytes, into the vector of that size.
+        let result = vector.withUnsafeMutableBufferPointer { mincore(mapping.baseAddress, mapping.size, $0.baseAddress) }
+        guard result == 0 else { throw SnapshotError("mincore on guest RAM failed: \(String(cString: strerror(errno)))") }
+        for index in 0..<pages where vector[index] & 1 != 0 { bitmap[index / 64] |= 1 << UInt64(index % 64) }
+        return bitmap
+    }
+}
