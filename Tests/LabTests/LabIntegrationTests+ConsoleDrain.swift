@@ -8,7 +8,7 @@ import Testing
 /// the exit device stops the VM at once; the initramfs's /init now drains the
 /// console first (`InitramfsBuilder.drainConsole`).
 extension LabIntegrationTests {
-    /// L1 shell lines that boot the lab's guest kernel with 2 vCPUs `runs`
+    /// L1 shell lines that boot the lab's guest kernel with 1 vCPU `runs`
     /// times under `kestrel run`, with a command that prints 400 numbered
     /// lines and exits 5, and print for each run
     /// `drain-run TAG STATUS LINES INIT-LINES`. With `control`, the command
@@ -18,7 +18,7 @@ extension LabIntegrationTests {
         return #"""
             kestrel initramfs --command 'seq 400 | sed "s/^/line /"; \#(end)' -o /tmp/drain-\#(tag).cpio >/dev/null
             for i in $(seq \#(runs)); do
-                kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/drain-\#(tag).cpio --memory 256M --cpus 2 \
+                kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/drain-\#(tag).cpio --memory 256M --cpus 1 \
                     --cmdline 'console=ttyS0 reboot=k panic=-1 i8042.noaux quiet' >/tmp/drain.out 2>&1
                 echo "drain-run \#(tag)$i $? $(grep -c '^line ' /tmp/drain.out) $(grep -c 'kestrel-init: exit status 5' /tmp/drain.out)"
             done
@@ -51,14 +51,18 @@ extension LabIntegrationTests {
         return ScriptOutput(run.output, from: Self.consoleDrainStart + "\n").text
     }
 
-    /// Three 2-vCPU guests on kvm_amd (7.2 under QEMU) each print 400 lines
-    /// and exit through /init: every line and the status line arrive. The
+    /// Three guests on kvm_amd (7.2 under QEMU) each print 400 lines and
+    /// exit through /init: every line and the status line arrive. The
     /// control, three guests that write the exit device straight after the
     /// lines, is printed, not asserted: it loses lines only now and then (on
     /// 2026-12-07 its guests delivered 17 and 202 of 400 in one L1, and 400,
-    /// 400 and 15 in another). Each set runs in an L1 of its own: a one-CPU
-    /// L1 now and then freezes while 2-vCPU L2s boot (FINDINGS.md section 6),
-    /// and an L1 that froze is booted again; fewer L2 boots per L1 make that rarer.
+    /// 400 and 15 in another). Each set runs in an L1 of its own.
+    ///
+    /// The guests have one vCPU: 2-vCPU guests in a one-CPU L1 meet the
+    /// lab's L0 not delivering the L1's timer interrupt while one vCPU spins
+    /// on a lock the other holds (FINDINGS.md section 6), which froze this
+    /// test's L1s in CI. Draining does not depend on the vCPU count; the
+    /// Bochs host's test checks all 400 lines from a 2-vCPU guest.
     @Test func noConsoleLineIsLostBeforeTheExitStatus() throws {
         let directory = try TemporaryDirectory(prefix: "kestrel-labdrain")
         let drainedOutput = try runDrainScript(Self.consoleDrainScript(tag: "drained", runs: 3), in: directory, name: "drained.sh")
