@@ -403,7 +403,7 @@ public final class FirecrackerAPI: Sendable {
         }
         var options = SnapshotLoadOptions()
         for flag in ["enable_diff_snapshots", "track_dirty_pages"] {
-            guard let value = object[flag], value != .null else { continue }
+            guard let value = object[flag] else { continue }
             guard let track = value.boolValue else { return .fault(400, "PUT /snapshot/load: \(flag) must be a boolean") }
             options.trackDirtyPages = options.trackDirtyPages || track
         }

@@ -17,14 +17,17 @@ public final class GuestMachine {
     public private(set) var guest: AssembledGuest?
 
     /// Creates the VM (of `type`), `memorySize` bytes of RAM from `ramBacking`
-    /// in slot 0 at GPA 0, and vCPU 0 with the host's supported CPUID (or `cpuid`).
+    /// in slot 0 at GPA 0, and vCPU 0 with the host's supported CPUID (or
+    /// `cpuid`). `beforeVCPU` gets the VM before the vCPU exists, for what KVM
+    /// takes only then (KVM_CAP_DIRTY_LOG_RING, for one).
     public init(kvm: KVMSystem, type: VMType = .default, memorySize: UInt64 = 4 << 20, cpuid: CPUIDTable? = nil,
-                ramBacking: RAMBacking = .anonymous(.private)) throws {
+                ramBacking: RAMBacking = .anonymous(.private), beforeVCPU: (VirtualMachine) throws -> Void = { _ in }) throws {
         self.kvm = kvm
         self.memorySize = memorySize
         vm = try kvm.createVirtualMachine(type: type)
         memory = GuestAddressSpace()
         try vm.addMemory(slot: 0, at: 0, size: Int(memorySize), backing: ramBacking, to: memory)
+        try beforeVCPU(vm)
         vcpu = try vm.createVCPU(id: 0)
         try vcpu.setCPUID(cpuid ?? kvm.supportedCPUID())
         vcpuThread = try VCPUThread(vcpu)

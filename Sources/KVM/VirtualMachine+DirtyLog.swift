@@ -5,17 +5,20 @@ import CKVM
 /// through KVM (faults and KVM's own writes, such as the steal-time and
 /// kvmclock pages), not what this process writes through its own mapping.
 extension VirtualMachine {
-    /// The pages of `slot` written since the last call, one bit per page
-    /// (bit `n % 64` of word `n / 64` for the slot's page `n`), for a slot of
-    /// `pages` pages. KVM write-protects the pages again as it hands the log
-    /// over, unless KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is enabled (then
-    /// `clearDirtyLog` does). The corresponding ioctl is KVM_GET_DIRTY_LOG.
-    public func dirtyLog(slot: UInt32, pages: Int) throws -> [UInt64] {
-        guard pages >= 0 else { throw KVMUsageError("a dirty log of \(pages) pages") }
+    /// The pages of `slot` (installed with `install`) written since the
+    /// last call, one bit per 4 KiB page (bit `n % 64` of word `n / 64` for
+    /// the slot's page `n`). KVM write-protects the pages again as it hands
+    /// the log over, unless KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is enabled
+    /// (then `clearDirtyLog` does). The corresponding ioctl is KVM_GET_DIRTY_LOG.
+    public func dirtyLog(slot: UInt32) throws -> [UInt64] {
+        guard let region = installedRegions.withLock({ $0[slot] }) else {
+            throw KVMUsageError("no region is installed in slot \(slot); KVM_GET_DIRTY_LOG's bitmap is sized from it")
+        }
+        let pages = Int((region.size + 4095) / 4096)
         var bitmap = [UInt64](repeating: 0, count: (pages + 63) / 64)
-        // Sound: KVM writes ALIGN(pages, 64) / 8 bytes (the slot's own page
-        // count, which the caller passes), exactly the array's size, while
-        // the buffer is pinned by withUnsafeMutableBytes.
+        // Sound: KVM writes ALIGN(npages, 64) / 8 bytes for the slot's npages,
+        // the region installed in it, exactly the array's size, while the
+        // buffer is pinned by withUnsafeMutableBytes.
         try bitmap.withUnsafeMutableBytes { buffer in
             var request = ckvm_dirty_log(slot: slot, padding: 0, dirty_bitmap: UInt64(UInt(bitPattern: buffer.baseAddress)))
             _ = try SystemCall.ioctl(fileDescriptor, KVMRequest.getDirtyLog, &request)

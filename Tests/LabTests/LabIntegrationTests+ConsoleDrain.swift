@@ -20,7 +20,9 @@ extension LabIntegrationTests {
             for i in $(seq \#(runs)); do
                 kestrel run --kernel /lab/guest/vmlinux --initrd /tmp/drain-\#(tag).cpio --memory 256M --cpus 1 \
                     --cmdline 'console=ttyS0 reboot=k panic=-1 i8042.noaux quiet' >/tmp/drain.out 2>&1
-                echo "drain-run \#(tag)$i $? $(grep -c '^line ' /tmp/drain.out) $(grep -c 'kestrel-init: exit status 5' /tmp/drain.out)"
+                status=$?
+                echo "drain-run \#(tag)$i $status $(grep -c '^line ' /tmp/drain.out) $(grep -c 'kestrel-init: exit status 5' /tmp/drain.out)"
+                [ $status = \#(control ? 7 : 5) ] || grep '^kestrel' /tmp/drain.out | tail -5
             done
 
             """#
@@ -39,19 +41,19 @@ extension LabIntegrationTests {
         }
     }
 
-    /// Runs `script` (its first line `drain-start`) in a 7.2 L1 and returns
+    /// Runs `script` (its first line `drain-start`) in a 6.12 L1 and returns
     /// its output from the last boot's `drain-start` on.
     func runDrainScript(_ script: String, in directory: TemporaryDirectory, name: String) throws -> String {
         try writeFileAtomically(Array(("echo \(Self.consoleDrainStart)\n" + script).utf8), to: directory.path + "/" + name)
-        let run = try Self.run(["lab", "run", "--kernel", "7.2", "--guest-kernel", "--add", directory.path + "/" + name, "--", "sh /lab/" + name],
+        let run = try Self.run(["lab", "run", "--kernel", "6.12", "--guest-kernel", "--add", directory.path + "/" + name, "--", "sh /lab/" + name],
                                timeout: 900)
-        print("console drain (\(name)) in the 7.2 lab: \(run.seconds.text(places: 1)) s\n\(run.output)")
+        print("console drain (\(name)) in the 6.12 lab: \(run.seconds.text(places: 1)) s\n\(run.output)")
         #expect(run.status == 0, "\(run.errors.suffix(3000))")
         if !run.rebootNotes.isEmpty { print(run.rebootNotes.joined(separator: "\n") + "\nreading the last boot's run") }
         return ScriptOutput(run.output, from: Self.consoleDrainStart + "\n").text
     }
 
-    /// Three guests on kvm_amd (7.2 under QEMU) each print 400 lines and
+    /// Three guests on kvm_amd (6.12 under QEMU) each print 400 lines and
     /// exit through /init: every line and the status line arrive. The
     /// control, three guests that write the exit device straight after the
     /// lines, is printed, not asserted: it loses lines only now and then (on
@@ -62,7 +64,10 @@ extension LabIntegrationTests {
     /// lab's L0 not delivering the L1's timer interrupt while one vCPU spins
     /// on a lock the other holds (FINDINGS.md section 6), which froze this
     /// test's L1s in CI. Draining does not depend on the vCPU count; the
-    /// Bochs host's test checks all 400 lines from a 2-vCPU guest.
+    /// Bochs host's test checks all 400 lines from a 2-vCPU guest. The L1 is
+    /// 6.12: on 7.2 one guest's exit-device write ended in KVM's internal
+    /// error (status 67) once, which is FINDINGS.md section 8's SVM defect
+    /// (KVM 6.14 and later) by its kind, and not what this test is about.
     @Test func noConsoleLineIsLostBeforeTheExitStatus() throws {
         let directory = try TemporaryDirectory(prefix: "kestrel-labdrain")
         let drainedOutput = try runDrainScript(Self.consoleDrainScript(tag: "drained", runs: 3), in: directory, name: "drained.sh")

@@ -83,6 +83,12 @@ import Testing
         _ = try Self.writeDiff(mapping, pages: [3], to: directory.file("mem"), mergingEarlier: true)
         let merged = try Self.contents(directory.file("mem"))
         #expect((0..<8).map { merged[$0 * Self.page] } == [0x10, 0x11, 0x12, 0xEE, 0x14, 0x15, 0x16, 0x17])
+        // Through a link, as the target check sees it, the diff lands on the file linked to.
+        #expect(symlink(directory.file("mem"), directory.file("link")) == 0)
+        mapping.bytes[5 * Self.page] = 0xDD
+        _ = try Self.writeDiff(mapping, pages: [5], to: directory.file("link"), mergingEarlier: true)
+        let linked = try Self.contents(directory.file("link"))
+        #expect((0..<8).map { linked[$0 * Self.page] } == [0x10, 0x11, 0x12, 0xEE, 0x14, 0xDD, 0x16, 0x17])
         // Another size: the diff starts from holes.
         let small = try MemoryMapping(anonymousSize: 4 * Self.page)
         small.bytes[Self.page] = 0x77

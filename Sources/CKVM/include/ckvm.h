@@ -589,6 +589,18 @@ static inline size_t ckvm_run_mmio_data_offset(void) {
  * every KVM request: a pointer argument and an integer argument. They return the
  * raw result; on -1 the caller reads errno.
  */
+/* A dirty ring entry's flags, read with acquire ordering: the slot and
+   offset KVM wrote before it set DIRTY are visible once DIRTY is seen. */
+static inline uint32_t ckvm_dirty_gfn_flags(const struct ckvm_dirty_gfn *gfn) {
+    return __atomic_load_n(&gfn->flags, __ATOMIC_ACQUIRE);
+}
+
+/* Hands a harvested entry back to KVM (flags = RESET, 2) with release
+   ordering, after its slot and offset were read. */
+static inline void ckvm_dirty_gfn_set_reset(struct ckvm_dirty_gfn *gfn) {
+    __atomic_store_n(&gfn->flags, 2u, __ATOMIC_RELEASE);
+}
+
 static inline int ckvm_ioctl_pointer(int fd, unsigned long request, void *argument) {
     extern int ioctl(int, unsigned long, ...);
     return ioctl(fd, request, argument);

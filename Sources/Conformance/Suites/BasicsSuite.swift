@@ -10,7 +10,7 @@ public enum BasicsSuite {
 
     public static func tests() -> [ConformanceTest] {
         [realMode, longMode, ucallRoundTrip, invalidOpcode, pageFaultRead, pageFaultWrite,
-         generalProtectionNonCanonical, generalProtectionSelector, preFaultMemory, preFaultDuringSlotDeletion, exitHypercall, dirtyLog,
+         generalProtectionNonCanonical, generalProtectionSelector, preFaultMemory, preFaultDuringSlotDeletion, exitHypercall, dirtyLog, dirtyRing,
          guestDebugGeneralDetect]
             + softwareEvents
     }

@@ -70,6 +70,9 @@ public struct MachineBuilder {
         let vm = try Self.createVirtualMachine(kvm)
 
         let memory = GuestAddressSpace()
+        // Before the boot plan is written: a Diff taken before any Full must
+        // hold the kernel, initrd and tables Kestrel loads, which KVM never sees.
+        if configuration.trackDirtyPages { memory.startTrackingWrites() }
         let (backing, protection) = try Self.ramBacking(configuration.memoryBackend, vm: vm)
         let ranges = GuestLayout.ramRanges(memorySize: configuration.memorySize)
         for (slot, range) in ranges.enumerated() {

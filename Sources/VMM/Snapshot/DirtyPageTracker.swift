@@ -11,8 +11,8 @@ import Synchronization
 /// space's record of what the devices wrote through it (used rings, block
 /// reads, received packets, balloon discards), which KVM never sees.
 /// Without it, as Firecracker does since 1.13, every page the host has
-/// resident for the guest counts (/proc/self/pagemap for private anonymous
-/// RAM, mincore(2) for mappings of a file): more than changed, never less.
+/// for the guest counts (/proc/self/pagemap for private mappings, mincore(2)
+/// for shared ones): more than changed, never less.
 ///
 /// Taking the bitmaps starts both logs over. A snapshot that then fails
 /// hands them back (`giveBack`), so the next Diff still has those pages.
@@ -41,7 +41,7 @@ final class DirtyPageTracker: Sendable {
                 let pages = mapping.size / MemoryMapping.pageSize
                 var bitmap: [UInt64]
                 if logsWrites {
-                    bitmap = try virtualMachine.dirtyLog(slot: region.slot, pages: pages)
+                    bitmap = try virtualMachine.dirtyLog(slot: region.slot)
                     if let written = memory.takeWrittenPages(regionStart: region.start) { Self.merge(written, into: &bitmap) }
                 } else {
                     bitmap = try Self.residentPages(of: mapping)
@@ -65,33 +65,23 @@ final class DirtyPageTracker: Sendable {
         }
     }
 
-    /// Starts the logs over without looking (after a Full snapshot, which
-    /// holds every page).
-    func reset() throws {
-        returned.withLock { $0 = [:] }
-        guard logsWrites else { return }
-        for region in virtualMachine.regions {
-            guard let mapping = region.mapping else { continue }
-            _ = try virtualMachine.dirtyLog(slot: region.slot, pages: mapping.size / MemoryMapping.pageSize)
-            _ = memory.takeWrittenPages(regionStart: region.start)
-        }
-    }
-
     /// ORs `bits` into `bitmap`, growing it to fit.
     static func merge(_ bits: [UInt64], into bitmap: inout [UInt64]) {
         if bitmap.count < bits.count { bitmap += [UInt64](repeating: 0, count: bits.count - bitmap.count) }
         for (index, word) in bits.enumerated() { bitmap[index] |= word }
     }
 
-    /// Pages of `mapping` that may hold what the guest wrote: present or
-    /// swapped in /proc/self/pagemap for private anonymous memory (mincore
-    /// misses swapped pages); resident in mincore(2) otherwise, where a
-    /// page of the file is the guest's whether or not this process has
-    /// touched it.
+    /// Pages of `mapping` that may hold what the guest wrote since it was
+    /// mapped: for a private mapping (anonymous RAM, or a restored memory
+    /// file mapped copy-on-write), those present or swapped in
+    /// /proc/self/pagemap (mincore misses a swapped copy-on-write page, and
+    /// a page never touched still reads as it was); for a shared mapping (a
+    /// guest_memfd), those resident in mincore(2), where a page of the file
+    /// is the guest's whether or not this process has touched it.
     static func residentPages(of mapping: MemoryMapping) throws -> [UInt64] {
         let pages = mapping.size / MemoryMapping.pageSize
         var bitmap = [UInt64](repeating: 0, count: (pages + 63) / 64)
-        if mapping.isAnonymousPrivate {
+        if mapping.sharing == .private {
             let present = try SnapshotMemoryFile.pagemapPresence(of: mapping)
             for index in 0..<pages where present[index] { bitmap[index / 64] |= 1 << UInt64(index % 64) }
             return bitmap

@@ -76,12 +76,16 @@ enum SnapshotMemoryFile {
     }
 
     /// For a Diff: when `path` is a regular file of exactly `size` bytes (an
-    /// earlier snapshot's memory file), copies its data extents into `file`
-    /// and returns true, so that the diff lands on it; otherwise (no file,
-    /// another size) returns false and the diff starts from holes.
+    /// earlier snapshot's memory file, through a link too, as the target
+    /// check follows them), copies its data extents into `file` and returns
+    /// true, so that the diff lands on it; when there is no such file, or it
+    /// has another size, returns false and the diff starts from holes.
+    /// Any other failure to read it throws: a diff must not replace a base
+    /// it was meant to land on.
     static func copyEarlierFile(_ path: String, ofSize size: UInt64, into file: AtomicFile) throws -> Bool {
-        let source = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
-        guard source >= 0 else { return false }
+        let source = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        if source < 0 && errno == ENOENT { return false }
+        guard source >= 0 else { throw SnapshotError("cannot read the earlier memory file \(path) to land the diff on: \(String(cString: strerror(errno)))") }
         defer { close(source) }
         var status = stat()
         guard fstat(source, &status) == 0, status.st_mode & S_IFMT == S_IFREG, UInt64(status.st_size) == size else { return false }
