@@ -10,7 +10,7 @@ struct RefusingControl: MicroVMControl {
     func pause() throws {}
     func resume() throws {}
     func sendCtrlAltDel() throws {}
-    func createSnapshot(statePath: String, memoryPath: String) throws { throw ConfigurationError("fuzz: no machine") }
+    func createSnapshot(statePath: String, memoryPath: String, type: SnapshotType) throws { throw ConfigurationError("fuzz: no machine") }
     func loadSnapshot(statePath: String, memoryPath: String, resume: Bool, options: SnapshotLoadOptions) throws -> MachineConfiguration {
         throw ConfigurationError("fuzz: no snapshot")
     }
