@@ -18,12 +18,6 @@ public final class MemoryMapping: @unchecked Sendable {
     public let size: Int
     /// MAP_SHARED or MAP_PRIVATE, as mapped.
     public let sharing: Sharing
-    /// Whether the memory is anonymous (not a file's pages).
-    public let isAnonymous: Bool
-
-    /// Private anonymous memory: a page exists only once written (or read
-    /// as zero), so /proc/self/pagemap tells which pages hold anything.
-    public var isAnonymousPrivate: Bool { isAnonymous && sharing == .private }
 
     /// How the pages are shared with other mappings of the same object.
     public enum Sharing: Sendable {
@@ -50,7 +44,6 @@ public final class MemoryMapping: @unchecked Sendable {
         self.baseAddress = try Self.mapAligned(size, alignment, PROT_READ | PROT_WRITE, flags, -1, 0)
         self.size = size
         self.sharing = sharing
-        isAnonymous = true
     }
 
     /// Maps `size` bytes of a file (mmap), e.g. a guest_memfd, starting at a
@@ -61,7 +54,6 @@ public final class MemoryMapping: @unchecked Sendable {
                                                fileDescriptor, off_t(offset))
         self.size = size
         self.sharing = sharing
-        isAnonymous = false
     }
 
     /// mmap at a multiple of `alignment`: above the page size, an aligned range

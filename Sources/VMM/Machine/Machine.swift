@@ -72,7 +72,6 @@ public final class Machine: Sendable {
         self.setupSteps = setupSteps
         self.memoryProtection = memoryProtection
         dirtyPages = DirtyPageTracker(virtualMachine: virtualMachine, memory: memory, logsWrites: configuration.trackDirtyPages)
-        if configuration.trackDirtyPages && !memory.tracksWrites { memory.startTrackingWrites() }
     }
 
     /// The vCPUs, in id order.

@@ -69,10 +69,7 @@ public struct MachineBuilder {
         }
         let vm = try Self.createVirtualMachine(kvm)
 
-        let memory = GuestAddressSpace()
-        // Before the boot plan is written: a Diff taken before any Full must
-        // hold the kernel, initrd and tables Kestrel loads, which KVM never sees.
-        if configuration.trackDirtyPages { memory.startTrackingWrites() }
+        let memory = Self.addressSpace(for: configuration)
         let (backing, protection) = try Self.ramBacking(configuration.memoryBackend, vm: vm)
         let ranges = GuestLayout.ramRanges(memorySize: configuration.memorySize)
         for (slot, range) in ranges.enumerated() {
@@ -124,6 +121,16 @@ public struct MachineBuilder {
                                      conversions: try Self.conversionManager(vm: vm, memory: memory, devices: devices, log: deviceLog)),
             control: control, setupSteps: timer.steps,
             memoryProtection: "\(protection) (\(ranges.count) slot\(ranges.count == 1 ? "" : "s"))")
+    }
+
+    /// Guest RAM's address space, recording host writes from the start when
+    /// the configuration tracks dirty pages: before the boot plan is written,
+    /// so that a Diff taken before any Full holds the kernel, initrd and
+    /// tables Kestrel loads, which KVM never sees.
+    static func addressSpace(for configuration: MachineConfiguration) -> GuestAddressSpace {
+        let memory = GuestAddressSpace()
+        if configuration.trackDirtyPages { memory.startTrackingWrites() }
+        return memory
     }
 
     /// A VM with the TSS and identity-map pages below 4 GiB; its RAM comes

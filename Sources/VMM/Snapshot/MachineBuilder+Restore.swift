@@ -70,7 +70,7 @@ extension MachineBuilder {
         }
         let kvm = try KVMSystem()
         let vm = try createVirtualMachine(kvm)
-        let memory = GuestAddressSpace()
+        let memory = addressSpace(for: configuration)
         let memoryFile: Int32
         do { memoryFile = try HostFile.open(memoryPath, O_RDONLY, allowed: [.regular], what: "the memory file") } catch let error as HostFileError {
             throw SnapshotError(error.description)

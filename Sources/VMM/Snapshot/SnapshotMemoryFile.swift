@@ -16,14 +16,24 @@ enum SnapshotMemoryFile {
     /// together). Returns the ranges, the file's size and the bytes written.
     static func write(_ regions: [(start: UInt64, mapping: MemoryMapping, fromFile: Bool)], into file: AtomicFile) throws
         -> (ranges: [MachineSnapshot.MemoryRange], size: UInt64, written: UInt64) {
+        try writeRuns(regions.map { region in
+            (region.start, region.mapping, try populatedRuns(of: region.mapping, fileBacked: region.fromFile))
+        }, into: file)
+    }
+
+    /// Lays the regions out one after another in `file` and writes the byte
+    /// runs of each (ranges of its mapping) at their places; the rest stays
+    /// holes. Returns the ranges, the file's size and the bytes written.
+    private static func writeRuns(_ regions: [(start: UInt64, mapping: MemoryMapping, runs: [Range<Int>])], into file: AtomicFile) throws
+        -> (ranges: [MachineSnapshot.MemoryRange], size: UInt64, written: UInt64) {
         var ranges: [MachineSnapshot.MemoryRange] = []
         var offset: UInt64 = 0
         var written: UInt64 = 0
         for region in regions {
             let size = UInt64(region.mapping.size)
             ranges.append(.init(guestAddress: region.start, size: size, fileOffset: offset))
-            for run in try populatedRuns(of: region.mapping, fileBacked: region.fromFile) {
-                // Sound: the run lies inside the guest mapping (whole pages of it).
+            for run in region.runs {
+                // Sound: each run lies inside the guest mapping (whole pages of it).
                 try file.write(UnsafeRawPointer(region.mapping.baseAddress + run.lowerBound), count: run.count,
                                at: off_t(offset) + off_t(run.lowerBound))
                 written += UInt64(run.count)
@@ -41,22 +51,9 @@ enum SnapshotMemoryFile {
     static func writeChanged(_ regions: [(start: UInt64, mapping: MemoryMapping, bitmap: [UInt64])], into file: AtomicFile) throws
         -> (ranges: [MachineSnapshot.MemoryRange], size: UInt64, written: UInt64) {
         let page = MemoryMapping.pageSize
-        var ranges: [MachineSnapshot.MemoryRange] = []
-        var offset: UInt64 = 0
-        var written: UInt64 = 0
-        for region in regions {
-            let size = UInt64(region.mapping.size)
-            ranges.append(.init(guestAddress: region.start, size: size, fileOffset: offset))
-            for run in pageRuns(region.bitmap, pages: region.mapping.size / page) {
-                let bytes = run.lowerBound * page..<run.upperBound * page
-                // Sound: the run's pages are pages of the mapping (runs stop at its page count).
-                try file.write(UnsafeRawPointer(region.mapping.baseAddress + bytes.lowerBound), count: bytes.count,
-                               at: off_t(offset) + off_t(bytes.lowerBound))
-                written += UInt64(bytes.count)
-            }
-            offset += size
-        }
-        return (ranges, offset, written)
+        return try writeRuns(regions.map { region in
+            (region.start, region.mapping, pageRuns(region.bitmap, pages: region.mapping.size / page).map { ($0.lowerBound * page)..<($0.upperBound * page) })
+        }, into: file)
     }
 
     /// The runs of set bits among the first `pages` bits of `bitmap`, as page ranges.
@@ -99,24 +96,18 @@ enum SnapshotMemoryFile {
     /// allow it, pread/pwrite otherwise.
     @discardableResult
     static func copyDataExtents(from source: Int32, to target: Int32, size: off_t, what: String) throws -> UInt64 {
-        var position: off_t = 0
         var copied: UInt64 = 0
         var useCopyRange = true
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        while position < size {
-            let data = lseek(source, position, seekData)
-            if data < 0 && errno == ENXIO { break }
-            guard data >= 0 else { throw SnapshotError("cannot read \(what): \(String(cString: strerror(errno)))") }
-            if data >= size { break }
-            let hole = min(lseek(source, data, seekHole), size)
-            var done = data
-            while done < hole {
+        for extent in try dataExtents(of: source, in: 0..<size, what: what) {
+            var done = extent.lowerBound
+            while done < extent.upperBound {
                 var result = -1
                 if useCopyRange {
-                    result = FileCopy.copyRange(from: source, at: Int(done), to: target, at: Int(done), length: Int(hole - done))
+                    result = FileCopy.copyRange(from: source, at: Int(done), to: target, at: Int(done), length: Int(extent.upperBound - done))
                     if result < 0, [EXDEV, ENOSYS, EINVAL, EOPNOTSUPP].contains(errno) { useCopyRange = false; continue }
                 } else {
-                    let count = min(buffer.count, Int(hole - done))
+                    let count = min(buffer.count, Int(extent.upperBound - done))
                     // Sound: at most `count` bytes, no more than the buffer holds, are read into it and written from it.
                     result = buffer.withUnsafeMutableBytes { pread(source, $0.baseAddress, count, done) }
                     if result > 0 {
@@ -133,9 +124,25 @@ enum SnapshotMemoryFile {
                 done += off_t(result)
                 copied += UInt64(result)
             }
-            position = hole
         }
         return copied
+    }
+
+    /// The data extents of `fd` within `range` (lseek SEEK_DATA and
+    /// SEEK_HOLE), clipped to it; what lies between them are holes.
+    static func dataExtents(of fd: Int32, in range: Range<off_t>, what: String) throws -> [Range<off_t>] {
+        var extents: [Range<off_t>] = []
+        var position = range.lowerBound
+        while position < range.upperBound {
+            let data = lseek(fd, position, seekData)
+            if data < 0 && errno == ENXIO { break }  // only holes are left
+            guard data >= 0 else { throw SnapshotError("cannot read \(what): \(String(cString: strerror(errno)))") }
+            if data >= range.upperBound { break }
+            let hole = min(lseek(fd, data, seekHole), range.upperBound)
+            extents.append(data..<hole)
+            position = hole
+        }
+        return extents
     }
 
     /// Byte ranges of `mapping` that may hold data, in page multiples.
@@ -197,24 +204,17 @@ enum SnapshotMemoryFile {
     /// Copies the data extents of the memory file (seekData/seekHole) into
     /// `mapping`: for RAM that cannot be mapped from the file (guest_memfd).
     static func copy(from fd: Int32, range: MachineSnapshot.MemoryRange, into mapping: MemoryMapping, path: String) throws {
-        let end = off_t(range.fileOffset + range.size)
-        var position = off_t(range.fileOffset)
-        while position < end {
-            let data = lseek(fd, position, seekData)
-            if data < 0 && errno == ENXIO { break }  // only holes are left
-            guard data >= 0 else { throw SnapshotError("cannot read the memory file \(path): \(String(cString: strerror(errno)))") }
-            if data >= end { break }
-            let hole = min(lseek(fd, data, seekHole), end)
-            var done = data
-            while done < hole {
-                let target = mapping.baseAddress + Int(done - off_t(range.fileOffset))
-                // Sound: [done, hole) lies inside the range, so the target lies inside the mapping.
-                let result = pread(fd, target, Int(hole - done), done)
+        let start = off_t(range.fileOffset)
+        for extent in try dataExtents(of: fd, in: start..<(start + off_t(range.size)), what: "the memory file \(path)") {
+            var done = extent.lowerBound
+            while done < extent.upperBound {
+                let target = mapping.baseAddress + Int(done - start)
+                // Sound: [done, extent end) lies inside the range, so the target lies inside the mapping.
+                let result = pread(fd, target, Int(extent.upperBound - done), done)
                 if result < 0 && errno == EINTR { continue }
                 guard result > 0 else { throw SnapshotError("cannot read the memory file \(path): it ends early") }
                 done += off_t(result)
             }
-            position = hole
         }
     }
 }
