@@ -19,6 +19,7 @@
 #include <linux/userfaultfd.h>
 #include <stddef.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
@@ -212,6 +213,130 @@ int chost_userfaultfd_register_wp(int fd, uint64_t start, uint64_t length) {
     request.range.len = length;
     request.mode = UFFDIO_REGISTER_MODE_WP;
     return ioctl(fd, UFFDIO_REGISTER, &request) < 0 ? -1 : 0;
+}
+
+/* ---- userfaultfd, for lazily restored guest RAM ---- */
+
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+
+int chost_userfaultfd_open(int nonblocking, uint64_t features, uint64_t *offered) {
+    int flags = O_CLOEXEC | (nonblocking ? O_NONBLOCK : 0);
+    int fd = (int)syscall(SYS_userfaultfd, flags);
+    if (fd < 0 && (errno == EPERM || errno == ENOSYS)) {
+        int saved = errno;
+        int device = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+        if (device >= 0) {
+            fd = ioctl(device, USERFAULTFD_IOC_NEW, flags);
+            saved = errno;
+            close(device);
+        }
+        if (fd < 0) { errno = saved; return -1; }
+    }
+    if (fd < 0) return -1;
+    struct uffdio_api api;
+    memset(&api, 0, sizeof api);
+    api.api = UFFD_API;
+    api.features = features;
+    if (ioctl(fd, UFFDIO_API, &api) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    if (offered) *offered = api.features;
+    return fd;
+}
+
+int chost_userfaultfd_register_missing(int fd, uint64_t start, uint64_t length, uint64_t *ioctls) {
+    struct uffdio_register request;
+    memset(&request, 0, sizeof request);
+    request.range.start = start;
+    request.range.len = length;
+    request.mode = UFFDIO_REGISTER_MODE_MISSING;
+    if (ioctl(fd, UFFDIO_REGISTER, &request) < 0) return -1;
+    if (ioctls) *ioctls = request.ioctls;
+    return 0;
+}
+
+int chost_userfaultfd_unregister(int fd, uint64_t start, uint64_t length) {
+    struct uffdio_range range = { .start = start, .len = length };
+    return ioctl(fd, UFFDIO_UNREGISTER, &range) < 0 ? -1 : 0;
+}
+
+long chost_userfaultfd_copy(int fd, uint64_t target, uint64_t source, uint64_t length) {
+    struct uffdio_copy request;
+    memset(&request, 0, sizeof request);
+    request.dst = target;
+    request.src = source;
+    request.len = length;
+    if (ioctl(fd, UFFDIO_COPY, &request) == 0) return (long)request.copy;
+    int saved = errno;
+    if (request.copy > 0) return (long)request.copy;
+    errno = saved;
+    return -1;
+}
+
+long chost_userfaultfd_zeropage(int fd, uint64_t start, uint64_t length) {
+    struct uffdio_zeropage request;
+    memset(&request, 0, sizeof request);
+    request.range.start = start;
+    request.range.len = length;
+    if (ioctl(fd, UFFDIO_ZEROPAGE, &request) == 0) return (long)request.zeropage;
+    int saved = errno;
+    if (request.zeropage > 0) return (long)request.zeropage;
+    errno = saved;
+    return -1;
+}
+
+int chost_userfaultfd_wake(int fd, uint64_t start, uint64_t length) {
+    struct uffdio_range range = { .start = start, .len = length };
+    return ioctl(fd, UFFDIO_WAKE, &range) < 0 ? -1 : 0;
+}
+
+int chost_userfaultfd_read_event(int fd, struct chost_uffd_event *event) {
+    struct uffd_msg message;
+    ssize_t got;
+    do { got = read(fd, &message, sizeof message); } while (got < 0 && errno == EINTR);
+    if (got < 0) return errno == EAGAIN ? 0 : -1;
+    if (got != (ssize_t)sizeof message) { errno = EIO; return -1; }
+    memset(event, 0, sizeof *event);
+    switch (message.event) {
+    case UFFD_EVENT_PAGEFAULT:
+        event->kind = 1;
+        event->write = (message.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0;
+        event->address = message.arg.pagefault.address;
+        break;
+    case UFFD_EVENT_REMOVE:
+        event->kind = 2;
+        event->address = message.arg.remove.start;
+        event->end = message.arg.remove.end;
+        break;
+    default:
+        event->kind = 0;
+    }
+    return 1;
+}
+
+long chost_send_with_descriptor(int socket, const void *bytes, size_t length, int descriptor) {
+    struct iovec vector = { .iov_base = (void *)bytes, .iov_len = length };
+    union { struct cmsghdr header; char space[CMSG_SPACE(sizeof(int))]; } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    message.msg_control = control.space;
+    message.msg_controllen = sizeof control.space;
+    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(header), &descriptor, sizeof(int));
+    ssize_t sent;
+    do { sent = sendmsg(socket, &message, MSG_NOSIGNAL); } while (sent < 0 && errno == EINTR);
+    return (long)sent;
 }
 
 /* ---- seccomp ---- */

@@ -386,6 +386,7 @@ public final class FirecrackerAPI: Sendable {
             return .fault(400, "PUT /snapshot/load: snapshot_path is a required string")
         }
         let memoryPath: String
+        var options = SnapshotLoadOptions()
         switch (object["mem_file_path"], object["mem_backend"]) {
         case (let path?, nil) where path.stringValue?.isEmpty == false:
             memoryPath = path.stringValue!
@@ -394,14 +395,29 @@ public final class FirecrackerAPI: Sendable {
                   let path = fields["backend_path"]?.stringValue, !path.isEmpty else {
                 return .fault(400, "PUT /snapshot/load: mem_backend needs backend_type and backend_path")
             }
-            guard type == "File" else {
-                return .fault(400, "PUT /snapshot/load: mem_backend.backend_type \"\(type)\" is not supported; Kestrel maps the memory file itself (\"File\")")
+            if let unknown = fields.keys.sorted().first(where: { !["backend_type", "backend_path", "paging"].contains($0) }) {
+                return .fault(400, "PUT /snapshot/load: mem_backend: unknown field \(unknown)")
+            }
+            switch (type, fields["paging"]) {
+            case ("File", nil), ("File", .null?):
+                options.memoryBackend = .file(.mapped)
+            case ("File", let paging?):
+                guard let name = paging.stringValue, let value = FilePaging(rawValue: name) else {
+                    return .fault(400, "PUT /snapshot/load: mem_backend.paging must be one of "
+                        + FilePaging.allCases.map(\.rawValue).joined(separator: ", ") + ", not \(paging.rendered)")
+                }
+                options.memoryBackend = .file(value)
+            case ("Uffd", nil), ("Uffd", .null?):
+                options.memoryBackend = .uffd
+            case ("Uffd", _?):
+                return .fault(400, "PUT /snapshot/load: mem_backend.paging is for the File backend; with Uffd the page-fault handler fills RAM")
+            default:
+                return .fault(400, "PUT /snapshot/load: mem_backend.backend_type must be File or Uffd, not \"\(type)\"")
             }
             memoryPath = path
         default:
             return .fault(400, "PUT /snapshot/load: give exactly one of mem_backend and mem_file_path")
         }
-        var options = SnapshotLoadOptions()
         for flag in ["enable_diff_snapshots", "track_dirty_pages"] {
             guard let value = object[flag] else { continue }
             guard let track = value.boolValue else { return .fault(400, "PUT /snapshot/load: \(flag) must be a boolean") }
@@ -429,7 +445,7 @@ public final class FirecrackerAPI: Sendable {
             return .fault(400, "PUT /snapshot/load: huge_pages Transparent is not supported; Kestrel maps the memory file copy-on-write, "
                 + "which gets no transparent huge pages (give Snapshot or None)")
         case .string("2M")?:
-            return .fault(400, "PUT /snapshot/load: huge_pages 2M needs a UFFD memory backend, which Kestrel does not have (give Snapshot or None)")
+            return .fault(400, "PUT /snapshot/load: huge_pages 2M needs a snapshot of a machine with hugetlbfs RAM, which Kestrel does not make (give Snapshot or None)")
         case let other?:
             return .fault(400, "PUT /snapshot/load: huge_pages must be one of Snapshot, None, Transparent, 2M, not \(other.rendered)")
         }

@@ -15,7 +15,13 @@ final class RecordingControl: MicroVMControl {
 
     /// A load's overrides as the recorded call shows them ("" when none).
     static func describe(_ options: SnapshotLoadOptions) -> String {
-        (options.vsockPath.map { " vsock=\($0)" } ?? "") + (options.clockRealtime ? " realtime" : "") + (options.trackDirtyPages ? " track" : "")
+        let backend: String
+        switch options.memoryBackend {
+        case .file(.mapped): backend = ""
+        case .file(let paging): backend = " paging=\(paging.rawValue)"
+        case .uffd: backend = " uffd"
+        }
+        return (options.vsockPath.map { " vsock=\($0)" } ?? "") + (options.clockRealtime ? " realtime" : "") + (options.trackDirtyPages ? " track" : "") + backend
     }
     let bytesWaitingWhenSent = Mutex<[Bool]>([])
 
@@ -173,7 +179,13 @@ final class PatchingControl: MicroVMControl {
         let loads: [(String, String)] = [
             (#"{"snapshot_path": "/s"}"#, "exactly one of mem_backend and mem_file_path"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#, "exactly one"),
-            (#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/uffd.sock"}}"#, "\"Uffd\" is not supported"),
+            (#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Memfd", "backend_path": "/m"}}"#, "backend_type must be File or Uffd, not \"Memfd\""),
+            (#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd"}}"#, "needs backend_type and backend_path"),
+            (#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u", "paging": "Prefault"}}"#, "paging is for the File backend"),
+            (#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m", "paging": "Lazy"}}"#,
+             "paging must be one of Mapped, Eager, OnDemand, Prefault, not \"Lazy\""),
+            (#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m", "paging": true}}"#, "paging must be one of"),
+            (#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m", "prefault": true}}"#, "mem_backend: unknown field prefault"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "enable_diff_snapshots": "yes"}"#, "enable_diff_snapshots must be a boolean"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "track_dirty_pages": 1}"#, "track_dirty_pages must be a boolean"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}]}"#, "network_overrides"),
@@ -181,7 +193,7 @@ final class PatchingControl: MicroVMControl {
             // Firecracker 1.17's fields: known, and checked like the swagger.
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"path": "/v"}}"#, "vsock_override must be"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "clock_realtime": "yes"}"#, "clock_realtime must be a boolean"),
-            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "huge_pages": "2M"}"#, "needs a UFFD memory backend"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "huge_pages": "2M"}"#, "hugetlbfs RAM"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "huge_pages": "Transparent"}"#, "no transparent huge pages"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "huge_pages": "1G"}"#, "must be one of Snapshot, None, Transparent, 2M"),
         ]
@@ -204,6 +216,15 @@ final class PatchingControl: MicroVMControl {
         #expect(configuration.contains(#""kernel_image_path":"/restored/vmlinux""#) && configuration.contains(#""vcpu_count":2"#), "\(configuration)")
         let again = Self.send(api, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_file_path": "/m"}"#)
         #expect(again.0 == 400, "a second load: \(again)")
+        // Every backend reaches the VMM as it was asked for.
+        for (backend, recorded) in [(#"{"backend_type": "Uffd", "backend_path": "/u.sock"}"#, "load /s /u.sock true uffd"),
+                                    (#"{"backend_type": "File", "backend_path": "/m", "paging": "Prefault"}"#, "load /s /m true paging=Prefault"),
+                                    (#"{"backend_type": "File", "backend_path": "/m", "paging": "Mapped"}"#, "load /s /m true")] {
+            let fresh = FirecrackerAPI(instanceID: "vm", version: "0.1.0", control: control)
+            let answer = Self.send(fresh, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_backend": \#(backend), "resume_vm": true}"#)
+            #expect(answer.0 == 204, "\(backend): \(answer)")
+            #expect(control.calls.withLock { $0.popLast() } == recorded)
+        }
         for type in [#""Incremental""#, "1", "null"] {
             let bad = Self.send(api, "PUT", "/snapshot/create", #"{"snapshot_type": \#(type), "snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#)
             if type == "null" { continue }  // absent: Full

@@ -88,6 +88,43 @@ long chost_guarded_read(const void *address, void *destination, size_t length);
 int chost_userfaultfd_wp_async(void);
 int chost_userfaultfd_register_wp(int fd, uint64_t start, uint64_t length);
 
+/*
+ * userfaultfd(2) for guest RAM restored lazily (Userfault.swift).
+ * chost_userfaultfd_open opens a close-on-exec userfaultfd that also takes
+ * faults from the kernel's own accesses (KVM's), non-blocking when asked,
+ * through the system call or, where that is refused, /dev/userfaultfd
+ * (Linux 6.1), and completes UFFDIO_API asking for `features`; the features
+ * the kernel offers go to *offered. -1 with errno set.
+ */
+int chost_userfaultfd_open(int nonblocking, uint64_t features, uint64_t *offered);
+/* UFFDIO_REGISTER in missing mode; *ioctls gets the range's ioctl mask. 0 or -1. */
+int chost_userfaultfd_register_missing(int fd, uint64_t start, uint64_t length, uint64_t *ioctls);
+/* UFFDIO_UNREGISTER. 0 or -1. */
+int chost_userfaultfd_unregister(int fd, uint64_t start, uint64_t length);
+/* UFFDIO_COPY of `length` bytes from `source` to `target` (waking the
+   faulting threads): the bytes copied, or -1 with errno (EEXIST: a page is
+   already there; EAGAIN: the address space changed; retry). A copy cut short
+   returns the bytes it did copy. */
+long chost_userfaultfd_copy(int fd, uint64_t target, uint64_t source, uint64_t length);
+/* UFFDIO_ZEROPAGE over [start, start + length): as chost_userfaultfd_copy. */
+long chost_userfaultfd_zeropage(int fd, uint64_t start, uint64_t length);
+/* UFFDIO_WAKE over [start, start + length). 0 or -1. */
+int chost_userfaultfd_wake(int fd, uint64_t start, uint64_t length);
+
+/* One userfaultfd event, decoded from struct uffd_msg. */
+struct chost_uffd_event {
+    uint8_t kind;       /* 1 page fault, 2 remove (MADV_DONTNEED/REMOVE), 0 any other */
+    uint8_t write;      /* a page fault by a write */
+    uint64_t address;   /* the faulting address, or the removed range's start */
+    uint64_t end;       /* the removed range's end */
+};
+/* Reads one event: 1, 0 when none is pending (non-blocking descriptor), or -1 with errno. */
+int chost_userfaultfd_read_event(int fd, struct chost_uffd_event *event);
+
+/* sendmsg(2) of `length` bytes with `descriptor` attached (SCM_RIGHTS):
+   the bytes sent, or -1 with errno. */
+long chost_send_with_descriptor(int socket, const void *bytes, size_t length, int descriptor);
+
 /* mbind(2), get_mempolicy(2) and move_pages(2): glibc has no wrappers (libnuma
    does), and Swift cannot call the variadic syscall(2). Each returns the
    syscall's result, -1 with errno set on failure. */

@@ -56,7 +56,7 @@ extension BasicsSuite {
                                 "pages logged after the guest wrote pages 0, 3 and 130 and read page 5")
         try context.expectEqual(try logged("a second call"), [], "pages logged by a second call with no guest write between")
         // The host writes page 7 through its own mapping: KVM never sees it.
-        try region.mapping.map { mapping in mapping.bytes[7 * 4096] = 0x55 }
+        region.mapping.map { mapping in mapping.bytes[7 * 4096] = 0x55 }
         _ = try machine.expectSync(stage: 2)
         try context.expectEqual(try logged("after the second writes"), [3, 255],
                                 "pages logged after the guest wrote pages 3 (again) and 255, and the host wrote page 7")

@@ -18,6 +18,8 @@ public enum KestrelThread: String, CaseIterable, Sendable {
     case signals
     /// Writes a metrics line every 60 s (`--metrics-path`, `PUT /metrics`).
     case metrics
+    /// Fills a lazily restored machine's RAM (`paging` OnDemand or Prefault).
+    case pager
 }
 
 /// Kestrel's seccomp-BPF allow-lists, one per thread kind, after
@@ -82,6 +84,9 @@ public struct SeccompPolicy: Sendable {
         .signals: common.union(["read", "close", "epoll_ctl", "unlink", "unlinkat"]),
         // Reads counters in memory and writes one line to an open file.
         .metrics: common,
+        // Userfaultfd events are read and answered with UFFDIO_* ioctls;
+        // between them it waits in poll; the file's mapping goes with munmap.
+        .pager: common.union(["read", "ioctl", "poll", "ppoll", "close"]),
     ]
 
     /// The lists; `snpCertificates` adds the file calls the certificate

@@ -18,8 +18,12 @@ public final class Machine: Sendable {
     /// The boot that was set up (the image bytes themselves are not kept);
     /// nil for a machine restored from a snapshot.
     public let plan: LinuxBootSummary?
-    /// Whether guest RAM is mapped copy-on-write from a snapshot's memory file.
+    /// Whether guest RAM's pages may hold a snapshot's data without being in
+    /// this process's page tables: mapped copy-on-write from the memory
+    /// file, or filled lazily (`paging` OnDemand or Prefault, a Uffd handler).
     public let ramFromSnapshot: Bool
+    /// What fills lazily restored RAM while the machine runs.
+    let lazyRAM: (any LazyRAMFiller)?
     public let kvm: KVMSystem
     public let virtualMachine: VirtualMachine
     public let memory: GuestAddressSpace
@@ -51,7 +55,8 @@ public final class Machine: Sendable {
     private let firstRunGate = ConditionLock()
     private let firstRunAllowed = Mutex<Bool>(false)
 
-    init(configuration: MachineConfiguration, plan: LinuxBootSummary?, ramFromSnapshot: Bool = false, kvm: KVMSystem, virtualMachine: VirtualMachine,
+    init(configuration: MachineConfiguration, plan: LinuxBootSummary?, ramFromSnapshot: Bool = false, lazyRAM: (any LazyRAMFiller)? = nil,
+         kvm: KVMSystem, virtualMachine: VirtualMachine,
          memory: GuestAddressSpace, serial: Serial16550, keyboard: I8042Controller, panicWatcher: GuestPanicWatcher, vcpuThreads: [VCPUThread],
          devices: VirtioDeviceSet, exitHandler: ExitHandler, control: RunControl, setupSteps: [(step: String, duration: Duration)],
          memoryProtection: String, certificates: (file: String, log: @Sendable (String) -> Void)? = nil) {
@@ -59,6 +64,7 @@ public final class Machine: Sendable {
         current = Mutex(configuration)
         self.plan = plan
         self.ramFromSnapshot = ramFromSnapshot
+        self.lazyRAM = lazyRAM
         self.kvm = kvm
         self.virtualMachine = virtualMachine
         self.memory = memory
@@ -114,6 +120,9 @@ public final class Machine: Sendable {
     public func run(seccomp: SeccompPolicy? = nil, ready: () -> Void = {}, running: () -> Void = {}) -> RunOutcome {
         started.withLock { $0 = .now }
         control.attach(vcpuThreads)
+        // Last of all, once no vCPU or device touches RAM.
+        defer { lazyRAM?.stop() }
+        if let seccomp { lazyRAM?.confine(seccomp) }
         do {
             try devices.start(setUp: { seccomp?.enter(.virtio) })
         } catch {

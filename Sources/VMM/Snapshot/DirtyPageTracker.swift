@@ -38,7 +38,6 @@ final class DirtyPageTracker: Sendable {
         do {
             for region in virtualMachine.regions {
                 guard let mapping = region.mapping else { continue }
-                let pages = mapping.size / MemoryMapping.pageSize
                 var bitmap: [UInt64]
                 if logsWrites {
                     bitmap = try virtualMachine.dirtyLog(slot: region.slot)

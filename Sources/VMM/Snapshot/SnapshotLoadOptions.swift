@@ -14,11 +14,15 @@ public struct SnapshotLoadOptions: Equatable, Sendable {
     /// pages the restored guest and its devices change, for Diff snapshots
     /// against the loaded one. The snapshot's own setting does not carry over.
     public var trackDirtyPages: Bool
+    /// `mem_backend`: where the restored RAM's contents come from.
+    public var memoryBackend: SnapshotMemoryBackend
 
-    public init(vsockPath: String? = nil, clockRealtime: Bool = false, trackDirtyPages: Bool = false) {
+    public init(vsockPath: String? = nil, clockRealtime: Bool = false, trackDirtyPages: Bool = false,
+                memoryBackend: SnapshotMemoryBackend = .file(.mapped)) {
         self.vsockPath = vsockPath
         self.clockRealtime = clockRealtime
         self.trackDirtyPages = trackDirtyPages
+        self.memoryBackend = memoryBackend
     }
 
     /// Applies the overrides to the snapshot's configuration; throws when
@@ -38,4 +42,37 @@ public struct SnapshotLoadOptions: Equatable, Sendable {
                 + "(KVM_GET_CLOCK did not set KVM_CLOCK_REALTIME on the host that took it)")
         }
     }
+}
+
+/// `mem_backend` of a snapshot load: how the restored RAM gets the memory
+/// file's contents, and what the load's memory path names.
+public enum SnapshotMemoryBackend: Equatable, Sendable {
+    /// `backend_type: File`: the path is the memory file, read into RAM as
+    /// `FilePaging` says.
+    case file(FilePaging)
+    /// `backend_type: Uffd`: the path is the Unix socket of a page-fault
+    /// handler written to Firecracker's documentation. RAM is anonymous and
+    /// registered with a userfaultfd, which goes to the handler with the
+    /// regions' layout (`UserfaultHandshake`); the handler fills every page
+    /// from a memory file Kestrel never sees.
+    case uffd
+}
+
+/// How a File backend's memory file becomes guest RAM (`mem_backend.paging`,
+/// a Kestrel extension).
+public enum FilePaging: String, CaseIterable, Equatable, Sendable {
+    /// RAM maps the file MAP_PRIVATE: the kernel reads each page on its first
+    /// touch, writes are copy-on-write, and the file must stay unchanged while
+    /// the guest runs. The default, and Firecracker's File backend.
+    case mapped = "Mapped"
+    /// The file's data is read into anonymous RAM before the guest runs: the
+    /// restore's time grows with the data, and the file is free at once.
+    case eager = "Eager"
+    /// Anonymous RAM, filled page by page on first touch by Kestrel's own
+    /// userfaultfd pager thread (`RestorePager`), which keeps the file open.
+    case onDemand = "OnDemand"
+    /// As `onDemand`, while the pager also copies the rest of the file's data
+    /// in the background; once it is all in, the pager lets go of the
+    /// userfaultfd and the file, and RAM is plain anonymous memory.
+    case prefault = "Prefault"
 }

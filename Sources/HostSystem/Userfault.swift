@@ -1,0 +1,152 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CHost
+
+/// A userfaultfd in missing mode: faults on registered, not yet populated
+/// pages of this process (the kernel's own accesses included, so KVM's
+/// faults on guest RAM too) wait until the owner fills the page
+/// (`copy`, `zeroPage`) and are reported as `Event`s meanwhile.
+///
+/// The descriptor closes with the object; closing it unregisters every range,
+/// and faults there from then on are served by the kernel as usual (a fresh
+/// zero page for anonymous memory).
+public final class Userfault: @unchecked Sendable {
+    /// The userfaultfd. `@unchecked Sendable`: the descriptor never changes,
+    /// and the kernel serialises the calls made on it.
+    public let fileDescriptor: Int32
+    /// The UFFD_FEATURE_* bits the kernel offers.
+    public let offeredFeatures: UInt64
+
+    /// UFFD_FEATURE_EVENT_REMOVE: MADV_DONTNEED and MADV_REMOVE in a
+    /// registered range are reported (`Event.removed`) before the pages go.
+    public static let eventRemove: UInt64 = 1 << 3
+
+    /// Opens a userfaultfd (the system call, or /dev/userfaultfd where the
+    /// call is refused) that takes kernel faults as well as user ones, and
+    /// asks UFFDIO_API for `features`.
+    public init(features: UInt64 = 0, nonBlocking: Bool = true) throws {
+        var offered: UInt64 = 0
+        let descriptor = chost_userfaultfd_open(nonBlocking ? 1 : 0, features, &offered)
+        guard descriptor >= 0 else {
+            throw SystemCallError.current("userfaultfd (or /dev/userfaultfd) with UFFDIO_API features 0x\(String(features, radix: 16))")
+        }
+        fileDescriptor = descriptor
+        offeredFeatures = offered
+    }
+
+    /// Takes over a userfaultfd opened elsewhere (received over a socket,
+    /// as a page-fault handler gets Kestrel's); its features are unknown here.
+    public init(adopting descriptor: Int32) {
+        fileDescriptor = descriptor
+        offeredFeatures = 0
+    }
+
+    deinit { close(fileDescriptor) }
+
+    /// UFFDIO_REGISTER in missing mode over `[start, start + length)`, page
+    /// aligned, of this process's own anonymous mappings. Returns the mask
+    /// of ioctls the range supports.
+    @discardableResult
+    public func registerMissing(start: UInt, length: Int) throws -> UInt64 {
+        var ioctls: UInt64 = 0
+        // Sound: registration flags the VMAs in the range; the kernel checks
+        // that it is mapped, and it reads or writes no memory of this process.
+        guard chost_userfaultfd_register_missing(fileDescriptor, UInt64(start), UInt64(length), &ioctls) == 0 else {
+            throw SystemCallError.current("UFFDIO_REGISTER(MISSING, 0x\(String(start, radix: 16)), \(length) bytes)")
+        }
+        return ioctls
+    }
+
+    /// UFFDIO_UNREGISTER: faults in the range are the kernel's again.
+    public func unregister(start: UInt, length: Int) throws {
+        guard chost_userfaultfd_unregister(fileDescriptor, UInt64(start), UInt64(length)) == 0 else {
+            throw SystemCallError.current("UFFDIO_UNREGISTER(0x\(String(start, radix: 16)), \(length) bytes)")
+        }
+    }
+
+    /// What a fill (`copy`, `zeroPage`) did.
+    public enum Fill: Equatable, Sendable {
+        /// This many bytes from the start were filled (all, or the first ones
+        /// of a fill cut short).
+        case filled(Int)
+        /// The first page was already there (EEXIST): someone filled it.
+        case alreadyPresent
+        /// The address space is changing (EAGAIN: a remove event is pending);
+        /// read the events and try again.
+        case retry
+    }
+
+    private func fill(_ result: Int, _ operation: @autoclosure () -> String) throws -> Fill {
+        if result >= 0 { return .filled(result) }
+        switch Glibc.errno {
+        case EEXIST: return .alreadyPresent
+        case EAGAIN: return .retry
+        default: throw SystemCallError.current(operation())
+        }
+    }
+
+    /// UFFDIO_COPY: fills `[target, target + length)` (registered, page
+    /// aligned) with the bytes at `source` and wakes the threads waiting on
+    /// it. `source` must be readable for `length` bytes.
+    public func copy(to target: UInt, from source: UnsafeRawPointer, length: Int) throws -> Fill {
+        // Sound: the kernel reads `length` bytes at `source`, which the caller
+        // vouches for, and writes only into the registered missing pages.
+        try fill(chost_userfaultfd_copy(fileDescriptor, UInt64(target), UInt64(UInt(bitPattern: source)), UInt64(length)),
+                 "UFFDIO_COPY(0x\(String(target, radix: 16)), \(length) bytes)")
+    }
+
+    /// UFFDIO_ZEROPAGE: maps the zero page over `[start, start + length)`
+    /// and wakes the threads waiting on it.
+    public func zeroPage(start: UInt, length: Int) throws -> Fill {
+        try fill(chost_userfaultfd_zeropage(fileDescriptor, UInt64(start), UInt64(length)),
+                 "UFFDIO_ZEROPAGE(0x\(String(start, radix: 16)), \(length) bytes)")
+    }
+
+    /// UFFDIO_WAKE: wakes the threads waiting on `[start, start + length)`
+    /// (after a fill found the page already there).
+    public func wake(start: UInt, length: Int) throws {
+        guard chost_userfaultfd_wake(fileDescriptor, UInt64(start), UInt64(length)) == 0 else {
+            throw SystemCallError.current("UFFDIO_WAKE(0x\(String(start, radix: 16)), \(length) bytes)")
+        }
+    }
+
+    /// One event read from the descriptor.
+    public enum Event: Equatable, Sendable {
+        /// A thread waits on the page at `address` (not aligned).
+        case pageFault(address: UInt, write: Bool)
+        /// `[start, end)` is being discarded (MADV_DONTNEED, MADV_REMOVE):
+        /// its pages will be missing again, and fault again.
+        case removed(start: UInt, end: UInt)
+        /// An event of a kind asked for elsewhere (fork, remap, unmap).
+        case other
+    }
+
+    /// The next pending event; nil when none is pending (non-blocking
+    /// descriptor). A blocking descriptor waits for one.
+    public func nextEvent() throws -> Event? {
+        var event = chost_uffd_event()
+        switch chost_userfaultfd_read_event(fileDescriptor, &event) {
+        case 0: return nil
+        case 1: break
+        default: throw SystemCallError.current("read(userfaultfd)")
+        }
+        switch event.kind {
+        case 1: return .pageFault(address: UInt(event.address), write: event.write != 0)
+        case 2: return .removed(start: UInt(event.address), end: UInt(event.end))
+        default: return .other
+        }
+    }
+}
+
+extension UnixSocket {
+    /// Sends `bytes` with `descriptor` attached (SCM_RIGHTS) in one sendmsg.
+    public static func send(_ bytes: [UInt8], descriptor: Int32, on socket: Int32) throws {
+        // Sound: the array's buffer holds bytes.count bytes, read by sendmsg only.
+        let sent = bytes.withUnsafeBytes { chost_send_with_descriptor(socket, $0.baseAddress, $0.count, descriptor) }
+        guard sent >= 0 else { throw SystemCallError.current("sendmsg(SCM_RIGHTS)") }
+        guard sent == bytes.count else {
+            throw SystemCallError(operation: "sendmsg(SCM_RIGHTS) sent \(sent) of \(bytes.count) bytes", errno: .resourceTemporarilyUnavailable)
+        }
+    }
+}
