@@ -125,9 +125,48 @@ class Handler:
             pending = [address for address in pending if not self.serve_fault(address)]
 
 
+def list_files():
+    """Prints the files this script needs to run elsewhere, one HOST:GUEST
+    line each (the format of `kestrel lab run --add-list`): the interpreter,
+    every module loaded (source, compiled file, extension), the shared
+    libraries ldd names for the interpreter and the extensions, and the
+    script itself at /lab/uffd-handler.py. Every file keeps its host path."""
+    import importlib.util
+    import subprocess
+
+    def libraries(path):
+        listing = subprocess.run(["ldd", path], capture_output=True, text=True)
+        return [word for line in listing.stdout.splitlines() for word in line.split() if word.startswith("/")][:64]
+
+    files = {}
+
+    def add(host, guest=None):
+        if os.path.isfile(host):
+            files.setdefault(guest or host, os.path.realpath(host))
+
+    add(os.path.realpath(sys.executable), sys.executable)
+    shared = libraries(os.path.realpath(sys.executable))
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not path or not os.path.isabs(path) or getattr(module, "__name__", "") == "__main__":
+            continue
+        add(path)
+        if path.endswith(".py"):
+            add(importlib.util.cache_from_source(path))
+        elif path.endswith(".so"):
+            shared += libraries(path)
+    for library in shared:
+        add(library)
+    add(os.path.abspath(__file__), "/lab/uffd-handler.py")
+    for guest in sorted(files):
+        print(f"{files[guest]}:{guest}")
+
+
 def main():
+    if sys.argv[1:] == ["--list-files"]:
+        return list_files()
     if len(sys.argv) != 3:
-        raise SystemExit("usage: uffd-handler.py SOCKET MEMORY_FILE")
+        raise SystemExit("usage: uffd-handler.py SOCKET MEMORY_FILE  (or --list-files)")
     socket_path, memory_path = sys.argv[1], sys.argv[2]
     memory_fd = os.open(memory_path, os.O_RDONLY)
     memory_size = os.fstat(memory_fd).st_size

@@ -3,6 +3,7 @@ import Glibc
 import HostSystem
 import Lab
 import TextFormat
+import VMM
 
 /// `kestrel bench snapshot`: the API and snapshot timings of issue 14, each a
 /// median of fresh `kestrel run --api-sock` processes of this executable,
@@ -15,8 +16,10 @@ struct SnapshotBench: ParsableCommand {
             The guest is a crafted vmlinux that counts on COM1 (it runs on any KVM, the software one too). \
             Exec to socket: from posix_spawn of `kestrel run --api-sock` until connect(2) on the socket succeeds \
             (the bench sleeps until inotify reports the socket, so that it does not take the new process's core); baseline: posix_spawn to exit of /bin/true, the floor of any process. \
-            Restore: from posix_spawn until PUT /snapshot/load with resume_vm answers 204 (Kestrel writes it once every vCPU thread has started and stands at its first KVM_RUN, then lets them enter the guest); \
-            baseline: the same guest booted through the API (spawn until InstanceStart answers 204). \
+            Restore: from posix_spawn until PUT /snapshot/load with resume_vm answers 204 (Kestrel writes it once every vCPU thread has started and stands at its first KVM_RUN, then lets them enter the guest), \
+            and until the guest's next byte on COM1 (its first work after the restore), for each --paging mode and --memory size; \
+            each memory file gets --fill MiB of data the guest never touches, which Eager reads before the guest runs, Prefault copies in behind it, and Mapped and OnDemand leave alone; \
+            baseline: the same guest booted through the API (spawn until InstanceStart answers 204). The ratios against the smallest size show whether a mode's restore grows with memory. \
             Exec to socket is also measured after 50 ms of idling, with /bin/true after the same idling as its baseline. \
             Pause and resume: PATCH /vm round trips; baseline: GET / round trips. Run it here and in the lab: \
             kestrel lab run --kernel 6.1 -- kestrel bench snapshot.
@@ -26,7 +29,13 @@ struct SnapshotBench: ParsableCommand {
     var rounds = 11
 
     @Option(help: "Guest memory sizes in MiB, comma-separated.")
-    var memory = "128,1024"
+    var memory = "128,1024,8192"
+
+    @Option(help: "Restore paging modes to compare (mem_backend File's paging), comma-separated: Mapped, Eager, OnDemand, Prefault.")
+    var paging = "Mapped,Eager,OnDemand,Prefault"
+
+    @Option(help: "MiB of data written into each memory file past its first 64 MiB (which the guest does not touch), so that a restore has data to bring in; default: half the guest's memory, at most 1024.")
+    var fill: Int?
 
     @Option(help: "Where the snapshot files go (a directory; they are removed afterwards).")
     var directory = "/tmp"
@@ -34,9 +43,18 @@ struct SnapshotBench: ParsableCommand {
     func validate() throws {
         guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
         guard !sizes.isEmpty, sizes.allSatisfy({ $0 >= 32 }) else { throw ValidationError("--memory: sizes in MiB, each at least 32") }
+        let names = paging.split(separator: ",").map(String.init)
+        guard !names.isEmpty, let bad = Optional(names.filter { FilePaging(rawValue: $0) == nil }), bad.isEmpty else {
+            throw ValidationError("--paging: known modes are " + FilePaging.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        if let fill, fill < 0 { throw ValidationError("--fill must be at least 0") }
     }
 
     var sizes: [Int] { memory.split(separator: ",").compactMap { Int($0) } }
+    var modes: [String] { paging.split(separator: ",").map(String.init) }
+
+    /// The data written into a memory file of `size` MiB (after its first 64 MiB).
+    func fillMiB(_ size: Int) -> Int { min(fill ?? min(size / 2, 1024), max(size - 64, 0)) }
 
     func run() throws {
         // This executable, as LabCheckMatrix runs it.
@@ -64,16 +82,41 @@ struct SnapshotBench: ParsableCommand {
         row("exec to API socket", execs, "spawn of /bin/true", floors)
         row("  the same, after 50 ms idle", idleExecs, "/bin/true after 50 ms idle", idleFloors)
 
+        // Per mode, the restore-to-running median of each size, for the ratios against the smallest.
+        var running: [String: [Int: Double]] = [:]
         for size in sizes {
             let (create, stateBytes, memoryBytes, onDisk) = try bench.snapshot(memoryMiB: size)
-            var restores: [Double] = [], boots: [Double] = []
-            for round in 0..<rounds {
-                boots.append(try bench.boot(memoryMiB: size, round: round))
-                restores.append(try bench.restore(round: round))
-            }
-            row("restore, \(size) MiB, to running", restores, "boot through the API", boots)
-            print("  snapshot create, \(size) MiB: \(ms(create)) (PUT round trip); state file \(stateBytes) bytes, "
+            print("snapshot create, \(size) MiB: \(ms(create)) (PUT round trip); state file \(stateBytes) bytes, "
                 + "memory file \(memoryBytes >> 20) MiB apparent, \(onDisk >> 10) KiB written")
+            let filled = fillMiB(size)
+            try bench.fillMemoryFile(fromMiB: 64, mebibytes: filled)
+            var boots: [Double] = []
+            for round in 0..<rounds { boots.append(try bench.boot(memoryMiB: size, round: round)) }
+            print("  with \(filled) MiB of data written into the memory file past its first 64 MiB (the guest does not touch it):")
+            for mode in modes {
+                var restores: [Double] = [], outputs: [Double] = [], prefaults: [Double] = []
+                for round in 0..<rounds {
+                    let measured = try bench.restore(round: round, paging: mode)
+                    restores.append(measured.running)
+                    outputs.append(measured.firstOutput)
+                    if let prefault = measured.prefault { prefaults.append(prefault) }
+                }
+                running[mode, default: [:]][size] = ConversionsBench.median(restores)
+                row("  \(mode), to running", restores, "boot through the API", boots)
+                row("  \(mode), to the guest's next output", outputs, "boot through the API", boots)
+                if !prefaults.isEmpty {
+                    print("  \(mode): all data in after \(ms(ConversionsBench.median(prefaults))) (median; the pager's own count from its start)")
+                }
+            }
+        }
+        if sizes.count > 1, let smallest = sizes.min() {
+            for mode in modes {
+                guard let base = running[mode]?[smallest] else { continue }
+                let ratios = sizes.filter { $0 != smallest }.sorted().compactMap { size in
+                    running[mode]?[size].map { "\(size) MiB \(($0 / base).text(places: 2))x" }
+                }
+                print("restore to running, \(mode), against \(smallest) MiB: " + ratios.joined(separator: ", "))
+            }
         }
         let (pauses, resumes, gets) = try bench.pauseResume(rounds: rounds * 10)
         row("PATCH /vm Paused", pauses, "GET /", gets)
@@ -121,10 +164,10 @@ struct Bench {
     }
 
     /// Spawns `kestrel run --api-sock` and returns it with the time until its socket accepted.
-    func startAPI(_ socket: String) throws -> (HostProcess, Double, Double) {
+    func startAPI(_ socket: String, stdout: HostProcess.Stream = .null) throws -> (HostProcess, Double, Double) {
         unlink(socket)
         let start = Self.now()
-        let process = try HostProcess.start([kestrel, "run", "--api-sock", socket], stdout: .null, stderr: .file(socket + ".err"))
+        let process = try HostProcess.start([kestrel, "run", "--api-sock", socket], stdout: stdout, stderr: .file(socket + ".err"))
         // Every socket is made in `work`, the watched directory.
         precondition(socket.hasPrefix(work + "/"))
         do {
@@ -191,13 +234,62 @@ struct Bench {
         return Self.now() - start
     }
 
-    func restore(round: Int) throws -> Double {
+    /// Writes `mebibytes` of non-zero data into the memory file from
+    /// `fromMiB`, pages the counter guest never touches: data a restore must
+    /// bring in (Eager, Prefault) or may leave (Mapped, OnDemand).
+    func fillMemoryFile(fromMiB: Int, mebibytes: Int) throws {
+        guard mebibytes > 0 else { return }
+        let fd = open(memoryFile, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw ValidationError("cannot open \(memoryFile): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        for index in 0..<mebibytes {
+            for word in stride(from: 0, to: chunk.count, by: 8) { chunk[word] = UInt8(truncatingIfNeeded: index &+ word >> 12 | 1) }
+            guard pwrite(fd, chunk, chunk.count, off_t(fromMiB + index) << 20) == chunk.count else {
+                throw ValidationError("cannot write \(memoryFile): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    /// One restore with `paging`: spawn until the load answered, spawn until
+    /// the guest's first byte on COM1 after it, and for Prefault the pager's
+    /// own time to have all data in (from its log line).
+    func restore(round: Int, paging: String) throws -> (running: Double, firstOutput: Double, prefault: Double?) {
         let socket = "\(work)/restore-\(round).sock"
-        let (process, start, _) = try startAPI(socket)
+        var ends: [Int32] = [0, 0]
+        guard pipe(&ends) == 0 else { throw ValidationError("pipe: \(String(cString: strerror(errno)))") }
+        // Neither end leaks into the child (posix_spawn's dup2 makes its stdout).
+        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        defer { close(ends[0]) }
+        let started: (HostProcess, Double, Double)
+        do { started = try startAPI(socket, stdout: .descriptor(ends[1])) } catch { close(ends[1]); throw error }
+        close(ends[1])
+        let (process, start, _) = started
         defer { stop(process) }
         try request(socket, "PUT", "/snapshot/load",
-                    #"{"snapshot_path": "\#(state)", "mem_backend": {"backend_type": "File", "backend_path": "\#(memoryFile)"}, "resume_vm": true}"#)
-        return Self.now() - start
+                    #"{"snapshot_path": "\#(state)", "mem_backend": {"backend_type": "File", "backend_path": "\#(memoryFile)", "paging": "\#(paging)"}, "resume_vm": true}"#)
+        let running = Self.now() - start
+        var waiting = pollfd(fd: ends[0], events: Int16(POLLIN), revents: 0)
+        var byte: UInt8 = 0
+        guard poll(&waiting, 1, 30_000) == 1, read(ends[0], &byte, 1) == 1 else {
+            throw ValidationError("the restored guest (\(paging)) printed nothing within 30 s; kestrel: \((try? readText(socket + ".err")) ?? "")")
+        }
+        let firstOutput = Self.now() - start
+        var prefault: Double?
+        if paging == FilePaging.prefault.rawValue {
+            let deadline = Self.now() + 60
+            while prefault == nil && Self.now() < deadline {
+                let log = (try? readText(socket + ".err")) ?? ""
+                if let line = log.split(separator: "\n").first(where: { $0.contains("restore pager: all") }),
+                   let milliseconds = line.split(separator: " ").reversed().drop(while: { $0 != "ms;" }).dropFirst().first.flatMap({ Double($0) }) {
+                    prefault = milliseconds / 1000
+                } else {
+                    usleep(5_000)
+                }
+            }
+            guard prefault != nil else { throw ValidationError("the Prefault pager did not finish within 60 s: \((try? readText(socket + ".err")) ?? "")") }
+        }
+        return (running, firstOutput, prefault)
     }
 
     func pauseResume(rounds: Int) throws -> ([Double], [Double], [Double]) {

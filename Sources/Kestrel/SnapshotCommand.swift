@@ -12,33 +12,59 @@ struct SnapshotCommand: ParsableCommand {
     /// `kestrel snapshot merge`: Firecracker's `snapshot-editor edit-memory rebase`, for any number of diffs.
     struct Merge: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Fold Diff memory files onto a base memory file.",
+            abstract: "Fold Diff snapshots' memory onto a base snapshot's memory.",
             discussion: """
-                Each diff's data (the pages it holds) replaces the same bytes of the base, in the order given; \
-                a diff's holes leave the base alone. The result replaces BASE, or goes to --output; it is \
-                written under a temporary name and renamed into place when whole, so a failure changes \
-                nothing. The state file of the last diff then restores the merged memory.
-                Diffs must stay sparse: a copy that fills their holes, or one that punches the zero pages \
-                they hold (cp --sparse=always), changes what they say.
-                Example: kestrel snapshot merge vm.mem diff1.mem diff2.mem
+                Each snapshot is given as STATE:MEMORY, its state file and its memory file (split at the last colon). \
+                Before anything is written, each diff is checked against its state file: it must continue the snapshot \
+                before it (the base, then the previous diff), and its memory file must hold exactly the data its \
+                snapshot wrote (neither cut short, nor copied with its holes filled or its zero pages punched, nor \
+                changed). A diff on the wrong base, a corrupt diff and a truncated memory file are refused by name.
+                Each diff's data (the pages it holds) then replaces the same bytes of the base, in the order given; \
+                a diff's holes leave the base alone. The result replaces the base's memory file, or goes to --output; \
+                it is written under a temporary name and renamed into place when whole, so a failure changes \
+                nothing. The last diff's state file then restores the merged memory, and is the base of the next merge.
+                With --unchecked, arguments are memory files alone (as Firecracker's snapshot-editor takes them) and \
+                only their sizes are checked.
+                Example: kestrel snapshot merge vm.state:vm.mem d1.state:d1.mem d2.state:d2.mem -o merged.mem
                 """)
 
-        @Argument(help: "The base memory file (a Full snapshot's, or an earlier merge).") var base: String
-        @Argument(help: "Diff memory files, oldest first.") var diffs: [String]
-        @Option(name: [.short, .customLong("output")], help: "Write the merge here instead of over the base.") var output: String?
+        @Argument(help: "The base snapshot, STATE:MEMORY (a Full snapshot, or the last diff's state with an earlier merge's memory).")
+        var base: String
+        @Argument(help: "Diff snapshots, STATE:MEMORY, oldest first.") var diffs: [String]
+        @Option(name: [.short, .customLong("output")], help: "Write the merge here instead of over the base's memory file.") var output: String?
+        @Flag(help: "Take memory files alone, unchecked but for their sizes.") var unchecked = false
 
         func validate() throws {
             if diffs.isEmpty { throw ValidationError("give at least one diff after the base") }
+            if !unchecked {
+                for argument in [base] + diffs where Self.split(argument) == nil {
+                    throw ValidationError("\(argument): give each snapshot as STATE:MEMORY (or memory files alone with --unchecked)")
+                }
+            }
+        }
+
+        /// STATE:MEMORY, split at the last colon; nil unless both are non-empty.
+        static func split(_ argument: String) -> SnapshotMemoryMerge.Files? {
+            guard let colon = argument.lastIndex(of: ":") else { return nil }
+            let state = String(argument[..<colon]), memory = String(argument[argument.index(after: colon)...])
+            return state.isEmpty || memory.isEmpty ? nil : SnapshotMemoryMerge.Files(state: state, memory: memory)
         }
 
         func run() throws {
             let start = ContinuousClock.now
             let report: SnapshotMemoryMerge.Report
-            do { report = try SnapshotMemoryMerge.merge(base: base, diffs: diffs, output: output) } catch {
+            do {
+                if unchecked {
+                    report = try SnapshotMemoryMerge.merge(base: base, diffs: diffs, output: output)
+                } else {
+                    report = try SnapshotMemoryMerge.merge(base: Self.split(base)!, diffs: diffs.map { Self.split($0)! }, output: output)
+                }
+            } catch {
                 throw CommandFailure("\(error)")
             }
             let mib = { (bytes: UInt64) in (Double(bytes) / 1048576).text(places: 1) }
-            print("merged \(diffs.count) diff\(diffs.count == 1 ? "" : "s") onto \(base) into \(output ?? base): "
+            let baseMemory = unchecked ? base : Self.split(base)!.memory
+            print("merged \(diffs.count) diff\(diffs.count == 1 ? "" : "s") onto \(baseMemory) into \(output ?? baseMemory): "
                   + "\(mib(report.size)) MiB of RAM, \(mib(report.baseBytes)) MiB from the base, \(mib(report.diffBytes)) MiB from the diffs, "
                   + "in \(SecondsText.text(ContinuousClock.now - start)) s")
         }

@@ -9,7 +9,9 @@ import TextFormat
 /// two Diffs. Phase 2 also reads its disk into the page cache, memory only
 /// the virtio-blk device writes, which KVM's dirty log never sees. After the
 /// last Diff the L1 takes a Full reference, kills the VMM, changes the disk
-/// image, merges base + diffs with `kestrel snapshot merge`, and restores
+/// image, is refused a merge of a diff on the wrong base, of a corrupt diff
+/// and of a truncated one (the base unchanged), merges base + diffs with
+/// `kestrel snapshot merge`, and restores
 /// the merge in a new VMM: the merge is byte for byte the reference (its
 /// hash, from the file), and the guest goes on and finds its patterns and
 /// its cached disk blocks as they were (their hashes, from inside the guest).
@@ -71,10 +73,20 @@ extension LabIntegrationTests {
             for f in base d1 d2 ref; do echo "file $f $(wc -c < /tmp/$f.mem) $(du -k /tmp/$f.mem | cut -f1)"; done
             # The disk changes under the guest: only its page cache still has the old blocks.
             head -c 1048576 /dev/zero | dd of=/tmp/disk.img conv=notrunc 2>/dev/null
-            kestrel snapshot merge /tmp/base.mem /tmp/d1.mem /tmp/d2.mem -o /tmp/merged.mem; echo "merge-exit $?"
+            # Refused by name, each before a byte is written: a diff on the wrong
+            # base, a corrupt diff (its holes filled by a plain copy), a truncated one.
+            echo "hash base-before $(sha256sum < /tmp/base.mem | cut -c1-64)"
+            cat /tmp/d1.mem > /tmp/filled.mem
+            head -c 1048576 /tmp/d1.mem > /tmp/short.mem
+            refuse() { name=$1; shift; message=$(kestrel snapshot merge "$@" -o /tmp/refused.mem 2>&1); echo "refused $name $? $(echo $message | head -c 300)"; }
+            refuse wrong-base /tmp/base.state:/tmp/base.mem /tmp/d2.state:/tmp/d2.mem
+            refuse corrupt /tmp/base.state:/tmp/base.mem /tmp/d1.state:/tmp/filled.mem /tmp/d2.state:/tmp/d2.mem
+            refuse truncated /tmp/base.state:/tmp/base.mem /tmp/d1.state:/tmp/short.mem
+            echo "hash base-after $(sha256sum < /tmp/base.mem | cut -c1-64) refused-output $(ls /tmp/refused.mem* 2>/dev/null | wc -l)"
+            kestrel snapshot merge /tmp/base.state:/tmp/base.mem /tmp/d1.state:/tmp/d1.mem /tmp/d2.state:/tmp/d2.mem -o /tmp/merged.mem; echo "merge-exit $?"
             echo "hash merged $(sha256sum < /tmp/merged.mem | cut -c1-64)"
             echo "hash ref $(sha256sum < /tmp/ref.mem | cut -c1-64)"
-            echo "hash base-d1 $(kestrel snapshot merge /tmp/base.mem /tmp/d1.mem -o /tmp/partial.mem >/dev/null; sha256sum < /tmp/partial.mem | cut -c1-64)"
+            echo "hash base-d1 $(kestrel snapshot merge /tmp/base.state:/tmp/base.mem /tmp/d1.state:/tmp/d1.mem -o /tmp/partial.mem >/dev/null; sha256sum < /tmp/partial.mem | cut -c1-64)"
             kestrel run --api-sock /tmp/b.sock --id diff-vm-restored > /tmp/b.out 2>/tmp/b.err &
             b=$!
             wait_for /tmp/b.sock
@@ -118,6 +130,13 @@ extension LabIntegrationTests {
         } else {
             Issue.record("no file sizes: \(output.text)")
         }
+        for (name, expected) in [("wrong-base", "wrong base: the diff /tmp/d2.state continues snapshot"), ("corrupt", "the diff /tmp/filled.mem is corrupt"),
+                                 ("truncated", "the memory file /tmp/short.mem has 1048576 bytes")] {
+            let refused = line("refused \(name) ")
+            #expect(!refused.hasPrefix("refused \(name) 0 ") && refused.contains(expected), "\(name): \(refused)")
+        }
+        #expect(line("hash base-before").dropFirst(17) == line("hash base-after").dropFirst(16).prefix(64)
+                && line("hash base-after").hasSuffix("refused-output 0"), "the refusals changed nothing: \(output.text)")
         let merged = line("hash merged"), reference = line("hash ref")
         #expect(merged.dropFirst(12) == reference.dropFirst(9) && reference.count == 9 + 64,
                 "base + d1 + d2 is byte for byte the Full snapshot taken at d2: \(merged) / \(reference)")

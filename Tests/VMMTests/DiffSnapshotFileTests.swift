@@ -150,3 +150,88 @@ import Testing
         #expect(left == ["base", "big", "diff"], "no temporary file is left behind: \(left)")
     }
 }
+
+/// The checked merge (`kestrel snapshot merge STATE:MEMORY...`): each diff's
+/// state file names its parent and the digest of the data it wrote, so a
+/// diff on the wrong base, a corrupt diff and a truncated memory file are
+/// refused by name before anything is written, and the base stays as it was.
+extension DiffSnapshotFileTests {
+    /// Writes a state file for a snapshot of `pages` pages of RAM with `lineage`.
+    static func writeState(_ path: String, pages: Int, lineage: SnapshotLineage) throws {
+        var snapshot = try MachineSnapshotTests.sample()
+        snapshot.memory = [.init(guestAddress: 0, size: UInt64(pages * page), fileOffset: 0)]
+        snapshot.lineage = lineage
+        try put(snapshot.encoded(), path)
+    }
+
+    /// Writes every byte (a file with no holes).
+    static func put(_ bytes: [UInt8], _ path: String) throws { try Data(bytes).write(to: URL(fileURLWithPath: path)) }
+
+    /// A Diff's lineage for the memory file at `path`, as `createSnapshot` records it.
+    static func diffLineage(_ path: String, parent: [UInt8]?) throws -> SnapshotLineage {
+        let fd = open(path, O_RDONLY)
+        defer { close(fd) }
+        let data = try SnapshotMemoryFile.dataDigest(of: fd, size: lseek(fd, 0, SEEK_END), what: path)
+        return SnapshotLineage(kind: .diff, id: SnapshotLineage.newID(), parent: parent, dataBytes: data.bytes, dataDigest: data.digest)
+    }
+
+    @Test func aCheckedMergeRefusesTheWrongBaseACorruptDiffAndATruncatedFile() throws {
+        let directory = try Directory()
+        func file(_ name: String) -> String { directory.file(name) }
+        func pair(_ name: String, memory: String? = nil) -> SnapshotMemoryMerge.Files { .init(state: file(name + ".state"), memory: file(memory ?? name + ".mem")) }
+        let mapping = try MemoryMapping(anonymousSize: 16 * Self.page)
+        for index in [0, 3, 9] { memset(mapping.baseAddress + index * Self.page, Int32(index + 1), Self.page) }
+        _ = try Self.writeDiff(mapping, pages: [0, 3, 9], to: file("base.mem"))
+        let base = SnapshotLineage(kind: .full, id: SnapshotLineage.newID())
+        try Self.writeState(file("base.state"), pages: 16, lineage: base)
+        memset(mapping.baseAddress + 5 * Self.page, 0x55, Self.page)
+        memset(mapping.baseAddress + 3 * Self.page, 0, Self.page)  // a page cleared: zeros as data
+        _ = try Self.writeDiff(mapping, pages: [3, 5], to: file("d1.mem"))
+        let d1 = try Self.diffLineage(file("d1.mem"), parent: base.id)
+        try Self.writeState(file("d1.state"), pages: 16, lineage: d1)
+        memset(mapping.baseAddress + 12 * Self.page, 0x66, Self.page)
+        _ = try Self.writeDiff(mapping, pages: [12], to: file("d2.mem"))
+        try Self.writeState(file("d2.state"), pages: 16, lineage: try Self.diffLineage(file("d2.mem"), parent: d1.id))
+
+        // Corrupt copies of d1: holes filled, a byte changed, cut short; and a Diff taken before any snapshot.
+        try Self.put(try Self.contents(file("d1.mem")), file("filled.mem"))
+        _ = try Self.writeDiff(mapping, pages: [3, 5], to: file("flipped.mem"))
+        let flip = open(file("flipped.mem"), O_WRONLY)
+        #expect(pwrite(flip, [UInt8(0x54)], 1, off_t(5 * Self.page + 100)) == 1)
+        close(flip)
+        try Self.put(Array(try Self.contents(file("d1.mem")).prefix(8 * Self.page)), file("short.mem"))
+        try Self.writeState(file("orphan.state"), pages: 16, lineage: try Self.diffLineage(file("d1.mem"), parent: nil))
+        let baseBefore = try Self.contents(file("base.mem"))
+
+        let refusals: [(SnapshotMemoryMerge.Files, [SnapshotMemoryMerge.Files], String)] = [
+            (pair("base"), [pair("d2")], "wrong base: the diff \(file("d2.state")) continues snapshot"),
+            (pair("base"), [pair("d2"), pair("d1")], "wrong base"),
+            (pair("base"), [pair("d1", memory: "filled.mem")], "is corrupt"),
+            (pair("base"), [pair("d1", memory: "flipped.mem")], "is corrupt"),
+            (pair("base"), [pair("d1", memory: "short.mem")], "truncated"),
+            (pair("base", memory: "short.mem"), [pair("d1")], "truncated"),
+            (pair("base"), [pair("base")], "is a Full snapshot, not a diff"),
+            (pair("base"), [pair("orphan", memory: "d1.mem")], "before any other snapshot"),
+            (pair("d1"), [pair("d2")], "is the diff \(file("d1.state"))'s own memory file"),
+        ]
+        for (base, diffs, expected) in refusals {
+            do {
+                _ = try SnapshotMemoryMerge.merge(base: base, diffs: diffs)
+                Issue.record("\(base) + \(diffs) was not refused")
+            } catch {
+                #expect("\(error)".contains(expected), "\(diffs.map(\.memory)): \(error)")
+            }
+        }
+        #expect(try Self.contents(file("base.mem")) == baseBefore, "nothing was written over the base")
+        #expect(!(try FileManager.default.contentsOfDirectory(atPath: directory.path)).contains { $0.hasSuffix(".kestrel-partial") })
+
+        // The chain holds: base + d1 + d2 is RAM at d2; then (d2's state, the merge) is the base of nothing more, but a valid base.
+        let report = try SnapshotMemoryMerge.merge(base: pair("base"), diffs: [pair("d1"), pair("d2")], output: file("merged.mem"))
+        #expect(report.diffBytes == UInt64(3 * Self.page))
+        #expect(try Self.contents(file("merged.mem")) == Array(mapping.bytes))
+        // One diff at a time gives the same: the merge of d1 is d2's base, with d1's state.
+        _ = try SnapshotMemoryMerge.merge(base: pair("base"), diffs: [pair("d1")], output: file("step.mem"))
+        _ = try SnapshotMemoryMerge.merge(base: pair("d1", memory: "step.mem"), diffs: [pair("d2")])
+        #expect(try Self.contents(file("step.mem")) == Array(mapping.bytes))
+    }
+}

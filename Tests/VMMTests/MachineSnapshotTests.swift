@@ -32,7 +32,8 @@ import X86
             pit: PITState(), clock: ClockState(nanoseconds: 5_000_000_000),
             serial: Serial16550.SavedState(interruptEnable: 2, unreadInput: [0x41, 0x0A]),
             keyboard: I8042Controller.SavedState(controlByte: 0x47, outputQueue: [0xFA], scanning: false, pendingKeyboardCommand: 0xED),
-            devices: [device])
+            devices: [device],
+            lineage: SnapshotLineage(kind: .diff, id: Array(1...16), parent: Array(17...32), dataBytes: 12_288, dataDigest: 0xDEAD_BEEF))
     }
 
     /// `bytes` with the CRC at its end computed again (for files that are
@@ -91,13 +92,13 @@ import X86
 
     @Test func anotherFormatVersionOrMagicIsRefusedByName() throws {
         var bytes = try Self.sample().encoded()
-        #expect(bytes[8] == 2, "format version 2 (version 1 had no KBDC section)")
-        bytes[8] = 1
+        #expect(bytes[8] == 3, "format version 3 (version 1 had no KBDC section, version 2 no MEMO)")
+        bytes[8] = 2
         do {
             _ = try MachineSnapshot.decode(Self.resealed(bytes))
-            Issue.record("version 1 was read")
+            Issue.record("version 2 was read")
         } catch {
-            #expect("\(error)".contains("format version 1") && "\(error)".contains("version 2 only"), "\(error)")
+            #expect("\(error)".contains("format version 2") && "\(error)".contains("version 3 only"), "\(error)")
         }
         do {
             _ = try MachineSnapshot.decode(Array("GARBAGE!".utf8) + [UInt8](repeating: 0, count: 64))
@@ -129,6 +130,12 @@ import X86
         } catch {
             #expect("\(error)".contains("two UART sections"), "\(error)")
         }
+        // No lineage: MEMO renamed to a second CLCK.
+        var noLineage = snapshot.encoded()
+        let memo = Array("MEMO".utf8)
+        let memoAt = try #require((0..<(noLineage.count - 4)).first { Array(noLineage[$0..<($0 + 4)]) == memo })
+        noLineage.replaceSubrange(memoAt..<(memoAt + 4), with: Array("CLCK".utf8))
+        #expect(throws: SnapshotError.self) { try MachineSnapshot.decode(Self.resealed(noLineage)) }
         // An unknown tag: rename the PIT2 section.
         var bytes = snapshot.encoded()
         let tag = Array("PIT2".utf8)

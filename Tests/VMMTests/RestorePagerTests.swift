@@ -68,13 +68,13 @@ struct RestorePagerTests {
         try mapping.advise(offset: 40 * Self.page, length: 4 * Self.page, MADV_DONTNEED)
         for index in 40..<44 { #expect(mapping.bytes[index * Self.page + 5] == 0, "discarded page \(index)") }
         #expect(mapping.bytes[44 * Self.page] == Self.expected(44))
-        #expect(!pager.isFinished, "an on-demand pager serves until it is stopped")
+        #expect(!pager.serverEnded && !pager.isPrefaulted, "an on-demand pager serves until it is stopped")
     }
 
     @Test func thePrefaultBringsInEveryDataPageAndThenLetsGo() throws {
         let (pager, mapping) = try Self.pager(prefault: true, fileOffset: 0)
         defer { pager.stop() }
-        #expect(pager.waitUntilFinished(timeout: .seconds(20)), "the prefault ends")
+        #expect(pager.waitUntilPrefaulted(timeout: .seconds(20)), "the prefault ends")
         let present = try SnapshotMemoryFile.pagemapPresence(of: mapping)
         let dataPages = (0..<Self.pages).filter { Self.expected($0) != 0 }
         #expect(dataPages.allSatisfy { present[$0] }, "every data page is in")

@@ -42,6 +42,9 @@ public final class Machine: Sendable {
     public let memoryProtection: String
     /// The pages changed since the last snapshot, for Diff snapshots.
     let dirtyPages: DirtyPageTracker
+    /// The id of the last snapshot taken of this machine, or of the one it
+    /// was restored from: a Diff's parent (`SnapshotLineage`).
+    let lastSnapshotID = Mutex<[UInt8]?>(nil)
     /// For an SNP guest with `--snp-certs`: the certificate file each vCPU's
     /// responder serves, and where its refusals are logged.
     let certificates: (file: String, log: @Sendable (String) -> Void)?

@@ -90,6 +90,7 @@ extension Machine {
             }
             snapshot.memory = memory.ranges
             written = memory.written
+            snapshot.lineage = try lineage(for: type, landed: merged, memoryFile: memoryFile, size: memory.size)
             bytes = snapshot.encoded()
             // Sound: the array's buffer holds bytes.count bytes.
             try bytes.withUnsafeBytes { try stateFile.write($0.baseAddress!, count: $0.count, at: 0) }
@@ -102,8 +103,25 @@ extension Machine {
             dirtyPages.giveBack(changed)
             throw error
         }
+        lastSnapshotID.withLock { $0 = snapshot.lineage.id }
         return SnapshotReport(type: type, stateBytes: bytes.count, memoryBytes: snapshot.memoryFileSize, memoryBytesWritten: written,
                               mergedOnto: merged, duration: ContinuousClock.now - start)
+    }
+
+    /// A new snapshot's lineage: a new id; for a Diff, the machine's last
+    /// snapshot (taken or restored) as its parent and, unless it landed on an
+    /// earlier file, the digest of the data just written.
+    private func lineage(for type: SnapshotType, landed: Bool, memoryFile: AtomicFile, size: UInt64) throws -> SnapshotLineage {
+        let id = SnapshotLineage.newID()
+        switch (type, landed) {
+        case (.full, _): return SnapshotLineage(kind: .full, id: id)
+        case (.diff, true): return SnapshotLineage(kind: .landed, id: id, parent: lastSnapshotID.withLock { $0 })
+        case (.diff, false):
+            // Synced first, so that the extents read are the file system's settled ones.
+            guard fsync(memoryFile.fd) == 0 else { throw SnapshotError("cannot finish \(memoryFile.what): \(String(cString: strerror(errno)))") }
+            let data = try SnapshotMemoryFile.dataDigest(of: memoryFile.fd, size: off_t(size), what: memoryFile.what)
+            return SnapshotLineage(kind: .diff, id: id, parent: lastSnapshotID.withLock { $0 }, dataBytes: data.bytes, dataDigest: data.digest)
+        }
     }
 
     /// The files this machine reads or serves, which a snapshot must not replace.

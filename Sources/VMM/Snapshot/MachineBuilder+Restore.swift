@@ -108,13 +108,15 @@ extension MachineBuilder {
         let threads = try vcpus.map { try VCPUThread($0) }
         timer.step("devices, irqchip, clock and vCPUs")
         finished = true
-        return Machine(
+        let machine = Machine(
             configuration: configuration, plan: nil, ramFromSnapshot: ram.fromSnapshot, lazyRAM: ram.filler, kvm: kvm, virtualMachine: vm, memory: memory,
             serial: wiring.serial, keyboard: wiring.keyboard, panicWatcher: wiring.panicWatcher, vcpuThreads: threads, devices: wiring.devices,
             exitHandler: ExitHandler(portBus: wiring.portBus, mmioBus: wiring.mmioBus,
                                      conversions: try conversionManager(vm: vm, memory: memory, devices: wiring.devices, log: deviceLog)),
             control: wiring.control, setupSteps: timer.steps,
             memoryProtection: ram.description)
+        machine.lastSnapshotID.withLock { $0 = snapshot.lineage.id }
+        return machine
     }
 
     /// Restored RAM: how it was set up, what fills it lazily (if anything),

@@ -19,15 +19,16 @@ import X86
 /// Integers are little-endian. Tags: INFO (Kestrel's version, the
 /// configuration as a Firecracker document, the RAM layout), VCPU (one per
 /// vCPU: CPUID, then KVM's structs as the kernel lays them out), IRQC (one
-/// per chip), PIT2, CLCK, UART, KBDC (the i8042) and VIRT (one per
-/// transport, in placement order). A reader refuses another magic, another version, a bad CRC, a
+/// per chip), PIT2, CLCK, UART, KBDC (the i8042), VIRT (one per
+/// transport, in placement order) and MEMO (`SnapshotLineage`: u8 kind, 16
+/// bytes of id, a flag and 16 bytes of parent id, u64 data bytes, u32 digest). A reader refuses another magic, another version, a bad CRC, a
 /// truncated section, an unknown tag and bytes past a section's end.
 public struct MachineSnapshot: Equatable, Sendable {
     public static let magic: [UInt8] = Array("KSTLSNAP".utf8)
     /// Bumped whenever the encoding changes; a file of another version is
     /// refused, never guessed at.
-    /// Version 2 added the KBDC section.
-    public static let formatVersion: UInt32 = 2
+    /// Version 2 added the KBDC section, version 3 the MEMO section.
+    public static let formatVersion: UInt32 = 3
 
     /// One range of guest RAM in the memory file.
     public struct MemoryRange: Equatable, Sendable {
@@ -69,10 +70,14 @@ public struct MachineSnapshot: Equatable, Sendable {
     public var serial: Serial16550.SavedState
     public var keyboard: I8042Controller.SavedState
     public var devices: [MMIOTransport.SavedState]
+    /// Which snapshot this one is, and which one its memory continues.
+    public var lineage: SnapshotLineage
 
     public init(kestrelVersion: String, configuration: String, memory: [MemoryRange], vcpus: [VCPUState],
                 interruptControllers: [InterruptControllerState], pit: PITState, clock: ClockState,
-                serial: Serial16550.SavedState, keyboard: I8042Controller.SavedState = .init(), devices: [MMIOTransport.SavedState]) {
+                serial: Serial16550.SavedState, keyboard: I8042Controller.SavedState = .init(), devices: [MMIOTransport.SavedState],
+                lineage: SnapshotLineage = .unrecorded) {
+        self.lineage = lineage
         self.kestrelVersion = kestrelVersion
         self.configuration = configuration
         self.memory = memory
@@ -154,6 +159,14 @@ public struct MachineSnapshot: Equatable, Sendable {
             }
             sections.append(("VIRT", writer.bytes))
         }
+        var memo = SnapshotWriter()
+        memo.u8(lineage.kind.rawValue)
+        memo.raw(Array((lineage.id + [UInt8](repeating: 0, count: 16)).prefix(16)))
+        memo.bool(lineage.parent != nil)
+        memo.raw(Array(((lineage.parent ?? []) + [UInt8](repeating: 0, count: 16)).prefix(16)))
+        memo.u64(lineage.dataBytes)
+        memo.u32(lineage.dataDigest)
+        sections.append(("MEMO", memo.bytes))
 
         var file = SnapshotWriter()
         file.raw(Self.magic)
@@ -213,6 +226,7 @@ public struct MachineSnapshot: Equatable, Sendable {
         var info: SnapshotReader?
         var vcpuSections: [SnapshotReader] = [], chips: [InterruptControllerState] = [], devices: [MMIOTransport.SavedState] = []
         var pit: PITState?, clock: ClockState?, serial: Serial16550.SavedState?, keyboard: I8042Controller.SavedState?
+        var lineage: SnapshotLineage?
         for index in 0..<count {
             let tag = String(decoding: try file.take(4, "the tag of section \(index)"), as: UTF8.self)
             let length = Int(try file.u32("the length of section \(index) (\(tag))"))
@@ -229,13 +243,14 @@ public struct MachineSnapshot: Equatable, Sendable {
             case "UART": try once(serial); serial = try decodeSerial(&reader)
             case "KBDC": try once(keyboard); keyboard = try decodeKeyboard(&reader)
             case "VIRT": devices.append(try decodeTransport(&reader))
+            case "MEMO": try once(lineage); lineage = try decodeLineage(&reader)
             default: throw SnapshotError("the snapshot is corrupt: unknown section \"\(tag)\"")
             }
         }
         try file.requireEnd()
         guard var info else { throw SnapshotError("the snapshot is corrupt: it has no INFO section") }
-        guard let pit, let clock, let serial, let keyboard else {
-            throw SnapshotError("the snapshot is corrupt: it lacks a PIT2, CLCK, UART or KBDC section")
+        guard let pit, let clock, let serial, let keyboard, let lineage else {
+            throw SnapshotError("the snapshot is corrupt: it lacks a PIT2, CLCK, UART, KBDC or MEMO section")
         }
         guard !vcpuSections.isEmpty else { throw SnapshotError("the snapshot is corrupt: it has no vCPU") }
         guard Set(chips.compactMap(\.chip)) == Set(InterruptControllerState.Chip.allCases), chips.count == 3 else {
@@ -259,7 +274,19 @@ public struct MachineSnapshot: Equatable, Sendable {
         for var reader in vcpuSections { vcpus.append(try decodeVCPU(&reader)) }
         return MachineSnapshot(kestrelVersion: kestrel, configuration: configuration, memory: memory, vcpus: vcpus,
                                interruptControllers: chips, pit: pit, clock: clock, serial: serial, keyboard: keyboard,
-                               devices: devices)
+                               devices: devices, lineage: lineage)
+    }
+
+    private static func decodeLineage(_ reader: inout SnapshotReader) throws(SnapshotError) -> SnapshotLineage {
+        let rawKind = try reader.u8("the kind")
+        guard let kind = SnapshotLineage.Kind(rawValue: rawKind) else { throw SnapshotError("the snapshot is corrupt: \(reader.context): kind \(rawKind)") }
+        let id = Array(try reader.take(16, "the id"))
+        let hasParent = try reader.bool("the parent flag")
+        let parent = Array(try reader.take(16, "the parent id"))
+        let lineage = SnapshotLineage(kind: kind, id: id, parent: hasParent ? parent : nil,
+                                      dataBytes: try reader.u64("the data bytes"), dataDigest: try reader.u32("the digest"))
+        try reader.requireEnd()
+        return lineage
     }
 
     /// A KVM struct that is a whole section.

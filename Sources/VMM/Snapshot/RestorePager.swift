@@ -16,24 +16,27 @@ protocol LazyRAMFiller: AnyObject, Sendable {
 
 /// Kestrel's in-process pager for a restore with `paging` OnDemand or
 /// Prefault: guest RAM is anonymous memory registered with a userfaultfd
-/// (missing mode), and this thread fills each page on its first touch, by
-/// the guest (KVM's fault) or by Kestrel, from the snapshot's memory file:
-/// UFFDIO_COPY for the file's data (up to `faultCluster` bytes around the
+/// (missing mode), and a server thread fills each page on its first touch,
+/// by the guest (KVM's fault) or by Kestrel, from the snapshot's memory file:
+/// UFFDIO_COPY for the file's data (up to `faultCluster` bytes from the
 /// fault, within one data extent), UFFDIO_ZEROPAGE for its holes.
 ///
-/// With `prefault`, between faults it copies the file's data extents in
-/// address order, `prefaultChunk` bytes at a time. When all are in it
-/// unregisters RAM and closes the userfaultfd and the file: the pages still
-/// missing are the file's holes, which the kernel fills with zeros on their
-/// own, and the machine no longer needs the file.
+/// With `prefault`, a second thread at SCHED_IDLE (it runs only on a CPU
+/// nothing else wants, so it never delays the guest) copies the file's data
+/// extents in address order, `prefaultChunk` bytes at a time. When all are
+/// in it unregisters RAM and unmaps the file: the pages still missing are
+/// the file's holes, which the kernel fills with zeros on its own, and the
+/// machine no longer needs the file.
 ///
-/// A balloon's discard (MADV_DONTNEED) in registered RAM arrives as a
-/// remove event first (UFFD_FEATURE_EVENT_REMOVE); the pages it names are
-/// zero from then on, so a later fault there gets a zero page, not the
-/// file's old bytes, and the prefault passes over them.
+/// A balloon's discard (MADV_DONTNEED) in registered RAM arrives as a remove
+/// event first (UFFD_FEATURE_EVENT_REMOVE); the pages it names are zero from
+/// then on, so a later fault there gets a zero page, not the file's old
+/// bytes, and the prefault passes over them. Every fill checks the discarded
+/// pages and copies under one lock, and a remove is marked under it, so no
+/// fill can land after the discard it missed.
 final class RestorePager: LazyRAMFiller, @unchecked Sendable {
-    // @unchecked: everything below `control` is used by the pager thread
-    // only, after `init` hands it over; `control` is behind its lock.
+    // @unchecked: `pending` is the server thread's alone; what both threads
+    // use is behind `fills` and `control`; the rest never changes.
 
     /// One RAM region: its mapping and where its bytes lie in the file.
     struct Region {
@@ -45,39 +48,49 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
     }
 
     static let faultCluster = 64 << 10
-    static let prefaultChunk = 256 << 10
+    static let prefaultChunk = 128 << 10
     private static let page = MemoryMapping.pageSize
+    /// SCHED_IDLE (linux/sched.h), which Glibc names only under _GNU_SOURCE.
+    private static let schedIdle: Int32 = 5
 
     private let userfault: Userfault
     private let regions: [Region]
     /// The memory file mapped read-only: UFFDIO_COPY's source.
     private let source: UnsafeRawPointer
     private let sourceSize: Int
-    private var sourceMapped = true
     private let prefault: Bool
     private let log: @Sendable (String) -> Void
-    /// Per region, a bit per page discarded since the restore (reads zero).
-    private var discarded: [[UInt64]]
-    /// The prefault's place: region, extent, byte offset in the region.
-    private var cursor = (region: 0, extent: 0, offset: 0)
-    private var faultsServed = 0
-    private var bytesPrefaulted = 0
-    private let wakeUp: EventNotifier
     private let started = ContinuousClock.now
+
+    /// What fills depend on, and what they did.
+    private struct Fills {
+        /// Per region, a bit per page discarded since the restore (reads zero).
+        var discarded: [[UInt64]]
+        /// RAM is registered and the file mapped (until the prefault lets go).
+        var registered = true
+        var faultsServed = 0
+        var bytesPrefaulted = 0
+    }
+    private let fills: Mutex<Fills>
+    /// Faults read while a fill waited for a remove event (server thread only).
+    private var pending: [UInt] = []
 
     private struct Control {
         var stopRequested = false
         var seccomp: SeccompPolicy?
-        var confined = false
-        var finished = false
+        /// Threads running and not yet under `seccomp`.
+        var unconfined: Int
+        var prefaultDone = false
+        var serverDone = false
     }
-    private let control = Mutex(Control())
+    private let control: Mutex<Control>
     private let controlChanged = ConditionLock()
-    private var thread: POSIXThread?
+    private let wakeUp: EventNotifier
+    private var threads: [POSIXThread] = []
 
     /// Registers `regions` with a new userfaultfd, maps the memory file
     /// `fd` (kept by the mapping; the caller may close it) and starts the
-    /// pager thread.
+    /// server thread, and with `prefault` the prefault thread.
     init(regions: [Region], memoryFile fd: Int32, fileSize: Int, prefault: Bool, log: @escaping @Sendable (String) -> Void) throws {
         let userfault = try Userfault(features: Userfault.eventRemove)
         guard userfault.offeredFeatures & Userfault.eventRemove != 0 else {
@@ -95,17 +108,30 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
         sourceSize = max(fileSize, 1)
         self.prefault = prefault
         self.log = log
-        discarded = regions.map { [UInt64](repeating: 0, count: ($0.size / Self.page + 63) / 64) }
+        fills = Mutex(Fills(discarded: regions.map { [UInt64](repeating: 0, count: ($0.size / Self.page + 63) / 64) }))
+        control = Mutex(Control(unconfined: prefault ? 2 : 1))
         wakeUp = try EventNotifier()
-        thread = try POSIXThread.start { [self] in
-            POSIXThread.setCurrentName("pager")
-            serve()
+        do {
+            threads.append(try POSIXThread.start { [self] in
+                POSIXThread.setCurrentName("pager")
+                serveFaults()
+            })
+            if prefault {
+                threads.append(try POSIXThread.start { [self] in
+                    POSIXThread.setCurrentName("prefault")
+                    prefaultAll()
+                })
+            }
+        } catch {
+            stop()
+            throw error
         }
     }
 
-    deinit { unmapSource() }
+    deinit { munmapIfMapped() }
 
-    private func unmapSource() {
+    private var sourceMapped = true
+    private func munmapIfMapped() {
         if sourceMapped { munmap(UnsafeMutableRawPointer(mutating: source), sourceSize) }
         sourceMapped = false
     }
@@ -113,49 +139,61 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
     func confine(_ seccomp: SeccompPolicy) {
         controlChanged.withLockBroadcasting { control.withLock { $0.seccomp = seccomp } }
         wakeUp.signal()
-        controlChanged.wait(until: { control.withLock { $0.confined || $0.finished } }) {}
+        controlChanged.wait(until: { control.withLock { $0.unconfined == 0 } }) {}
     }
 
-    /// Whether the pager thread has ended: after a prefault that let go of
-    /// RAM, after `stop`, or after a fill the kernel refused.
-    var isFinished: Bool { control.withLock { $0.finished } }
+    /// Whether the prefault has brought every data page in and let go of RAM.
+    var isPrefaulted: Bool { control.withLock { $0.prefaultDone } }
 
-    /// Waits up to `timeout` for the thread to end (a prefault's end); true if it has.
-    func waitUntilFinished(timeout: Duration) -> Bool {
-        controlChanged.wait(until: { control.withLock { $0.finished } }, timeout: timeout)
+    /// Whether the server thread has ended (after `stop`, or a fill the kernel refused).
+    var serverEnded: Bool { control.withLock { $0.serverDone } }
+
+    /// Waits up to `timeout` for the prefault to end; true if it has.
+    func waitUntilPrefaulted(timeout: Duration) -> Bool {
+        controlChanged.wait(until: { control.withLock { $0.prefaultDone } }, timeout: timeout)
     }
 
     func stop() {
         controlChanged.withLockBroadcasting { control.withLock { $0.stopRequested = true } }
         wakeUp.signal()
-        thread?.join()
-        thread = nil
+        for thread in threads { thread.join() }
+        threads = []
     }
 
-    /// The pager thread: events first, then a prefault chunk or a wait.
-    private func serve() {
-        defer {
-            controlChanged.withLockBroadcasting { control.withLock { $0.finished = true } }
+    /// At the top of each thread's loop: installs the pager list once asked;
+    /// returns whether the thread is to stop.
+    private func checkControl(confined: inout Bool) -> Bool {
+        let (stopping, seccomp) = control.withLock { ($0.stopRequested, $0.seccomp) }
+        if let seccomp, !confined {
+            seccomp.enter(.pager)
+            confined = true
+            controlChanged.withLockBroadcasting { control.withLock { $0.unconfined -= 1 } }
         }
+        return stopping
+    }
+
+    private func threadEnded(confined: Bool, _ change: (inout Control) -> Void) {
+        controlChanged.withLockBroadcasting {
+            control.withLock {
+                if !confined { $0.unconfined -= 1 }
+                change(&$0)
+            }
+        }
+    }
+
+    // MARK: The server thread
+
+    private func serveFaults() {
+        var confined = false
+        defer { threadEnded(confined: confined) { $0.serverDone = true } }
         do {
-            while true {
-                let (stopping, seccomp) = control.withLock { ($0.stopRequested, $0.confined ? nil : $0.seccomp) }
-                if let seccomp {
-                    seccomp.enter(.pager)
-                    controlChanged.withLockBroadcasting { control.withLock { $0.confined = true } }
-                }
-                if stopping { return }
-                try drainEvents()
-                if prefault {
-                    if try prefaultNextChunk() { continue }
-                    try letGo()
-                    return
-                }
+            while !checkControl(confined: &confined) {
+                try readEvents()
+                while let address = pending.popLast() { try serveFault(at: address) }
                 waitForEvents()
             }
         } catch {
-            // A fill the kernel refuses leaves a vCPU waiting for ever:
-            // say so loudly rather than hang in silence.
+            // A vCPU waiting on a page nobody fills waits for ever: say so.
             log("restore pager: \(error); guest RAM can no longer be filled from the memory file, and the guest will stop at its next missing page")
         }
     }
@@ -169,135 +207,126 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
         wakeUp.drain()
     }
 
-    private func drainEvents() throws {
+    /// Reads every pending event: removes are marked at once, faults queued.
+    private func readEvents() throws {
         while let event = try userfault.nextEvent() {
             switch event {
-            case .pageFault(let address, _):
-                try serveFault(at: address & ~UInt(Self.page - 1))
-                faultsServed += 1
-            case .removed(let start, let end):
-                markDiscarded(start..<end)
-            case .other:
-                break
-            }
-        }
-    }
-
-    private func region(containing address: UInt) -> Int? {
-        regions.firstIndex { address >= $0.start && address < $0.start + UInt($0.size) }
-    }
-
-    private func isDiscarded(region: Int, page: Int) -> Bool {
-        discarded[region][page / 64] & (1 << UInt64(page % 64)) != 0
-    }
-
-    private func markDiscarded(_ range: Range<UInt>) {
-        for (index, region) in regions.enumerated() {
-            let low = max(range.lowerBound, region.start), high = min(range.upperBound, region.start + UInt(region.size))
-            guard low < high else { continue }
-            var page = Int(low - region.start) / Self.page
-            while page * Self.page < Int(high - region.start) {
-                discarded[index][page / 64] |= 1 << UInt64(page % 64)
-                page += 1
-            }
-        }
-    }
-
-    /// Fills the page at `address`: the file's bytes there and after it
-    /// (up to `faultCluster`, within its extent, up to a discarded page),
-    /// or a zero page in a hole or a discarded page.
-    private func serveFault(at address: UInt) throws {
-        guard let index = region(containing: address) else { return }
-        let region = regions[index]
-        let offset = Int(address - region.start)
-        let page = offset / Self.page
-        let extent = region.extents.first { $0.contains(offset) }
-        while true {
-            let result: Userfault.Fill
-            if let extent, !isDiscarded(region: index, page: page) {
-                var end = min(extent.upperBound, (offset / Self.faultCluster + 1) * Self.faultCluster)
-                var next = page + 1
-                while next * Self.page < end {
-                    if isDiscarded(region: index, page: next) { end = next * Self.page; break }
-                    next += 1
-                }
-                result = try userfault.copy(to: address, from: source + region.fileOffset + offset, length: end - offset)
-            } else {
-                result = try userfault.zeroPage(start: address, length: Self.page)
-            }
-            switch result {
-            case .filled: return
-            case .alreadyPresent:
-                try userfault.wake(start: address, length: Self.page)
-                return
-            case .retry:
-                try drainRemovals()
-            }
-        }
-    }
-
-    /// Reads pending events while a fill must wait for a remove event to be
-    /// read; faults among them are served after it.
-    private func drainRemovals() throws {
-        var faults: [UInt] = []
-        while let event = try userfault.nextEvent() {
-            switch event {
-            case .pageFault(let address, _): faults.append(address & ~UInt(Self.page - 1))
-            case .removed(let start, let end): markDiscarded(start..<end)
+            case .pageFault(let address, _): pending.append(address & ~UInt(Self.page - 1))
+            case .removed(let start, let end): fills.withLock { Self.markDiscarded(start..<end, in: &$0, regions: regions) }
             case .other: break
             }
         }
-        for fault in faults { try serveFault(at: fault) }
     }
 
-    /// Copies the next chunk of file data not yet in RAM; false once all is.
-    private func prefaultNextChunk() throws -> Bool {
-        while cursor.region < regions.count {
-            let region = regions[cursor.region]
-            guard cursor.extent < region.extents.count else {
-                cursor = (cursor.region + 1, 0, 0)
-                continue
+    private static func markDiscarded(_ range: Range<UInt>, in fills: inout Fills, regions: [Region]) {
+        for (index, region) in regions.enumerated() {
+            let low = max(range.lowerBound, region.start), high = min(range.upperBound, region.start + UInt(region.size))
+            guard low < high else { continue }
+            for page in (Int(low - region.start) / Self.page)..<((Int(high - region.start) + Self.page - 1) / Self.page) {
+                fills.discarded[index][page / 64] |= 1 << UInt64(page % 64)
             }
-            let extent = region.extents[cursor.extent]
-            let start = max(cursor.offset, extent.lowerBound)
-            guard start < extent.upperBound else {
-                cursor = (cursor.region, cursor.extent + 1, 0)
-                continue
-            }
-            let page = start / Self.page
-            if isDiscarded(region: cursor.region, page: page) {
-                cursor.offset = start + Self.page
-                return true
-            }
-            var end = min(extent.upperBound, start + Self.prefaultChunk)
-            var next = page + 1
-            while next * Self.page < end {
-                if isDiscarded(region: cursor.region, page: next) { end = next * Self.page; break }
-                next += 1
-            }
-            switch try userfault.copy(to: region.start + UInt(start), from: source + region.fileOffset + start, length: end - start) {
-            case .filled(let count):
-                bytesPrefaulted += count
-                cursor.offset = start + count
-            case .alreadyPresent:
-                cursor.offset = start + Self.page
-            case .retry:
-                try drainRemovals()
-                cursor.offset = start
-            }
-            return true
         }
-        return false
     }
 
-    /// After the prefault: RAM is the kernel's again; what is still missing
-    /// is holes, which fault in as zero pages.
-    private func letGo() throws {
-        for region in regions { try userfault.unregister(start: region.start, length: region.size) }
-        unmapSource()
-        let elapsed = (ContinuousClock.now - started).components
-        let milliseconds = Double(elapsed.seconds) * 1000 + Double(elapsed.attoseconds) / 1e15
-        log("restore pager: all \(bytesPrefaulted >> 10) KiB of the memory file's data prefaulted, "
-            + "\(faultsServed) faults served on demand, in \(Int(milliseconds.rounded())) ms; RAM no longer needs the file")
+    private static func isDiscarded(_ fills: Fills, region: Int, page: Int) -> Bool {
+        fills.discarded[region][page / 64] & (1 << UInt64(page % 64)) != 0
+    }
+
+    /// `[offset, end)` of region `index`, cut short at its first discarded
+    /// page after the first.
+    private static func undiscarded(_ fills: Fills, region index: Int, from offset: Int, to end: Int) -> Int {
+        var next = offset / page + 1
+        while next * page < end {
+            if isDiscarded(fills, region: index, page: next) { return next * page }
+            next += 1
+        }
+        return end
+    }
+
+    /// Fills the page at `address`: the file's bytes there and after it (up
+    /// to `faultCluster`, within its extent, up to a discarded page), or a
+    /// zero page in a hole or a discarded page.
+    private func serveFault(at address: UInt) throws {
+        guard let index = regions.firstIndex(where: { address >= $0.start && address < $0.start + UInt($0.size) }) else { return }
+        let region = regions[index]
+        let offset = Int(address - region.start)
+        let extent = region.extents.first { $0.contains(offset) }
+        while true {
+            let result = try fills.withLock { fills -> Userfault.Fill? in
+                // Once the prefault let go, the kernel serves the fault itself.
+                guard fills.registered else { return nil }
+                fills.faultsServed += 1
+                if let extent, !Self.isDiscarded(fills, region: index, page: offset / Self.page) {
+                    let end = Self.undiscarded(fills, region: index, from: offset,
+                                               to: min(extent.upperBound, (offset / Self.faultCluster + 1) * Self.faultCluster))
+                    return try userfault.copy(to: address, from: source + region.fileOffset + offset, length: end - offset)
+                }
+                return try userfault.zeroPage(start: address, length: Self.page)
+            }
+            switch result {
+            case nil, .filled?: return
+            case .alreadyPresent?:
+                try userfault.wake(start: address, length: Self.page)
+                return
+            case .retry?:
+                // A remove event waits to be read before any fill can go on.
+                try readEvents()
+            }
+        }
+    }
+
+    // MARK: The prefault thread
+
+    private func prefaultAll() {
+        var confined = false
+        var finished = false
+        defer { threadEnded(confined: confined) { $0.prefaultDone = finished } }
+        var parameters = sched_param(sched_priority: 0)
+        _ = sched_setscheduler(0, Self.schedIdle, &parameters)
+        do {
+            for (index, region) in regions.enumerated() {
+                for extent in region.extents {
+                    var offset = extent.lowerBound
+                    while offset < extent.upperBound {
+                        if checkControl(confined: &confined) { return }
+                        offset = try prefaultChunk(region: index, at: offset, extentEnd: extent.upperBound)
+                    }
+                }
+            }
+            let (bytes, faults) = try fills.withLock { fills in
+                fills.registered = false
+                for region in regions { try userfault.unregister(start: region.start, length: region.size) }
+                return (fills.bytesPrefaulted, fills.faultsServed)
+            }
+            munmapIfMapped()
+            finished = true
+            let elapsed = (ContinuousClock.now - started).components
+            let milliseconds = Double(elapsed.seconds) * 1000 + Double(elapsed.attoseconds) / 1e15
+            log("restore pager: all \(bytes >> 10) KiB of the memory file's data prefaulted, "
+                + "\(faults) faults served on demand, in \(Int(milliseconds.rounded())) ms; RAM no longer needs the file")
+        } catch {
+            log("restore pager: the prefault stopped: \(error); pages are still filled on demand")
+        }
+    }
+
+    /// Copies one chunk from `offset` of region `index` (not past the
+    /// extent's end or a discarded page); returns where the next starts.
+    private func prefaultChunk(region index: Int, at offset: Int, extentEnd: Int) throws -> Int {
+        let region = regions[index]
+        let result = try fills.withLock { fills -> (Userfault.Fill, Int) in
+            if Self.isDiscarded(fills, region: index, page: offset / Self.page) { return (.alreadyPresent, 0) }
+            let end = Self.undiscarded(fills, region: index, from: offset, to: min(extentEnd, offset + Self.prefaultChunk))
+            let fill = try userfault.copy(to: region.start + UInt(offset), from: source + region.fileOffset + offset, length: end - offset)
+            if case .filled(let count) = fill { fills.bytesPrefaulted += count }
+            return (fill, end)
+        }
+        switch result.0 {
+        case .filled(let count): return offset + count
+        case .alreadyPresent: return offset + Self.page
+        case .retry:
+            // The server reads the remove event; then the chunk goes again.
+            usleep(1000)
+            return offset
+        }
     }
 }

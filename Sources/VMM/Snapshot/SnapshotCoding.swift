@@ -120,10 +120,16 @@ public enum CRC32 {
     }
 
     public static func checksum(_ bytes: ArraySlice<UInt8>) -> UInt32 {
-        var crc: UInt32 = 0xFFFF_FFFF
+        ~bytes.withUnsafeBytes { continuing(0xFFFF_FFFF, $0) }
+    }
+
+    /// Feeds `bytes` to a running CRC register (start with 0xFFFFFFFF; the
+    /// checksum is the complement of the last value).
+    public static func continuing(_ register: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        var crc = register
         table.withUnsafeBufferPointer { table in
             for byte in bytes { crc = table[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
         }
-        return ~crc
+        return crc
     }
 }

@@ -238,7 +238,8 @@ final class AtomicFile {
         // Never through a link, and never waiting: O_NONBLOCK makes a FIFO
         // under the temporary name fail (ENXIO) and changes nothing for a
         // regular file.
-        fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o600)
+        // Read too: a Diff's digest is taken from what was written.
+        fd = open(temporary, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SnapshotError("cannot create \(what): \(String(cString: strerror(errno)))") }
     }
 

@@ -53,6 +53,86 @@ public enum SnapshotMemoryMerge {
         }
     }
 
+    /// A snapshot's two files.
+    public struct Files: Sendable, Equatable {
+        public let state: String
+        public let memory: String
+        public init(state: String, memory: String) {
+            self.state = state
+            self.memory = memory
+        }
+    }
+
+    /// `merge`, with every diff checked against its state file first, so
+    /// that nothing is written unless the chain holds:
+    /// - each diff's state file is a Diff's, and names the snapshot before it
+    ///   (the base, then the previous diff) as its parent;
+    /// - each diff's memory file holds exactly the data its snapshot wrote
+    ///   (the bytes and CRC-32 of its data extents, `SnapshotLineage`): not
+    ///   cut short, no hole filled, no zero page punched, no byte changed;
+    /// - every memory file has the size its state file's RAM needs;
+    /// - the base's memory is whole (a Full snapshot's, an earlier merge's,
+    ///   or a Diff that landed on one), not a diff's own sparse file.
+    public static func merge(base: Files, diffs: [Files], output: String? = nil) throws -> Report {
+        guard !diffs.isEmpty else { throw SnapshotError("no diff to merge onto \(base.memory)") }
+        let baseSnapshot = try readState(base.state)
+        try checkSize(base.memory, snapshot: baseSnapshot, state: base.state)
+        var previous = (snapshot: baseSnapshot, files: base)
+        for diff in diffs {
+            let snapshot = try readState(diff.state)
+            let lineage = snapshot.lineage
+            guard lineage.kind == .diff else {
+                let name = lineage.kind == .full ? "a Full snapshot" : "a Diff that landed on an earlier memory file (whole memory)"
+                throw SnapshotError("\(diff.state) is \(name), not a diff to merge; restore it as it is")
+            }
+            guard let parent = lineage.parent else {
+                throw SnapshotError("the diff \(diff.state) was taken before any other snapshot of its machine: it holds everything since boot and merges onto nothing; restore it as it is")
+            }
+            guard parent == previous.snapshot.lineage.id else {
+                throw SnapshotError("wrong base: the diff \(diff.state) continues snapshot \(SnapshotLineage.text(parent)), "
+                    + "and \(previous.files.state) is snapshot \(SnapshotLineage.text(previous.snapshot.lineage.id))")
+            }
+            try checkSize(diff.memory, snapshot: snapshot, state: diff.state)
+            let data = try digest(diff.memory, size: snapshot.memoryFileSize, what: "the diff \(diff.memory)")
+            guard data.bytes == lineage.dataBytes && data.digest == lineage.dataDigest else {
+                throw SnapshotError("the diff \(diff.memory) is corrupt: its snapshot wrote \(lineage.dataBytes) bytes of data "
+                    + "(CRC-32 0x\(String(lineage.dataDigest, radix: 16))), the file holds \(data.bytes) (CRC-32 0x\(String(data.digest, radix: 16))); "
+                    + "a copy that filled its holes or punched its zero pages, a cut-short file and changed bytes all do this")
+            }
+            previous = (snapshot, diff)
+        }
+        if baseSnapshot.lineage.kind == .diff {
+            // A merge's output keeps its last diff's state file; the diff's own sparse file is not whole memory.
+            let data = try digest(base.memory, size: baseSnapshot.memoryFileSize, what: "the base \(base.memory)")
+            if data.bytes == baseSnapshot.lineage.dataBytes && data.digest == baseSnapshot.lineage.dataDigest {
+                throw SnapshotError("the base \(base.memory) is the diff \(base.state)'s own memory file, not whole memory: merge it onto its base first")
+            }
+        }
+        return try merge(base: base.memory, diffs: diffs.map(\.memory), output: output)
+    }
+
+    private static func readState(_ path: String) throws -> MachineSnapshot {
+        let bytes: [UInt8]
+        do { bytes = try MachineBuilder.readFile(path, what: "snapshot state file", limit: MachineBuilder.maximumStateFileSize) } catch {
+            throw SnapshotError("\(error)")
+        }
+        do { return try MachineSnapshot.decode(bytes) } catch { throw SnapshotError("\(path): \(error)") }
+    }
+
+    private static func checkSize(_ memory: String, snapshot: MachineSnapshot, state: String) throws {
+        let size = try regularFileSize(memory, what: "the memory file")
+        guard size == snapshot.memoryFileSize else {
+            throw SnapshotError("the memory file \(memory) has \(size) bytes; \(state)'s RAM needs \(snapshot.memoryFileSize) (truncated, or another snapshot's)")
+        }
+    }
+
+    private static func digest(_ path: String, size: UInt64, what: String) throws -> (bytes: UInt64, digest: UInt32) {
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { throw SnapshotError("cannot open \(what): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        return try SnapshotMemoryFile.dataDigest(of: fd, size: off_t(size), what: what)
+    }
+
     private static func copy(_ path: String, into file: AtomicFile, size: UInt64, what: String) throws -> UInt64 {
         let source = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         guard source >= 0 else { throw SnapshotError("cannot open \(what): \(String(cString: strerror(errno)))") }
