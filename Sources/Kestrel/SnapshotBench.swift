@@ -34,6 +34,9 @@ struct SnapshotBench: ParsableCommand {
     @Option(help: "Restore paging modes to compare (mem_backend File's paging), comma-separated: Mapped, Eager, OnDemand, Prefault.")
     var paging = "Mapped,Eager,OnDemand,Prefault"
 
+    @Flag(help: "After each mode's restores, one more with --verbose, and the set-up steps it logs.")
+    var steps = false
+
     @Option(help: "MiB of data written into each memory file past its first 64 MiB (which the guest does not touch), so that a restore has data to bring in; default: half the guest's memory, at most 1024.")
     var fill: Int?
 
@@ -103,7 +106,8 @@ struct SnapshotBench: ParsableCommand {
                 }
                 running[mode, default: [:]][size] = ConversionsBench.median(restores)
                 row("  \(mode), to running", restores, "boot through the API", boots)
-                row("  \(mode), to the guest's next output", outputs, "boot through the API", boots)
+                row("  \(mode), to next output", outputs, "boot through the API", boots)
+                if steps { print("    set-up (one more, --verbose): " + (try bench.restoreSteps(paging: mode))) }
                 if !prefaults.isEmpty {
                     print("  \(mode): all data in after \(ms(ConversionsBench.median(prefaults))) (median; the pager's own count from its start)")
                 }
@@ -164,10 +168,11 @@ struct Bench {
     }
 
     /// Spawns `kestrel run --api-sock` and returns it with the time until its socket accepted.
-    func startAPI(_ socket: String, stdout: HostProcess.Stream = .null) throws -> (HostProcess, Double, Double) {
+    func startAPI(_ socket: String, stdout: HostProcess.Stream = .null, verbose: Bool = false) throws -> (HostProcess, Double, Double) {
         unlink(socket)
         let start = Self.now()
-        let process = try HostProcess.start([kestrel, "run", "--api-sock", socket], stdout: stdout, stderr: .file(socket + ".err"))
+        let process = try HostProcess.start([kestrel, "run", "--api-sock", socket] + (verbose ? ["--verbose"] : []), stdout: stdout,
+                                            stderr: .file(socket + ".err"))
         // Every socket is made in `work`, the watched directory.
         precondition(socket.hasPrefix(work + "/"))
         do {
@@ -254,6 +259,24 @@ struct Bench {
     /// One restore with `paging`: spawn until the load answered, spawn until
     /// the guest's first byte on COM1 after it, and for Prefault the pager's
     /// own time to have all data in (from its log line).
+    /// One more restore with `kestrel run --verbose`, outside the timings:
+    /// its set-up steps, as the restored process logs them.
+    func restoreSteps(paging: String) throws -> String {
+        let socket = "\(work)/steps.sock"
+        let (process, _, _) = try startAPI(socket, verbose: true)
+        defer { stop(process) }
+        try request(socket, "PUT", "/snapshot/load",
+                    #"{"snapshot_path": "\#(state)", "mem_backend": {"backend_type": "File", "backend_path": "\#(memoryFile)", "paging": "\#(paging)"}, "resume_vm": true}"#)
+        let deadline = Self.now() + 5
+        while Self.now() < deadline {
+            if let line = ((try? readText(socket + ".err")) ?? "").split(separator: "\n").first(where: { $0.contains("set-up ") }) {
+                return line.split(separator: "set-up ", maxSplits: 1).last.map(String.init) ?? String(line)
+            }
+            usleep(2_000)
+        }
+        return "(no set-up line)"
+    }
+
     func restore(round: Int, paging: String) throws -> (running: Double, firstOutput: Double, prefault: Double?) {
         let socket = "\(work)/restore-\(round).sock"
         var ends: [Int32] = [0, 0]
