@@ -21,7 +21,7 @@ public final class FirecrackerAPI: Sendable {
     /// `/logger` and `/metrics`: the process's log and metrics.
     public let logger: EventLogger
     public let metrics: MetricsReporter
-    private let control: any MicroVMControl
+    let control: any MicroVMControl
     /// Requests by Firecracker's metric names ("put_api_requests.drive_count").
     private let requestCounts = Mutex<[String: Int]>([:])
     private let state: Mutex<State>
@@ -174,6 +174,7 @@ public final class FirecrackerAPI: Sendable {
         if resource == "balloon", segments.count == 3, segments[1] == "hinting" {
             return try balloonHinting(request, segments[2]) ?? invalid()
         }
+        if resource == "kestrel" { return try kestrelExtension(request, Array(segments.dropFirst())) ?? invalid() }
         guard segments.count <= 2 else { return invalid() }
         let second: String? = segments.count == 2 ? segments[1] : nil
         switch (method, resource, second) {

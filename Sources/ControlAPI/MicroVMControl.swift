@@ -47,6 +47,14 @@ public protocol MicroVMControl: Sendable {
     func stopBalloonHinting() throws
     /// `GET /balloon/hinting/status`: the host's and the driver's last command ids.
     func balloonHintingStatus() throws -> (host: UInt32, guest: UInt32?)
+    /// `GET /kestrel/memory`: the guest RAM regions and their backing.
+    func memoryRegions() throws -> [Machine.MemoryRegionInfo]
+    /// `GET /kestrel/memory/dirty`: the pages changed since the last snapshot or reset.
+    func dirtyPages() throws -> Machine.DirtyPageReport
+    /// `PUT /kestrel/memory/dirty/reset`: the dirty page report starts over.
+    func resetDirtyPages() throws
+    /// `PUT /kestrel/memory/dump`: guest RAM into a file laid out like a snapshot's.
+    func dumpMemory(path: String, dirtyOnly: Bool) throws -> Machine.MemoryDump
 }
 
 extension MicroVMControl {
@@ -63,6 +71,10 @@ extension MicroVMControl {
     public func startBalloonHinting(acknowledgeOnStop: Bool) throws { throw ConfigurationError("this microVM's balloon cannot be changed") }
     public func stopBalloonHinting() throws { throw ConfigurationError("this microVM's balloon cannot be changed") }
     public func balloonHintingStatus() throws -> (host: UInt32, guest: UInt32?) { throw ConfigurationError("this microVM has no balloon to report") }
+    public func memoryRegions() throws -> [Machine.MemoryRegionInfo] { throw ConfigurationError("this microVM's memory cannot be inspected") }
+    public func dirtyPages() throws -> Machine.DirtyPageReport { throw ConfigurationError("this microVM's memory cannot be inspected") }
+    public func resetDirtyPages() throws { throw ConfigurationError("this microVM's memory cannot be inspected") }
+    public func dumpMemory(path: String, dirtyOnly: Bool) throws -> Machine.MemoryDump { throw ConfigurationError("this microVM's memory cannot be dumped") }
 }
 
 /// The state `GET /` reports, with Firecracker's names.

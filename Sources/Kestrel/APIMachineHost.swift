@@ -126,6 +126,19 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
         }
     }
 
+    func memoryRegions() throws -> [Machine.MemoryRegionInfo] { try runningMachine.memoryRegions() }
+    func dirtyPages() throws -> Machine.DirtyPageReport { try runningMachine.dirtyPageReport() }
+    func resetDirtyPages() throws { try runningMachine.resetDirtyPages() }
+
+    /// Writes the dump and logs one line, as a snapshot does.
+    func dumpMemory(path: String, dirtyOnly: Bool) throws -> Machine.MemoryDump {
+        let start = ContinuousClock.now
+        let dump = try runningMachine.dumpMemory(to: path, dirtyOnly: dirtyOnly, served: apiSocket.map { [("the API socket", $0)] } ?? [])
+        log("memory dump: \(path) (\(dump.size >> 20) MiB of RAM, \(dump.bytesWritten >> 20) MiB written\(dirtyOnly ? ", the pages changed" : "")) "
+            + "in \(SecondsText.text(ContinuousClock.now - start)) s")
+        return dump
+    }
+
     /// Writes the snapshot and logs one line: the files, their sizes and the time.
     func createSnapshot(statePath: String, memoryPath: String, type: SnapshotType) throws {
         let report = try runningMachine.createSnapshot(statePath: statePath, memoryPath: memoryPath, type: type, kestrelVersion: Kestrel.version,

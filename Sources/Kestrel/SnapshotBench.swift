@@ -109,7 +109,8 @@ struct SnapshotBench: ParsableCommand {
                 row("  \(mode), to next output", outputs, "boot through the API", boots)
                 if steps { print("    set-up (one more, --verbose): " + (try bench.restoreSteps(paging: mode))) }
                 if !prefaults.isEmpty {
-                    print("  \(mode): all data in after \(ms(ConversionsBench.median(prefaults))) (median; the pager's own count from its start)")
+                    let median = ConversionsBench.median(prefaults)
+                    print("  \(mode): all data in after " + (median.isFinite ? ms(median) : "more than 30 s") + " (median; the pager's own count from its start)")
                 }
             }
         }
@@ -300,7 +301,7 @@ struct Bench {
         let firstOutput = Self.now() - start
         var prefault: Double?
         if paging == FilePaging.prefault.rawValue {
-            let deadline = Self.now() + 60
+            let deadline = Self.now() + 30
             while prefault == nil && Self.now() < deadline {
                 let log = (try? readText(socket + ".err")) ?? ""
                 if let line = log.split(separator: "\n").first(where: { $0.contains("restore pager: all") }),
@@ -310,7 +311,8 @@ struct Bench {
                     usleep(5_000)
                 }
             }
-            guard prefault != nil else { throw ValidationError("the Prefault pager did not finish within 60 s: \((try? readText(socket + ".err")) ?? "")") }
+            // Not in after 30 s (a busy guest on a busy CPU): reported, not fatal.
+            if prefault == nil { prefault = .infinity }
         }
         return (running, firstOutput, prefault)
     }

@@ -43,6 +43,17 @@ final class RecordingControl: MicroVMControl {
         if let failStart { throw ConfigurationError(failStart) }
         return MachineConfiguration(kernelPath: "/restored/vmlinux", vcpuCount: 2, memorySize: 256 << 20)
     }
+    func memoryRegions() throws -> [Machine.MemoryRegionInfo] {
+        [.init(slot: 0, guestAddress: 0, size: 128 << 20, hostAddress: 0x7F00_0000_0000, fileOffset: 0, pageSize: 4096, backing: "anonymous", logsDirtyPages: true)]
+    }
+    func dirtyPages() throws -> Machine.DirtyPageReport {
+        .init(tracking: "dirty_log", since: "snapshot", pageSize: 4096, regions: [(0, 128 << 20, [3..<5, 100..<101])])
+    }
+    func resetDirtyPages() throws { calls.withLock { $0.append("reset dirty") } }
+    func dumpMemory(path: String, dirtyOnly: Bool) throws -> Machine.MemoryDump {
+        calls.withLock { $0.append("dump \(path) \(dirtyOnly)") }
+        return .init(size: 128 << 20, bytesWritten: 12_288)
+    }
     func answersSent() {
         let client = watchedClient.withLock { $0 }
         guard client >= 0 else { return }
@@ -238,6 +249,40 @@ final class PatchingControl: MicroVMControl {
         #expect(running.0 == 400 && Self.fault(running.1).contains("pause it first"), "\(running)")
         #expect(control.calls.withLock { $0 } == ["load /s /m false vsock=/v.sock realtime track", "snapshot Full /tmp/s /tmp/m",
                                                   "snapshot Diff /tmp/s /tmp/d", "snapshot Full /tmp/s /tmp/m", "resume"])
+    }
+
+    /// Kestrel's memory introspection routes under /kestrel/: refused by
+    /// name before the start and for bad bodies, and answered with the
+    /// regions, the dirty runs and the dump's figures after it.
+    @Test func memoryIntrospectionRoutesAreCheckedAndAnswered() {
+        let control = RecordingControl()
+        let api = FirecrackerAPI(instanceID: "vm", version: "0.1.0", control: control)
+        let early = Self.send(api, "GET", "/kestrel/memory")
+        #expect(early.0 == 400 && Self.fault(early.1).contains("has not started"), "\(early)")
+        #expect(Self.send(api, "PUT", "/boot-source", #"{"kernel_image_path": "\#(Self.file)"}"#).0 == 204)
+        #expect(Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 204)
+        let regions = Self.send(api, "GET", "/kestrel/memory")
+        #expect(regions.0 == 200 && regions.1.contains(#""base_host_virt_addr":139637976727552"#) && regions.1.contains(#""backing":"anonymous""#)
+                && regions.1.contains(#""total_bytes":134217728"#), "\(regions)")
+        let dirty = Self.send(api, "GET", "/kestrel/memory/dirty")
+        #expect(dirty.0 == 200 && dirty.1.contains(#""dirty_pages":3"#) && dirty.1.contains(#""runs":[[3,2],[100,1]]"#), "\(dirty)")
+        #expect(Self.send(api, "PUT", "/kestrel/memory/dirty/reset").0 == 204)
+        let dump = Self.send(api, "PUT", "/kestrel/memory/dump", #"{"mem_file_path": "/tmp/d.mem", "dirty_only": true}"#)
+        #expect(dump.0 == 200 && dump.1.contains(#""bytes_written":12288"#), "\(dump)")
+        let bad: [(String, String, String?, String)] = [
+            ("PUT", "/kestrel/memory/dump", #"{"dirty_only": true}"#, "mem_file_path is a required string"),
+            ("PUT", "/kestrel/memory/dump", #"{"mem_file_path": "/m", "dirty_only": "yes"}"#, "dirty_only must be a boolean"),
+            ("PUT", "/kestrel/memory/dump", #"{"mem_file_path": "/m", "compress": true}"#, "unknown field compress"),
+            ("PUT", "/kestrel/memory/dump", #"[1]"#, "must be a JSON object"),
+            ("GET", "/kestrel/memory/dirty", #"{}"#, "takes no body"),
+            ("PUT", "/kestrel/memory", nil, "Invalid request method and/or path"),
+            ("GET", "/kestrel/cpus", nil, "Invalid request method and/or path"),
+        ]
+        for (method, path, body, expected) in bad {
+            let answer = Self.send(api, method, path, body)
+            #expect(answer.0 == 400 && Self.fault(answer.1).contains(expected), "\(method) \(path): \(answer)")
+        }
+        #expect(control.calls.withLock { $0 } == ["start", "reset dirty", "dump /tmp/d.mem true"])
     }
 
     @Test func badRequestsAreRefusedByNameAndChangeNothing() {

@@ -66,8 +66,14 @@ extension LabIntegrationTests {
             c /tmp/a.sock PATCH /vm -d '{"state": "Resumed"}'
             go 62
             wait_line /tmp/a.out phase-3
+            # Memory introspection (Kestrel's /kestrel/ routes) at the same pause as d2 and the reference.
+            c /tmp/a.sock PATCH /vm -d '{"state": "Paused"}'
+            echo "regions $(CURL -s --unix-socket /tmp/a.sock http://localhost/kestrel/memory | grep -o '"backing":"[a-z ]*"\|"dirty_log":[a-z]*\|"total_bytes":[0-9]*' | tr '\n' ' ')"
+            echo "dirty $(CURL -s --unix-socket /tmp/a.sock http://localhost/kestrel/memory/dirty | grep -o '"dirty_pages":[0-9]*\|"since":"[a-z]*"' | tr '\n' ' ')"
             snapshot Diff d2
             c /tmp/a.sock PUT /snapshot/create -d '{"snapshot_type": "Full", "snapshot_path": "/tmp/ref.state", "mem_file_path": "/tmp/ref.mem"}'
+            c /tmp/a.sock PUT /kestrel/memory/dump -d '{"mem_file_path": "/tmp/dump.mem"}'
+            echo "hash dump $(sha256sum < /tmp/dump.mem | cut -c1-64)"
             grep "kestrel: snapshot:" /tmp/a.err
             kill -9 $a; wait $a; echo "a-exit $?"
             for f in base d1 d2 ref; do echo "file $f $(wc -c < /tmp/$f.mem) $(du -k /tmp/$f.mem | cut -f1)"; done
@@ -137,6 +143,18 @@ extension LabIntegrationTests {
         }
         #expect(line("hash base-before").dropFirst(17) == line("hash base-after").dropFirst(16).prefix(64)
                 && line("hash base-after").hasSuffix("refused-output 0"), "the refusals changed nothing: \(output.text)")
+        // Introspection: the dirty report before d2 names exactly the pages d2 wrote; the dump is the reference Full.
+        let dirtyPages = line("dirty ").split(separator: " ").first { $0.hasPrefix("\"dirty_pages\":") }.flatMap { Int($0.split(separator: ":")[1]) }
+        #expect(line("regions").contains(#""backing":"anonymous""#) && line("regions").contains(#""dirty_log":true"#)
+                && line("regions").contains(#""total_bytes":268435456"#), "\(line("regions"))")
+        #expect(line("dirty ").contains(#""since":"snapshot""#) && (dirtyPages ?? 0) >= 1024, "c (4 MiB) at least: \(line("dirty "))")
+        if let dirtyPages, let d2 = sizes["d2"]?.1 {
+            // du counts KiB in whole blocks; the diff holds exactly the pages reported.
+            #expect(d2 >= dirtyPages * 4 && d2 <= dirtyPages * 4 + 64, "d2 holds \(d2) KiB for \(dirtyPages) dirty pages")
+            print("diff size against dirtied pages: \(d2) KiB for \(dirtyPages) pages of 4 KiB, \((Double(d2) / Double(dirtyPages * 4)).text(places: 3))x")
+        }
+        #expect(line("PUT /kestrel/memory/dump").hasSuffix(" 200") && line("hash dump").dropFirst(10) == line("hash ref").dropFirst(9),
+                "the dump is byte for byte the Full snapshot of the same pause: \(line("hash dump")) / \(line("hash ref"))")
         let merged = line("hash merged"), reference = line("hash ref")
         #expect(merged.dropFirst(12) == reference.dropFirst(9) && reference.count == 9 + 64,
                 "base + d1 + d2 is byte for byte the Full snapshot taken at d2: \(merged) / \(reference)")

@@ -24,6 +24,8 @@ public final class Machine: Sendable {
     public let ramFromSnapshot: Bool
     /// What fills lazily restored RAM while the machine runs.
     let lazyRAM: (any LazyRAMFiller)?
+    /// Whether RAM maps a snapshot's memory file (paging Mapped).
+    let ramMappedFromFile: Bool
     public let kvm: KVMSystem
     public let virtualMachine: VirtualMachine
     public let memory: GuestAddressSpace
@@ -59,6 +61,7 @@ public final class Machine: Sendable {
     private let firstRunAllowed = Mutex<Bool>(false)
 
     init(configuration: MachineConfiguration, plan: LinuxBootSummary?, ramFromSnapshot: Bool = false, lazyRAM: (any LazyRAMFiller)? = nil,
+         ramMappedFromFile: Bool = false,
          kvm: KVMSystem, virtualMachine: VirtualMachine,
          memory: GuestAddressSpace, serial: Serial16550, keyboard: I8042Controller, panicWatcher: GuestPanicWatcher, vcpuThreads: [VCPUThread],
          devices: VirtioDeviceSet, exitHandler: ExitHandler, control: RunControl, setupSteps: [(step: String, duration: Duration)],
@@ -68,6 +71,7 @@ public final class Machine: Sendable {
         self.plan = plan
         self.ramFromSnapshot = ramFromSnapshot
         self.lazyRAM = lazyRAM
+        self.ramMappedFromFile = ramMappedFromFile
         self.kvm = kvm
         self.virtualMachine = virtualMachine
         self.memory = memory

@@ -23,6 +23,11 @@ final class DirtyPageTracker: Sendable {
     let logsWrites: Bool
     /// Bitmaps of a failed snapshot, by slot, merged into the next take.
     private let returned = Mutex<[UInt32: [UInt64]]>([:])
+    /// Pages changed since the last `resetSinceMark` (nil: none since the
+    /// last snapshot), by slot: what `GET /kestrel/memory/dirty` reports
+    /// after a reset, kept apart so that a reset never takes pages from
+    /// the next Diff.
+    private let sinceMark = Mutex<[UInt32: [UInt64]]?>(nil)
 
     init(virtualMachine: VirtualMachine, memory: GuestAddressSpace, logsWrites: Bool) {
         self.virtualMachine = virtualMachine
@@ -45,6 +50,7 @@ final class DirtyPageTracker: Sendable {
                 } else {
                     bitmap = try Self.residentPages(of: mapping)
                 }
+                if logsWrites { sinceMark.withLock { mark in if mark != nil { Self.merge(bitmap, into: &mark![region.slot, default: []]) } } }
                 if let earlier = given[region.slot] { Self.merge(earlier, into: &bitmap) }
                 result.append((region, bitmap))
             }
@@ -56,6 +62,26 @@ final class DirtyPageTracker: Sendable {
         }
         return result
     }
+
+    /// The pages changed since the last snapshot, or since the last
+    /// `resetSinceMark` after it, without taking them from the next Diff.
+    /// Returns whether they count from a reset.
+    func peek() throws -> (regions: [(region: MemoryRegion, bitmap: [UInt64])], sinceReset: Bool) {
+        let taken = try take()
+        giveBack(taken)
+        guard let mark = sinceMark.withLock({ $0 }) else { return (taken, false) }
+        return (taken.map { ($0.region, mark[$0.region.slot] ?? []) }, true)
+    }
+
+    /// Starts counting from now for `peek` (the next snapshot counts as before).
+    func resetSinceMark() throws {
+        guard logsWrites else { throw SnapshotError("a reset needs track_dirty_pages: without it the pages counted are those resident, since boot") }
+        giveBack(try take())
+        sinceMark.withLock { $0 = [:] }
+    }
+
+    /// A snapshot was taken: `peek` counts from it again.
+    func snapshotTaken() { sinceMark.withLock { $0 = nil } }
 
     /// Hands back bitmaps from `take` whose snapshot failed.
     func giveBack(_ taken: [(region: MemoryRegion, bitmap: [UInt64])]) {

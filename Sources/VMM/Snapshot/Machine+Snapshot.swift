@@ -104,6 +104,7 @@ extension Machine {
             throw error
         }
         lastSnapshotID.withLock { $0 = snapshot.lineage.id }
+        dirtyPages.snapshotTaken()
         return SnapshotReport(type: type, stateBytes: bytes.count, memoryBytes: snapshot.memoryFileSize, memoryBytesWritten: written,
                               mergedOnto: merged, duration: ContinuousClock.now - start)
     }

@@ -109,7 +109,8 @@ extension MachineBuilder {
         timer.step("devices, irqchip, clock and vCPUs")
         finished = true
         let machine = Machine(
-            configuration: configuration, plan: nil, ramFromSnapshot: ram.fromSnapshot, lazyRAM: ram.filler, kvm: kvm, virtualMachine: vm, memory: memory,
+            configuration: configuration, plan: nil, ramFromSnapshot: ram.fromSnapshot, lazyRAM: ram.filler, ramMappedFromFile: ram.mappedFromFile,
+            kvm: kvm, virtualMachine: vm, memory: memory,
             serial: wiring.serial, keyboard: wiring.keyboard, panicWatcher: wiring.panicWatcher, vcpuThreads: threads, devices: wiring.devices,
             exitHandler: ExitHandler(portBus: wiring.portBus, mmioBus: wiring.mmioBus,
                                      conversions: try conversionManager(vm: vm, memory: memory, devices: wiring.devices, log: deviceLog)),
@@ -127,6 +128,7 @@ extension MachineBuilder {
         var fromSnapshot: Bool
         var step: String
         var description: String
+        var mappedFromFile = false
     }
 
     /// Installs the snapshot's RAM ranges as slots and gives them the memory
@@ -173,7 +175,8 @@ extension MachineBuilder {
                                  backing: .file(descriptor: memoryFile, offset: Int(range.fileOffset)), flags: flags, to: memory)
             }
             return RestoredRAM(filler: nil, fromSnapshot: true, step: "map RAM from the memory file",
-                               description: "the snapshot's memory file \(path), mapped MAP_PRIVATE (copy-on-write; the file must not change while the guest runs)")
+                               description: "the snapshot's memory file \(path), mapped MAP_PRIVATE (copy-on-write; the file must not change while the guest runs)",
+                               mappedFromFile: true)
         case .eager:
             for (range, mapping) in try addAnonymous() { try SnapshotMemoryFile.copy(from: memoryFile, range: range, into: mapping, path: path) }
             return RestoredRAM(filler: nil, fromSnapshot: false, step: "read RAM from the memory file",

@@ -12,17 +12,26 @@ enum SnapshotTargets {
     /// device and inode when both exist, and by absolute path otherwise.
     static func check(statePath: String, memoryPath: String, served: [(what: String, path: String)]) throws {
         let state = FileIdentity(statePath), memory = FileIdentity(memoryPath)
+        try check([("snapshot_path", statePath, state), ("mem_file_path", memoryPath, memory)], served: served)
+        if state.isSame(as: memory) {
+            throw SnapshotError("snapshot_path and mem_file_path name the same file")
+        }
+    }
+
+    /// The same for a memory dump's one file.
+    static func check(memoryPath: String, served: [(what: String, path: String)]) throws {
+        try check([("mem_file_path", memoryPath, FileIdentity(memoryPath))], served: served)
+    }
+
+    private static func check(_ targets: [(String, String, FileIdentity)], served: [(what: String, path: String)]) throws {
         let inUse = served.map { (what: $0.what, path: $0.path, identity: FileIdentity($0.path)) }
-        for (field, path, target) in [("snapshot_path", statePath, state), ("mem_file_path", memoryPath, memory)] {
+        for (field, path, target) in targets {
             if let kind = target.kind, kind != .regular {
-                throw SnapshotError("\(field) \(path) is \(kind); a snapshot is written to a new name or over a regular file")
+                throw SnapshotError("\(field) \(path) is \(kind); it is written to a new name or over a regular file")
             }
             for file in inUse where target.isSame(as: file.identity) {
                 throw SnapshotError("\(field) \(path) is \(file.what) this microVM uses (\(file.path)); choose another path")
             }
-        }
-        if state.isSame(as: memory) {
-            throw SnapshotError("snapshot_path and mem_file_path name the same file")
         }
     }
 }
