@@ -74,6 +74,8 @@ extension VCPUExit {
             return .unknown(hardwareReason: run.pointee.exit.hardware_exit_reason)
         case .armNoISV:
             return .armNoISV(syndrome: run.pointee.exit.arm_nisv.esr_iss, faultIPA: run.pointee.exit.arm_nisv.fault_ipa)
+        case .dirtyRingFull:
+            return .dirtyRingFull
         default:
             return .unrecognized(ExitReason(rawValue: reason))
         }

@@ -23,6 +23,7 @@ public struct ExitReason: Hashable, Sendable, CustomStringConvertible {
     public static let tdx = ExitReason(rawValue: Number.tdx.rawValue)
     public static let snpRequestCertificates = ExitReason(rawValue: Number.snpRequestCertificates.rawValue)
     public static let armNoISV = ExitReason(rawValue: Number.armNoISV.rawValue)
+    public static let dirtyRingFull = ExitReason(rawValue: Number.dirtyRingFull.rawValue)
 
     /// The exit reasons of include/uapi/linux/kvm.h that Kestrel names.
     enum Number: UInt32, CaseIterable {

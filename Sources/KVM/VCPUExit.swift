@@ -47,6 +47,9 @@ public enum VCPUExit: CustomStringConvertible {
     /// whose syndrome does not describe the access, so KVM cannot emulate it;
     /// `syndrome` is ESR_EL2's ISS, `faultIPA` the address.
     case armNoISV(syndrome: UInt64, faultIPA: UInt64)
+    /// KVM_EXIT_DIRTY_RING_FULL: this vCPU's dirty ring is (nearly) full;
+    /// harvest the rings and KVM_RESET_DIRTY_RINGS before running it again.
+    case dirtyRingFull
     /// An exit reason this version of Kestrel does not decode.
     case unrecognized(ExitReason)
 
@@ -71,6 +74,7 @@ public enum VCPUExit: CustomStringConvertible {
         case .notRunnable: return .interrupted
         case .unknown: return .unknown
         case .armNoISV: return .armNoISV
+        case .dirtyRingFull: return .dirtyRingFull
         case .unrecognized(let reason): return reason
         }
     }

@@ -9,7 +9,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure Kestrel against this host's KVM (medians, with a baseline from the same run).",
-        subcommands: [ConversionsBench.self, SnapshotBench.self])
+        subcommands: [ConversionsBench.self, SnapshotBench.self, DirtyLogBench.self])
 }
 
 /// `kestrel bench conversions`: private/shared conversion throughput.

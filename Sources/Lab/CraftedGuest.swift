@@ -24,6 +24,19 @@ public enum CraftedGuest {
         ])
     }
 
+    /// Writes one dword into each of the 8192 pages from 64 MiB (32 MiB), the
+    /// pass count, then prints a line "." and goes again: `mov dx, 0x3f8;
+    /// xor ebx, ebx; pass: mov edi, 0x4000000; mov ecx, 8192; write: mov
+    /// [rdi], ebx; add edi, 4096; dec ecx; jnz write; mov al, '.'; out dx,
+    /// al; mov al, 10; out dx, al; inc ebx; jmp pass`. For dirty logging: every pass dirties the same 8192 pages,
+    /// and the dots count the passes. Needs at least 128 MiB of RAM.
+    public static func writer() -> [UInt8] {
+        elf([
+            0x66, 0xBA, 0xF8, 0x03, 0x31, 0xDB, 0xBF, 0x00, 0x00, 0x00, 0x04, 0xB9, 0x00, 0x20, 0x00, 0x00, 0x89, 0x1F, 0x81, 0xC7,
+            0x00, 0x10, 0x00, 0x00, 0xFF, 0xC9, 0x75, 0xF4, 0xB0, 0x2E, 0xEE, 0xB0, 0x0A, 0xEE, 0xFF, 0xC3, 0xEB, 0xE0,
+        ])
+    }
+
     /// A vmlinux ELF with `code` as its one segment, loaded and entered at 16 MiB.
     public static func elf(_ code: [UInt8]) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 120)

@@ -15,6 +15,21 @@ extension APIProcessTests {
 
     static func userfaultAvailable() -> Bool { (try? Userfault()) != nil }
 
+    /// Starts `kestrel run --api-sock` in `directory` (a.sock, out, err) and
+    /// boots the counting guest with `machineConfig` extra fields, waiting for
+    /// its first four lines. The caller ends the process.
+    static func bootCountingGuest(in directory: String, machineConfig extra: String = "") throws -> (process: HostProcess, socket: String, out: String) {
+        let kernel = directory + "/counter.elf", socket = directory + "/a.sock", out = directory + "/out"
+        try writeFileAtomically(counterKernel(), to: kernel)
+        let process = try HostProcess.start([try kestrel(), "run", "--api-sock", socket], stdout: .file(out), stderr: .file(directory + "/err"))
+        #expect(waitFor(10) { access(socket, F_OK) == 0 })
+        #expect(try curl(socket, "PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)"}"#).0 == 204)
+        #expect(try curl(socket, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128\#(extra)}"#).0 == 204)
+        #expect(try curl(socket, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 204)
+        #expect(waitFor(20) { lines(out) >= 4 }, "the guest printed \(lines(out)) lines")
+        return (process, socket, out)
+    }
+
     /// One snapshot of the counting guest, loaded in a fresh process with
     /// each memory backend: `paging` Eager, OnDemand and Prefault, and Uffd
     /// served by scripts/uffd-handler.py. Each time the count goes on
@@ -27,16 +42,9 @@ extension APIProcessTests {
           .timeLimit(.minutes(3)))
     func everyMemoryBackendRestoresTheCountingGuest() throws {
         let directory = try TemporaryDirectory(prefix: "kestrel-lazy")
-        let kernel = directory.path + "/counter.elf", state = directory.path + "/vm.state", memory = directory.path + "/vm.mem"
-        try writeFileAtomically(Self.counterKernel(), to: kernel)
-        let socket = directory.path + "/a.sock", out = directory.path + "/out-a"
-        let first = try HostProcess.start([try Self.kestrel(), "run", "--api-sock", socket], stdout: .file(out), stderr: .file(directory.path + "/err-a"))
+        let state = directory.path + "/vm.state", memory = directory.path + "/vm.mem"
+        let (first, socket, out) = try Self.bootCountingGuest(in: directory.path)
         defer { if first.poll() == nil { first.signal(SIGKILL); _ = first.wait() } }
-        #expect(Self.waitFor(10) { access(socket, F_OK) == 0 })
-        #expect(try Self.curl(socket, "PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)"}"#).0 == 204)
-        #expect(try Self.curl(socket, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128}"#).0 == 204)
-        #expect(try Self.curl(socket, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 204)
-        #expect(Self.waitFor(20) { Self.lines(out) >= 4 }, "the guest printed \(Self.lines(out)) lines")
         #expect(try Self.curl(socket, "PATCH", "/vm", #"{"state": "Paused"}"#).0 == 204)
         let created = try Self.curl(socket, "PUT", "/snapshot/create", #"{"snapshot_path": "\#(state)", "mem_file_path": "\#(memory)"}"#)
         #expect(created.0 == 204, "\(created)")

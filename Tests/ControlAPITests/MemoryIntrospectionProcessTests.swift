@@ -13,16 +13,8 @@ extension APIProcessTests {
     @Test(.enabled(if: requireKVM(), "needs a usable /dev/kvm"), .timeLimit(.minutes(2)))
     func memoryIntrospectionDescribesDumpsAndCountsTheGuestsPages() throws {
         let directory = try TemporaryDirectory(prefix: "kestrel-memintro")
-        let kernel = directory.path + "/counter.elf"
-        try writeFileAtomically(Self.counterKernel(), to: kernel)
-        let socket = directory.path + "/a.sock", out = directory.path + "/out"
-        let process = try HostProcess.start([try Self.kestrel(), "run", "--api-sock", socket], stdout: .file(out), stderr: .file(directory.path + "/err"))
+        let (process, socket, _) = try Self.bootCountingGuest(in: directory.path, machineConfig: #", "track_dirty_pages": true"#)
         defer { if process.poll() == nil { process.signal(SIGKILL); _ = process.wait() } }
-        #expect(Self.waitFor(10) { access(socket, F_OK) == 0 })
-        #expect(try Self.curl(socket, "PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)"}"#).0 == 204)
-        #expect(try Self.curl(socket, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": true}"#).0 == 204)
-        #expect(try Self.curl(socket, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 204)
-        #expect(Self.waitFor(20) { Self.lines(out) >= 4 }, "the guest printed \(Self.lines(out)) lines")
 
         let regions = try Self.curl(socket, "GET", "/kestrel/memory")
         #expect(regions.0 == 200 && regions.1.contains(#""size":134217728"#) && regions.1.contains(#""backing":"anonymous""#)

@@ -16,7 +16,9 @@ import TextFormat
 /// hash, from the file), and the guest goes on and finds its patterns and
 /// its cached disk blocks as they were (their hashes, from inside the guest).
 extension LabIntegrationTests {
-    @Test func diffSnapshotsMergeIntoTheGuestsMemoryAndTheGuestGoesOn() throws {
+    /// Once with each `dirty_log`: the bitmap (KVM_GET_DIRTY_LOG) and the
+    /// dirty ring (harvested when a vCPU's ring fills and at each read).
+    @Test(arguments: ["Bitmap", "Ring"]) func diffSnapshotsMergeIntoTheGuestsMemoryAndTheGuestGoesOn(_ dirtyLog: String) throws {
         let curl = try #require(HostProcess.find("curl"), "curl is not installed (scripts/prepare-host test installs it)")
         let directory = try TemporaryDirectory(prefix: "kestrel-labdiff")
         let guest = #"""
@@ -52,7 +54,7 @@ extension LabIntegrationTests {
             a=$!
             wait_for /tmp/a.sock
             c /tmp/a.sock PUT /boot-source -d '{"kernel_image_path": "/lab/guest/vmlinux", "initrd_path": "/tmp/i.cpio", "boot_args": "console=ttyS0 reboot=k panic=-1 i8042.noaux pci=off quiet"}'
-            c /tmp/a.sock PUT /machine-config -d '{"vcpu_count": 1, "mem_size_mib": 256, "track_dirty_pages": true}'
+            c /tmp/a.sock PUT /machine-config -d '{"vcpu_count": 1, "mem_size_mib": 256, "track_dirty_pages": true, "dirty_log": "DIRTYLOG"}'
             c /tmp/a.sock GET /machine-config
             c /tmp/a.sock PUT /drives/data -d '{"drive_id": "data", "path_on_host": "/tmp/disk.img", "is_root_device": false, "is_read_only": false}'
             c /tmp/a.sock PUT /vsock -d '{"guest_cid": 3, "uds_path": "/tmp/v.sock"}'
@@ -104,11 +106,11 @@ extension LabIntegrationTests {
             echo "== b.err"; tail -5 /tmp/b.err
             """#
         try writeFileAtomically(Array(guest.utf8), to: directory.path + "/guest.sh")
-        try writeFileAtomically(Array(host.replacing("CURL -s", with: curl + " -s").utf8), to: directory.path + "/l1.sh")
+        try writeFileAtomically(Array(host.replacing("CURL -s", with: curl + " -s").replacing("DIRTYLOG", with: dirtyLog).utf8), to: directory.path + "/l1.sh")
         let run = try Self.run(
             ["lab", "run", "--kernel", "7.2", "--guest", "6.1", "--timeout", "900", "--add", directory.path + "/guest.sh:/lab/guest.sh",
              "--add", directory.path + "/l1.sh:/lab/l1.sh"] + (try Self.programWithLibraries(curl)) + ["--", "sh /lab/l1.sh"], timeout: 1000)
-        print("diff snapshots in the 7.2 lab: \(run.seconds.text(places: 1)) s\n\(run.output)")
+        print("diff snapshots in the 7.2 lab, dirty_log \(dirtyLog): \(run.seconds.text(places: 1)) s\n\(run.output)")
         #expect(run.status == 0, "\(run.errors.suffix(3000))")
         if !run.rebootNotes.isEmpty { print(run.rebootNotes.joined(separator: "\n") + "\nreading the last boot's run") }
         let output = ScriptOutput(run.output, from: "PUT /boot-source")
@@ -119,7 +121,8 @@ extension LabIntegrationTests {
                 return parts.count == 2 ? (String(parts[0]), String(parts[1])) : nil
             }, uniquingKeysWith: { first, _ in first })
         }
-        #expect(line("GET /machine-config").contains(#""track_dirty_pages":true"#), "\(output.text)")
+        #expect(line("GET /machine-config").contains(#""track_dirty_pages":true"#)
+                && line("GET /machine-config").contains(#""dirty_log":"Ring""#) == (dirtyLog == "Ring"), "\(output.text)")
         let creates = output.lines.filter { $0.hasPrefix("PUT /snapshot/create") }
         #expect(creates.count == 4 && creates.allSatisfy { $0.hasSuffix(" 204") }, "four snapshots taken: \(creates)")
         #expect(line("merge-exit") == "merge-exit 0", "\(output.text)")

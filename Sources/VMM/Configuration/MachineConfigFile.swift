@@ -178,7 +178,7 @@ public enum MachineConfigFile {
 
     private static func machineConfig(_ machine: JSONValue, into configuration: inout MachineConfiguration, source: String) throws {
         guard let machine = machine.objectValue else { throw ConfigurationError("\(source): machine-config must be an object") }
-        try refuseUnknownKeys(machine, allowed: ["vcpu_count", "mem_size_mib", "cpu_template", "smt", "track_dirty_pages", "huge_pages", "memory_backend"],
+        try refuseUnknownKeys(machine, allowed: ["vcpu_count", "mem_size_mib", "cpu_template", "smt", "track_dirty_pages", "dirty_log", "huge_pages", "memory_backend"],
                               section: "machine-config", source: source)
         if let count = machine["vcpu_count"] {
             guard let count = count.wholeNumber else { throw ConfigurationError("\(source): machine-config.vcpu_count must be a whole number") }
@@ -227,6 +227,13 @@ public enum MachineConfigFile {
             guard let track = track.boolValue else { throw ConfigurationError("\(source): machine-config.track_dirty_pages must be true or false") }
             configuration.trackDirtyPages = track
         }
+        if let mode = machine["dirty_log"], mode != .null {
+            guard let name = mode.stringValue, let value = DirtyLogMode(rawValue: name) else {
+                throw ConfigurationError("\(source): machine-config.dirty_log must be one of "
+                    + DirtyLogMode.allCases.map(\.rawValue).joined(separator: ", ") + ", not \(mode.rendered)")
+            }
+            configuration.dirtyLog = value
+        }
         do { try configuration.checkDirtyTracking() } catch let error as ConfigurationError {
             throw ConfigurationError("\(source): machine-config: \(error.description)")
         }
@@ -257,6 +264,7 @@ public enum MachineConfigFile {
         ]
         if configuration.cpuTemplate != CPUTemplate.defaultName { machine["cpu_template"] = .string(configuration.cpuTemplate) }
         if configuration.memoryBackend != .anonymous { machine["memory_backend"] = .string(configuration.memoryBackend.rawValue) }
+        if configuration.dirtyLog != .bitmap { machine["dirty_log"] = .string(configuration.dirtyLog.rawValue) }
         return .object(machine)
     }
 

@@ -51,6 +51,9 @@ public struct MachineConfiguration: Sendable {
     /// devices write (KVM_MEM_LOG_DIRTY_PAGES on every RAM slot), so that a
     /// Diff snapshot writes only those since the last snapshot.
     public var trackDirtyPages = false
+    /// How tracked pages are read from KVM (machine-config `dirty_log`, a
+    /// Kestrel extension): a bitmap per slot, or a ring per vCPU.
+    public var dirtyLog: DirtyLogMode = .bitmap
     /// A confidential VM type, or nil for an ordinary VM.
     public var confidential: ConfidentialMode?
     /// The SEV-SNP certificate blob (GHCB certificate table) served to the
@@ -120,7 +123,10 @@ public struct MachineConfiguration: Sendable {
     /// KVM_MEM_LOG_DIRTY_PAGES on a guest_memfd slot, and a confidential
     /// guest's memory is not the host's to snapshot.
     func checkDirtyTracking() throws {
-        guard trackDirtyPages else { return }
+        guard trackDirtyPages else {
+            if dirtyLog != .bitmap { throw ConfigurationError("dirty_log \(dirtyLog.rawValue) needs track_dirty_pages") }
+            return
+        }
         if memoryBackend != .anonymous {
             throw ConfigurationError("track_dirty_pages needs anonymous guest RAM: KVM does not log the dirty pages of guest_memfd slots "
                 + "(it refuses KVM_MEM_LOG_DIRTY_PAGES with KVM_MEM_GUEST_MEMFD)")
@@ -197,4 +203,14 @@ public enum ConfidentialMode: String, Sendable, CaseIterable {
     /// An Arm CCA realm: KVM_VM_TYPE_ARM_REALM, planned and checked by
     /// `RealmMachine` (arm64 hosts with KVM_CAP_ARM_RMI only).
     case realm
+}
+
+/// How KVM reports the pages a tracked guest writes.
+public enum DirtyLogMode: String, Sendable, CaseIterable {
+    /// KVM_GET_DIRTY_LOG: a bitmap per slot, read and cleared at once.
+    case bitmap = "Bitmap"
+    /// KVM_CAP_DIRTY_LOG_RING: a ring per vCPU of the pages it wrote, in
+    /// order, harvested when it fills and at each read, then handed back
+    /// (KVM_RESET_DIRTY_RINGS).
+    case ring = "Ring"
 }

@@ -65,7 +65,7 @@ public final class Machine: Sendable {
          kvm: KVMSystem, virtualMachine: VirtualMachine,
          memory: GuestAddressSpace, serial: Serial16550, keyboard: I8042Controller, panicWatcher: GuestPanicWatcher, vcpuThreads: [VCPUThread],
          devices: VirtioDeviceSet, exitHandler: ExitHandler, control: RunControl, setupSteps: [(step: String, duration: Duration)],
-         memoryProtection: String, certificates: (file: String, log: @Sendable (String) -> Void)? = nil) {
+         memoryProtection: String, certificates: (file: String, log: @Sendable (String) -> Void)? = nil, dirtyRings: [DirtyRing] = []) {
         self.certificates = certificates
         current = Mutex(configuration)
         self.plan = plan
@@ -84,7 +84,7 @@ public final class Machine: Sendable {
         self.control = control
         self.setupSteps = setupSteps
         self.memoryProtection = memoryProtection
-        dirtyPages = DirtyPageTracker(virtualMachine: virtualMachine, memory: memory, logsWrites: configuration.trackDirtyPages)
+        dirtyPages = DirtyPageTracker(virtualMachine: virtualMachine, memory: memory, logsWrites: configuration.trackDirtyPages, rings: dirtyRings)
     }
 
     /// The vCPUs, in id order.
@@ -192,6 +192,11 @@ public final class Machine: Sendable {
     /// Whether every vCPU is parked by a pause and the devices are quiesced.
     public var isPaused: Bool { vcpuThreads.allSatisfy(\.isPaused) && devices.loop.isPaused }
 
+    /// KVM_EXIT_DIRTY_RING_FULL exits in a row with nothing harvested that
+    /// end the run: far more than a race with another harvesting thread
+    /// gives, far fewer than a spin of more than a moment.
+    static let emptyRingExitLimit = 10_000
+
     private func runLoop(_ thread: VCPUThread, index: Int) {
         // One certificate service and responder per vCPU, used on its thread only.
         let responder = certificates.map { certificates in
@@ -200,6 +205,8 @@ public final class Machine: Sendable {
                 guestMemory: memory, log: certificates.log))
         }
         defer { responder?.releaseHeldLease() }
+        // KVM_EXIT_DIRTY_RING_FULL exits in a row that found nothing to harvest.
+        var emptyRingExits = 0
         while true {
             let exit: VCPUExit
             do {
@@ -210,6 +217,24 @@ public final class Machine: Sendable {
             } catch {
                 finish(.vcpuFailure(vcpu: index, detail: "\(error)"))
                 return
+            }
+            if case .dirtyRingFull = exit {
+                // KVM stops a vCPU whose ring is (nearly) full until the rings are harvested and reset.
+                let harvested: Int
+                do { harvested = try dirtyPages.harvestRings() } catch {
+                    finish(.vcpuFailure(vcpu: index, detail: "harvesting the dirty rings: \(error)"))
+                    return
+                }
+                // Another thread may have harvested just before; but a ring
+                // that stays full with nothing in it never empties again.
+                emptyRingExits = harvested > 0 ? 0 : emptyRingExits + 1
+                if emptyRingExits >= Self.emptyRingExitLimit {
+                    finish(.vcpuFailure(vcpu: index, detail: "KVM_EXIT_DIRTY_RING_FULL \(emptyRingExits) times in a row with no entry in the ring "
+                        + "to harvest: the host's KVM lost track of this vCPU's dirty ring (a ring overfilled past its soft limit shows as a "
+                        + "kvm_dirty_ring_push warning in the host's kernel log); use dirty_log Bitmap on this host"))
+                    return
+                }
+                continue
             }
             if let responder, case .answered = responder.handle(exit, on: thread.vcpu) {
                 // The file stays locked until the firmware has used the blob.

@@ -68,6 +68,7 @@ public struct MachineBuilder {
             throw ConfigurationError("--prefault: this host's KVM lacks KVM_CAP_PRE_FAULT_MEMORY (Linux 6.10)")
         }
         let vm = try Self.createVirtualMachine(kvm)
+        let ringBytes = try Self.enableDirtyRings(vm, configuration)
 
         let memory = Self.addressSpace(for: configuration)
         let (backing, protection) = try Self.ramBacking(configuration.memoryBackend, vm: vm)
@@ -108,6 +109,7 @@ public struct MachineBuilder {
             vcpus.append(vcpu)
         }
         let threads = try vcpus.map { try VCPUThread($0) }
+        let rings = try ringBytes.map { bytes in try vcpus.map { try $0.mapDirtyRing(bytes: bytes) } } ?? []
         timer.step("devices and vCPUs")
         if configuration.prefault {
             for range in ranges { try vcpus[0].preFaultMemory(address: range.lowerBound, size: UInt64(range.count)) }
@@ -120,7 +122,25 @@ public struct MachineBuilder {
             exitHandler: ExitHandler(portBus: portBus, mmioBus: mmioBus,
                                      conversions: try Self.conversionManager(vm: vm, memory: memory, devices: devices, log: deviceLog)),
             control: control, setupSteps: timer.steps,
-            memoryProtection: "\(protection) (\(ranges.count) slot\(ranges.count == 1 ? "" : "s"))")
+            memoryProtection: "\(protection) (\(ranges.count) slot\(ranges.count == 1 ? "" : "s"))", dirtyRings: rings)
+    }
+
+    /// The dirty ring's size: 4096 entries (64 KiB per vCPU), or the host's
+    /// largest if smaller.
+    static let dirtyRingBytes = 64 << 10
+
+    /// With `dirty_log` Ring, gives every vCPU created from now on a dirty
+    /// ring (KVM_CAP_DIRTY_LOG_RING_ACQ_REL, or KVM_CAP_DIRTY_LOG_RING) and
+    /// returns its size; nil for the bitmap. Before any vCPU exists.
+    static func enableDirtyRings(_ vm: VirtualMachine, _ configuration: MachineConfiguration) throws -> Int? {
+        guard configuration.trackDirtyPages, configuration.dirtyLog == .ring else { return nil }
+        let limit = try vm.dirtyRingLimit().bytes
+        guard limit >= 4096 else {
+            throw ConfigurationError("dirty_log Ring: this host's KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING is 0); use Bitmap")
+        }
+        let bytes = min(dirtyRingBytes, limit)
+        try vm.enableDirtyRings(bytes: bytes)
+        return bytes
     }
 
     /// Guest RAM's address space, recording host writes from the start when

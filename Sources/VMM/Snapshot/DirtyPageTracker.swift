@@ -29,10 +29,49 @@ final class DirtyPageTracker: Sendable {
     /// the next Diff.
     private let sinceMark = Mutex<[UInt32: [UInt64]]?>(nil)
 
-    init(virtualMachine: VirtualMachine, memory: GuestAddressSpace, logsWrites: Bool) {
+    /// With `dirty_log` Ring: each vCPU's ring, read instead of the bitmaps.
+    let rings: [DirtyRing]
+    /// Pages harvested from the rings and not yet taken, by slot; its lock
+    /// also keeps harvests to one thread at a time, as the rings need.
+    private let harvested = Mutex<[UInt32: [UInt64]]>([:])
+
+    init(virtualMachine: VirtualMachine, memory: GuestAddressSpace, logsWrites: Bool, rings: [DirtyRing] = []) {
         self.virtualMachine = virtualMachine
         self.memory = memory
         self.logsWrites = logsWrites
+        self.rings = rings
+    }
+
+    /// Moves every ring's entries into `harvested` and hands the entries back
+    /// (KVM_RESET_DIRTY_RINGS): on KVM_EXIT_DIRTY_RING_FULL, from the vCPU's
+    /// thread, and before each take. Returns the entries read.
+    @discardableResult
+    func harvestRings() throws -> Int {
+        try harvested.withLock { pages in
+            var count = 0
+            for ring in rings {
+                for entry in ring.harvest() {
+                    // Bits 31:16 of the slot are the address space (0 here).
+                    let slot = entry.slot & 0xFFFF, page = Int(entry.page)
+                    var bitmap = pages[slot] ?? []
+                    if bitmap.count <= page / 64 { bitmap += [UInt64](repeating: 0, count: page / 64 + 1 - bitmap.count) }
+                    bitmap[page / 64] |= 1 << UInt64(page % 64)
+                    pages[slot] = bitmap
+                    count += 1
+                }
+            }
+            if count > 0 { try virtualMachine.resetDirtyRings() }
+            return count
+        }
+    }
+
+    /// KVM's record of the guest's writes to `slot` since the last read:
+    /// its bitmap (KVM_GET_DIRTY_LOG), or what the rings gave.
+    private func kvmLog(slot: UInt32, pages: Int) throws -> [UInt64] {
+        guard !rings.isEmpty else { return try virtualMachine.dirtyLog(slot: slot) }
+        var bitmap = harvested.withLock { $0.removeValue(forKey: slot) } ?? []
+        if bitmap.count < (pages + 63) / 64 { bitmap += [UInt64](repeating: 0, count: (pages + 63) / 64 - bitmap.count) }
+        return bitmap
     }
 
     /// The changed pages of every RAM region with a host mapping, by
@@ -41,11 +80,12 @@ final class DirtyPageTracker: Sendable {
         let given = returned.withLock { returned in defer { returned = [:] }; return returned }
         var result: [(region: MemoryRegion, bitmap: [UInt64])] = []
         do {
+            if !rings.isEmpty { try harvestRings() }
             for region in virtualMachine.regions {
                 guard let mapping = region.mapping else { continue }
                 var bitmap: [UInt64]
                 if logsWrites {
-                    bitmap = try virtualMachine.dirtyLog(slot: region.slot)
+                    bitmap = try kvmLog(slot: region.slot, pages: mapping.size / MemoryMapping.pageSize)
                     if let written = memory.takeWrittenPages(regionStart: region.start) { Self.merge(written, into: &bitmap) }
                 } else {
                     bitmap = try Self.residentPages(of: mapping)

@@ -80,6 +80,7 @@ extension MachineBuilder {
         }
         let kvm = try KVMSystem()
         let vm = try createVirtualMachine(kvm)
+        let ringBytes = try enableDirtyRings(vm, configuration)
         let memory = addressSpace(for: configuration)
         let ram = try restoreRAM(snapshot.memory, into: vm, memory: memory, configuration: configuration, backend: options.memoryBackend,
                                  path: memoryPath, log: deviceLog)
@@ -106,6 +107,7 @@ extension MachineBuilder {
             vcpus.append(vcpu)
         }
         let threads = try vcpus.map { try VCPUThread($0) }
+        let rings = try ringBytes.map { bytes in try vcpus.map { try $0.mapDirtyRing(bytes: bytes) } } ?? []
         timer.step("devices, irqchip, clock and vCPUs")
         finished = true
         let machine = Machine(
@@ -115,7 +117,7 @@ extension MachineBuilder {
             exitHandler: ExitHandler(portBus: wiring.portBus, mmioBus: wiring.mmioBus,
                                      conversions: try conversionManager(vm: vm, memory: memory, devices: wiring.devices, log: deviceLog)),
             control: wiring.control, setupSteps: timer.steps,
-            memoryProtection: ram.description)
+            memoryProtection: ram.description, dirtyRings: rings)
         machine.lastSnapshotID.withLock { $0 = snapshot.lineage.id }
         return machine
     }

@@ -31,12 +31,14 @@ protocol LazyRAMFiller: AnyObject, Sendable {
 /// A balloon's discard (MADV_DONTNEED) in registered RAM arrives as a remove
 /// event first (UFFD_FEATURE_EVENT_REMOVE); the pages it names are zero from
 /// then on, so a later fault there gets a zero page, not the file's old
-/// bytes, and the prefault passes over them. Every fill checks the discarded
-/// pages and copies under one lock, and a remove is marked under it, so no
-/// fill can land after the discard it missed.
+/// bytes, and the prefault passes over them. Fills check the discarded pages
+/// and copy as readers of one lock, side by side; events are read and
+/// removes marked as its writer, so no fill can land after the discard it
+/// missed.
 final class RestorePager: LazyRAMFiller, @unchecked Sendable {
-    // @unchecked: `pending` is the server thread's alone; what both threads
-    // use is behind `fills` and `control`; the rest never changes.
+    // @unchecked: `pending` is the server thread's alone; `fills` is behind
+    // `fillLock`, the rest of what both threads use behind `control` or atomic;
+    // everything else never changes.
 
     /// One RAM region: its mapping and where its bytes lie in the file.
     struct Region {
@@ -60,16 +62,20 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
     private let log: @Sendable (String) -> Void
     private let started = ContinuousClock.now
 
-    /// What fills depend on, and what they did.
+    /// What fills depend on: the pages discarded and whether RAM is still
+    /// registered. Fills read it holding `fillLock` as readers (both
+    /// threads at once); a discard and the prefault's end change it as the
+    /// writer, so no fill straddles either.
     private struct Fills {
         /// Per region, a bit per page discarded since the restore (reads zero).
         var discarded: [[UInt64]]
         /// RAM is registered and the file mapped (until the prefault lets go).
         var registered = true
-        var faultsServed = 0
-        var bytesPrefaulted = 0
     }
-    private let fills: Mutex<Fills>
+    private let fillLock = ReadWriteLock()
+    private nonisolated(unsafe) var fills: Fills
+    private let faultsServed = Atomic<Int>(0)
+    private let bytesPrefaulted = Atomic<Int>(0)
     /// Faults read while a fill waited for a remove event (server thread only).
     private var pending: [UInt] = []
 
@@ -106,7 +112,7 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
         sourceSize = max(fileSize, 1)
         self.prefault = prefault
         self.log = log
-        fills = Mutex(Fills(discarded: regions.map { [UInt64](repeating: 0, count: ($0.size / Self.page + 63) / 64) }))
+        fills = Fills(discarded: regions.map { [UInt64](repeating: 0, count: ($0.size / Self.page + 63) / 64) })
         control = Mutex(Control(unconfined: prefault ? 2 : 1))
         wakeUp = try EventNotifier()
         do {
@@ -206,12 +212,17 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
     }
 
     /// Reads every pending event: removes are marked at once, faults queued.
+    /// Read as the lock's writer: a fill begun before a remove event is read
+    /// ends before it (the discard then zaps what it copied), and one begun
+    /// after sees the mark; none lands in between, after the zap.
     private func readEvents() throws {
-        while let event = try userfault.nextEvent() {
-            switch event {
-            case .pageFault(let address, _): pending.append(address & ~UInt(Self.page - 1))
-            case .removed(let start, let end): fills.withLock { Self.markDiscarded(start..<end, in: &$0, regions: regions) }
-            case .other: break
+        try fillLock.withWriteLock {
+            while let event = try userfault.nextEvent() {
+                switch event {
+                case .pageFault(let address, _): pending.append(address & ~UInt(Self.page - 1))
+                case .removed(let start, let end): Self.markDiscarded(start..<end, in: &fills, regions: regions)
+                case .other: break
+                }
             }
         }
     }
@@ -250,10 +261,10 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
         let offset = Int(address - region.start)
         let extent = region.extents.first { $0.contains(offset) }
         while true {
-            let result = try fills.withLock { fills -> Userfault.Fill? in
+            let result = try fillLock.withReadLock { () -> Userfault.Fill? in
                 // Once the prefault let go, the kernel serves the fault itself.
                 guard fills.registered else { return nil }
-                fills.faultsServed += 1
+                faultsServed.add(1, ordering: .relaxed)
                 if let extent, !Self.isDiscarded(fills, region: index, page: offset / Self.page) {
                     let end = Self.undiscarded(fills, region: index, from: offset,
                                                to: min(extent.upperBound, (offset / Self.faultCluster + 1) * Self.faultCluster))
@@ -294,12 +305,12 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
                     }
                 }
             }
-            let (bytes, faults) = try fills.withLock { fills in
+            try fillLock.withWriteLock {
                 fills.registered = false
                 for region in regions { try userfault.unregister(start: region.start, length: region.size) }
-                return (fills.bytesPrefaulted, fills.faultsServed)
+                munmapIfMapped()
             }
-            munmapIfMapped()
+            let bytes = bytesPrefaulted.load(ordering: .relaxed), faults = faultsServed.load(ordering: .relaxed)
             finished = true
             let elapsed = (ContinuousClock.now - started).components
             let milliseconds = Double(elapsed.seconds) * 1000 + Double(elapsed.attoseconds) / 1e15
@@ -314,11 +325,11 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
     /// extent's end or a discarded page); returns where the next starts.
     private func prefaultChunk(region index: Int, at offset: Int, extentEnd: Int) throws -> Int {
         let region = regions[index]
-        let result = try fills.withLock { fills -> (Userfault.Fill, Int) in
+        let result = try fillLock.withReadLock { () -> (Userfault.Fill, Int) in
             if Self.isDiscarded(fills, region: index, page: offset / Self.page) { return (.alreadyPresent, 0) }
             let end = Self.undiscarded(fills, region: index, from: offset, to: min(extentEnd, offset + Self.prefaultChunk))
             let fill = try userfault.copy(to: region.start + UInt(offset), from: source + region.fileOffset + offset, length: end - offset)
-            if case .filled(let count) = fill { fills.bytesPrefaulted += count }
+            if case .filled(let count) = fill { bytesPrefaulted.add(count, ordering: .relaxed) }
             return (fill, end)
         }
         switch result.0 {

@@ -36,6 +36,8 @@ public struct SnapshotLoadOptions: Equatable, Sendable {
             configuration.vsock?.udsPath = vsockPath
         }
         configuration.trackDirtyPages = trackDirtyPages
+        // The snapshot's ring choice holds only while pages are tracked.
+        if !trackDirtyPages { configuration.dirtyLog = .bitmap }
         try configuration.checkDirtyTracking()
         if clockRealtime && clock.flags & ClockState.realtimeFlag == 0 {
             throw SnapshotError("clock_realtime: the snapshot's kvmclock reading carries no wall-clock time "
