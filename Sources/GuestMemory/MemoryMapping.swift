@@ -47,10 +47,14 @@ public final class MemoryMapping: @unchecked Sendable {
     }
 
     /// Maps `size` bytes of a file (mmap), e.g. a guest_memfd, starting at a
-    /// multiple of `alignment` (a power of two; the page size by default).
+    /// multiple of `alignment` (a power of two; the page size by default). A
+    /// private mapping is MAP_NORESERVE, as anonymous guest RAM is: its
+    /// copy-on-write pages are not charged up front, so a restored guest of
+    /// more memory than the host commits to (an 8 GiB guest in a 4 GiB lab
+    /// L1 failed with ENOMEM without it) maps like a booted one.
     public init(fileDescriptor: Int32, size: Int, offset: Int = 0, sharing: Sharing = .shared,
                 protection: Int32 = PROT_READ | PROT_WRITE, alignment: Int = 0) throws {
-        self.baseAddress = try Self.mapAligned(size, alignment, protection, sharing == .shared ? MAP_SHARED : MAP_PRIVATE,
+        self.baseAddress = try Self.mapAligned(size, alignment, protection, sharing == .shared ? MAP_SHARED : MAP_PRIVATE | MAP_NORESERVE,
                                                fileDescriptor, off_t(offset))
         self.size = size
         self.sharing = sharing
