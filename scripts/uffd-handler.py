@@ -105,7 +105,8 @@ class Handler:
         poller.register(self.uffd, select.POLLIN)
         poller.register(connection.fileno(), select.POLLIN)
         while True:
-            for fd, events in poller.poll():
+            # A fault that met EAGAIN waits for the remove event behind it: poll briefly, then try it again.
+            for fd, events in poller.poll(10 if pending else None):
                 if fd == connection.fileno() and not connection.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK):
                     return
                 if fd == self.uffd and events & (select.POLLHUP | select.POLLERR):

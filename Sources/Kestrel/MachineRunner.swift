@@ -74,6 +74,7 @@ struct MachineRunner: Sendable {
         let console = ConsoleOutput()
         while true {
             let request = host.nextRequest()
+            var built: Machine?
             do {
                 let machine: Machine
                 var paused = false
@@ -86,6 +87,7 @@ struct MachineRunner: Sendable {
                                                          console: { console.write($0) }, deviceLog: { services.log(.warn, $0) })
                     paused = !resume
                 }
+                built = machine
                 services.addMachine(machine)
                 if paused { machine.pauseBeforeRun() }
                 running.withLock { $0 = machine }
@@ -96,6 +98,7 @@ struct MachineRunner: Sendable {
             } catch let exit as ExitCode {
                 throw exit
             } catch {
+                built?.discard()
                 host.failed(error)
             }
         }

@@ -35,7 +35,7 @@ struct RestorePagerTests {
         (0..<100).contains(index) || index == 300 || (600..<1000).contains(index) ? UInt8(truncatingIfNeeded: index | 1) : 0
     }
 
-    static func pager(prefault: Bool, fileOffset: Int = 8192) throws -> (RestorePager, MemoryMapping) {
+    static func pager(prefault: Bool, fileOffset: Int = 8192, discards: Bool = true) throws -> (RestorePager, MemoryMapping) {
         let file = try memoryFile(offset: fileOffset)
         defer { close(file.fd) }
         let mapping = try MemoryMapping(anonymousSize: pages * page)
@@ -43,7 +43,7 @@ struct RestorePagerTests {
         let extents = try SnapshotMemoryFile.dataExtents(of: file.fd, in: start..<(start + off_t(pages * page)), what: "test file")
         let region = RestorePager.Region(start: UInt(bitPattern: mapping.baseAddress), size: mapping.size, fileOffset: fileOffset,
                                          extents: extents.map { Int($0.lowerBound - start)..<Int($0.upperBound - start) })
-        return (try RestorePager(regions: [region], memoryFile: file.fd, fileSize: fileOffset + pages * page, prefault: prefault, log: { _ in }), mapping)
+        return (try RestorePager(regions: [region], memoryFile: file.fd, fileSize: fileOffset + pages * page, prefault: prefault, discards: discards, log: { _ in }), mapping)
     }
 
     @Test func everyPageReadsWhatTheFileHoldsAndADiscardedPageReadsZero() throws {
@@ -71,8 +71,14 @@ struct RestorePagerTests {
         #expect(!pager.serverEnded && !pager.isPrefaulted, "an on-demand pager serves until it is stopped")
     }
 
+    @Test func extentsAreRoundedOutToWholePages() {
+        #expect(RestorePager.pageExtents([100..<5000, 5000..<9000, 20000..<20001], size: 32768) == [0..<12288, 16384..<20480])
+        #expect(RestorePager.pageExtents([30000..<40000], size: 32768) == [28672..<32768], "clipped to the region")
+    }
+
     @Test func thePrefaultBringsInEveryDataPageAndThenLetsGo() throws {
-        let (pager, mapping) = try Self.pager(prefault: true, fileOffset: 0)
+        // No balloon: events are read without the fill lock's writer side.
+        let (pager, mapping) = try Self.pager(prefault: true, fileOffset: 0, discards: false)
         defer { pager.stop() }
         #expect(pager.waitUntilPrefaulted(timeout: .seconds(20)), "the prefault ends")
         let present = try SnapshotMemoryFile.pagemapPresence(of: mapping)

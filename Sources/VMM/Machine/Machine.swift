@@ -129,6 +129,7 @@ public final class Machine: Sendable {
         control.attach(vcpuThreads)
         // Last of all, once no vCPU or device touches RAM.
         defer { lazyRAM?.stop() }
+        lazyRAM?.onFailure { [self] detail in finish(.vcpuFailure(vcpu: 0, detail: detail)) }
         if let seccomp { lazyRAM?.confine(seccomp) }
         do {
             try devices.start(setUp: { seccomp?.enter(.virtio) })
@@ -165,6 +166,10 @@ public final class Machine: Sendable {
         default: return panicWatcher.panicMessage.map { .guestPanic(message: $0, then: ending) } ?? ending
         }
     }
+
+    /// Lets go of a machine that will never `run` (its start failed after it
+    /// was built): a restore pager's threads end with it.
+    public func discard() { lazyRAM?.stop() }
 
     /// Ends the run with `reason` (the first reason wins) and stops every vCPU.
     public func finish(_ reason: RunOutcome) {

@@ -109,7 +109,6 @@ extension MachineBuilder {
         let threads = try vcpus.map { try VCPUThread($0) }
         let rings = try ringBytes.map { bytes in try vcpus.map { try $0.mapDirtyRing(bytes: bytes) } } ?? []
         timer.step("devices, irqchip, clock and vCPUs")
-        finished = true
         let machine = Machine(
             configuration: configuration, plan: nil, ramFromSnapshot: ram.fromSnapshot, lazyRAM: ram.filler, ramMappedFromFile: ram.mappedFromFile,
             kvm: kvm, virtualMachine: vm, memory: memory,
@@ -119,6 +118,7 @@ extension MachineBuilder {
             control: wiring.control, setupSteps: timer.steps,
             memoryProtection: ram.description, dirtyRings: rings)
         machine.lastSnapshotID.withLock { $0 = snapshot.lineage.id }
+        finished = true
         return machine
     }
 
@@ -191,11 +191,13 @@ extension MachineBuilder {
                 let start = off_t(range.fileOffset)
                 let extents = try SnapshotMemoryFile.dataExtents(of: memoryFile, in: start..<(start + off_t(range.size)), what: "the memory file \(path)")
                 return RestorePager.Region(start: UInt(bitPattern: mapping.baseAddress), size: mapping.size, fileOffset: Int(range.fileOffset),
-                                           extents: extents.map { Int($0.lowerBound - start)..<Int($0.upperBound - start) })
+                                           extents: RestorePager.pageExtents(extents.map { Int($0.lowerBound - start)..<Int($0.upperBound - start) },
+                                                                             size: mapping.size))
             }
             let pager: RestorePager
             do {
-                pager = try RestorePager(regions: regions, memoryFile: memoryFile, fileSize: Int(status.st_size), prefault: paging == .prefault, log: log)
+                pager = try RestorePager(regions: regions, memoryFile: memoryFile, fileSize: Int(status.st_size), prefault: paging == .prefault,
+                                         discards: configuration.balloon != nil, log: log)
             } catch let error as SystemCallError {
                 throw SnapshotError("paging \(paging.rawValue): \(error)")
             }

@@ -12,6 +12,9 @@ protocol LazyRAMFiller: AnyObject, Sendable {
     func confine(_ seccomp: SeccompPolicy)
     /// Stops filling, once no vCPU or device touches RAM any more.
     func stop()
+    /// Whom to tell when RAM can no longer be filled (every vCPU that then
+    /// touches a missing page would wait for ever): `Machine.run` ends the run.
+    func onFailure(_ handler: @escaping @Sendable (String) -> Void)
 }
 
 /// Kestrel's in-process pager for a restore with `paging` OnDemand or
@@ -32,13 +35,16 @@ protocol LazyRAMFiller: AnyObject, Sendable {
 /// event first (UFFD_FEATURE_EVENT_REMOVE); the pages it names are zero from
 /// then on, so a later fault there gets a zero page, not the file's old
 /// bytes, and the prefault passes over them. Fills check the discarded pages
-/// and copy as readers of one lock, side by side; events are read and
-/// removes marked as its writer, so no fill can land after the discard it
-/// missed.
+/// and copy as readers of one lock, side by side; with a balloon, events are
+/// read and removes marked as its writer, so no fill can land after the
+/// discard it missed (without one no discard can come, and a fault never
+/// waits behind a prefault chunk).
 final class RestorePager: LazyRAMFiller, @unchecked Sendable {
-    // @unchecked: `pending` is the server thread's alone; `fills` is behind
-    // `fillLock`, the rest of what both threads use behind `control` or atomic;
-    // everything else never changes.
+    // @unchecked: `pending` is the server thread's alone; `fills` and
+    // `sourceMapped` are behind `fillLock` (and `deinit` comes after both
+    // threads end); `threads` is touched by init and `stop` only; the rest
+    // of what both threads use is behind `control` or atomic; everything
+    // else never changes.
 
     /// One RAM region: its mapping and where its bytes lie in the file.
     struct Region {
@@ -81,6 +87,7 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
 
     private struct Control {
         var stopRequested = false
+        var failureHandler: (@Sendable (String) -> Void)?
         var seccomp: SeccompPolicy?
         /// Threads running and not yet under `seccomp`.
         var unconfined: Int
@@ -92,10 +99,18 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
     private let wakeUp: EventNotifier
     private var threads: [POSIXThread] = []
 
+    /// With `discards` (a balloon that may discard RAM), events are read as
+    /// the fill lock's writer, so that no fill lands after a discard it
+    /// missed; without, no discard can come, and a fault is never kept
+    /// waiting behind a prefault chunk.
+    private let discards: Bool
+
     /// Registers `regions` with a new userfaultfd, maps the memory file
     /// `fd` (kept by the mapping; the caller may close it) and starts the
     /// server thread, and with `prefault` the prefault thread.
-    init(regions: [Region], memoryFile fd: Int32, fileSize: Int, prefault: Bool, log: @escaping @Sendable (String) -> Void) throws {
+    init(regions: [Region], memoryFile fd: Int32, fileSize: Int, prefault: Bool, discards: Bool,
+         log: @escaping @Sendable (String) -> Void) throws {
+        wakeUp = try EventNotifier()
         let userfault = try Userfault(features: Userfault.eventRemove)
         guard userfault.offeredFeatures & Userfault.eventRemove != 0 else {
             throw SnapshotError("this kernel's userfaultfd has no UFFD_FEATURE_EVENT_REMOVE, which the pager needs for balloon discards")
@@ -111,10 +126,10 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
         source = UnsafeRawPointer(mapped)
         sourceSize = max(fileSize, 1)
         self.prefault = prefault
+        self.discards = discards
         self.log = log
         fills = Fills(discarded: regions.map { [UInt64](repeating: 0, count: ($0.size / Self.page + 63) / 64) })
         control = Mutex(Control(unconfined: prefault ? 2 : 1))
-        wakeUp = try EventNotifier()
         do {
             threads.append(try POSIXThread.start { [self] in
                 POSIXThread.setCurrentName("pager")
@@ -138,6 +153,27 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
     private func munmapIfMapped() {
         if sourceMapped { munmap(UnsafeMutableRawPointer(mutating: source), sourceSize) }
         sourceMapped = false
+    }
+
+    func onFailure(_ handler: @escaping @Sendable (String) -> Void) {
+        control.withLock { $0.failureHandler = handler }
+    }
+
+    /// Rounds each extent out to whole pages (a file system with blocks
+    /// smaller than a page may report data from mid-page), clipped to the
+    /// region, and joins those that then touch.
+    static func pageExtents(_ extents: [Range<Int>], size: Int) -> [Range<Int>] {
+        var rounded: [Range<Int>] = []
+        for extent in extents {
+            let low = extent.lowerBound / page * page, high = min(size, (extent.upperBound + page - 1) / page * page)
+            guard low < high else { continue }
+            if let last = rounded.last, low <= last.upperBound {
+                rounded[rounded.count - 1] = last.lowerBound..<max(last.upperBound, high)
+            } else {
+                rounded.append(low..<high)
+            }
+        }
+        return rounded
     }
 
     func confine(_ seccomp: SeccompPolicy) {
@@ -197,8 +233,10 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
                 waitForEvents()
             }
         } catch {
-            // A vCPU waiting on a page nobody fills waits for ever: say so.
-            log("restore pager: \(error); guest RAM can no longer be filled from the memory file, and the guest will stop at its next missing page")
+            // A vCPU waiting on a page nobody fills waits for ever: end the run.
+            let message = "restore pager: \(error); guest RAM can no longer be filled from the memory file"
+            log(message)
+            control.withLock { $0.failureHandler }?(message)
         }
     }
 
@@ -216,15 +254,19 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
     /// ends before it (the discard then zaps what it copied), and one begun
     /// after sees the mark; none lands in between, after the zap.
     private func readEvents() throws {
-        try fillLock.withWriteLock {
+        func read() throws {
             while let event = try userfault.nextEvent() {
                 switch event {
                 case .pageFault(let address, _): pending.append(address & ~UInt(Self.page - 1))
-                case .removed(let start, let end): Self.markDiscarded(start..<end, in: &fills, regions: regions)
+                case .removed(let start, let end):
+                    if discards { Self.markDiscarded(start..<end, in: &fills, regions: regions) } else {
+                        fillLock.withWriteLock { Self.markDiscarded(start..<end, in: &fills, regions: regions) }
+                    }
                 case .other: break
                 }
             }
         }
+        if discards { try fillLock.withWriteLock { try read() } } else { try read() }
     }
 
     private static func markDiscarded(_ range: Range<UInt>, in fills: inout Fills, regions: [Region]) {

@@ -61,5 +61,8 @@ final class UserfaultHandlerConnection: LazyRAMFiller, @unchecked Sendable {
 
     func stop() {}
 
+    /// The handler's failures are its own to report (Firecracker's caveat).
+    func onFailure(_ handler: @escaping @Sendable (String) -> Void) {}
+
     deinit { close(socket) }
 }
