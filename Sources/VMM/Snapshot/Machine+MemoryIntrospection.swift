@@ -116,14 +116,9 @@ extension Machine {
         do {
             let written: (ranges: [MachineSnapshot.MemoryRange], size: UInt64, written: UInt64)
             if dirtyOnly {
-                let (regions, _) = try dirtyPages.peek()
-                written = try SnapshotMemoryFile.writeChanged(regions.compactMap { entry in
-                    entry.region.mapping.map { (start: entry.region.start.rawValue, mapping: $0, bitmap: entry.bitmap) }
-                }, into: file)
+                written = try SnapshotMemoryFile.writeChanged(Self.changedRegions(try dirtyPages.peek().regions), into: file)
             } else {
-                written = try SnapshotMemoryFile.write(virtualMachine.regions.compactMap { region in
-                    region.mapping.map { (start: region.start.rawValue, mapping: $0, fromFile: ramFromSnapshot || region.guestMemfd != nil) }
-                }, into: file)
+                written = try SnapshotMemoryFile.write(ramRegions, into: file)
             }
             try file.finish(size: written.size)
             try AtomicFile.publish([file])

@@ -1,4 +1,5 @@
 import Glibc
+import GuestMemory
 import KVM
 import Virtio
 import X86
@@ -77,16 +78,11 @@ extension Machine {
             let memory: (ranges: [MachineSnapshot.MemoryRange], size: UInt64, written: UInt64)
             switch type {
             case .full:
-                let regions = virtualMachine.regions.compactMap { region in
-                    region.mapping.map { (start: region.start.rawValue, mapping: $0, fromFile: ramFromSnapshot || region.guestMemfd != nil) }
-                }
-                memory = try SnapshotMemoryFile.write(regions, into: memoryFile)
+                memory = try SnapshotMemoryFile.write(ramRegions, into: memoryFile)
             case .diff:
                 let size = changed.reduce(UInt64(0)) { $0 + $1.region.size }
                 merged = try SnapshotMemoryFile.copyEarlierFile(memoryPath, ofSize: size, into: memoryFile)
-                memory = try SnapshotMemoryFile.writeChanged(changed.compactMap { entry in
-                    entry.region.mapping.map { (start: entry.region.start.rawValue, mapping: $0, bitmap: entry.bitmap) }
-                }, into: memoryFile)
+                memory = try SnapshotMemoryFile.writeChanged(Self.changedRegions(changed), into: memoryFile)
             }
             snapshot.memory = memory.ranges
             written = memory.written
@@ -123,6 +119,20 @@ extension Machine {
             let data = try SnapshotMemoryFile.dataDigest(of: memoryFile.fd, size: off_t(size), what: memoryFile.what)
             return SnapshotLineage(kind: .diff, id: id, parent: lastSnapshotID.withLock { $0 }, dataBytes: data.bytes, dataDigest: data.digest)
         }
+    }
+
+    /// Every RAM region with a host mapping, as a Full memory file takes
+    /// them: `fromFile` where its pages may hold data without being in this
+    /// process's page tables (RAM from a snapshot, or guest_memfd).
+    var ramRegions: [(start: UInt64, mapping: MemoryMapping, fromFile: Bool)] {
+        virtualMachine.regions.compactMap { region in
+            region.mapping.map { (start: region.start.rawValue, mapping: $0, fromFile: ramFromSnapshot || region.guestMemfd != nil) }
+        }
+    }
+
+    /// `DirtyPageTracker`'s bitmaps as a Diff memory file takes them.
+    static func changedRegions(_ taken: [(region: MemoryRegion, bitmap: [UInt64])]) -> [(start: UInt64, mapping: MemoryMapping, bitmap: [UInt64])] {
+        taken.compactMap { entry in entry.region.mapping.map { (start: entry.region.start.rawValue, mapping: $0, bitmap: entry.bitmap) } }
     }
 
     /// The files this machine reads or serves, which a snapshot must not replace.

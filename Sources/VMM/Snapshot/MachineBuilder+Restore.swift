@@ -18,11 +18,7 @@ extension MachineBuilder {
     /// With `memoryPath` nil (a Uffd backend, whose handler alone knows the
     /// memory file) the memory file is not looked at.
     public static func checkSnapshot(statePath: String, memoryPath: String?) throws -> (MachineSnapshot, MachineConfiguration) {
-        let bytes: [UInt8]
-        do { bytes = try readFile(statePath, what: "snapshot state file", limit: maximumStateFileSize) } catch {
-            throw SnapshotError("\(error)")
-        }
-        let snapshot = try MachineSnapshot.decode(bytes)
+        let snapshot = try readSnapshotState(statePath)
         let configuration: MachineConfiguration
         do {
             configuration = try MachineConfigFile.parse(try JSONValue.parse(Array(snapshot.configuration.utf8)),
@@ -47,6 +43,18 @@ extension MachineBuilder {
             throw SnapshotError("the memory file \(memoryPath) has \(status.st_size) bytes; the snapshot's RAM needs \(snapshot.memoryFileSize) (truncated, or another snapshot's)")
         }
         return (snapshot, configuration)
+    }
+
+    /// Reads and decodes the state file at `path` (at most
+    /// `maximumStateFileSize` bytes), refusing what `MachineSnapshot.decode`
+    /// refuses; with `naming`, decoding's refusals start with the path (for
+    /// callers that read several state files).
+    static func readSnapshotState(_ path: String, naming: Bool = false) throws -> MachineSnapshot {
+        let bytes: [UInt8]
+        do { bytes = try readFile(path, what: "snapshot state file", limit: maximumStateFileSize) } catch {
+            throw SnapshotError("\(error)")
+        }
+        do { return try MachineSnapshot.decode(bytes) } catch { throw naming ? SnapshotError("\(path): \(error)") : error }
     }
 
     /// Builds a machine in the state a snapshot recorded, ready to `run`:

@@ -52,12 +52,14 @@ public struct SnapshotLineage: Equatable, Sendable {
     }
 
     /// `SnapshotMemoryFile.dataDigest` of the memory file at `path`, all of it:
-    /// what a Diff written there records, for tools and tests that make one.
-    public static func dataDigest(ofFile path: String) throws -> (bytes: UInt64, digest: UInt32) {
+    /// what a Diff written there records, and what the checked merge compares
+    /// (`what` names the file in errors; the path by default).
+    public static func dataDigest(ofFile path: String, what: String? = nil) throws -> (bytes: UInt64, digest: UInt32) {
+        let what = what ?? path
         let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-        guard fd >= 0 else { throw SnapshotError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw SnapshotError("cannot open \(what): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
-        return try SnapshotMemoryFile.dataDigest(of: fd, size: lseek(fd, 0, SEEK_END), what: path)
+        return try SnapshotMemoryFile.dataDigest(of: fd, size: lseek(fd, 0, SEEK_END), what: what)
     }
 
     /// The first 8 bytes of an id, in hex, for messages.

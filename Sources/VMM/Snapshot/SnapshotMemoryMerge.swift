@@ -75,11 +75,11 @@ public enum SnapshotMemoryMerge {
     ///   or a Diff that landed on one), not a diff's own sparse file.
     public static func merge(base: Files, diffs: [Files], output: String? = nil) throws -> Report {
         guard !diffs.isEmpty else { throw SnapshotError("no diff to merge onto \(base.memory)") }
-        let baseSnapshot = try readState(base.state)
+        let baseSnapshot = try MachineBuilder.readSnapshotState(base.state, naming: true)
         try checkSize(base.memory, snapshot: baseSnapshot, state: base.state)
         var previous = (snapshot: baseSnapshot, files: base)
         for diff in diffs {
-            let snapshot = try readState(diff.state)
+            let snapshot = try MachineBuilder.readSnapshotState(diff.state, naming: true)
             let lineage = snapshot.lineage
             guard lineage.kind == .diff else {
                 let name = lineage.kind == .full ? "a Full snapshot" : "a Diff that landed on an earlier memory file (whole memory)"
@@ -93,7 +93,7 @@ public enum SnapshotMemoryMerge {
                     + "and \(previous.files.state) is snapshot \(SnapshotLineage.text(previous.snapshot.lineage.id))")
             }
             try checkSize(diff.memory, snapshot: snapshot, state: diff.state)
-            let data = try digest(diff.memory, size: snapshot.memoryFileSize, what: "the diff \(diff.memory)")
+            let data = try SnapshotLineage.dataDigest(ofFile: diff.memory, what: "the diff \(diff.memory)")
             guard data.bytes == lineage.dataBytes && data.digest == lineage.dataDigest else {
                 throw SnapshotError("the diff \(diff.memory) is corrupt: its snapshot wrote \(lineage.dataBytes) bytes of data "
                     + "(CRC-32 0x\(String(lineage.dataDigest, radix: 16))), the file holds \(data.bytes) (CRC-32 0x\(String(data.digest, radix: 16))); "
@@ -103,7 +103,7 @@ public enum SnapshotMemoryMerge {
         }
         if baseSnapshot.lineage.kind == .diff {
             // A merge's output keeps its last diff's state file; the diff's own sparse file is not whole memory.
-            let data = try digest(base.memory, size: baseSnapshot.memoryFileSize, what: "the base \(base.memory)")
+            let data = try SnapshotLineage.dataDigest(ofFile: base.memory, what: "the base \(base.memory)")
             if data.bytes == baseSnapshot.lineage.dataBytes && data.digest == baseSnapshot.lineage.dataDigest {
                 throw SnapshotError("the base \(base.memory) is the diff \(base.state)'s own memory file, not whole memory: merge it onto its base first")
             }
@@ -111,13 +111,6 @@ public enum SnapshotMemoryMerge {
         return try merge(base: base.memory, diffs: diffs.map(\.memory), output: output)
     }
 
-    private static func readState(_ path: String) throws -> MachineSnapshot {
-        let bytes: [UInt8]
-        do { bytes = try MachineBuilder.readFile(path, what: "snapshot state file", limit: MachineBuilder.maximumStateFileSize) } catch {
-            throw SnapshotError("\(error)")
-        }
-        do { return try MachineSnapshot.decode(bytes) } catch { throw SnapshotError("\(path): \(error)") }
-    }
 
     private static func checkSize(_ memory: String, snapshot: MachineSnapshot, state: String) throws {
         let size = try regularFileSize(memory, what: "the memory file")
@@ -126,12 +119,6 @@ public enum SnapshotMemoryMerge {
         }
     }
 
-    private static func digest(_ path: String, size: UInt64, what: String) throws -> (bytes: UInt64, digest: UInt32) {
-        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-        guard fd >= 0 else { throw SnapshotError("cannot open \(what): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        return try SnapshotMemoryFile.dataDigest(of: fd, size: off_t(size), what: what)
-    }
 
     private static func copy(_ path: String, into file: AtomicFile, size: UInt64, what: String) throws -> UInt64 {
         let source = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
