@@ -295,6 +295,15 @@ int chost_userfaultfd_wake(int fd, uint64_t start, uint64_t length) {
     return ioctl(fd, UFFDIO_WAKE, &range) < 0 ? -1 : 0;
 }
 
+int chost_userfaultfd_writeprotect(int fd, uint64_t start, uint64_t length, int protect) {
+    struct uffdio_writeprotect request;
+    memset(&request, 0, sizeof request);
+    request.range.start = start;
+    request.range.len = length;
+    request.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0;
+    return ioctl(fd, UFFDIO_WRITEPROTECT, &request) < 0 ? -1 : 0;
+}
+
 int chost_userfaultfd_read_event(int fd, struct chost_uffd_event *event) {
     struct uffd_msg message;
     ssize_t got;
@@ -304,7 +313,7 @@ int chost_userfaultfd_read_event(int fd, struct chost_uffd_event *event) {
     memset(event, 0, sizeof *event);
     switch (message.event) {
     case UFFD_EVENT_PAGEFAULT:
-        event->kind = 1;
+        event->kind = (message.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) ? 3 : 1;
         event->write = (message.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0;
         event->address = message.arg.pagefault.address;
         break;
@@ -317,6 +326,10 @@ int chost_userfaultfd_read_event(int fd, struct chost_uffd_event *event) {
         event->kind = 0;
     }
     return 1;
+}
+
+int chost_memfd_create(const char *name) {
+    return (int)syscall(SYS_memfd_create, name, 1U /* MFD_CLOEXEC */);
 }
 
 long chost_send_with_descriptor(int socket, const void *bytes, size_t length, int descriptor) {

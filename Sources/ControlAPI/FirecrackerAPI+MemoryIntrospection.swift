@@ -23,9 +23,11 @@ import WireFormats
 ///   while paused, guest RAM into a new file at PATH laid out like a Full
 ///   snapshot's memory file (or with `dirty_only` like a Diff's, the
 ///   report's pages); answers `size` and `bytes_written`.
+/// - `PUT /kestrel/snapshot/live`: see `liveSnapshot`.
 extension FirecrackerAPI {
     func kestrelExtension(_ request: HTTPRequest, _ path: [String]) throws(ResponseError) -> HTTPResponse? {
         let place = "\(request.method) \(request.path)"
+        if path == ["snapshot", "live"] { return request.method == "PUT" ? try liveSnapshot(request) : nil }
         switch (request.method, path) {
         case ("GET", ["memory"]), ("GET", ["memory", "dirty"]), ("PUT", ["memory", "dirty", "reset"]), ("PUT", ["memory", "dump"]): break
         default: return nil

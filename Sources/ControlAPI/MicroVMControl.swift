@@ -55,6 +55,9 @@ public protocol MicroVMControl: Sendable {
     func resetDirtyPages() throws
     /// `PUT /kestrel/memory/dump`: guest RAM into a file laid out like a snapshot's.
     func dumpMemory(path: String, dirtyOnly: Bool) throws -> Machine.MemoryDump
+    /// `PUT /kestrel/snapshot/live`: a Full snapshot of the machine as it was
+    /// at one instant, taken while it runs (`Machine.createLiveSnapshot`).
+    func createLiveSnapshot(statePath: String, memoryPath: String) throws -> Machine.LiveSnapshotReport
 }
 
 extension MicroVMControl {
@@ -75,6 +78,9 @@ extension MicroVMControl {
     public func dirtyPages() throws -> Machine.DirtyPageReport { throw ConfigurationError("this microVM's memory cannot be inspected") }
     public func resetDirtyPages() throws { throw ConfigurationError("this microVM's memory cannot be inspected") }
     public func dumpMemory(path: String, dirtyOnly: Bool) throws -> Machine.MemoryDump { throw ConfigurationError("this microVM's memory cannot be dumped") }
+    public func createLiveSnapshot(statePath: String, memoryPath: String) throws -> Machine.LiveSnapshotReport {
+        throw ConfigurationError("this microVM cannot take live snapshots")
+    }
 }
 
 /// The state `GET /` reports, with Firecracker's names.

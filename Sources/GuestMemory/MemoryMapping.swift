@@ -18,6 +18,10 @@ public final class MemoryMapping: @unchecked Sendable {
     public let size: Int
     /// MAP_SHARED or MAP_PRIVATE, as mapped.
     public let sharing: Sharing
+    /// The memfd behind a mapping made with `init(sharedMemorySize:)`, owned
+    /// by the mapping (closed with it): its data and holes are the mapping's
+    /// pages (lseek SEEK_DATA), and other mappings of it see the same bytes.
+    public let sharedMemoryFile: Int32?
 
     /// How the pages are shared with other mappings of the same object.
     public enum Sharing: Sendable {
@@ -44,6 +48,25 @@ public final class MemoryMapping: @unchecked Sendable {
         self.baseAddress = try Self.mapAligned(size, alignment, PROT_READ | PROT_WRITE, flags, -1, 0)
         self.size = size
         self.sharing = sharing
+        self.sharedMemoryFile = nil
+    }
+
+    /// Maps `size` bytes of a new memfd (memfd_create, named `name` in
+    /// /proc/PID/maps), MAP_SHARED, starting at a multiple of `alignment`.
+    /// The pages start as holes and read as zero; the mapping owns the file.
+    public init(sharedMemorySize size: Int, name: String, alignment: Int = 0) throws {
+        guard size > 0 else { throw GuestMemoryError.invalidSize(size) }
+        let descriptor = try HostFile.createMemfd(name: name)
+        do {
+            guard ftruncate(descriptor, off_t(size)) == 0 else { throw SystemCallError.current("ftruncate(memfd, \(size))") }
+            self.baseAddress = try Self.mapAligned(size, alignment, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0)
+        } catch {
+            close(descriptor)
+            throw error
+        }
+        self.size = size
+        self.sharing = .shared
+        self.sharedMemoryFile = descriptor
     }
 
     /// Maps `size` bytes of a file (mmap), e.g. a guest_memfd, starting at a
@@ -58,6 +81,7 @@ public final class MemoryMapping: @unchecked Sendable {
                                                fileDescriptor, off_t(offset))
         self.size = size
         self.sharing = sharing
+        self.sharedMemoryFile = nil
     }
 
     /// mmap at a multiple of `alignment`: above the page size, an aligned range
@@ -83,7 +107,10 @@ public final class MemoryMapping: @unchecked Sendable {
         return target
     }
 
-    deinit { munmap(baseAddress, size) }
+    deinit {
+        munmap(baseAddress, size)
+        if let sharedMemoryFile { close(sharedMemoryFile) }
+    }
 
     /// The mapping as a byte buffer.
     public var bytes: UnsafeMutableRawBufferPointer {

@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import Glibc
+import CHost
 #elseif canImport(Musl)
 import Musl
 #endif
@@ -10,6 +11,14 @@ import Musl
 /// waiting for the VMM), so every such open is non-blocking, and only files
 /// of an allowed kind are kept.
 public enum HostFile {
+    /// memfd_create(2) with MFD_CLOEXEC: a new anonymous file of size 0,
+    /// named `name` in /proc/PID/fd and maps. The caller owns the descriptor.
+    public static func createMemfd(name: String) throws -> Int32 {
+        let descriptor = chost_memfd_create(name)
+        guard descriptor >= 0 else { throw SystemCallError.current("memfd_create(\(name))") }
+        return descriptor
+    }
+
     /// What a path names, as stat(2) or fstat(2) reports it.
     public enum Kind: Equatable, Sendable, CustomStringConvertible {
         case regular, blockDevice, directory, fifo, socket, characterDevice, symbolicLink, unknown

@@ -18,7 +18,7 @@ public enum SystemCallNumber {
         "clock_nanosleep": 230, "exit_group": 231, "epoll_wait": 232, "epoll_ctl": 233, "tgkill": 234, "openat": 257,
         "newfstatat": 262, "unlinkat": 263, "renameat": 264, "faccessat": 269, "ppoll": 271, "set_robust_list": 273,
         "epoll_pwait": 281, "fallocate": 285, "accept4": 288, "eventfd2": 290, "epoll_create1": 291, "pipe2": 293,
-        "timerfd_settime": 286, "preadv": 295, "pwritev": 296, "preadv2": 327, "pwritev2": 328, "renameat2": 316, "getrandom": 318, "copy_file_range": 326,
+        "timerfd_settime": 286, "preadv": 295, "pwritev": 296, "preadv2": 327, "pwritev2": 328, "renameat2": 316, "getrandom": 318, "userfaultfd": 323, "copy_file_range": 326,
         "statx": 332, "rseq": 334, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "clone3": 435,
         "faccessat2": 439, "epoll_pwait2": 441,
     ]

@@ -100,6 +100,9 @@ extension VirtualMachine {
         case .anonymous(let sharing):
             mapping = try MemoryMapping(anonymousSize: size, sharing: sharing, alignment: alignment)
             file = nil
+        case .sharedMemory:
+            mapping = try MemoryMapping(sharedMemorySize: size, name: "kestrel-ram-\(slot)", alignment: alignment)
+            file = nil
         case .guestMemfd(let flags):
             guard flags.isSuperset(of: .mappableRAM) else {
                 throw KVMUsageError("a guest_memfd that backs RAM the host maps needs MMAP|INIT_SHARED, not \(flags)")
@@ -141,6 +144,10 @@ extension VirtualMachine {
 public enum RAMBacking: Sendable, Equatable {
     /// Anonymous memory (mmap MAP_ANONYMOUS) with the given sharing.
     case anonymous(MemoryMapping.Sharing)
+    /// A new memfd, mapped MAP_SHARED (`MemoryMapping.init(sharedMemorySize:)`):
+    /// the RAM is a file that can be write-protected, read by offset and
+    /// mapped again.
+    case sharedMemory
     /// A guest_memfd created with these flags (MMAP and INIT_SHARED at least)
     /// and mapped MAP_SHARED.
     case guestMemfd(GuestMemfdFlags)

@@ -139,6 +139,16 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
         return dump
     }
 
+    /// Writes the live snapshot and logs one line: the files, the pause, the faults and the time.
+    func createLiveSnapshot(statePath: String, memoryPath: String) throws -> Machine.LiveSnapshotReport {
+        let report = try runningMachine.createLiveSnapshot(statePath: statePath, memoryPath: memoryPath, kestrelVersion: Kestrel.version,
+                                                           served: apiSocket.map { [("the API socket", $0)] } ?? [])
+        let pauseMs = (Double(report.pause.components.seconds) * 1000 + Double(report.pause.components.attoseconds) / 1e15).text(places: 3)
+        let files = "\(statePath) (\(report.stateBytes) bytes), \(memoryPath) (\(report.memoryBytes >> 20) MiB of RAM, \(report.memoryBytesWritten >> 20) MiB written)"
+        log("snapshot: Live \(files) in \(SecondsText.text(report.duration)) s; the guest paused for \(pauseMs) ms, \(report.faults) writes waited for their page")
+        return report
+    }
+
     /// Writes the snapshot and logs one line: the files, their sizes and the time.
     func createSnapshot(statePath: String, memoryPath: String, type: SnapshotType) throws {
         let report = try runningMachine.createSnapshot(statePath: statePath, memoryPath: memoryPath, type: type, kestrelVersion: Kestrel.version,

@@ -136,7 +136,7 @@ struct RunCommand: ParsableCommand {
         let plan: RealmLaunchPlan
         do {
             plan = try RealmMachine.plan(configuration, ipaBits: ipaBits,
-                                         privateMemory: memoryBackend == MemoryBackend.anonymous.rawValue ? .hostMemory : .guestMemfd)
+                                         privateMemory: memoryBackend == MemoryBackend.guestMemfd.rawValue ? .guestMemfd : .hostMemory)
         } catch let violation as RealmRuleViolation {
             printError("kestrel: --confidential realm: refused by rule \(violation.rule): \(violation)")
             throw ExitCode(2)

@@ -404,7 +404,7 @@ final class Recorder: @unchecked Sendable {
         #expect(try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}}"#).memoryBackend == .anonymous)
         let gmem = try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"memory_backend": "guest_memfd"}}"#)
         #expect(gmem.memoryBackend == .guestMemfd)
-        #expect(throws: ConfigurationError("vm.json: machine-config.memory_backend: unknown memory backend \"memfd\"; known: anonymous, guest_memfd")) {
+        #expect(throws: ConfigurationError("vm.json: machine-config.memory_backend: unknown memory backend \"memfd\"; known: anonymous, guest_memfd, shared")) {
             try Self.parse(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"memory_backend": "memfd"}}"#)
         }
         #expect(throws: ConfigurationError("vm.json: machine-config.memory_backend must be a string")) {

@@ -110,16 +110,25 @@ long chost_userfaultfd_copy(int fd, uint64_t target, uint64_t source, uint64_t l
 long chost_userfaultfd_zeropage(int fd, uint64_t start, uint64_t length);
 /* UFFDIO_WAKE over [start, start + length). 0 or -1. */
 int chost_userfaultfd_wake(int fd, uint64_t start, uint64_t length);
+/* UFFDIO_WRITEPROTECT over [start, start + length) of a range registered in
+   write-protect mode: protects it when `protect` is nonzero, else lifts the
+   protection and wakes the threads waiting there. 0 or -1 with errno. */
+int chost_userfaultfd_writeprotect(int fd, uint64_t start, uint64_t length, int protect);
 
 /* One userfaultfd event, decoded from struct uffd_msg. */
 struct chost_uffd_event {
-    uint8_t kind;       /* 1 page fault, 2 remove (MADV_DONTNEED/REMOVE), 0 any other */
+    uint8_t kind;       /* 1 page fault, 2 remove (MADV_DONTNEED/REMOVE), 3 write to a
+                           write-protected page, 0 any other */
     uint8_t write;      /* a page fault by a write */
     uint64_t address;   /* the faulting address, or the removed range's start */
     uint64_t end;       /* the removed range's end */
 };
 /* Reads one event: 1, 0 when none is pending (non-blocking descriptor), or -1 with errno. */
 int chost_userfaultfd_read_event(int fd, struct chost_uffd_event *event);
+
+/* memfd_create(name, MFD_CLOEXEC) (Glibc declares it only under
+   _GNU_SOURCE): the descriptor, or -1 with errno. */
+int chost_memfd_create(const char *name);
 
 /* sendmsg(2) of `length` bytes with `descriptor` attached (SCM_RIGHTS):
    the bytes sent, or -1 with errno. */

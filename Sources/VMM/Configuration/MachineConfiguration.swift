@@ -127,8 +127,8 @@ public struct MachineConfiguration: Sendable {
             if dirtyLog != .bitmap { throw ConfigurationError("dirty_log \(dirtyLog.rawValue) needs track_dirty_pages") }
             return
         }
-        if memoryBackend != .anonymous {
-            throw ConfigurationError("track_dirty_pages needs anonymous guest RAM: KVM does not log the dirty pages of guest_memfd slots "
+        if memoryBackend == .guestMemfd {
+            throw ConfigurationError("track_dirty_pages needs anonymous or shared guest RAM: KVM does not log the dirty pages of guest_memfd slots "
                 + "(it refuses KVM_MEM_LOG_DIRTY_PAGES with KVM_MEM_GUEST_MEMFD)")
         }
         if confidential != nil { throw ConfigurationError("track_dirty_pages: a confidential guest's memory cannot be snapshotted") }
@@ -185,6 +185,10 @@ public enum MemoryBackend: String, Sendable, CaseIterable {
     /// One guest_memfd per RAM range, created MMAP|INIT_SHARED (plus
     /// NO_DIRECT_MAP when the kernel offers it) and mapped by Kestrel.
     case guestMemfd = "guest_memfd"
+    /// A memfd mapped MAP_SHARED (a Kestrel extension): what a live snapshot
+    /// (`Machine.createLiveSnapshot`) write-protects and copies while the
+    /// guest runs.
+    case shared
 
     /// The backend named `text`, or an error listing the known names.
     public static func named(_ text: String) throws -> MemoryBackend {

@@ -77,6 +77,9 @@ public struct SeccompPolicy: Sendable {
             "copy_file_range", "mincore",
             // InstanceStart builds the devices here: an Async drive's ring.
             "io_uring_setup", "io_uring_register", "io_uring_enter", "eventfd2",
+            // A live snapshot write-protects RAM with a userfaultfd of its own
+            // (ioctl and read serve its faults between chunks).
+            "userfaultfd",
         ]),
         .vmm: common.union(files).union(["ioctl", "fsync", "fdatasync", "epoll_ctl", "unlink", "unlinkat", "readlink", "access", "faccessat2",
                                          "io_uring_enter"]),

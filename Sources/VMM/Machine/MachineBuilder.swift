@@ -265,6 +265,8 @@ public struct MachineBuilder {
         switch backend {
         case .anonymous:
             return (.anonymous(.private), "anonymous memory, in the host's direct map")
+        case .shared:
+            return (.sharedMemory, "a memfd per RAM range, mapped MAP_SHARED (live snapshots write-protect it), in the host's direct map")
         case .guestMemfd:
             let flags: GuestMemfdFlags
             do { flags = try vm.guestMemfdFlagsForRAM() } catch let error as KVMUsageError {

@@ -40,7 +40,8 @@ extension Machine {
         return virtualMachine.regions.compactMap { region -> MemoryRegionInfo? in
             guard let mapping = region.mapping else { return nil }
             defer { offset += UInt64(mapping.size) }
-            let backing = region.guestMemfd != nil ? "guest_memfd" : ramMappedFromFile ? "memory file" : "anonymous"
+            let backing = region.guestMemfd != nil ? "guest_memfd" : ramMappedFromFile ? "memory file"
+                : region.mapping?.sharedMemoryFile != nil ? "shared" : "anonymous"
             return MemoryRegionInfo(slot: region.slot, guestAddress: region.start.rawValue, size: UInt64(mapping.size), hostAddress: mapping.address,
                                     fileOffset: offset, pageSize: MemoryMapping.pageSize, backing: backing,
                                     logsDirtyPages: region.flags.contains(.logDirtyPages))

@@ -58,16 +58,8 @@ extension Machine {
         // The pages changed since the last snapshot, taken now: a Full one
         // starts the count over, a Diff writes them.
         let changed = type == .diff || dirtyPages.logsWrites ? try dirtyPages.take() : []
-        // Both temporary files are created first: a target whose directory
-        // is missing fails here, before any RAM is written.
         let memoryFile: AtomicFile, stateFile: AtomicFile
-        do {
-            memoryFile = try AtomicFile(creating: memoryPath, what: "the memory file \(memoryPath)")
-            do { stateFile = try AtomicFile(creating: statePath, what: "the state file \(statePath)") } catch {
-                memoryFile.abandon()
-                throw error
-            }
-        } catch {
+        do { (memoryFile, stateFile) = try Self.createSnapshotFiles(statePath: statePath, memoryPath: memoryPath) } catch {
             dirtyPages.giveBack(changed)
             throw error
         }
@@ -105,10 +97,20 @@ extension Machine {
                               mergedOnto: merged, duration: ContinuousClock.now - start)
     }
 
+    /// Both temporary files of a snapshot, created before any RAM is written:
+    /// a target whose directory is missing fails here.
+    static func createSnapshotFiles(statePath: String, memoryPath: String) throws -> (memory: AtomicFile, state: AtomicFile) {
+        let memoryFile = try AtomicFile(creating: memoryPath, what: "the memory file \(memoryPath)")
+        do { return (memoryFile, try AtomicFile(creating: statePath, what: "the state file \(statePath)")) } catch {
+            memoryFile.abandon()
+            throw error
+        }
+    }
+
     /// A new snapshot's lineage: a new id; for a Diff, the machine's last
     /// snapshot (taken or restored) as its parent and, unless it landed on an
     /// earlier file, the digest of the data just written.
-    private func lineage(for type: SnapshotType, landed: Bool, memoryFile: AtomicFile, size: UInt64) throws -> SnapshotLineage {
+    func lineage(for type: SnapshotType, landed: Bool, memoryFile: AtomicFile, size: UInt64) throws -> SnapshotLineage {
         let id = SnapshotLineage.newID()
         switch (type, landed) {
         case (.full, _): return SnapshotLineage(kind: .full, id: id)

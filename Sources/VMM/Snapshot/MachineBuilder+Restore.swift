@@ -76,8 +76,13 @@ extension MachineBuilder {
         if case .file(let filePaging) = options.memoryBackend { paging = filePaging } else { paging = nil }
         var (snapshot, configuration) = try checkSnapshot(statePath: statePath, memoryPath: paging == nil ? nil : memoryPath)
         try options.apply(to: &configuration, clock: snapshot.clock)
+        if configuration.memoryBackend == .shared && paging != .eager {
+            // Only an Eager load fills new shared memory (which a live snapshot can take again); the other
+            // backends' RAM is the file's mapping or anonymous memory, and the configuration says so.
+            configuration.memoryBackend = .anonymous
+        }
         try configuration.validateDevices()
-        if configuration.memoryBackend != .anonymous && paging != .mapped && paging != .eager {
+        if configuration.memoryBackend == .guestMemfd && paging != .mapped && paging != .eager {
             throw SnapshotError("the snapshot's RAM is guest_memfd, which is filled from the memory file before the guest runs; "
                 + "mem_backend must be File with paging Mapped (the default) or Eager")
         }
@@ -168,15 +173,17 @@ extension MachineBuilder {
         }
         defer { close(memoryFile) }
         if configuration.memoryBackend != .anonymous {
-            // A guest_memfd machine gets a new guest_memfd, filled from the file.
-            let guestMemfd = try ramBacking(configuration.memoryBackend, vm: vm).0
+            // A guest_memfd machine gets a new guest_memfd, filled from the file; a shared-memory one (loaded
+            // Eager) new memfds.
+            let backing = try ramBacking(configuration.memoryBackend, vm: vm).0
             for (slot, range) in ranges.enumerated() {
                 let region = try vm.addMemory(slot: UInt32(slot), at: GuestAddress(range.guestAddress), size: Int(range.size),
-                                              alignment: MemoryMapping.hugePageAlignment, backing: guestMemfd, flags: flags, to: memory)
+                                              alignment: MemoryMapping.hugePageAlignment, backing: backing, flags: flags, to: memory)
                 if let mapping = region.mapping { try SnapshotMemoryFile.copy(from: memoryFile, range: range, into: mapping, path: path) }
             }
-            return RestoredRAM(filler: nil, fromSnapshot: false, step: "copy RAM into guest_memfd",
-                               description: "guest_memfd, filled from the snapshot's memory file \(path)")
+            let kind = configuration.memoryBackend == .shared ? "shared memory (memfd)" : "guest_memfd"
+            return RestoredRAM(filler: nil, fromSnapshot: false, step: "copy RAM into \(kind)",
+                               description: "\(kind), filled from the snapshot's memory file \(path)")
         }
         switch paging {
         case .mapped:

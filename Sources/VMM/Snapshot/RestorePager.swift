@@ -262,7 +262,7 @@ final class RestorePager: LazyRAMFiller, @unchecked Sendable {
                     if discards { Self.markDiscarded(start..<end, in: &fills, regions: regions) } else {
                         fillLock.withWriteLock { Self.markDiscarded(start..<end, in: &fills, regions: regions) }
                     }
-                case .other: break
+                case .other, .writeProtectFault: break  // nothing here is write-protected
                 }
             }
         }

@@ -26,21 +26,29 @@ enum SnapshotMemoryFile {
     /// holes. Returns the ranges, the file's size and the bytes written.
     private static func writeRuns(_ regions: [(start: UInt64, mapping: MemoryMapping, runs: [Range<Int>])], into file: AtomicFile) throws
         -> (ranges: [MachineSnapshot.MemoryRange], size: UInt64, written: UInt64) {
-        var ranges: [MachineSnapshot.MemoryRange] = []
-        var offset: UInt64 = 0
+        let (ranges, size) = layout(regions.map { ($0.start, $0.mapping) })
         var written: UInt64 = 0
-        for region in regions {
-            let size = UInt64(region.mapping.size)
-            ranges.append(.init(guestAddress: region.start, size: size, fileOffset: offset))
+        for (region, range) in zip(regions, ranges) {
             for run in region.runs {
                 // Sound: each run lies inside the guest mapping (whole pages of it).
                 try file.write(UnsafeRawPointer(region.mapping.baseAddress + run.lowerBound), count: run.count,
-                               at: off_t(offset) + off_t(run.lowerBound))
+                               at: off_t(range.fileOffset) + off_t(run.lowerBound))
                 written += UInt64(run.count)
             }
-            offset += size
         }
-        return (ranges, offset, written)
+        return (ranges, size, written)
+    }
+
+    /// Where each region goes in a memory file: one after another, in order.
+    /// Returns the ranges and the file's size.
+    static func layout(_ regions: [(start: UInt64, mapping: MemoryMapping)]) -> (ranges: [MachineSnapshot.MemoryRange], size: UInt64) {
+        var ranges: [MachineSnapshot.MemoryRange] = []
+        var offset: UInt64 = 0
+        for region in regions {
+            ranges.append(.init(guestAddress: region.start, size: UInt64(region.mapping.size), fileOffset: offset))
+            offset += UInt64(region.mapping.size)
+        }
+        return (ranges, offset)
     }
 
     /// Writes the pages each bitmap marks (bit `n` for the region's page
@@ -148,6 +156,8 @@ enum SnapshotMemoryFile {
     /// Byte ranges of `mapping` that may hold data, in page multiples.
     /// - Anonymous private memory: pages /proc/self/pagemap shows present or
     ///   swapped; any other page was never written and reads as zero.
+    /// - Shared memory (a memfd): the file's data extents; its holes read as
+    ///   zero, and reading them through the mapping would allocate them.
     /// - Memory shared with a file (guest_memfd) or mapped from an earlier
     ///   snapshot: every page, since the guest may have written through KVM's
     ///   own mapping without a host page-table entry here.
@@ -155,7 +165,15 @@ enum SnapshotMemoryFile {
     static func populatedRuns(of mapping: MemoryMapping, fileBacked: Bool) throws -> [Range<Int>] {
         let page = MemoryMapping.pageSize
         let pages = mapping.size / page
-        var present = !fileBacked && mapping.sharing == .private ? try pagemapPresence(of: mapping) : [Bool](repeating: true, count: pages)
+        var present: [Bool]
+        if let memfd = mapping.sharedMemoryFile {
+            present = [Bool](repeating: false, count: pages)
+            for extent in try dataExtents(of: memfd, in: 0..<off_t(mapping.size), what: "guest RAM's memfd") {
+                for index in (Int(extent.lowerBound) / page)..<min(pages, (Int(extent.upperBound) + page - 1) / page) { present[index] = true }
+            }
+        } else {
+            present = !fileBacked && mapping.sharing == .private ? try pagemapPresence(of: mapping) : [Bool](repeating: true, count: pages)
+        }
         // Of the pages that may hold data, those that are all zero need not be
         // written either (a huge page the guest touched in one place is
         // mostly zeros).

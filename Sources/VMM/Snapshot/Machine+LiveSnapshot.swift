@@ -1,0 +1,89 @@
+import GuestMemory
+import KVM
+
+extension Machine {
+    /// What `createLiveSnapshot` wrote, how long the guest was paused and
+    /// how long the whole took.
+    public struct LiveSnapshotReport: Sendable {
+        public let stateBytes: Int
+        /// Guest RAM the memory file holds (its apparent size).
+        public let memoryBytes: UInt64
+        /// Bytes of RAM written: the data the shared memory held at the instant.
+        public let memoryBytesWritten: UInt64
+        /// From the pause request until the guest ran again: vCPUs out of
+        /// KVM_RUN, devices quiesced, state read, RAM write-protected. Zero
+        /// for a machine that was paused already.
+        public let pause: Duration
+        /// Writes that waited for their page to be copied first.
+        public let faults: Int
+        public let duration: Duration
+    }
+
+    /// Writes a Full snapshot of the machine as it was at one instant, while
+    /// it keeps running: the guest is paused only to read its state and to
+    /// write-protect its RAM (`LiveMemoryCopy`), and RAM is copied after it
+    /// resumed, each page before the guest's first write to it. The files
+    /// are the same as `createSnapshot(type: .full)` writes, published the
+    /// same way (both whole, or neither); a machine that was paused stays
+    /// paused. Needs shared RAM (memory_backend "shared") and a kernel whose
+    /// userfaultfd write-protects it; refused before any pause otherwise.
+    /// Returns when the memory file is whole.
+    public func createLiveSnapshot(statePath: String, memoryPath: String, kestrelVersion: String,
+                                   served: [(what: String, path: String)] = []) throws -> LiveSnapshotReport {
+        let start = ContinuousClock.now
+        guard configuration.confidential == nil else {
+            throw SnapshotError("a confidential guest's memory and state are not the host's to save")
+        }
+        try SnapshotTargets.check(statePath: statePath, memoryPath: memoryPath, served: served + ownFiles)
+        let regions = ramRegions
+        let (ranges, size) = SnapshotMemoryFile.layout(regions.map { ($0.start, $0.mapping) })
+        let copy = try LiveMemoryCopy(regions: zip(regions, ranges).map { ($0.mapping, $1.fileOffset) })
+        defer { copy.release() }
+        let (memoryFile, stateFile) = try Self.createSnapshotFiles(statePath: statePath, memoryPath: memoryPath)
+        func abandon() {
+            memoryFile.abandon()
+            stateFile.abandon()
+        }
+
+        let wasPaused = isPaused
+        let pauseStart = ContinuousClock.now
+        if !wasPaused { pause() }
+        var snapshot: MachineSnapshot
+        var changed: [(region: MemoryRegion, bitmap: [UInt64])] = []
+        do {
+            snapshot = try captureState(kestrelVersion: kestrelVersion)
+            changed = dirtyPages.logsWrites ? try dirtyPages.take() : []
+            _ = try copy.protect()
+        } catch {
+            copy.release()
+            if !wasPaused { resume() }
+            abandon()
+            dirtyPages.giveBack(changed)
+            throw error
+        }
+        if !wasPaused { resume() }
+        let pause = wasPaused ? .zero : ContinuousClock.now - pauseStart
+
+        let bytes: [UInt8]
+        do {
+            try copy.copy(into: memoryFile)
+            copy.release()
+            snapshot.memory = ranges
+            snapshot.lineage = try lineage(for: .full, landed: false, memoryFile: memoryFile, size: size)
+            bytes = snapshot.encoded()
+            // Sound: the array's buffer holds bytes.count bytes.
+            try bytes.withUnsafeBytes { try stateFile.write($0.baseAddress!, count: $0.count, at: 0) }
+            try memoryFile.finish(size: size)
+            try stateFile.finish()
+            try AtomicFile.publish([memoryFile, stateFile])
+        } catch {
+            abandon()
+            dirtyPages.giveBack(changed)
+            throw error
+        }
+        lastSnapshotID.withLock { $0 = snapshot.lineage.id }
+        dirtyPages.snapshotTaken()
+        return LiveSnapshotReport(stateBytes: bytes.count, memoryBytes: size, memoryBytesWritten: copy.counts.bytesWritten,
+                                  pause: pause, faults: copy.counts.faults, duration: ContinuousClock.now - start)
+    }
+}
