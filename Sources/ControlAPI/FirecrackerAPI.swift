@@ -424,8 +424,17 @@ public final class FirecrackerAPI: Sendable {
             guard let track = value.boolValue else { return .fault(400, "PUT /snapshot/load: \(flag) must be a boolean") }
             options.trackDirtyPages = options.trackDirtyPages || track
         }
-        if case .array(let overrides) = object["network_overrides"] ?? .array([]), !overrides.isEmpty {
-            return .fault(400, "PUT /snapshot/load: network_overrides are not supported; the snapshot's taps are opened by name")
+        if let overrides = object["network_overrides"], overrides != .null {
+            guard case .array(let items) = overrides else {
+                return .fault(400, "PUT /snapshot/load: network_overrides must be an array of {\"iface_id\": ID, \"host_dev_name\": TAP}")
+            }
+            for item in items {
+                guard let fields = item.objectValue, let id = fields["iface_id"]?.stringValue, let tap = fields["host_dev_name"]?.stringValue,
+                      !id.isEmpty, !tap.isEmpty, fields.count == 2 else {
+                    return .fault(400, "PUT /snapshot/load: each of network_overrides is {\"iface_id\": ID, \"host_dev_name\": TAP}, not \(item.rendered)")
+                }
+                options.networkOverrides.append(NetworkOverride(interfaceID: id, hostDeviceName: tap))
+            }
         }
         if let override = object["vsock_override"], override != .null {
             guard let fields = override.objectValue, let path = fields["uds_path"]?.stringValue, !path.isEmpty,

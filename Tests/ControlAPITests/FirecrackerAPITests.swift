@@ -21,7 +21,7 @@ final class RecordingControl: MicroVMControl {
         case .file(let paging): backend = " paging=\(paging.rawValue)"
         case .uffd: backend = " uffd"
         }
-        return (options.vsockPath.map { " vsock=\($0)" } ?? "") + (options.clockRealtime ? " realtime" : "") + (options.trackDirtyPages ? " track" : "") + backend
+        return (options.vsockPath.map { " vsock=\($0)" } ?? "") + options.networkOverrides.map { " net=\($0.interfaceID):\($0.hostDeviceName)" }.joined() + (options.clockRealtime ? " realtime" : "") + (options.trackDirtyPages ? " track" : "") + backend
     }
     let bytesWaitingWhenSent = Mutex<[Bool]>([])
 
@@ -53,6 +53,11 @@ final class RecordingControl: MicroVMControl {
     func dumpMemory(path: String, dirtyOnly: Bool) throws -> Machine.MemoryDump {
         calls.withLock { $0.append("dump \(path) \(dirtyOnly)") }
         return .init(size: 128 << 20, bytesWritten: 12_288)
+    }
+    func createLiveSnapshot(statePath: String, memoryPath: String) throws -> Machine.LiveSnapshotReport {
+        calls.withLock { $0.append("live \(statePath) \(memoryPath)") }
+        return .init(stateBytes: 11_000, memoryBytes: 128 << 20, memoryBytesWritten: 1 << 20, pause: .microseconds(2_500), faults: 7,
+                     duration: .milliseconds(40))
     }
     func answersSent() {
         let client = watchedClient.withLock { $0 }
@@ -199,7 +204,11 @@ final class PatchingControl: MicroVMControl {
             (#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m", "prefault": true}}"#, "mem_backend: unknown field prefault"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "enable_diff_snapshots": "yes"}"#, "enable_diff_snapshots must be a boolean"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "track_dirty_pages": 1}"#, "track_dirty_pages must be a boolean"),
-            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t"}]}"#, "network_overrides"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": {"iface_id": "a", "host_dev_name": "t"}}"#, "network_overrides must be an array"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "a"}]}"#, "each of network_overrides is"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "a", "host_dev_name": ""}]}"#, "each of network_overrides is"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "a", "host_dev_name": "t", "guest_mac": "x"}]}"#,
+             "each of network_overrides is"),
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "bogus": 1}"#, "unknown field bogus"),
             // Firecracker 1.17's fields: known, and checked like the swagger.
             (#"{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"path": "/v"}}"#, "vsock_override must be"),
@@ -219,9 +228,9 @@ final class PatchingControl: MicroVMControl {
         #expect(late.0 == 400 && Self.fault(late.1).contains("only allowed on a fresh microVM"), "\(late)")
         #expect(control.calls.withLock { $0 }.isEmpty, "no refused request reached the VMM")
 
-        let load = Self.send(api, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}, "resume_vm": false, "vsock_override": {"uds_path": "/v.sock"}, "clock_realtime": true, "huge_pages": "Snapshot", "track_dirty_pages": true}"#)
+        let load = Self.send(api, "PUT", "/snapshot/load", #"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}, "resume_vm": false, "vsock_override": {"uds_path": "/v.sock"}, "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap7"}], "clock_realtime": true, "huge_pages": "Snapshot", "track_dirty_pages": true}"#)
         #expect(load.0 == 204, "\(load)")
-        #expect(control.calls.withLock { $0 } == ["load /s /m false vsock=/v.sock realtime track"])
+        #expect(control.calls.withLock { $0 } == ["load /s /m false vsock=/v.sock net=eth0:tap7 realtime track"])
         #expect(Self.send(api, "GET", "/").1.contains(#""state":"Paused""#))
         let configuration = Self.send(api, "GET", "/vm/config").1
         #expect(configuration.contains(#""kernel_image_path":"/restored/vmlinux""#) && configuration.contains(#""vcpu_count":2"#), "\(configuration)")
@@ -247,7 +256,7 @@ final class PatchingControl: MicroVMControl {
         #expect(Self.send(api, "PATCH", "/vm", #"{"state": "Resumed"}"#).0 == 204)
         let running = Self.send(api, "PUT", "/snapshot/create", create)
         #expect(running.0 == 400 && Self.fault(running.1).contains("pause it first"), "\(running)")
-        #expect(control.calls.withLock { $0 } == ["load /s /m false vsock=/v.sock realtime track", "snapshot Full /tmp/s /tmp/m",
+        #expect(control.calls.withLock { $0 } == ["load /s /m false vsock=/v.sock net=eth0:tap7 realtime track", "snapshot Full /tmp/s /tmp/m",
                                                   "snapshot Diff /tmp/s /tmp/d", "snapshot Full /tmp/s /tmp/m", "resume"])
     }
 
@@ -259,6 +268,8 @@ final class PatchingControl: MicroVMControl {
         let api = FirecrackerAPI(instanceID: "vm", version: "0.1.0", control: control)
         let early = Self.send(api, "GET", "/kestrel/memory")
         #expect(early.0 == 400 && Self.fault(early.1).contains("has not started"), "\(early)")
+        let earlyLive = Self.send(api, "PUT", "/kestrel/snapshot/live", #"{"snapshot_path": "/s", "mem_file_path": "/m"}"#)
+        #expect(earlyLive.0 == 400 && Self.fault(earlyLive.1).contains("before the microVM has started"), "\(earlyLive)")
         #expect(Self.send(api, "PUT", "/boot-source", #"{"kernel_image_path": "\#(Self.file)"}"#).0 == 204)
         #expect(Self.send(api, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#).0 == 204)
         let regions = Self.send(api, "GET", "/kestrel/memory")
@@ -269,6 +280,8 @@ final class PatchingControl: MicroVMControl {
         #expect(Self.send(api, "PUT", "/kestrel/memory/dirty/reset").0 == 204)
         let dump = Self.send(api, "PUT", "/kestrel/memory/dump", #"{"mem_file_path": "/tmp/d.mem", "dirty_only": true}"#)
         #expect(dump.0 == 200 && dump.1.contains(#""bytes_written":12288"#), "\(dump)")
+        let live = Self.send(api, "PUT", "/kestrel/snapshot/live", #"{"snapshot_path": "/tmp/l.state", "mem_file_path": "/tmp/l.mem"}"#)
+        #expect(live.0 == 200 && live.1.contains(#""pause_us":2500"#) && live.1.contains(#""faults":7"#) && live.1.contains(#""duration_us":40000"#), "\(live)")
         let bad: [(String, String, String?, String)] = [
             ("PUT", "/kestrel/memory/dump", #"{"dirty_only": true}"#, "mem_file_path is a required string"),
             ("PUT", "/kestrel/memory/dump", #"{"mem_file_path": "/m", "dirty_only": "yes"}"#, "dirty_only must be a boolean"),
@@ -277,12 +290,16 @@ final class PatchingControl: MicroVMControl {
             ("GET", "/kestrel/memory/dirty", #"{}"#, "takes no body"),
             ("PUT", "/kestrel/memory", nil, "Invalid request method and/or path"),
             ("GET", "/kestrel/cpus", nil, "Invalid request method and/or path"),
+            ("PUT", "/kestrel/snapshot/live", #"{"snapshot_path": "/s"}"#, "snapshot_path and mem_file_path are required strings"),
+            ("PUT", "/kestrel/snapshot/live", #"{"snapshot_path": "/s", "mem_file_path": "/s"}"#, "must differ"),
+            ("PUT", "/kestrel/snapshot/live", #"{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Diff"}"#, "unknown field snapshot_type"),
+            ("GET", "/kestrel/snapshot/live", nil, "Invalid request method and/or path"),
         ]
         for (method, path, body, expected) in bad {
             let answer = Self.send(api, method, path, body)
             #expect(answer.0 == 400 && Self.fault(answer.1).contains(expected), "\(method) \(path): \(answer)")
         }
-        #expect(control.calls.withLock { $0 } == ["start", "reset dirty", "dump /tmp/d.mem true"])
+        #expect(control.calls.withLock { $0 } == ["start", "reset dirty", "dump /tmp/d.mem true", "live /tmp/l.state /tmp/l.mem"])
     }
 
     @Test func badRequestsAreRefusedByNameAndChangeNothing() {

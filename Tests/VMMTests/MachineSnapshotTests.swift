@@ -194,6 +194,26 @@ import X86
         }
     }
 
+    /// Firecracker's network_overrides: the named interface gets the new
+    /// tap and keeps its MAC; an unknown or repeated interface is refused.
+    @Test func networkOverridesReplaceTheTapOfANamedInterface() throws {
+        var configuration = MachineConfiguration(kernelPath: "/k")
+        configuration.networkInterfaces = [NetworkInterfaceConfiguration(id: "eth0", tapName: "tap0", guestMAC: "06:00:00:00:00:01"),
+                                           NetworkInterfaceConfiguration(id: "eth1", tapName: "tap1")]
+        try SnapshotLoadOptions(networkOverrides: [NetworkOverride(interfaceID: "eth1", hostDeviceName: "clone3")])
+            .apply(to: &configuration, clock: ClockState(nanoseconds: 1))
+        #expect(configuration.networkInterfaces.map(\.tapName) == ["tap0", "clone3"])
+        #expect(configuration.networkInterfaces[0].guestMAC == "06:00:00:00:00:01")
+        #expect(throws: SnapshotError("network_overrides: the snapshot's machine has no interface \"eth9\" (it has \"eth0\", \"eth1\")")) {
+            try SnapshotLoadOptions(networkOverrides: [NetworkOverride(interfaceID: "eth9", hostDeviceName: "t")])
+                .apply(to: &configuration, clock: ClockState(nanoseconds: 1))
+        }
+        #expect(throws: SnapshotError("network_overrides: interface \"eth0\" is overridden twice")) {
+            try SnapshotLoadOptions(networkOverrides: [NetworkOverride(interfaceID: "eth0", hostDeviceName: "a"), NetworkOverride(interfaceID: "eth0", hostDeviceName: "b")])
+                .apply(to: &configuration, clock: ClockState(nanoseconds: 1))
+        }
+    }
+
     @Test func realtimeNeedsAReadingThatHasWallClockTime() throws {
         var configuration = MachineConfiguration(kernelPath: "/k")
         // ClockState(nanoseconds:) has flags 0, as KVM_GET_CLOCK gives without its master clock.

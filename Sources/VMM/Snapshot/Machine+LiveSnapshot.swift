@@ -17,6 +17,15 @@ extension Machine {
         /// Writes that waited for their page to be copied first.
         public let faults: Int
         public let duration: Duration
+
+        public init(stateBytes: Int, memoryBytes: UInt64, memoryBytesWritten: UInt64, pause: Duration, faults: Int, duration: Duration) {
+            self.stateBytes = stateBytes
+            self.memoryBytes = memoryBytes
+            self.memoryBytesWritten = memoryBytesWritten
+            self.pause = pause
+            self.faults = faults
+            self.duration = duration
+        }
     }
 
     /// Writes a Full snapshot of the machine as it was at one instant, while

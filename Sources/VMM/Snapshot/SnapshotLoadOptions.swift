@@ -6,6 +6,10 @@ public struct SnapshotLoadOptions: Equatable, Sendable {
     /// `vsock_override.uds_path`: the vsock device's host socket path, when
     /// the one recorded is not available here.
     public var vsockPath: String?
+    /// `network_overrides`: interface id → the host tap it uses from now on
+    /// (`host_dev_name`), for interfaces whose recorded tap is not the one
+    /// to use here, as each clone of one snapshot needs its own.
+    public var networkOverrides: [NetworkOverride]
     /// `clock_realtime`: move kvmclock on by the wall-clock time since the
     /// snapshot was taken (KVM_SET_CLOCK with KVM_CLOCK_REALTIME), instead
     /// of resuming it where it stopped.
@@ -17,9 +21,10 @@ public struct SnapshotLoadOptions: Equatable, Sendable {
     /// `mem_backend`: where the restored RAM's contents come from.
     public var memoryBackend: SnapshotMemoryBackend
 
-    public init(vsockPath: String? = nil, clockRealtime: Bool = false, trackDirtyPages: Bool = false,
+    public init(vsockPath: String? = nil, networkOverrides: [NetworkOverride] = [], clockRealtime: Bool = false, trackDirtyPages: Bool = false,
                 memoryBackend: SnapshotMemoryBackend = .file(.mapped)) {
         self.vsockPath = vsockPath
+        self.networkOverrides = networkOverrides
         self.clockRealtime = clockRealtime
         self.trackDirtyPages = trackDirtyPages
         self.memoryBackend = memoryBackend
@@ -27,13 +32,25 @@ public struct SnapshotLoadOptions: Equatable, Sendable {
 
     /// Applies the overrides to the snapshot's configuration; throws when
     /// one cannot apply: a vsock path for a machine with no vsock device,
-    /// or realtime for a clock reading that has no wall-clock time.
+    /// a network override for an interface it does not have (or two for
+    /// one), or realtime for a clock reading that has no wall-clock time.
     func apply(to configuration: inout MachineConfiguration, clock: ClockState) throws {
         if let vsockPath {
             guard configuration.vsock != nil else {
                 throw SnapshotError("vsock_override: the snapshot's machine has no vsock device")
             }
             configuration.vsock?.udsPath = vsockPath
+        }
+        for (index, override) in networkOverrides.enumerated() {
+            guard networkOverrides[..<index].allSatisfy({ $0.interfaceID != override.interfaceID }) else {
+                throw SnapshotError("network_overrides: interface \"\(override.interfaceID)\" is overridden twice")
+            }
+            guard let target = configuration.networkInterfaces.firstIndex(where: { $0.id == override.interfaceID }) else {
+                let known = configuration.networkInterfaces.map { "\"\($0.id)\"" }
+                throw SnapshotError("network_overrides: the snapshot's machine has no interface \"\(override.interfaceID)\" "
+                    + (known.isEmpty ? "(it has none)" : "(it has \(known.joined(separator: ", ")))"))
+            }
+            configuration.networkInterfaces[target].tapName = override.hostDeviceName
         }
         configuration.trackDirtyPages = trackDirtyPages
         // The snapshot's ring choice holds only while pages are tracked.
@@ -77,4 +94,17 @@ public enum FilePaging: String, CaseIterable, Equatable, Sendable {
     /// in the background; once it is all in, the pager lets go of the
     /// userfaultfd and the file, and RAM is plain anonymous memory.
     case prefault = "Prefault"
+}
+
+/// One of `network_overrides` (Firecracker's NetworkOverride): the interface
+/// `iface_id` of the snapshot's machine uses the tap `host_dev_name`. The
+/// guest's MAC stays the one recorded: the guest has it.
+public struct NetworkOverride: Equatable, Sendable {
+    public var interfaceID: String
+    public var hostDeviceName: String
+
+    public init(interfaceID: String, hostDeviceName: String) {
+        self.interfaceID = interfaceID
+        self.hostDeviceName = hostDeviceName
+    }
 }
