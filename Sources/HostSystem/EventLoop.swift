@@ -113,13 +113,21 @@ public final class EventLoop: Sendable {
     /// quiesce this way while its vCPUs are paused. Returns at once when the
     /// loop has no thread. Not from a handler.
     public func pause() {
-        guard let running = thread.withLock({ $0 }), !running.isCurrent else { return }
+        guard requestPause() else { return }
+        parking.lock.wait(until: { parking.parked || stopping.load(ordering: .acquiring) }) {}
+    }
+
+    /// Asks the loop to park, without waiting for it (`isPaused` tells when
+    /// it has); false when there is no loop thread to park, or this is it.
+    @discardableResult
+    public func requestPause() -> Bool {
+        guard let running = thread.withLock({ $0 }), !running.isCurrent else { return false }
         parking.lock.withLock {
             parking.requested = true
             parking.pending.store(true, ordering: .releasing)
         }
         wake.signal()
-        parking.lock.wait(until: { parking.parked || stopping.load(ordering: .acquiring) }) {}
+        return true
     }
 
     /// Lets a parked loop run handlers again.
@@ -132,6 +140,13 @@ public final class EventLoop: Sendable {
 
     /// Whether the loop's thread is parked by `pause`.
     public var isPaused: Bool { parking.lock.withLock { parking.parked } }
+
+    /// Whether `pause` would return now: the thread is parked, stopping, or
+    /// not there.
+    public var pauseSettled: Bool {
+        guard let running = thread.withLock({ $0 }), !running.isCurrent else { return true }
+        return parking.lock.withLock { parking.parked } || stopping.load(ordering: .acquiring)
+    }
 
     /// Parks the loop's thread while a pause is requested.
     private func parkIfRequested() {

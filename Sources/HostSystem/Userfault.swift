@@ -77,19 +77,25 @@ public final class Userfault: @unchecked Sendable {
     /// UFFDIO_WRITEPROTECT: from now on a write to `[start, start + length)`
     /// (registered with `registerWriteProtect`) waits, reported as
     /// `Event.writeProtectFault`, until `removeWriteProtection` covers it.
-    public func writeProtect(start: UInt, length: Int) throws {
-        // Sound: the kernel changes page-table bits of the range; no memory is read or written.
-        guard chost_userfaultfd_writeprotect(fileDescriptor, UInt64(start), UInt64(length), 1) == 0 else {
-            throw SystemCallError.current("UFFDIO_WRITEPROTECT(WP, 0x\(String(start, radix: 16)), \(length) bytes)")
-        }
+    /// False, with nothing done, while the address space is changing
+    /// (EAGAIN: an event such as a remove waits to be read): read the events
+    /// and try again.
+    public func writeProtect(start: UInt, length: Int) throws -> Bool {
+        try setWriteProtection(true, start: start, length: length)
     }
 
     /// UFFDIO_WRITEPROTECT without MODE_WP: writes to the range go through
-    /// again, and the threads waiting there are woken.
-    public func removeWriteProtection(start: UInt, length: Int) throws {
-        guard chost_userfaultfd_writeprotect(fileDescriptor, UInt64(start), UInt64(length), 0) == 0 else {
-            throw SystemCallError.current("UFFDIO_WRITEPROTECT(0x\(String(start, radix: 16)), \(length) bytes)")
-        }
+    /// again, and the threads waiting there are woken. False on EAGAIN, as
+    /// `writeProtect`.
+    public func removeWriteProtection(start: UInt, length: Int) throws -> Bool {
+        try setWriteProtection(false, start: start, length: length)
+    }
+
+    private func setWriteProtection(_ protect: Bool, start: UInt, length: Int) throws -> Bool {
+        // Sound: the kernel changes page-table bits of the range; no memory of this process is read or written.
+        if chost_userfaultfd_writeprotect(fileDescriptor, UInt64(start), UInt64(length), protect ? 1 : 0) == 0 { return true }
+        if Glibc.errno == EAGAIN { return false }
+        throw SystemCallError.current("UFFDIO_WRITEPROTECT(\(protect ? "WP, " : "")0x\(String(start, radix: 16)), \(length) bytes)")
     }
 
     /// UFFDIO_UNREGISTER: faults in the range are the kernel's again.

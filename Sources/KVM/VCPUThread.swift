@@ -237,6 +237,9 @@ public final class VCPUThread: @unchecked Sendable {
     /// Whether the vCPU is parked by a pause.
     public var isPaused: Bool { lock.withLock { paused } }
 
+    /// Whether `waitUntilPaused` would return now.
+    public var pauseSettled: Bool { lock.withLock { paused || stopRequested || deadlineExpired || !pauseRequested } }
+
     /// Sets immediate_exit and signals the vCPU's thread, if one is in `run`.
     private func kickLocked() {
         vcpu.immediateExit = true

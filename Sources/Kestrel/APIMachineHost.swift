@@ -143,9 +143,12 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
     func createLiveSnapshot(statePath: String, memoryPath: String) throws -> Machine.LiveSnapshotReport {
         let report = try runningMachine.createLiveSnapshot(statePath: statePath, memoryPath: memoryPath, kestrelVersion: Kestrel.version,
                                                            served: apiSocket.map { [("the API socket", $0)] } ?? [])
-        let pauseMs = (Double(report.pause.components.seconds) * 1000 + Double(report.pause.components.attoseconds) / 1e15).text(places: 3)
+        func milliseconds(_ duration: Duration) -> String {
+            (Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15).text(places: 3)
+        }
+        let pauseMs = milliseconds(report.pause) + " ms (" + report.pauseSteps.map { "\($0.step) \(milliseconds($0.duration))" }.joined(separator: ", ") + ")"
         let files = "\(statePath) (\(report.stateBytes) bytes), \(memoryPath) (\(report.memoryBytes >> 20) MiB of RAM, \(report.memoryBytesWritten >> 20) MiB written)"
-        log("snapshot: Live \(files) in \(SecondsText.text(report.duration)) s; the guest paused for \(pauseMs) ms, \(report.faults) writes waited for their page")
+        log("snapshot: Live \(files) in \(SecondsText.text(report.duration)) s; the guest paused for \(pauseMs), \(report.faults) writes waited for their page")
         return report
     }
 

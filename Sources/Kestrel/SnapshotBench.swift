@@ -21,7 +21,14 @@ struct SnapshotBench: ParsableCommand {
             each memory file gets --fill MiB of data the guest never touches, which Eager reads before the guest runs, Prefault copies in behind it, and Mapped and OnDemand leave alone; \
             baseline: the same guest booted through the API (spawn until InstanceStart answers 204). The ratios against the smallest size show whether a mode's restore grows with memory. \
             Exec to socket is also measured after 50 ms of idling, with /bin/true after the same idling as its baseline. \
-            Pause and resume: PATCH /vm round trips; baseline: GET / round trips. Run it here and in the lab: \
+            Pause and resume: PATCH /vm round trips; baseline: GET / round trips. \
+            Fork pause: the crafted writing guest (it rewrites 32 MiB over and over) on --fork-memory MiB of shared RAM, \
+            snapshotted live (PUT /kestrel/snapshot/live, which answers the pause); baseline: the same snapshot the Firecracker way, \
+            PATCH Paused, PUT /snapshot/create and PATCH Resumed, timed by the bench. \
+            Clones: --clones processes loading one live snapshot of the counting guest on 256 MiB of shared RAM, all left running: \
+            spawn until the load answered against restores of the same snapshot with no clone running, and each clone's Pss and \
+            private memory in its mapping of the memory file (/proc/PID/smaps) against the guest's RAM. \
+            Run it here and in the lab: \
             kestrel lab run --kernel 6.1 -- kestrel bench snapshot.
             """)
 
@@ -34,6 +41,9 @@ struct SnapshotBench: ParsableCommand {
     @Option(help: "Restore paging modes to compare (mem_backend File's paging), comma-separated: Mapped, Eager, OnDemand, Prefault.")
     var paging = "Mapped,Eager,OnDemand,Prefault"
 
+    @Option(help: "Guest RAM backends to compare (machine-config memory_backend), comma-separated: anonymous, guest_memfd, shared. guest_memfd RAM is always read in before the guest runs, so only Mapped and Eager apply to it.")
+    var memoryBackends = "anonymous"
+
     @Flag(help: "After each mode's restores, one more with --verbose, and the set-up steps it logs.")
     var steps = false
 
@@ -43,6 +53,12 @@ struct SnapshotBench: ParsableCommand {
     @Option(help: "Where the snapshot files go (a directory; they are removed afterwards).")
     var directory = "/tmp"
 
+    @Option(help: "MiB of shared RAM of the guest forked live for the fork pause rows; 0 leaves them out.")
+    var forkMemory = 1024
+
+    @Option(help: "Clones of one live snapshot for the clone rows; 0 leaves them out.")
+    var clones = 10
+
     func validate() throws {
         guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1") }
         guard !sizes.isEmpty, sizes.allSatisfy({ $0 >= 32 }) else { throw ValidationError("--memory: sizes in MiB, each at least 32") }
@@ -51,10 +67,22 @@ struct SnapshotBench: ParsableCommand {
             throw ValidationError("--paging: known modes are " + FilePaging.allCases.map(\.rawValue).joined(separator: ", "))
         }
         if let fill, fill < 0 { throw ValidationError("--fill must be at least 0") }
+        let backendNames = memoryBackends.split(separator: ",").map(String.init)
+        guard !backendNames.isEmpty, backendNames.allSatisfy({ MemoryBackend(rawValue: $0) != nil }) else {
+            throw ValidationError("--memory-backends: known backends are " + MemoryBackend.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        guard forkMemory == 0 || forkMemory >= 128 else { throw ValidationError("--fork-memory: at least 128 MiB (the writing guest's 32 MiB lie at 64 MiB), or 0") }
+        guard clones >= 0 else { throw ValidationError("--clones must be at least 0") }
     }
 
     var sizes: [Int] { memory.split(separator: ",").compactMap { Int($0) } }
     var modes: [String] { paging.split(separator: ",").map(String.init) }
+    var backends: [MemoryBackend] { memoryBackends.split(separator: ",").compactMap { MemoryBackend(rawValue: String($0)) } }
+
+    /// The modes that apply to `backend`: guest_memfd RAM takes Mapped and Eager only (both read it in).
+    func modes(for backend: MemoryBackend) -> [String] {
+        backend == .guestMemfd ? modes.filter { $0 == FilePaging.mapped.rawValue || $0 == FilePaging.eager.rawValue } : modes
+    }
 
     /// The data written into a memory file of `size` MiB (after its first 64 MiB).
     func fillMiB(_ size: Int) -> Int { min(fill ?? min(size / 2, 1024), max(size - 64, 0)) }
@@ -85,47 +113,79 @@ struct SnapshotBench: ParsableCommand {
         row("exec to API socket", execs, "spawn of /bin/true", floors)
         row("  the same, after 50 ms idle", idleExecs, "/bin/true after 50 ms idle", idleFloors)
 
-        // Per mode, the restore-to-running median of each size, for the ratios against the smallest.
+        // Per backend and mode, the restore-to-running median of each size, for the ratios against the smallest.
         var running: [String: [Int: Double]] = [:]
+        let labelled = backends.count > 1
         for size in sizes {
-            let (create, stateBytes, memoryBytes, onDisk) = try bench.snapshot(memoryMiB: size)
-            print("snapshot create, \(size) MiB: \(ms(create)) (PUT round trip); state file \(stateBytes) bytes, "
-                + "memory file \(memoryBytes >> 20) MiB apparent, \(onDisk >> 10) KiB written")
-            let filled = fillMiB(size)
-            try bench.fillMemoryFile(fromMiB: 64, mebibytes: filled)
-            var boots: [Double] = []
-            for round in 0..<rounds { boots.append(try bench.boot(memoryMiB: size, round: round)) }
-            print("  with \(filled) MiB of data written into the memory file past its first 64 MiB (the guest does not touch it):")
-            for mode in modes {
-                var restores: [Double] = [], outputs: [Double] = [], prefaults: [Double] = []
-                for round in 0..<rounds {
-                    let measured = try bench.restore(round: round, paging: mode)
-                    restores.append(measured.running)
-                    outputs.append(measured.firstOutput)
-                    if let prefault = measured.prefault { prefaults.append(prefault) }
-                }
-                running[mode, default: [:]][size] = ConversionsBench.median(restores)
-                row("  \(mode), to running", restores, "boot through the API", boots)
-                row("  \(mode), to next output", outputs, "boot through the API", boots)
-                if steps { print("    set-up (one more, --verbose): " + (try bench.restoreSteps(paging: mode))) }
-                if !prefaults.isEmpty {
-                    let median = ConversionsBench.median(prefaults)
-                    print("  \(mode): all data in after " + (median.isFinite ? ms(median) : "more than 30 s") + " (median; the pager's own count from its start)")
+            for backend in backends {
+                let label = labelled ? "\(backend.rawValue), " : ""
+                let (create, stateBytes, memoryBytes, onDisk) = try bench.snapshot(memoryMiB: size, backend: backend)
+                print("snapshot create, \(label)\(size) MiB: \(ms(create)) (PUT round trip); state file \(stateBytes) bytes, "
+                    + "memory file \(memoryBytes >> 20) MiB apparent, \(onDisk >> 10) KiB written")
+                let filled = fillMiB(size)
+                try bench.fillMemoryFile(fromMiB: 64, mebibytes: filled)
+                var boots: [Double] = []
+                for round in 0..<rounds { boots.append(try bench.boot(memoryMiB: size, round: round, backend: backend)) }
+                print("  with \(filled) MiB of data written into the memory file past its first 64 MiB (the guest does not touch it):")
+                for mode in modes(for: backend) {
+                    var restores: [Double] = [], outputs: [Double] = [], prefaults: [Double] = []
+                    for round in 0..<rounds {
+                        let measured = try bench.restore(round: round, paging: mode)
+                        restores.append(measured.running)
+                        outputs.append(measured.firstOutput)
+                        if let prefault = measured.prefault { prefaults.append(prefault) }
+                    }
+                    running[label + mode, default: [:]][size] = ConversionsBench.median(restores)
+                    row("  \(label)\(mode), to running", restores, "boot through the API", boots)
+                    row("  \(label)\(mode), to next output", outputs, "boot through the API", boots)
+                    if steps { print("    set-up (one more, --verbose): " + (try bench.restoreSteps(paging: mode))) }
+                    if !prefaults.isEmpty {
+                        let median = ConversionsBench.median(prefaults)
+                        print("  \(label)\(mode): all data in after " + (median.isFinite ? ms(median) : "more than 30 s") + " (median; the pager's own count from its start)")
+                    }
                 }
             }
         }
         if sizes.count > 1, let smallest = sizes.min() {
-            for mode in modes {
-                guard let base = running[mode]?[smallest] else { continue }
+            for key in running.keys.sorted() {
+                guard let base = running[key]?[smallest] else { continue }
                 let ratios = sizes.filter { $0 != smallest }.sorted().compactMap { size in
-                    running[mode]?[size].map { "\(size) MiB \(($0 / base).text(places: 2))x" }
+                    running[key]?[size].map { "\(size) MiB \(($0 / base).text(places: 2))x" }
                 }
-                print("restore to running, \(mode), against \(smallest) MiB: " + ratios.joined(separator: ", "))
+                print("restore to running, \(key), against \(smallest) MiB: " + ratios.joined(separator: ", "))
+            }
+        }
+        if labelled, let anonymous = backends.first(where: { $0 == .anonymous }) {
+            // Each backend's restore against anonymous RAM's, size by size.
+            for backend in backends where backend != anonymous {
+                for mode in modes(for: backend) {
+                    let ratios = sizes.compactMap { size -> String? in
+                        guard let other = running["\(backend.rawValue), \(mode)"]?[size], let base = running["\(anonymous.rawValue), \(mode)"]?[size] else { return nil }
+                        return "\(size) MiB \((other / base).text(places: 2))x"
+                    }
+                    print("restore to running, \(backend.rawValue) against anonymous, \(mode): " + ratios.joined(separator: ", "))
+                }
             }
         }
         let (pauses, resumes, gets) = try bench.pauseResume(rounds: rounds * 10)
         row("PATCH /vm Paused", pauses, "GET /", gets)
         row("PATCH /vm Resumed", resumes, "GET /", gets)
+        if forkMemory > 0 {
+            let writer = work + "/writer.elf"
+            try writeFileAtomically(CraftedGuest.writer(), to: writer)
+            let fork = try bench.forkPauses(memoryMiB: forkMemory, rounds: rounds, writer: writer)
+            row("fork pause, \(forkMemory) MiB", fork.live, "pause, Full create, resume", fork.stopped)
+            print("  (the writing guest; each live snapshot wrote \(Int(fork.bytes) >> 20) MiB; pauses: "
+                + fork.live.map { ms($0) }.joined(separator: ", ") + ")")
+        }
+        if clones > 0 {
+            let cloned = try bench.clones(count: clones, memoryMiB: 256, rounds: rounds)
+            row("clone to running (\(clones) side by side)", cloned.clones, "restore alone", cloned.single)
+            let pss = cloned.pssKiB.sorted(), privateKiB = cloned.privateKiB.sorted()
+            print("clone Pss in its RAM mapping: median \(pss[pss.count / 2]) KiB, at most \(pss.last!) KiB, "
+                + "\((Double(pss.last!) / Double(256 * 1024) * 100).text(places: 2))% of the guest's 256 MiB; private: median \(privateKiB[privateKiB.count / 2]) KiB, "
+                + "at most \(privateKiB.last!) KiB (\(clones) clones of the counting guest)")
+        }
         print("(medians of \(rounds) processes, or \(rounds * 10) round trips for PATCH and GET; this build: \(Kestrel.buildConfiguration))")
     }
 
@@ -207,18 +267,19 @@ struct Bench {
         return answer
     }
 
-    func configure(_ socket: String, memoryMiB: Int) throws {
+    func configure(_ socket: String, memoryMiB: Int, backend: MemoryBackend = .anonymous) throws {
         try request(socket, "PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)"}"#)
-        try request(socket, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": \#(memoryMiB)}"#)
+        try request(socket, "PUT", "/machine-config",
+                    #"{"vcpu_count": 1, "mem_size_mib": \#(memoryMiB), "memory_backend": "\#(backend.rawValue)"}"#)
     }
 
     /// Boots the counter guest, pauses it and takes a snapshot: the create's
     /// round trip and the files' sizes.
-    func snapshot(memoryMiB: Int) throws -> (Double, Int, UInt64, UInt64) {
+    func snapshot(memoryMiB: Int, backend: MemoryBackend = .anonymous) throws -> (Double, Int, UInt64, UInt64) {
         let socket = work + "/snap.sock"
         let (process, _, _) = try startAPI(socket)
         defer { stop(process) }
-        try configure(socket, memoryMiB: memoryMiB)
+        try configure(socket, memoryMiB: memoryMiB, backend: backend)
         try request(socket, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
         usleep(300_000)
         try request(socket, "PATCH", "/vm", #"{"state": "Paused"}"#)
@@ -231,11 +292,11 @@ struct Bench {
         return (took, Int(stateInfo.st_size), UInt64(info.st_size), UInt64(info.st_blocks) * 512)
     }
 
-    func boot(memoryMiB: Int, round: Int) throws -> Double {
+    func boot(memoryMiB: Int, round: Int, backend: MemoryBackend = .anonymous) throws -> Double {
         let socket = "\(work)/boot-\(round).sock"
         let (process, start, _) = try startAPI(socket)
         defer { stop(process) }
-        try configure(socket, memoryMiB: memoryMiB)
+        try configure(socket, memoryMiB: memoryMiB, backend: backend)
         try request(socket, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
         return Self.now() - start
     }

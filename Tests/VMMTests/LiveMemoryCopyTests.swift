@@ -19,14 +19,15 @@ struct LiveMemoryCopyTests {
     /// Writes pass numbers into the first 8 bytes of pages [0, pages) over
     /// and over, and parks between two pages when asked.
     final class Writer: Sendable {
-        struct Control { var pause = false, parked = false, stop = false }
+        struct Control { var pause = false, parked = false, stop = false, pages = 0 }
         let control = Mutex(Control())
         let passes = Atomic<Int>(0)
 
         func run(_ base: UnsafeMutableRawPointer, pages: Int) {
             var pass: UInt64 = 2
+            control.withLock { $0.pages = pages }
             while true {
-                for index in 0..<pages {
+                for index in 0..<control.withLock({ $0.pages }) {
                     while true {
                         let (pause, stop) = control.withLock { state -> (Bool, Bool) in
                             state.parked = state.pause
@@ -45,11 +46,16 @@ struct LiveMemoryCopyTests {
         }
     }
 
-    @Test func theFileHoldsTheInstantWhileAWriterGoesOn() throws {
+    /// Protected at the pause only, or mostly ahead of it (the writer runs
+    /// meanwhile, through protected pages and into holes, which the pause
+    /// then protects).
+    @Test(arguments: [false, true]) func theFileHoldsTheInstantWhileAWriterGoesOn(ahead: Bool) throws {
         let size = 16 << 20
         let mapping = try MemoryMapping(sharedMemorySize: size, name: "kestrel-live-test")
-        // Data in the first 8 MiB, holes after; the writer rewrites the first 12 MiB.
+        // Data in the first 8 MiB (and 15 to 16 MiB, discarded ahead of the instant), holes after; the writer
+        // rewrites the first 12 MiB.
         memset(mapping.baseAddress, 1, 8 << 20)
+        memset(mapping.baseAddress + (15 << 20), 1, 1 << 20)
         let writer = Writer()
         let base = UInt(bitPattern: mapping.baseAddress)
         let thread = try POSIXThread.start { writer.run(UnsafeMutableRawPointer(bitPattern: base)!, pages: (12 << 20) / Self.page) }
@@ -61,8 +67,19 @@ struct LiveMemoryCopyTests {
 
         let copy = try LiveMemoryCopy(regions: [(mapping, 0)])
         defer { copy.release() }
+        if ahead {
+            // Some holes are data by the instant: the writer now covers 14 MiB.
+            writer.control.withLock { $0.pages = (14 << 20) / Self.page }
+            try copy.protectAhead()
+            // Two whole passes over 14 MiB (one may have begun over 12) through the protected pages, and a
+            // discard (from another thread: it waits until its remove event is read).
+            let before = writer.passes.load(ordering: .relaxed)
+            let discarder = try POSIXThread.start { _ = madvise(UnsafeMutableRawPointer(bitPattern: base + (15 << 20)), 1 << 20, MADV_REMOVE) }
+            #expect(Self.waitFor(step: 50) { (try? copy.serveAhead()) != nil && writer.passes.load(ordering: .relaxed) >= before + 2 })
+            discarder.join()
+        }
         writer.control.withLock { $0.pause = true }
-        #expect(Self.waitFor { writer.control.withLock { $0.parked } })
+        #expect(Self.waitFor(step: 50) { (try? copy.serveAhead()) != nil && writer.control.withLock { $0.parked } })
         // Read from the memfd, not the mapping: a read through the mapping would allocate the holes.
         var instant = [UInt8](repeating: 0xEE, count: size)
         // Sound: the array holds `size` bytes.
@@ -76,7 +93,8 @@ struct LiveMemoryCopyTests {
         defer { file.abandon() }
         try copy.copy(into: file)
         copy.release()
-        #expect(data == UInt64(12 << 20), "the data extents at the instant: \(data) bytes")
+        let dataAtInstant = ahead ? 14 << 20 : 13 << 20
+        #expect(data == UInt64(dataAtInstant), "the data extents at the instant: \(data) bytes")
         #expect(copy.counts.bytesWritten == data)
         #expect(copy.counts.faults >= 1, "the writer never waited for a copy")
         let passesAfter = writer.passes.load(ordering: .relaxed)
@@ -85,16 +103,24 @@ struct LiveMemoryCopyTests {
         var written = [UInt8](repeating: 0xEE, count: size)
         // Sound: the array holds `size` bytes.
         let got = written.withUnsafeMutableBytes { pread(file.fd, $0.baseAddress, size, 0) }
-        #expect(got == (12 << 20), "the file's size before finish: its last data byte")
+        #expect(got == (ahead ? 14 << 20 : 16 << 20), "the file's size before finish: its last data byte")
         for index in (got > 0 ? got : 0)..<size { written[index] = 0 }
         let firstDifference = written.indices.first { written[$0] != instant[$0] }
         #expect(firstDifference == nil, "the file differs from the instant at byte \(firstDifference ?? 0)")
     }
 
-    static func waitFor(_ condition: () -> Bool) -> Bool {
-        for _ in 0..<2000 {
+    @Test func rangeArithmetic() {
+        #expect(LiveMemoryCopy.merge([8..<12, 0..<4, 4..<6, 10..<16, 20..<20]) == [0..<6, 8..<16])
+        #expect(LiveMemoryCopy.subtract([0..<10, 20..<30], [2..<4, 8..<22, 29..<40]) == [0..<2, 4..<8, 22..<29])
+        #expect(LiveMemoryCopy.subtract([0..<10], []) == [0..<10])
+    }
+
+    /// Whether `condition` holds within 20 s, tried every `step` µs.
+    static func waitFor(step: UInt32 = 5000, _ condition: () -> Bool) -> Bool {
+        let deadline = ContinuousClock.now + .seconds(20)
+        while ContinuousClock.now < deadline {
             if condition() { return true }
-            usleep(5000)
+            usleep(step)
         }
         return false
     }

@@ -214,6 +214,17 @@ import X86
         }
     }
 
+    /// RAM with private pages (a VM whose guest converted some) is refused
+    /// by name for a snapshot, a live one and a dump; all shared passes.
+    @Test func privateMemoryIsRefusedByName() throws {
+        try Machine.refusePrivateMemory([], what: "a snapshot")
+        #expect(throws: SnapshotError("a live snapshot needs all of guest RAM shared: 2052 KiB in 2 range(s) are private "
+            + "(KVM_MEMORY_ATTRIBUTE_PRIVATE, the first at 0x100000), and a private page's contents are in its guest_memfd, which the host "
+            + "cannot map or read; the guest must convert them to shared first")) {
+            try Machine.refusePrivateMemory([0x10_0000..<0x30_0000, 0x40_0000..<0x40_1000], what: "a live snapshot")
+        }
+    }
+
     @Test func realtimeNeedsAReadingThatHasWallClockTime() throws {
         var configuration = MachineConfiguration(kernelPath: "/k")
         // ClockState(nanoseconds:) has flags 0, as KVM_GET_CLOCK gives without its master clock.

@@ -1,4 +1,5 @@
 import Boot
+import Glibc
 import Confidential
 import GuestMemory
 import HostSystem
@@ -183,6 +184,19 @@ public final class Machine: Sendable {
         vcpuThreads.forEach { $0.requestPause() }
         vcpuThreads.forEach { $0.waitUntilPaused() }
         devices.loop.pause()
+    }
+
+    /// As `pause`, calling `serve` while it waits for the vCPUs and the
+    /// devices to stop: for a caller that must answer what they may be
+    /// waiting on meanwhile (userfaultfd faults on write-protected RAM).
+    public func pause(serving serve: () throws -> Void) throws {
+        vcpuThreads.forEach { $0.requestPause() }
+        devices.loop.requestPause()
+        while !vcpuThreads.allSatisfy(\.pauseSettled) || !devices.loop.pauseSettled {
+            try serve()
+            usleep(20)
+        }
+        try serve()
     }
 
     /// Lets the devices and then the vCPUs run again.

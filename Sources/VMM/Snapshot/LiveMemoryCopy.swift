@@ -11,15 +11,25 @@ import HostSystem
 /// later. The steps:
 /// 1. `init` (guest running): a userfaultfd, RAM registered in write-protect
 ///    mode. Nothing is protected yet.
-/// 2. `protect` (guest paused, devices quiesced): the memfds' data extents
-///    are read (lseek SEEK_DATA) and write-protected (UFFDIO_WRITEPROTECT).
-///    This is the instant; the pause ends after it.
-/// 3. `copy` (guest running): the extents go to the file a chunk at a time,
+/// 2. `protectAhead` (guest running): the memfds' data extents are read
+///    (lseek SEEK_DATA) and all of RAM is write-protected
+///    (UFFDIO_WRITEPROTECT; holes get the kernel's markers), which takes
+///    time in proportion to RAM. Until the pause, `serveAhead` lifts the
+///    protection of each page written meanwhile and notes it, and notes the
+///    ranges a discard took.
+/// 3. `protect` (guest paused, devices quiesced): the data at the instant
+///    is the extents of step 2, less the discarded ranges, plus the pages
+///    written and what the discarded ranges hold now; the pages written and
+///    that data are protected again. This is the instant; the pause ends
+///    after it, and it is short because step 2 did the bulk of the work.
+///    Without step 2 (a machine paused already) it reads the extents and
+///    protects them.
+/// 4. `copy` (guest running): the extents go to the file a chunk at a time,
 ///    each chunk's protection lifted once it is written. Between chunks, a
 ///    write to a protected page (the guest's, through KVM, or a device's)
 ///    waits as a fault until its page is written out first; so it waits for
 ///    at most one chunk.
-/// 4. `release`, always: every protection lifted (waking any writer still
+/// 5. `release`, always: every protection lifted (waking any writer still
 ///    waiting) and RAM unregistered, whether or not the copy finished.
 ///
 /// One thread drives it from `protect` to `release`; it must not write guest
@@ -31,6 +41,12 @@ final class LiveMemoryCopy {
         let fileOffset: off_t
         /// Page-rounded byte ranges of the mapping that held data at the instant.
         var extents: [Range<Int>] = []
+        /// The data extents when `protectAhead` protected all of RAM (nil without it).
+        var ahead: [Range<Int>]?
+        /// Pages whose protection was lifted for a write since `protectAhead`.
+        var written: [Range<Int>] = []
+        /// Byte ranges discarded since `protectAhead`.
+        var discarded: [Range<Int>] = []
         /// One bit per page: written to the file (and protection lifted).
         var copied: [UInt64]
 
@@ -50,6 +66,10 @@ final class LiveMemoryCopy {
 
     private let userfault: Userfault
     private var regions: [Region]
+    /// Pages whose writers wait, read from the userfaultfd and not yet answered.
+    private var pendingFaults: [UInt] = []
+    /// Whether the instant has passed (`protect`).
+    private var copying = false
     private var registered: [Region] = []
     private(set) var counts = Counts()
 
@@ -62,7 +82,7 @@ final class LiveMemoryCopy {
                 + "write protection of this machine's RAM could not show which pages changed")
         }
         let userfault: Userfault
-        do { userfault = try Userfault(features: Userfault.writeProtectShared) } catch {
+        do { userfault = try Userfault(features: Userfault.writeProtectShared | Userfault.eventRemove) } catch {
             throw SnapshotError("a live snapshot needs a userfaultfd that write-protects shared memory "
                 + "(UFFD_FEATURE_WP_HUGETLBFS_SHMEM, Linux 5.19): \(error)")
         }
@@ -82,21 +102,137 @@ final class LiveMemoryCopy {
         }
     }
 
-    /// The instant: reads each memfd's data extents and write-protects them.
-    /// Call with the guest paused and the devices quiesced. Returns the bytes
-    /// of data the copy will write.
+    /// Write-protects all of RAM while the guest runs; from here to
+    /// `protect`, call `serveAhead` often (and while waiting for a pause:
+    /// a vCPU or device thread may be waiting on a fault).
+    func protectAhead() throws {
+        for index in regions.indices {
+            // Protected first: a page that becomes data after the protection faults, and is noted as written;
+            // read the other way round, one written in between would be neither data nor noted.
+            try setProtection(true, regions[index].start, regions[index].mapping.size)
+            regions[index].ahead = try dataExtents(of: regions[index].mapping, in: 0..<regions[index].mapping.size)
+        }
+    }
+
+    /// Before the instant: lifts the protection of each page written (the
+    /// writer goes on at once) and notes it; discards are noted as they come.
+    /// Returns the number of writes answered.
+    @discardableResult
+    func serveAhead() throws -> Int {
+        try readEvents()
+        let answered = pendingFaults.count
+        while let page = pendingFaults.popLast() {
+            guard let index = region(containing: page) else { continue }
+            let offset = Int(page - regions[index].start)
+            regions[index].written.append(offset..<(offset + Self.page))
+            try setProtection(false, page, Self.page)
+        }
+        return answered
+    }
+
+    /// The instant: what RAM holds now, write-protected where it is not
+    /// already (all of it without `protectAhead`). Call with the guest paused
+    /// and the devices quiesced. Returns the bytes of data the copy will write.
     func protect() throws -> UInt64 {
+        if regions.contains(where: { $0.ahead != nil }) { try serveAhead() }
         var total: UInt64 = 0
         for index in regions.indices {
             let mapping = regions[index].mapping
-            let extents = try SnapshotMemoryFile.dataExtents(of: mapping.sharedMemoryFile!, in: 0..<off_t(mapping.size), what: "guest RAM's memfd")
-            regions[index].extents = RestorePager.pageExtents(extents.map { Int($0.lowerBound)..<Int($0.upperBound) }, size: mapping.size)
-            for extent in regions[index].extents {
-                try userfault.writeProtect(start: regions[index].start + UInt(extent.lowerBound), length: extent.count)
-                total += UInt64(extent.count)
+            let reprotect: [Range<Int>]
+            if let ahead = regions[index].ahead {
+                let discarded = Self.merge(regions[index].discarded)
+                let stillThere = try discarded.flatMap { try dataExtents(of: mapping, in: $0) }
+                reprotect = Self.merge(regions[index].written + stillThere)
+                regions[index].extents = Self.merge(Self.subtract(ahead, discarded) + reprotect)
+            } else {
+                regions[index].extents = try dataExtents(of: mapping, in: 0..<mapping.size)
+                reprotect = regions[index].extents
+            }
+            for range in reprotect { try setProtection(true, regions[index].start + UInt(range.lowerBound), range.count) }
+            total += regions[index].extents.reduce(UInt64(0)) { $0 + UInt64($1.count) }
+        }
+        copying = true
+        return total
+    }
+
+    /// Reads every pending event: write faults are queued (`pendingFaults`),
+    /// discards handled at once. A discard waits until its event is read, so
+    /// it is not over yet: before the instant its range is noted (its data
+    /// is read again at the instant); after it, its pages count as copied
+    /// (the guest gave them up, and reading them would allocate them again).
+    private func readEvents() throws {
+        while let event = try userfault.nextEvent() {
+            switch event {
+            case .writeProtectFault(let address):
+                pendingFaults.append(address & ~UInt(Self.page - 1))
+            case .removed(let start, let end):
+                for index in regions.indices {
+                    let low = max(start, regions[index].start), high = min(end, regions[index].start + UInt(regions[index].mapping.size))
+                    guard low < high else { continue }
+                    let range = Int(low - regions[index].start)..<Int(high - regions[index].start)
+                    if !copying {
+                        regions[index].discarded.append(range)
+                    } else {
+                        for page in (range.lowerBound / Self.page)..<((range.upperBound + Self.page - 1) / Self.page) { markCopied(index, page) }
+                    }
+                }
+            case .pageFault, .other:
+                break
             }
         }
-        return total
+    }
+
+    /// UFFDIO_WRITEPROTECT on or off over `[start, start + length)`, again
+    /// after reading the events while the kernel answers that the address
+    /// space is changing (a discard's event waits to be read).
+    private func setProtection(_ protect: Bool, _ start: UInt, _ length: Int) throws {
+        while !(protect ? try userfault.writeProtect(start: start, length: length)
+                        : try userfault.removeWriteProtection(start: start, length: length)) {
+            try readEvents()
+            sched_yield()
+        }
+    }
+
+    /// The memfd's data extents within `range` (page aligned), rounded out to whole pages.
+    private func dataExtents(of mapping: MemoryMapping, in range: Range<Int>) throws -> [Range<Int>] {
+        let extents = try SnapshotMemoryFile.dataExtents(of: mapping.sharedMemoryFile!, in: off_t(range.lowerBound)..<off_t(range.upperBound),
+                                                         what: "guest RAM's memfd")
+        return RestorePager.pageExtents(extents.map { Int($0.lowerBound)..<Int($0.upperBound) }, size: mapping.size)
+    }
+
+    private func region(containing address: UInt) -> Int? {
+        regions.firstIndex { address >= $0.start && address < $0.start + UInt($0.mapping.size) }
+    }
+
+    /// Sorted, overlapping or touching ranges joined.
+    static func merge(_ ranges: [Range<Int>]) -> [Range<Int>] {
+        var merged: [Range<Int>] = []
+        for range in ranges.sorted(by: { $0.lowerBound < $1.lowerBound }) where !range.isEmpty {
+            if let last = merged.last, range.lowerBound <= last.upperBound {
+                merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, range.upperBound)
+            } else {
+                merged.append(range)
+            }
+        }
+        return merged
+    }
+
+    /// What of `ranges` lies outside `removed` (both sorted and disjoint).
+    static func subtract(_ ranges: [Range<Int>], _ removed: [Range<Int>]) -> [Range<Int>] {
+        var result: [Range<Int>] = []
+        var cut = 0
+        for range in ranges {
+            var start = range.lowerBound
+            while cut < removed.count && removed[cut].upperBound <= start { cut += 1 }
+            var index = cut
+            while index < removed.count && removed[index].lowerBound < range.upperBound {
+                if removed[index].lowerBound > start { result.append(start..<removed[index].lowerBound) }
+                start = max(start, removed[index].upperBound)
+                index += 1
+            }
+            if start < range.upperBound { result.append(start..<range.upperBound) }
+        }
+        return result
     }
 
     /// Writes every protected extent into `file` (laid out as
@@ -121,7 +257,7 @@ final class LiveMemoryCopy {
     /// RAM. Safe to call more than once, and after any failure.
     func release() {
         for region in registered {
-            try? userfault.removeWriteProtection(start: region.start, length: region.mapping.size)
+            do { try setProtection(false, region.start, region.mapping.size) } catch {}
             try? userfault.unregister(start: region.start, length: region.mapping.size)
         }
         registered = []
@@ -143,24 +279,21 @@ final class LiveMemoryCopy {
                            at: regions[index].fileOffset + off_t(first * Self.page))
             counts.bytesWritten += UInt64(bytes)
         }
-        try userfault.removeWriteProtection(start: regions[index].start + UInt(range.lowerBound), length: range.count)
+        try setProtection(false, regions[index].start + UInt(range.lowerBound), range.count)
     }
 
-    /// Reads every pending fault and copies its page first (if it held data
-    /// at the instant and is not copied yet), then lets the write go on.
+    /// Answers every pending write: its page is copied first (if it held
+    /// data at the instant and is not copied yet), then the write goes on.
     private func serveFaults(into file: AtomicFile) throws {
-        while let event = try userfault.nextEvent() {
-            guard case .writeProtectFault(let address) = event else { continue }
-            let pageAddress = address & ~UInt(Self.page - 1)
-            guard let index = regions.firstIndex(where: { pageAddress >= $0.start && pageAddress < $0.start + UInt($0.mapping.size) }) else {
-                continue
-            }
+        try readEvents()
+        while let page = pendingFaults.popLast() {
+            guard let index = region(containing: page) else { continue }
             counts.faults += 1
-            let offset = Int(pageAddress - regions[index].start)
+            let offset = Int(page - regions[index].start)
             if regions[index].extents.contains(where: { $0.contains(offset) }) {
                 try copyPages(region: index, offset..<(offset + Self.page), into: file)
             } else {
-                try userfault.removeWriteProtection(start: pageAddress, length: Self.page)
+                try setProtection(false, page, Self.page)
             }
         }
     }

@@ -1,3 +1,4 @@
+import Glibc
 import GuestMemory
 import KVM
 
@@ -14,6 +15,9 @@ extension Machine {
         /// KVM_RUN, devices quiesced, state read, RAM write-protected. Zero
         /// for a machine that was paused already.
         public let pause: Duration
+        /// The pause's parts: the vCPUs and devices stopping, the state read,
+        /// RAM write-protected, and the resume.
+        public var pauseSteps: [(step: String, duration: Duration)] = []
         /// Writes that waited for their page to be copied first.
         public let faults: Int
         public let duration: Duration
@@ -43,6 +47,7 @@ extension Machine {
         guard configuration.confidential == nil else {
             throw SnapshotError("a confidential guest's memory and state are not the host's to save")
         }
+        try Self.refusePrivateMemory(memory.privateRanges, what: "a live snapshot")
         try SnapshotTargets.check(statePath: statePath, memoryPath: memoryPath, served: served + ownFiles)
         let regions = ramRegions
         let (ranges, size) = SnapshotMemoryFile.layout(regions.map { ($0.start, $0.mapping) })
@@ -55,14 +60,30 @@ extension Machine {
         }
 
         let wasPaused = isPaused
-        let pauseStart = ContinuousClock.now
-        if !wasPaused { pause() }
         var snapshot: MachineSnapshot
         var changed: [(region: MemoryRegion, bitmap: [UInt64])] = []
+        var steps = MachineBuilder.StepTimer()
         do {
+            if !wasPaused {
+                // The bulk of the protection before the pause; the pause protects what changed meanwhile. The
+                // burst of writes that meets the fresh protection is answered before the pause (up to 50 ms,
+                // until 2 ms pass without one), so that the pause does not wait on it.
+                try copy.protectAhead()
+                let settle = ContinuousClock.now + .milliseconds(50)
+                var quietSince = ContinuousClock.now
+                while ContinuousClock.now < settle && ContinuousClock.now - quietSince < .milliseconds(2) {
+                    if try copy.serveAhead() > 0 { quietSince = ContinuousClock.now }
+                    usleep(100)
+                }
+                steps = MachineBuilder.StepTimer()
+                try pause(serving: { try copy.serveAhead() })
+            }
+            steps.step("stop")
             snapshot = try captureState(kestrelVersion: kestrelVersion)
             changed = dirtyPages.logsWrites ? try dirtyPages.take() : []
+            steps.step("state")
             _ = try copy.protect()
+            steps.step("write-protect")
         } catch {
             copy.release()
             if !wasPaused { resume() }
@@ -71,7 +92,8 @@ extension Machine {
             throw error
         }
         if !wasPaused { resume() }
-        let pause = wasPaused ? .zero : ContinuousClock.now - pauseStart
+        steps.step("resume")
+        let pause = wasPaused ? .zero : steps.steps.reduce(Duration.zero) { $0 + $1.duration }
 
         let bytes: [UInt8]
         do {
@@ -92,7 +114,9 @@ extension Machine {
         }
         lastSnapshotID.withLock { $0 = snapshot.lineage.id }
         dirtyPages.snapshotTaken()
-        return LiveSnapshotReport(stateBytes: bytes.count, memoryBytes: size, memoryBytesWritten: copy.counts.bytesWritten,
-                                  pause: pause, faults: copy.counts.faults, duration: ContinuousClock.now - start)
+        var report = LiveSnapshotReport(stateBytes: bytes.count, memoryBytes: size, memoryBytesWritten: copy.counts.bytesWritten,
+                                        pause: pause, faults: copy.counts.faults, duration: ContinuousClock.now - start)
+        report.pauseSteps = steps.steps
+        return report
     }
 }

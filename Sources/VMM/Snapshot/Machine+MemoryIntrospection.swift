@@ -112,6 +112,7 @@ extension Machine {
     public func dumpMemory(to path: String, dirtyOnly: Bool, served: [(what: String, path: String)] = []) throws -> MemoryDump {
         guard isPaused else { throw SnapshotError("the microVM must be paused for a memory dump (PATCH /vm {\"state\": \"Paused\"})") }
         guard configuration.confidential == nil else { throw SnapshotError("a confidential guest's memory is not the host's to dump") }
+        try Self.refusePrivateMemory(memory.privateRanges, what: "a memory dump")
         try SnapshotTargets.check(memoryPath: path, served: served + ownFiles)
         let file = try AtomicFile(creating: path, what: "the memory dump \(path)")
         do {

@@ -53,6 +53,7 @@ extension Machine {
         guard configuration.confidential == nil else {
             throw SnapshotError("a confidential guest's memory and state are not the host's to save")
         }
+        try Self.refusePrivateMemory(memory.privateRanges, what: "a snapshot")
         try SnapshotTargets.check(statePath: statePath, memoryPath: memoryPath, served: served + ownFiles)
         var snapshot = try captureState(kestrelVersion: kestrelVersion)
         // The pages changed since the last snapshot, taken now: a Full one
@@ -95,6 +96,21 @@ extension Machine {
         dirtyPages.snapshotTaken()
         return SnapshotReport(type: type, stateBytes: bytes.count, memoryBytes: snapshot.memoryFileSize, memoryBytesWritten: written,
                               mergedOnto: merged, duration: ContinuousClock.now - start)
+    }
+
+    /// Refuses `what` (a snapshot, a dump) of RAM of which `privateRanges`
+    /// are private (KVM_MEMORY_ATTRIBUTE_PRIVATE, set by the VM's
+    /// conversions): a private page's contents are in its guest_memfd, which
+    /// the host can neither map nor read(2) while the page is private, so no
+    /// file can hold them, and a restore could not put them back. Shared
+    /// pages, the attribute map and the vCPUs' state could be saved; without
+    /// the private pages they would restore a different guest, so nothing is.
+    static func refusePrivateMemory(_ privateRanges: [Range<UInt64>], what: String) throws {
+        guard let first = privateRanges.first else { return }
+        let bytes = privateRanges.reduce(UInt64(0)) { $0 + UInt64($1.count) }
+        throw SnapshotError("\(what) needs all of guest RAM shared: \(bytes >> 10) KiB in \(privateRanges.count) range(s) are private "
+            + "(KVM_MEMORY_ATTRIBUTE_PRIVATE, the first at 0x\(String(first.lowerBound, radix: 16))), and a private page's contents are in "
+            + "its guest_memfd, which the host cannot map or read; the guest must convert them to shared first")
     }
 
     /// Both temporary files of a snapshot, created before any RAM is written:
