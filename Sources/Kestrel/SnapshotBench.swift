@@ -181,6 +181,7 @@ struct SnapshotBench: ParsableCommand {
         if clones > 0 {
             let cloned = try bench.clones(count: clones, memoryMiB: 256, rounds: rounds)
             row("clone to running (\(clones) side by side)", cloned.clones, "restore alone", cloned.single)
+            print("  (in start order: " + cloned.clones.map { ms($0) }.joined(separator: ", ") + "; alone: " + cloned.single.map { ms($0) }.joined(separator: ", ") + ")")
             let pss = cloned.pssKiB.sorted(), privateKiB = cloned.privateKiB.sorted()
             print("clone Pss in its RAM mapping: median \(pss[pss.count / 2]) KiB, at most \(pss.last!) KiB, "
                 + "\((Double(pss.last!) / Double(256 * 1024) * 100).text(places: 2))% of the guest's 256 MiB; private: median \(privateKiB[privateKiB.count / 2]) KiB, "
