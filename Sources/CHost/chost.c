@@ -329,7 +329,11 @@ int chost_userfaultfd_read_event(int fd, struct chost_uffd_event *event) {
 }
 
 int chost_memfd_create(const char *name) {
-    return (int)syscall(SYS_memfd_create, name, 1U /* MFD_CLOEXEC */);
+    /* MFD_NOEXEC_SEAL first: a host with vm.memfd_noexec=2 refuses a memfd
+       that could be executable; a kernel before 6.3 refuses the flag. */
+    int fd = (int)syscall(SYS_memfd_create, name, 1U /* MFD_CLOEXEC */ | 8U /* MFD_NOEXEC_SEAL */);
+    if (fd < 0 && errno == EINVAL) fd = (int)syscall(SYS_memfd_create, name, 1U);
+    return fd;
 }
 
 long chost_send_with_descriptor(int socket, const void *bytes, size_t length, int descriptor) {

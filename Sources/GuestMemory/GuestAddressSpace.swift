@@ -45,6 +45,8 @@ public final class GuestAddressSpace: Sendable {
         /// While writes are tracked: by region start, one bit per page the
         /// host may have written through this space since the bitmap was taken.
         var written: [UInt64: [UInt64]]?
+        /// While set, devices must not give RAM's pages back to the host.
+        var discardsHeld = false
     }
     private let state = Mutex(State())
 
@@ -52,6 +54,16 @@ public final class GuestAddressSpace: Sendable {
 
     /// The regions, by address.
     public var regions: [GuestRegion] { state.withLock { $0.regions } }
+
+    /// Whether devices may give RAM's pages back to the host (a balloon's
+    /// MADV_REMOVE or MADV_DONTNEED). A live snapshot holds discards while it
+    /// copies: a page discarded before its copy would be lost to the file.
+    /// A held discard is skipped, not replayed (the guest may reuse the
+    /// pages by then); the host just does not get them back.
+    public var discardsHeld: Bool {
+        get { state.withLock { $0.discardsHeld } }
+        set { state.withLock { $0.discardsHeld = newValue } }
+    }
 
     /// Adds a region; it must not overlap an existing one.
     public func add(_ mapping: MemoryMapping, at start: GuestAddress) throws {

@@ -145,7 +145,7 @@ public final class EventLoop: Sendable {
     /// not there.
     public var pauseSettled: Bool {
         guard let running = thread.withLock({ $0 }), !running.isCurrent else { return true }
-        return parking.lock.withLock { parking.parked } || stopping.load(ordering: .acquiring)
+        return parking.lock.withLock { parking.parked || !parking.requested } || stopping.load(ordering: .acquiring)
     }
 
     /// Parks the loop's thread while a pause is requested.

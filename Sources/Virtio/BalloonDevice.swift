@@ -424,6 +424,11 @@ public final class BalloonDevice: VirtioDevice {
             state.withLock { $0.counts["discard_refused", default: 0] += 1 }
             return
         }
+        guard !memory.discardsHeld else {
+            // A live snapshot is copying RAM: the pages stay (and keep what they hold).
+            state.withLock { $0.counts["discard_held", default: 0] += 1 }
+            return
+        }
         let offset = Int(address.rawValue - region.start.rawValue)
         // Private anonymous mappings free their pages with MADV_DONTNEED; shared
         // ones (a file, guest_memfd) need MADV_REMOVE, tried when DONTNEED would

@@ -39,7 +39,7 @@ extension LabIntegrationTests {
     /// which turns on kernel IBT there: the snapshot goes through kvm_intel's
     /// save/restore lists, CET's MSRs among them, and the guest must run on
     /// after the restore (the test does not read S_CET itself).
-    @Test(arguments: [("6.1", "anonymous"), ("6.18", "guest_memfd"), ("7.2", "guest_memfd"), ("7.2@bochs", "anonymous")])
+    @Test(arguments: [("6.1", "anonymous"), ("7.2", "guest_memfd"), ("7.2@bochs", "anonymous")])
     func curlBootsPausesSnapshotsAndRestoresALinuxGuest(l1: String, backend: String) throws {
         let curl = try #require(HostProcess.find("curl"), "curl is not installed (scripts/prepare-host test installs it)")
         let directory = try TemporaryDirectory(prefix: "kestrel-labapi")

@@ -126,7 +126,8 @@ struct chost_uffd_event {
 /* Reads one event: 1, 0 when none is pending (non-blocking descriptor), or -1 with errno. */
 int chost_userfaultfd_read_event(int fd, struct chost_uffd_event *event);
 
-/* memfd_create(name, MFD_CLOEXEC) (Glibc declares it only under
+/* memfd_create(name, MFD_CLOEXEC | MFD_NOEXEC_SEAL), or without the seal on
+   a kernel that lacks it (Glibc declares memfd_create only under
    _GNU_SOURCE): the descriptor, or -1 with errno. */
 int chost_memfd_create(const char *name);
 

@@ -56,7 +56,8 @@ final class LiveMemoryCopy {
     /// What the copy did, for the snapshot's report.
     struct Counts {
         var bytesWritten: UInt64 = 0
-        /// Writes that waited for their page to be copied first.
+        /// Writes to data of the instant that waited for it to be copied
+        /// (writes to holes wait too, only for the protection to go).
         var faults = 0
     }
 
@@ -78,13 +79,13 @@ final class LiveMemoryCopy {
     /// lacks, when it cannot.
     init(regions: [(mapping: MemoryMapping, fileOffset: UInt64)]) throws {
         guard regions.allSatisfy({ $0.mapping.sharedMemoryFile != nil }) else {
-            throw SnapshotError("a live snapshot needs shared guest RAM (machine-config memory_backend \"shared\"): "
-                + "write protection of this machine's RAM could not show which pages changed")
+            throw SnapshotError("a live snapshot needs guest RAM in shared memory (machine-config memory_backend \"shared\", or a "
+                + "snapshot of such a machine loaded with mem_backend paging Eager): the copy takes the data from the memfd's extents")
         }
         let userfault: Userfault
         do { userfault = try Userfault(features: Userfault.writeProtectShared | Userfault.eventRemove) } catch {
-            throw SnapshotError("a live snapshot needs a userfaultfd that write-protects shared memory "
-                + "(UFFD_FEATURE_WP_HUGETLBFS_SHMEM, Linux 5.19): \(error)")
+            throw SnapshotError("a live snapshot needs a userfaultfd that takes the kernel's faults and write-protects shared memory "
+                + "(UFFD_FEATURE_WP_HUGETLBFS_SHMEM, Linux 5.19; root, vm.unprivileged_userfaultfd or /dev/userfaultfd): \(error)")
         }
         self.userfault = userfault
         self.regions = regions.map { region in
@@ -142,7 +143,8 @@ final class LiveMemoryCopy {
             if let ahead = regions[index].ahead {
                 let discarded = Self.merge(regions[index].discarded)
                 let stillThere = try discarded.flatMap { try dataExtents(of: mapping, in: $0) }
-                reprotect = Self.merge(regions[index].written + stillThere)
+                // A page written and then discarded is a hole now: only what the discarded ranges still hold.
+                reprotect = Self.merge(Self.subtract(Self.merge(regions[index].written), discarded) + stillThere)
                 regions[index].extents = Self.merge(Self.subtract(ahead, discarded) + reprotect)
             } else {
                 regions[index].extents = try dataExtents(of: mapping, in: 0..<mapping.size)
@@ -172,9 +174,16 @@ final class LiveMemoryCopy {
                     let range = Int(low - regions[index].start)..<Int(high - regions[index].start)
                     if !copying {
                         regions[index].discarded.append(range)
-                    } else {
-                        for page in (range.lowerBound / Self.page)..<((range.upperBound + Self.page - 1) / Self.page) { markCopied(index, page) }
+                        continue
                     }
+                    // After the instant (the snapshot holds the balloon's discards meanwhile: this is someone
+                    // else's), pages not yet copied lose their data before they can be: the file would be wrong.
+                    let pages = (range.lowerBound / Self.page)..<((range.upperBound + Self.page - 1) / Self.page)
+                    if let lost = pages.first(where: { !isCopied(index, $0) && holdsData(index, $0 * Self.page) }) {
+                        throw SnapshotError("guest RAM at offset 0x\(String(lost * Self.page, radix: 16)) was discarded (MADV_REMOVE or "
+                            + "MADV_DONTNEED) before the live snapshot had copied it; the snapshot is abandoned")
+                    }
+                    for page in pages { markCopied(index, page) }
                 }
             case .pageFault, .other:
                 break
@@ -261,6 +270,8 @@ final class LiveMemoryCopy {
             try? userfault.unregister(start: region.start, length: region.mapping.size)
         }
         registered = []
+        // A discard's event queued before the unregistering still holds its thread until read.
+        while (try? userfault.nextEvent()) != nil {}
     }
 
     /// Writes the pages of `range` (of region `index`) not yet copied, then
@@ -288,14 +299,25 @@ final class LiveMemoryCopy {
         try readEvents()
         while let page = pendingFaults.popLast() {
             guard let index = region(containing: page) else { continue }
-            counts.faults += 1
             let offset = Int(page - regions[index].start)
-            if regions[index].extents.contains(where: { $0.contains(offset) }) {
+            if holdsData(index, offset) {
+                counts.faults += 1
                 try copyPages(region: index, offset..<(offset + Self.page), into: file)
             } else {
                 try setProtection(false, page, Self.page)
             }
         }
+    }
+
+    /// Whether `offset` of region `index` held data at the instant (a binary search of its extents).
+    private func holdsData(_ index: Int, _ offset: Int) -> Bool {
+        let extents = regions[index].extents
+        var low = 0, high = extents.count
+        while low < high {
+            let middle = (low + high) / 2
+            if extents[middle].upperBound <= offset { low = middle + 1 } else { high = middle }
+        }
+        return low < extents.count && extents[low].contains(offset)
     }
 
     private func isCopied(_ region: Int, _ page: Int) -> Bool { regions[region].copied[page / 64] & (1 << UInt64(page % 64)) != 0 }

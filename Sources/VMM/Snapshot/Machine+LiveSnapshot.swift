@@ -52,7 +52,12 @@ extension Machine {
         let regions = ramRegions
         let (ranges, size) = SnapshotMemoryFile.layout(regions.map { ($0.start, $0.mapping) })
         let copy = try LiveMemoryCopy(regions: zip(regions, ranges).map { ($0.mapping, $1.fileOffset) })
-        defer { copy.release() }
+        // The balloon keeps its pages until the copy is done (a discard could take data not yet copied).
+        memory.discardsHeld = true
+        defer {
+            copy.release()
+            memory.discardsHeld = false
+        }
         let (memoryFile, stateFile) = try Self.createSnapshotFiles(statePath: statePath, memoryPath: memoryPath)
         func abandon() {
             memoryFile.abandon()
