@@ -1,5 +1,6 @@
 import ControlAPI
 import HostSystem
+import TextFormat
 import Virtio
 import VMM
 
@@ -143,9 +144,7 @@ final class APIMachineHost: MicroVMControl, @unchecked Sendable {
     func createLiveSnapshot(statePath: String, memoryPath: String) throws -> Machine.LiveSnapshotReport {
         let report = try runningMachine.createLiveSnapshot(statePath: statePath, memoryPath: memoryPath, kestrelVersion: Kestrel.version,
                                                            served: apiSocket.map { [("the API socket", $0)] } ?? [])
-        func milliseconds(_ duration: Duration) -> String {
-            (Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15).text(places: 3)
-        }
+        func milliseconds(_ duration: Duration) -> String { (duration.inSeconds * 1000).text(places: 3) }
         let pauseMs = milliseconds(report.pause) + " ms (" + report.pauseSteps.map { "\($0.step) \(milliseconds($0.duration))" }.joined(separator: ", ") + ")"
         let files = "\(statePath) (\(report.stateBytes) bytes), \(memoryPath) (\(report.memoryBytes >> 20) MiB of RAM, \(report.memoryBytesWritten >> 20) MiB written)"
         log("snapshot: Live \(files) in \(SecondsText.text(report.duration)) s; the guest paused for \(pauseMs), \(report.faults) writes waited for their page")

@@ -17,8 +17,7 @@ extension Bench {
         let socket = work + "/fork.sock"
         let (process, _, _) = try startAPI(socket)
         defer { stop(process) }
-        try request(socket, "PUT", "/boot-source", #"{"kernel_image_path": "\#(writer)"}"#)
-        try request(socket, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": \#(memoryMiB), "memory_backend": "shared"}"#)
+        try configure(socket, memoryMiB: memoryMiB, backend: .shared, guest: writer)
         try request(socket, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
         usleep(500_000)
         let forkState = work + "/fork.state", forkMemory = work + "/fork.mem"
@@ -57,8 +56,7 @@ extension Bench {
         do {
             let (parent, _, _) = try startAPI(socket)
             defer { stop(parent) }
-            try request(socket, "PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)"}"#)
-            try request(socket, "PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": \#(memoryMiB), "memory_backend": "shared"}"#)
+            try configure(socket, memoryMiB: memoryMiB, backend: .shared)
             try request(socket, "PUT", "/actions", #"{"action_type": "InstanceStart"}"#)
             usleep(300_000)
             try request(socket, "PUT", "/kestrel/snapshot/live", #"{"snapshot_path": "\#(forkState)", "mem_file_path": "\#(forkMemory)"}"#, expect: 200)

@@ -268,8 +268,9 @@ struct Bench {
         return answer
     }
 
-    func configure(_ socket: String, memoryMiB: Int, backend: MemoryBackend = .anonymous) throws {
-        try request(socket, "PUT", "/boot-source", #"{"kernel_image_path": "\#(kernel)"}"#)
+    /// Boot source (`guest`, the counting guest by default) and machine-config of a fresh API process.
+    func configure(_ socket: String, memoryMiB: Int, backend: MemoryBackend = .anonymous, guest: String? = nil) throws {
+        try request(socket, "PUT", "/boot-source", #"{"kernel_image_path": "\#(guest ?? kernel)"}"#)
         try request(socket, "PUT", "/machine-config",
                     #"{"vcpu_count": 1, "mem_size_mib": \#(memoryMiB), "memory_backend": "\#(backend.rawValue)"}"#)
     }

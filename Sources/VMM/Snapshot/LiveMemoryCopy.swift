@@ -160,8 +160,9 @@ final class LiveMemoryCopy {
     /// Reads every pending event: write faults are queued (`pendingFaults`),
     /// discards handled at once. A discard waits until its event is read, so
     /// it is not over yet: before the instant its range is noted (its data
-    /// is read again at the instant); after it, its pages count as copied
-    /// (the guest gave them up, and reading them would allocate them again).
+    /// is read again at the instant). After it, a discard of data not yet
+    /// copied throws (the file would get zeros there); otherwise its pages
+    /// count as copied (reading them would allocate them again).
     private func readEvents() throws {
         while let event = try userfault.nextEvent() {
             switch event {

@@ -106,12 +106,7 @@ extension Machine {
             copy.release()
             snapshot.memory = ranges
             snapshot.lineage = try lineage(for: .full, landed: false, memoryFile: memoryFile, size: size)
-            bytes = snapshot.encoded()
-            // Sound: the array's buffer holds bytes.count bytes.
-            try bytes.withUnsafeBytes { try stateFile.write($0.baseAddress!, count: $0.count, at: 0) }
-            try memoryFile.finish(size: size)
-            try stateFile.finish()
-            try AtomicFile.publish([memoryFile, stateFile])
+            bytes = try Self.publish(snapshot, into: stateFile, with: memoryFile, size: size)
         } catch {
             abandon()
             dirtyPages.giveBack(changed)

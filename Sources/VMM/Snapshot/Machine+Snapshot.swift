@@ -80,12 +80,7 @@ extension Machine {
             snapshot.memory = memory.ranges
             written = memory.written
             snapshot.lineage = try lineage(for: type, landed: merged, memoryFile: memoryFile, size: memory.size)
-            bytes = snapshot.encoded()
-            // Sound: the array's buffer holds bytes.count bytes.
-            try bytes.withUnsafeBytes { try stateFile.write($0.baseAddress!, count: $0.count, at: 0) }
-            try memoryFile.finish(size: memory.size)
-            try stateFile.finish()
-            try AtomicFile.publish([memoryFile, stateFile])
+            bytes = try Self.publish(snapshot, into: stateFile, with: memoryFile, size: memory.size)
         } catch {
             memoryFile.abandon()
             stateFile.abandon()
@@ -111,6 +106,19 @@ extension Machine {
         throw SnapshotError("\(what) needs all of guest RAM shared: \(bytes >> 10) KiB in \(privateRanges.count) range(s) are private "
             + "(KVM_MEMORY_ATTRIBUTE_PRIVATE, the first at 0x\(String(first.lowerBound, radix: 16))), and a private page's contents are in "
             + "its guest_memfd, which the host cannot map or read; the guest must convert them to shared first")
+    }
+
+    /// Writes `snapshot`'s state into `stateFile`, finishes it and
+    /// `memoryFile` (of `size` bytes) and renames both into place together.
+    /// Returns the state's bytes.
+    static func publish(_ snapshot: MachineSnapshot, into stateFile: AtomicFile, with memoryFile: AtomicFile, size: UInt64) throws -> [UInt8] {
+        let bytes = snapshot.encoded()
+        // Sound: the array's buffer holds bytes.count bytes.
+        try bytes.withUnsafeBytes { try stateFile.write($0.baseAddress!, count: $0.count, at: 0) }
+        try memoryFile.finish(size: size)
+        try stateFile.finish()
+        try AtomicFile.publish([memoryFile, stateFile])
+        return bytes
     }
 
     /// Both temporary files of a snapshot, created before any RAM is written:
