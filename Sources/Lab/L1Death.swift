@@ -60,9 +60,16 @@ public struct L1Death: Codable, Equatable, Sendable {
     /// stopped the L1 (`LabMachine.heartbeatSilenceLimit`), when known.
     public var silentSeconds: Double?
 
+    /// Whether the L1's clock crawls while its CPU is busy (under Bochs), so
+    /// that a silent heartbeat means a frozen L1 or one busy all that time.
+    public var clockCrawlsWhenBusy = false
+
     public var summary: String {
         let what = kind == .frozen && silentSeconds != nil
-            ? "the L1 stopped responding (no heartbeat for \(Int(silentSeconds!)) s), with no kernel message (FINDINGS.md section 6)"
+            ? (clockCrawlsWhenBusy
+                ? "the L1's heartbeat was silent for \(Int(silentSeconds!)) s, with no kernel message: the L1 froze, or its CPU was busy "
+                    + "all that time (under Bochs the L1's clock nearly stops while it is busy; LabMachine.frozenAfterSecondsUnderBochs)"
+                : "the L1 stopped responding (no heartbeat for \(Int(silentSeconds!)) s), with no kernel message (FINDINGS.md section 6)")
             : kind.explanation
         return "boot \(boot) \(whileCommandRan ? "while the command ran" : "while booting"): \(what): \(firstLine)"
             + (keptConsole.map { "; console kept at \($0)" } ?? "")

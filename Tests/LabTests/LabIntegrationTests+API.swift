@@ -91,7 +91,7 @@ extension LabIntegrationTests {
             c /tmp/a.sock PUT /snapshot/create -d '{"snapshot_type": "Full", "snapshot_path": "/tmp/vm.state", "mem_file_path": "/tmp/vm.mem"}'
             grep "kestrel: snapshot:" /tmp/a.err
             kill -9 $a; wait $a; echo "a-exit $?"
-            echo "files $(wc -c < /tmp/vm.state) $(wc -c < /tmp/vm.mem) $(du -k /tmp/vm.mem | cut -f1)"
+            echo "files $(stat -c %s /tmp/vm.state) $(stat -c %s /tmp/vm.mem) $(du -k /tmp/vm.mem | cut -f1)"
             kestrel run --api-sock /tmp/b.sock --id lab-vm-restored > /tmp/b.out 2>/tmp/b.err &
             b=$!
             wait_for /tmp/b.sock

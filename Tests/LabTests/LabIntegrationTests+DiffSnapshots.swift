@@ -81,7 +81,7 @@ extension LabIntegrationTests {
             rm -f /tmp/dump.mem
             grep "kestrel: snapshot:" /tmp/a.err
             kill -9 $a; wait $a; echo "a-exit $?"
-            for f in base d1 d2 ref; do echo "file $f $(wc -c < /tmp/$f.mem) $(du -k /tmp/$f.mem | cut -f1)"; done
+            for f in base d1 d2 ref; do echo "file $f $(stat -c %s /tmp/$f.mem) $(du -k /tmp/$f.mem | cut -f1)"; done
             # The disk changes under the guest: only its page cache still has the old blocks.
             head -c 1048576 /dev/zero | dd of=/tmp/disk.img conv=notrunc 2>/dev/null
             # Refused by name, each before a byte is written: a diff on the wrong

@@ -75,7 +75,7 @@ extension LabIntegrationTests {
             before=$(grep -c tick /tmp/a.out); sleep 2; after=$(grep -c tick /tmp/a.out)
             echo "paused-ticks $before $after"
             kill -9 $a; wait $a; echo "a-exit $?"
-            echo "files $(wc -c < /tmp/vm.state) $(wc -c < /tmp/vm.mem)"
+            echo "files $(stat -c %s /tmp/vm.state) $(stat -c %s /tmp/vm.mem)"
             kestrel run --api-sock /tmp/b.sock --id lab-fcpy-restored > /tmp/b.out 2>/tmp/b.err &
             b=$!
             wait_for /tmp/b.sock

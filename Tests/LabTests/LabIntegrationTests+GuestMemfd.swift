@@ -155,7 +155,7 @@ extension LabIntegrationTests {
             grep -E "kestrel: (snapshot|guest memory):" /tmp/a.err
             kill -9 $a; wait $a
             echo "a-last $(grep tick /tmp/a.out | tail -1)"
-            echo "files $(wc -c < /tmp/vm.mem) $(du -k /tmp/vm.mem | cut -f1)"
+            echo "files $(stat -c %s /tmp/vm.mem) $(du -k /tmp/vm.mem | cut -f1)"
             kestrel run --api-sock /tmp/b.sock --id gmem-vm-restored > /tmp/b.out 2>/tmp/b.err &
             b=$!
             wait_for /tmp/b.sock

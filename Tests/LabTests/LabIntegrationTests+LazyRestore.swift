@@ -55,7 +55,7 @@ extension LabIntegrationTests {
             c /tmp/a.sock PATCH /vm -d '{"state": "Paused"}'
             c /tmp/a.sock PUT /snapshot/create -d '{"snapshot_path": "/tmp/vm.state", "mem_file_path": "/tmp/vm.mem"}'
             kill -9 $a; wait $a
-            echo "memory-file $(wc -c < /tmp/vm.mem) $(du -k /tmp/vm.mem | cut -f1)"
+            echo "memory-file $(stat -c %s /tmp/vm.mem) $(du -k /tmp/vm.mem | cut -f1)"
             grep "^ready" /tmp/a.out
             for mode in Mapped Eager OnDemand Prefault Uffd; do
                 rm -f /tmp/v.sock /tmp/b.sock

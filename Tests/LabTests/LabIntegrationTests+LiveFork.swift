@@ -91,7 +91,7 @@ extension LabIntegrationTests {
             wait_line /tmp/b.out clone
             echo "parent-went-on $(grep '^clone' /tmp/b.out)"
             kill -9 $(cat /tmp/b.pid)
-            echo "memory-file $(wc -c < /tmp/b.mem) $(du -k /tmp/b.mem | cut -f1)"
+            echo "memory-file $(stat -c %s /tmp/b.mem) $(du -k /tmp/b.mem | cut -f1)"
 
             for i in 1 2 3; do
                 restore single$i
