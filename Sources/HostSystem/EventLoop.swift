@@ -170,7 +170,7 @@ public final class EventLoop: Sendable {
         while !stopping.load(ordering: .acquiring) {
             parkIfRequested()
             // Sound: epoll_wait writes at most `events.count` entries.
-            let count = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, Int32($0.count), -1) }
+            let count = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress!, Int32($0.count), -1) }
             if count < 0 { if errno == EINTR { continue } else { break } }
             for index in 0..<Int(count) {
                 let fd = Int32(truncatingIfNeeded: events[index].data.fd)

@@ -26,7 +26,8 @@ struct LabCommand: ParsableCommand {
               kestrel lab check --kernels 6.1,6.12,6.18,7.2
               kestrel lab shell --kernel 6.18
             """,
-        subcommands: [LabKernelsCommand.self, LabRunCommand.self, LabCheckCommand.self, LabShellCommand.self, LabSelftestsCommand.self])
+        subcommands: [LabKernelsCommand.self, LabRunCommand.self, LabCheckCommand.self, LabShellCommand.self, LabSelftestsCommand.self,
+                      LabBuildARM64Command.self])
 }
 
 /// The emulator under the L1.
@@ -326,6 +327,42 @@ struct LabSelftestsCommand: ParsableCommand {
         let fetcher = KernelFetcher(cache: LabCache(), progress: { printError("lab: \($0)") })
         let built = try KVMSelftests(base: from, patches: patches, programs: program).build(fetcher: fetcher)
         for name in program { print("\(name): \(built[name]!)") }
+    }
+}
+
+/// `kestrel lab build-arm64`: Kestrel cross-compiled for arm64.
+struct LabBuildARM64Command: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build-arm64",
+        abstract: "Cross-compile a static arm64 kestrel (release) with Debian's Swift toolchain, and print its path.",
+        discussion: """
+            The compiler is sid's swiftlang, in a Debian sid root of its own under the lab cache (debootstrap; \
+            root only). The target is a Swift SDK assembled there from the same swiftlang version's arm64 package \
+            over the root's arm64 glibc, libgcc, libstdc++, zlib, liblzma, libzstd and liburing; lld links it. \
+            Dependencies come from /opt/swift-packages. The first build makes the root (about 5 GB) and takes \
+            minutes; the binary is cached by a fingerprint of Package.swift, Sources and the toolchain, so an \
+            unchanged tree is not built again, and the root keeps its .build for the next change. \
+            The path goes to standard output, progress and the build's size and time to standard error.
+            Example: qemu-aarch64-static $(kestrel lab build-arm64) --version
+            """)
+
+    @Option(help: "The Kestrel package to build.") var packagePath = "."
+    @Option(help: "Parallel jobs for swift build (default: this machine's processors).") var jobs: Int?
+    @Flag(help: "Build even when the cache has this tree's binary.") var rebuild = false
+
+    func validate() throws {
+        if let jobs, jobs < 1 { throw ValidationError("--jobs \(jobs): give at least 1") }
+        if access(packagePath + "/Package.swift", R_OK) != 0 { throw ValidationError("--package-path \(packagePath): no Package.swift there") }
+    }
+
+    func run() throws {
+        let build = ARM64Build(cache: LabCache(), progress: { printError("lab: \($0)") })
+        let result = try build.build(package: packagePath, jobs: jobs ?? max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))), rebuild: rebuild)
+        let size = Double(fileSize(result.path)) / 1_048_576
+        printError("lab: kestrel for \(ARM64Build.triple), \(size.text(places: 1)) MiB, "
+                   + (result.cached ? "from the cache" : "built in \(result.seconds.text(places: 0)) s")
+                   + (result.toolchain.map { " with swiftlang \($0)" } ?? ""))
+        print(result.path)
     }
 }
 

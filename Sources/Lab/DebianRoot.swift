@@ -19,13 +19,17 @@ public struct DebianRoot: Sendable, Equatable {
     /// Packages missing from a cached root are installed into it.
     /// `buildTools: false` leaves out `basePackages` (a root that only runs a
     /// program, such as the lab's Bochs); a root shared with a build gets them
-    /// when the build asks.
-    public static func prepare(suite: String, packages: [String], buildTools: Bool = true, cache: LabCache,
-                               progress: (String) -> Void) throws -> DebianRoot {
+    /// when the build asks. `name` keeps a root apart from the suite's shared
+    /// one (the arm64 toolchain's gigabytes stay out of the kernel builds'
+    /// root); `foreignArchitectures` are added with `dpkg --add-architecture`
+    /// before anything is installed, so that packages may name them
+    /// ("zlib1g-dev:arm64").
+    public static func prepare(suite: String, name: String? = nil, foreignArchitectures: [String] = [], packages: [String],
+                               buildTools: Bool = true, cache: LabCache, progress: (String) -> Void) throws -> DebianRoot {
         guard getuid() == 0 else {
             throw LabError("a Debian \(suite) root needs root (debootstrap and chroot); run as root")
         }
-        let root = DebianRoot(suite: suite, path: cache.root + "/roots/" + suite)
+        let root = DebianRoot(suite: suite, path: cache.root + "/roots/" + (name ?? suite))
         let wanted = Set((buildTools ? basePackages : []) + packages)
         let stamp = root.path + "/.kestrel-packages"
         var present = Set(((try? readText(stamp)) ?? "").split(separator: "\n").map(String.init))
@@ -50,6 +54,9 @@ public struct DebianRoot: Sendable, Equatable {
         if !missing.isEmpty {
             progress("installing \(missing.joined(separator: ", ")) into the \(suite) root")
             try HostProcess.check(["cp", "/etc/resolv.conf", root.path + "/etc/resolv.conf"], what: "copying resolv.conf into the root")
+            for architecture in foreignArchitectures {
+                try root.run(["dpkg", "--add-architecture", architecture], what: "adding \(architecture) to the \(suite) root's architectures")
+            }
             try root.run(["apt-get", "-q", "-o", "Acquire::Check-Valid-Until=false", "update"], what: "apt-get update in the \(suite) root")
             try root.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-q", "-y", "install", "--no-install-recommends"] + missing,
                          what: "installing \(missing.joined(separator: ", ")) in the \(suite) root")

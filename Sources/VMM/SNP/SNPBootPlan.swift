@@ -95,8 +95,13 @@ public struct SNPBootPlan {
         let page: UInt64 = 4096
         var measured: [Range<UInt64>] = boot.writes.filter { !$0.bytes.isEmpty }
             .map { $0.address..<($0.address + UInt64($0.bytes.count)) } + boot.zeroFills
-        measured = measured.map { ($0.lowerBound & ~(page - 1))..<min(($0.upperBound + page - 1) & ~(page - 1), memorySize) }
-            .filter { !$0.isEmpty }.sorted { $0.lowerBound < $1.lowerBound }
+        let pageMask = ~(page - 1)
+        measured = measured.map { range -> Range<UInt64> in
+            // Whole pages, inside RAM (a write past its end leaves an empty range).
+            let lower = range.lowerBound & pageMask
+            let upper = min((range.upperBound + page - 1) & pageMask, memorySize)
+            return lower..<max(lower, upper)
+        }.filter { !$0.isEmpty }.sorted { $0.lowerBound < $1.lowerBound }
         var typed: [Update] = []
         func add(_ range: Range<UInt64>, _ type: SNPPageType) {
             guard !range.isEmpty else { return }
