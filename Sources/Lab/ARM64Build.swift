@@ -70,56 +70,93 @@ public struct ARM64Build {
             throw LabError("\(Self.packageCopies) is missing: the arm64 build takes Kestrel's dependencies from this machine's Swift package copies")
         }
         let start = ContinuousClock.now
-        let bundleStamp = cache.root + "/roots/" + Self.rootName + Self.sdksDirectory + "/" + Self.bundleName + "/toolchain"
-        let known = try? readText(bundleStamp)
-        let fingerprint = try Self.sourceFingerprint(package: package, toolchain: known ?? "")
-        let output = cache.root + "/arm64/kestrel-" + fingerprint
-        if !rebuild, known != nil, access(output, X_OK) == 0 {
-            return Result(path: output, cached: true, seconds: 0, toolchain: known?.split(separator: "\n").first.map(String.init))
+        let rootPath = cache.root + "/roots/" + Self.rootName
+        // The key names the toolchain the root has now, so a root whose
+        // swiftlang changed builds again.
+        if !rebuild, let installed = Self.installedVersion(of: "swiftlang", dpkgStatus: rootPath + "/var/lib/dpkg/status") {
+            let cached = cache.root + "/arm64/kestrel-" + (try Self.sourceFingerprint(package: package, toolchain: installed))
+            if access(cached, X_OK) == 0 { return Result(path: cached, cached: true, seconds: 0, toolchain: installed) }
+        }
+        // One build at a time: they share the root's copy of the package and its .build.
+        try makeDirectories(cache.root + "/arm64")
+        let lock = open(cache.root + "/arm64/.lock", O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
+        guard lock >= 0 else { throw LabError("cannot open \(cache.root)/arm64/.lock: \(String(cString: strerror(errno)))") }
+        defer { close(lock) }
+        if flock(lock, LOCK_EX | LOCK_NB) != 0 {
+            progress("waiting for another arm64 build to finish")
+            guard flock(lock, LOCK_EX) == 0 else { throw LabError("cannot lock \(cache.root)/arm64/.lock: \(String(cString: strerror(errno)))") }
         }
 
         var root = try DebianRoot.prepare(suite: "sid", name: Self.rootName, foreignArchitectures: ["arm64"],
                                           packages: Self.toolchainPackages, buildTools: false, cache: cache, progress: progress)
         // libgcc's and libstdc++'s development packages carry the compiler's
         // major version in their names: take the one swiftlang brought.
-        let gcc = try root.run(["gcc", "-dumpversion"], what: "asking the sid root's gcc for its version")
+        let gcc = try root.run(["gcc", "-dumpversion"], what: "asking the \(Self.rootName) root's gcc for its version")
             .split(separator: "\n").first.map(String.init) ?? ""
-        guard !gcc.isEmpty, gcc.allSatisfy(\.isNumber) else { throw LabError("the sid root's gcc gave no major version (\(gcc))") }
+        guard !gcc.isEmpty, gcc.allSatisfy(\.isNumber) else { throw LabError("the \(Self.rootName) root's gcc gave no major version (\(gcc))") }
         root = try DebianRoot.prepare(suite: "sid", name: Self.rootName, foreignArchitectures: ["arm64"],
                                       packages: Self.toolchainPackages
                                           + (Self.targetPackages + ["libgcc-\(gcc)-dev", "libstdc++-\(gcc)-dev"]).map { $0 + ":arm64" },
                                       buildTools: false, cache: cache, progress: progress)
-        let toolchain = try root.run(["dpkg-query", "-W", "-f=${Version}", "swiftlang"], what: "reading swiftlang's version in the sid root")
+        guard let toolchain = Self.installedVersion(of: "swiftlang", dpkgStatus: root.hostPath("/var/lib/dpkg/status")) else {
+            throw LabError("swiftlang is not installed in \(root.path)")
+        }
         try assembleBundle(in: root, toolchain: toolchain)
 
-        // The sources as they are now, beside the root's last .build.
+        // The sources as they are now, beside the root's last .build; the
+        // key is the copy's, which is what gets built.
         let copy = root.hostPath(Self.packageDirectory)
         try makeDirectories(copy)
         for name in ["Package.swift", "Package.resolved", "Sources", "Tests"] {
             removeTree(copy + "/" + name)
             guard access(package + "/" + name, F_OK) == 0 else { continue }
-            try HostProcess.check(["cp", "-a", package + "/" + name, copy + "/" + name], what: "copying \(name) into the sid root")
+            try HostProcess.check(["cp", "-a", package + "/" + name, copy + "/" + name], what: "copying \(name) into the \(Self.rootName) root")
         }
+        let fingerprint = try Self.sourceFingerprint(package: copy, toolchain: toolchain)
         try writeFileAtomically(Array(Self.gitConfiguration.utf8), to: root.hostPath("/root/.gitconfig"))
         progress("building kestrel for \(Self.triple) with swiftlang \(toolchain) (\(jobs) jobs; several minutes the first time)")
-        let script = "cd \(Self.packageDirectory) && PKG_CONFIG_PATH=/usr/lib/aarch64-linux-gnu/pkgconfig swift build -c release "
+        let script = "cd \(Self.packageDirectory) && HOME=/root PKG_CONFIG_PATH=/usr/lib/aarch64-linux-gnu/pkgconfig swift build -c release "
             + "--swift-sdks-path \(Self.sdksDirectory) --swift-sdk \(Self.sdkName) --static-swift-stdlib --product kestrel -j \(jobs) 2>&1"
         let built = try HostProcess.output(root.command(["sh", "-c", script], binding: Self.packageCopies))
         guard built.status == 0 else {
+            // The build's own output, then anything the chroot's set-up said.
             let lines = built.output.split(separator: "\n")
             let errors = lines.filter { $0.contains("error:") }
-            throw LabError("the arm64 build failed (swift build exited with status \(built.status)):\n  "
-                           + (errors.isEmpty ? lines.suffix(12) : errors.prefix(12)).joined(separator: "\n  "))
+            throw LabError("the arm64 build failed (status \(built.status)):\n  "
+                           + ((errors.isEmpty ? Array(lines.suffix(12)) : Array(errors.prefix(12))) + built.errors.split(separator: "\n").suffix(4))
+                               .joined(separator: "\n  "))
         }
         let binary = root.hostPath(Self.packageDirectory + "/.build/\(Self.triple)/release/kestrel")
-        let header = try readBytes(binary)
-        guard Self.isStaticARM64Executable(header) else { throw LabError("\(binary) is not a static arm64 executable") }
-        let finalFingerprint = try Self.sourceFingerprint(package: package, toolchain: try readText(bundleStamp))
-        let final = cache.root + "/arm64/kestrel-" + finalFingerprint
-        try makeDirectories(cache.root + "/arm64")
-        try writeFileAtomically(header, to: final)
-        chmod(final, 0o755)
-        return Result(path: final, cached: false, seconds: LabMachine.seconds(ContinuousClock.now - start), toolchain: toolchain)
+        let bytes = try readBytes(binary)
+        guard Self.isStaticARM64Executable(bytes) else { throw LabError("\(binary) is not a static arm64 executable") }
+        let output = cache.root + "/arm64/kestrel-" + fingerprint
+        try writeFileAtomically(bytes, to: output)
+        chmod(output, 0o755)
+        pruneCache(keeping: output)
+        return Result(path: output, cached: false, seconds: LabMachine.seconds(ContinuousClock.now - start), toolchain: toolchain)
+    }
+
+    /// How many built binaries the cache keeps (the newest; 45 MiB each).
+    static let cachedBinaries = 3
+
+    /// Removes all but the newest `cachedBinaries` binaries, `kept` among them.
+    func pruneCache(keeping kept: String) {
+        let directory = cache.root + "/arm64"
+        let binaries = directoryEntries(directory).filter { $0.hasPrefix("kestrel-") }.map { directory + "/" + $0 }
+            .sorted { (modificationTime($0) ?? 0) > (modificationTime($1) ?? 0) }
+        for old in binaries.dropFirst(Self.cachedBinaries) where old != kept { unlink(old) }
+    }
+
+    /// A package's version in a dpkg status file, when it is installed.
+    static func installedVersion(of package: String, dpkgStatus path: String) -> String? {
+        guard let text = try? readText(path) else { return nil }
+        for stanza in text.split(separator: "\n\n") {
+            let fields = stanza.split(separator: "\n")
+            guard fields.contains("Package: \(package)"),
+                  fields.contains(where: { $0.hasPrefix("Status: ") && $0.hasSuffix(" installed") }) else { continue }
+            return fields.first { $0.hasPrefix("Version: ") }.map { String($0.dropFirst("Version: ".count)) }
+        }
+        return nil
     }
 
     /// The root's git configuration: github.com addresses read from the
@@ -137,20 +174,30 @@ public struct ARM64Build {
     func assembleBundle(in root: DebianRoot, toolchain: String) throws {
         let bundle = root.hostPath(Self.sdksDirectory + "/" + Self.bundleName)
         if (try? readText(bundle + "/toolchain")) == toolchain + "\n" { return }
-        progress("assembling the arm64 Swift SDK from swiftlang:arm64=\(toolchain)")
-        removeTree(bundle)
+        // The arm64 package of the same source version: a binNMU's "+bN"
+        // is per architecture, so the two versions may differ there.
+        let madison = try root.run(["apt-cache", "madison", "swiftlang:arm64"], what: "listing swiftlang:arm64's versions")
+        guard let target = DebianArchive.madisonVersions(madison).map(\.version)
+            .first(where: { Self.sourceVersion($0) == Self.sourceVersion(toolchain) }) else {
+            throw LabError("the archive has no swiftlang:arm64 of swiftlang \(toolchain)'s source version (it lists "
+                           + "\(DebianArchive.madisonVersions(madison).map(\.version).joined(separator: ", "))); sid's two "
+                           + "architectures may be out of step for now, or the root's swiftlang is gone from sid: remove \(root.path) to start again")
+        }
+        progress("assembling the arm64 Swift SDK from swiftlang:arm64=\(target)")
         let staging = "/tmp/kestrel-swiftlang-arm64"
         removeTree(root.hostPath(staging))
         defer { removeTree(root.hostPath(staging)) }
         try makeDirectories(root.hostPath(staging))
-        try root.run(["sh", "-c", "cd \(staging) && apt-get -q download swiftlang:arm64=\(toolchain) && dpkg-deb -x swiftlang_*_arm64.deb unpacked"],
-                     what: "downloading and unpacking swiftlang:arm64=\(toolchain)")
+        // Downloaded and unpacked before the old bundle goes, so a failure leaves it as it was.
+        try root.run(["sh", "-c", "cd \(staging) && apt-get -q download swiftlang:arm64=\(target) && dpkg-deb -x swiftlang_*_arm64.deb unpacked"],
+                     what: "downloading and unpacking swiftlang:arm64=\(target)")
+        removeTree(bundle)
         let sysroot = bundle + "/aarch64/sysroot"
         try makeDirectories(sysroot + "/usr/lib")
         try makeDirectories(sysroot + "/lib")
         for part in ["swift", "swift_static", "clang"] {
             let from = root.hostPath(staging + "/unpacked/usr/libexec/swift/lib/" + part)
-            guard isDirectory(from) else { throw LabError("swiftlang:arm64=\(toolchain) has no usr/libexec/swift/lib/\(part)") }
+            guard isDirectory(from) else { throw LabError("swiftlang:arm64=\(target) has no usr/libexec/swift/lib/\(part)") }
             try HostProcess.check(["mv", from, sysroot + "/usr/lib/" + part], what: "placing the arm64 \(part) libraries")
         }
         // The target's headers and libraries: the root's arm64 packages.
@@ -162,6 +209,13 @@ public struct ARM64Build {
             try writeFileAtomically(Array(text.utf8), to: bundle + "/" + name)
         }
         try writeFileAtomically(Array((toolchain + "\n").utf8), to: bundle + "/toolchain")
+    }
+
+    /// A Debian version without its binNMU suffix ("6.2.3-1+b1" -> "6.2.3-1").
+    static func sourceVersion(_ version: String) -> String {
+        guard let range = version.ranges(of: "+b").last,
+              !version[range.upperBound...].isEmpty, version[range.upperBound...].allSatisfy(\.isNumber) else { return version }
+        return String(version[..<range.lowerBound])
     }
 
     /// The bundle's manifest files, by path inside it: info.json, the
@@ -205,7 +259,7 @@ public struct ARM64Build {
 
     /// The fingerprint of what goes into the binary: Package.swift,
     /// Package.resolved when there is one, every file under Sources, and the
-    /// toolchain (the bundle's stamp: swiftlang's version).
+    /// toolchain (swiftlang's version in the root).
     public static func sourceFingerprint(package: String, toolchain: String) throws -> String {
         guard access(package + "/Package.swift", R_OK) == 0 else { throw LabError("\(package) has no Package.swift") }
         var parts = [toolchain]

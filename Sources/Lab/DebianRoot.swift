@@ -22,8 +22,8 @@ public struct DebianRoot: Sendable, Equatable {
     /// when the build asks. `name` keeps a root apart from the suite's shared
     /// one (the arm64 toolchain's gigabytes stay out of the kernel builds'
     /// root); `foreignArchitectures` are added with `dpkg --add-architecture`
-    /// before anything is installed, so that packages may name them
-    /// ("zlib1g-dev:arm64").
+    /// each time packages are installed, before apt-get update, so that
+    /// packages may name them ("zlib1g-dev:arm64").
     public static func prepare(suite: String, name: String? = nil, foreignArchitectures: [String] = [], packages: [String],
                                buildTools: Bool = true, cache: LabCache, progress: (String) -> Void) throws -> DebianRoot {
         guard getuid() == 0 else {

@@ -103,6 +103,34 @@ import Testing
         #expect(throws: LabError.self) { try ARM64Build.sourceFingerprint(package: package.path + "/Sources", toolchain: "") }
     }
 
+    @Test func theToolchainsVersionComesFromDpkgAndItsSourceVersionDropsTheBinNMU() throws {
+        let directory = try TemporaryDirectory(prefix: "kestrel-arm64-dpkg")
+        let status = """
+            Package: swiftlang-doc
+            Status: install ok installed
+            Version: 9.9
+
+            Package: swiftlang
+            Status: deinstall ok config-files
+            Version: 6.0.3-2
+
+            Package: swiftlang
+            Architecture: amd64
+            Status: install ok installed
+            Version: 6.2.3-1+b1
+
+            """
+        try writeFileAtomically(Array(status.utf8), to: directory.path + "/status")
+        #expect(ARM64Build.installedVersion(of: "swiftlang", dpkgStatus: directory.path + "/status") == "6.2.3-1+b1")
+        #expect(ARM64Build.installedVersion(of: "swiftlang-dev", dpkgStatus: directory.path + "/status") == nil)
+        #expect(ARM64Build.installedVersion(of: "swiftlang", dpkgStatus: directory.path + "/missing") == nil)
+        #expect(ARM64Build.sourceVersion("6.2.3-1+b1") == "6.2.3-1")
+        #expect(ARM64Build.sourceVersion("6.2.3-1+b12") == "6.2.3-1")
+        #expect(ARM64Build.sourceVersion("6.2.3-1") == "6.2.3-1")
+        #expect(ARM64Build.sourceVersion("1.0+bpo1") == "1.0+bpo1", "only a binNMU's digits")
+        #expect(ARM64Build.sourceVersion("1.0+b") == "1.0+b")
+    }
+
     @Test func theRootsGitReadsGitHubFromTheBoundPackageCopies() {
         let text = ARM64Build.gitConfiguration
         #expect(text.hasPrefix("[url \"\(DebianRoot.boundDirectory)/\"]\n"))

@@ -124,9 +124,10 @@ extension LabIntegrationTests {
     /// turns off on Bochs, the same guest fails VM entry at once (reason 0x7:
     /// Bochs 3.0 refuses a posted-interrupt descriptor that is not 4 KiB-aligned).
     ///
-    /// The L1's clock nearly stops while an L2 runs on Bochs, so its
-    /// heartbeat is silent for as long as its L2s run; the lab allows Bochs
-    /// L1s 600 s of silence (`LabMachine.frozenAfterSecondsUnderBochs`).
+    /// The L1's clock nearly stops while its CPU is busy on Bochs (an L2
+    /// running, or its own work), so its heartbeat is silent for that long;
+    /// the lab allows Bochs L1s 1200 s of silence
+    /// (`LabMachine.frozenAfterSecondsUnderBochs`).
     @Test func kestrelRunTakesALinuxGuestToUserspaceOnKVMIntel() throws {
         let scenario = try FourDeviceScenario()
         let prologue = #"""

@@ -165,6 +165,7 @@ extension LabIntegrationTests {
             c /tmp/b.sock GET /kestrel/memory
             wait $b; echo "b-exit $?"
             echo "b-first $(grep tick /tmp/b.out | head -1)"
+            echo "b-head $(head -1 /tmp/b.out)"
             echo "b-last $(grep tick /tmp/b.out | tail -1)"
             echo "== b.err"; cat /tmp/b.err
             """#
@@ -182,7 +183,14 @@ extension LabIntegrationTests {
         #expect(line("GET /kestrel/memory").contains(#""backing":"guest_memfd""#), "the restored RAM is guest_memfd: \(output.text)")
         let last = Int(line("a-last tick ").dropFirst("a-last tick ".count)) ?? -1
         let first = Int(line("b-first tick ").dropFirst("b-first tick ".count)) ?? -1
-        #expect(last >= 20 && (first == last || first == last + 1), "the ticks go on from \(last): the restored guest's first is \(first)")
+        // The console goes out by line, so a line the pause cut in two was
+        // still in the first VMM's buffer when it was killed: then the
+        // restored guest's output starts with the rest of that line ("1" of
+        // "tick 21"), and its first whole tick is the one after.
+        let head = String(line("b-head ").dropFirst("b-head ".count))
+        let cut = first == last + 2 && !head.isEmpty && !head.hasPrefix("tick ") && "tick \(last + 1)".hasSuffix(head)
+        #expect(last >= 20 && (first == last || first == last + 1 || cut),
+                "the ticks go on from \(last): the restored guest's first is \(first), its output starts \"\(head)\"")
         #expect(line("b-last") == "b-last tick 99" && line("b-exit") == "b-exit 0", "the restored guest ticked to the end and powered off: \(output.text)")
         #expect(output.lines.contains { $0.contains("guest_memfd, filled from the snapshot's memory file") }, "\(output.text)")
     }
