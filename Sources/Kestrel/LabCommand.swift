@@ -357,7 +357,7 @@ struct LabBuildARM64Command: ParsableCommand {
 
     func run() throws {
         let build = ARM64Build(cache: LabCache(), progress: { printError("lab: \($0)") })
-        let result = try build.build(package: packagePath, jobs: jobs ?? max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))), rebuild: rebuild)
+        let result = try build.build(package: packagePath, jobs: jobs, rebuild: rebuild)
         let size = Double(fileSize(result.path)) / 1_048_576
         printError("lab: kestrel for \(ARM64Build.triple), \(size.text(places: 1)) MiB, "
                    + (result.cached ? "from the cache" : "built in \(result.seconds.text(places: 0)) s")

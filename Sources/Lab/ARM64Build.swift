@@ -62,9 +62,10 @@ public struct ARM64Build {
 
     /// The static arm64 `kestrel` of the package at `package`: from the cache
     /// when its sources were built before, otherwise built now with `jobs`
-    /// parallel jobs. The first build makes the root (debootstrap, then
-    /// about 5 GB of packages) and the SDK bundle.
-    public func build(package: String, jobs: Int, rebuild: Bool = false) throws -> Result {
+    /// parallel jobs (default: the machine's processors). The first build
+    /// makes the root (debootstrap, then about 5 GB of packages) and the SDK bundle.
+    public func build(package: String, jobs: Int? = nil, rebuild: Bool = false) throws -> Result {
+        let jobs = jobs ?? KVMRebuild.processors
         guard getuid() == 0 else { throw LabError("the arm64 build runs in a Debian root (debootstrap and chroot); run as root") }
         guard isDirectory(Self.packageCopies) else {
             throw LabError("\(Self.packageCopies) is missing: the arm64 build takes Kestrel's dependencies from this machine's Swift package copies")
